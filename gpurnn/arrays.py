@@ -1,0 +1,47 @@
+"""Array-module (xp) choice and zero-copy conversion between torch, NumPy and CuPy."""
+import numpy as np
+
+
+def cupy_or_none():
+    """The cupy module if it imports, else None (importing cupy needs no GPU)."""
+    try:
+        import cupy
+    except ImportError:
+        return None
+    return cupy
+
+
+def get_xp(array):
+    """numpy for NumPy arrays, cupy for CuPy arrays."""
+    if isinstance(array, np.ndarray):
+        return np
+    cp = cupy_or_none()
+    if cp is not None and isinstance(array, cp.ndarray):
+        return cp
+    raise TypeError(f"expected a numpy.ndarray or cupy.ndarray, got {type(array).__name__}")
+
+
+def compute_dtype(dtype):
+    """float16 is stored as given but computed and carried in float32."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
+def tensor_to_xp(tensor):
+    """A CPU torch tensor as a NumPy array, a CUDA one as a CuPy array; no copy."""
+    tensor = tensor.detach()
+    if tensor.device.type == "cpu":
+        return tensor.numpy()
+    cp = cupy_or_none()
+    if cp is None:
+        raise RuntimeError("CUDA tensors need CuPy for the numpy-API engine: pip install cupy-cuda12x")
+    return cp.from_dlpack(tensor)
+
+
+def xp_to_tensor(array):
+    """The inverse of tensor_to_xp; no copy."""
+    import torch
+
+    if isinstance(array, np.ndarray):
+        return torch.from_numpy(array)
+    return torch.from_dlpack(array)

@@ -1,0 +1,405 @@
+"""The four cells as step rules on xp (NumPy or CuPy) arrays.
+
+Each cell owns the buffers of one layer and one direction for one sequence.
+The engine (engine.py) calls, in processing order:
+
+    begin_forward(x, state0); step(t, n) for t in 0..T-1; outputs(); final()
+    begin_backward(dy, dstate); back_step(t, n) for t in T-1..0; finish_backward()
+
+`n` is the number of active batch rows at step t (packed sequences: rows are
+sorted by length, so the active rows are always a prefix). A step touches only
+rows [:n]; the engine holds the state of rows [n:] (forward) and the carried
+gradient of those rows passes through untouched (backward).
+
+Shapes: x (T, B, I); gate pre-activations (T, B, G*H) with torch's gate order.
+Everything here runs in the compute dtype (float32 for float16 inputs).
+Pointwise work that does not depend on the recurrence (activation
+derivatives, products of saved values) is done for all T at once outside the
+time loop; the loop keeps only what must be sequential.
+"""
+import numpy as np
+
+NONLINEARITIES = ("tanh", "relu")
+OUTPUT_ACTIVATIONS = ("identity", "tanh", "sigmoid", "softmax")
+
+
+def outer(a, b):
+    """sum over all (t, b) rows of a^T b: a (T, B, M), b (T, B, K) -> (M, K), one GEMM."""
+    return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+
+
+def project(x, w, bias):
+    """x @ w^T + bias for all T*B rows at once: (T, B, I) -> (T, B, rows of w)."""
+    out = (x.reshape(-1, x.shape[-1]) @ w.T).reshape(x.shape[0], x.shape[1], w.shape[0])
+    if bias is not None:
+        out += bias
+    return out
+
+
+def sum_rows(a):
+    return a.reshape(-1, a.shape[-1]).sum(axis=0)
+
+
+def sigmoid_(xp, a):
+    """In-place logistic sigmoid via tanh (stable for any sign, one transcendental)."""
+    a *= 0.5
+    xp.tanh(a, out=a)
+    a *= 0.5
+    a += 0.5
+
+
+def phi_(xp, a, nonlinearity):
+    if nonlinearity == "tanh":
+        xp.tanh(a, out=a)
+    else:
+        xp.maximum(a, 0, out=a)
+
+
+def phi_grad_from_output(xp, h, nonlinearity):
+    """phi'(z) expressed through h = phi(z), for all steps at once."""
+    if nonlinearity == "tanh":
+        return 1 - h * h
+    return (h > 0).astype(h.dtype)
+
+
+def add_bias(a, b):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+class Elman:
+    """h_t = phi(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)."""
+
+    def __init__(self, xp, w, nonlinearity="tanh"):
+        self.xp, self.w, self.nonlinearity = xp, w, nonlinearity
+
+    def begin_forward(self, x, state0):
+        w, xp = self.w, self.xp
+        T, B = x.shape[:2]
+        self.x = x
+        self.gx = project(x, w["w_ih"], add_bias(w["b_ih"], w["b_hh"]))
+        self.h = xp.empty((T + 1,) + state0[0].shape, x.dtype)
+        self.h[0] = state0[0]
+        self.seq = [self.h]
+        self.w_hh_t = w["w_hh"].T
+
+    def step(self, t, n):
+        h_new = self.h[t + 1, :n]
+        self.xp.matmul(self.h[t, :n], self.w_hh_t, out=h_new)
+        h_new += self.gx[t, :n]
+        phi_(self.xp, h_new, self.nonlinearity)
+
+    def outputs(self):
+        return self.h[1:]
+
+    def final(self):
+        return (self.h[-1],)
+
+    def begin_backward(self, dy, dstate, alloc):
+        self.dy = dy
+        self.phi_grad = phi_grad_from_output(self.xp, self.h[1:], self.nonlinearity)
+        self.dz = alloc(self.gx.shape, self.x.dtype)
+        self.dh = dstate[0]
+
+    def back_step(self, t, n):
+        dh = self.dh[:n]
+        dh += self.dy[t, :n]
+        self.xp.multiply(dh, self.phi_grad[t, :n], out=self.dz[t, :n])
+        self.xp.matmul(self.dz[t, :n], self.w["w_hh"], out=dh)
+
+    def finish_backward(self):
+        dz, w = self.dz, self.w
+        db = sum_rows(dz) if w["b_ih"] is not None else None
+        grads = {"w_ih": outer(dz, self.x), "w_hh": outer(dz, self.h[:-1]), "b_ih": db, "b_hh": db}
+        return dz @ w["w_ih"], (self.dh,), grads
+
+
+class LSTM:
+    """Gates (i | f | g | o); c_t = f*c + i*g; h_t = o*tanh(c_t), projected by W_hr if given."""
+
+    def __init__(self, xp, w):
+        self.xp, self.w = xp, w
+        H = w["w_hh"].shape[0] // 4
+        dtype = w["w_hh"].dtype
+        # sigmoid(a) = 0.5*tanh(0.5a) + 0.5 and tanh(a) = 1*tanh(1a) + 0: one tanh over all gates.
+        self.scale = xp.full(4 * H, 0.5, dtype)
+        self.scale[2 * H:3 * H] = 1
+        self.shift = xp.full(4 * H, 0.5, dtype)
+        self.shift[2 * H:3 * H] = 0
+        self.H = H
+
+    def begin_forward(self, x, state0):
+        w, xp, H = self.w, self.xp, self.H
+        T, B = x.shape[:2]
+        self.x = x
+        self.gx = project(x, w["w_ih"], add_bias(w["b_ih"], w["b_hh"]))
+        self.gates = xp.empty((T, B, 4 * H), x.dtype)   # activated i, f, g, o
+        self.h = xp.empty((T + 1,) + state0[0].shape, x.dtype)
+        self.c = xp.empty((T + 1, B, H), x.dtype)
+        self.tanh_c = xp.empty((T, B, H), x.dtype)
+        self.m = xp.empty((T, B, H), x.dtype) if w["w_hr"] is not None else None  # o*tanh(c) before W_hr
+        self.ig = xp.empty((B, H), x.dtype)
+        self.h[0], self.c[0] = state0
+        self.seq = [self.h, self.c]
+        self.w_hh_t = w["w_hh"].T
+
+    def step(self, t, n):
+        xp, H = self.xp, self.H
+        a = self.gates[t, :n]
+        xp.matmul(self.h[t, :n], self.w_hh_t, out=a)
+        a += self.gx[t, :n]
+        a *= self.scale
+        xp.tanh(a, out=a)
+        a *= self.scale
+        a += self.shift
+        i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+        c_new, ig = self.c[t + 1, :n], self.ig[:n]
+        xp.multiply(f, self.c[t, :n], out=c_new)
+        xp.multiply(i, g, out=ig)
+        c_new += ig
+        tc = self.tanh_c[t, :n]
+        xp.tanh(c_new, out=tc)
+        if self.m is None:
+            xp.multiply(o, tc, out=self.h[t + 1, :n])
+        else:
+            xp.multiply(o, tc, out=self.m[t, :n])
+            xp.matmul(self.m[t, :n], self.w["w_hr"].T, out=self.h[t + 1, :n])
+
+    def outputs(self):
+        return self.h[1:]
+
+    def final(self):
+        return (self.h[-1], self.c[-1])
+
+    def begin_backward(self, dy, dstate, alloc):
+        H, a = self.H, self.gates
+        T, B = a.shape[:2]
+        i, f, g, o = a[..., :H], a[..., H:2 * H], a[..., 2 * H:3 * H], a[..., 3 * H:]
+        # d(pre-activation) = (dc | dc | dc | dm) * coef, coef precomputed for all steps.
+        coef = a * (1 - a)
+        coef[..., 2 * H:3 * H] = 1 - g * g
+        coef[..., :H] *= g
+        coef[..., H:2 * H] *= self.c[:-1]
+        coef[..., 2 * H:3 * H] *= i
+        coef[..., 3 * H:] *= self.tanh_c
+        self.coef = coef.reshape(T, B, 4, H)
+        self.o_dtanh = o * (1 - self.tanh_c * self.tanh_c)   # dc += dm * o * tanh'(c)
+        self.f = f
+        self.dy = dy
+        self.dh, self.dc = dstate
+        self.dgates = alloc((T, B, 4 * H), a.dtype)
+        self.dh_seq = alloc(self.h[1:].shape, a.dtype) if self.m is not None else None
+        self.tmp = self.xp.empty((B, H), a.dtype)
+
+    def back_step(self, t, n):
+        xp, H = self.xp, self.H
+        dh, dc = self.dh[:n], self.dc[:n]
+        dh += self.dy[t, :n]
+        if self.m is None:
+            dm = dh
+        else:
+            self.dh_seq[t, :n] = dh
+            dm = xp.matmul(dh, self.w["w_hr"], out=self.tmp[:n])
+        dc_from_h = self.ig[:n]   # free scratch of the same shape
+        xp.multiply(dm, self.o_dtanh[t, :n], out=dc_from_h)
+        dc += dc_from_h
+        d = self.dgates[t, :n]
+        d4 = d.reshape(n, 4, H)
+        coef = self.coef[t, :n]
+        xp.multiply(dc[:, None, :], coef[:, :3], out=d4[:, :3])
+        xp.multiply(dm, coef[:, 3], out=d4[:, 3])
+        dc *= self.f[t, :n]
+        xp.matmul(d, self.w["w_hh"], out=dh)
+
+    def finish_backward(self):
+        d, w = self.dgates, self.w
+        db = sum_rows(d) if w["b_ih"] is not None else None
+        grads = {"w_ih": outer(d, self.x), "w_hh": outer(d, self.h[:-1]), "b_ih": db, "b_hh": db,
+                 "w_hr": outer(self.dh_seq, self.m) if self.m is not None else None}
+        return d @ w["w_ih"], (self.dh, self.dc), grads
+
+
+class GRU:
+    """Gates (r | z | n); n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); h = (1-z)*n + z*h_prev."""
+
+    def __init__(self, xp, w):
+        self.xp, self.w = xp, w
+        self.H = w["w_hh"].shape[0] // 3
+
+    def begin_forward(self, x, state0):
+        w, xp, H = self.w, self.xp, self.H
+        T, B = x.shape[:2]
+        self.x = x
+        # r and z take both biases up front; b_hn must stay inside r*(...).
+        bias = add_bias(w["b_ih"], None if w["b_hh"] is None else
+                        xp.concatenate([w["b_hh"][:2 * H], xp.zeros(H, x.dtype)]))
+        self.gx = project(x, w["w_ih"], bias)
+        self.gates = xp.empty((T, B, 3 * H), x.dtype)   # activated r, z, n
+        self.hn = xp.empty((T, B, H), x.dtype)          # W_hn h + b_hn
+        self.hp = xp.empty((B, 3 * H), x.dtype)
+        self.h = xp.empty((T + 1, B, H), x.dtype)
+        self.h[0] = state0[0]
+        self.seq = [self.h]
+        self.w_hh_t = w["w_hh"].T
+        self.b_hn = None if w["b_hh"] is None else w["b_hh"][2 * H:]
+
+    def step(self, t, n):
+        xp, H = self.xp, self.H
+        hp, g = self.hp[:n], self.gates[t, :n]
+        xp.matmul(self.h[t, :n], self.w_hh_t, out=hp)
+        rz = g[:, :2 * H]
+        xp.add(self.gx[t, :n, :2 * H], hp[:, :2 * H], out=rz)
+        sigmoid_(xp, rz)
+        hn = self.hn[t, :n]
+        if self.b_hn is None:
+            hn[...] = hp[:, 2 * H:]
+        else:
+            xp.add(hp[:, 2 * H:], self.b_hn, out=hn)
+        new = g[:, 2 * H:]
+        xp.multiply(g[:, :H], hn, out=new)
+        new += self.gx[t, :n, 2 * H:]
+        xp.tanh(new, out=new)
+        h_new = self.h[t + 1, :n]
+        xp.subtract(self.h[t, :n], new, out=h_new)
+        h_new *= g[:, H:2 * H]
+        h_new += new
+
+    def outputs(self):
+        return self.h[1:]
+
+    def final(self):
+        return (self.h[-1],)
+
+    def begin_backward(self, dy, dstate, alloc):
+        H, g = self.H, self.gates
+        T, B = g.shape[:2]
+        r, z, new = g[..., :H], g[..., H:2 * H], g[..., 2 * H:]
+        dnew_pre = (1 - z) * (1 - new * new)             # d n_pre / d h_t
+        self.k_new = dnew_pre
+        self.k_z = (self.h[:-1] - new) * z * (1 - z)     # d z_pre / d h_t
+        self.k_r = self.hn * r * (1 - r)                 # d r_pre / d n_pre
+        self.r, self.z = r, z
+        self.dy = dy
+        self.dh = dstate[0]
+        self.dgh = alloc((T, B, 3 * H), g.dtype)         # grads of W_hh h + b_hh
+        self.dnew = alloc((T, B, H), g.dtype)            # grad of the input part of n_pre
+        self.tmp = self.xp.empty((B, H), g.dtype)
+
+    def back_step(self, t, n):
+        xp, H = self.xp, self.H
+        dh = self.dh[:n]
+        dh += self.dy[t, :n]
+        dnew, dgh = self.dnew[t, :n], self.dgh[t, :n]
+        xp.multiply(dh, self.k_new[t, :n], out=dnew)
+        xp.multiply(dnew, self.k_r[t, :n], out=dgh[:, :H])
+        xp.multiply(dh, self.k_z[t, :n], out=dgh[:, H:2 * H])
+        xp.multiply(dnew, self.r[t, :n], out=dgh[:, 2 * H:])
+        keep = self.tmp[:n]
+        xp.multiply(dh, self.z[t, :n], out=keep)
+        xp.matmul(dgh, self.w["w_hh"], out=dh)
+        dh += keep
+
+    def finish_backward(self):
+        H, w, dgh = self.H, self.w, self.dgh
+        dgx = self.xp.concatenate([dgh[..., :2 * H], self.dnew], axis=-1)
+        has_bias = w["b_ih"] is not None
+        grads = {"w_ih": outer(dgx, self.x), "w_hh": outer(dgh, self.h[:-1]),
+                 "b_ih": sum_rows(dgx) if has_bias else None,
+                 "b_hh": sum_rows(dgh) if has_bias else None}
+        return dgx @ w["w_ih"], (self.dh,), grads
+
+
+class Jordan:
+    """h_t = phi(W_ih x_t + W_sh s_t + b_h); y_t = g(W_ho h_t + b_o); s_{t+1} = decay*s_t + y_t.
+
+    With teacher forcing, teacher_t replaces y_t in the state update and no
+    gradient flows from the state into y_t.
+    """
+
+    def __init__(self, xp, w, nonlinearity="tanh", output_activation="identity", teacher=None):
+        self.xp, self.w = xp, w
+        self.nonlinearity, self.output_activation, self.teacher = nonlinearity, output_activation, teacher
+
+    def begin_forward(self, x, state0):
+        w, xp = self.w, self.xp
+        T, B = x.shape[:2]
+        H, O = w["w_ih"].shape[0], w["w_ho"].shape[0]
+        self.x = x
+        self.gx = project(x, w["w_ih"], w["b_h"])
+        self.hid = xp.empty((T, B, H), x.dtype)
+        self.y = xp.empty((T, B, O), x.dtype)
+        self.s = xp.empty((T + 1, B, O), x.dtype)
+        self.s[0] = state0[0]
+        self.seq = [self.s]
+
+    def step(self, t, n):
+        xp, w = self.xp, self.w
+        h = self.hid[t, :n]
+        xp.matmul(self.s[t, :n], w["w_sh"].T, out=h)
+        h += self.gx[t, :n]
+        phi_(xp, h, self.nonlinearity)
+        y = self.y[t, :n]
+        xp.matmul(h, w["w_ho"].T, out=y)
+        if w["b_o"] is not None:
+            y += w["b_o"]
+        self._output_activation_(y)
+        s_new = self.s[t + 1, :n]
+        xp.multiply(self.s[t, :n], w["decay"], out=s_new)
+        s_new += y if self.teacher is None else self.teacher[t, :n]
+
+    def _output_activation_(self, y):
+        xp, act = self.xp, self.output_activation
+        if act == "tanh":
+            xp.tanh(y, out=y)
+        elif act == "sigmoid":
+            sigmoid_(xp, y)
+        elif act == "softmax":
+            y -= y.max(axis=-1, keepdims=True)
+            xp.exp(y, out=y)
+            y /= y.sum(axis=-1, keepdims=True)
+
+    def outputs(self):
+        return self.y
+
+    def final(self):
+        return (self.s[-1],)
+
+    def begin_backward(self, dy, dstate, alloc):
+        xp, y, act = self.xp, self.y, self.output_activation
+        self.dy = dy
+        self.ds = dstate[0]
+        self.phi_grad = phi_grad_from_output(xp, self.hid, self.nonlinearity)
+        self.act_grad = {"tanh": lambda: 1 - y * y, "sigmoid": lambda: y * (1 - y)}.get(act, lambda: None)()
+        self.da = alloc(y.shape, y.dtype)
+        self.dz = alloc(self.hid.shape, y.dtype)
+        self.tmp = xp.empty(self.ds.shape, y.dtype)
+
+    def back_step(self, t, n):
+        xp, w = self.xp, self.w
+        da, ds = self.da[t, :n], self.ds[:n]
+        if self.teacher is None:
+            xp.add(self.dy[t, :n], ds, out=da)   # y_t feeds s_{t+1}
+        else:
+            da[...] = self.dy[t, :n]
+        if self.act_grad is not None:
+            da *= self.act_grad[t, :n]
+        elif self.output_activation == "softmax":
+            y = self.y[t, :n]
+            da -= (da * y).sum(axis=-1, keepdims=True)
+            da *= y
+        dz = self.dz[t, :n]
+        xp.matmul(da, w["w_ho"], out=dz)
+        dz *= self.phi_grad[t, :n]
+        ds *= w["decay"]
+        ds += xp.matmul(dz, w["w_sh"], out=self.tmp[:n])
+
+    def finish_backward(self):
+        dz, da, w = self.dz, self.da, self.w
+        grads = {"w_ih": outer(dz, self.x), "w_sh": outer(dz, self.s[:-1]),
+                 "b_h": sum_rows(dz) if w["b_h"] is not None else None,
+                 "w_ho": outer(da, self.hid),
+                 "b_o": sum_rows(da) if w["b_o"] is not None else None}
+        return dz @ w["w_ih"], (self.ds,), grads

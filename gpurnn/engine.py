@@ -1,0 +1,121 @@
+"""Sequence forward and exact BPTT for one layer and one direction, on xp arrays.
+
+    forward(cell, x, state0, weights, ...) -> (y, state_T, saved)
+    backward(saved, dy, dstate_T)          -> (dx, dstate0, weight grads)
+
+x: (T, B, I); state0: tuple of (B, ·) arrays, (h,) or (h, c) or (s,) for Jordan;
+weights: dict of arrays named as in `WEIGHT_NAMES`, absent biases as None.
+float16 data is computed and carried in float32 and cast back on return.
+
+Steps 1 and 4 of the data flow (input projection, weight gradients) are GEMMs
+over all T*B rows inside the cells; this module runs the time loop (step 2
+forward, step 3 reverse) with packed-sequence masking and direction.
+"""
+from dataclasses import dataclass
+
+from . import cells
+from .arrays import compute_dtype, get_xp
+
+WEIGHT_NAMES = {
+    "elman": ("w_ih", "w_hh", "b_ih", "b_hh"),
+    "lstm": ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr"),
+    "gru": ("w_ih", "w_hh", "b_ih", "b_hh"),
+    "jordan": ("w_ih", "w_sh", "b_h", "w_ho", "b_o", "decay"),
+}
+NO_GRAD = ("decay",)   # Jordan's decay is a buffer, not a parameter
+
+
+def _make_cell(cell, xp, w, opts):
+    if cell == "elman":
+        return cells.Elman(xp, w, opts.get("nonlinearity", "tanh"))
+    if cell == "lstm":
+        return cells.LSTM(xp, w)
+    if cell == "gru":
+        return cells.GRU(xp, w)
+    if cell == "jordan":
+        return cells.Jordan(xp, w, opts.get("nonlinearity", "tanh"),
+                            opts.get("output_activation", "identity"), opts.get("teacher"))
+    raise ValueError(f"cell: expected one of {tuple(WEIGHT_NAMES)}, got {cell!r}")
+
+
+@dataclass
+class Saved:
+    """What backward needs from forward: the cell with its buffers, and how it was run."""
+    cell: object
+    dtype: object
+    sizes: list
+    reverse: bool
+    state_shapes: list
+
+
+def _cast(a, dtype):
+    return a if a is None or a.dtype == dtype else a.astype(dtype)
+
+
+def _time_order(a, reverse):
+    return a[::-1] if reverse else a
+
+
+def _to_compute(xp, a, cdt, reverse):
+    """Time-ordered, contiguous, compute-dtype copy or view of a (T, B, ·) array."""
+    return xp.ascontiguousarray(_time_order(a, reverse), dtype=cdt)
+
+
+def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, **opts):
+    """Run the recurrence over x; returns (y (T, B, ·), final state tuple, saved).
+
+    batch_sizes: active rows per step (non-increasing, as in a PackedSequence);
+    rows past their length hold their state and output zeros.
+    reverse: process t = T-1 .. 0 (the backward direction of a bidirectional layer).
+    opts: nonlinearity (elman, jordan), output_activation and teacher (jordan).
+    """
+    xp = get_xp(x)
+    dtype, cdt = x.dtype, compute_dtype(x.dtype)
+    T, B = x.shape[:2]
+    w = {k: _cast(v, cdt) for k, v in weights.items()}
+    if opts.get("teacher") is not None:
+        opts = dict(opts, teacher=_to_compute(xp, opts["teacher"], cdt, reverse))
+    sizes = [B] * T if batch_sizes is None else [int(n) for n in batch_sizes]
+    sizes = _time_order(sizes, reverse)
+    c = _make_cell(cell, xp, w, opts)
+    c.begin_forward(_to_compute(xp, x, cdt, reverse),
+                    tuple(s.astype(cdt, copy=False) for s in state0))
+    for t in range(T):
+        n = sizes[t]
+        c.step(t, n)
+        if n < B:
+            for seq in c.seq:
+                seq[t + 1, n:] = seq[t, n:]
+    y = c.outputs()
+    if batch_sizes is not None:
+        y = y.copy()
+        for t in range(T):
+            y[t, sizes[t]:] = 0
+    y = _time_order(y, reverse)
+    state_shapes = [s.shape for s in state0]
+    saved = Saved(c, dtype, sizes if batch_sizes is not None else None, reverse, state_shapes)
+    return y.astype(dtype), tuple(s.astype(dtype) for s in c.final()), saved
+
+
+def backward(saved, dy, dstate):
+    """Reverse-time BPTT; dy and entries of dstate may be None (zero gradient).
+
+    Returns (dx (T, B, I), dstate0 tuple, dict of weight grads; None for absent biases).
+    """
+    c, reverse, sizes = saved.cell, saved.reverse, saved.sizes
+    xp = c.xp
+    cdt = c.x.dtype
+    T, B = c.x.shape[:2]
+    y_shape = c.outputs().shape
+    dy = xp.zeros(y_shape, cdt) if dy is None else _to_compute(xp, dy, cdt, reverse)
+    dstate = tuple(xp.zeros(shape, cdt) if d is None else d.astype(cdt, copy=True)
+                   for d, shape in zip(dstate, saved.state_shapes))
+    # Rows past their length must contribute nothing to the weight GEMMs.
+    alloc = xp.empty if sizes is None else xp.zeros
+    c.begin_backward(dy, dstate, alloc)
+    for t in range(T - 1, -1, -1):
+        c.back_step(t, B if sizes is None else sizes[t])
+    dx, dstate0, grads = c.finish_backward()
+    dx = _time_order(dx, reverse).astype(saved.dtype)
+    grads = {k: _cast(v, saved.dtype) for k, v in grads.items()}
+    return dx, tuple(d.astype(saved.dtype) for d in dstate0), grads
