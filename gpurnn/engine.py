@@ -61,12 +61,13 @@ def _to_compute(xp, a, cdt, reverse):
     return xp.ascontiguousarray(_time_order(a, reverse), dtype=cdt)
 
 
-def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, **opts):
+def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backend="numpy", **opts):
     """Run the recurrence over x; returns (y (T, B, ·), final state tuple, saved).
 
     batch_sizes: active rows per step (non-increasing, as in a PackedSequence);
     rows past their length hold their state and output zeros.
     reverse: process t = T-1 .. 0 (the backward direction of a bidirectional layer).
+    backend: "numpy" or "cupy" run the xp loop (the xp follows the arrays).
     opts: nonlinearity (elman, jordan), output_activation and teacher (jordan).
     """
     xp = get_xp(x)

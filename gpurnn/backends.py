@@ -1,0 +1,90 @@
+"""Which backend runs a call, and why another one cannot.
+
+numpy: the xp loop on the CPU.  cupy: the xp loop on a CUDA GPU.
+triton: the fused kernels (CUDA GPU, or the CPU under TRITON_INTERPRET=1).
+auto: triton if usable, else cupy, for GPU data; numpy for CPU data.
+GPURNN_BACKEND overrides auto.
+"""
+import importlib.util
+import os
+
+from .checks import check_choice
+
+BACKENDS = ("numpy", "cupy", "triton")
+CHOICES = ("auto",) + BACKENDS
+
+
+def interpreting():
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _cuda_reason():
+    """None when a CUDA device is visible to torch or CuPy, else why not."""
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return None
+    except ImportError:
+        pass
+    from .arrays import cupy_or_none
+    cp = cupy_or_none()
+    try:
+        if cp is not None and cp.cuda.is_available():
+            return None
+    except Exception as err:  # a broken CUDA driver install reports itself here
+        return f"CUDA is not usable: {err}"
+    return "no CUDA GPU is visible"
+
+
+def _kernels_reason():
+    if importlib.util.find_spec("gpurnn.kernels") is None:
+        return "the gpurnn.kernels package is missing from this install"
+    return None
+
+
+def backend_status():
+    """{backend: None if usable here, else the reason it is not}."""
+    status = {"numpy": None}
+    cuda = _cuda_reason()
+    if importlib.util.find_spec("cupy") is None:
+        status["cupy"] = "CuPy is not installed (pip install cupy-cuda12x or cupy-cuda13x)"
+    else:
+        status["cupy"] = cuda
+    if importlib.util.find_spec("triton") is None or importlib.util.find_spec("torch") is None:
+        status["triton"] = "Triton and torch are needed (pip install 'gpurnn[gpu]')"
+    else:
+        status["triton"] = _kernels_reason() or (None if interpreting() else cuda)
+    return status
+
+
+def available_backends():
+    """Names of the backends usable on this machine, fastest first."""
+    status = backend_status()
+    return [name for name in ("triton", "cupy", "numpy") if status[name] is None]
+
+
+def resolve(backend, on_gpu):
+    """The backend that runs data living on the GPU (on_gpu) or on the CPU."""
+    check_choice("backend", backend, CHOICES)
+    if backend == "auto":
+        backend = os.environ.get("GPURNN_BACKEND", "auto")
+        check_choice("GPURNN_BACKEND", backend, CHOICES)
+    status = backend_status()
+    if backend == "auto":
+        if not on_gpu:
+            return "numpy"
+        for name in ("triton", "cupy"):
+            if status[name] is None:
+                return name
+        raise RuntimeError(f"backend='auto': data is on a CUDA device but neither GPU backend is usable: "
+                           f"triton: {status['triton']}; cupy: {status['cupy']}")
+    if status[backend] is not None:
+        raise RuntimeError(f"backend={backend!r} is not usable here: {status[backend]}")
+    where = "cuda" if on_gpu else "cpu"
+    if backend == "numpy" and on_gpu:
+        raise ValueError("backend='numpy' runs on the CPU: expected data on device cpu, got cuda")
+    if backend == "cupy" and not on_gpu:
+        raise ValueError(f"backend='cupy' runs on a CUDA GPU: expected data on device cuda, got {where}")
+    if backend == "triton" and not on_gpu and not interpreting():
+        raise ValueError("backend='triton' expects data on a CUDA device (or TRITON_INTERPRET=1 on the CPU), got cpu")
+    return backend

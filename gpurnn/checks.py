@@ -1,0 +1,38 @@
+"""Boundary checks: each error names the argument, what was expected and what came."""
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
+
+
+def check_shape(name, shape, expected):
+    shape, expected = tuple(shape), tuple(expected)
+    if shape != expected:
+        raise ValueError(f"{name}: expected shape {expected}, got {shape}")
+
+
+def check_rank(name, shape, ranks):
+    if len(shape) not in ranks:
+        want = " or ".join(f"{r}-D" for r in ranks)
+        raise ValueError(f"{name}: expected a {want} array, got {len(shape)}-D with shape {tuple(shape)}")
+
+
+def check_floating(name, dtype, is_floating):
+    if not is_floating:
+        raise TypeError(f"{name}: expected a floating dtype (float16, float32, float64), got {dtype}")
+
+
+def check_same_dtype(name, dtype, ref_name, ref_dtype):
+    if dtype != ref_dtype:
+        raise TypeError(f"{name}: expected dtype {ref_dtype} (the dtype of {ref_name}), got {dtype}")
+
+
+def check_same_device(name, device, ref_name, ref_device):
+    if device != ref_device:
+        raise ValueError(f"{name}: expected device {ref_device} (the device of {ref_name}), got {device}")
+
+
+def check_unit_interval(name, lo, hi):
+    if not (0 <= lo and hi <= 1):
+        raise ValueError(f"{name}: expected values in [0, 1], got values in [{lo}, {hi}]")
