@@ -11,6 +11,7 @@ Steps 1 and 4 of the data flow (input projection, weight gradients) are GEMMs
 over all T*B rows inside the cells; this module runs the time loop (step 2
 forward, step 3 reverse) with packed-sequence masking and direction.
 """
+import importlib
 from dataclasses import dataclass
 
 from . import cells
@@ -38,6 +39,17 @@ def _make_cell(cell, xp, w, opts):
     raise ValueError(f"cell: expected one of {tuple(WEIGHT_NAMES)}, got {cell!r}")
 
 
+def _kernels(cell):
+    """The fused-kernel module of a cell: kernels/<cell>.py, installed as gpurnn.kernels.<cell>.
+
+    Its forward(c, sizes) does what c.step(t, sizes[t]) plus the engine's state
+    hold does for t = 0..T-1, and its backward(c, sizes) what c.back_step does
+    for t = T-1..0, on the same buffers (c after begin_forward/begin_backward).
+    """
+    name = cell if isinstance(cell, str) else type(cell).__name__.lower()
+    return importlib.import_module(f"gpurnn.kernels.{name}")
+
+
 @dataclass
 class Saved:
     """What backward needs from forward: the cell with its buffers, and how it was run."""
@@ -46,6 +58,7 @@ class Saved:
     sizes: list
     reverse: bool
     state_shapes: list
+    backend: str
 
 
 def _cast(a, dtype):
@@ -81,12 +94,15 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
     c = _make_cell(cell, xp, w, opts)
     c.begin_forward(_to_compute(xp, x, cdt, reverse),
                     tuple(s.astype(cdt, copy=False) for s in state0))
-    for t in range(T):
-        n = sizes[t]
-        c.step(t, n)
-        if n < B:
-            for seq in c.seq:
-                seq[t + 1, n:] = seq[t, n:]
+    if backend == "triton":
+        _kernels(cell).forward(c, sizes)
+    else:
+        for t in range(T):
+            n = sizes[t]
+            c.step(t, n)
+            if n < B:   # rows past their length hold their state
+                for seq in c.seq:
+                    seq[t + 1, n:] = seq[t, n:]
     y = c.outputs()
     if batch_sizes is not None:
         y = y.copy()
@@ -94,7 +110,7 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
             y[t, sizes[t]:] = 0
     y = _time_order(y, reverse)
     state_shapes = [s.shape for s in state0]
-    saved = Saved(c, dtype, sizes if batch_sizes is not None else None, reverse, state_shapes)
+    saved = Saved(c, dtype, sizes if batch_sizes is not None else None, reverse, state_shapes, backend)
     return y.astype(dtype), tuple(s.astype(dtype) for s in c.final()), saved
 
 
@@ -114,8 +130,11 @@ def backward(saved, dy, dstate):
     # Rows past their length must contribute nothing to the weight GEMMs.
     alloc = xp.empty if sizes is None else xp.zeros
     c.begin_backward(dy, dstate, alloc)
-    for t in range(T - 1, -1, -1):
-        c.back_step(t, B if sizes is None else sizes[t])
+    if saved.backend == "triton":
+        _kernels(c).backward(c, [B] * T if sizes is None else sizes)
+    else:
+        for t in range(T - 1, -1, -1):
+            c.back_step(t, B if sizes is None else sizes[t])
     dx, dstate0, grads = c.finish_backward()
     dx = _time_order(dx, reverse).astype(saved.dtype)
     grads = {k: _cast(v, saved.dtype) for k, v in grads.items()}

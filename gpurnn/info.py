@@ -1,0 +1,47 @@
+"""`python -m gpurnn info`: versions, devices and which backends are usable here."""
+import importlib.metadata
+import platform
+
+from .backends import backend_status
+
+
+def _version(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _devices():
+    try:
+        import torch
+    except ImportError:
+        return ["(torch not installed: CUDA devices not listed)"]
+    if not torch.cuda.is_available():
+        return ["cpu only (no CUDA GPU visible to torch)"]
+    return [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+
+
+def info():
+    """The report as a string."""
+    from . import __version__
+    cupy = next((v for d in ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy")
+                 if (v := _version(d))), None)
+    lines = [f"gpurnn {__version__}", f"python {platform.python_version()} on {platform.machine()}"]
+    for name, version in (("numpy", _version("numpy")), ("torch", _version("torch")),
+                          ("triton", _version("triton")), ("cupy", cupy)):
+        lines.append(f"{name:8s}{version or 'not installed'}")
+    lines.append("devices:")
+    lines += [f"  {d}" for d in _devices()]
+    lines.append("backends:")
+    for name, reason in backend_status().items():
+        lines.append(f"  {name:8s}{'usable' if reason is None else 'unavailable: ' + reason}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser):
+    pass
+
+
+def run(args):
+    print(info())
