@@ -3,8 +3,10 @@
 Each cell owns the buffers of one layer and one direction for one sequence.
 The engine (engine.py) calls, in processing order:
 
-    begin_forward(x, state0); step(t, n) for t in 0..T-1; outputs(); final()
-    begin_backward(dy, dstate); back_step(t, n) for t in T-1..0; finish_backward()
+    begin_forward(x, state0, alloc); step(t, n) for t in 0..T-1; outputs(); final()
+    begin_backward(dy, dstate, alloc); back_step(t, n) for t in T-1..0; finish_backward()
+
+`alloc` makes the (T, ...) buffers: xp.empty, or xp.zeros when rows are masked.
 
 `n` is the number of active batch rows at step t (packed sequences: rows are
 sorted by length, so the active rows are always a prefix). A step touches only
@@ -76,12 +78,12 @@ class Elman:
     def __init__(self, xp, w, nonlinearity="tanh"):
         self.xp, self.w, self.nonlinearity = xp, w, nonlinearity
 
-    def begin_forward(self, x, state0):
+    def begin_forward(self, x, state0, alloc):
         w, xp = self.w, self.xp
         T, B = x.shape[:2]
         self.x = x
         self.gx = project(x, w["w_ih"], add_bias(w["b_ih"], w["b_hh"]))
-        self.h = xp.empty((T + 1,) + state0[0].shape, x.dtype)
+        self.h = alloc((T + 1,) + state0[0].shape, x.dtype)
         self.h[0] = state0[0]
         self.seq = [self.h]
         self.w_hh_t = w["w_hh"].T
@@ -131,16 +133,16 @@ class LSTM:
         self.shift[2 * H:3 * H] = 0
         self.H = H
 
-    def begin_forward(self, x, state0):
+    def begin_forward(self, x, state0, alloc):
         w, xp, H = self.w, self.xp, self.H
         T, B = x.shape[:2]
         self.x = x
         self.gx = project(x, w["w_ih"], add_bias(w["b_ih"], w["b_hh"]))
-        self.gates = xp.empty((T, B, 4 * H), x.dtype)   # activated i, f, g, o
-        self.h = xp.empty((T + 1,) + state0[0].shape, x.dtype)
-        self.c = xp.empty((T + 1, B, H), x.dtype)
-        self.tanh_c = xp.empty((T, B, H), x.dtype)
-        self.m = xp.empty((T, B, H), x.dtype) if w["w_hr"] is not None else None  # o*tanh(c) before W_hr
+        self.gates = alloc((T, B, 4 * H), x.dtype)   # activated i, f, g, o
+        self.h = alloc((T + 1,) + state0[0].shape, x.dtype)
+        self.c = alloc((T + 1, B, H), x.dtype)
+        self.tanh_c = alloc((T, B, H), x.dtype)
+        self.m = alloc((T, B, H), x.dtype) if w["w_hr"] is not None else None  # o*tanh(c) before W_hr
         self.ig = xp.empty((B, H), x.dtype)
         self.h[0], self.c[0] = state0
         self.seq = [self.h, self.c]
@@ -229,7 +231,7 @@ class GRU:
         self.xp, self.w = xp, w
         self.H = w["w_hh"].shape[0] // 3
 
-    def begin_forward(self, x, state0):
+    def begin_forward(self, x, state0, alloc):
         w, xp, H = self.w, self.xp, self.H
         T, B = x.shape[:2]
         self.x = x
@@ -237,10 +239,10 @@ class GRU:
         bias = add_bias(w["b_ih"], None if w["b_hh"] is None else
                         xp.concatenate([w["b_hh"][:2 * H], xp.zeros(H, x.dtype)]))
         self.gx = project(x, w["w_ih"], bias)
-        self.gates = xp.empty((T, B, 3 * H), x.dtype)   # activated r, z, n
-        self.hn = xp.empty((T, B, H), x.dtype)          # W_hn h + b_hn
+        self.gates = alloc((T, B, 3 * H), x.dtype)   # activated r, z, n
+        self.hn = alloc((T, B, H), x.dtype)          # W_hn h + b_hn
         self.hp = xp.empty((B, 3 * H), x.dtype)
-        self.h = xp.empty((T + 1, B, H), x.dtype)
+        self.h = alloc((T + 1, B, H), x.dtype)
         self.h[0] = state0[0]
         self.seq = [self.h]
         self.w_hh_t = w["w_hh"].T
@@ -323,15 +325,15 @@ class Jordan:
         self.xp, self.w = xp, w
         self.nonlinearity, self.output_activation, self.teacher = nonlinearity, output_activation, teacher
 
-    def begin_forward(self, x, state0):
+    def begin_forward(self, x, state0, alloc):
         w, xp = self.w, self.xp
         T, B = x.shape[:2]
         H, O = w["w_ih"].shape[0], w["w_ho"].shape[0]
         self.x = x
         self.gx = project(x, w["w_ih"], w["b_h"])
-        self.hid = xp.empty((T, B, H), x.dtype)
-        self.y = xp.empty((T, B, O), x.dtype)
-        self.s = xp.empty((T + 1, B, O), x.dtype)
+        self.hid = alloc((T, B, H), x.dtype)
+        self.y = alloc((T, B, O), x.dtype)
+        self.s = alloc((T + 1, B, O), x.dtype)
         self.s[0] = state0[0]
         self.seq = [self.s]
 

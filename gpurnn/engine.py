@@ -92,8 +92,10 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
     sizes = [B] * T if batch_sizes is None else [int(n) for n in batch_sizes]
     sizes = _time_order(sizes, reverse)
     c = _make_cell(cell, xp, w, opts)
-    c.begin_forward(_to_compute(xp, x, cdt, reverse),
-                    tuple(s.astype(cdt, copy=False) for s in state0))
+    # With packed rows, buffers start zeroed: rows past their length are never written by a
+    # step, and the weight GEMMs multiply them by zero gradients (0 * garbage may be NaN).
+    alloc = xp.empty if batch_sizes is None else xp.zeros
+    c.begin_forward(_to_compute(xp, x, cdt, reverse), tuple(s.astype(cdt, copy=False) for s in state0), alloc)
     if backend == "triton":
         _kernels(cell).forward(c, sizes)
     else:
@@ -127,8 +129,7 @@ def backward(saved, dy, dstate):
     dy = xp.zeros(y_shape, cdt) if dy is None else _to_compute(xp, dy, cdt, reverse)
     dstate = tuple(xp.zeros(shape, cdt) if d is None else d.astype(cdt, copy=True)
                    for d, shape in zip(dstate, saved.state_shapes))
-    # Rows past their length must contribute nothing to the weight GEMMs.
-    alloc = xp.empty if sizes is None else xp.zeros
+    alloc = xp.empty if sizes is None else xp.zeros   # zero gradient for rows past their length
     c.begin_backward(dy, dstate, alloc)
     if saved.backend == "triton":
         _kernels(c).backward(c, [B] * T if sizes is None else sizes)

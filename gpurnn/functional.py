@@ -1,0 +1,125 @@
+"""The plain-array API for NumPy and CuPy users (no torch needed).
+
+    y, state, tape = forward("lstm", x, {"w_ih": ..., "w_hh": ..., "b_ih": ..., "b_hh": ...})
+    dx, dstate0, grads = backward(tape, dy, (dh_T, dc_T))
+
+x: (T, B, I) in time-major order. Weights follow torch's names and shapes
+(see WEIGHTS); optional ones may be left out. state0 defaults to zeros:
+(h0,) for rnn and gru, (h0, c0) for lstm, (s0,) for jordan.
+"""
+import numpy as np
+
+from . import backends, engine
+from .arrays import get_xp
+from .checks import check_choice, check_floating, check_rank, check_same_dtype, check_shape
+from .cells import NONLINEARITIES, OUTPUT_ACTIVATIONS
+
+CELLS = {"rnn": "elman", "lstm": "lstm", "gru": "gru", "jordan": "jordan"}
+GATES = {"elman": 1, "lstm": 4, "gru": 3}
+OPTIONAL = ("b_ih", "b_hh", "w_hr", "b_h", "b_o")
+
+
+def _expected_shapes(cell, w, input_size):
+    """Shapes every weight and state must have, derived from the recurrent weight."""
+    if cell == "jordan":
+        H, O = w["w_sh"].shape
+        shapes = {"w_ih": (H, input_size), "w_sh": (H, O), "b_h": (H,), "w_ho": (O, H), "b_o": (O,),
+                  "decay": (O,)}
+        return shapes, [("s0", O)]
+    G = GATES[cell]
+    H = w["w_hh"].shape[0] // G
+    P = w["w_hr"].shape[0] if w.get("w_hr") is not None else H
+    shapes = {"w_ih": (G * H, input_size), "w_hh": (G * H, P), "b_ih": (G * H,), "b_hh": (G * H,)}
+    if cell == "lstm":
+        shapes["w_hr"] = (P, H)
+        return shapes, [("h0", P), ("c0", H)]
+    return shapes, [("h0", H)]
+
+
+def _check_batch_sizes(batch_sizes, T, B):
+    sizes = [int(n) for n in batch_sizes]
+    if len(sizes) != T or sizes[0] != B or any(b > a for a, b in zip(sizes, sizes[1:])) or sizes[-1] < 1:
+        raise ValueError(f"batch_sizes: expected {T} non-increasing counts from {B} down to >= 1, got {sizes}")
+    return sizes
+
+
+def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activation="identity",
+            teacher=None, batch_sizes=None, reverse=False, backend="auto"):
+    """Run one layer over x; returns (y (T, B, ·), final state tuple, tape for backward).
+
+    cell: "rnn" (Elman), "lstm", "gru" or "jordan". batch_sizes: active rows per
+    step for variable lengths (rows sorted by length, longest first). reverse:
+    process t = T-1..0. teacher (jordan): (T, B, O) values replacing y_t in the
+    state update.
+    """
+    check_choice("cell", cell, tuple(CELLS))
+    cell = CELLS[cell]
+    xp = get_xp(x)
+    check_rank("x", x.shape, (3,))
+    check_floating("x", x.dtype, xp.issubdtype(x.dtype, xp.floating))
+    check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+    check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+    names = engine.WEIGHT_NAMES[cell]
+    unknown = set(weights) - set(names)
+    if unknown:
+        raise ValueError(f"weights: expected keys among {names}, got unknown {sorted(unknown)}")
+    missing = [n for n in names if n not in OPTIONAL and weights.get(n) is None]
+    if missing:
+        raise ValueError(f"weights: missing required {missing} for cell {cell!r}")
+    w = {n: weights.get(n) for n in names}
+    T, B, I = x.shape
+    if w["w_ih"].shape[-1] != I:
+        raise ValueError(f"x: expected {w['w_ih'].shape[-1]} input features (last dim), as "
+                         f"weights['w_ih'] has shape {tuple(w['w_ih'].shape)}, got shape {tuple(x.shape)}")
+    shapes, state_specs = _expected_shapes(cell, w, I)
+    for name, a in w.items():
+        if a is not None:
+            if get_xp(a) is not xp:
+                raise TypeError(f"weights[{name!r}]: expected a {xp.__name__} array like x, got {type(a).__name__}")
+            check_same_dtype(f"weights[{name!r}]", a.dtype, "x", x.dtype)
+            check_shape(f"weights[{name!r}]", a.shape, shapes[name])
+    if cell == "jordan" and (w["decay"].min() < 0 or w["decay"].max() > 1):
+        raise ValueError(f"weights['decay']: expected values in [0, 1], got values in "
+                         f"[{float(w['decay'].min())}, {float(w['decay'].max())}]")
+    if state0 is None:
+        state0 = tuple(xp.zeros((B, size), x.dtype) for _, size in state_specs)
+    else:
+        state0 = tuple(state0) if isinstance(state0, (tuple, list)) else (state0,)
+        if len(state0) != len(state_specs):
+            raise ValueError(f"state0: expected {len(state_specs)} arrays "
+                             f"({', '.join(n for n, _ in state_specs)}), got {len(state0)}")
+        for s, (name, size) in zip(state0, state_specs):
+            check_same_dtype(name, s.dtype, "x", x.dtype)
+            check_shape(name, s.shape, (B, size))
+    if teacher is not None:
+        if cell != "jordan":
+            raise ValueError(f"teacher: only the jordan cell takes teacher forcing, got cell {cell!r}")
+        check_same_dtype("teacher", teacher.dtype, "x", x.dtype)
+        check_shape("teacher", teacher.shape, (T, B, shapes["w_ho"][0]))
+    if batch_sizes is not None:
+        batch_sizes = _check_batch_sizes(batch_sizes, T, B)
+    name = backends.resolve(backend, on_gpu=xp is not np)
+    x = xp.ascontiguousarray(x)
+    opts = {"nonlinearity": nonlinearity}
+    if cell == "jordan":
+        opts.update(output_activation=output_activation, teacher=teacher)
+    return engine.forward(cell, x, state0, w, batch_sizes=batch_sizes, reverse=reverse,
+                          backend=name, **opts)
+
+
+def backward(tape, dy=None, dstate=None):
+    """Gradients of a forward call: dy (T, B, ·) and dstate (tuple like the final state), each optional.
+
+    Returns (dx, dstate0 tuple, {weight name: grad}); absent biases get None; Jordan's decay
+    is a fixed buffer and has no gradient.
+    """
+    n_state = len(tape.state_shapes)
+    dstate = (None,) * n_state if dstate is None else tuple(dstate) if isinstance(dstate, (tuple, list)) else (dstate,)
+    if len(dstate) != n_state:
+        raise ValueError(f"dstate: expected {n_state} arrays like the final state, got {len(dstate)}")
+    for i, (d, shape) in enumerate(zip(dstate, tape.state_shapes)):
+        if d is not None:
+            check_shape(f"dstate[{i}]", d.shape, shape)
+    if dy is not None:
+        check_shape("dy", dy.shape, tape.cell.outputs().shape)
+    return engine.backward(tape, dy, dstate)
