@@ -25,6 +25,10 @@ NONLINEARITIES = ("tanh", "relu")
 OUTPUT_ACTIVATIONS = ("identity", "tanh", "sigmoid", "softmax")
 
 
+# b_ih and b_hh get equal gradients but separate arrays: torch may keep a returned gradient
+# as .grad without copying and later accumulate into it in place.
+
+
 def outer(a, b):
     """sum over all (t, b) rows of a^T b: a (T, B, M), b (T, B, K) -> (M, K), one GEMM."""
     return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
@@ -115,7 +119,7 @@ class Elman:
     def finish_backward(self):
         dz, w = self.dz, self.w
         db = sum_rows(dz) if w["b_ih"] is not None else None
-        grads = {"w_ih": outer(dz, self.x), "w_hh": outer(dz, self.h[:-1]), "b_ih": db, "b_hh": db}
+        grads = {"w_ih": outer(dz, self.x), "w_hh": outer(dz, self.h[:-1]), "b_ih": db, "b_hh": None if db is None else db.copy()}
         return dz @ w["w_ih"], (self.dh,), grads
 
 
@@ -219,7 +223,7 @@ class LSTM:
     def finish_backward(self):
         d, w = self.dgates, self.w
         db = sum_rows(d) if w["b_ih"] is not None else None
-        grads = {"w_ih": outer(d, self.x), "w_hh": outer(d, self.h[:-1]), "b_ih": db, "b_hh": db,
+        grads = {"w_ih": outer(d, self.x), "w_hh": outer(d, self.h[:-1]), "b_ih": db, "b_hh": None if db is None else db.copy(),
                  "w_hr": outer(self.dh_seq, self.m) if self.m is not None else None}
         return d @ w["w_ih"], (self.dh, self.dc), grads
 

@@ -40,7 +40,6 @@ class _Layer(torch.autograd.Function):
         dx, dstate0, grads = engine.backward(ctx.saved, to_xp(dy), tuple(to_xp(d) for d in dstate))
         dweights = [xp_to_tensor(grads[name]) if has and name not in engine.NO_GRAD else None
                     for name, has in zip(engine.WEIGHT_NAMES[ctx.cell], ctx.has_weight)]
-        del ctx.saved   # free the buffers as soon as possible
         return (None, xp_to_tensor(dx)) + tuple(xp_to_tensor(d) for d in dstate0) + tuple(dweights)
 
 

@@ -1,0 +1,66 @@
+"""JordanRNN against the plain torch loop of its equations, and its module conventions."""
+import pytest
+import torch
+
+import gpurnn.nn as gnn
+from jordan_reference import jordan_reference
+
+ACTS = ("identity", "tanh", "sigmoid", "softmax")
+
+
+def make(output_activation="identity", nonlinearity="tanh", bias=True, dtype=torch.float64, **kw):
+    torch.manual_seed(0)
+    return gnn.JordanRNN(4, 6, 3, nonlinearity=nonlinearity, output_activation=output_activation,
+                         decay=torch.tensor([0.0, 0.5, 1.0]), bias=bias, dtype=dtype, backend="numpy", **kw)
+
+
+def params(m):
+    return [m.weight_ih, m.weight_sh, m.bias_h, m.weight_ho, m.bias_o, m.decay]
+
+
+@pytest.mark.parametrize("teacher", [False, True], ids=["free", "teacher"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_matches_reference_loop(act, nonlinearity, bias, teacher, dtype):
+    m = make(act, nonlinearity, bias, dtype)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(7, 5, 4, generator=g, dtype=dtype, requires_grad=True)
+    s0 = torch.randn(5, 3, generator=g, dtype=dtype, requires_grad=True)
+    tf = torch.randn(7, 5, 3, generator=g, dtype=dtype) if teacher else None
+    dy, ds = torch.randn(7, 5, 3, generator=g, dtype=dtype), torch.randn(5, 3, generator=g, dtype=dtype)
+    results = []
+    for fn in (lambda: m(x, s0, tf), lambda: jordan_reference(x, s0, *params(m), nonlinearity, act, tf)):
+        m.zero_grad()
+        x.grad = s0.grad = None
+        y, s = fn()
+        ((y * dy).sum() + (s * ds).sum()).backward()
+        results.append([y, s, x.grad, s0.grad] + [p.grad for p in m.parameters()])
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    for mine, ref in zip(*results):
+        torch.testing.assert_close(mine, ref, atol=tol, rtol=tol)
+
+
+def test_batch_first_unbatched_and_defaults():
+    m = make("tanh", batch_first=True)
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    y, s = m(x)
+    y_ref, s_ref = jordan_reference(x.transpose(0, 1), torch.zeros(2, 3, dtype=torch.float64), *params(m),
+                                    output_activation="tanh")
+    torch.testing.assert_close(y, y_ref.transpose(0, 1), atol=1e-12, rtol=0)
+    torch.testing.assert_close(s, s_ref, atol=1e-12, rtol=0)
+    y1, s1 = m(x[0])
+    torch.testing.assert_close(y1, y[0], atol=1e-12, rtol=0)
+    torch.testing.assert_close(s1, s[0], atol=1e-12, rtol=0)
+
+
+def test_parameters_buffer_and_state_dict():
+    m = make()
+    assert [n for n, _ in m.named_parameters()] == ["weight_ih", "weight_sh", "bias_h", "weight_ho", "bias_o"]
+    assert [n for n, _ in m.named_buffers()] == ["decay"]
+    assert m.weight_ih.shape == (6, 4) and m.weight_sh.shape == (6, 3) and m.weight_ho.shape == (3, 6)
+    other = gnn.JordanRNN(4, 6, 3, decay=0.9, dtype=torch.float64)
+    other.load_state_dict(m.state_dict())
+    assert torch.equal(other.decay, m.decay)
+    assert gnn.JordanRNN(4, 6, 3).decay.tolist() == [0.5] * 3
