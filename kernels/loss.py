@@ -1,0 +1,131 @@
+"""Fused sequence loss: -log softmax(W h_n + b)[y_n] per row, never holding all logits.
+
+# h: (N, H)   w: (V, H)   b: (V,)   y: (N,) int64   lse, loss, grad: (N,) accumulation dtype
+# dh: (N, H)  dw: (V, H)  db: (V,)  (accumulation dtype; cast back by the launcher)
+
+N = T*B rows (every step of every sequence). The vocabulary is streamed in
+BLOCK_V columns: the forward keeps a running max and sum per row (online
+logsumexp) and picks the target logit on the way; the backward recomputes one
+(BLOCK_N, BLOCK_V) logit tile per program, turns it into
+grad_n * (softmax - onehot), and adds its share into dh, dw and db with atomics,
+so no program ever holds more than a tile of logits and any H and V work
+(a 50k vocabulary costs N*4 bytes of extra memory, not N*V).
+"""
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_N, BLOCK_V, BLOCK_H = 64, 128, 32
+NUM_WARPS = 4
+_ACC = {torch.float64: tl.float64}   # everything else accumulates in float32
+
+
+@triton.jit
+def _logit_tile(p_h, p_w, p_b, rows, cols, H, row_ok, col_ok,
+                HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                BLOCK_H: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    """(BLOCK_N, BLOCK_V) logits h[rows] @ w[cols]^T + b[cols]; padded columns are -inf."""
+    b_acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=ACC)
+    for k0 in range(0, H, BLOCK_H):
+        ks = k0 + tl.arange(0, BLOCK_H)
+        k_ok = ks < H
+        b_h = tl.load(p_h + rows[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b_wt = tl.load(p_w + cols[None, :] * H + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        b_acc = tl.dot(b_h, b_wt, b_acc, input_precision=PRECISION, out_dtype=ACC)
+    if HAS_BIAS:
+        b_acc += tl.load(p_b + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
+    return tl.where(col_ok[None, :], b_acc, float("-inf"))
+
+
+@triton.jit
+def _loss_fwd(p_h, p_w, p_b, p_y, p_loss, p_lse, N, V, H, ignore_index,
+              HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+              BLOCK_H: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    b_y = tl.load(p_y + rows, mask=row_ok, other=ignore_index)
+    b_max = tl.full((BLOCK_N,), float("-inf"), ACC)
+    b_sum = tl.zeros((BLOCK_N,), ACC)
+    b_target = tl.zeros((BLOCK_N,), ACC)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        b_logit = _logit_tile(p_h, p_w, p_b, rows, cols, H, row_ok, cols < V,
+                              HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, ACC, PRECISION)
+        new_max = tl.maximum(b_max, tl.max(b_logit, axis=1))
+        b_sum = b_sum * tl.exp(b_max - new_max) + tl.sum(tl.exp(b_logit - new_max[:, None]), axis=1)
+        b_max = new_max
+        b_target += tl.sum(tl.where(cols[None, :] == b_y[:, None], b_logit, 0.0), axis=1)
+    b_lse = b_max + tl.log(b_sum)
+    tl.store(p_lse + rows, b_lse, mask=row_ok)
+    tl.store(p_loss + rows, tl.where(b_y != ignore_index, b_lse - b_target, 0.0), mask=row_ok)
+
+
+@triton.jit
+def _loss_bwd(p_h, p_w, p_b, p_y, p_lse, p_grad, p_dh, p_dw, p_db, N, V, H,
+              HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+              BLOCK_H: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    row_ok, col_ok = rows < N, cols < V
+    b_logit = _logit_tile(p_h, p_w, p_b, rows, cols, H, row_ok, col_ok,
+                          HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, ACC, PRECISION)
+    b_lse = tl.load(p_lse + rows, mask=row_ok, other=0.0)
+    b_y = tl.load(p_y + rows, mask=row_ok, other=-1)
+    b_grad = tl.load(p_grad + rows, mask=row_ok, other=0.0)   # 0 for ignored rows
+    # d loss / d logit = grad_n * (softmax - onehot(y_n)); padded columns give exp(-inf) = 0
+    b_dlogit = tl.exp(b_logit - b_lse[:, None]) - tl.where(cols[None, :] == b_y[:, None], 1.0, 0.0)
+    b_dlogit = b_dlogit * b_grad[:, None]
+    b_dlogit = tl.where(col_ok[None, :], b_dlogit, 0.0)
+    b_dlogit_in = b_dlogit.to(p_h.dtype.element_ty)
+    for k0 in range(0, H, BLOCK_H):
+        ks = k0 + tl.arange(0, BLOCK_H)
+        k_ok = ks < H
+        b_w = tl.load(p_w + cols[:, None] * H + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        b_dh = tl.dot(b_dlogit_in, b_w, input_precision=PRECISION, out_dtype=ACC)
+        tl.atomic_add(p_dh + rows[:, None] * H + ks[None, :], b_dh, mask=row_ok[:, None] & k_ok[None, :])
+        b_h = tl.load(p_h + rows[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b_dw = tl.dot(tl.trans(b_dlogit_in), b_h, input_precision=PRECISION, out_dtype=ACC)
+        tl.atomic_add(p_dw + cols[:, None] * H + ks[None, :], b_dw, mask=col_ok[:, None] & k_ok[None, :])
+    if HAS_BIAS:
+        tl.atomic_add(p_db + cols, tl.sum(b_dlogit, axis=0), mask=col_ok)
+
+
+def _precision(dtype, precision):
+    # input_precision only means something for float32 operands
+    return precision if dtype == torch.float32 else "ieee"
+
+
+def forward(h, weight, bias, targets, ignore_index=-100, precision="ieee"):
+    """Per-row losses and logsumexps, both (N,) in the accumulation dtype.
+
+    h (N, H), weight (V, H), bias (V,) or None: contiguous, same dtype and device;
+    targets (N,) int64. Rows whose target is ignore_index get loss 0.
+    """
+    N, H = h.shape
+    V = weight.shape[0]
+    acc = _ACC.get(h.dtype, tl.float32)
+    acc_dtype = torch.float64 if acc == tl.float64 else torch.float32
+    loss = torch.empty(N, dtype=acc_dtype, device=h.device)
+    lse = torch.empty(N, dtype=acc_dtype, device=h.device)
+    _loss_fwd[(triton.cdiv(N, BLOCK_N),)](
+        h, weight, weight if bias is None else bias, targets, loss, lse, N, V, H, ignore_index,
+        HAS_BIAS=bias is not None, BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V, BLOCK_H=BLOCK_H,
+        ACC=acc, PRECISION=_precision(h.dtype, precision), num_warps=NUM_WARPS)
+    return loss, lse
+
+
+def backward(h, weight, bias, targets, lse, grad, precision="ieee"):
+    """(dh, dweight, dbias or None) for per-row loss gradients grad (N,), 0 on ignored rows."""
+    N, H = h.shape
+    V = weight.shape[0]
+    acc = _ACC.get(h.dtype, tl.float32)
+    acc_dtype = lse.dtype
+    dh = torch.zeros(N, H, dtype=acc_dtype, device=h.device)
+    dw = torch.zeros(V, H, dtype=acc_dtype, device=h.device)
+    db = torch.zeros(V, dtype=acc_dtype, device=h.device) if bias is not None else dw
+    _loss_bwd[(triton.cdiv(N, BLOCK_N), triton.cdiv(V, BLOCK_V))](
+        h, weight, weight if bias is None else bias, targets, lse, grad.to(acc_dtype).contiguous(),
+        dh, dw, db, N, V, H,
+        HAS_BIAS=bias is not None, BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V, BLOCK_H=BLOCK_H,
+        ACC=acc, PRECISION=_precision(h.dtype, precision), num_warps=NUM_WARPS)
+    return dh.to(h.dtype), dw.to(weight.dtype), None if bias is None else db.to(bias.dtype)

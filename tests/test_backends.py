@@ -1,0 +1,53 @@
+"""Backend choice: auto never fails for lack of a GPU; an explicit unusable backend says why."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gpurnn
+from gpurnn import backends
+
+
+def test_numpy_always_available():
+    assert "numpy" in gpurnn.available_backends()
+    assert gpurnn.backend_status()["numpy"] is None
+
+
+def test_auto_on_cpu_data_is_numpy(monkeypatch):
+    monkeypatch.delenv("GPURNN_BACKEND", raising=False)
+    assert backends.resolve("auto", on_gpu=False) == "numpy"
+
+
+def test_env_overrides_auto_only(monkeypatch):
+    monkeypatch.setenv("GPURNN_BACKEND", "numpy")
+    assert backends.resolve("auto", on_gpu=False) == "numpy"
+    monkeypatch.setenv("GPURNN_BACKEND", "fpga")
+    with pytest.raises(ValueError, match="GPURNN_BACKEND.*fpga"):
+        backends.resolve("auto", on_gpu=False)
+
+
+def test_unusable_backend_reports_reason(monkeypatch):
+    monkeypatch.setattr(backends, "_cuda_reason", lambda: "no CUDA GPU is visible")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    status = backends.backend_status()
+    assert status["triton"] is not None
+    with pytest.raises(RuntimeError, match="triton.*not usable here"):
+        backends.resolve("triton", on_gpu=False)
+    with pytest.raises(ValueError, match="numpy.*cpu.*cuda"):
+        backends.resolve("numpy", on_gpu=True)
+
+
+def test_functional_rejects_unknown_backend():
+    with pytest.raises(ValueError, match="backend.*'gpu'"):
+        gpurnn.functional.forward("rnn", np.zeros((2, 1, 3)),
+                                  {"w_ih": np.zeros((4, 3)), "w_hh": np.zeros((4, 4))}, backend="gpu")
+
+
+def test_info_command_and_import_without_side_effects():
+    out = subprocess.run([sys.executable, "-m", "gpurnn", "info"], capture_output=True, text=True, check=True)
+    assert "backends:" in out.stdout and "numpy   usable" in out.stdout
+    # importing gpurnn must not import torch, triton or cupy (no GPU work at import time)
+    code = "import sys, gpurnn; print(sorted(m for m in ('torch', 'triton', 'cupy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

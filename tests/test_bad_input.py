@@ -1,0 +1,142 @@
+"""Bad input raises at the boundary with a message naming the argument, expected and actual."""
+import numpy as np
+import pytest
+import torch
+
+import gpurnn.functional as F
+import gpurnn.nn as gnn
+
+X = torch.randn(6, 2, 4)
+
+
+def raises(exc, *words):
+    """pytest.raises that also checks the message names each word."""
+    class Check:
+        def __enter__(self):
+            self.ctx = pytest.raises(exc)
+            self.info = self.ctx.__enter__()
+            return self.info
+
+        def __exit__(self, *a):
+            out = self.ctx.__exit__(*a)
+            for w in words:
+                assert w in str(self.info.value), f"{w!r} not in {self.info.value!r}"
+            return out
+    return Check()
+
+
+@pytest.mark.parametrize("cls", [gnn.RNN, gnn.LSTM, gnn.GRU])
+def test_module_input_errors(cls):
+    m = cls(4, 5)
+    with raises(RuntimeError, "input_size", "Expected 4, got 3"):
+        m(torch.randn(6, 2, 3))
+    with raises(ValueError, "input", "4-D"):
+        m(torch.randn(6, 2, 4, 1))
+    with raises(TypeError, "input", "floating", "torch.int64"):
+        m(torch.ones(6, 2, 4, dtype=torch.long))
+    with raises(ValueError, "dtype", "torch.float64", "torch.float32"):
+        m(X.double())
+    with raises(ValueError, "input", "device", "meta"):
+        m(torch.empty(6, 2, 4, device="meta"))
+    h = torch.zeros(1, 3, 5)
+    with raises(RuntimeError, "(1, 2, 5)", "(1, 3, 5)"):
+        m(X, (h, h) if cls is gnn.LSTM else h)
+    h = torch.zeros(1, 2, 5, dtype=torch.float64)
+    with raises(TypeError, "torch.float32", "torch.float64"):
+        m(X, (h, h) if cls is gnn.LSTM else h)
+
+
+def test_lstm_cell_state_shape():
+    m = gnn.LSTM(4, 5)
+    with raises(RuntimeError, "c_0", "(1, 2, 5)", "(1, 2, 6)"):
+        m(X, (torch.zeros(1, 2, 5), torch.zeros(1, 2, 6)))
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda: gnn.RNN(4, 5, nonlinearity="sigmoid"), ("nonlinearity", "sigmoid")),
+    (lambda: gnn.RNN(4, 0), ("hidden_size",)),
+    (lambda: gnn.LSTM(4, 5, dropout=1.5), ("dropout",)),
+    (lambda: gnn.LSTM(4, 5, proj_size=5), ("proj_size",)),
+    (lambda: gnn.GRU(4, 5, backend="tpu"), ("backend", "tpu", "numpy")),
+    (lambda: gnn.JordanRNN(4, 5, 3, decay=1.5), ("decay", "[0, 1]", "1.5")),
+    (lambda: gnn.JordanRNN(4, 5, 3, decay=-0.1), ("decay", "[0, 1]")),
+    (lambda: gnn.JordanRNN(4, 0, 3), ("hidden_size", ">= 1", "0")),
+    (lambda: gnn.JordanRNN(4, 5, 3, nonlinearity="gelu"), ("nonlinearity", "gelu")),
+    (lambda: gnn.JordanRNN(4, 5, 3, output_activation="relu"), ("output_activation", "softmax", "relu")),
+])
+def test_constructor_errors(make, words):
+    with raises(ValueError, *words):
+        make()
+
+
+def test_jordan_forward_errors():
+    m = gnn.JordanRNN(4, 5, 3)
+    with raises(ValueError, "x", "4 input features", "got 2"):
+        m(torch.randn(6, 2, 2))
+    with raises(ValueError, "x", "1-D"):
+        m(torch.randn(6))
+    with raises(ValueError, "s0", "(2, 3)", "(2, 4)"):
+        m(X, s0=torch.zeros(2, 4))
+    with raises(ValueError, "teacher", "(6, 2, 3)", "(5, 2, 3)"):
+        m(X, teacher=torch.zeros(5, 2, 3))
+    with raises(TypeError, "x", "floating"):
+        m(torch.ones(6, 2, 4, dtype=torch.int32))
+    with raises(TypeError, "x", "torch.float32", "torch.float64"):
+        m(X.double())
+    with raises(TypeError, "s0", "torch.float32", "torch.float64"):
+        m(X, s0=torch.zeros(2, 3, dtype=torch.float64))
+
+
+def test_explicit_unavailable_backend_says_why():
+    m = gnn.GRU(4, 5, backend="cupy")
+    with pytest.raises((RuntimeError, ValueError), match="cupy"):
+        m(X)
+
+
+def lstm_weights(H=5, I=4, dtype=np.float64):
+    rng = np.random.default_rng(0)
+    return {"w_ih": rng.standard_normal((4 * H, I)).astype(dtype),
+            "w_hh": rng.standard_normal((4 * H, H)).astype(dtype)}
+
+
+def test_functional_errors():
+    x = np.zeros((6, 2, 4))
+    w = lstm_weights()
+    with raises(ValueError, "cell", "elman"):
+        F.forward("elman", x, w)
+    with raises(ValueError, "x", "3-D", "2-D"):
+        F.forward("lstm", x[0], w)
+    with raises(ValueError, "x", "4 input features", "(6, 2, 3)"):
+        F.forward("lstm", np.zeros((6, 2, 3)), w)
+    with raises(TypeError, "x", "floating", "int64"):
+        F.forward("lstm", np.zeros((6, 2, 4), dtype=np.int64), w)
+    with raises(TypeError, "weights['w_hh']", "float64", "float32"):
+        F.forward("lstm", x, dict(w, w_hh=w["w_hh"].astype(np.float32)))
+    with raises(ValueError, "weights['b_ih']", "(20,)", "(19,)"):
+        F.forward("lstm", x, dict(w, b_ih=np.zeros(19)))
+    with raises(ValueError, "weights", "w_xx"):
+        F.forward("lstm", x, dict(w, w_xx=np.zeros(1)))
+    with raises(ValueError, "weights", "missing", "w_hh"):
+        F.forward("lstm", x, {"w_ih": w["w_ih"]})
+    with raises(ValueError, "c0", "(2, 5)", "(2, 6)"):
+        F.forward("lstm", x, w, (np.zeros((2, 5)), np.zeros((2, 6))))
+    with raises(ValueError, "state0", "2 arrays", "got 1"):
+        F.forward("lstm", x, w, (np.zeros((2, 5)),))
+    with raises(ValueError, "batch_sizes", "non-increasing"):
+        F.forward("lstm", x, w, batch_sizes=[2, 1, 2, 1, 1, 1])
+    with raises(ValueError, "nonlinearity", "swish"):
+        F.forward("rnn", x, {"w_ih": np.zeros((5, 4)), "w_hh": np.zeros((5, 5))}, nonlinearity="swish")
+    with raises(ValueError, "backend", "gpu"):
+        F.forward("lstm", x, w, backend="gpu")
+    with raises(ValueError, "teacher", "jordan"):
+        F.forward("lstm", x, w, teacher=np.zeros((6, 2, 5)))
+    jw = {"w_ih": np.zeros((5, 4)), "w_sh": np.zeros((5, 3)), "w_ho": np.zeros((3, 5)), "decay": np.full(3, 2.0)}
+    with raises(ValueError, "decay", "[0, 1]", "2.0"):
+        F.forward("jordan", x, jw)
+    with raises(ValueError, "output_activation", "relu"):
+        F.forward("jordan", x, dict(jw, decay=np.zeros(3)), output_activation="relu")
+    y, state, tape = F.forward("lstm", x, w)
+    with raises(ValueError, "dy", "(6, 2, 5)", "(6, 2, 4)"):
+        F.backward(tape, np.zeros((6, 2, 4)))
+    with raises(ValueError, "dstate", "2 arrays", "got 1"):
+        F.backward(tape, None, (np.zeros((2, 5)),))
