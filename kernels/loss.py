@@ -15,8 +15,11 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_N, BLOCK_V, BLOCK_H = 64, 128, 32
 NUM_WARPS = 4
+# (BLOCK_N, BLOCK_V, BLOCK_H): float64 tiles are halved so the backward's
+# pipelined loads stay under sm_80's 163 KB of shared memory.
+_BLOCKS = {torch.float64: (32, 64, 32)}
+_DEFAULT_BLOCKS = (64, 128, 32)
 _ACC = {torch.float64: tl.float64}   # everything else accumulates in float32
 
 
@@ -95,6 +98,17 @@ def _precision(dtype, precision):
     return precision if dtype == torch.float32 else "ieee"
 
 
+def _meta(dtype, has_bias, precision):
+    """Constexpr arguments of both kernels for inputs of this dtype."""
+    block_n, block_v, block_h = _BLOCKS.get(dtype, _DEFAULT_BLOCKS)
+    return dict(HAS_BIAS=has_bias, BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h,
+                ACC=_ACC.get(dtype, tl.float32), PRECISION=_precision(dtype, precision))
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def forward(h, weight, bias, targets, ignore_index=-100, precision="ieee"):
     """Per-row losses and logsumexps, both (N,) in the accumulation dtype.
 
@@ -103,14 +117,12 @@ def forward(h, weight, bias, targets, ignore_index=-100, precision="ieee"):
     """
     N, H = h.shape
     V = weight.shape[0]
-    acc = _ACC.get(h.dtype, tl.float32)
-    acc_dtype = torch.float64 if acc == tl.float64 else torch.float32
-    loss = torch.empty(N, dtype=acc_dtype, device=h.device)
-    lse = torch.empty(N, dtype=acc_dtype, device=h.device)
-    _loss_fwd[(triton.cdiv(N, BLOCK_N),)](
+    meta = _meta(h.dtype, bias is not None, precision)
+    loss = torch.empty(N, dtype=_acc_dtype(h.dtype), device=h.device)
+    lse = torch.empty_like(loss)
+    _loss_fwd[(triton.cdiv(N, meta["BLOCK_N"]),)](
         h, weight, weight if bias is None else bias, targets, loss, lse, N, V, H, ignore_index,
-        HAS_BIAS=bias is not None, BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V, BLOCK_H=BLOCK_H,
-        ACC=acc, PRECISION=_precision(h.dtype, precision), num_warps=NUM_WARPS)
+        num_warps=NUM_WARPS, **meta)
     return loss, lse
 
 
@@ -118,14 +130,28 @@ def backward(h, weight, bias, targets, lse, grad, precision="ieee"):
     """(dh, dweight, dbias or None) for per-row loss gradients grad (N,), 0 on ignored rows."""
     N, H = h.shape
     V = weight.shape[0]
-    acc = _ACC.get(h.dtype, tl.float32)
-    acc_dtype = lse.dtype
+    meta = _meta(h.dtype, bias is not None, precision)
+    acc_dtype = _acc_dtype(h.dtype)
     dh = torch.zeros(N, H, dtype=acc_dtype, device=h.device)
     dw = torch.zeros(V, H, dtype=acc_dtype, device=h.device)
     db = torch.zeros(V, dtype=acc_dtype, device=h.device) if bias is not None else dw
-    _loss_bwd[(triton.cdiv(N, BLOCK_N), triton.cdiv(V, BLOCK_V))](
-        h, weight, weight if bias is None else bias, targets, lse, grad.to(acc_dtype).contiguous(),
-        dh, dw, db, N, V, H,
-        HAS_BIAS=bias is not None, BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V, BLOCK_H=BLOCK_H,
-        ACC=acc, PRECISION=_precision(h.dtype, precision), num_warps=NUM_WARPS)
+    grid = (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(V, meta["BLOCK_V"]))
+    _loss_bwd[grid](h, weight, weight if bias is None else bias, targets, lse,
+                    grad.to(acc_dtype).contiguous(), dh, dw, db, N, V, H, num_warps=NUM_WARPS, **meta)
     return dh.to(h.dtype), dw.to(weight.dtype), None if bias is None else db.to(bias.dtype)
+
+
+_TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+
+
+def compile_ahead(kernel, dtype, capability):
+    """Compile _loss_fwd or _loss_bwd for a CUDA capability (80, 90) without a GPU."""
+    from triton.backends.compiler import GPUTarget
+
+    dt, acc = _TRITON_TYPES[dtype], _TRITON_TYPES[_acc_dtype(dtype)]
+    types = {"p_h": f"*{dt}", "p_w": f"*{dt}", "p_b": f"*{dt}", "p_y": "*i64", "N": "i32", "V": "i32",
+             "H": "i32", "ignore_index": "i64"}
+    meta = _meta(dtype, True, "tf32")
+    signature = {name: types.get(name, "constexpr" if name in meta else f"*{acc}") for name in kernel.arg_names}
+    source = triton.compiler.ASTSource(kernel, signature, meta)
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": NUM_WARPS})

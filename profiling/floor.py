@@ -38,9 +38,8 @@ def floor_kernel(p_x, p_h, p_count, T, B, H: tl.constexpr, G: tl.constexpr, COLS
     n_programs = tl.num_programs(0) * tl.num_programs(1)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
+    p_x_t, p_h_t = p_x, p_h   # advanced per step: pointer sums stay 64-bit where T*B*G*H would not
     for t in range(T):
-        p_x_t = p_x + t.to(tl.int64) * B * (G * H)
-        p_h_t = p_h + t.to(tl.int64) * B * H
         for c in tl.static_range(0, COLS, CHUNK):
             cols = pid_h * COLS + c + tl.arange(0, CHUNK)
             mask = row_ok[:, None] & (cols < H)[None, :]
@@ -50,6 +49,8 @@ def floor_kernel(p_x, p_h, p_count, T, B, H: tl.constexpr, G: tl.constexpr, COLS
                                mask=mask, other=0.0).to(tl.float32)
             tl.store(p_h_t + B * H + rows[:, None] * H + cols[None, :],
                      b_h.to(p_h.dtype.element_ty), mask=mask)
+        p_x_t += B * (G * H)
+        p_h_t += B * H
         tl.debug_barrier()   # the CTA-wide sync a kernel needs before it reads h_t back
         if GRID_SYNC:
             tl.atomic_add(p_count, 1, sem="release")
