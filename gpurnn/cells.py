@@ -181,12 +181,14 @@ class LSTM:
         return (self.h[-1], self.c[-1])
 
     def begin_backward(self, dy, dstate, alloc):
-        H, a = self.H, self.gates
+        xp, H, a = self.xp, self.H, self.gates
         T, B = a.shape[:2]
         i, f, g, o = a[..., :H], a[..., H:2 * H], a[..., 2 * H:3 * H], a[..., 3 * H:]
         # d(pre-activation) = (dc | dc | dc | dm) * coef, coef precomputed for all steps.
-        coef = a * (1 - a)
-        coef[..., 2 * H:3 * H] = 1 - g * g
+        coef = 1 - a
+        coef *= a
+        xp.multiply(g, g, out=coef[..., 2 * H:3 * H])
+        xp.subtract(1, coef[..., 2 * H:3 * H], out=coef[..., 2 * H:3 * H])
         coef[..., :H] *= g
         coef[..., H:2 * H] *= self.c[:-1]
         coef[..., 2 * H:3 * H] *= i
@@ -215,7 +217,8 @@ class LSTM:
         d = self.dgates[t, :n]
         d4 = d.reshape(n, 4, H)
         coef = self.coef[t, :n]
-        xp.multiply(dc[:, None, :], coef[:, :3], out=d4[:, :3])
+        for k in range(3):   # i, f, g take dc; a broadcast over the gate axis is ~10x slower in NumPy
+            xp.multiply(dc, coef[:, k], out=d4[:, k])
         xp.multiply(dm, coef[:, 3], out=d4[:, 3])
         dc *= self.f[t, :n]
         xp.matmul(d, self.w["w_hh"], out=dh)

@@ -11,6 +11,9 @@ A comment block naming every tensor by role and shape, then
     forward(c, sizes, io_dtype=None)    launcher: the engine's contract (engine._kernels)
     backward(c, sizes, io_dtype=None)
     compile_targets(hidden_size, dtype) -> [(name, jit_fn, signature, constexprs)]
+        the configs its launchers pick on a GPU (`compile_configs`), built with
+        `target` (constexprs also carry num_warps); signature maps every
+        non-constexpr argument to a Triton type ('*fp32', 'i32').
 
 Grid and modes. Programs form a grid (batch tiles of BB rows) x (P hidden
 slices of S units; S*P >= H). Every kernel takes a window of steps
@@ -309,6 +312,11 @@ def compile_configs(hidden_size, dtype, GP):
         if cfg not in out:
             out.append(cfg)
     return out
+
+
+def target(name, fn, signature, constexprs, cfg):
+    """One compile_targets entry; constexprs carries the launch option num_warps (compile_check pops it)."""
+    return name, fn, signature, dict(constexprs, num_warps=cfg.num_warps)
 
 
 def dtype_constexprs(dtype):

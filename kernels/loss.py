@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-NUM_WARPS = 4
+NUM_WARPS = 8
 # (BLOCK_N, BLOCK_V, BLOCK_H): float64 tiles are halved so the backward's
 # pipelined loads stay under sm_80's 163 KB of shared memory.
 _BLOCKS = {torch.float64: (32, 64, 32)}

@@ -1,0 +1,315 @@
+"""What a training loop for recurrent networks needs beyond the cells.
+
+- sequence loss: L = sum over steps (and rows) of -log softmax(W h_t + b)[y_t]
+  (or the mean), on xp arrays (`sequence_loss_forward/backward`) and as a
+  differentiable torch function (`sequence_loss`) that runs the NumPy/CuPy
+  engine or the fused Triton kernel (kernels/loss.py);
+- truncated BPTT over long sequences or endless streams (`truncated_bptt`);
+- clipping by global norm with torch's convention (`clip_grad_norm_`).
+"""
+from collections import namedtuple
+
+import numpy as np
+
+from . import backends
+from .arrays import compute_dtype, get_xp, tensor_to_xp, xp_to_tensor
+from .checks import check_choice, check_floating, check_same_dtype, check_shape
+
+REDUCTIONS = ("sum", "mean")
+_LOGITS_PER_CHUNK = 1 << 22   # the xp path holds at most this many logits at a time
+
+
+# ---------------------------------------------------------------- sequence loss on xp arrays
+
+def _check_loss_args(xp, h, weight, bias, targets, reduction):
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_floating("h", h.dtype, xp.issubdtype(h.dtype, xp.floating))
+    if h.ndim < 2:
+        raise ValueError(f"h: expected shape (..., H) with at least 2 dims, got shape {tuple(h.shape)}")
+    check_same_dtype("weight", weight.dtype, "h", h.dtype)
+    if weight.ndim != 2 or weight.shape[1] != h.shape[-1]:
+        raise ValueError(f"weight: expected shape (V, {h.shape[-1]}), got {tuple(weight.shape)}")
+    if bias is not None:
+        check_same_dtype("bias", bias.dtype, "h", h.dtype)
+        check_shape("bias", bias.shape, weight.shape[:1])
+    if not xp.issubdtype(targets.dtype, xp.integer):
+        raise TypeError(f"targets: expected an integer dtype, got {targets.dtype}")
+    check_shape("targets", targets.shape, h.shape[:-1])
+
+
+def _check_target_range(targets, vocab, ignore_index):
+    """Every target is a class index or ignore_index (one device sync on the GPU)."""
+    bad = ((targets < 0) | (targets >= vocab)) & (targets != ignore_index)
+    if bool(bad.any()):
+        value = targets[bad].ravel()[0]
+        raise ValueError(f"targets: expected values in [0, {vocab}) or ignore_index={ignore_index}, "
+                         f"got {int(value)}")
+
+
+def _row_chunks(n_rows, vocab):
+    step = max(1, _LOGITS_PER_CHUNK // max(vocab, 1))
+    return [(r, min(r + step, n_rows)) for r in range(0, n_rows, step)]
+
+
+def _logits(h, weight, bias):
+    out = h @ weight.T
+    if bias is not None:
+        out += bias
+    return out
+
+
+def sequence_loss_forward(h, weight, bias, targets, *, reduction="sum", ignore_index=-100):
+    """L = sum_n -log softmax(weight @ h_n + bias)[targets_n] over all rows n (steps x batch).
+
+    h: (..., H) float array (for a sequence: (T, B, H)); weight: (V, H); bias: (V,) or None;
+    targets: (...) integers in [0, V), or ignore_index to skip a row (padding).
+    reduction="mean" divides by the number of rows not ignored (torch's convention).
+    Returns (loss as a 0-d array, saved for sequence_loss_backward). Rows are
+    processed in chunks so at most ~4M logits exist at a time.
+    """
+    xp = get_xp(h)
+    _check_loss_args(xp, h, weight, bias, targets, reduction)
+    _check_target_range(targets, weight.shape[0], ignore_index)
+    cdt = compute_dtype(h.dtype)
+    H, V = h.shape[-1], weight.shape[0]
+    h2 = h.reshape(-1, H).astype(cdt, copy=False)
+    w = weight.astype(cdt, copy=False)
+    b = None if bias is None else bias.astype(cdt, copy=False)
+    y = targets.reshape(-1)
+    valid = y != ignore_index
+    safe_y = xp.where(valid, y, 0)
+    lse = xp.empty(h2.shape[0], cdt)
+    target_logit = xp.empty(h2.shape[0], cdt)
+    for r0, r1 in _row_chunks(h2.shape[0], V):
+        z = _logits(h2[r0:r1], w, b)
+        top = z.max(axis=1)
+        lse[r0:r1] = top + xp.log(xp.exp(z - top[:, None]).sum(axis=1))
+        target_logit[r0:r1] = z[xp.arange(r1 - r0), safe_y[r0:r1]]
+    per_row = xp.where(valid, lse - target_logit, 0)
+    count = valid.sum()
+    loss = per_row.sum()
+    if reduction == "mean":
+        loss = loss / count.astype(cdt)
+    saved = (h, h2, w, b, safe_y, valid, lse, count, reduction)
+    return xp.asarray(loss, dtype=h.dtype), saved   # a 0-d array (NumPy reductions give scalars)
+
+
+def sequence_loss_backward(saved, dloss=1.0):
+    """(dh, dweight, dbias or None) of sequence_loss_forward, scaled by dloss (scalar or 0-d array)."""
+    h, h2, w, b, safe_y, valid, lse, count, reduction = saved
+    xp = get_xp(h2)
+    scale = xp.asarray(dloss, dtype=h2.dtype)
+    if reduction == "mean":
+        scale = scale / count.astype(h2.dtype)
+    row_grad = valid.astype(h2.dtype) * scale
+    dh = xp.empty_like(h2)
+    dw = xp.zeros_like(w)
+    db = None if b is None else xp.zeros_like(b)
+    for r0, r1 in _row_chunks(h2.shape[0], w.shape[0]):
+        p = _logits(h2[r0:r1], w, b)       # recomputed: only the per-row logsumexp was kept
+        p -= lse[r0:r1, None]
+        xp.exp(p, out=p)
+        p[xp.arange(r1 - r0), safe_y[r0:r1]] -= 1
+        p *= row_grad[r0:r1, None]
+        dh[r0:r1] = p @ w
+        dw += p.T @ h2[r0:r1]
+        if db is not None:
+            db += p.sum(axis=0)
+    dtype = h.dtype
+    return (dh.reshape(h.shape).astype(dtype), dw.astype(dtype),
+            None if db is None else db.astype(dtype))
+
+
+# ---------------------------------------------------------------- torch front end
+
+def _torch_function():
+    import torch
+
+    class SequenceLoss(torch.autograd.Function):
+        """(h, weight, bias) -> loss; targets and options ride in `spec`."""
+
+        @staticmethod
+        def forward(ctx, spec, h, weight, bias):
+            targets, reduction, ignore_index, backend = spec
+            ctx.spec = spec
+            if backend == "triton":
+                return _triton_forward(ctx, h, weight, bias, targets, reduction, ignore_index)
+            to_xp = lambda t: None if t is None else tensor_to_xp(t)
+            loss, ctx.saved = sequence_loss_forward(to_xp(h), to_xp(weight), to_xp(bias), to_xp(targets),
+                                                    reduction=reduction, ignore_index=ignore_index)
+            return xp_to_tensor(loss)
+
+        @staticmethod
+        def backward(ctx, dloss):
+            if ctx.spec[3] == "triton":
+                return (None,) + _triton_backward(ctx, dloss)
+            grads = sequence_loss_backward(ctx.saved, tensor_to_xp(dloss))
+            del ctx.saved
+            return (None,) + tuple(None if g is None else xp_to_tensor(g) for g in grads)
+
+    return SequenceLoss
+
+
+_FUNCTION = []
+
+
+def _triton_forward(ctx, h, weight, bias, targets, reduction, ignore_index):
+    from .kernels import loss as kernel
+
+    h2 = h.reshape(-1, h.shape[-1])
+    y = targets.reshape(-1).long()
+    per_row, lse = kernel.forward(h2, weight, bias, y, ignore_index)
+    valid = y != ignore_index
+    ctx.kernel_saved = (h2, weight, bias, y, lse, valid)
+    loss = per_row.sum()
+    if reduction == "mean":
+        loss = loss / valid.sum()
+    return loss.to(h.dtype)
+
+
+def _triton_backward(ctx, dloss):
+    from .kernels import loss as kernel
+
+    h2, weight, bias, y, lse, valid = ctx.kernel_saved
+    del ctx.kernel_saved
+    row_grad = valid.to(lse.dtype) * dloss.to(lse.dtype)
+    if ctx.spec[1] == "mean":
+        row_grad = row_grad / valid.sum()
+    dh, dw, db = kernel.backward(h2, weight, bias, y, lse, row_grad)
+    return dh.reshape(ctx.spec[0].shape + (h2.shape[-1],)), dw, db
+
+
+def sequence_loss(h, weight, bias, targets, *, reduction="sum", ignore_index=-100, backend="auto"):
+    """Differentiable sequence loss for torch tensors (same meaning as sequence_loss_forward).
+
+    h: (T, B, H) (or any (..., H)); weight (V, H) and bias (V,) or None, e.g. an
+    nn.Linear head's; targets: (T, B) long. Equals
+    torch.nn.functional.cross_entropy(h @ weight.T + bias, targets, reduction=...)
+    over all steps, without holding all logits (chunks of rows on NumPy/CuPy,
+    streamed vocabulary tiles in the Triton kernel).
+    """
+    import torch
+
+    for name, t in (("h", h), ("weight", weight), ("bias", bias), ("targets", targets)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if targets.is_floating_point() or targets.is_complex():
+        raise TypeError(f"targets: expected an integer dtype, got {targets.dtype}")
+    name = backends.resolve(backend, h.is_cuda)
+    check_choice("reduction", reduction, REDUCTIONS)
+    if name == "triton":
+        # the xp path validates inside sequence_loss_forward; the kernel trusts its inputs
+        check_floating("h", h.dtype, h.is_floating_point())
+        check_same_dtype("weight", weight.dtype, "h", h.dtype)
+        check_shape("weight", weight.shape, (weight.shape[0], h.shape[-1]))
+        if bias is not None:
+            check_same_dtype("bias", bias.dtype, "h", h.dtype)
+            check_shape("bias", bias.shape, weight.shape[:1])
+        check_shape("targets", targets.shape, h.shape[:-1])
+        _check_target_range(targets, weight.shape[0], ignore_index)
+    elif h.dtype == torch.bfloat16:   # NumPy and CuPy have no bfloat16
+        up = lambda t: None if t is None else t.float()
+        return sequence_loss(up(h), up(weight), up(bias), targets, reduction=reduction,
+                             ignore_index=ignore_index, backend=name).to(h.dtype)
+    if not _FUNCTION:
+        _FUNCTION.append(_torch_function())
+    contiguous = lambda t: None if t is None else t.contiguous()
+    spec = (targets.contiguous(), reduction, ignore_index, name)
+    return _FUNCTION[0].apply(spec, contiguous(h), contiguous(weight), contiguous(bias))
+
+
+# ---------------------------------------------------------------- clipping
+
+def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    """Scale gradients in place so their global norm is at most max_norm; return the norm.
+
+    torch's convention (torch.nn.utils.clip_grad_norm_): total = norm of the
+    per-array norms; every array is multiplied by min(1, max_norm / (total + 1e-6)).
+    grads: torch parameters/tensors (handed to torch.nn.utils.clip_grad_norm_), or
+    NumPy/CuPy arrays, a list or a dict of them (the functional path; None entries
+    are skipped). Returns the total norm before clipping (a tensor, or an xp scalar).
+    """
+    arrays = list(grads.values()) if isinstance(grads, dict) else \
+        [grads] if hasattr(grads, "shape") else list(grads)
+    arrays = [a for a in arrays if a is not None]
+    if arrays and type(arrays[0]).__module__.startswith("torch"):
+        import torch
+        return torch.nn.utils.clip_grad_norm_(arrays, max_norm, norm_type, error_if_nonfinite)
+    norm_type = float(norm_type)
+    if not norm_type > 0:
+        raise ValueError(f"norm_type: expected a positive number or inf, got {norm_type}")
+    if not arrays:
+        return np.zeros((), np.float32)
+    xp = get_xp(arrays[0])
+    if norm_type == np.inf:
+        total = xp.max(xp.stack([xp.abs(a).max() for a in arrays]))
+    else:
+        norms = xp.stack([(xp.abs(a) ** norm_type).sum() ** (1 / norm_type) for a in arrays])
+        total = (norms ** norm_type).sum() ** (1 / norm_type)
+    if error_if_nonfinite and not bool(xp.isfinite(total)):
+        raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} is non-finite ({float(total)})")
+    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+    for a in arrays:
+        a *= coef.astype(a.dtype)
+    return total
+
+
+# ---------------------------------------------------------------- truncated BPTT
+
+ChunkResult = namedtuple("ChunkResult", "loss grad_norm state")
+
+
+def detach_state(state):
+    """The state with its history cut: a tensor, a tuple of tensors (LSTM) or None."""
+    if state is None:
+        return None
+    if isinstance(state, (tuple, list)):
+        return type(state)(detach_state(s) for s in state)
+    return state.detach()
+
+
+def split_chunks(k, *sequences, dim=0):
+    """Yield tuples of k-step slices (the last one may be shorter) of the given sequences."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k: expected an integer >= 1, got {k!r}")
+    T = sequences[0].shape[dim]
+    for s in sequences[1:]:
+        if s.shape[dim] != T:
+            raise ValueError(f"sequences: expected the same length {T} along dim {dim}, got {s.shape[dim]}")
+    for t0 in range(0, T, k):
+        yield tuple(s.narrow(dim, t0, min(k, T - t0)) for s in sequences)
+
+
+def _default_forward(model, x, state, target):
+    return model(x, state)
+
+
+def truncated_bptt(model, chunks, loss_fn, *, state=None, optimizer=None, max_norm=None,
+                   forward=_default_forward):
+    """Run a recurrent model over a long sequence or an endless stream, k steps at a time.
+
+    chunks: iterable of (x, target) pairs, e.g. split_chunks(k, x, targets) or a
+    generator reading a stream. For each chunk: y, state = forward(model, x, state,
+    target) (default model(x, state): torch.nn.RNN/LSTM/GRU, gpurnn.nn's and
+    JordanRNN all take their state second); loss = loss_fn(y, target);
+    loss.backward(); then, with an optimizer, clip to max_norm (if given) and step.
+    The state is carried to the next chunk detached, so each chunk's graph is
+    freed after its backward and memory does not grow with the stream.
+    Without an optimizer the gradients accumulate over the chunks: with one chunk
+    of all T steps they are exactly full BPTT.
+    Yields ChunkResult(loss (detached), grad_norm (None unless max_norm), state).
+    """
+    params = None
+    for x, target in chunks:
+        y, state = forward(model, x, state, target)
+        loss = loss_fn(y, target)
+        loss.backward()
+        grad_norm = None
+        if max_norm is not None:
+            params = params or [p for p in model.parameters() if p.requires_grad]
+            grad_norm = clip_grad_norm_(params, max_norm)
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        state = detach_state(state)
+        yield ChunkResult(loss.detach(), grad_norm, state)

@@ -1,0 +1,218 @@
+"""LSTM (torch.nn.LSTM) recurrence and BPTT kernels, gates (i | f | g | o) as a gate dimension.
+
+# gx:    (T, B, 4H)   input projection with both biases (the engine's GEMM)
+# gates: (T, B, 4H)   activated i, f, g, o (written for active rows)
+# h, c:  (T+1, B, H)  [0] = state0; [t+1] written at step t (rows past their length hold)
+# tanh_c: (T, B, H)   tanh(c_t) (active rows)
+# w_hh:  (4H, H)      sizes: (T,) int32 active rows per step (a prefix)
+# coef:  (T, B, 4, H) d pre-activation / d(dc, dc, dc, dm), from cells.LSTM.begin_backward
+# o_dtanh: (T, B, H)  o * tanh'(c_t)
+# dy: (T, B, H)  dgates: (T, B, 4H)  dh, dc: (B, H) carried (dstate_T in, dstate_0 out)
+
+proj_size > 0 (W_hr) is not fused: forward/backward run the engine's xp loop
+(cm.loop_forward / cm.loop_backward) for it.
+Layout, modes and precision: see kernels/common.py.
+"""
+import triton
+import triton.language as tl
+
+from . import common as cm
+
+G, GP = 4, 4
+
+
+@triton.jit
+def _gate_tile(p, rows, row_ok, H, j0, S: tl.constexpr):
+    """Pointers and mask of a (BB, S, 4) tile of a (.., B, 4H) gate buffer at one step."""
+    off, ok = cm.gate_offsets(H, j0, S, 4, 4)
+    return p + rows[:, None, None] * 4 * H + off[None, :, :], row_ok[:, None, None] & ok[None, :, :]
+
+
+@triton.jit
+def _fwd_step(t, b_h, b_c, b_w, p_gx, p_gates, p_h, p_c, p_tc, p_sizes, rows, j0, B, H,
+              HP: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr,
+              ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+    """Step t for one (batch tile, hidden slice): (h_t, c_t) of the slice -> (h_{t+1}, c_{t+1})."""
+    n = tl.load(p_sizes + t)
+    active = rows < n
+    cols = j0 + tl.arange(0, S)
+    ok2 = (rows < B)[:, None] & (cols < H)[None, :]
+    step = t.to(tl.int64) * B * H
+    if SINGLE:
+        b_full = b_h
+    else:   # the whole h_t of this batch tile, written by every slice's program
+        k = tl.arange(0, HP)
+        b_full = tl.load(p_h + step + rows[:, None] * H + k[None, :],
+                         mask=(rows < B)[:, None] & (k < H)[None, :], other=0.0,
+                         cache_modifier=".cg").to(ACC)
+    b_a = tl.reshape(tl.dot(b_full.to(DOT), b_w, input_precision=PREC, out_dtype=ACC), (rows.shape[0], S, 4))
+    p_gx3, m3 = _gate_tile(p_gx + 4 * step, rows, active, H, j0, S)
+    b_a += tl.load(p_gx3, mask=m3, other=0.0).to(ACC)
+    # sigmoid(a) = 0.5 tanh(0.5 a) + 0.5 and tanh(a) = 1 tanh(1 a) + 0: one transcendental for all gates
+    is_g = tl.arange(0, 4)[None, None, :] == 2
+    scale = tl.where(is_g, 1.0, 0.5)
+    b_a = scale * cm.tanh(scale * b_a) + tl.where(is_g, 0.0, 0.5)
+    p_g3, _ = _gate_tile(p_gates + 4 * step, rows, active, H, j0, S)
+    tl.store(p_g3, b_a, mask=m3)
+    c_new = cm.gate(b_a, 1) * b_c + cm.gate(b_a, 0) * cm.gate(b_a, 2)
+    tc = cm.tanh(c_new)
+    h_new = cm.gate(b_a, 3) * tc
+    off2 = rows[:, None] * H + cols[None, :]
+    tl.store(p_tc + step + off2, tc, mask=ok2 & active[:, None])
+    b_c = tl.where(active[:, None], c_new, b_c)
+    b_h = tl.where(active[:, None], h_new, b_h)
+    tl.store(p_c + step + B * H + off2, b_c, mask=ok2)
+    tl.store(p_h + step + B * H + off2, b_h, mask=ok2)
+    return b_h, b_c
+
+
+@triton.jit(do_not_specialize=["t_start", "n_steps"])
+def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_w, p_sizes, p_bar, t_start, n_steps, B, H,
+                BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
+                SINGLE: tl.constexpr, SYNC: tl.constexpr,
+                ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+    pid_b, pid_s = tl.program_id(0), tl.program_id(1)
+    rows = pid_b * BB + tl.arange(0, BB)
+    j0 = pid_s * S
+    cols = j0 + tl.arange(0, S)
+    b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 4, 4, DOT)   # (HP, S*4), on chip for all steps
+    start = t_start.to(tl.int64) * B * H
+    b_h = cm.load_rows(p_h + start, rows, cols, H, rows < B, cols < H, ACC)
+    b_c = cm.load_rows(p_c + start, rows, cols, H, rows < B, cols < H, ACC)
+    for i in range(n_steps):
+        b_h, b_c = _fwd_step(t_start + i, b_h, b_c, b_w, p_gx, p_gates, p_h, p_c, p_tc, p_sizes,
+                             rows, j0, B, H, HP, S, SINGLE, ACC, DOT, PREC)
+        if SYNC:
+            cm.grid_barrier(p_bar + pid_b, (i + 1) * P)
+
+
+@triton.jit
+def _bwd_carry(t, b_dh, b_d, b_w, p_dgates, p_sizes, rows, B, H,
+               HP: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr, ACC: tl.constexpr,
+               DOT: tl.constexpr, PREC: tl.constexpr):
+    """dh_{t-1} = dgates_t W_hh for the rows active at t (the slice's columns); others keep dh."""
+    n = tl.load(p_sizes + t)
+    if SINGLE:   # (BB, S, 4) -> (BB, S*4): column s*4 + g, the backward W tile's row order
+        b_full = tl.reshape(b_d, (rows.shape[0], S * 4))
+    else:
+        b_full = cm.load_gate_rows(p_dgates + t.to(tl.int64) * B * 4 * H, rows, rows < n, 4 * H,
+                                   H, HP, 4, 4, ACC)
+    b_new = tl.dot(b_full.to(DOT), b_w, input_precision=PREC, out_dtype=ACC)
+    return tl.where((rows < n)[:, None], b_new, b_dh)
+
+
+@triton.jit
+def _bwd_point(t, b_dh, b_dc, p_dy, p_coef, p_odt, p_gates, p_dgates, p_sizes, rows, j0, B, H,
+               S: tl.constexpr, ACC: tl.constexpr):
+    """Step t's pointwise part for the active rows: returns (dh, dc * f, dgates (BB, S, 4))."""
+    n = tl.load(p_sizes + t)
+    active = rows < n
+    cols = j0 + tl.arange(0, S)
+    ok2 = active[:, None] & (cols < H)[None, :]
+    step = t.to(tl.int64) * B * H
+    off2 = rows[:, None] * H + cols[None, :]
+    b_dh += tl.load(p_dy + step + off2, mask=ok2, other=0.0).to(ACC)
+    b_dc += b_dh * tl.load(p_odt + step + off2, mask=ok2, other=0.0).to(ACC)
+    p_coef3, m3 = _gate_tile(p_coef + 4 * step, rows, active, H, j0, S)
+    is_o = tl.arange(0, 4)[None, None, :] == 3
+    b_d = tl.load(p_coef3, mask=m3, other=0.0).to(ACC) * tl.where(is_o, b_dh[:, :, None], b_dc[:, :, None])
+    p_d3, _ = _gate_tile(p_dgates + 4 * step, rows, active, H, j0, S)
+    tl.store(p_d3, b_d, mask=m3)
+    f = tl.load(p_gates + 4 * step + rows[:, None] * 4 * H + H + cols[None, :], mask=ok2, other=1.0).to(ACC)
+    return b_dh, b_dc * f, b_d
+
+
+@triton.jit(do_not_specialize=["T", "t_start", "n_steps"])
+def _bwd_kernel(p_dy, p_coef, p_odt, p_gates, p_dgates, p_dh, p_dc, p_w, p_sizes, p_bar,
+                T, t_start, n_steps, B, H,
+                BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
+                SINGLE: tl.constexpr, SYNC: tl.constexpr,
+                ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+    """Iterations t = t_start, t_start-1, ...: carry in from dgates_{t+1} (t+1 < T), then step t (t >= 0).
+
+    The whole backward is t = T-1 .. -1 (T+1 iterations, see elman._bwd_kernel).
+    """
+    pid_b, pid_s = tl.program_id(0), tl.program_id(1)
+    rows = pid_b * BB + tl.arange(0, BB)
+    j0 = pid_s * S
+    cols = j0 + tl.arange(0, S)
+    b_w = cm.load_w_bwd(p_w, H, H, j0, HP, S, 4, 4, DOT)   # (HP*4, S), on chip for all steps
+    ok2 = (rows < B)[:, None] & (cols < H)[None, :]
+    off2 = rows[:, None] * H + cols[None, :]
+    b_dh = tl.load(p_dh + off2, mask=ok2, other=0.0).to(ACC)
+    b_dc = tl.load(p_dc + off2, mask=ok2, other=0.0).to(ACC)
+    b_d = tl.zeros((BB, S, 4), ACC)
+    for i in range(n_steps):
+        t = t_start - i
+        if t + 1 < T:
+            b_dh = _bwd_carry(t + 1, b_dh, b_d, b_w, p_dgates, p_sizes, rows, B, H,
+                              HP, S, SINGLE, ACC, DOT, PREC)
+        if t >= 0:
+            b_dh, b_dc, b_d = _bwd_point(t, b_dh, b_dc, p_dy, p_coef, p_odt, p_gates, p_dgates,
+                                         p_sizes, rows, j0, B, H, S, ACC)
+        if SYNC:
+            cm.grid_barrier(p_bar + pid_b, (i + 1) * P)
+    tl.store(p_dh + off2, b_dh, mask=ok2)
+    tl.store(p_dc + off2, b_dc, mask=ok2)
+
+
+def _setup(c, io_dtype):
+    T, B = c.gx.shape[:2]
+    H = c.H
+    h = cm.as_tensor(c.h)
+    acc = cm.acc_dtype(h)
+    dot = cm.dot_dtype(io_dtype, acc)
+    cfg = cm.choose_config(H, B, GP, cm.w_elem_bytes(dot), h.device)
+    consts = dict(BB=cfg.BB, HP=cfg.HP, S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
+                  SYNC=cfg.mode == "split", ACC=acc, DOT=dot, PREC=cm.dot_precision(dot),
+                  num_warps=cfg.num_warps)
+    return T, B, H, h, cfg, consts
+
+
+def forward(c, sizes, io_dtype=None):
+    """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused (engine._kernels)."""
+    if c.m is not None:
+        return cm.loop_forward(c, sizes)
+    T, B, H, h, cfg, consts = _setup(c, io_dtype)
+    if T == 0:
+        return
+    t = cm.as_tensor
+    w = t(c.w["w_hh"]).contiguous()
+    sz, bar = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)
+    cm.run_windows(cfg, T, lambda t0, n: cm.launch(
+        _fwd_kernel, cfg.grid(B), t(c.gx), t(c.gates), h, t(c.c), t(c.tanh_c), w, sz, bar,
+        t0, n, B, H, **consts))
+
+
+def backward(c, sizes, io_dtype=None):
+    """c.back_step(t, sizes[t]) for t = T-1..0, fused; leaves d state0 in c.dh, c.dc."""
+    if c.m is not None:
+        return cm.loop_backward(c, sizes)
+    T, B, H, h, cfg, consts = _setup(c, io_dtype)
+    if T == 0:
+        return
+    t = cm.as_tensor
+    w = t(c.w["w_hh"]).contiguous()
+    sz, bar = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)
+    # T+1 iterations t = T-1 .. -1 (see _bwd_kernel)
+    cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch(
+        _bwd_kernel, cfg.grid(B), t(c.dy), t(c.coef), t(c.o_dtanh), t(c.gates), t(c.dgates),
+        t(c.dh), t(c.dc), w, sz, bar, T, t0 - 1, n, B, H, **consts), reverse=True)
+
+
+def compile_targets(hidden_size, dtype):
+    """(name, jit_fn, signature, constexprs) for every config the launchers use at this size and dtype."""
+    ptr = cm.buffer_ptr(dtype)
+    acc, dot, prec = cm.dtype_constexprs(dtype)
+    out = []
+    for cfg in cm.compile_configs(hidden_size, dtype, GP):
+        consts = dict(BB=cfg.BB, HP=cfg.HP, S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
+                      SYNC=cfg.mode == "split", ACC=acc, DOT=dot, PREC=prec)
+        fwd_sig = dict(p_gx=ptr, p_gates=ptr, p_h=ptr, p_c=ptr, p_tc=ptr, p_w=ptr, p_sizes="*i32",
+                       p_bar="*i32", t_start="i32", n_steps="i32", B="i32", H="i32")
+        bwd_sig = dict(p_dy=ptr, p_coef=ptr, p_odt=ptr, p_gates=ptr, p_dgates=ptr, p_dh=ptr, p_dc=ptr,
+                       p_w=ptr, p_sizes="*i32", p_bar="*i32", T="i32", t_start="i32", n_steps="i32",
+                       B="i32", H="i32")
+        out.append(cm.target("lstm_fwd", _fwd_kernel, fwd_sig, consts, cfg))
+        out.append(cm.target("lstm_bwd", _bwd_kernel, bwd_sig, consts, cfg))
+    return out
