@@ -34,9 +34,14 @@ def outer(a, b):
     return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
 
 
+def rows_matmul(a, w):
+    """a @ w for all T*B rows as one 2-D GEMM (a 3-D matmul would run T small ones)."""
+    return (a.reshape(-1, a.shape[-1]) @ w).reshape(a.shape[0], a.shape[1], w.shape[-1])
+
+
 def project(x, w, bias):
     """x @ w^T + bias for all T*B rows at once: (T, B, I) -> (T, B, rows of w)."""
-    out = (x.reshape(-1, x.shape[-1]) @ w.T).reshape(x.shape[0], x.shape[1], w.shape[0])
+    out = rows_matmul(x, w.T)
     if bias is not None:
         out += bias
     return out
@@ -120,7 +125,7 @@ class Elman:
         dz, w = self.dz, self.w
         db = sum_rows(dz) if w["b_ih"] is not None else None
         grads = {"w_ih": outer(dz, self.x), "w_hh": outer(dz, self.h[:-1]), "b_ih": db, "b_hh": None if db is None else db.copy()}
-        return dz @ w["w_ih"], (self.dh,), grads
+        return rows_matmul(dz, w["w_ih"]), (self.dh,), grads
 
 
 class LSTM:
@@ -228,7 +233,7 @@ class LSTM:
         db = sum_rows(d) if w["b_ih"] is not None else None
         grads = {"w_ih": outer(d, self.x), "w_hh": outer(d, self.h[:-1]), "b_ih": db, "b_hh": None if db is None else db.copy(),
                  "w_hr": outer(self.dh_seq, self.m) if self.m is not None else None}
-        return d @ w["w_ih"], (self.dh, self.dc), grads
+        return rows_matmul(d, w["w_ih"]), (self.dh, self.dc), grads
 
 
 class GRU:
@@ -318,7 +323,7 @@ class GRU:
         grads = {"w_ih": outer(dgx, self.x), "w_hh": outer(dgh, self.h[:-1]),
                  "b_ih": sum_rows(dgx) if has_bias else None,
                  "b_hh": sum_rows(dgh) if has_bias else None}
-        return dgx @ w["w_ih"], (self.dh,), grads
+        return rows_matmul(dgx, w["w_ih"]), (self.dh,), grads
 
 
 class Jordan:
@@ -411,4 +416,4 @@ class Jordan:
                  "b_h": sum_rows(dz) if w["b_h"] is not None else None,
                  "w_ho": outer(da, self.hid),
                  "b_o": sum_rows(da) if w["b_o"] is not None else None}
-        return dz @ w["w_ih"], (self.ds,), grads
+        return rows_matmul(dz, w["w_ih"]), (self.ds,), grads
