@@ -53,7 +53,8 @@ def backend_status():
     if importlib.util.find_spec("triton") is None or importlib.util.find_spec("torch") is None:
         status["triton"] = "Triton and torch are needed (pip install 'gpurnn[gpu]')"
     else:
-        status["triton"] = _kernels_reason() or (None if interpreting() else cuda)
+        no_gpu = cuda and f"{cuda} (without one, the kernels run only under TRITON_INTERPRET=1, for tests)"
+        status["triton"] = _kernels_reason() or (None if interpreting() else no_gpu)
     return status
 
 

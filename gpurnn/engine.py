@@ -59,6 +59,7 @@ class Saved:
     reverse: bool
     state_shapes: list
     backend: str
+    io_dtype: str
 
 
 def _cast(a, dtype):
@@ -74,13 +75,32 @@ def _to_compute(xp, a, cdt, reverse):
     return xp.ascontiguousarray(_time_order(a, reverse), dtype=cdt)
 
 
-def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backend="numpy", **opts):
+def step_loop(c, sizes):
+    """The forward time loop on xp arrays: c.step for every t; rows past their length hold their state."""
+    B = c.x.shape[1]
+    for t, n in enumerate(sizes):
+        c.step(t, n)
+        if n < B:
+            for seq in c.seq:
+                seq[t + 1, n:] = seq[t, n:]
+
+
+def back_loop(c, sizes):
+    """The BPTT loop on xp arrays, t = T-1 .. 0."""
+    for t in range(len(sizes) - 1, -1, -1):
+        c.back_step(t, sizes[t])
+
+
+def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backend="numpy",
+            io_dtype=None, **opts):
     """Run the recurrence over x; returns (y (T, B, ·), final state tuple, saved).
 
     batch_sizes: active rows per step (non-increasing, as in a PackedSequence);
     rows past their length hold their state and output zeros.
     reverse: process t = T-1 .. 0 (the backward direction of a bidirectional layer).
-    backend: "numpy" or "cupy" run the xp loop (the xp follows the arrays).
+    backend: "numpy" or "cupy" run the xp loop (the xp follows the arrays); "triton" the fused kernels.
+    io_dtype: the dtype the kernels hold weights in (default x's; "bfloat16" for bf16 data upcast
+    to float32 by the caller, as NumPy and CuPy have no bfloat16).
     opts: nonlinearity (elman, jordan), output_activation and teacher (jordan).
     """
     xp = get_xp(x)
@@ -96,15 +116,11 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
     # step, and the weight GEMMs multiply them by zero gradients (0 * garbage may be NaN).
     alloc = xp.empty if batch_sizes is None else xp.zeros
     c.begin_forward(_to_compute(xp, x, cdt, reverse), tuple(s.astype(cdt, copy=False) for s in state0), alloc)
+    io_dtype = io_dtype or dtype.name
     if backend == "triton":
-        _kernels(cell).forward(c, sizes)
+        _kernels(cell).forward(c, sizes, io_dtype=io_dtype)
     else:
-        for t in range(T):
-            n = sizes[t]
-            c.step(t, n)
-            if n < B:   # rows past their length hold their state
-                for seq in c.seq:
-                    seq[t + 1, n:] = seq[t, n:]
+        step_loop(c, sizes)
     y = c.outputs()
     if batch_sizes is not None:
         y = y.copy()
@@ -112,7 +128,8 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
             y[t, sizes[t]:] = 0
     y = _time_order(y, reverse)
     state_shapes = [s.shape for s in state0]
-    saved = Saved(c, dtype, sizes if batch_sizes is not None else None, reverse, state_shapes, backend)
+    saved = Saved(c, dtype, sizes if batch_sizes is not None else None, reverse, state_shapes, backend,
+                  io_dtype)
     return y.astype(dtype), tuple(s.astype(dtype) for s in c.final()), saved
 
 
@@ -131,11 +148,11 @@ def backward(saved, dy, dstate):
                    for d, shape in zip(dstate, saved.state_shapes))
     alloc = xp.empty if sizes is None else xp.zeros   # zero gradient for rows past their length
     c.begin_backward(dy, dstate, alloc)
+    sizes = [B] * T if sizes is None else sizes
     if saved.backend == "triton":
-        _kernels(c).backward(c, [B] * T if sizes is None else sizes)
+        _kernels(c).backward(c, sizes, io_dtype=saved.io_dtype)
     else:
-        for t in range(T - 1, -1, -1):
-            c.back_step(t, B if sizes is None else sizes[t])
+        back_loop(c, sizes)
     dx, dstate0, grads = c.finish_backward()
     dx = _time_order(dx, reverse).astype(saved.dtype)
     grads = {k: _cast(v, saved.dtype) for k, v in grads.items()}

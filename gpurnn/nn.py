@@ -47,8 +47,10 @@ def run_layer(cell, x, state0, weights, *, backend="auto", batch_sizes=None, rev
     """x (T, B, I) tensor -> (y, *state_T), differentiable; bfloat16 runs in float32 off Triton."""
     name = backends.resolve(backend, x.is_cuda)
     dtype = x.dtype
-    if dtype == torch.bfloat16 and name != "triton":   # NumPy and CuPy have no bfloat16
+    if dtype == torch.bfloat16:   # NumPy and CuPy have no bfloat16: the engine's buffers are float32
         up = lambda t: None if t is None else t.float()
+        if name == "triton":   # the kernels still hold the weights in bfloat16
+            opts = dict(opts, io_dtype="bfloat16")
         out = run_layer(cell, x.float(), [up(s) for s in state0], [up(w) for w in weights],
                         backend=name, batch_sizes=batch_sizes, reverse=reverse, **opts)
         return tuple(t.to(dtype) for t in out)

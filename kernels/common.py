@@ -33,15 +33,23 @@ recompiles), so one kernel serves three modes (`Config.mode`):
             arithmetic under TRITON_INTERPRET=1 (GPURNN_SLICE forces it).
 
 Tiles. H is padded to HP = next power of two (>= 16) and masked. Gates get a
-gate dimension: a forward W tile is (HP, S*GP) with column s*GP + g holding
-row g*H + j0 + s of W_hh (GP = gates padded to a power of two), so one
-tl.dot gives all gates of the slice, `tl.reshape` to (BB, S, GP) and `gate`
-picks one. A backward W tile is (HP*GP, S) with row k*GP + g holding
-W_hh[g*H + k, j0 + s], matched by full gate-gradient rows loaded with
-`load_gate_rows` in the same k*GP + g order.
+gate dimension: a program's W tile is (HP, S*GP) with column s*GP + g holding
+row g*H + j0 + s of W_hh (GP = gates padded to a power of two; `load_w_fwd`),
+so one tl.dot gives all gates of the slice, `tl.reshape` to (BB, S, GP) and
+`gate` picks one. Forward and backward hold the same tile: K of every dot is
+small (HP forward, S*GP backward), so no full-width operand is staged on chip.
+
+Backward across slices. A slice's gate gradients d (BB, S*GP) give its share
+d @ tile^T (BB, HP) of every unit's dh_{t-1}; in split/stepwise mode each
+program stores its share (`store_partial`, a (2, P, B, HP) workspace, buffer
+t % 2 so a fast program never overwrites what a slow one still reads) and,
+after the barrier, sums the P shares of its own units in slice order
+(`sum_partials`): deterministic, no atomics. In single mode the share is the
+whole product and stays in registers.
 
 Precision. Carries and accumulation in ACC (float32; float64 for float64
-buffers). fp32 data: tl.dot in IEEE fp32 (TF32 only with GPURNN_TF32=1).
+buffers). fp32 data: tl.dot in IEEE fp32 (TF32 only with GPURNN_FP32_PRECISION=tf32
+or tf32x3, see dot_precision).
 fp16/bf16 data (`io_dtype`): W is held on chip in that dtype and h is
 rounded to it before each tl.dot (accumulating in fp32), as cuDNN does;
 this halves the registers W needs. Buffers stay in the engine's compute
@@ -72,21 +80,15 @@ def tanh(x):
 
 
 @triton.jit
-def activation(x, KIND: tl.constexpr):
-    """KIND 0: tanh, 1: relu (cells.NONLINEARITIES order)."""
-    if KIND == 0:
-        return tanh(x)
-    else:
-        return tl.maximum(x, 0.0)
+def activation(x, kind):
+    """kind 0: tanh, 1: relu (NONLINEARITY_KIND); kind may be a runtime value (one compile serves both)."""
+    return tl.where(kind == 0, tanh(x), tl.maximum(x, 0.0))
 
 
 @triton.jit
-def activation_grad_from_output(y, KIND: tl.constexpr):
+def activation_grad_from_output(y, kind):
     """phi'(z) through y = phi(z)."""
-    if KIND == 0:
-        return 1.0 - y * y
-    else:
-        return tl.where(y > 0, 1.0, 0.0)
+    return tl.where(kind == 0, 1.0 - y * y, tl.where(y > 0, 1.0, 0.0))
 
 
 @triton.jit
@@ -117,18 +119,6 @@ def load_w_fwd(p_w, H, K, j0, HP: tl.constexpr, S: tl.constexpr, GP: tl.constexp
 
 
 @triton.jit
-def load_w_bwd(p_w, H, K, j0, HP: tl.constexpr, S: tl.constexpr, GP: tl.constexpr,
-               G: tl.constexpr, DOT: tl.constexpr):
-    """(HP*GP, S) tile: [k*GP + g, s] = W[g*H + k, j0 + s] of a (G*H, K) weight, zero padded."""
-    row = tl.arange(0, HP * GP)
-    k, g = row // GP, row % GP
-    j = j0 + tl.arange(0, S)
-    ok = ((k < H) & (g < G))[:, None] & (j < K)[None, :]
-    p = p_w + (g * H + k)[:, None] * K + j[None, :]
-    return tl.load(p, mask=ok, other=0.0).to(DOT)
-
-
-@triton.jit
 def gate_offsets(H, j0, S: tl.constexpr, GP: tl.constexpr, G: tl.constexpr):
     """(S, GP) column offsets g*H + j0 + s into a (.., G*H) gate row, and their mask."""
     s = tl.arange(0, S)[:, None]
@@ -137,14 +127,24 @@ def gate_offsets(H, j0, S: tl.constexpr, GP: tl.constexpr, G: tl.constexpr):
 
 
 @triton.jit
-def load_gate_rows(p, rows, row_ok, stride, H, HP: tl.constexpr, GP: tl.constexpr,
-                   G: tl.constexpr, ACC: tl.constexpr):
-    """(BB, HP*GP) tile of gate rows in the backward W tile's order: [b, k*GP + g] = p[b, g*H + k]."""
-    col = tl.arange(0, HP * GP)
-    k, g = col // GP, col % GP
-    ok = row_ok[:, None] & ((k < H) & (g < G))[None, :]
-    return tl.load(p + rows[:, None] * stride + (g * H + k)[None, :], mask=ok, other=0.0,
-                   cache_modifier=".cg").to(ACC)
+def store_partial(p_ws, b_prod, t, pid_s, rows, B, HP: tl.constexpr, P: tl.constexpr):
+    """This slice's (BB, HP) share of dh_{t-1} into the (2, P, B, HP) workspace, buffer t % 2."""
+    k = tl.arange(0, HP)
+    base = ((t % 2) * P + pid_s).to(tl.int64) * B * HP
+    tl.store(p_ws + base + rows[:, None] * HP + k[None, :], b_prod, mask=(rows < B)[:, None])
+
+
+@triton.jit
+def sum_partials(p_ws, t, rows, cols, B, HP: tl.constexpr, P: tl.constexpr, S: tl.constexpr,
+                 ACC: tl.constexpr):
+    """(BB, S) sum over the P slices' shares of step t, in slice order (deterministic)."""
+    ok = (rows < B)[:, None] & (cols < HP)[None, :]
+    off = rows[:, None] * HP + cols[None, :]
+    acc = tl.zeros((rows.shape[0], S), ACC)
+    for p in range(P):
+        base = ((t % 2) * P + p).to(tl.int64) * B * HP
+        acc += tl.load(p_ws + base + off, mask=ok, other=0.0, cache_modifier=".cg").to(ACC)
+    return acc
 
 
 @triton.jit
@@ -166,7 +166,10 @@ def grid_barrier(p_bar, target):
 
 NONLINEARITY_KIND = {"tanh": 0, "relu": 1}
 W_BUDGET_BYTES = 64 * 1024   # W held per program; beyond this, split the hidden dimension
-MIN_BB, MAX_BB = 16, 64      # tl.dot needs every dim >= 16
+NUM_WARPS = 8                # 4 warps spilled at H=64..128 (fp32 FMA dot, fp16 backward): compile_check.md
+# Batch rows per program: tl.dot's minimum. Per-step latency, not throughput, bounds a recurrence,
+# so more programs with fewer rows each (up to the SM count) beat fewer, fuller ones.
+BB = 16
 
 
 def interpreting():
@@ -205,10 +208,21 @@ def dot_dtype(io_dtype, acc):
     return _DOT.get(name, acc)
 
 
+FP32_PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+
 def dot_precision(dot):
-    if dot == tl.float32 and os.environ.get("GPURNN_TF32") == "1":
-        return "tf32"
-    return "ieee"
+    """tl.dot input_precision for fp32 operands: GPURNN_FP32_PRECISION, default "ieee" (exact fp32 FMA).
+
+    "tf32x3" (three TF32 tensor-core products, ~fp32 accurate) and "tf32" (10-bit
+    mantissa, what cuDNN uses for fp32 RNNs under torch's default allow_tf32) are opt-in.
+    """
+    if dot != tl.float32:
+        return "ieee"
+    value = os.environ.get("GPURNN_FP32_PRECISION", "ieee")
+    if value not in FP32_PRECISIONS:
+        raise ValueError(f"GPURNN_FP32_PRECISION: expected one of {FP32_PRECISIONS}, got {value!r}")
+    return value
 
 
 def sm_count(device):
@@ -231,31 +245,34 @@ class Config:
 
 
 def tile_config(H, B, GP, elem_bytes):
-    """Tile sizes for a cell with GP (padded) gates and W held in elem_bytes per element.
+    """Tile sizes for a cell with GP (padded) gates and W held in elem_bytes per element
+    (B does not change them: every program takes BB rows).
 
     The slice S halves until the W a program holds fits W_BUDGET_BYTES.
     GPURNN_SLICE=<S> forces a slice width (tests run the split path at small H).
     The mode is "single" or "split"; choose_config may demote "split" to "stepwise".
     """
     HP = max(16, triton.next_power_of_2(H))
-    BB = min(MAX_BB, max(MIN_BB, triton.next_power_of_2(B)))
+    s_min = max(1, 16 // GP)   # every dot dimension (S*GP included) >= 16
     forced = os.environ.get("GPURNN_SLICE")
     if forced:
-        S = min(HP, max(16, triton.next_power_of_2(int(forced))))
+        S = min(HP, max(s_min, triton.next_power_of_2(int(forced))))
     else:
         S = HP
-        while S > 16 and HP * GP * S * elem_bytes > W_BUDGET_BYTES:
+        while S > s_min and HP * GP * S * elem_bytes > W_BUDGET_BYTES:
             S //= 2
-    P = triton.cdiv(H, S)
-    num_warps = 4 if HP * GP * S * elem_bytes <= 32 * 1024 else 8
-    return Config(BB, HP, S, P, num_warps, "single" if P == 1 else "split")
+    return Config(BB, HP, S, triton.cdiv(H, S), NUM_WARPS, "single" if S >= H else "split")
 
 
 def choose_config(H, B, GP, elem_bytes, device):
-    """tile_config, with "split" only where every program can be resident (a CUDA device, grid <= SMs)."""
+    """tile_config, with "split" only where every program can be resident (a CUDA device, grid <= SMs).
+
+    GPURNN_STEPWISE=1 makes a split config run stepwise (gpu_check tests that fallback on the GPU).
+    """
     cfg = tile_config(H, B, GP, elem_bytes)
-    if cfg.mode == "split" and (device.type != "cuda" or interpreting()
-                                or triton.cdiv(B, cfg.BB) * cfg.P > sm_count(device)):
+    resident = (device.type == "cuda" and not interpreting() and os.environ.get("GPURNN_STEPWISE") != "1"
+                and triton.cdiv(B, cfg.BB) * cfg.P <= sm_count(device))
+    if cfg.mode == "split" and not resident:
         cfg = Config(cfg.BB, cfg.HP, cfg.S, cfg.P, cfg.num_warps, "stepwise")
     return cfg
 
@@ -274,6 +291,14 @@ def run_windows(cfg, T, launch_window, reverse=False):
         launch_window(T - 1 - i if reverse else i, 1)
 
 
+def partials_workspace(cfg, B, like):
+    """(2, P, B, HP) shares of dh for split/stepwise backward; a dummy in single mode."""
+    import torch
+
+    shape = (2, cfg.P, B, cfg.HP) if cfg.mode != "single" else (1,)
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+
 def barrier_counters(cfg, B, like):
     """One zeroed arrival counter per batch tile for grid_barrier (unused outside split mode)."""
     import torch
@@ -285,33 +310,9 @@ def w_elem_bytes(dot):
     return {tl.float16: 2, tl.bfloat16: 2, tl.float32: 4, tl.float64: 8}[dot]
 
 
-def loop_forward(c, sizes):
-    """The engine's xp time loop (the fallback for configurations without a kernel)."""
-    B = c.x.shape[1]
-    for t, n in enumerate(sizes):
-        c.step(t, n)
-        if n < B:
-            for seq in c.seq:
-                seq[t + 1, n:] = seq[t, n:]
-
-
-def loop_backward(c, sizes):
-    for t in range(len(sizes) - 1, -1, -1):
-        c.back_step(t, sizes[t])
-
-
-COMPILE_BATCHES = (16, 64)
-
-
 def compile_configs(hidden_size, dtype, GP):
-    """The distinct tile configs a launcher picks on a GPU at the benchmark batch sizes."""
-    elem = 2 if dtype in _DOT else 4
-    out = []
-    for B in COMPILE_BATCHES:
-        cfg = tile_config(hidden_size, B, GP, elem)
-        if cfg not in out:
-            out.append(cfg)
-    return out
+    """The tile configs a launcher picks on a GPU for this size and dtype (any B: the tile is BB rows)."""
+    return [tile_config(hidden_size, BB, GP, 2 if dtype in _DOT else 4)]
 
 
 def target(name, fn, signature, constexprs, cfg):

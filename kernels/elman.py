@@ -5,6 +5,7 @@
 # w_hh: (H, H)    sizes: (T,) int32 active rows per step (a prefix)
 # dy: (T, B, H)   dz: (T, B, H) pre-activation gradient, written for active rows
 # dh: (B, H)      carried gradient: dh_T on entry, dh_0 (= d state0) on exit
+# ws: (2, P, B, HP) each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
 
 Layout, modes and precision: see kernels/common.py.
 """
@@ -17,8 +18,8 @@ G, GP = 1, 1
 
 
 @triton.jit
-def _fwd_step(t, b_h, b_w, p_gx, p_h, p_sizes, rows, cols, B, H,
-              HP: tl.constexpr, SINGLE: tl.constexpr, NONLIN: tl.constexpr,
+def _fwd_step(t, b_h, b_w, p_gx, p_h, p_sizes, rows, cols, B, H, nonlin,
+              HP: tl.constexpr, SINGLE: tl.constexpr,
               ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Step t for one (batch tile, hidden slice): b_h (BB, S) is h_t of the slice, returns h_{t+1}."""
     n = tl.load(p_sizes + t)
@@ -34,16 +35,16 @@ def _fwd_step(t, b_h, b_w, p_gx, p_h, p_sizes, rows, cols, B, H,
                          cache_modifier=".cg").to(ACC)
     b_z = tl.dot(b_full.to(DOT), b_w, input_precision=PREC, out_dtype=ACC)
     b_z += cm.load_rows(p_gx + step, rows, cols, H, active, col_ok, ACC)
-    b_h = tl.where(active[:, None], cm.activation(b_z, NONLIN), b_h)
+    b_h = tl.where(active[:, None], cm.activation(b_z, nonlin), b_h)
     tl.store(p_h + step + B * H + rows[:, None] * H + cols[None, :], b_h,
              mask=(rows < B)[:, None] & col_ok[None, :])
     return b_h
 
 
 @triton.jit(do_not_specialize=["t_start", "n_steps"])
-def _fwd_kernel(p_gx, p_h, p_w, p_sizes, p_bar, t_start, n_steps, B, H,
+def _fwd_kernel(p_gx, p_h, p_w, p_sizes, p_bar, t_start, n_steps, B, H, nonlin,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
-                SINGLE: tl.constexpr, SYNC: tl.constexpr, NONLIN: tl.constexpr,
+                SINGLE: tl.constexpr, SYNC: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
     rows = pid_b * BB + tl.arange(0, BB)
@@ -52,32 +53,14 @@ def _fwd_kernel(p_gx, p_h, p_w, p_sizes, p_bar, t_start, n_steps, B, H,
     b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 1, 1, DOT)   # (HP, S), on chip for all steps
     b_h = cm.load_rows(p_h + t_start.to(tl.int64) * B * H, rows, cols, H, rows < B, cols < H, ACC)
     for i in range(n_steps):
-        b_h = _fwd_step(t_start + i, b_h, b_w, p_gx, p_h, p_sizes, rows, cols, B, H,
-                        HP, SINGLE, NONLIN, ACC, DOT, PREC)
+        b_h = _fwd_step(t_start + i, b_h, b_w, p_gx, p_h, p_sizes, rows, cols, B, H, nonlin,
+                        HP, SINGLE, ACC, DOT, PREC)
         if SYNC:
             cm.grid_barrier(p_bar + pid_b, (i + 1) * P)
 
 
 @triton.jit
-def _bwd_carry(t, b_dh, b_dz, b_w, p_dz, p_sizes, rows, B, H,
-               HP: tl.constexpr, SINGLE: tl.constexpr, ACC: tl.constexpr,
-               DOT: tl.constexpr, PREC: tl.constexpr):
-    """dh_{t-1} = dz_t W_hh for the rows active at t (the slice's columns); others keep dh."""
-    n = tl.load(p_sizes + t)
-    if SINGLE:
-        b_full = b_dz
-    else:
-        k = tl.arange(0, HP)
-        b_full = tl.load(p_dz + t.to(tl.int64) * B * H + rows[:, None] * H + k[None, :],
-                         mask=(rows < n)[:, None] & (k < H)[None, :], other=0.0,
-                         cache_modifier=".cg").to(ACC)
-    b_new = tl.dot(b_full.to(DOT), b_w, input_precision=PREC, out_dtype=ACC)
-    return tl.where((rows < n)[:, None], b_new, b_dh)
-
-
-@triton.jit
-def _bwd_point(t, b_dh, p_dy, p_h, p_dz, p_sizes, rows, cols, B, H,
-               NONLIN: tl.constexpr, ACC: tl.constexpr):
+def _bwd_point(t, b_dh, p_dy, p_h, p_dz, p_sizes, rows, cols, B, H, nonlin, ACC: tl.constexpr):
     """dh_t += dy_t, dz_t = dh_t * phi'(z_t) for the active rows; returns (dh, dz)."""
     n = tl.load(p_sizes + t)
     active = rows < n
@@ -85,36 +68,43 @@ def _bwd_point(t, b_dh, p_dy, p_h, p_dz, p_sizes, rows, cols, B, H,
     step = t.to(tl.int64) * B * H
     b_dh += cm.load_rows(p_dy + step, rows, cols, H, active, col_ok, ACC)
     b_y = cm.load_rows(p_h + step + B * H, rows, cols, H, active, col_ok, ACC)
-    b_dz = tl.where(active[:, None], b_dh * cm.activation_grad_from_output(b_y, NONLIN), 0.0)
+    b_dz = tl.where(active[:, None], b_dh * cm.activation_grad_from_output(b_y, nonlin), 0.0)
     tl.store(p_dz + step + rows[:, None] * H + cols[None, :], b_dz,
              mask=active[:, None] & col_ok[None, :])
     return b_dh, b_dz
 
 
 @triton.jit(do_not_specialize=["T", "t_start", "n_steps"])
-def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_sizes, p_bar, T, t_start, n_steps, B, H,
+def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, T, t_start, n_steps, B, H, nonlin,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
-                SINGLE: tl.constexpr, SYNC: tl.constexpr, NONLIN: tl.constexpr,
+                SINGLE: tl.constexpr, SYNC: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
-    """Iterations t = t_start, t_start-1, ...: carry in from dz_{t+1} (t+1 < T), then step t (t >= 0).
+    """Iterations t = t_start, t_start-1, ...: carry in dh_t from step t+1's shares (t+1 < T), then step t
+    (t >= 0) and its share of dh_{t-1} = dz_t W_hh.
 
     The whole backward is t = T-1 .. -1 (T+1 iterations): the last one only
-    turns dz_0 into dh_0. One barrier per iteration in split mode.
+    sums dz_0's shares into dh_0. One barrier per iteration in split mode.
     """
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
     rows = pid_b * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
-    b_w = cm.load_w_bwd(p_w, H, H, j0, HP, S, 1, 1, DOT)   # (HP, S) = W_hh[:, slice], on chip
+    b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 1, 1, DOT)   # (HP, S): W_hh[slice, :]^T, on chip
     b_dh = cm.load_rows(p_dh, rows, cols, H, rows < B, cols < H, ACC)
-    b_dz = tl.zeros((BB, S), ACC)
+    b_prod = tl.zeros((BB, HP), ACC)
     for i in range(n_steps):
         t = t_start - i
-        if t + 1 < T:
-            b_dh = _bwd_carry(t + 1, b_dh, b_dz, b_w, p_dz, p_sizes, rows, B, H,
-                              HP, SINGLE, ACC, DOT, PREC)
+        if t + 1 < T:   # rows active at t+1 take dz_{t+1} W_hh; the others pass dh through
+            if SINGLE:
+                b_new = b_prod
+            else:
+                b_new = cm.sum_partials(p_ws, t + 1, rows, cols, B, HP, P, S, ACC)
+            b_dh = tl.where((rows < tl.load(p_sizes + t + 1))[:, None], b_new, b_dh)
         if t >= 0:
-            b_dh, b_dz = _bwd_point(t, b_dh, p_dy, p_h, p_dz, p_sizes, rows, cols, B, H, NONLIN, ACC)
+            b_dh, b_dz = _bwd_point(t, b_dh, p_dy, p_h, p_dz, p_sizes, rows, cols, B, H, nonlin, ACC)
+            b_prod = tl.dot(b_dz.to(DOT), tl.trans(b_w), input_precision=PREC, out_dtype=ACC)
+            if not SINGLE:
+                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, HP, P)
         if SYNC:
             cm.grid_barrier(p_bar + pid_b, (i + 1) * P)
     tl.store(p_dh + rows[:, None] * H + cols[None, :], b_dh, mask=(rows < B)[:, None] & (cols < H)[None, :])
@@ -127,33 +117,33 @@ def _setup(c, io_dtype):
     dot = cm.dot_dtype(io_dtype, acc)
     cfg = cm.choose_config(H, B, GP, cm.w_elem_bytes(dot), h.device)
     consts = dict(BB=cfg.BB, HP=cfg.HP, S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
-                  SYNC=cfg.mode == "split", NONLIN=cm.NONLINEARITY_KIND[c.nonlinearity],
-                  ACC=acc, DOT=dot, PREC=cm.dot_precision(dot), num_warps=cfg.num_warps)
-    return T, B, H, h, cfg, consts
+                  SYNC=cfg.mode == "split", ACC=acc, DOT=dot, PREC=cm.dot_precision(dot),
+                  num_warps=cfg.num_warps)
+    return T, B, H, h, cfg, consts, cm.NONLINEARITY_KIND[c.nonlinearity]
 
 
 def forward(c, sizes, io_dtype=None):
     """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused (engine._kernels)."""
-    T, B, H, h, cfg, consts = _setup(c, io_dtype)
+    T, B, H, h, cfg, consts, nonlin = _setup(c, io_dtype)
     if T == 0:
         return
     gx, w = cm.as_tensor(c.gx), cm.as_tensor(c.w["w_hh"]).contiguous()
     sz, bar = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)
     cm.run_windows(cfg, T, lambda t0, n: cm.launch(
-        _fwd_kernel, cfg.grid(B), gx, h, w, sz, bar, t0, n, B, H, **consts))
+        _fwd_kernel, cfg.grid(B), gx, h, w, sz, bar, t0, n, B, H, nonlin, **consts))
 
 
 def backward(c, sizes, io_dtype=None):
     """c.back_step(t, sizes[t]) for t = T-1..0, fused; leaves d state0 in c.dh."""
-    T, B, H, h, cfg, consts = _setup(c, io_dtype)
+    T, B, H, h, cfg, consts, nonlin = _setup(c, io_dtype)
     if T == 0:
         return
     dy, dz, dh = cm.as_tensor(c.dy), cm.as_tensor(c.dz), cm.as_tensor(c.dh)
     w = cm.as_tensor(c.w["w_hh"]).contiguous()
-    sz, bar = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)
+    sz, bar, ws = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h), cm.partials_workspace(cfg, B, h)
     # T+1 iterations t = T-1 .. -1 (see _bwd_kernel)
     cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch(
-        _bwd_kernel, cfg.grid(B), dy, h, dz, dh, w, sz, bar, T, t0 - 1, n, B, H, **consts),
+        _bwd_kernel, cfg.grid(B), dy, h, dz, dh, w, ws, sz, bar, T, t0 - 1, n, B, H, nonlin, **consts),
         reverse=True)
 
 
@@ -163,15 +153,12 @@ def compile_targets(hidden_size, dtype):
     acc, dot, prec = cm.dtype_constexprs(dtype)
     out = []
     for cfg in cm.compile_configs(hidden_size, dtype, GP):
-        for nonlin in ("tanh", "relu"):
-            consts = dict(BB=cfg.BB, HP=cfg.HP, S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
-                          SYNC=cfg.mode == "split", NONLIN=cm.NONLINEARITY_KIND[nonlin],
-                          ACC=acc, DOT=dot, PREC=prec)
-            label = f"elman_{nonlin}"
-            fwd_sig = dict(p_gx=ptr, p_h=ptr, p_w=ptr, p_sizes="*i32", p_bar="*i32",
-                           t_start="i32", n_steps="i32", B="i32", H="i32")
-            bwd_sig = dict(p_dy=ptr, p_h=ptr, p_dz=ptr, p_dh=ptr, p_w=ptr, p_sizes="*i32", p_bar="*i32",
-                           T="i32", t_start="i32", n_steps="i32", B="i32", H="i32")
-            out.append(cm.target(f"{label}_fwd", _fwd_kernel, fwd_sig, consts, cfg))
-            out.append(cm.target(f"{label}_bwd", _bwd_kernel, bwd_sig, consts, cfg))
+        consts = dict(BB=cfg.BB, HP=cfg.HP, S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
+                      SYNC=cfg.mode == "split", ACC=acc, DOT=dot, PREC=prec)
+        fwd_sig = dict(p_gx=ptr, p_h=ptr, p_w=ptr, p_sizes="*i32", p_bar="*i32",
+                       t_start="i32", n_steps="i32", B="i32", H="i32", nonlin="i32")
+        bwd_sig = dict(p_dy=ptr, p_h=ptr, p_dz=ptr, p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32",
+                       T="i32", t_start="i32", n_steps="i32", B="i32", H="i32", nonlin="i32")
+        out.append(cm.target("elman_fwd", _fwd_kernel, fwd_sig, consts, cfg))
+        out.append(cm.target("elman_bwd", _bwd_kernel, bwd_sig, consts, cfg))
     return out

@@ -144,14 +144,32 @@ def backward(h, weight, bias, targets, lse, grad, precision="ieee"):
 _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 
 
-def compile_ahead(kernel, dtype, capability):
-    """Compile _loss_fwd or _loss_bwd for a CUDA capability (80, 90) without a GPU."""
-    from triton.backends.compiler import GPUTarget
+def compile_targets(hidden_size, dtype):
+    """(name, jit_fn, signature, constexprs) of both kernels for profiling/compile_check.py.
 
+    dtype: a torch dtype or its name ("float32"); the tiles do not depend on hidden_size.
+    """
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     dt, acc = _TRITON_TYPES[dtype], _TRITON_TYPES[_acc_dtype(dtype)]
     types = {"p_h": f"*{dt}", "p_w": f"*{dt}", "p_b": f"*{dt}", "p_y": "*i64", "N": "i32", "V": "i32",
              "H": "i32", "ignore_index": "i64"}
     meta = _meta(dtype, True, "tf32")
-    signature = {name: types.get(name, "constexpr" if name in meta else f"*{acc}") for name in kernel.arg_names}
-    source = triton.compiler.ASTSource(kernel, signature, meta)
-    return triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": NUM_WARPS})
+    out = []
+    for name, fn in (("loss_fwd", _loss_fwd), ("loss_bwd", _loss_bwd)):
+        signature = {a: types.get(a, f"*{acc}") for a in fn.arg_names if a not in meta}
+        out.append((name, fn, signature, dict(meta, num_warps=NUM_WARPS)))
+    return out
+
+
+def compile_ahead(name, dtype, capability):
+    """triton.compile one kernel ("loss_fwd" or "loss_bwd") for sm_<capability>, no GPU needed.
+
+    Needs TRITON_INTERPRET unset (interpreted functions do not compile).
+    """
+    from triton.backends.compiler import GPUTarget
+
+    _, fn, signature, constexprs = next(t for t in compile_targets(0, dtype) if t[0] == name)
+    constexprs = dict(constexprs)
+    num_warps = constexprs.pop("num_warps")
+    source = triton.compiler.ASTSource(fn, dict(signature, **{k: "constexpr" for k in constexprs}), constexprs)
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": num_warps})

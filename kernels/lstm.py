@@ -8,13 +8,16 @@
 # coef:  (T, B, 4, H) d pre-activation / d(dc, dc, dc, dm), from cells.LSTM.begin_backward
 # o_dtanh: (T, B, H)  o * tanh'(c_t)
 # dy: (T, B, H)  dgates: (T, B, 4H)  dh, dc: (B, H) carried (dstate_T in, dstate_0 out)
+# ws: (2, P, B, HP)   each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
 
 proj_size > 0 (W_hr) is not fused: forward/backward run the engine's xp loop
-(cm.loop_forward / cm.loop_backward) for it.
+(engine.step_loop / engine.back_loop) for it.
 Layout, modes and precision: see kernels/common.py.
 """
 import triton
 import triton.language as tl
+
+from gpurnn import engine
 
 from . import common as cm
 
@@ -87,21 +90,6 @@ def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_w, p_sizes, p_bar, t_start, n_s
 
 
 @triton.jit
-def _bwd_carry(t, b_dh, b_d, b_w, p_dgates, p_sizes, rows, B, H,
-               HP: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr, ACC: tl.constexpr,
-               DOT: tl.constexpr, PREC: tl.constexpr):
-    """dh_{t-1} = dgates_t W_hh for the rows active at t (the slice's columns); others keep dh."""
-    n = tl.load(p_sizes + t)
-    if SINGLE:   # (BB, S, 4) -> (BB, S*4): column s*4 + g, the backward W tile's row order
-        b_full = tl.reshape(b_d, (rows.shape[0], S * 4))
-    else:
-        b_full = cm.load_gate_rows(p_dgates + t.to(tl.int64) * B * 4 * H, rows, rows < n, 4 * H,
-                                   H, HP, 4, 4, ACC)
-    b_new = tl.dot(b_full.to(DOT), b_w, input_precision=PREC, out_dtype=ACC)
-    return tl.where((rows < n)[:, None], b_new, b_dh)
-
-
-@triton.jit
 def _bwd_point(t, b_dh, b_dc, p_dy, p_coef, p_odt, p_gates, p_dgates, p_sizes, rows, j0, B, H,
                S: tl.constexpr, ACC: tl.constexpr):
     """Step t's pointwise part for the active rows: returns (dh, dc * f, dgates (BB, S, 4))."""
@@ -123,33 +111,40 @@ def _bwd_point(t, b_dh, b_dc, p_dy, p_coef, p_odt, p_gates, p_dgates, p_sizes, r
 
 
 @triton.jit(do_not_specialize=["T", "t_start", "n_steps"])
-def _bwd_kernel(p_dy, p_coef, p_odt, p_gates, p_dgates, p_dh, p_dc, p_w, p_sizes, p_bar,
+def _bwd_kernel(p_dy, p_coef, p_odt, p_gates, p_dgates, p_dh, p_dc, p_w, p_ws, p_sizes, p_bar,
                 T, t_start, n_steps, B, H,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
-    """Iterations t = t_start, t_start-1, ...: carry in from dgates_{t+1} (t+1 < T), then step t (t >= 0).
-
-    The whole backward is t = T-1 .. -1 (T+1 iterations, see elman._bwd_kernel).
+    """Iterations t = t_start, t_start-1, ...: carry in dh_t from step t+1's shares (t+1 < T), then step t
+    (t >= 0) and its share of dh_{t-1} = dgates_t W_hh (see elman._bwd_kernel; T+1 iterations in all).
     """
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
     rows = pid_b * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
-    b_w = cm.load_w_bwd(p_w, H, H, j0, HP, S, 4, 4, DOT)   # (HP*4, S), on chip for all steps
+    b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 4, 4, DOT)   # (HP, S*4): the slice's gate rows^T, on chip
     ok2 = (rows < B)[:, None] & (cols < H)[None, :]
     off2 = rows[:, None] * H + cols[None, :]
     b_dh = tl.load(p_dh + off2, mask=ok2, other=0.0).to(ACC)
     b_dc = tl.load(p_dc + off2, mask=ok2, other=0.0).to(ACC)
-    b_d = tl.zeros((BB, S, 4), ACC)
+    b_prod = tl.zeros((BB, HP), ACC)
     for i in range(n_steps):
         t = t_start - i
-        if t + 1 < T:
-            b_dh = _bwd_carry(t + 1, b_dh, b_d, b_w, p_dgates, p_sizes, rows, B, H,
-                              HP, S, SINGLE, ACC, DOT, PREC)
+        if t + 1 < T:   # rows active at t+1 take dgates_{t+1} W_hh; the others pass dh through
+            if SINGLE:
+                b_new = b_prod
+            else:
+                b_new = cm.sum_partials(p_ws, t + 1, rows, cols, B, HP, P, S, ACC)
+            b_dh = tl.where((rows < tl.load(p_sizes + t + 1))[:, None], b_new, b_dh)
         if t >= 0:
             b_dh, b_dc, b_d = _bwd_point(t, b_dh, b_dc, p_dy, p_coef, p_odt, p_gates, p_dgates,
                                          p_sizes, rows, j0, B, H, S, ACC)
+            # (BB, S, 4) -> (BB, S*4): column s*4 + g, the W tile's column order
+            b_d2 = tl.reshape(b_d, (BB, S * 4))
+            b_prod = tl.dot(b_d2.to(DOT), tl.trans(b_w), input_precision=PREC, out_dtype=ACC)
+            if not SINGLE:
+                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, HP, P)
         if SYNC:
             cm.grid_barrier(p_bar + pid_b, (i + 1) * P)
     tl.store(p_dh + off2, b_dh, mask=ok2)
@@ -172,7 +167,7 @@ def _setup(c, io_dtype):
 def forward(c, sizes, io_dtype=None):
     """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused (engine._kernels)."""
     if c.m is not None:
-        return cm.loop_forward(c, sizes)
+        return engine.step_loop(c, sizes)
     T, B, H, h, cfg, consts = _setup(c, io_dtype)
     if T == 0:
         return
@@ -187,17 +182,17 @@ def forward(c, sizes, io_dtype=None):
 def backward(c, sizes, io_dtype=None):
     """c.back_step(t, sizes[t]) for t = T-1..0, fused; leaves d state0 in c.dh, c.dc."""
     if c.m is not None:
-        return cm.loop_backward(c, sizes)
+        return engine.back_loop(c, sizes)
     T, B, H, h, cfg, consts = _setup(c, io_dtype)
     if T == 0:
         return
     t = cm.as_tensor
     w = t(c.w["w_hh"]).contiguous()
-    sz, bar = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)
+    sz, bar, ws = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h), cm.partials_workspace(cfg, B, h)
     # T+1 iterations t = T-1 .. -1 (see _bwd_kernel)
     cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch(
         _bwd_kernel, cfg.grid(B), t(c.dy), t(c.coef), t(c.o_dtanh), t(c.gates), t(c.dgates),
-        t(c.dh), t(c.dc), w, sz, bar, T, t0 - 1, n, B, H, **consts), reverse=True)
+        t(c.dh), t(c.dc), w, ws, sz, bar, T, t0 - 1, n, B, H, **consts), reverse=True)
 
 
 def compile_targets(hidden_size, dtype):
@@ -211,7 +206,7 @@ def compile_targets(hidden_size, dtype):
         fwd_sig = dict(p_gx=ptr, p_gates=ptr, p_h=ptr, p_c=ptr, p_tc=ptr, p_w=ptr, p_sizes="*i32",
                        p_bar="*i32", t_start="i32", n_steps="i32", B="i32", H="i32")
         bwd_sig = dict(p_dy=ptr, p_coef=ptr, p_odt=ptr, p_gates=ptr, p_dgates=ptr, p_dh=ptr, p_dc=ptr,
-                       p_w=ptr, p_sizes="*i32", p_bar="*i32", T="i32", t_start="i32", n_steps="i32",
+                       p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", T="i32", t_start="i32", n_steps="i32",
                        B="i32", H="i32")
         out.append(cm.target("lstm_fwd", _fwd_kernel, fwd_sig, consts, cfg))
         out.append(cm.target("lstm_bwd", _bwd_kernel, bwd_sig, consts, cfg))

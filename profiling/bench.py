@@ -19,6 +19,7 @@ import ctypes
 import datetime
 import gc
 import itertools
+import os
 import platform
 import re
 import signal
@@ -39,12 +40,13 @@ else:
 
 FULL = {"batch": (1, 16, 64, 256), "steps": (64, 1024, 8192), "hidden": (64, 256, 768, 2048)}
 QUICK = {"cpu": {"batch": (16,), "steps": (32, 128), "hidden": (32, 128)},
-         "cuda": {"batch": (64,), "steps": (64, 1024), "hidden": (64, 256)}}
+         "cuda": {"batch": (64,), "steps": (64, 512), "hidden": (64, 256)}}
 PRESETS = {
     # Issue 2: numpy backend vs torch's own CPU modules, forward+backward.
-    "engine-vs-torch": {"device": "cpu", "cells": "rnn,lstm,gru", "batch": "32", "steps": "128",
-                        "hidden": "128", "input": 64, "dtype": "float32", "providers": "gpurnn-numpy,torch.nn",
-                        "modes": "fwdbwd", "name": "engine_vs_torch", "repeats": 31, "budget_s": 120.0,
+    "engine-vs-torch": {"device": "cpu", "cells": ("rnn", "lstm", "gru"), "batch": (32,), "steps": (128,),
+                        "hidden": (128,), "input": 64, "dtype": ("float32",),
+                        "providers": ("gpurnn-numpy", "torch.nn"), "modes": ("fwdbwd",),
+                        "name": "engine_vs_torch", "repeats": 31, "budget_s": 120.0,
                         "required_ratio": 1.5, "target_ratio": 1.0},
 }
 MODES = ("fwd", "fwdbwd")
@@ -83,9 +85,10 @@ def parser():
                    help="default: every provider of the device; the baseline is always added")
     p.add_argument("--modes", type=_names(MODES), default=MODES)
     p.add_argument("--repeats", type=int, default=21, help="CPU: timed samples per provider (alternating)")
-    p.add_argument("--budget-s", type=float, default=30.0, help="CPU: fewer repeats (>= 3) past this per config")
-    p.add_argument("--pause-ms", type=float, default=2.0,
-                   help="CPU: idle time before each sample, so one library's spinning threads stop first")
+    p.add_argument("--budget-s", type=float, help="CPU: fewer repeats (>= 3) past this per config and mode "
+                   "(default 30; 6 with --quick)")
+    p.add_argument("--settle-s", type=float, default=1.0,
+                   help="CPU: wait up to this for idle threads before each sample (0: no wait)")
     p.add_argument("--warmup-ms", type=float, default=25, help="GPU: do_bench warmup")
     p.add_argument("--rep-ms", type=float, default=100, help="GPU: do_bench measuring time")
     p.add_argument("--compile-limit-s", type=float, default=300, help="give up on a torch.compile after this")
@@ -102,12 +105,14 @@ def parser():
 def parse_args(argv):
     p = parser()
     args = p.parse_args(argv)
-    if args.preset:   # preset values fill what the command line left at its default
-        p.set_defaults(**{k: p._option_string_actions[f"--{k.replace('_', '-')}"].type(v)
-                          if isinstance(v, str) and k not in ("device", "name") else v
-                          for k, v in PRESETS[args.preset].items()})
+    if args.preset:   # the preset's values replace the defaults; options given still win
+        p.set_defaults(**PRESETS[args.preset])
         args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device: expected a CUDA GPU visible to torch for 'cuda', got none (use --device cpu)")
+    if args.budget_s is None:
+        args.budget_s = 6.0 if args.quick else 30.0
     grid = QUICK[args.device] if args.quick else FULL
     for dim in ("batch", "steps", "hidden"):
         if getattr(args, dim) is None:
@@ -115,7 +120,7 @@ def parse_args(argv):
     for dim in ("batch", "steps", "hidden", "input", "output", "repeats"):
         values = getattr(args, dim)
         if min(values if isinstance(values, tuple) else (values,)) < (0 if dim in ("input", "output") else 1):
-            p.error(f"--{dim}: expected positive values, got {values}")
+            p.error(f"--{dim}: expected values >= {0 if dim in ('input', 'output') else 1}, got {values}")
     return args
 
 
@@ -136,7 +141,6 @@ def device_description(device):
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    import os
     return f"{model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
@@ -146,22 +150,32 @@ class CompileTimeout(Exception):
     pass
 
 
-@contextlib.contextmanager
-def time_limit(seconds):
-    """Raise CompileTimeout after seconds (main thread on Unix only; elsewhere no limit)."""
-    if seconds is None or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class TimeLimit:
+    """Raise CompileTimeout after seconds (main thread on Unix; elsewhere no limit).
 
-    def expire(signum, frame):
-        raise CompileTimeout(f"torch.compile took longer than {seconds:g} s (--compile-limit-s)")
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    `expired` tells afterwards, since torch.compile re-raises what interrupts it as its own error.
+    """
+
+    def __init__(self, seconds):
+        usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+        self.seconds = seconds if usable else None
+        self.expired = False
+
+    def _expire(self, signum, frame):
+        self.expired = True
+        raise CompileTimeout(f"torch.compile took longer than {self.seconds:g} s (--compile-limit-s)")
+
+    def __enter__(self):
+        if self.seconds is not None:
+            self.old = signal.signal(signal.SIGALRM, self._expire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        if self.seconds is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.old)
+        return False
 
 
 def _status_kb(field):
@@ -210,13 +224,34 @@ def route_cupy_through_torch():
     cp.cuda.set_allocator(cp.cuda.memory.PythonFunctionAllocator(malloc, free).malloc)
 
 
-def time_cpu(fns, repeats, pause_s):
-    """{name: seconds per call samples}, providers alternating in a rotating order."""
+def settle(max_s, slice_s=0.005):
+    """Wait until this process's threads are idle (< 10% of a core over a slice), at most max_s.
+
+    NumPy's OpenBLAS workers spin ~0.1 s after a call and torch's OpenMP workers
+    a few ms; measured here, a torch call made while OpenBLAS still spins took 2-5x
+    longer. Waiting them out keeps one library's idle threads out of the other's time.
+    """
+    end = time.perf_counter() + max_s
+    while time.perf_counter() < end:
+        cpu = time.process_time()
+        time.sleep(slice_s)
+        if time.process_time() - cpu < 0.1 * slice_s:
+            return
+
+
+def time_cpu(fns, repeats, settle_s):
+    """{name: ms per call samples}; providers alternate in a rotating order.
+
+    Each sample: settle, one untimed call (wakes this library's threads), one timed call.
+    So each library is timed in its own warm state, and slow drifts of the machine's
+    load fall on all providers alike.
+    """
     samples = {name: [] for name in fns}
     names = list(fns)
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            time.sleep(pause_s)
+            settle(settle_s)
+            fns[name]()
             t0 = time.perf_counter()
             fns[name]()
             samples[name].append(time.perf_counter() - t0)
@@ -237,90 +272,131 @@ def configs(args):
 
 def provider_list(args, cell):
     chosen = args.providers or providers.DEFAULT_PROVIDERS[args.device]
+    if args.quick and not args.providers:   # compiling would take most of a short run
+        chosen = [p for p in chosen if p != "compile"]
     base = providers.baseline(cell)
     return [base] + [p for p in chosen if p != base]
 
 
 def _failure(err):
-    oom = isinstance(err, MemoryError) or "out of memory" in str(err).lower()
-    return ("oom" if oom else "error"), f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+    """(status, note) for a provider that raised: 'oom' or 'error', and the message on one line."""
+    text = " ".join(str(err).split())
+    oom = isinstance(err, MemoryError) or "out of memory" in text.lower()
+    return ("oom" if oom else "error"), f"{type(err).__name__}: {text[:200]}"
+
+
+def _skip_reason(p, cfg, args, disabled):
+    reason = disabled.get(p) or providers.unavailable(p, cfg)
+    need_gb = providers.estimated_bytes(cfg) / 2**30
+    if reason is None and need_gb > args.mem_limit_gb:
+        reason = f"estimated {need_gb:.1f} GiB > {args.mem_limit_gb:.1f} GiB (--mem-limit-gb)"
+    return reason
+
+
+def _record_failure(row, err, cfg):
+    row["status"], row["note"] = _failure(err)
+    if cfg.device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def warm_up(p, fn, cfg, args, row, disabled):
+    """First call (compiles; time-limited for torch.compile), then a call measuring peak memory.
+
+    Returns a sample of the forward output (first 64 steps and the last) for the sanity diff,
+    or None; sets row["status"] and leaves fn out of the timing if anything fails.
+    """
+    limit = TimeLimit(args.compile_limit_s if p == "compile" else None)
+    try:
+        t0 = time.perf_counter()
+        with limit:
+            out = fn()
+            if cfg.device == "cuda":
+                torch.cuda.synchronize()
+        if p == "compile":
+            row["note"] = f"first call {time.perf_counter() - t0:.1f} s (compiles each new shape)"
+        sample = None if out is None else torch.cat([out[:64], out[-1:]]).detach().double().cpu()
+        t0 = time.perf_counter()
+        row["peak_mem_mb"] = peak_memory_mb(fn, cfg.device)
+        row["call_s"] = time.perf_counter() - t0   # a warm call: sizes the CPU repeats
+        return sample
+    except Exception as err:   # recorded in the table; the sweep goes on
+        _record_failure(row, err, cfg)
+        if limit.expired:   # torch.compile's state is not to be trusted after an interrupt
+            row["status"], row["note"] = "timeout", f"torch.compile took over {args.compile_limit_s:g} s"
+            disabled[p] = f"an earlier torch.compile took over {args.compile_limit_s:g} s"
+        return None
+
+
+def time_all(fns, rows, cfg, args):
+    """Median and 20%/80% quantiles (ms) of each warm provider into its row."""
+    if cfg.device == "cpu":
+        per_repeat = sum(2 * rows[p]["call_s"] + min(args.settle_s, 0.15) for p in fns)
+        repeats = max(3, min(args.repeats, int(args.budget_s / per_repeat)))
+        times = time_cpu(fns, repeats, args.settle_s)
+        stats = {p: (np.median(t), np.quantile(t, 0.2), np.quantile(t, 0.8), len(t)) for p, t in times.items()}
+    else:
+        stats = {}
+        for p, fn in fns.items():
+            try:
+                stats[p] = tuple(time_cuda(fn, args.warmup_ms, args.rep_ms)) + (None,)
+            except Exception as err:
+                _record_failure(rows[p], err, cfg)
+    for p, (med, q20, q80, n) in stats.items():
+        rows[p].update(median_ms=float(med), q20_ms=float(q20), q80_ms=float(q80), samples=n,
+                       per_step_us=float(med) * 1e3 / cfg.steps)
 
 
 def measure_config(cfg, args, disabled, base_row):
-    """Rows for every provider and mode of cfg."""
+    """Rows for every provider and mode of cfg; ratios against the baseline measured here."""
     names = provider_list(args, cfg.cell)
     rows = {(p, m): dict(base_row, provider=p, mode=m, status="ok", note="") for p in names for m in args.modes}
-    runners, outputs = {}, {}
-    limit_gb = args.mem_limit_gb
-    need_gb = providers.estimated_bytes(cfg) / 2**30
+    runners = {}
     for p in names:
-        skip = disabled.get(p) or providers.unavailable(p, cfg)
-        if skip is None and need_gb > limit_gb:
-            skip = f"estimated {need_gb:.1f} GiB > {limit_gb:.1f} GiB (--mem-limit-gb)"
-        if skip is None:
+        reason = _skip_reason(p, cfg, args, disabled)
+        if reason is None:
             try:
                 runners[p] = providers.build(p, cfg, args.seed)
             except Exception as err:
-                skip = _failure(err)
-        for m in args.modes:
-            if skip is not None:
-                rows[p, m]["status"], rows[p, m]["note"] = skip if isinstance(skip, tuple) else ("skipped", skip)
+                for m in args.modes:
+                    _record_failure(rows[p, m], err, cfg)
+        else:
+            for m in args.modes:
+                rows[p, m]["status"], rows[p, m]["note"] = "skipped", reason
     for m in args.modes:
-        fns = {}
+        fns, outputs = {}, {}
         for p, runner in runners.items():
             row, fn = rows[p, m], getattr(runner, m)
-            if row["status"] != "ok":
-                continue
-            try:
-                t0 = time.perf_counter()
-                with time_limit(args.compile_limit_s if p == "compile" else None):
-                    out = fn()
-                    if cfg.device == "cuda":
-                        torch.cuda.synchronize()
-                first_s = time.perf_counter() - t0
-                if p == "compile":
-                    row["note"] = f"first call (compiles) {first_s:.1f} s"
-                if m == "fwd" and out is not None:
-                    outputs[p] = out.detach().double().cpu()
-                row["peak_mem_mb"] = peak_memory_mb(fn, cfg.device)
-                fns[p] = fn
-                row["first_s"] = first_s
-            except Exception as err:   # recorded in the table; the sweep goes on
-                row["status"], row["note"] = _failure(err)
-                if isinstance(err, CompileTimeout):
-                    disabled[p] = f"an earlier torch.compile took over {args.compile_limit_s:g} s"
-                if cfg.device == "cuda":
-                    torch.cuda.empty_cache()
-        if cfg.device == "cpu" and fns:
-            first = sum(rows[p, m]["first_s"] for p in fns)
-            repeats = max(3, min(args.repeats, int(args.budget_s / max(first, 1e-9))))
-            times = time_cpu(fns, repeats, args.pause_ms / 1e3)
-            stats = {p: (np.median(t), np.quantile(t, 0.2), np.quantile(t, 0.8), len(t)) for p, t in times.items()}
-        else:
-            stats = {p: tuple(time_cuda(fn, args.warmup_ms, args.rep_ms)) + (None,) for p, fn in fns.items()}
-        for p, (med, q20, q80, n) in stats.items():
-            rows[p, m].update(median_ms=float(med), q20_ms=float(q20), q80_ms=float(q80), samples=n,
-                              per_step_us=float(med) * 1e3 / cfg.steps)
-        base = rows[names[0], m]
+            if p in disabled:
+                row["status"], row["note"] = "skipped", disabled[p]
+            if row["status"] == "ok":
+                outputs[p] = warm_up(p, fn, cfg, args, row, disabled)
+                if row["status"] == "ok":
+                    fns[p] = fn
+        time_all(fns, {p: rows[p, m] for p in fns}, cfg, args)
+        base, base_out = rows[names[0], m], outputs.get(names[0])
         for p in names:
             row = rows[p, m]
-            row.pop("first_s", None)
+            row.pop("call_s", None)
             if row.get("median_ms") is not None and base.get("median_ms") is not None:
                 row["ratio"] = row["median_ms"] / base["median_ms"]
-            if p in outputs and names[0] in outputs:
-                row["max_abs_diff"] = float((outputs[p] - outputs[names[0]]).abs().max())
+            if m == "fwd" and outputs.get(p) is not None and base_out is not None:
+                row["max_abs_diff"] = float((outputs[p] - base_out).abs().max())
     return list(rows.values())
 
 
-def run(args):
-    """Measure everything args selects; returns the rows (dicts keyed by COLUMNS)."""
+def run(args, on_config=None):
+    """Measure everything args selects; returns the rows (dicts keyed by COLUMNS).
+
+    on_config(rows so far) runs after each configuration (main writes the tables
+    there, so a run cut short still leaves what it measured).
+    """
     if args.device == "cuda":
         route_cupy_through_torch()
     if args.mem_limit_gb is None:
         if args.device == "cuda":
             free = torch.cuda.mem_get_info()[0]
         else:
-            free = _status_kb_meminfo() * 1024
+            free = _available_ram_bytes()
         args.mem_limit_gb = 0.8 * free / 2**30
     run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     cfgs = list(configs(args))
@@ -333,15 +409,17 @@ def run(args):
                     "baseline": providers.baseline(cfg.cell)}
         rows += measure_config(cfg, args, disabled, base_row)
         gc.collect()
+        if on_config is not None:
+            on_config(rows)
     return rows
 
 
-def _status_kb_meminfo():
+def _available_ram_bytes():
     with contextlib.suppress(OSError):
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1])
-    return 8 * 2**20   # 8 GiB when the OS does not say
+                return int(line.split()[1]) * 1024
+    return 8 * 2**30   # when the OS does not say
 
 
 # ---- writing ---------------------------------------------------------------------------------
@@ -365,6 +443,7 @@ def markdown(rows, args, meta):
     lines = [f"# gpurnn benchmark: {meta['device']}", "",
              f"- date (UTC): {meta['date']}; run {rows[0]['run_id'] if rows else '-'}",
              f"- versions: {meta['versions']}",
+             f"- machine load: {meta['load']}",
              f"- command: `{meta['command']}`",
              "- times in ms: median [20%, 80% quantile]; ratio = time / baseline time of the same "
              "configuration in this run (below 1: faster than the baseline)", ""]
@@ -413,7 +492,11 @@ def verdicts(rows, args):
     return out + [""]
 
 
-def metadata(args, argv):
+def _load():
+    return "{:.2f}".format(os.getloadavg()[0]) if hasattr(os, "getloadavg") else "?"
+
+
+def metadata(args, argv, load_before):
     import gpurnn
     versions = [f"python {platform.python_version()}", f"torch {torch.__version__}", f"numpy {np.__version__}",
                 f"gpurnn {getattr(gpurnn, '__version__', '?')}"]
@@ -423,6 +506,8 @@ def metadata(args, argv):
     return {"device": device_description(args.device),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
             "versions": ", ".join(versions),
+            "load": f"{load_before} at the start, {_load()} at the end (1-minute load average; "
+                    f"{os.cpu_count()} cores: anything near or above that means the numbers are noisy)",
             "command": "python profiling/bench.py " + " ".join(argv)}
 
 
@@ -431,9 +516,12 @@ def main(argv=None):
     args = parse_args(argv)
     out = args.out or Path(__file__).resolve().parent / "results" / device_name(args.device)
     out.mkdir(parents=True, exist_ok=True)
-    rows = run(args)
-    write_csv(rows, out / f"{args.name}.csv")
-    (out / f"{args.name}.md").write_text(markdown(rows, args, metadata(args, argv)))
+    load_before = _load()
+
+    def write_tables(rows):
+        write_csv(rows, out / f"{args.name}.csv")
+        (out / f"{args.name}.md").write_text(markdown(rows, args, metadata(args, argv, load_before)))
+    rows = run(args, on_config=write_tables)
     written = plots.write_plots(rows, out, args.name)
     print(f"wrote {out / (args.name + '.csv')}, {out / (args.name + '.md')} and {len(written)} plots", file=sys.stderr)
     return 0

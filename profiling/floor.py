@@ -26,6 +26,7 @@ import sys
 import triton
 import triton.language as tl
 
+MAX_SPINS = tl.constexpr(1 << 22)   # ~0.1-1 s of polling: far beyond any real per-step wait
 CHUNK = 256    # columns per register tile: BLOCK_B x CHUNK fp32 stays well within registers
 BLOCK_B = 16
 
@@ -56,8 +57,10 @@ def floor_kernel(p_x, p_h, p_count, T, B, H: tl.constexpr, G: tl.constexpr, COLS
             tl.atomic_add(p_count, 1, sem="release")
             target = (t + 1) * n_programs
             seen = tl.atomic_add(p_count, 0, sem="acquire")
-            while seen < target:
+            spins = 0
+            while (seen < target) & (spins < MAX_SPINS):   # capped: a broken residency assumption ends, not hangs
                 seen = tl.atomic_add(p_count, 0, sem="acquire")
+                spins += 1
 
 
 def _pow2_at_least(n):

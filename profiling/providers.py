@@ -48,9 +48,6 @@ class Config:
     dtype: str
     device: str
 
-    def key(self):
-        return (self.cell, self.dtype, self.batch, self.steps, self.hidden, self.input)
-
 
 def baseline(cell):
     """The provider every other one is divided by: torch.nn where it has the cell."""
@@ -156,14 +153,14 @@ def _gpurnn_module(cfg, ref, backend):
 
 
 class Runner:
-    """forward() -> y without autograd; fwdbwd() runs forward and backward (dx and every weight grad)."""
+    """fwd() -> y without autograd; fwdbwd() runs forward and backward (dx and every weight grad)."""
 
     def __init__(self, fn, x, params, out_size):
         self.fn, self.x, self.params = fn, x, list(params)
         self.dy = torch.randn(x.shape[0], x.shape[1], out_size, device=x.device, dtype=x.dtype,
                               generator=torch.Generator(x.device).manual_seed(1))
 
-    def forward(self):
+    def fwd(self):
         with torch.no_grad():
             return self.fn(self.x)
 
@@ -174,11 +171,21 @@ class Runner:
         self.fn(self.x).backward(self.dy)
 
 
+_COMPILED = {}
+
+
 def _compiled_step(cell):
-    # A fresh compile per configuration: dynamo's cache per code object is small,
-    # and shapes differ between configurations.
-    torch._dynamo.reset()
-    return torch.compile(STEPS[cell], dynamic=False, fullgraph=True)
+    """torch.compile of the step, shared across configurations: shapes that differ
+    (B, H, dtype) recompile once each, a new T reuses the compiled step."""
+    import torch._dynamo.config as dynamo_config
+    for name in ("recompile_limit", "cache_size_limit"):   # renamed across torch versions
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 256))
+    if hasattr(dynamo_config, "accumulated_recompile_limit"):
+        dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4096)
+    if cell not in _COMPILED:
+        _COMPILED[cell] = torch.compile(STEPS[cell], dynamic=False, fullgraph=True)
+    return _COMPILED[cell]
 
 
 class FloorRunner:
@@ -197,13 +204,13 @@ class FloorRunner:
             raise ValueError(f"floor-grid: {-(-B // self.floor.BLOCK_B)} batch tiles exceed "
                              f"the {self.n_sms} SMs that must hold every program at once")
 
-    def forward(self):
+    def fwd(self):
         self.floor.launch(self.x, self.h, self.count, self.grid_sync, self.n_sms)
         return None
 
     def fwdbwd(self):
-        self.forward()
-        self.forward()
+        self.fwd()
+        self.fwd()
 
 
 def build(provider, cfg, seed=0):

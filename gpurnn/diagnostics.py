@@ -1,0 +1,165 @@
+"""Gradient flow over time lags: how much step t still affects the loss at the last step.
+
+`gradient_flow(model, x)` returns ||dL_T/dh_t|| for every step t, read from one
+backward pass: the model is stepped one time step per call with the state
+carried (not detached), each step's state tensor keeps its .grad, and a single
+backward from L_T fills them all. (The output sequence's .grad would not do:
+L_T reads only the last output, so dL/dy_t is 0 for t < T; the influence of
+h_t flows through the state into later steps.)
+
+`python -m gpurnn gradflow --out FILE.png` plots it for a tanh RNN at several
+spectral radii of W_hh and for LSTM and GRU, and prints the fitted rate per step.
+"""
+import math
+
+import numpy as np
+
+from .checks import check_choice
+
+RADII = (0.5, 0.9, 1.0, 1.1, 1.5)
+
+
+def _hidden(state):
+    """The hidden part of a state: h of (h, c) for an LSTM, the tensor itself otherwise."""
+    return state[0] if isinstance(state, tuple) else state
+
+
+def _top_layer(h):
+    """h_t of the last layer: torch RNN states are (layers, B, H); JordanRNN's is (B, O)."""
+    return h[-1] if h.dim() == 3 else h
+
+
+def _default_loss(h_last, seed=0):
+    """L_T = u . h_T for a fixed random unit direction u per row (no preferred unit)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(h_last.shape, generator=gen, dtype=h_last.dtype).to(h_last.device)
+    return (u * h_last).sum() / math.sqrt(h_last.shape[-1])
+
+
+def gradient_flow(model, x, state=None, loss_fn=None):
+    """norms[t] = ||dL_T/dh_t|| (Frobenius over batch and units) for t = 0..T-1.
+
+    model: a torch.nn.RNN/LSTM/GRU (torch's or gpurnn.nn's) or JordanRNN, called as
+    model(x_t, state) -> (y, state); not bidirectional. x: (T, B, I) (or (B, T, I)
+    with batch_first). h_t is the hidden state after step t (all layers); L_T =
+    loss_fn(h of the top layer after the last step), a fixed random projection by default.
+    Returns a NumPy array of T norms, taken from a single backward pass.
+    """
+    import torch
+
+    if getattr(model, "bidirectional", False):
+        raise ValueError("model: expected a unidirectional model (the backward direction "
+                         "has no last step), got bidirectional=True")
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"x: expected a 3-D tensor (T, B, I), got {getattr(x, 'shape', type(x).__name__)}")
+    time_dim = 1 if getattr(model, "batch_first", False) else 0
+    loss_fn = loss_fn or _default_loss
+    hidden = []
+    for t in range(x.shape[time_dim]):
+        _, state = model(x.narrow(time_dim, t, 1), state)
+        h = _hidden(state)
+        h.retain_grad()   # keep dL/dh_t when the one backward pass goes through it
+        hidden.append(h)
+    loss_fn(_top_layer(hidden[-1])).backward()
+    # the norm in float64: squaring float32 gradients below ~1e-19 would underflow to 0
+    return np.array([float(h.grad.double().norm()) if h.grad is not None else 0.0 for h in hidden])
+
+
+def fit_rate(norms):
+    """Per-step factor r with ||dL_T/dh_{T-lag}|| ~ C r^lag, by least squares on the log.
+
+    r < 1: the gradient vanishes with the lag; r > 1: it explodes. Zero or
+    non-finite norms (underflow, overflow) are left out of the fit.
+    """
+    lags = np.arange(len(norms))[::-1]
+    ok = np.isfinite(norms) & (norms > 0)
+    if ok.sum() < 2:
+        return float("nan")
+    slope = np.polyfit(lags[ok], np.log(norms[ok]), 1)[0]
+    return float(np.exp(slope))
+
+
+def scale_spectral_radius_(weight, radius):
+    """Scale a square weight in place so its largest |eigenvalue| is `radius`."""
+    import torch
+
+    with torch.no_grad():
+        weight *= radius / torch.linalg.eigvals(weight.double()).abs().max().item()
+    return weight
+
+
+def demo_models(hidden, inputs, radii=RADII, backend="auto", seed=0):
+    """{label: model}: tanh RNNs with W_hh ~ N(0, 1) scaled to each spectral radius; LSTM; GRU."""
+    import torch
+
+    from . import nn as gnn
+
+    models = {}
+    for r in radii:
+        torch.manual_seed(seed)
+        rnn = gnn.RNN(inputs, hidden, backend=backend)
+        with torch.no_grad():
+            rnn.weight_hh_l0.normal_()
+        scale_spectral_radius_(rnn.weight_hh_l0, r)
+        models[f"tanh RNN, radius {r:g}"] = rnn
+    for name in ("LSTM", "GRU"):
+        torch.manual_seed(seed)
+        models[f"{name} (torch init)"] = getattr(gnn, name)(inputs, hidden, backend=backend)
+    return models
+
+
+def plot(curves, rates, path, title):
+    """Log-scale plot of ||dL_T/dh_t|| against the lag T - t, one line per model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    for label, norms in curves.items():
+        lags = np.arange(len(norms))[::-1]
+        shown = np.where(norms > 0, norms, np.nan)
+        style = "--" if "RNN" not in label else "-"
+        ax.semilogy(lags, shown, style, label=f"{label}  (x{rates[label]:.3g}/step)")
+    ax.set_xlabel("lag T - t (steps back from the loss)")
+    ax.set_ylabel("||dL_T / dh_t||")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def add_arguments(parser):
+    parser.add_argument("--out", default="gradflow.png", help="where to write the plot (PNG)")
+    parser.add_argument("--steps", type=int, default=100, help="sequence length T")
+    parser.add_argument("--hidden", type=int, default=64, help="hidden units")
+    parser.add_argument("--inputs", type=int, default=8, help="input features (x ~ N(0, 1))")
+    parser.add_argument("--batch", type=int, default=16, help="sequences averaged in the norm")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default="auto", help="auto, numpy, cupy or triton")
+
+
+def run(args):
+    import torch
+
+    from . import backends
+
+    check_choice("backend", args.backend, backends.CHOICES)
+    for name in ("steps", "hidden", "inputs", "batch"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name}: expected an integer >= 1, got {getattr(args, name)}")
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    x = torch.randn(args.steps, args.batch, args.inputs, generator=gen)
+    curves, rates = {}, {}
+    print(f"||dL_T/dh_t|| over T = {args.steps} steps, H = {args.hidden}, B = {args.batch}; "
+          f"fitted factor per step (r < 1 vanishes, r > 1 explodes):")
+    for label, model in demo_models(args.hidden, args.inputs, backend=args.backend, seed=args.seed).items():
+        norms = gradient_flow(model, x)
+        curves[label], rates[label] = norms, fit_rate(norms)
+        ratio = norms[0] / norms[-1] if norms[-1] > 0 else float("nan")
+        print(f"  {label:24s} x{rates[label]:.4f} per step   ||dL/dh_1|| / ||dL/dh_T|| = {ratio:.3g}")
+    plot(curves, rates, args.out, f"Gradient flow: tanh RNN by spectral radius of W_hh, LSTM, GRU (H={args.hidden})")
+    print(f"plot: {args.out}")

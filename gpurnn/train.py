@@ -1,0 +1,350 @@
+"""`python -m gpurnn train`: Elman vs LSTM vs GRU on generated tasks, or a char LM on a text file.
+
+Default run: the `year` task (find the year in a sentence) and the `recall`
+task (remember a symbol across a long lag) for each cell, then a summary table.
+Checkpoints hold a torch.nn.RNN/LSTM/GRU state dict (see `load_rnn`).
+Under torchrun (WORLD_SIZE > 1) each process trains on its own batches and
+DistributedDataParallel averages the gradients.
+"""
+import argparse
+import ctypes
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import backends
+from .tasks import IGNORE, CharText, RecallTask, YearTask
+
+CELLS = {"elman": "RNN", "lstm": "LSTM", "gru": "GRU"}
+TASKS = ("year", "recall")
+# steps per (task, cell) in a default run; --quick divides them
+DEFAULT_STEPS = {"year": 1200, "recall": 600}
+
+
+def limit_cpu_threads(n):
+    """torch and NumPy's OpenBLAS to n threads: the engine's per-step GEMMs are small, and
+    BLAS threads spinning against each other (or other processes) cost 10-25x here."""
+    import torch
+
+    torch.set_num_threads(n)
+    for line in open("/proc/self/maps") if os.path.exists("/proc/self/maps") else []:
+        path = line.split()[-1]
+        if "openblas" in path and path.endswith(".so") or "openblas" in path and ".so." in path:
+            lib = ctypes.CDLL(path)
+            for symbol in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                           "openblas_set_num_threads64_", "openblas_set_num_threads"):
+                if hasattr(lib, symbol):
+                    getattr(lib, symbol)(n)
+                    return
+
+
+def _model_class():
+    import torch
+
+    from . import nn as gnn
+    from .training import sequence_loss
+
+    class CharRNN(torch.nn.Module):
+        """Embedding -> one recurrent layer (gpurnn.nn) -> linear head over the classes."""
+
+        def __init__(self, cell, n_tokens, n_classes, hidden, embed=32, backend="auto"):
+            super().__init__()
+            self.cell = cell
+            self.embed = torch.nn.Embedding(n_tokens, embed)
+            self.rnn = getattr(gnn, CELLS[cell])(embed, hidden, backend=backend)
+            self.head = torch.nn.Linear(hidden, n_classes)
+            if cell == "lstm":   # forget gate open at the start (Gers et al.; Jozefowicz et al. 2015)
+                with torch.no_grad():
+                    self.rnn.bias_hh_l0[hidden:2 * hidden] += 1.0
+
+        def forward(self, tokens, state=None):
+            return self.rnn(self.embed(tokens), state)
+
+        def loss(self, h, targets, backend="auto"):
+            return sequence_loss(h, self.head.weight, self.head.bias, targets, reduction="mean",
+                                 backend=backend)
+
+    return CharRNN
+
+
+def rnn_config(model):
+    """Constructor arguments of the torch.nn twin of model.rnn."""
+    rnn = model.rnn
+    return {"input_size": rnn.input_size, "hidden_size": rnn.hidden_size, "num_layers": rnn.num_layers,
+            "bias": rnn.bias, "batch_first": rnn.batch_first}
+
+
+def save_checkpoint(path, model, task, vocab, metrics):
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"torch_class": CELLS[model.cell], "rnn_config": rnn_config(model),
+                "rnn": {k: v.detach().cpu() for k, v in model.rnn.state_dict().items()},
+                "embed": model.embed.weight.detach().cpu(),
+                "head_weight": model.head.weight.detach().cpu(), "head_bias": model.head.bias.detach().cpu(),
+                "task": task, "vocab": vocab, "metrics": metrics}, path)
+    return path
+
+
+def load_rnn(path):
+    """(torch.nn.RNN/LSTM/GRU with the trained weights, the whole checkpoint dict)."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu")
+    rnn = getattr(torch.nn, ckpt["torch_class"])(**ckpt["rnn_config"])
+    rnn.load_state_dict(ckpt["rnn"])
+    return rnn, ckpt
+
+
+def evaluate(model, inputs, targets, backend):
+    """(exact-match accuracy over sequences, mean loss per answer step)."""
+    import torch
+
+    with torch.no_grad():
+        h, _ = model(inputs)
+        loss = float(model.loss(h, targets, backend))
+        pred = model.head(h).argmax(-1)
+    due = targets != IGNORE
+    wrong = (due & (pred != targets)).any(0)
+    return 100.0 * (1 - wrong.float().mean().item()), loss
+
+
+def _distributed():
+    """(rank, world size), starting the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def _device(args, rank):
+    import torch
+
+    if args.device != "auto":
+        return torch.device(args.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def _wrap(model, world, device):
+    if world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _progress(total, desc, rank, enabled):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", disable=not enabled or rank != 0,
+                dynamic_ncols=True, leave=True)
+
+
+def train_task(task, cell, args, device, rank=0, world=1):
+    """Train one cell on one generated task; returns a summary row."""
+    import torch
+
+    from .training import clip_grad_norm_
+
+    torch.manual_seed(args.seed)
+    CharRNN = _model_class()
+    n_tokens = len(task.vocab) if task.vocab else task.n_classes
+    model = CharRNN(cell, n_tokens, task.n_classes, args.hidden, backend=args.backend).to(device)
+    net = _wrap(model, world, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    steps = args.steps or DEFAULT_STEPS[task.name] // (10 if args.quick else 1)
+    as_tensor = lambda a: torch.from_numpy(a).to(device)
+    start, avg = time.perf_counter(), None
+    bar = _progress(steps, f"{task.name:6s} {cell:5s}", rank, args.progress)
+    for step in range(steps):
+        inputs, targets = (as_tensor(a) for a in task.batch(args.batch))
+        h, _ = net(inputs)
+        loss = model.loss(h, targets, args.backend)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_grad_norm_(model.parameters(), args.clip)
+        optimizer.step()
+        value = loss.item()
+        avg = value if avg is None else 0.95 * avg + 0.05 * value
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{avg:.3f}")
+    bar.close()
+    seconds = time.perf_counter() - start
+    eval_task = type(task)(**({"lag": task.lag, "symbols": task.symbols} if task.name == "recall" else {}),
+                           seed=10_000 + args.seed)   # held-out data from another seed
+    accuracy, eval_loss = evaluate(model, *(as_tensor(a) for a in eval_task.batch(args.eval_batch)), args.backend)
+    row = {"task": task.name if task.name != "recall" else f"recall (lag {task.lag})", "cell": cell,
+           "accuracy": accuracy, "loss": eval_loss, "seconds": seconds, "steps": steps}
+    if rank == 0 and args.out:
+        row["checkpoint"] = str(save_checkpoint(Path(args.out) / f"{task.name}_{cell}.pt", model, task.name,
+                                                task.vocab, {k: row[k] for k in ("accuracy", "loss", "steps")}))
+    return row
+
+
+def sample(model, text, length, device, temperature=0.8, seed=0, prime="\n"):
+    """Generate `length` characters from the char LM, starting after `prime`."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    prime = "".join(c for c in prime if c in text.index) or text.vocab[0]
+    state, out = None, []
+    token = torch.tensor([[text.index[c]] for c in prime], device=device)   # (len, 1)
+    with torch.no_grad():
+        for _ in range(length):
+            h, state = model(token, state)
+            probs = torch.softmax(model.head(h[-1, 0]) / temperature, -1).cpu()
+            nxt = int(torch.multinomial(probs, 1, generator=gen))
+            out.append(text.vocab[nxt])
+            token = torch.tensor([[nxt]], device=device)
+    return "".join(out)
+
+
+def train_text(args, device, rank=0, world=1):
+    """Character language model on a text file with truncated BPTT over contiguous streams."""
+    import torch
+
+    from .training import truncated_bptt
+
+    text = CharText(Path(args.text).read_text(encoding="utf-8", errors="replace"))
+    cell = args.cells[0]
+    torch.manual_seed(args.seed)
+    model = _model_class()(cell, text.n_classes, text.n_classes, args.hidden, backend=args.backend).to(device)
+    net = _wrap(model, world, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    k = args.bptt
+    inputs, _ = text.streams(text.train_ids, args.batch)
+    chunks_per_pass = math.ceil(len(inputs) / k)
+    steps = args.steps or min(2000 // (10 if args.quick else 1), 3 * chunks_per_pass)
+    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    def stream():
+        while True:   # passes over the text; the state carries across chunks and passes
+            for x, y in text.chunks(k, args.batch):
+                yield as_tensor(x), as_tensor(y)
+
+    def forward(m, x, state, target):
+        return net(x, state)
+
+    loss_fn = lambda h, y: model.loss(h, y, args.backend)
+    start, avg = time.perf_counter(), None
+    bar = _progress(steps, f"text   {cell:5s}", rank, args.progress)
+    for step, result in zip(range(steps), truncated_bptt(model, stream(), loss_fn, optimizer=optimizer,
+                                                        max_norm=args.clip, forward=forward)):
+        value = result.loss.item()
+        avg = value if avg is None else 0.95 * avg + 0.05 * value
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{avg:.3f}", bpc=f"{avg / math.log(2):.2f}")
+    bar.close()
+    seconds = time.perf_counter() - start
+    # validation: next-character accuracy and loss over the held-out tail, state carried
+    state, correct, total, loss_sum = None, 0, 0, 0.0
+    batch = max(1, min(args.batch, (len(text.valid_ids) - 1) // 2))
+    with torch.no_grad():
+        for x, y in text.chunks(k, batch, valid=True):
+            x, y = as_tensor(x), as_tensor(y)
+            h, state = model(x, state)
+            loss_sum += float(model.loss(h, y, args.backend)) * y.numel()
+            correct += int((model.head(h).argmax(-1) == y).sum())
+            total += y.numel()
+    row = {"task": f"text ({Path(args.text).name})", "cell": cell, "accuracy": 100.0 * correct / max(total, 1),
+           "loss": loss_sum / max(total, 1), "seconds": seconds, "steps": steps}
+    if rank == 0 and args.out:
+        row["checkpoint"] = str(save_checkpoint(Path(args.out) / f"text_{cell}.pt", model, "text",
+                                                text.vocab, {k: row[k] for k in ("accuracy", "loss", "steps")}))
+    if rank == 0 and args.sample:
+        print(f"--- sample ({args.sample} characters, temperature 0.8) ---")
+        print(sample(model, text, args.sample, device, seed=args.seed))
+        print("---")
+    return row
+
+
+def summary_table(rows):
+    """Markdown table: one row per task and cell."""
+    lines = ["| task | cell | accuracy % | loss | time s |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['cell']} | {r['accuracy']:.1f} | {r['loss']:.3f} | {r['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def _csv(kind, choices):
+    def parse(value):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        bad = [v for v in items if v not in choices]
+        if not items or bad:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(choices)}, "
+                                             f"got {value!r}")
+        return items
+    parse.__name__ = kind
+    return parse
+
+
+def _positive(value):
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return n
+
+
+def add_arguments(parser):
+    parser.add_argument("--tasks", type=_csv("tasks", TASKS), default=list(TASKS),
+                        help="generated tasks to run (default: year,recall)")
+    parser.add_argument("--cells", type=_csv("cells", tuple(CELLS)), default=list(CELLS),
+                        help="cells to compare (default: elman,lstm,gru; --text uses the first)")
+    parser.add_argument("--text", metavar="FILE", help="train a character language model on this text file instead")
+    parser.add_argument("--sample", type=int, default=0, metavar="N", help="with --text: print N generated characters")
+    parser.add_argument("--hidden", type=_positive, default=64)
+    parser.add_argument("--batch", type=_positive, default=32)
+    parser.add_argument("--steps", type=_positive, default=None,
+                        help=f"training steps per task and cell (default: {DEFAULT_STEPS})")
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--clip", type=float, default=1.0, help="max global gradient norm")
+    parser.add_argument("--lag", type=_positive, default=40, help="recall task: steps between symbol and query")
+    parser.add_argument("--bptt", type=_positive, default=100, help="--text: truncated BPTT chunk length")
+    parser.add_argument("--eval-batch", type=_positive, default=1000)
+    parser.add_argument("--backend", default="auto", choices=backends.CHOICES)
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--threads", type=_positive, default=1,
+                        help="CPU threads for torch and BLAS (small recurrent GEMMs run best on 1)")
+    parser.add_argument("--quick", action="store_true", help="a few seconds: a tenth of the steps (tests, CI)")
+    parser.add_argument("--out", default="checkpoints", help="checkpoint folder ('' to save none)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def run(args):
+    rank, world = _distributed()
+    limit_cpu_threads(args.threads)
+    device = _device(args, rank)
+    backend = backends.resolve(args.backend, device.type == "cuda")
+    if rank == 0:
+        print(f"gpurnn train: backend {backend} on {device}, {world} process(es), "
+              f"{args.threads} CPU thread(s)", flush=True)
+    total = time.perf_counter()
+    if args.text:
+        rows = [train_text(args, device, rank, world)]
+    else:
+        rows = []
+        for name in args.tasks:
+            for cell in args.cells:
+                task = YearTask(seed=args.seed + rank) if name == "year" else \
+                    RecallTask(lag=args.lag, seed=args.seed + rank)
+                rows.append(train_task(task, cell, args, device, rank, world))
+    if rank == 0:
+        print()
+        print(summary_table(rows))
+        print(f"\ntotal {time.perf_counter() - total:.1f} s; checkpoints in {args.out or '(none)'} "
+              f"(torch.nn.{'/'.join(CELLS[c] for c in args.cells)}: gpurnn.train.load_rnn(path))")
+    return rows

@@ -1,0 +1,231 @@
+"""GRU (torch.nn.GRU) recurrence and BPTT kernels, gates (r | z | n) as a gate dimension.
+
+# gx:    (T, B, 3H)   input projection: r and z with both biases, n with b_in only (the engine's GEMM)
+# gates: (T, B, 3H)   activated r, z, n (written for active rows)
+# hn:    (T, B, H)    W_hn h_{t-1} + b_hn, the part r multiplies (active rows)
+# h:     (T+1, B, H)  h[0] = state0; h[t+1] written at step t (rows past their length hold h[t])
+# w_hh:  (3H, H)      b_hn: (H,) (zeros without bias)   sizes: (T,) int32 active rows per step
+# k_new, k_z, k_r: (T, B, H)  d n_pre/d h_t, d z_pre/d h_t, d r_pre/d n_pre (cells.GRU.begin_backward)
+# dy: (T, B, H)   dgh: (T, B, 3H) grads of W_hh h + b_hh   dnew: (T, B, H) grad of the input part of n_pre
+# dh: (B, H)      carried gradient: dh_T on entry, dh_0 (= d state0) on exit
+# ws: (2, P, B, HP) each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
+
+The W tile has a 4th, all-zero gate column (GP = 4: tl.reshape needs a power
+of two), so a program holds 4/3 of the W it needs; r and z share one sigmoid
+over the gate tile. Layout, modes and precision: see kernels/common.py.
+"""
+import triton
+import triton.language as tl
+
+from . import common as cm
+
+G, GP = 3, 4
+
+
+@triton.jit
+def _gate_tile(p, rows, row_ok, H, j0, S: tl.constexpr):
+    """Pointers and mask of a (BB, S, 4) tile of a (.., B, 3H) gate buffer at one step (gate 3 masked)."""
+    off, ok = cm.gate_offsets(H, j0, S, 4, 3)
+    return p + rows[:, None, None] * 3 * H + off[None, :, :], row_ok[:, None, None] & ok[None, :, :]
+
+
+@triton.jit
+def _fwd_step(t, b_h, b_w, b_bhn, p_gx, p_gates, p_hn, p_h, p_sizes, rows, j0, B, H,
+              HP: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr,
+              ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+    """Step t for one (batch tile, hidden slice): b_h (BB, S) is h_t of the slice, returns h_{t+1}."""
+    n = tl.load(p_sizes + t)
+    active = rows < n
+    cols = j0 + tl.arange(0, S)
+    ok2 = (rows < B)[:, None] & (cols < H)[None, :]
+    step = t.to(tl.int64) * B * H
+    if SINGLE:
+        b_full = b_h
+    else:   # the whole h_t of this batch tile, written by every slice's program
+        k = tl.arange(0, HP)
+        b_full = tl.load(p_h + step + rows[:, None] * H + k[None, :],
+                         mask=(rows < B)[:, None] & (k < H)[None, :], other=0.0,
+                         cache_modifier=".cg").to(ACC)
+    # W_hh h for all gates of the slice: (BB, S, 4), gate 3 is zero padding
+    b_a = tl.reshape(tl.dot(b_full.to(DOT), b_w, input_precision=PREC, out_dtype=ACC), (rows.shape[0], S, 4))
+    p_gx3, m3 = _gate_tile(p_gx + 3 * step, rows, active, H, j0, S)
+    b_gx = tl.load(p_gx3, mask=m3, other=0.0).to(ACC)
+    b_rz = cm.sigmoid(b_a + b_gx)   # r, z (gates 0, 1; the other two are discarded)
+    r, z = cm.gate(b_rz, 0), cm.gate(b_rz, 1)
+    hn = cm.gate(b_a, 2) + b_bhn[None, :]
+    new = cm.tanh(cm.gate(b_gx, 2) + r * hn)
+    is_n = tl.arange(0, 4)[None, None, :] == 2
+    p_g3, _ = _gate_tile(p_gates + 3 * step, rows, active, H, j0, S)
+    tl.store(p_g3, tl.where(is_n, new[:, :, None], b_rz), mask=m3)
+    off2 = rows[:, None] * H + cols[None, :]
+    tl.store(p_hn + step + off2, hn, mask=ok2 & active[:, None])
+    b_h = tl.where(active[:, None], (b_h - new) * z + new, b_h)
+    tl.store(p_h + step + B * H + off2, b_h, mask=ok2)
+    return b_h
+
+
+@triton.jit(do_not_specialize=["t_start", "n_steps"])
+def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_w, p_bhn, p_sizes, p_bar, t_start, n_steps, B, H,
+                BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
+                SINGLE: tl.constexpr, SYNC: tl.constexpr,
+                ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+    pid_b, pid_s = tl.program_id(0), tl.program_id(1)
+    rows = pid_b * BB + tl.arange(0, BB)
+    j0 = pid_s * S
+    cols = j0 + tl.arange(0, S)
+    b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 4, 3, DOT)   # (HP, S*4), on chip for all steps
+    b_bhn = tl.load(p_bhn + cols, mask=cols < H, other=0.0).to(ACC)
+    b_h = cm.load_rows(p_h + t_start.to(tl.int64) * B * H, rows, cols, H, rows < B, cols < H, ACC)
+    for i in range(n_steps):
+        b_h = _fwd_step(t_start + i, b_h, b_w, b_bhn, p_gx, p_gates, p_hn, p_h, p_sizes,
+                        rows, j0, B, H, HP, S, SINGLE, ACC, DOT, PREC)
+        if SYNC:
+            cm.grid_barrier(p_bar + pid_b, (i + 1) * P)
+
+
+@triton.jit
+def _bwd_point(t, b_dh, p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_sizes, rows, j0, B, H,
+               S: tl.constexpr, ACC: tl.constexpr):
+    """Step t's pointwise part: returns (dh_t, dh_t * z_t, dgh_t (BB, S, 4)); rows past their length
+    get zero gradients (written) and keep dh."""
+    n = tl.load(p_sizes + t)
+    active = rows < n
+    cols = j0 + tl.arange(0, S)
+    ok2 = active[:, None] & (cols < H)[None, :]
+    step = t.to(tl.int64) * B * H
+    off2 = rows[:, None] * H + cols[None, :]
+    b_dh += tl.load(p_dy + step + off2, mask=ok2, other=0.0).to(ACC)
+    dnew = b_dh * tl.load(p_knew + step + off2, mask=ok2, other=0.0).to(ACC)
+    p_g3, m3 = _gate_tile(p_gates + 3 * step, rows, active, H, j0, S)
+    b_g = tl.load(p_g3, mask=m3, other=0.0).to(ACC)   # r, z, n
+    k_r = tl.load(p_kr + step + off2, mask=ok2, other=0.0).to(ACC)
+    k_z = tl.load(p_kz + step + off2, mask=ok2, other=0.0).to(ACC)
+    # d(W_hh h + b_hh) per gate: r <- dnew * k_r, z <- dh * k_z, n <- dnew * r
+    g = tl.arange(0, 4)[None, None, :]
+    coef = tl.where(g == 0, k_r[:, :, None], tl.where(g == 1, k_z[:, :, None], cm.gate(b_g, 0)[:, :, None]))
+    b_d = tl.where(g == 1, b_dh[:, :, None], dnew[:, :, None]) * coef
+    b_d = tl.where(m3, b_d, 0.0)
+    p_d3, valid3 = _gate_tile(p_dgh + 3 * step, rows, rows < B, H, j0, S)
+    tl.store(p_d3, b_d, mask=valid3)
+    tl.store(p_dnew + step + off2, dnew, mask=(rows < B)[:, None] & (cols < H)[None, :])
+    return b_dh, b_dh * cm.gate(b_g, 1), b_d
+
+
+@triton.jit(do_not_specialize=["T", "t_start", "n_steps"])
+def _bwd_kernel(p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_dh, p_w, p_ws, p_sizes, p_bar,
+                T, t_start, n_steps, B, H,
+                BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
+                SINGLE: tl.constexpr, SYNC: tl.constexpr,
+                ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+    """Iterations t = t_start, t_start-1, ...: carry in dh_t = dgh_{t+1} W_hh (summed shares) +
+    dh_{t+1} z_{t+1} (t+1 < T), then step t (t >= 0) and its share of dgh_t W_hh
+    (see elman._bwd_kernel; T+1 iterations in all).
+    """
+    pid_b, pid_s = tl.program_id(0), tl.program_id(1)
+    rows = pid_b * BB + tl.arange(0, BB)
+    j0 = pid_s * S
+    cols = j0 + tl.arange(0, S)
+    b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 4, 3, DOT)   # (HP, S*4): the slice's gate rows^T, on chip
+    ok2 = (rows < B)[:, None] & (cols < H)[None, :]
+    off2 = rows[:, None] * H + cols[None, :]
+    b_dh = tl.load(p_dh + off2, mask=ok2, other=0.0).to(ACC)
+    # dh_{t+1} z_{t+1} of the step before this window (stepwise: the previous launch ran it)
+    b_keep = tl.zeros((BB, S), ACC)
+    if t_start + 1 < T:
+        p_z = p_gates + (t_start + 1).to(tl.int64) * B * 3 * H + H
+        b_keep = b_dh * tl.load(p_z + rows[:, None] * 3 * H + cols[None, :],
+                                mask=(rows < tl.load(p_sizes + t_start + 1))[:, None] & (cols < H)[None, :],
+                                other=0.0).to(ACC)
+    b_prod = tl.zeros((BB, HP), ACC)
+    for i in range(n_steps):
+        t = t_start - i
+        if t + 1 < T:   # rows active at t+1 take their new dh; the others pass dh through
+            if SINGLE:
+                b_new = b_prod
+            else:
+                b_new = cm.sum_partials(p_ws, t + 1, rows, cols, B, HP, P, S, ACC)
+            b_dh = tl.where((rows < tl.load(p_sizes + t + 1))[:, None], b_new + b_keep, b_dh)
+        if t >= 0:
+            b_dh, b_keep, b_d = _bwd_point(t, b_dh, p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew,
+                                           p_sizes, rows, j0, B, H, S, ACC)
+            # (BB, S, 4) -> (BB, S*4): column s*4 + g, the W tile's column order
+            b_prod = tl.dot(tl.reshape(b_d, (BB, S * 4)).to(DOT), tl.trans(b_w), input_precision=PREC,
+                            out_dtype=ACC)
+            if not SINGLE:
+                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, HP, P)
+        if SYNC:
+            cm.grid_barrier(p_bar + pid_b, (i + 1) * P)
+    tl.store(p_dh + off2, b_dh, mask=ok2)
+
+
+def num_warps_for(w_bytes):
+    """Warps per program for a program holding w_bytes of W on chip.
+
+    ptxas -v (profiling/compile_check.py): common.tile_config's 8 warps for W
+    over 32 KB spill (up to ~10 KB in the fp32 backward at H=256, whose FMA
+    dot replicates its operands per warp); 16 warps spill nothing there.
+    """
+    # candidate for common.py: the num_warps rule of tile_config
+    return 4 if w_bytes <= 8 * 1024 else 8 if w_bytes <= 32 * 1024 else 16
+
+
+def _consts(cfg, acc, dot, prec, elem_bytes):
+    return dict(BB=cfg.BB, HP=cfg.HP, S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
+                SYNC=cfg.mode == "split", ACC=acc, DOT=dot, PREC=prec,
+                num_warps=num_warps_for(cfg.HP * GP * cfg.S * elem_bytes))
+
+
+def _setup(c, io_dtype):
+    T, B = c.gx.shape[:2]
+    H = c.H
+    h = cm.as_tensor(c.h)
+    acc = cm.acc_dtype(h)
+    dot = cm.dot_dtype(io_dtype, acc)
+    cfg = cm.choose_config(H, B, GP, cm.w_elem_bytes(dot), h.device)
+    consts = _consts(cfg, acc, dot, cm.dot_precision(dot), cm.w_elem_bytes(dot))
+    return T, B, H, h, cfg, consts
+
+
+def forward(c, sizes, io_dtype=None):
+    """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused (engine._kernels)."""
+    T, B, H, h, cfg, consts = _setup(c, io_dtype)
+    if T == 0:
+        return
+    t = cm.as_tensor
+    w = t(c.w["w_hh"]).contiguous()
+    b_hn = h.new_zeros(H) if c.b_hn is None else t(c.b_hn).contiguous()
+    sz, bar = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)
+    cm.run_windows(cfg, T, lambda t0, n: cm.launch(
+        _fwd_kernel, cfg.grid(B), t(c.gx), t(c.gates), t(c.hn), h, w, b_hn, sz, bar,
+        t0, n, B, H, **consts))
+
+
+def backward(c, sizes, io_dtype=None):
+    """c.back_step(t, sizes[t]) for t = T-1..0, fused; leaves d state0 in c.dh."""
+    T, B, H, h, cfg, consts = _setup(c, io_dtype)
+    if T == 0:
+        return
+    t = cm.as_tensor
+    w = t(c.w["w_hh"]).contiguous()
+    sz, bar, ws = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h), cm.partials_workspace(cfg, B, h)
+    # T+1 iterations t = T-1 .. -1 (see _bwd_kernel)
+    cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch(
+        _bwd_kernel, cfg.grid(B), t(c.dy), t(c.gates), t(c.k_new), t(c.k_z), t(c.k_r), t(c.dgh),
+        t(c.dnew), t(c.dh), w, ws, sz, bar, T, t0 - 1, n, B, H, **consts), reverse=True)
+
+
+def compile_targets(hidden_size, dtype):
+    """(name, jit_fn, signature, constexprs) for every config the launchers use at this size and dtype."""
+    ptr = cm.buffer_ptr(dtype)
+    acc, dot, prec = cm.dtype_constexprs(dtype)
+    out = []
+    for cfg in cm.compile_configs(hidden_size, dtype, GP):
+        consts = _consts(cfg, acc, dot, prec, cm.w_elem_bytes(dot))
+        fwd_sig = dict(p_gx=ptr, p_gates=ptr, p_hn=ptr, p_h=ptr, p_w=ptr, p_bhn=ptr, p_sizes="*i32",
+                       p_bar="*i32", t_start="i32", n_steps="i32", B="i32", H="i32")
+        bwd_sig = dict(p_dy=ptr, p_gates=ptr, p_knew=ptr, p_kz=ptr, p_kr=ptr, p_dgh=ptr, p_dnew=ptr,
+                       p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", T="i32", t_start="i32",
+                       n_steps="i32", B="i32", H="i32")
+        out.append(("gru_fwd", _fwd_kernel, fwd_sig, consts))
+        out.append(("gru_bwd", _bwd_kernel, bwd_sig, consts))
+    return out

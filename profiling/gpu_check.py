@@ -1,0 +1,265 @@
+"""The one script to run on a CUDA machine (nothing to install there), done in under 8 minutes.
+
+1. every fused kernel and dtype through gpurnn.nn (backend="triton") against
+   torch.nn on the GPU (cuDNN) and against the engine (backend cupy or numpy):
+   error of each relative to a float64 torch.nn run of the same weights;
+   the split-hidden path (grid barrier) and its stepwise fallback forced at a
+   small H; determinism; kernel launches independent of T;
+2. the headline benchmark (LSTM B=16 T=1024 H=768 bf16, H=128/256 at B=16/64)
+   and then `bench.py --quick`, each in a subprocess with a time limit;
+3. writes profiling/results/<gpu name>/gpu_check.{md,csv} (under --out) and
+   prints a short table last.
+
+    PYTHONPATH=$PWD python3 profiling/gpu_check.py --out $OUT
+"""
+import argparse
+import contextlib
+import csv
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+DEVICE = "cuda"                # --dry-run: "cpu" under TRITON_INTERPRET=1, to test this script
+BUDGET_S = 470                 # the whole script, leaving margin under 8 minutes
+CHECKS_BUDGET_S = 170          # correctness checks; what is left goes to the benchmarks
+# A kernel passes when its error (vs float64) is at most FACTOR x cuDNN's error at the same dtype,
+# or under the floor: a few ulps of the dtype times the growth of rounding over T steps of BPTT.
+FACTOR = 4.0
+FLOOR = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+KINDS = {"rnn_tanh": ("RNN", {}), "rnn_relu": ("RNN", {"nonlinearity": "relu"}), "lstm": ("LSTM", {}),
+         "lstm_proj": ("LSTM", {"proj_size": 24}), "gru": ("GRU", {}), "jordan": ("JordanRNN", {})}
+KERNEL_OF = {"rnn_tanh": "elman", "rnn_relu": "elman", "lstm": "lstm", "lstm_proj": "lstm", "gru": "gru",
+             "jordan": "jordan"}
+
+
+def device_name():
+    return torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu-interpreter"
+
+
+def gpu_slug():
+    return re.sub(r"[^A-Za-z0-9]+", "_", device_name()).strip("_")
+
+
+@contextlib.contextmanager
+def env(**values):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def make_modules(kind, H, dtype, engine_backend, I=16, **options):
+    """(float64 torch reference, same-dtype torch/cuDNN or None, gpurnn triton, gpurnn engine)."""
+    import gpurnn.nn as gnn
+
+    name, kw = KINDS[kind]
+    torch.manual_seed(0)
+    if kind == "jordan":
+        ref64 = gnn.JordanRNN(I, H, 7, backend="numpy", dtype=torch.float64)
+        ref64_dev = "cpu"
+        at = None
+    else:
+        ref64 = getattr(torch.nn, name)(I, H, dtype=torch.float64, device=DEVICE, **kw, **options)
+        ref64_dev = DEVICE
+        at = getattr(torch.nn, name)(I, H, dtype=dtype, device=DEVICE, **kw, **options)
+        at.load_state_dict(ref64.state_dict())
+    args = (I, H, 7) if kind == "jordan" else (I, H)
+    mine = getattr(gnn, name)(*args, dtype=dtype, device=DEVICE, backend="triton", **kw, **options)
+    mine.load_state_dict(ref64.state_dict())
+    eng_dev = DEVICE if engine_backend == "cupy" else "cpu"
+    eng_dtype = torch.float32 if dtype == torch.bfloat16 and eng_dev == "cpu" else dtype
+    eng = getattr(gnn, name)(*args, dtype=eng_dtype, device=eng_dev, backend=engine_backend, **kw, **options)
+    eng.load_state_dict(ref64.state_dict())
+    return (ref64, ref64_dev), at, mine, eng
+
+
+def outputs_and_grads(module, x, device, dtype):
+    """Forward and backward of a fixed random projection of every output, as float64 CPU tensors."""
+    module.zero_grad()
+    x = x.detach().to(device=device, dtype=dtype).clone().requires_grad_(True)   # never share x.grad
+    y, hn = module(x)
+    finals = list(hn) if isinstance(hn, tuple) else [hn]
+    gen = torch.Generator().manual_seed(1)
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device, t.dtype)).sum()
+               for t in [y] + finals)
+    loss.backward()
+    got = {"y": y, "dx": x.grad, **{f"final{i}": f for i, f in enumerate(finals)}}
+    got.update({f"d_{n}": p.grad for n, p in module.named_parameters()})
+    return {k: v.detach().double().cpu() for k, v in got.items()}
+
+
+def rel_err(got, ref):
+    """Largest error over all outputs and gradients, each relative to its array's largest entry."""
+    return max(float((got[k] - ref[k]).abs().max() / ref[k].abs().max().clamp_min(1e-30)) for k in ref)
+
+
+def parity(kind, dtype_name, T, B, H, engine_backend, env_vars=None, **options):
+    dtype = DTYPES[dtype_name]
+    with env(**(env_vars or {})):
+        (ref64, dev64), at, mine, eng = make_modules(kind, H, dtype, engine_backend, **options)
+        x = torch.randn(T, B, ref64.input_size if kind != "jordan" else 16, generator=torch.Generator().manual_seed(2))
+        ref = outputs_and_grads(ref64, x, dev64, torch.float64)
+        ours = outputs_and_grads(mine, x, DEVICE, dtype)
+        engine = outputs_and_grads(eng, x, next(eng.parameters()).device, next(eng.parameters()).dtype)
+        try:   # torch.nn may lack this dtype on this GPU; the engine's error is the yardstick then
+            cudnn = outputs_and_grads(at, x, DEVICE, dtype) if at is not None else None
+        except RuntimeError:
+            cudnn = None
+    e_ours, e_eng = rel_err(ours, ref), rel_err(engine, ref)
+    e_ref = rel_err(cudnn, ref) if cudnn is not None else e_eng
+    limit = max(FACTOR * e_ref, FLOOR[dtype])
+    ok = e_ours <= limit
+    return ok, f"err {e_ours:.1e} (torch {e_ref:.1e}, engine {e_eng:.1e}, limit {limit:.1e})"
+
+
+def determinism():
+    import gpurnn.nn as gnn
+
+    torch.manual_seed(0)
+    m = gnn.LSTM(32, 256, device=DEVICE, backend="triton")
+    x = torch.randn(64, 16, 32, device=DEVICE)
+    runs = []
+    for _ in range(2):
+        m.zero_grad()
+        y, _ = m(x)
+        y.square().sum().backward()
+        runs.append([y.detach().clone()] + [p.grad.clone() for p in m.parameters()])
+    ok = all(torch.equal(a, b) for a, b in zip(*runs))
+    return ok, "two runs bitwise equal" if ok else "runs differ"
+
+
+def launch_counts():
+    import gpurnn.nn as gnn
+    from gpurnn.kernels import common
+
+    names, real = [], common.launch
+    common.launch = lambda kernel, grid, *a, **k: (names.append(kernel.fn.__name__), real(kernel, grid, *a, **k))
+    try:
+        counts = []
+        m = gnn.LSTM(16, 64, device=DEVICE, backend="triton")
+        for T in (8, 64):
+            names.clear()
+            y, _ = m(torch.randn(T, 4, 16, device=DEVICE))
+            y.sum().backward()
+            counts.append(len(names))
+    finally:
+        common.launch = real
+    return counts[0] == counts[1], f"launches at T=8: {counts[0]}, T=64: {counts[1]}"
+
+
+def check_list(engine_backend):
+    """(name, callable) for every check, cheapest first so a slow compile cannot starve the rest."""
+    out = []
+    for kind in KINDS:
+        for dt in DTYPES:
+            opts = {} if kind == "jordan" else {"num_layers": 2, "bidirectional": True}
+            out.append((f"{kind} {dt} T=33 B=5 H=48" + (" 2-layer bidir" if opts else ""),
+                        lambda k=kind, d=dt, o=opts: parity(k, d, 33, 5, 48, engine_backend, **o)))
+    for kind in ("rnn_tanh", "lstm", "gru"):
+        out.append((f"{kind} float32 split H=100 (grid barrier)",
+                    lambda k=kind: parity(k, "float32", 33, 17, 100, engine_backend, {"GPURNN_SLICE": 16})))
+        out.append((f"{kind} float32 stepwise H=100",
+                    lambda k=kind: parity(k, "float32", 33, 17, 100, engine_backend,
+                                          {"GPURNN_SLICE": 16, "GPURNN_STEPWISE": 1})))
+    out.append(("determinism lstm H=256", determinism))
+    out.append(("launches independent of T", launch_counts))
+    for dt in ("bfloat16", "float32"):
+        out.append((f"lstm {dt} T=64 B=16 H=768", lambda d=dt: parity("lstm", d, 64, 16, 768, engine_backend)))
+    return out
+
+
+def run_checks(deadline, engine_backend):
+    rows = []
+    for name, fn in check_list(engine_backend):
+        kind = name.split()[0]
+        if kind in KERNEL_OF and importlib.util.find_spec(f"gpurnn.kernels.{KERNEL_OF[kind]}") is None:
+            rows.append((name, "SKIP", f"no kernels/{KERNEL_OF[kind]}.py", 0.0))
+            continue
+        if time.perf_counter() > deadline:
+            rows.append((name, "SKIP", "out of time", 0.0))
+            continue
+        t0 = time.perf_counter()
+        try:
+            ok, note = fn()
+            status = "ok" if ok else "FAIL"
+        except Exception as err:   # one broken kernel must not hide the others' results
+            status, note = "FAIL", f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+        rows.append((name, status, note, time.perf_counter() - t0))
+        print(f"{status:4s} {name}: {note} ({rows[-1][3]:.1f} s)", flush=True)
+    return rows
+
+
+def run_bench(args_list, timeout):
+    bench = HERE / "bench.py"
+    if not bench.exists():
+        return "SKIP", "profiling/bench.py not found"
+    if timeout < 30:
+        return "SKIP", "out of time"
+    try:
+        out = subprocess.run([sys.executable, str(bench), *args_list, "--no-progress"], timeout=timeout,
+                             capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(HERE.parent)))
+    except subprocess.TimeoutExpired:
+        return "FAIL", f"timed out after {timeout:.0f} s"
+    tail = (out.stdout + out.stderr).strip().splitlines()[-15:]
+    print("\n".join(tail), flush=True)
+    return ("ok" if out.returncode == 0 else "FAIL"), f"exit {out.returncode}; " + (tail[-1] if tail else "")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=HERE / "results", help="results go to OUT/<gpu name>/")
+    p.add_argument("--no-bench", action="store_true")
+    p.add_argument("--dry-run", action="store_true",
+                   help="the checks on the CPU under TRITON_INTERPRET=1 (slow; tests this script), no bench")
+    args = p.parse_args(argv)
+    global DEVICE
+    if args.dry_run:
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            p.error("--dry-run needs TRITON_INTERPRET=1 set before Python starts")
+        DEVICE, args.no_bench = "cpu", True
+    elif not torch.cuda.is_available():
+        print("gpu_check: no CUDA GPU visible to torch; nothing to check")
+        return 2
+    start = time.perf_counter()
+    out_dir = args.out / gpu_slug()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    engine_backend = "cupy" if DEVICE == "cuda" and importlib.util.find_spec("cupy") else "numpy"
+    print(f"gpu_check on {device_name()} (torch {torch.__version__}); engine: {engine_backend}",
+          flush=True)
+    # torch lets cuDNN use TF32 for fp32 RNNs by default; the fp32 yardstick must be real fp32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rows = run_checks(start + CHECKS_BUDGET_S, engine_backend)
+    if not args.no_bench:
+        headline = ["--device", "cuda", "--cells", "lstm", "--dtype", "bfloat16", "--batch", "16,64",
+                    "--steps", "1024", "--hidden", "128,256,768", "--name", "headline", "--out", str(out_dir)]
+        left = BUDGET_S - (time.perf_counter() - start)
+        rows.append(("bench headline (lstm bf16 T=1024)", *run_bench(headline, min(left, 150)), 0.0))
+        left = BUDGET_S - (time.perf_counter() - start)
+        rows.append(("bench --quick", *run_bench(["--quick", "--device", "cuda", "--out", str(out_dir)], left), 0.0))
+    with open(out_dir / "gpu_check.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("check", "status", "note", "seconds")] + rows)
+    table = ["| check | status | note |", "|---|---|---|"] + [f"| {n} | {s} | {note} |" for n, s, note, _ in rows]
+    (out_dir / "gpu_check.md").write_text(f"# gpu_check on {device_name()}\n\n" + "\n".join(table) + "\n")
+    failed = sum(s == "FAIL" for _, s, _, _ in rows)
+    print("\n" + "\n".join(table))
+    print(f"gpu_check: {len(rows)} checks, {failed} failed, {time.perf_counter() - start:.0f} s; results in {out_dir}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""profiling/compile_check.py on a subset (H=64, float16, sm_90): real compiles, no GPU."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "profiling"))
+import compile_check  # noqa: E402
+SUBSET = ["--hidden", "64", "--dtypes", "float16", "--archs", "90"]
+
+
+def _run(code, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}   # compile for real
+    env["PYTHONPATH"] = str(ROOT / "profiling")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def subset_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cc")
+    out = _run(f"import sys, compile_check as cc; sys.exit(cc.main({SUBSET + ['--out', 'table.md']!r}))", tmp)
+    return out, (tmp / "table.md").read_text()
+
+
+def test_compiles_every_cell_module_and_reports(subset_run):
+    out, table = subset_run
+    assert out.returncode == 0, out.stdout + out.stderr
+    last = out.stdout.strip().splitlines()[-1]
+    m = re.fullmatch(r"compiled (\d+) kernel configs for sm_90: 0 failures, (\d+) with spills", last)
+    assert m, last
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "sm_90" in line]
+    assert len(rows) == int(m.group(1))
+    kernels = {row.split("|")[1].strip() for row in rows}
+    listed = {t[0] for m in compile_check.cell_modules() for t in m.compile_targets(64, "float16")}
+    assert {"elman_fwd", "elman_bwd", "lstm_fwd", "lstm_bwd"} <= listed
+    assert kernels == listed
+    for row in rows:   # registers, spill and shared columns are filled with numbers
+        regs, spill, shared = (c.strip() for c in row.split("|")[6:9])
+        assert regs.isdigit() and spill.isdigit() and shared.isdigit(), row
+
+
+def test_shared_memory_over_the_limit_fails(tmp_path):
+    code = ("import sys, compile_check as cc; cc.SHARED_LIMIT[90] = 1024; "
+            f"sys.exit(cc.main({SUBSET + ['--out', 'table.md']!r}))")
+    out = _run(code, tmp_path)
+    assert out.returncode == 1
+    m = re.fullmatch(r"compiled (\d+) kernel configs for sm_90: (\d+) failures, \d+ with spills",
+                     out.stdout.strip().splitlines()[-1])
+    assert m and m.group(1) == m.group(2), out.stdout

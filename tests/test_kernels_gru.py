@@ -1,0 +1,114 @@
+"""GRU kernels under TRITON_INTERPRET=1: against the engine's xp loop and torch.nn.GRU."""
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import gpurnn.nn as gnn
+from kernel_cases import (TOL, TOL_FP16_DOT, assert_all_close, assert_bitwise_equal, launches,  # noqa: F401
+                          make_case, nan_empty, packed_sizes, run, split_hidden, with_io_dtype)
+from torch_parity import assert_same, outputs_and_grads
+
+# (T, B, H): B=1, 3, 17 (not a multiple of 16: two batch tiles), H not a power of two.
+# H=100 in fp32 exceeds one program's W budget: it runs split (stepwise under the interpreter,
+# one launch per step, so it gets a short T to keep this file fast).
+SIZES = {"T1-B1-H16": (1, 1, 16), "T2-B3-H100": (2, 3, 100), "T63-B17-H48": (63, 17, 48)}
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_matches_engine_fp32(size, nan_empty):
+    T, B, H = SIZES[size]
+    case = make_case("gru", T, B, H)
+    assert_all_close(run(case, "triton"), run(case, "numpy"), **TOL[np.float32])
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["full", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_packed_and_reverse(packed, reverse, nan_empty):
+    T, B, H = 9, 6, 20
+    case = make_case("gru", T, B, H, seed=1)
+    sizes = packed_sizes(T, B) if packed else None
+    assert_all_close(run(case, "triton", batch_sizes=sizes, reverse=reverse),
+                     run(case, "numpy", batch_sizes=sizes, reverse=reverse), **TOL[np.float32])
+
+
+def test_no_bias(nan_empty):
+    case = make_case("gru", 5, 3, 20, seed=4)
+    case["weights"].update(b_ih=None, b_hh=None)
+    assert_all_close(run(case, "triton"), run(case, "numpy"), **TOL[np.float32])
+
+
+def test_float64_matches_to_ulps():
+    case = make_case("gru", 7, 3, 48, dtype=np.float64)
+    assert_all_close(run(case, "triton", batch_sizes=packed_sizes(7, 3)),
+                     run(case, "numpy", batch_sizes=packed_sizes(7, 3)), **TOL[np.float64])
+
+
+def test_float16_data():
+    case = make_case("gru", 8, 3, 48, dtype=np.float16)
+    assert_all_close(run(case, "triton"), run(case, "numpy"), **TOL[np.float16])
+
+
+def test_float16_dot(monkeypatch):
+    """W on chip in fp16 and h rounded to fp16 for tl.dot, fp32 accumulation and carries."""
+    case = make_case("gru", 8, 3, 48, dtype=np.float16)
+    ref = run(case, "numpy")
+    with_io_dtype(monkeypatch, "gru", "float16")
+    assert_all_close(run(case, "triton"), ref, **TOL_FP16_DOT)
+
+
+@pytest.mark.parametrize("T, B, H", [(2, 3, 48), (5, 17, 40)], ids=["T2-B3-H48", "T5-B17-H40"])
+def test_split_hidden_matches_engine(T, B, H, split_hidden, launches, nan_empty):
+    """Slices of 16 units (P = 3 programs per batch tile), one launch per step under the interpreter;
+    packed, so rows leave mid-window and the carried dh z term crosses launches."""
+    case = make_case("gru", T, B, H, seed=2)
+    sizes = packed_sizes(T, B)
+    assert_all_close(run(case, "triton", batch_sizes=sizes), run(case, "numpy", batch_sizes=sizes),
+                     **TOL[np.float32])
+    assert launches.count("_fwd_kernel") == T and launches.count("_bwd_kernel") == T + 1
+
+
+def test_deterministic():
+    case = make_case("gru", 10, 17, 48, seed=3)
+    assert_bitwise_equal(run(case, "triton"), run(case, "triton"))
+
+
+def test_launches_do_not_grow_with_T(launches):
+    counts = []
+    for T in (8, 64):
+        launches.clear()
+        run(make_case("gru", T, 3, 16), "triton")
+        counts.append((launches.count("_fwd_kernel"), launches.count("_bwd_kernel")))
+    assert counts == [(1, 1), (1, 1)]
+
+
+def _torch_pair(**options):
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(5, 20, **options)
+    mine = gnn.GRU(5, 20, backend="triton", **options)
+    mine.load_state_dict(ref.state_dict())
+    return ref, mine
+
+
+def _state(ref, B, g):
+    L = ref.num_layers * (2 if ref.bidirectional else 1)
+    return torch.randn(L, B, 20, generator=g)
+
+
+@pytest.mark.parametrize("options", [{}, {"num_layers": 2, "bidirectional": True}],
+                         ids=["plain", "2-layers-bidirectional"])
+def test_module_matches_torch(options):
+    ref, mine = _torch_pair(**options)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(7, 3, 5, generator=g)
+    hx = _state(ref, 3, g)
+    assert_same(outputs_and_grads(ref, x, hx), outputs_and_grads(mine, x, hx), torch.float32)
+
+
+def test_module_packed_matches_torch():
+    ref, mine = _torch_pair(bidirectional=True)
+    g = torch.Generator().manual_seed(2)
+    x = pack_padded_sequence(torch.randn(6, 4, 5, generator=g), torch.tensor([2, 6, 1, 4]),
+                             enforce_sorted=False)
+    hx = _state(ref, 4, g)
+    assert_same(outputs_and_grads(ref, x, hx), outputs_and_grads(mine, x, hx), torch.float32)

@@ -1,0 +1,119 @@
+"""LSTM kernels under TRITON_INTERPRET=1: against the engine's xp loop and torch.nn.LSTM."""
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import gpurnn.nn as gnn
+from kernel_cases import (TOL, TOL_FP16_DOT, assert_all_close, assert_bitwise_equal, launches,  # noqa: F401
+                          make_case, nan_empty, packed_sizes, run, split_hidden, with_io_dtype)
+from torch_parity import assert_same, outputs_and_grads
+
+# (T, B, H): B=1, 3, 17 (not a multiple of 16), H not a power of two, B=65 (five batch tiles).
+# fp32 W_hh of H=100 exceeds one program's budget, so that case runs the launcher's own split
+# choice (stepwise under the interpreter, hence the shorter T); H <= 64 runs in one program.
+SIZES = {"T1-B1-H16": (1, 1, 16), "T2-B3-H48": (2, 3, 48), "T63-B17-H48": (63, 17, 48),
+         "T9-B17-H100": (9, 17, 100), "T5-B65-H16": (5, 65, 16)}
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_matches_engine_fp32(size, nan_empty):
+    T, B, H = SIZES[size]
+    case = make_case("lstm", T, B, H)
+    assert_all_close(run(case, "triton"), run(case, "numpy"), **TOL[np.float32])
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["full", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_packed_and_reverse(packed, reverse, nan_empty):
+    T, B, H = 9, 6, 20
+    case = make_case("lstm", T, B, H, seed=1)
+    sizes = packed_sizes(T, B) if packed else None
+    assert_all_close(run(case, "triton", batch_sizes=sizes, reverse=reverse),
+                     run(case, "numpy", batch_sizes=sizes, reverse=reverse), **TOL[np.float32])
+
+
+def test_float64_matches_to_ulps():
+    case = make_case("lstm", 7, 3, 48, dtype=np.float64)
+    assert_all_close(run(case, "triton", batch_sizes=packed_sizes(7, 3)),
+                     run(case, "numpy", batch_sizes=packed_sizes(7, 3)), **TOL[np.float64])
+
+
+def test_float16_data_fp32_dot(monkeypatch):
+    """fp16 data computed in fp32 (the engine upcasts) with an fp32 tl.dot: the loop's arithmetic."""
+    case = make_case("lstm", 8, 3, 48, dtype=np.float16)
+    ref = run(case, "numpy")
+    with_io_dtype(monkeypatch, "lstm", None)
+    assert_all_close(run(case, "triton"), ref, **TOL[np.float16])
+
+
+def test_float16_dot(monkeypatch):
+    """W on chip in fp16 and h rounded to fp16 for tl.dot, fp32 accumulation and carries."""
+    case = make_case("lstm", 8, 3, 48, dtype=np.float16)
+    ref = run(case, "numpy")
+    with_io_dtype(monkeypatch, "lstm", "float16")
+    assert_all_close(run(case, "triton"), ref, **TOL_FP16_DOT)
+
+
+@pytest.mark.parametrize("T, B, H", [(2, 3, 48), (6, 17, 100)], ids=["T2-B3-H48", "T6-B17-H100"])
+def test_split_hidden_matches_engine(T, B, H, split_hidden, launches, nan_empty):
+    """Slices of 16 units (P = 3 or 7 programs per batch tile), one launch per step under the interpreter."""
+    case = make_case("lstm", T, B, H, seed=2)
+    sizes = packed_sizes(T, B)
+    assert_all_close(run(case, "triton", batch_sizes=sizes), run(case, "numpy", batch_sizes=sizes),
+                     **TOL[np.float32])
+    assert launches.count("_fwd_kernel") == T and launches.count("_bwd_kernel") == T + 1
+
+
+def test_proj_size_falls_back_to_the_engine_loop(launches):
+    case = make_case("lstm", 6, 3, 20, proj=7)
+    sizes = packed_sizes(6, 3)
+    assert_all_close(run(case, "triton", batch_sizes=sizes), run(case, "numpy", batch_sizes=sizes),
+                     rtol=0, atol=0)
+    assert launches == []
+
+
+def test_deterministic():
+    case = make_case("lstm", 20, 17, 48, seed=3)
+    assert_bitwise_equal(run(case, "triton"), run(case, "triton"))
+
+
+def test_launches_do_not_grow_with_T(launches):
+    counts = []
+    for T in (8, 64):
+        launches.clear()
+        run(make_case("lstm", T, 3, 16), "triton")
+        counts.append((launches.count("_fwd_kernel"), launches.count("_bwd_kernel")))
+    assert counts == [(1, 1), (1, 1)]
+
+
+def _torch_pair(**options):
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(5, 20, **options)
+    mine = gnn.LSTM(5, 20, backend="triton", **options)
+    mine.load_state_dict(ref.state_dict())
+    return ref, mine
+
+
+def _state(ref, B, g):
+    L = ref.num_layers * (2 if ref.bidirectional else 1)
+    return (torch.randn(L, B, ref.proj_size or 20, generator=g), torch.randn(L, B, 20, generator=g))
+
+
+@pytest.mark.parametrize("options", [{}, {"num_layers": 2, "bidirectional": True}, {"proj_size": 7}],
+                         ids=["plain", "2-layers-bidirectional", "proj"])
+def test_module_matches_torch(options):
+    ref, mine = _torch_pair(**options)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(7, 3, 5, generator=g)
+    hx = _state(ref, 3, g)
+    assert_same(outputs_and_grads(ref, x, hx), outputs_and_grads(mine, x, hx), torch.float32)
+
+
+def test_module_packed_matches_torch():
+    ref, mine = _torch_pair(bidirectional=True)
+    g = torch.Generator().manual_seed(2)
+    x = pack_padded_sequence(torch.randn(6, 4, 5, generator=g), torch.tensor([2, 6, 1, 4]),
+                             enforce_sorted=False)
+    hx = _state(ref, 4, g)
+    assert_same(outputs_and_grads(ref, x, hx), outputs_and_grads(mine, x, hx), torch.float32)
