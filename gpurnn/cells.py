@@ -19,36 +19,51 @@ Pointwise work that does not depend on the recurrence (activation
 derivatives, products of saved values) is done for all T at once outside the
 time loop; the loop keeps only what must be sequential.
 """
+import functools
+
 import numpy as np
 
 NONLINEARITIES = ("tanh", "relu")
 OUTPUT_ACTIVATIONS = ("identity", "tanh", "sigmoid", "softmax")
 
 
-# b_ih and b_hh get equal gradients but separate arrays: torch may keep a returned gradient
-# as .grad without copying and later accumulate into it in place.
+class Cell:
+    """What every cell shares: the array module, the weights and the GEMM routine.
 
+    matmul(a, b, out=None) is xp.matmul, or torch's on NumPy views when the caller
+    runs under torch (one BLAS thread pool per process; see arrays.torch_matmul).
+    """
 
-def outer(a, b):
-    """sum over all (t, b) rows of a^T b: a (T, B, M), b (T, B, K) -> (M, K), one GEMM."""
-    return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+    def __init__(self, xp, w, matmul):
+        self.xp, self.w, self.mm = xp, w, matmul
 
+    def outer(self, a, b):
+        """sum over all (t, b) rows of a^T b: a (T, B, M), b (T, B, K) -> (M, K), one GEMM."""
+        return self.mm(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]))
 
-def rows_matmul(a, w):
-    """a @ w for all T*B rows as one 2-D GEMM (a 3-D matmul would run T small ones)."""
-    return (a.reshape(-1, a.shape[-1]) @ w).reshape(a.shape[0], a.shape[1], w.shape[-1])
+    def rows_matmul(self, a, w):
+        """a @ w for all T*B rows as one 2-D GEMM (a 3-D matmul would run T small ones)."""
+        return self.mm(a.reshape(-1, a.shape[-1]), w).reshape(a.shape[0], a.shape[1], w.shape[-1])
 
-
-def project(x, w, bias):
-    """x @ w^T + bias for all T*B rows at once: (T, B, I) -> (T, B, rows of w)."""
-    out = rows_matmul(x, w.T)
-    if bias is not None:
-        out += bias
-    return out
+    def project(self, x, w, bias):
+        """x @ w^T + bias for all T*B rows at once: (T, B, I) -> (T, B, rows of w)."""
+        out = self.rows_matmul(x, w.T)
+        if bias is not None:
+            out += bias
+        return out
 
 
 def sum_rows(a):
     return a.reshape(-1, a.shape[-1]).sum(axis=0)
+
+
+def bias_grads(dz, has_bias):
+    """b_ih and b_hh get the same gradient, as separate arrays: torch may keep a returned
+    gradient as .grad without copying and accumulate into it in place later."""
+    if not has_bias:
+        return {"b_ih": None, "b_hh": None}
+    db = sum_rows(dz)
+    return {"b_ih": db, "b_hh": db.copy()}
 
 
 def sigmoid_(xp, a):
@@ -81,17 +96,18 @@ def add_bias(a, b):
     return a + b
 
 
-class Elman:
+class Elman(Cell):
     """h_t = phi(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)."""
 
-    def __init__(self, xp, w, nonlinearity="tanh"):
-        self.xp, self.w, self.nonlinearity = xp, w, nonlinearity
+    def __init__(self, xp, w, matmul, nonlinearity="tanh"):
+        super().__init__(xp, w, matmul)
+        self.nonlinearity = nonlinearity
 
     def begin_forward(self, x, state0, alloc):
         w, xp = self.w, self.xp
         T, B = x.shape[:2]
         self.x = x
-        self.gx = project(x, w["w_ih"], add_bias(w["b_ih"], w["b_hh"]))
+        self.gx = self.project(x, w["w_ih"], add_bias(w["b_ih"], w["b_hh"]))
         self.h = alloc((T + 1,) + state0[0].shape, x.dtype)
         self.h[0] = state0[0]
         self.seq = [self.h]
@@ -99,7 +115,7 @@ class Elman:
 
     def step(self, t, n):
         h_new = self.h[t + 1, :n]
-        self.xp.matmul(self.h[t, :n], self.w_hh_t, out=h_new)
+        self.mm(self.h[t, :n], self.w_hh_t, out=h_new)
         h_new += self.gx[t, :n]
         phi_(self.xp, h_new, self.nonlinearity)
 
@@ -119,20 +135,20 @@ class Elman:
         dh = self.dh[:n]
         dh += self.dy[t, :n]
         self.xp.multiply(dh, self.phi_grad[t, :n], out=self.dz[t, :n])
-        self.xp.matmul(self.dz[t, :n], self.w["w_hh"], out=dh)
+        self.mm(self.dz[t, :n], self.w["w_hh"], out=dh)
 
     def finish_backward(self):
         dz, w = self.dz, self.w
-        db = sum_rows(dz) if w["b_ih"] is not None else None
-        grads = {"w_ih": outer(dz, self.x), "w_hh": outer(dz, self.h[:-1]), "b_ih": db, "b_hh": None if db is None else db.copy()}
-        return rows_matmul(dz, w["w_ih"]), (self.dh,), grads
+        grads = {"w_ih": self.outer(dz, self.x), "w_hh": self.outer(dz, self.h[:-1]),
+                 **bias_grads(dz, w["b_ih"] is not None)}
+        return self.rows_matmul(dz, w["w_ih"]), (self.dh,), grads
 
 
-class LSTM:
+class LSTM(Cell):
     """Gates (i | f | g | o); c_t = f*c + i*g; h_t = o*tanh(c_t), projected by W_hr if given."""
 
-    def __init__(self, xp, w):
-        self.xp, self.w = xp, w
+    def __init__(self, xp, w, matmul):
+        super().__init__(xp, w, matmul)
         H = w["w_hh"].shape[0] // 4
         dtype = w["w_hh"].dtype
         # sigmoid(a) = 0.5*tanh(0.5a) + 0.5 and tanh(a) = 1*tanh(1a) + 0: one tanh over all gates.
@@ -146,7 +162,7 @@ class LSTM:
         w, xp, H = self.w, self.xp, self.H
         T, B = x.shape[:2]
         self.x = x
-        self.gx = project(x, w["w_ih"], add_bias(w["b_ih"], w["b_hh"]))
+        self.gx = self.project(x, w["w_ih"], add_bias(w["b_ih"], w["b_hh"]))
         self.gates = alloc((T, B, 4 * H), x.dtype)   # activated i, f, g, o
         self.h = alloc((T + 1,) + state0[0].shape, x.dtype)
         self.c = alloc((T + 1, B, H), x.dtype)
@@ -160,7 +176,7 @@ class LSTM:
     def step(self, t, n):
         xp, H = self.xp, self.H
         a = self.gates[t, :n]
-        xp.matmul(self.h[t, :n], self.w_hh_t, out=a)
+        self.mm(self.h[t, :n], self.w_hh_t, out=a)
         a += self.gx[t, :n]
         a *= self.scale
         xp.tanh(a, out=a)
@@ -177,7 +193,7 @@ class LSTM:
             xp.multiply(o, tc, out=self.h[t + 1, :n])
         else:
             xp.multiply(o, tc, out=self.m[t, :n])
-            xp.matmul(self.m[t, :n], self.w["w_hr"].T, out=self.h[t + 1, :n])
+            self.mm(self.m[t, :n], self.w["w_hr"].T, out=self.h[t + 1, :n])
 
     def outputs(self):
         return self.h[1:]
@@ -185,62 +201,81 @@ class LSTM:
     def final(self):
         return (self.h[-1], self.c[-1])
 
+    @functools.cached_property
+    def coef(self):
+        """(T, B, 4, H): d pre-activation / d(dc | dc | dc | dm) for all steps at once (the kernels read it)."""
+        H, a = self.H, self.gates
+        coef = 1 - a
+        coef *= a
+        g = coef[..., 2 * H:3 * H]
+        self.xp.multiply(a[..., 2 * H:3 * H], a[..., 2 * H:3 * H], out=g)
+        self.xp.subtract(1, g, out=g)
+        for k, factor in enumerate((a[..., 2 * H:3 * H], self.c[:-1], a[..., :H], self.tanh_c)):
+            coef[..., k * H:(k + 1) * H] *= factor
+        return coef.reshape(a.shape[0], a.shape[1], 4, H)
+
+    @functools.cached_property
+    def o_dtanh(self):
+        """(T, B, H): o * tanh'(c_t), so that dc += dm * o_dtanh (the kernels read it)."""
+        return self.gates[..., 3 * self.H:] * (1 - self.tanh_c * self.tanh_c)
+
     def begin_backward(self, dy, dstate, alloc):
         xp, H, a = self.xp, self.H, self.gates
         T, B = a.shape[:2]
-        i, f, g, o = a[..., :H], a[..., H:2 * H], a[..., 2 * H:3 * H], a[..., 3 * H:]
-        # d(pre-activation) = (dc | dc | dc | dm) * coef, coef precomputed for all steps.
-        coef = 1 - a
-        coef *= a
-        xp.multiply(g, g, out=coef[..., 2 * H:3 * H])
-        xp.subtract(1, coef[..., 2 * H:3 * H], out=coef[..., 2 * H:3 * H])
-        coef[..., :H] *= g
-        coef[..., H:2 * H] *= self.c[:-1]
-        coef[..., 2 * H:3 * H] *= i
-        coef[..., 3 * H:] *= self.tanh_c
-        self.coef = coef.reshape(T, B, 4, H)
-        self.o_dtanh = o * (1 - self.tanh_c * self.tanh_c)   # dc += dm * o * tanh'(c)
-        self.f = f
         self.dy = dy
         self.dh, self.dc = dstate
         self.dgates = alloc((T, B, 4 * H), a.dtype)
         self.dh_seq = alloc(self.h[1:].shape, a.dtype) if self.m is not None else None
-        self.tmp = self.xp.empty((B, H), a.dtype)
+        self.tmp = xp.empty((B, H), a.dtype)
+        self.tmp2 = xp.empty((B, H), a.dtype)
+        self.coef_t = xp.empty((B, 4 * H), a.dtype)
 
     def back_step(self, t, n):
+        # The coefficients are computed per step on cache-resident rows: cheaper in NumPy
+        # than ten passes over (T, B, 4H) arrays up front.
         xp, H = self.xp, self.H
+        a, c_prev, tc = self.gates[t, :n], self.c[t, :n], self.tanh_c[t, :n]
+        i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
         dh, dc = self.dh[:n], self.dc[:n]
         dh += self.dy[t, :n]
         if self.m is None:
             dm = dh
         else:
             self.dh_seq[t, :n] = dh
-            dm = xp.matmul(dh, self.w["w_hr"], out=self.tmp[:n])
-        dc_from_h = self.ig[:n]   # free scratch of the same shape
-        xp.multiply(dm, self.o_dtanh[t, :n], out=dc_from_h)
-        dc += dc_from_h
+            dm = self.mm(dh, self.w["w_hr"], out=self.tmp[:n])
+        k = self.tmp2[:n]
+        xp.multiply(tc, tc, out=k)
+        xp.subtract(1, k, out=k)
+        k *= o
+        k *= dm
+        dc += k                                   # dc += dm * o * tanh'(c)
+        coef = self.coef_t[:n]
+        xp.subtract(1, a, out=coef)
+        coef *= a                                 # sigmoid' for i, f, o
+        coef_g = coef[:, 2 * H:3 * H]
+        xp.multiply(g, g, out=coef_g)
+        xp.subtract(1, coef_g, out=coef_g)        # tanh' for g
         d = self.dgates[t, :n]
-        d4 = d.reshape(n, 4, H)
-        coef = self.coef[t, :n]
-        for k in range(3):   # i, f, g take dc; a broadcast over the gate axis is ~10x slower in NumPy
-            xp.multiply(dc, coef[:, k], out=d4[:, k])
-        xp.multiply(dm, coef[:, 3], out=d4[:, 3])
-        dc *= self.f[t, :n]
-        xp.matmul(d, self.w["w_hh"], out=dh)
+        for gate, (grad, factor) in enumerate(((dc, g), (dc, c_prev), (dc, i), (dm, tc))):
+            d_k = d[:, gate * H:(gate + 1) * H]
+            xp.multiply(grad, factor, out=d_k)
+            d_k *= coef[:, gate * H:(gate + 1) * H]
+        dc *= f
+        self.mm(d, self.w["w_hh"], out=dh)
 
     def finish_backward(self):
         d, w = self.dgates, self.w
-        db = sum_rows(d) if w["b_ih"] is not None else None
-        grads = {"w_ih": outer(d, self.x), "w_hh": outer(d, self.h[:-1]), "b_ih": db, "b_hh": None if db is None else db.copy(),
-                 "w_hr": outer(self.dh_seq, self.m) if self.m is not None else None}
-        return rows_matmul(d, w["w_ih"]), (self.dh, self.dc), grads
+        grads = {"w_ih": self.outer(d, self.x), "w_hh": self.outer(d, self.h[:-1]),
+                 **bias_grads(d, w["b_ih"] is not None),
+                 "w_hr": self.outer(self.dh_seq, self.m) if self.m is not None else None}
+        return self.rows_matmul(d, w["w_ih"]), (self.dh, self.dc), grads
 
 
-class GRU:
+class GRU(Cell):
     """Gates (r | z | n); n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); h = (1-z)*n + z*h_prev."""
 
-    def __init__(self, xp, w):
-        self.xp, self.w = xp, w
+    def __init__(self, xp, w, matmul):
+        super().__init__(xp, w, matmul)
         self.H = w["w_hh"].shape[0] // 3
 
     def begin_forward(self, x, state0, alloc):
@@ -250,7 +285,7 @@ class GRU:
         # r and z take both biases up front; b_hn must stay inside r*(...).
         bias = add_bias(w["b_ih"], None if w["b_hh"] is None else
                         xp.concatenate([w["b_hh"][:2 * H], xp.zeros(H, x.dtype)]))
-        self.gx = project(x, w["w_ih"], bias)
+        self.gx = self.project(x, w["w_ih"], bias)
         self.gates = alloc((T, B, 3 * H), x.dtype)   # activated r, z, n
         self.hn = alloc((T, B, H), x.dtype)          # W_hn h + b_hn
         self.hp = xp.empty((B, 3 * H), x.dtype)
@@ -263,7 +298,7 @@ class GRU:
     def step(self, t, n):
         xp, H = self.xp, self.H
         hp, g = self.hp[:n], self.gates[t, :n]
-        xp.matmul(self.h[t, :n], self.w_hh_t, out=hp)
+        self.mm(self.h[t, :n], self.w_hh_t, out=hp)
         rz = g[:, :2 * H]
         xp.add(self.gx[t, :n, :2 * H], hp[:, :2 * H], out=rz)
         sigmoid_(xp, rz)
@@ -313,28 +348,28 @@ class GRU:
         xp.multiply(dnew, self.r[t, :n], out=dgh[:, 2 * H:])
         keep = self.tmp[:n]
         xp.multiply(dh, self.z[t, :n], out=keep)
-        xp.matmul(dgh, self.w["w_hh"], out=dh)
+        self.mm(dgh, self.w["w_hh"], out=dh)
         dh += keep
 
     def finish_backward(self):
         H, w, dgh = self.H, self.w, self.dgh
         dgx = self.xp.concatenate([dgh[..., :2 * H], self.dnew], axis=-1)
         has_bias = w["b_ih"] is not None
-        grads = {"w_ih": outer(dgx, self.x), "w_hh": outer(dgh, self.h[:-1]),
+        grads = {"w_ih": self.outer(dgx, self.x), "w_hh": self.outer(dgh, self.h[:-1]),
                  "b_ih": sum_rows(dgx) if has_bias else None,
                  "b_hh": sum_rows(dgh) if has_bias else None}
-        return rows_matmul(dgx, w["w_ih"]), (self.dh,), grads
+        return self.rows_matmul(dgx, w["w_ih"]), (self.dh,), grads
 
 
-class Jordan:
+class Jordan(Cell):
     """h_t = phi(W_ih x_t + W_sh s_t + b_h); y_t = g(W_ho h_t + b_o); s_{t+1} = decay*s_t + y_t.
 
     With teacher forcing, teacher_t replaces y_t in the state update and no
     gradient flows from the state into y_t.
     """
 
-    def __init__(self, xp, w, nonlinearity="tanh", output_activation="identity", teacher=None):
-        self.xp, self.w = xp, w
+    def __init__(self, xp, w, matmul, nonlinearity="tanh", output_activation="identity", teacher=None):
+        super().__init__(xp, w, matmul)
         self.nonlinearity, self.output_activation, self.teacher = nonlinearity, output_activation, teacher
 
     def begin_forward(self, x, state0, alloc):
@@ -342,7 +377,7 @@ class Jordan:
         T, B = x.shape[:2]
         H, O = w["w_ih"].shape[0], w["w_ho"].shape[0]
         self.x = x
-        self.gx = project(x, w["w_ih"], w["b_h"])
+        self.gx = self.project(x, w["w_ih"], w["b_h"])
         self.hid = alloc((T, B, H), x.dtype)
         self.y = alloc((T, B, O), x.dtype)
         self.s = alloc((T + 1, B, O), x.dtype)
@@ -352,11 +387,11 @@ class Jordan:
     def step(self, t, n):
         xp, w = self.xp, self.w
         h = self.hid[t, :n]
-        xp.matmul(self.s[t, :n], w["w_sh"].T, out=h)
+        self.mm(self.s[t, :n], w["w_sh"].T, out=h)
         h += self.gx[t, :n]
         phi_(xp, h, self.nonlinearity)
         y = self.y[t, :n]
-        xp.matmul(h, w["w_ho"].T, out=y)
+        self.mm(h, w["w_ho"].T, out=y)
         if w["b_o"] is not None:
             y += w["b_o"]
         self._output_activation_(y)
@@ -405,15 +440,15 @@ class Jordan:
             da -= (da * y).sum(axis=-1, keepdims=True)
             da *= y
         dz = self.dz[t, :n]
-        xp.matmul(da, w["w_ho"], out=dz)
+        self.mm(da, w["w_ho"], out=dz)
         dz *= self.phi_grad[t, :n]
         ds *= w["decay"]
-        ds += xp.matmul(dz, w["w_sh"], out=self.tmp[:n])
+        ds += self.mm(dz, w["w_sh"], out=self.tmp[:n])
 
     def finish_backward(self):
         dz, da, w = self.dz, self.da, self.w
-        grads = {"w_ih": outer(dz, self.x), "w_sh": outer(dz, self.s[:-1]),
+        grads = {"w_ih": self.outer(dz, self.x), "w_sh": self.outer(dz, self.s[:-1]),
                  "b_h": sum_rows(dz) if w["b_h"] is not None else None,
-                 "w_ho": outer(da, self.hid),
+                 "w_ho": self.outer(da, self.hid),
                  "b_o": sum_rows(da) if w["b_o"] is not None else None}
-        return rows_matmul(dz, w["w_ih"]), (self.ds,), grads
+        return self.rows_matmul(dz, w["w_ih"]), (self.ds,), grads

@@ -15,7 +15,7 @@ import importlib
 from dataclasses import dataclass
 
 from . import cells
-from .arrays import compute_dtype, get_xp
+from .arrays import compute_dtype, get_xp, torch_matmul
 
 WEIGHT_NAMES = {
     "elman": ("w_ih", "w_hh", "b_ih", "b_hh"),
@@ -26,15 +26,15 @@ WEIGHT_NAMES = {
 NO_GRAD = ("decay",)   # Jordan's decay is a buffer, not a parameter
 
 
-def _make_cell(cell, xp, w, opts):
+def _make_cell(cell, xp, w, matmul, opts):
     if cell == "elman":
-        return cells.Elman(xp, w, opts.get("nonlinearity", "tanh"))
+        return cells.Elman(xp, w, matmul, opts.get("nonlinearity", "tanh"))
     if cell == "lstm":
-        return cells.LSTM(xp, w)
+        return cells.LSTM(xp, w, matmul)
     if cell == "gru":
-        return cells.GRU(xp, w)
+        return cells.GRU(xp, w, matmul)
     if cell == "jordan":
-        return cells.Jordan(xp, w, opts.get("nonlinearity", "tanh"),
+        return cells.Jordan(xp, w, matmul, opts.get("nonlinearity", "tanh"),
                             opts.get("output_activation", "identity"), opts.get("teacher"))
     raise ValueError(f"cell: expected one of {tuple(WEIGHT_NAMES)}, got {cell!r}")
 
@@ -71,8 +71,14 @@ def _time_order(a, reverse):
 
 
 def _to_compute(xp, a, cdt, reverse):
-    """Time-ordered, contiguous, compute-dtype copy or view of a (T, B, ·) array."""
-    return xp.ascontiguousarray(_time_order(a, reverse), dtype=cdt)
+    """Time-ordered, contiguous, compute-dtype copy or view of a (T, B, ·) array.
+
+    A reversed array is always copied: ascontiguousarray keeps the negative stride of a
+    length-1 axis, which torch.from_numpy (the kernels' zero-copy view) rejects.
+    """
+    if reverse:
+        return a[::-1].astype(cdt, order="C", copy=True)
+    return xp.ascontiguousarray(a, dtype=cdt)
 
 
 def step_loop(c, sizes):
@@ -92,7 +98,7 @@ def back_loop(c, sizes):
 
 
 def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backend="numpy",
-            io_dtype=None, **opts):
+            io_dtype=None, gemm="xp", **opts):
     """Run the recurrence over x; returns (y (T, B, ·), final state tuple, saved).
 
     batch_sizes: active rows per step (non-increasing, as in a PackedSequence);
@@ -101,6 +107,8 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
     backend: "numpy" or "cupy" run the xp loop (the xp follows the arrays); "triton" the fused kernels.
     io_dtype: the dtype the kernels hold weights in (default x's; "bfloat16" for bf16 data upcast
     to float32 by the caller, as NumPy and CuPy have no bfloat16).
+    gemm: "xp" (NumPy's or CuPy's matmul) or "torch" (torch's, on zero-copy views of NumPy
+    arrays: callers inside torch keep one BLAS thread pool in the process).
     opts: nonlinearity (elman, jordan), output_activation and teacher (jordan).
     """
     xp = get_xp(x)
@@ -111,7 +119,7 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
         opts = dict(opts, teacher=_to_compute(xp, opts["teacher"], cdt, reverse))
     sizes = [B] * T if batch_sizes is None else [int(n) for n in batch_sizes]
     sizes = _time_order(sizes, reverse)
-    c = _make_cell(cell, xp, w, opts)
+    c = _make_cell(cell, xp, w, torch_matmul if gemm == "torch" else xp.matmul, opts)
     # With packed rows, buffers start zeroed: rows past their length are never written by a
     # step, and the weight GEMMs multiply them by zero gradients (0 * garbage may be NaN).
     alloc = xp.empty if batch_sizes is None else xp.zeros

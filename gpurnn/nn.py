@@ -54,6 +54,8 @@ def run_layer(cell, x, state0, weights, *, backend="auto", batch_sizes=None, rev
         out = run_layer(cell, x.float(), [up(s) for s in state0], [up(w) for w in weights],
                         backend=name, batch_sizes=batch_sizes, reverse=reverse, **opts)
         return tuple(t.to(dtype) for t in out)
+    if name == "numpy":
+        opts = dict(opts, gemm="torch")   # see arrays.torch_matmul
     spec = (cell, len(state0), batch_sizes, reverse, name, opts)
     return _Layer.apply(spec, x, *state0, *weights)
 

@@ -77,44 +77,49 @@ def sequence_loss_forward(h, weight, bias, targets, *, reduction="sum", ignore_i
     b = None if bias is None else bias.astype(cdt, copy=False)
     y = targets.reshape(-1)
     valid = y != ignore_index
-    safe_y = xp.where(valid, y, 0)
-    lse = xp.empty(h2.shape[0], cdt)
-    target_logit = xp.empty(h2.shape[0], cdt)
-    for r0, r1 in _row_chunks(h2.shape[0], V):
-        z = _logits(h2[r0:r1], w, b)
+    # Only rows with a target cost logits: padded batches or answers due at a few steps
+    # (sequence classification) skip the rest entirely.
+    rows = None if bool(valid.all()) else xp.nonzero(valid)[0]
+    hv, yv = (h2, y) if rows is None else (h2[rows], y[rows])
+    lse = xp.empty(hv.shape[0], cdt)
+    loss = xp.zeros((), cdt)
+    for r0, r1 in _row_chunks(hv.shape[0], V):
+        z = _logits(hv[r0:r1], w, b)
         top = z.max(axis=1)
         lse[r0:r1] = top + xp.log(xp.exp(z - top[:, None]).sum(axis=1))
-        target_logit[r0:r1] = z[xp.arange(r1 - r0), safe_y[r0:r1]]
-    per_row = xp.where(valid, lse - target_logit, 0)
-    count = valid.sum()
-    loss = per_row.sum()
+        loss += (lse[r0:r1] - z[xp.arange(r1 - r0), yv[r0:r1]]).sum()
+    count = hv.shape[0]
     if reduction == "mean":
-        loss = loss / count.astype(cdt)
-    saved = (h, h2, w, b, safe_y, valid, lse, count, reduction)
-    return xp.asarray(loss, dtype=h.dtype), saved   # a 0-d array (NumPy reductions give scalars)
+        loss = loss / cdt.type(count) if count else loss * cdt.type("nan")   # torch: nan for no targets
+    saved = (h, hv, rows, w, b, yv, lse, count, reduction)
+    return xp.asarray(loss, dtype=h.dtype), saved
 
 
 def sequence_loss_backward(saved, dloss=1.0):
     """(dh, dweight, dbias or None) of sequence_loss_forward, scaled by dloss (scalar or 0-d array)."""
-    h, h2, w, b, safe_y, valid, lse, count, reduction = saved
-    xp = get_xp(h2)
-    scale = xp.asarray(dloss, dtype=h2.dtype)
-    if reduction == "mean":
-        scale = scale / count.astype(h2.dtype)
-    row_grad = valid.astype(h2.dtype) * scale
-    dh = xp.empty_like(h2)
+    h, hv, rows, w, b, yv, lse, count, reduction = saved
+    xp = get_xp(hv)
+    scale = xp.asarray(dloss, dtype=hv.dtype)
+    if reduction == "mean" and count:
+        scale = scale / hv.dtype.type(count)
+    dhv = xp.empty_like(hv)
     dw = xp.zeros_like(w)
     db = None if b is None else xp.zeros_like(b)
-    for r0, r1 in _row_chunks(h2.shape[0], w.shape[0]):
-        p = _logits(h2[r0:r1], w, b)       # recomputed: only the per-row logsumexp was kept
+    for r0, r1 in _row_chunks(hv.shape[0], w.shape[0]):
+        p = _logits(hv[r0:r1], w, b)       # recomputed: only the per-row logsumexp was kept
         p -= lse[r0:r1, None]
         xp.exp(p, out=p)
-        p[xp.arange(r1 - r0), safe_y[r0:r1]] -= 1
-        p *= row_grad[r0:r1, None]
-        dh[r0:r1] = p @ w
-        dw += p.T @ h2[r0:r1]
+        p[xp.arange(r1 - r0), yv[r0:r1]] -= 1
+        p *= scale
+        dhv[r0:r1] = p @ w
+        dw += p.T @ hv[r0:r1]
         if db is not None:
             db += p.sum(axis=0)
+    if rows is None:
+        dh = dhv
+    else:
+        dh = xp.zeros((h.size // h.shape[-1], h.shape[-1]), hv.dtype)
+        dh[rows] = dhv
     dtype = h.dtype
     return (dh.reshape(h.shape).astype(dtype), dw.astype(dtype),
             None if db is None else db.astype(dtype))

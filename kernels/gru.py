@@ -11,8 +11,7 @@
 # ws: (2, P, B, HP) each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
 
 The W tile has a 4th, all-zero gate column (GP = 4: tl.reshape needs a power
-of two), so a program holds 4/3 of the W it needs; r and z share one sigmoid
-over the gate tile. Layout, modes and precision: see kernels/common.py.
+of two), so a program holds 4/3 of the W it needs. Layout, modes and precision: see kernels/common.py.
 """
 import triton
 import triton.language as tl
@@ -50,13 +49,13 @@ def _fwd_step(t, b_h, b_w, b_bhn, p_gx, p_gates, p_hn, p_h, p_sizes, rows, j0, B
     b_a = tl.reshape(tl.dot(b_full.to(DOT), b_w, input_precision=PREC, out_dtype=ACC), (rows.shape[0], S, 4))
     p_gx3, m3 = _gate_tile(p_gx + 3 * step, rows, active, H, j0, S)
     b_gx = tl.load(p_gx3, mask=m3, other=0.0).to(ACC)
-    b_rz = cm.sigmoid(b_a + b_gx)   # r, z (gates 0, 1; the other two are discarded)
-    r, z = cm.gate(b_rz, 0), cm.gate(b_rz, 1)
+    b_pre = b_a + b_gx   # r and z pre-activations (gates 0, 1)
+    r, z = cm.sigmoid(cm.gate(b_pre, 0)), cm.sigmoid(cm.gate(b_pre, 1))
     hn = cm.gate(b_a, 2) + b_bhn[None, :]
     new = cm.tanh(cm.gate(b_gx, 2) + r * hn)
-    is_n = tl.arange(0, 4)[None, None, :] == 2
+    g = tl.arange(0, 4)[None, None, :]
     p_g3, _ = _gate_tile(p_gates + 3 * step, rows, active, H, j0, S)
-    tl.store(p_g3, tl.where(is_n, new[:, :, None], b_rz), mask=m3)
+    tl.store(p_g3, tl.where(g == 0, r[:, :, None], tl.where(g == 1, z[:, :, None], new[:, :, None])), mask=m3)
     off2 = rows[:, None] * H + cols[None, :]
     tl.store(p_hn + step + off2, hn, mask=ok2 & active[:, None])
     b_h = tl.where(active[:, None], (b_h - new) * z + new, b_h)
@@ -158,21 +157,23 @@ def _bwd_kernel(p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_dh, p_w, p_w
     tl.store(p_dh + off2, b_dh, mask=ok2)
 
 
-def num_warps_for(w_bytes):
-    """Warps per program for a program holding w_bytes of W on chip.
+def num_warps_for(w_bytes, dot):
+    """Warps per program for a program holding w_bytes of W on chip, read by tl.dot as `dot`.
 
-    ptxas -v (profiling/compile_check.py): common.tile_config's 8 warps for W
-    over 32 KB spill (up to ~10 KB in the fp32 backward at H=256, whose FMA
-    dot replicates its operands per warp); 16 warps spill nothing there.
+    From ptxas -v (profiling/compile_check.py): common.tile_config's 8 warps
+    for W over 32 KB spill (up to ~10 KB in the fp32 GRU backward at H=256);
+    16 warps spill nothing there. An fp32 dot (IEEE: FMA, no tensor cores)
+    replicates its operands per warp, so fp32 W counts double.
     """
     # candidate for common.py: the num_warps rule of tile_config
+    w_bytes *= 2 if dot == tl.float32 else 1
     return 4 if w_bytes <= 8 * 1024 else 8 if w_bytes <= 32 * 1024 else 16
 
 
 def _consts(cfg, acc, dot, prec, elem_bytes):
     return dict(BB=cfg.BB, HP=cfg.HP, S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
                 SYNC=cfg.mode == "split", ACC=acc, DOT=dot, PREC=prec,
-                num_warps=num_warps_for(cfg.HP * GP * cfg.S * elem_bytes))
+                num_warps=num_warps_for(cfg.HP * GP * cfg.S * elem_bytes, dot))
 
 
 def _setup(c, io_dtype):

@@ -221,7 +221,7 @@ def _consts(cfg, O, act, teacher, acc, dot, prec):
     w_bytes = 2 * _padded(O) * cfg.S * cm.w_elem_bytes(dot)
     return dict(BB=cfg.BB, OP=_padded(O), S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
                 SYNC=cfg.mode == "split", ACT=OUTPUT_ACTIVATION_KIND[act], HAS_TEACHER=teacher,
-                ACC=acc, DOT=dot, PREC=prec, num_warps=num_warps_for(w_bytes))
+                ACC=acc, DOT=dot, PREC=prec, num_warps=num_warps_for(w_bytes, dot))
 
 
 def _setup(c, io_dtype):
