@@ -1,7 +1,10 @@
 """Array-module (xp) choice and zero-copy conversion between torch, NumPy and CuPy."""
+import functools
+
 import numpy as np
 
 
+@functools.cache
 def cupy_or_none():
     """The cupy module if it imports, else None (importing cupy needs no GPU)."""
     try:

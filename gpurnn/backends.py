@@ -70,10 +70,10 @@ def resolve(backend, on_gpu):
     if backend == "auto":
         backend = os.environ.get("GPURNN_BACKEND", "auto")
         check_choice("GPURNN_BACKEND", backend, CHOICES)
+    if backend in ("auto", "numpy") and not on_gpu:
+        return "numpy"   # the common CPU case, without probing for CUDA on every layer call
     status = backend_status()
     if backend == "auto":
-        if not on_gpu:
-            return "numpy"
         for name in ("triton", "cupy"):
             if status[name] is None:
                 return name

@@ -91,7 +91,8 @@ def scale_spectral_radius_(weight, radius):
 
 
 def demo_models(hidden, inputs, radii=RADII, backend="auto", seed=0):
-    """{label: model}: tanh RNNs with W_hh ~ N(0, 1) scaled to each spectral radius; LSTM; GRU."""
+    """{label: model}: tanh RNNs with W_hh ~ N(0, 1) scaled to each spectral radius; LSTM and
+    GRU at torch's init; LSTM with the forget-gate bias the train command uses."""
     import torch
 
     from . import nn as gnn
@@ -107,6 +108,13 @@ def demo_models(hidden, inputs, radii=RADII, backend="auto", seed=0):
     for name in ("LSTM", "GRU"):
         torch.manual_seed(seed)
         models[f"{name} (torch init)"] = getattr(gnn, name)(inputs, hidden, backend=backend)
+    # the init `python -m gpurnn train` gives its LSTMs: the forget gate open at the start
+    from .train import FORGET_BIAS
+    torch.manual_seed(seed)
+    lstm = gnn.LSTM(inputs, hidden, backend=backend)
+    with torch.no_grad():
+        lstm.bias_hh_l0[hidden:2 * hidden] += FORGET_BIAS
+    models[f"LSTM (forget bias {FORGET_BIAS:g})"] = lstm
     return models
 
 
@@ -120,7 +128,7 @@ def plot(curves, rates, path, title):
     for label, norms in curves.items():
         lags = np.arange(len(norms))[::-1]
         shown = np.where(norms > 0, norms, np.nan)
-        style = "--" if "RNN" not in label else "-"
+        style = "-" if "RNN" in label else "--" if "torch init" in label else ":"
         ax.semilogy(lags, shown, style, label=f"{label}  (x{rates[label]:.3g}/step)")
     ax.set_xlabel("lag T - t (steps back from the loss)")
     ax.set_ylabel("||dL_T / dh_t||")

@@ -151,8 +151,8 @@ class RecallTask:
 class CharText:
     """A text file as a character stream for language modelling with truncated BPTT.
 
-    The text is split into `batch` contiguous streams; chunks(k) yields
-    (inputs, targets) of k steps, targets the next character, for one pass.
+    The text is split into `batch` contiguous streams; chunks(k, batch) yields
+    (inputs (k, batch), targets) with targets the next character, for one pass.
     """
 
     name = "text"
@@ -178,8 +178,12 @@ class CharText:
         targets = np.stack([cols[b * length + 1:(b + 1) * length + 1] for b in range(batch)], axis=1)
         return inputs, targets
 
-    def chunks(self, k, batch, valid=False):
-        inputs, targets = self.streams(self.valid_ids if valid else self.train_ids, batch)
+    def chunks(self, k, batch, valid=False, part=0, parts=1):
+        """One pass over the (train or valid) text, or over its part-th of `parts` pieces
+        (one per process under DistributedDataParallel)."""
+        ids = self.valid_ids if valid else self.train_ids
+        ids = ids[len(ids) * part // parts:len(ids) * (part + 1) // parts]
+        inputs, targets = self.streams(ids, batch)
         for t0 in range(0, len(inputs), k):
             yield inputs[t0:t0 + k], targets[t0:t0 + k]
 

@@ -7,6 +7,7 @@
 - truncated BPTT over long sequences or endless streams (`truncated_bptt`);
 - clipping by global norm with torch's convention (`clip_grad_norm_`).
 """
+import functools
 from collections import namedtuple
 
 import numpy as np
@@ -127,6 +128,7 @@ def sequence_loss_backward(saved, dloss=1.0):
 
 # ---------------------------------------------------------------- torch front end
 
+@functools.cache   # torch is imported, and the Function class built, on first use only
 def _torch_function():
     import torch
 
@@ -153,9 +155,6 @@ def _torch_function():
             return (None,) + tuple(None if g is None else xp_to_tensor(g) for g in grads)
 
     return SequenceLoss
-
-
-_FUNCTION = []
 
 
 def _triton_forward(ctx, h, weight, bias, targets, reduction, ignore_index):
@@ -216,11 +215,9 @@ def sequence_loss(h, weight, bias, targets, *, reduction="sum", ignore_index=-10
         up = lambda t: None if t is None else t.float()
         return sequence_loss(up(h), up(weight), up(bias), targets, reduction=reduction,
                              ignore_index=ignore_index, backend=name).to(h.dtype)
-    if not _FUNCTION:
-        _FUNCTION.append(_torch_function())
     contiguous = lambda t: None if t is None else t.contiguous()
     spec = (targets.contiguous(), reduction, ignore_index, name)
-    return _FUNCTION[0].apply(spec, contiguous(h), contiguous(weight), contiguous(bias))
+    return _torch_function().apply(spec, contiguous(h), contiguous(weight), contiguous(bias))
 
 
 # ---------------------------------------------------------------- clipping

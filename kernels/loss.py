@@ -15,11 +15,14 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import dot_precision
+
 NUM_WARPS = 8
-# (BLOCK_N, BLOCK_V, BLOCK_H): float64 tiles are halved so the backward's
-# pipelined loads stay under sm_80's 163 KB of shared memory.
-_BLOCKS = {torch.float64: (32, 64, 32)}
-_DEFAULT_BLOCKS = (64, 128, 32)
+# (BLOCK_N, BLOCK_V, BLOCK_H), checked with ptxas for sm_80/sm_90 (no spills, shared memory
+# under sm_80's 163 KB): float32 takes 16-wide H slices, since IEEE fp32 dots (the default)
+# run on FMA units and a 32-wide slice spills in the backward; float64 halves the tiles.
+_BLOCKS = {torch.float64: (32, 64, 32), torch.float32: (64, 128, 16)}
+_DEFAULT_BLOCKS = (64, 128, 32)   # float16, bfloat16
 _ACC = {torch.float64: tl.float64}   # everything else accumulates in float32
 
 
@@ -94,8 +97,11 @@ def _loss_bwd(p_h, p_w, p_b, p_y, p_lse, p_grad, p_dh, p_dw, p_db, N, V, H,
 
 
 def _precision(dtype, precision):
-    # input_precision only means something for float32 operands
-    return precision if dtype == torch.float32 else "ieee"
+    """input_precision of the dots: only float32 operands have a choice; by default the
+    project-wide GPURNN_FP32_PRECISION ("ieee" unless set)."""
+    if dtype != torch.float32:
+        return "ieee"
+    return precision or dot_precision(tl.float32)
 
 
 def _meta(dtype, has_bias, precision):
@@ -109,7 +115,7 @@ def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def forward(h, weight, bias, targets, ignore_index=-100, precision="ieee"):
+def forward(h, weight, bias, targets, ignore_index=-100, precision=None):
     """Per-row losses and logsumexps, both (N,) in the accumulation dtype.
 
     h (N, H), weight (V, H), bias (V,) or None: contiguous, same dtype and device;
@@ -126,7 +132,7 @@ def forward(h, weight, bias, targets, ignore_index=-100, precision="ieee"):
     return loss, lse
 
 
-def backward(h, weight, bias, targets, lse, grad, precision="ieee"):
+def backward(h, weight, bias, targets, lse, grad, precision=None):
     """(dh, dweight, dbias or None) for per-row loss gradients grad (N,), 0 on ignored rows."""
     N, H = h.shape
     V = weight.shape[0]
@@ -153,7 +159,7 @@ def compile_targets(hidden_size, dtype):
     dt, acc = _TRITON_TYPES[dtype], _TRITON_TYPES[_acc_dtype(dtype)]
     types = {"p_h": f"*{dt}", "p_w": f"*{dt}", "p_b": f"*{dt}", "p_y": "*i64", "N": "i32", "V": "i32",
              "H": "i32", "ignore_index": "i64"}
-    meta = _meta(dtype, True, "tf32")
+    meta = _meta(dtype, True, None)   # what the launchers run
     out = []
     for name, fn in (("loss_fwd", _loss_fwd), ("loss_bwd", _loss_bwd)):
         signature = {a: types.get(a, f"*{acc}") for a in fn.arg_names if a not in meta}

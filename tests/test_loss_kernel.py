@@ -17,10 +17,10 @@ from gpurnn.training import sequence_loss
 # over H <= 70 terms and a logsumexp over V <= 300 terms: a few ulps.
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=2e-5, atol=2e-5)}
 
-CASES = {   # (N rows, H, V, bias, ignored rows): tiles are 64 rows x 128 columns x 32 of H
+CASES = {   # (N rows, H, V, bias, ignored rows); tiles (rows x columns x H): f32 64x128x16, f64 32x64x32
     "N1_H5_V3": (1, 5, 3, True, False),
     "N70_H37_V300_padded": (70, 37, 300, True, True),     # partial row, column and H tiles
-    "N17_H70_V129_no_bias": (17, 70, 129, False, True),  # V one past a tile, H three tiles
+    "N17_H70_V129_no_bias": (17, 70, 129, False, True),  # V one past a tile, H 3-5 slices
     "N128_H32_V128_exact_tiles": (128, 32, 128, True, False),
 }
 
