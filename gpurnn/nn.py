@@ -44,12 +44,16 @@ class _Layer(torch.autograd.Function):
 
 
 def run_layer(cell, x, state0, weights, *, backend="auto", batch_sizes=None, reverse=False, **opts):
-    """x (T, B, I) tensor -> (y, *state_T), differentiable; bfloat16 runs in float32 off Triton."""
+    """x (T, B, I) tensor -> (y, *state_T), differentiable.
+
+    bfloat16 data is carried in float32 buffers (NumPy and CuPy have none); the Triton
+    kernels still hold the weights in bfloat16 (io_dtype).
+    """
     name = backends.resolve(backend, x.is_cuda)
     dtype = x.dtype
-    if dtype == torch.bfloat16:   # NumPy and CuPy have no bfloat16: the engine's buffers are float32
+    if dtype == torch.bfloat16:
         up = lambda t: None if t is None else t.float()
-        if name == "triton":   # the kernels still hold the weights in bfloat16
+        if name == "triton":
             opts = dict(opts, io_dtype="bfloat16")
         out = run_layer(cell, x.float(), [up(s) for s in state0], [up(w) for w in weights],
                         backend=name, batch_sizes=batch_sizes, reverse=reverse, **opts)
