@@ -21,8 +21,10 @@ slices of S units; S*P >= H). Every kernel takes a window of steps
 recompiles), so one kernel serves three modes (`Config.mode`):
 
   "single"  P == 1: the whole hidden state of a batch tile lives in one
-            program; W_hh stays in registers and the carry never leaves the
-            chip; one launch runs all T steps.  Default whenever W fits.
+            program; W_hh stays on chip (the compiler keeps the forward's in
+            shared memory, read every step, and the fp16/bf16 backward's W^T
+            in registers) and the carry never leaves the chip; one launch
+            runs all T steps.  Default whenever W fits.
   "split"   P > 1, one launch; every program holds its W slice for all T
             steps, reads the full h_t of its batch tile from global memory
             and `grid_barrier`s after each step.  GPU only (all programs must
@@ -36,8 +38,8 @@ Tiles. H is padded to HP = next power of two (>= 16) and masked. Gates get a
 gate dimension: a program's W tile is (HP, S*GP) with column s*GP + g holding
 row g*H + j0 + s of W_hh (GP = gates padded to a power of two; `load_w_fwd`),
 so one tl.dot gives all gates of the slice, `tl.reshape` to (BB, S, GP) and
-`gate` picks one. Forward and backward hold the same tile: K of every dot is
-small (HP forward, S*GP backward), so no full-width operand is staged on chip.
+`gate` picks one. Forward and backward hold the same tile (the same S);
+warps and NK are chosen per direction (`tile_config(direction)`).
 
 Backward across slices. A slice's gate gradients d (BB, S*GP) give its share
 d @ tile^T (BB, HP) of every unit's dh_{t-1}; in split/stepwise mode each
@@ -46,6 +48,19 @@ t % 2 so a fast program never overwrites what a slow one still reads) and,
 after the barrier, sums the P shares of its own units in slice order
 (`sum_partials`): deterministic, no atomics. In single mode the share is the
 whole product and stays in registers.
+
+Registers (ptxas -v, profiling/results/compile_check.md). Three things keep
+every config free of spills up to H=512 (and fp32 to 1024; fp16/bf16 backward
+at H >= 768 spills 16-48 B on sm_80 only, see tile_config):
+  * `maxnreg`: a launch gets the register file of a whole SM (`Config.maxnreg`).
+    Without it ptxas sometimes settles on 32-40 registers and spills (fp32
+    Elman forward H=128: 32 registers, 12.6 KB; with the cap: 255, 4.8 KB,
+    which kdot removes; fp32 Elman backward H=64 at 16 warps: 40, 16 B -> 68, 0).
+  * `kdot`: the forward's K (= HP) is split over warps in NK chunks, so no
+    thread holds all of h for its columns (Config.nk).
+  * `pin`: the backward's dot operand is cut off from the loop-carried dh (see pin).
+`tile_config` picks S, warps and NK per direction; the thresholds are
+measured, not modelled: rerun compile_check.py after changing a kernel.
 
 Precision. Carries and accumulation in ACC (float32; float64 for float64
 buffers). fp32 data: tl.dot in IEEE fp32 (TF32 only with GPURNN_FP32_PRECISION=tf32
@@ -56,7 +71,7 @@ this halves the registers W needs. Buffers stay in the engine's compute
 dtype (float32 for fp16/bf16).
 """
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import triton
@@ -96,6 +111,45 @@ def gate(a3, k: tl.constexpr):
     """Gate k of a (BB, S, GP) tile as (BB, S); the GP axis is per thread, so the sum is register-only."""
     g = tl.arange(0, a3.shape[2])[None, None, :]
     return tl.sum(tl.where(g == k, a3, 0.0), axis=2)
+
+
+@triton.jit
+def pin(x):
+    """x, unchanged (x + 0 over an axis of two), as the output of a reduction.
+
+    Feed the backward's tl.dot operand through this. Otherwise Triton's layout
+    pass redoes the operand's chain of elementwise ops -- back into the
+    loop-carried dh and product -- in the dot-operand layout, where every warp
+    holds the whole (BB, K) operand: two extra loop carries of K/2 registers per
+    thread (fp16 Elman backward H=128: 255 registers and 512 B spilled; fp32
+    H=64: 255 and 152 B). A reduction has no dot-operand form, so the chain
+    stops here and the operand is converted once per step (-0.0 becomes +0.0).
+    """
+    x2 = tl.join(x, tl.zeros_like(x))
+    return tl.sum(x2, axis=len(x2.shape) - 1)
+
+
+@triton.jit
+def kdot(a, b, NK: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """a (M, K) @ b (K, N) with K split in NK chunks: one batched tl.dot (chunks on separate warps)
+    and a sum over the chunks.
+
+    A plain tl.dot splits N over the warps, so each warp holds all of a: at
+    K=512 that is 128 registers per thread in fp16, and the fp32 FMA dot holds
+    K values per output row and column it computes (fp32 Elman forward H=128:
+    4.8 KB spilled even with maxnreg). Chunks put a K/NK slice of a on each warp
+    group, at the price of NK partial sums through shared memory per step.
+    """
+    if NK == 1:
+        out = tl.dot(a, b, input_precision=PREC, out_dtype=ACC)
+    else:
+        M: tl.constexpr = a.shape[0]
+        K: tl.constexpr = a.shape[1]
+        N: tl.constexpr = b.shape[1]
+        a3 = tl.permute(tl.reshape(a, (M, NK, K // NK)), (1, 0, 2))   # (NK, M, K/NK)
+        b3 = tl.reshape(b, (NK, K // NK, N))
+        out = tl.sum(tl.dot(a3, b3, input_precision=PREC, out_dtype=ACC), axis=0)
+    return out
 
 
 @triton.jit
@@ -166,7 +220,8 @@ def grid_barrier(p_bar, target):
 
 NONLINEARITY_KIND = {"tanh": 0, "relu": 1}
 W_BUDGET_BYTES = 64 * 1024   # W held per program; beyond this, split the hidden dimension
-NUM_WARPS = 8                # 4 warps spilled at H=64..128 (fp32 FMA dot, fp16 backward): compile_check.md
+NUM_WARPS = 8                # tensor-core dtypes; fp32: see warps_for
+REGISTERS_PER_SM = 64 * 1024   # 32-bit registers, sm_80 and sm_90
 # Batch rows per program: tl.dot's minimum. Per-step latency, not throughput, bounds a recurrence,
 # so more programs with fewer rows each (up to the SM count) beat fewer, fuller ones.
 BB = 16
@@ -239,19 +294,66 @@ class Config:
     P: int           # programs along the hidden dimension
     num_warps: int
     mode: str        # "single", "split" or "stepwise"
+    nk: int = 1      # chunks of the forward dot's K (kdot); 1 in the backward
 
     def grid(self, B):
         return (triton.cdiv(B, self.BB), self.P)
 
+    @property
+    def maxnreg(self):
+        """ptxas's register cap: the whole register file for one program. A persistent program runs
+        alone on its SM, and without the cap ptxas may trade spills for occupancy we never use."""
+        return min(255, REGISTERS_PER_SM // (32 * self.num_warps))
 
-def tile_config(H, B, GP, elem_bytes):
-    """Tile sizes for a cell with GP (padded) gates and W held in elem_bytes per element
-    (B does not change them: every program takes BB rows).
+    def options(self):
+        """Launch options (kernel[grid](..., **cfg.options()) and compile_check's compile options)."""
+        return dict(num_warps=self.num_warps, maxnreg=self.maxnreg)
 
-    The slice S halves until the W a program holds fits W_BUDGET_BYTES.
+
+def tensor_cores(elem_bytes):
+    """Whether tl.dot runs on tensor cores: fp16/bf16 W, or fp32 W with a TF32 precision opted in."""
+    return elem_bytes <= 2 or (elem_bytes == 4 and dot_precision(tl.float32) != "ieee")
+
+
+def warps_for(HP, elem_bytes, direction):
+    """Warps per program (measured with ptxas -v, compile_check.md).
+
+    Tensor cores (fp16/bf16, TF32): 8. fp32/fp64 (tl.dot in IEEE is an FMA loop, each
+    thread reading its rows and columns of both operands): 16 halve each
+    thread's share of the loop (8 spilled 250-420 B in the backward at H=256
+    and 168 B in the LSTM forward at H=128), except the backward at HP > 512,
+    whose (BB, HP) share of dh needs the 255 registers of 8 warps (16 spilled
+    20-96 B).
+    """
+    if tensor_cores(elem_bytes):
+        return NUM_WARPS
+    return 16 if direction == "fwd" or HP <= 512 else 8
+
+
+def split_k(HP, elem_bytes, direction):
+    """Chunks of the forward dot's K (kdot): fp32 2 (1 spilled 1.5-4.8 KB at H=128), tensor cores one
+    per 256 of HP (1 spilled 200 B at fp16 H=512); each chunk >= 16 (tl.dot's minimum).
+
+    The backward's dot has N = HP: chunking its K would hold NK (BB, HP) partial sums (spilled KBs)."""
+    if direction == "bwd":
+        return 1
+    nk = max(1, HP // 256) if tensor_cores(elem_bytes) else 2
+    return max(1, min(nk, HP // 16))
+
+
+def tile_config(H, B, GP, elem_bytes, direction="fwd"):
+    """Tile sizes for a cell with GP (padded) gates and W held in elem_bytes per element, for the
+    forward ("fwd") or backward ("bwd") kernel (B does not change them: every program takes BB rows).
+
+    The slice S halves until the W a program holds fits W_BUDGET_BYTES, in both
+    directions: a smaller backward S would remove the last spills (16-48 B, fp16/bf16
+    backward at H >= 768 on sm_80 only) but double P, and LSTM H=768 at B=16 would
+    then exceed the SM count and fall back to stepwise.
     GPURNN_SLICE=<S> forces a slice width (tests run the split path at small H).
     The mode is "single" or "split"; choose_config may demote "split" to "stepwise".
     """
+    if direction not in ("fwd", "bwd"):
+        raise ValueError(f"direction: expected 'fwd' or 'bwd', got {direction!r}")
     HP = max(16, triton.next_power_of_2(H))
     s_min = max(1, 16 // GP)   # every dot dimension (S*GP included) >= 16
     forced = os.environ.get("GPURNN_SLICE")
@@ -261,19 +363,20 @@ def tile_config(H, B, GP, elem_bytes):
         S = HP
         while S > s_min and HP * GP * S * elem_bytes > W_BUDGET_BYTES:
             S //= 2
-    return Config(BB, HP, S, triton.cdiv(H, S), NUM_WARPS, "single" if S >= H else "split")
+    return Config(BB, HP, S, triton.cdiv(H, S), warps_for(HP, elem_bytes, direction),
+                  "single" if S >= H else "split", split_k(HP, elem_bytes, direction))
 
 
-def choose_config(H, B, GP, elem_bytes, device):
+def choose_config(H, B, GP, elem_bytes, device, direction="fwd"):
     """tile_config, with "split" only where every program can be resident (a CUDA device, grid <= SMs).
 
     GPURNN_STEPWISE=1 makes a split config run stepwise (gpu_check tests that fallback on the GPU).
     """
-    cfg = tile_config(H, B, GP, elem_bytes)
+    cfg = tile_config(H, B, GP, elem_bytes, direction)
     resident = (device.type == "cuda" and not interpreting() and os.environ.get("GPURNN_STEPWISE") != "1"
                 and triton.cdiv(B, cfg.BB) * cfg.P <= sm_count(device))
     if cfg.mode == "split" and not resident:
-        cfg = Config(cfg.BB, cfg.HP, cfg.S, cfg.P, cfg.num_warps, "stepwise")
+        cfg = replace(cfg, mode="stepwise")
     return cfg
 
 
@@ -310,20 +413,29 @@ def w_elem_bytes(dot):
     return {tl.float16: 2, tl.bfloat16: 2, tl.float32: 4, tl.float64: 8}[dot]
 
 
-def compile_configs(hidden_size, dtype, GP):
-    """The tile configs a launcher picks on a GPU for this size and dtype (any B: the tile is BB rows)."""
-    return [tile_config(hidden_size, BB, GP, 2 if dtype in _DOT else 4)]
+def compile_configs(hidden_size, dtype, GP, direction="fwd"):
+    """The tile configs a launcher picks on a GPU for this size, dtype and direction
+    (any B: the tile is BB rows)."""
+    return [tile_config(hidden_size, BB, GP, 2 if dtype in _DOT else 4, direction)]
+
+
+def kernel_consts(cfg, direction, acc, dot, prec):
+    """A cell kernel's constexprs for a config (the forward also takes NK, the chunks of its dot's K)."""
+    consts = dict(BB=cfg.BB, HP=cfg.HP, S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
+                  SYNC=cfg.mode == "split", ACC=acc, DOT=dot, PREC=prec)
+    return dict(consts, NK=cfg.nk) if direction == "fwd" else consts
 
 
 def target(name, fn, signature, constexprs, cfg):
-    """One compile_targets entry; constexprs carries the launch option num_warps (compile_check pops it)."""
-    return name, fn, signature, dict(constexprs, num_warps=cfg.num_warps)
+    """One compile_targets entry; constexprs carries the launch options num_warps and maxnreg
+    (compile_check pops them)."""
+    return name, fn, signature, dict(constexprs, **cfg.options())
 
 
 def dtype_constexprs(dtype):
     """(ACC, DOT, precision) for a data dtype name, as the launchers pick them."""
     dot = _DOT.get(dtype, tl.float32)
-    return tl.float32, dot, "ieee"
+    return tl.float32, dot, dot_precision(dot)
 
 
 def buffer_ptr(dtype):

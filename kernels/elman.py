@@ -19,7 +19,7 @@ G, GP = 1, 1
 
 @triton.jit
 def _fwd_step(t, b_h, b_w, p_gx, p_h, p_sizes, rows, cols, B, H, nonlin,
-              HP: tl.constexpr, SINGLE: tl.constexpr,
+              HP: tl.constexpr, SINGLE: tl.constexpr, NK: tl.constexpr,
               ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Step t for one (batch tile, hidden slice): b_h (BB, S) is h_t of the slice, returns h_{t+1}."""
     n = tl.load(p_sizes + t)
@@ -33,7 +33,7 @@ def _fwd_step(t, b_h, b_w, p_gx, p_h, p_sizes, rows, cols, B, H, nonlin,
         b_full = tl.load(p_h + step + rows[:, None] * H + k[None, :],
                          mask=(rows < B)[:, None] & (k < H)[None, :], other=0.0,
                          cache_modifier=".cg").to(ACC)
-    b_z = tl.dot(b_full.to(DOT), b_w, input_precision=PREC, out_dtype=ACC)
+    b_z = cm.kdot(b_full.to(DOT), b_w, NK, PREC, ACC)
     b_z += cm.load_rows(p_gx + step, rows, cols, H, active, col_ok, ACC)
     b_h = tl.where(active[:, None], cm.activation(b_z, nonlin), b_h)
     tl.store(p_h + step + B * H + rows[:, None] * H + cols[None, :], b_h,
@@ -44,7 +44,7 @@ def _fwd_step(t, b_h, b_w, p_gx, p_h, p_sizes, rows, cols, B, H, nonlin,
 @triton.jit(do_not_specialize=["t_start", "n_steps"])
 def _fwd_kernel(p_gx, p_h, p_w, p_sizes, p_bar, t_start, n_steps, B, H, nonlin,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
-                SINGLE: tl.constexpr, SYNC: tl.constexpr,
+                SINGLE: tl.constexpr, SYNC: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
     rows = pid_b * BB + tl.arange(0, BB)
@@ -54,7 +54,7 @@ def _fwd_kernel(p_gx, p_h, p_w, p_sizes, p_bar, t_start, n_steps, B, H, nonlin,
     b_h = cm.load_rows(p_h + t_start.to(tl.int64) * B * H, rows, cols, H, rows < B, cols < H, ACC)
     for i in range(n_steps):
         b_h = _fwd_step(t_start + i, b_h, b_w, p_gx, p_h, p_sizes, rows, cols, B, H, nonlin,
-                        HP, SINGLE, ACC, DOT, PREC)
+                        HP, SINGLE, NK, ACC, DOT, PREC)
         if SYNC:
             cm.grid_barrier(p_bar + pid_b, (i + 1) * P)
 
@@ -102,7 +102,7 @@ def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, T, t_start, n_
             b_dh = tl.where((rows < tl.load(p_sizes + t + 1))[:, None], b_new, b_dh)
         if t >= 0:
             b_dh, b_dz = _bwd_point(t, b_dh, p_dy, p_h, p_dz, p_sizes, rows, cols, B, H, nonlin, ACC)
-            b_prod = tl.dot(b_dz.to(DOT), tl.trans(b_w), input_precision=PREC, out_dtype=ACC)
+            b_prod = tl.dot(cm.pin(b_dz).to(DOT), tl.trans(b_w), input_precision=PREC, out_dtype=ACC)
             if not SINGLE:
                 cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, HP, P)
         if SYNC:
@@ -110,21 +110,19 @@ def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, T, t_start, n_
     tl.store(p_dh + rows[:, None] * H + cols[None, :], b_dh, mask=(rows < B)[:, None] & (cols < H)[None, :])
 
 
-def _setup(c, io_dtype):
+def _setup(c, io_dtype, direction):
     T, B, H = c.gx.shape
     h = cm.as_tensor(c.h)
     acc = cm.acc_dtype(h)
     dot = cm.dot_dtype(io_dtype, acc)
-    cfg = cm.choose_config(H, B, GP, cm.w_elem_bytes(dot), h.device)
-    consts = dict(BB=cfg.BB, HP=cfg.HP, S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
-                  SYNC=cfg.mode == "split", ACC=acc, DOT=dot, PREC=cm.dot_precision(dot),
-                  num_warps=cfg.num_warps)
+    cfg = cm.choose_config(H, B, GP, cm.w_elem_bytes(dot), h.device, direction)
+    consts = dict(cm.kernel_consts(cfg, direction, acc, dot, cm.dot_precision(dot)), **cfg.options())
     return T, B, H, h, cfg, consts, cm.NONLINEARITY_KIND[c.nonlinearity]
 
 
 def forward(c, sizes, io_dtype=None):
     """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused (engine._kernels)."""
-    T, B, H, h, cfg, consts, nonlin = _setup(c, io_dtype)
+    T, B, H, h, cfg, consts, nonlin = _setup(c, io_dtype, "fwd")
     if T == 0:
         return
     gx, w = cm.as_tensor(c.gx), cm.as_tensor(c.w["w_hh"]).contiguous()
@@ -135,7 +133,7 @@ def forward(c, sizes, io_dtype=None):
 
 def backward(c, sizes, io_dtype=None):
     """c.back_step(t, sizes[t]) for t = T-1..0, fused; leaves d state0 in c.dh."""
-    T, B, H, h, cfg, consts, nonlin = _setup(c, io_dtype)
+    T, B, H, h, cfg, consts, nonlin = _setup(c, io_dtype, "bwd")
     if T == 0:
         return
     dy, dz, dh = cm.as_tensor(c.dy), cm.as_tensor(c.dz), cm.as_tensor(c.dh)
@@ -151,14 +149,10 @@ def compile_targets(hidden_size, dtype):
     """(name, jit_fn, signature, constexprs) for every config the launchers use at this size and dtype."""
     ptr = cm.buffer_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
-    out = []
-    for cfg in cm.compile_configs(hidden_size, dtype, GP):
-        consts = dict(BB=cfg.BB, HP=cfg.HP, S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
-                      SYNC=cfg.mode == "split", ACC=acc, DOT=dot, PREC=prec)
-        fwd_sig = dict(p_gx=ptr, p_h=ptr, p_w=ptr, p_sizes="*i32", p_bar="*i32",
-                       t_start="i32", n_steps="i32", B="i32", H="i32", nonlin="i32")
-        bwd_sig = dict(p_dy=ptr, p_h=ptr, p_dz=ptr, p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32",
-                       T="i32", t_start="i32", n_steps="i32", B="i32", H="i32", nonlin="i32")
-        out.append(cm.target("elman_fwd", _fwd_kernel, fwd_sig, consts, cfg))
-        out.append(cm.target("elman_bwd", _bwd_kernel, bwd_sig, consts, cfg))
-    return out
+    sigs = dict(fwd=dict(p_gx=ptr, p_h=ptr, p_w=ptr, p_sizes="*i32", p_bar="*i32",
+                         t_start="i32", n_steps="i32", B="i32", H="i32", nonlin="i32"),
+                bwd=dict(p_dy=ptr, p_h=ptr, p_dz=ptr, p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32",
+                         T="i32", t_start="i32", n_steps="i32", B="i32", H="i32", nonlin="i32"))
+    kernels = dict(fwd=_fwd_kernel, bwd=_bwd_kernel)
+    return [cm.target(f"elman_{d}", kernels[d], sigs[d], cm.kernel_consts(cfg, d, acc, dot, prec), cfg)
+            for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d)]

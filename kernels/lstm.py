@@ -33,7 +33,7 @@ def _gate_tile(p, rows, row_ok, H, j0, S: tl.constexpr):
 
 @triton.jit
 def _fwd_step(t, b_h, b_c, b_w, p_gx, p_gates, p_h, p_c, p_tc, p_sizes, rows, j0, B, H,
-              HP: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr,
+              HP: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr, NK: tl.constexpr,
               ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Step t for one (batch tile, hidden slice): (h_t, c_t) of the slice -> (h_{t+1}, c_{t+1})."""
     n = tl.load(p_sizes + t)
@@ -48,7 +48,7 @@ def _fwd_step(t, b_h, b_c, b_w, p_gx, p_gates, p_h, p_c, p_tc, p_sizes, rows, j0
         b_full = tl.load(p_h + step + rows[:, None] * H + k[None, :],
                          mask=(rows < B)[:, None] & (k < H)[None, :], other=0.0,
                          cache_modifier=".cg").to(ACC)
-    b_a = tl.reshape(tl.dot(b_full.to(DOT), b_w, input_precision=PREC, out_dtype=ACC), (rows.shape[0], S, 4))
+    b_a = tl.reshape(cm.kdot(b_full.to(DOT), b_w, NK, PREC, ACC), (rows.shape[0], S, 4))
     p_gx3, m3 = _gate_tile(p_gx + 4 * step, rows, active, H, j0, S)
     b_a += tl.load(p_gx3, mask=m3, other=0.0).to(ACC)
     # sigmoid(a) = 0.5 tanh(0.5 a) + 0.5 and tanh(a) = 1 tanh(1 a) + 0: one transcendental for all gates
@@ -72,7 +72,7 @@ def _fwd_step(t, b_h, b_c, b_w, p_gx, p_gates, p_h, p_c, p_tc, p_sizes, rows, j0
 @triton.jit(do_not_specialize=["t_start", "n_steps"])
 def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_w, p_sizes, p_bar, t_start, n_steps, B, H,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
-                SINGLE: tl.constexpr, SYNC: tl.constexpr,
+                SINGLE: tl.constexpr, SYNC: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
     rows = pid_b * BB + tl.arange(0, BB)
@@ -84,7 +84,7 @@ def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_w, p_sizes, p_bar, t_start, n_s
     b_c = cm.load_rows(p_c + start, rows, cols, H, rows < B, cols < H, ACC)
     for i in range(n_steps):
         b_h, b_c = _fwd_step(t_start + i, b_h, b_c, b_w, p_gx, p_gates, p_h, p_c, p_tc, p_sizes,
-                             rows, j0, B, H, HP, S, SINGLE, ACC, DOT, PREC)
+                             rows, j0, B, H, HP, S, SINGLE, NK, ACC, DOT, PREC)
         if SYNC:
             cm.grid_barrier(p_bar + pid_b, (i + 1) * P)
 
@@ -142,7 +142,7 @@ def _bwd_kernel(p_dy, p_coef, p_odt, p_gates, p_dgates, p_dh, p_dc, p_w, p_ws, p
                                          p_sizes, rows, j0, B, H, S, ACC)
             # (BB, S, 4) -> (BB, S*4): column s*4 + g, the W tile's column order
             b_d2 = tl.reshape(b_d, (BB, S * 4))
-            b_prod = tl.dot(b_d2.to(DOT), tl.trans(b_w), input_precision=PREC, out_dtype=ACC)
+            b_prod = tl.dot(cm.pin(b_d2).to(DOT), tl.trans(b_w), input_precision=PREC, out_dtype=ACC)
             if not SINGLE:
                 cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, HP, P)
         if SYNC:
@@ -151,16 +151,14 @@ def _bwd_kernel(p_dy, p_coef, p_odt, p_gates, p_dgates, p_dh, p_dc, p_w, p_ws, p
     tl.store(p_dc + off2, b_dc, mask=ok2)
 
 
-def _setup(c, io_dtype):
+def _setup(c, io_dtype, direction):
     T, B = c.gx.shape[:2]
     H = c.H
     h = cm.as_tensor(c.h)
     acc = cm.acc_dtype(h)
     dot = cm.dot_dtype(io_dtype, acc)
-    cfg = cm.choose_config(H, B, GP, cm.w_elem_bytes(dot), h.device)
-    consts = dict(BB=cfg.BB, HP=cfg.HP, S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
-                  SYNC=cfg.mode == "split", ACC=acc, DOT=dot, PREC=cm.dot_precision(dot),
-                  num_warps=cfg.num_warps)
+    cfg = cm.choose_config(H, B, GP, cm.w_elem_bytes(dot), h.device, direction)
+    consts = dict(cm.kernel_consts(cfg, direction, acc, dot, cm.dot_precision(dot)), **cfg.options())
     return T, B, H, h, cfg, consts
 
 
@@ -168,7 +166,7 @@ def forward(c, sizes, io_dtype=None):
     """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused (engine._kernels)."""
     if c.m is not None:
         return engine.step_loop(c, sizes)
-    T, B, H, h, cfg, consts = _setup(c, io_dtype)
+    T, B, H, h, cfg, consts = _setup(c, io_dtype, "fwd")
     if T == 0:
         return
     t = cm.as_tensor
@@ -183,7 +181,7 @@ def backward(c, sizes, io_dtype=None):
     """c.back_step(t, sizes[t]) for t = T-1..0, fused; leaves d state0 in c.dh, c.dc."""
     if c.m is not None:
         return engine.back_loop(c, sizes)
-    T, B, H, h, cfg, consts = _setup(c, io_dtype)
+    T, B, H, h, cfg, consts = _setup(c, io_dtype, "bwd")
     if T == 0:
         return
     t = cm.as_tensor
@@ -199,15 +197,11 @@ def compile_targets(hidden_size, dtype):
     """(name, jit_fn, signature, constexprs) for every config the launchers use at this size and dtype."""
     ptr = cm.buffer_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
-    out = []
-    for cfg in cm.compile_configs(hidden_size, dtype, GP):
-        consts = dict(BB=cfg.BB, HP=cfg.HP, S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
-                      SYNC=cfg.mode == "split", ACC=acc, DOT=dot, PREC=prec)
-        fwd_sig = dict(p_gx=ptr, p_gates=ptr, p_h=ptr, p_c=ptr, p_tc=ptr, p_w=ptr, p_sizes="*i32",
-                       p_bar="*i32", t_start="i32", n_steps="i32", B="i32", H="i32")
-        bwd_sig = dict(p_dy=ptr, p_coef=ptr, p_odt=ptr, p_gates=ptr, p_dgates=ptr, p_dh=ptr, p_dc=ptr,
-                       p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", T="i32", t_start="i32", n_steps="i32",
-                       B="i32", H="i32")
-        out.append(cm.target("lstm_fwd", _fwd_kernel, fwd_sig, consts, cfg))
-        out.append(cm.target("lstm_bwd", _bwd_kernel, bwd_sig, consts, cfg))
-    return out
+    sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_h=ptr, p_c=ptr, p_tc=ptr, p_w=ptr, p_sizes="*i32",
+                         p_bar="*i32", t_start="i32", n_steps="i32", B="i32", H="i32"),
+                bwd=dict(p_dy=ptr, p_coef=ptr, p_odt=ptr, p_gates=ptr, p_dgates=ptr, p_dh=ptr, p_dc=ptr,
+                         p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", T="i32", t_start="i32",
+                         n_steps="i32", B="i32", H="i32"))
+    kernels = dict(fwd=_fwd_kernel, bwd=_bwd_kernel)
+    return [cm.target(f"lstm_{d}", kernels[d], sigs[d], cm.kernel_consts(cfg, d, acc, dot, prec), cfg)
+            for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d)]

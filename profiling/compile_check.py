@@ -70,9 +70,13 @@ def compile_one(job):
     triton.knobs.nvidia.dump_ptxas_log = True
     name, fn, signature, constexprs = importlib.import_module(mod_name).compile_targets(hidden, dtype)[index]
     consts = dict(constexprs)
-    num_warps = consts.pop("num_warps", 4)
+    # launch options travel in constexprs (common.target); maxnreg only where the launcher passes it
+    options = {"num_warps": consts.pop("num_warps", 4)}
+    if "maxnreg" in consts:
+        options["maxnreg"] = consts.pop("maxnreg")
     sig = dict(signature, **{k: "constexpr" for k in consts})
-    config = " ".join(f"{k}={v}" for k, v in consts.items() if k in ("BB", "S", "P")) + f" warps={num_warps}"
+    config = " ".join([f"{k}={v}" for k, v in consts.items() if k in ("BB", "S", "P", "NK")]
+                      + [f"{k.replace('num_', '')}={v}" for k, v in options.items()])
     row = dict(kernel=name, hidden=hidden, dtype=dtype, arch=arch, config=config,
                registers=None, spill=None, shared=None, error=None)
     t0 = time.perf_counter()
@@ -80,7 +84,7 @@ def compile_one(job):
     try:
         with contextlib.redirect_stdout(log):
             k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32),
-                               options={"num_warps": num_warps})
+                               options=options)
         report = _ptxas_report(log.getvalue()) or _ptxas_report(_run_ptxas(k.asm["ptx"], arch))
         row["registers"], row["spill"] = report
         row["shared"] = k.metadata.shared

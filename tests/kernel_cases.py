@@ -141,6 +141,28 @@ def nan_empty(monkeypatch):
 
 
 @pytest.fixture
+def forced_split_k(monkeypatch):
+    """force(nk): the forward kernels split their dot's K in nk chunks (common.kdot) whatever
+    common.split_k picks; returns the list of NK values the forward launches got."""
+    from gpurnn.kernels import common
+
+    seen = []
+    real = common.launch
+
+    def recorded(kernel, grid, *args, **kwargs):
+        if "NK" in kwargs:
+            seen.append(kwargs["NK"])
+        real(kernel, grid, *args, **kwargs)
+
+    def force(nk):
+        monkeypatch.setattr(common, "split_k", lambda HP, elem_bytes, direction: nk if direction == "fwd" else 1)
+        monkeypatch.setattr(common, "launch", recorded)
+        return seen
+
+    return force
+
+
+@pytest.fixture
 def split_hidden(monkeypatch):
     """Force hidden slices of 16 units: H > 16 runs the split arithmetic, stepwise under the interpreter."""
     monkeypatch.setenv("GPURNN_SLICE", "16")

@@ -6,7 +6,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import gpurnn.nn as gnn
 from kernel_cases import (TOL, TOL_FP16_DOT, assert_all_close, assert_bitwise_equal, launches,  # noqa: F401
-                          make_case, nan_empty, packed_sizes, run, split_hidden, with_io_dtype)
+                          forced_split_k, make_case, nan_empty, packed_sizes, run, split_hidden,
+                          with_io_dtype)
 from torch_parity import assert_same, outputs_and_grads
 
 # (T, B, H): B=1, 3, 17 (not a multiple of 16), H not a power of two, B=65 (five batch tiles).
@@ -53,6 +54,19 @@ def test_float16_dot(monkeypatch):
     ref = run(case, "numpy")
     with_io_dtype(monkeypatch, "lstm", "float16")
     assert_all_close(run(case, "triton"), ref, **TOL_FP16_DOT)
+
+
+@pytest.mark.parametrize("io_dtype", [None, "float16"], ids=["fp32-dot", "fp16-dot"])
+@pytest.mark.parametrize("nk", [1, 4])
+def test_split_k_forward_matches_engine(nk, io_dtype, forced_split_k, monkeypatch, nan_empty):
+    """The forward's dot, K = HP = 128, in nk chunks summed across warps (common.kdot)."""
+    dtype = np.float32 if io_dtype is None else np.float16
+    case = make_case("lstm", 5, 17, 100, dtype=dtype, seed=4)
+    ref = run(case, "numpy")
+    with_io_dtype(monkeypatch, "lstm", io_dtype)
+    nks = forced_split_k(nk)
+    assert_all_close(run(case, "triton"), ref, **(TOL_FP16_DOT if io_dtype else TOL[np.float32]))
+    assert nks and set(nks) == {nk}
 
 
 @pytest.mark.parametrize("T, B, H", [(2, 3, 48), (6, 17, 100)], ids=["T2-B3-H48", "T6-B17-H100"])
