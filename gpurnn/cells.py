@@ -201,23 +201,42 @@ class LSTM(Cell):
     def final(self):
         return (self.h[-1], self.c[-1])
 
+    @staticmethod
+    def coefficients(xp, a, c_prev, tanh_c, out):
+        """d pre-activation / d(dc | dc | dc | dm) for activated gates a (..., 4H), into out.
+
+        i: g*i(1-i), f: c_prev*f(1-f), g: i*(1-g^2), o: tanh(c)*o(1-o).
+        """
+        H = a.shape[-1] // 4
+        xp.subtract(1, a, out=out)
+        out *= a                                   # sigmoid' for i, f, o
+        g = a[..., 2 * H:3 * H]
+        out_g = out[..., 2 * H:3 * H]
+        xp.multiply(g, g, out=out_g)
+        xp.subtract(1, out_g, out=out_g)           # tanh' for g
+        for k, factor in enumerate((g, c_prev, a[..., :H], tanh_c)):
+            out[..., k * H:(k + 1) * H] *= factor
+        return out
+
+    @staticmethod
+    def o_tanh_grad(xp, o, tanh_c, out):
+        """o * tanh'(c): dc += dm * this."""
+        xp.multiply(tanh_c, tanh_c, out=out)
+        xp.subtract(1, out, out=out)
+        out *= o
+        return out
+
     @functools.cached_property
     def coef(self):
-        """(T, B, 4, H): d pre-activation / d(dc | dc | dc | dm) for all steps at once (the kernels read it)."""
-        H, a = self.H, self.gates
-        coef = 1 - a
-        coef *= a
-        g = coef[..., 2 * H:3 * H]
-        self.xp.multiply(a[..., 2 * H:3 * H], a[..., 2 * H:3 * H], out=g)
-        self.xp.subtract(1, g, out=g)
-        for k, factor in enumerate((a[..., 2 * H:3 * H], self.c[:-1], a[..., :H], self.tanh_c)):
-            coef[..., k * H:(k + 1) * H] *= factor
-        return coef.reshape(a.shape[0], a.shape[1], 4, H)
+        """(T, B, 4, H) coefficients for all steps at once: what the Triton kernels read."""
+        T, B = self.gates.shape[:2]
+        out = self.xp.empty_like(self.gates)
+        return self.coefficients(self.xp, self.gates, self.c[:-1], self.tanh_c, out).reshape(T, B, 4, self.H)
 
     @functools.cached_property
     def o_dtanh(self):
-        """(T, B, H): o * tanh'(c_t), so that dc += dm * o_dtanh (the kernels read it)."""
-        return self.gates[..., 3 * self.H:] * (1 - self.tanh_c * self.tanh_c)
+        """(T, B, H) o * tanh'(c_t) for all steps at once: what the Triton kernels read."""
+        return self.o_tanh_grad(self.xp, self.gates[..., 3 * self.H:], self.tanh_c, self.xp.empty_like(self.tanh_c))
 
     def begin_backward(self, dy, dstate, alloc):
         xp, H, a = self.xp, self.H, self.gates
@@ -231,11 +250,10 @@ class LSTM(Cell):
         self.coef_t = xp.empty((B, 4 * H), a.dtype)
 
     def back_step(self, t, n):
-        # The coefficients are computed per step on cache-resident rows: cheaper in NumPy
-        # than ten passes over (T, B, 4H) arrays up front.
+        # Coefficients per step on cache-resident rows: as fast in NumPy as computing them for
+        # all T up front, without that (T, B, 4H) temporary.
         xp, H = self.xp, self.H
-        a, c_prev, tc = self.gates[t, :n], self.c[t, :n], self.tanh_c[t, :n]
-        i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+        a, tc = self.gates[t, :n], self.tanh_c[t, :n]
         dh, dc = self.dh[:n], self.dc[:n]
         dh += self.dy[t, :n]
         if self.m is None:
@@ -243,24 +261,14 @@ class LSTM(Cell):
         else:
             self.dh_seq[t, :n] = dh
             dm = self.mm(dh, self.w["w_hr"], out=self.tmp[:n])
-        k = self.tmp2[:n]
-        xp.multiply(tc, tc, out=k)
-        xp.subtract(1, k, out=k)
-        k *= o
-        k *= dm
-        dc += k                                   # dc += dm * o * tanh'(c)
-        coef = self.coef_t[:n]
-        xp.subtract(1, a, out=coef)
-        coef *= a                                 # sigmoid' for i, f, o
-        coef_g = coef[:, 2 * H:3 * H]
-        xp.multiply(g, g, out=coef_g)
-        xp.subtract(1, coef_g, out=coef_g)        # tanh' for g
+        dc_from_h = self.o_tanh_grad(xp, a[:, 3 * H:], tc, self.tmp2[:n])
+        dc_from_h *= dm
+        dc += dc_from_h
+        coef = self.coefficients(xp, a, self.c[t, :n], tc, self.coef_t[:n])
         d = self.dgates[t, :n]
-        for gate, (grad, factor) in enumerate(((dc, g), (dc, c_prev), (dc, i), (dm, tc))):
-            d_k = d[:, gate * H:(gate + 1) * H]
-            xp.multiply(grad, factor, out=d_k)
-            d_k *= coef[:, gate * H:(gate + 1) * H]
-        dc *= f
+        for k, grad in enumerate((dc, dc, dc, dm)):
+            xp.multiply(grad, coef[:, k * H:(k + 1) * H], out=d[:, k * H:(k + 1) * H])
+        dc *= a[:, H:2 * H]                       # through f into c_{t-1}
         self.mm(d, self.w["w_hh"], out=dh)
 
     def finish_backward(self):
