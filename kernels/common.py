@@ -51,7 +51,7 @@ whole product and stays in registers.
 
 Registers (ptxas -v, profiling/results/compile_check.md). Three things keep
 every config free of spills up to H=512 (and fp32 to 1024; fp16/bf16 backward
-at H >= 768 spills 16-48 B on sm_80 only, see tile_config):
+at H >= 768 spills 16-48 B on sm_80 (GRU also 16 B on sm_90), see tile_config):
   * `maxnreg`: a launch gets the register file of a whole SM (`Config.maxnreg`).
     Without it ptxas sometimes settles on 32-40 registers and spills (fp32
     Elman forward H=128: 32 registers, 12.6 KB; with the cap: 255, 4.8 KB,
@@ -178,6 +178,13 @@ def gate_offsets(H, j0, S: tl.constexpr, GP: tl.constexpr, G: tl.constexpr):
     s = tl.arange(0, S)[:, None]
     g = tl.arange(0, GP)[None, :]
     return g * H + j0 + s, ((j0 + s) < H) & (g < G)
+
+
+@triton.jit
+def gate_tile(p, rows, row_ok, H, j0, S: tl.constexpr, GP: tl.constexpr, G: tl.constexpr):
+    """Pointers and mask of a (BB, S, GP) tile of a (.., B, G*H) gate buffer at one step (gates >= G masked)."""
+    off, ok = gate_offsets(H, j0, S, GP, G)
+    return p + rows[:, None, None] * G * H + off[None, :, :], row_ok[:, None, None] & ok[None, :, :]
 
 
 @triton.jit

@@ -22,15 +22,8 @@ G, GP = 3, 4
 
 
 @triton.jit
-def _gate_tile(p, rows, row_ok, H, j0, S: tl.constexpr):
-    """Pointers and mask of a (BB, S, 4) tile of a (.., B, 3H) gate buffer at one step (gate 3 masked)."""
-    off, ok = cm.gate_offsets(H, j0, S, 4, 3)
-    return p + rows[:, None, None] * 3 * H + off[None, :, :], row_ok[:, None, None] & ok[None, :, :]
-
-
-@triton.jit
 def _fwd_step(t, b_h, b_w, b_bhn, p_gx, p_gates, p_hn, p_h, p_sizes, rows, j0, B, H,
-              HP: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr,
+              HP: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr, NK: tl.constexpr,
               ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Step t for one (batch tile, hidden slice): b_h (BB, S) is h_t of the slice, returns h_{t+1}."""
     n = tl.load(p_sizes + t)
@@ -46,15 +39,15 @@ def _fwd_step(t, b_h, b_w, b_bhn, p_gx, p_gates, p_hn, p_h, p_sizes, rows, j0, B
                          mask=(rows < B)[:, None] & (k < H)[None, :], other=0.0,
                          cache_modifier=".cg").to(ACC)
     # W_hh h for all gates of the slice: (BB, S, 4), gate 3 is zero padding
-    b_a = tl.reshape(tl.dot(b_full.to(DOT), b_w, input_precision=PREC, out_dtype=ACC), (rows.shape[0], S, 4))
-    p_gx3, m3 = _gate_tile(p_gx + 3 * step, rows, active, H, j0, S)
+    b_a = tl.reshape(cm.kdot(b_full.to(DOT), b_w, NK, PREC, ACC), (rows.shape[0], S, 4))
+    p_gx3, m3 = cm.gate_tile(p_gx + 3 * step, rows, active, H, j0, S, 4, 3)
     b_gx = tl.load(p_gx3, mask=m3, other=0.0).to(ACC)
     b_pre = b_a + b_gx   # r and z pre-activations (gates 0, 1)
     r, z = cm.sigmoid(cm.gate(b_pre, 0)), cm.sigmoid(cm.gate(b_pre, 1))
     hn = cm.gate(b_a, 2) + b_bhn[None, :]
     new = cm.tanh(cm.gate(b_gx, 2) + r * hn)
     g = tl.arange(0, 4)[None, None, :]
-    p_g3, _ = _gate_tile(p_gates + 3 * step, rows, active, H, j0, S)
+    p_g3, _ = cm.gate_tile(p_gates + 3 * step, rows, active, H, j0, S, 4, 3)
     tl.store(p_g3, tl.where(g == 0, r[:, :, None], tl.where(g == 1, z[:, :, None], new[:, :, None])), mask=m3)
     off2 = rows[:, None] * H + cols[None, :]
     tl.store(p_hn + step + off2, hn, mask=ok2 & active[:, None])
@@ -66,7 +59,7 @@ def _fwd_step(t, b_h, b_w, b_bhn, p_gx, p_gates, p_hn, p_h, p_sizes, rows, j0, B
 @triton.jit(do_not_specialize=["t_start", "n_steps"])
 def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_w, p_bhn, p_sizes, p_bar, t_start, n_steps, B, H,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
-                SINGLE: tl.constexpr, SYNC: tl.constexpr,
+                SINGLE: tl.constexpr, SYNC: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
     rows = pid_b * BB + tl.arange(0, BB)
@@ -77,7 +70,7 @@ def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_w, p_bhn, p_sizes, p_bar, t_start, n
     b_h = cm.load_rows(p_h + t_start.to(tl.int64) * B * H, rows, cols, H, rows < B, cols < H, ACC)
     for i in range(n_steps):
         b_h = _fwd_step(t_start + i, b_h, b_w, b_bhn, p_gx, p_gates, p_hn, p_h, p_sizes,
-                        rows, j0, B, H, HP, S, SINGLE, ACC, DOT, PREC)
+                        rows, j0, B, H, HP, S, SINGLE, NK, ACC, DOT, PREC)
         if SYNC:
             cm.grid_barrier(p_bar + pid_b, (i + 1) * P)
 
@@ -95,7 +88,7 @@ def _bwd_point(t, b_dh, p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_size
     off2 = rows[:, None] * H + cols[None, :]
     b_dh += tl.load(p_dy + step + off2, mask=ok2, other=0.0).to(ACC)
     dnew = b_dh * tl.load(p_knew + step + off2, mask=ok2, other=0.0).to(ACC)
-    p_g3, m3 = _gate_tile(p_gates + 3 * step, rows, active, H, j0, S)
+    p_g3, m3 = cm.gate_tile(p_gates + 3 * step, rows, active, H, j0, S, 4, 3)
     b_g = tl.load(p_g3, mask=m3, other=0.0).to(ACC)   # r, z, n
     k_r = tl.load(p_kr + step + off2, mask=ok2, other=0.0).to(ACC)
     k_z = tl.load(p_kz + step + off2, mask=ok2, other=0.0).to(ACC)
@@ -104,7 +97,7 @@ def _bwd_point(t, b_dh, p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_size
     coef = tl.where(g == 0, k_r[:, :, None], tl.where(g == 1, k_z[:, :, None], cm.gate(b_g, 0)[:, :, None]))
     b_d = tl.where(g == 1, b_dh[:, :, None], dnew[:, :, None]) * coef
     b_d = tl.where(m3, b_d, 0.0)
-    p_d3, valid3 = _gate_tile(p_dgh + 3 * step, rows, rows < B, H, j0, S)
+    p_d3, valid3 = cm.gate_tile(p_dgh + 3 * step, rows, rows < B, H, j0, S, 4, 3)
     tl.store(p_d3, b_d, mask=valid3)
     tl.store(p_dnew + step + off2, dnew, mask=(rows < B)[:, None] & (cols < H)[None, :])
     return b_dh, b_dh * cm.gate(b_g, 1), b_d
@@ -148,8 +141,8 @@ def _bwd_kernel(p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_dh, p_w, p_w
             b_dh, b_keep, b_d = _bwd_point(t, b_dh, p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew,
                                            p_sizes, rows, j0, B, H, S, ACC)
             # (BB, S, 4) -> (BB, S*4): column s*4 + g, the W tile's column order
-            b_prod = tl.dot(tl.reshape(b_d, (BB, S * 4)).to(DOT), tl.trans(b_w), input_precision=PREC,
-                            out_dtype=ACC)
+            b_d2 = tl.reshape(b_d, (BB, S * 4))
+            b_prod = tl.dot(cm.pin(b_d2).to(DOT), tl.trans(b_w), input_precision=PREC, out_dtype=ACC)
             if not SINGLE:
                 cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, HP, P)
         if SYNC:
@@ -157,39 +150,20 @@ def _bwd_kernel(p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_dh, p_w, p_w
     tl.store(p_dh + off2, b_dh, mask=ok2)
 
 
-def num_warps_for(w_bytes, dot):
-    """Warps per program for a program holding w_bytes of W on chip, read by tl.dot as `dot`.
-
-    From ptxas -v (profiling/compile_check.py): common.tile_config's 8 warps
-    for W over 32 KB spill (up to ~10 KB in the fp32 GRU backward at H=256);
-    16 warps spill nothing there. An fp32 dot (IEEE: FMA, no tensor cores)
-    replicates its operands per warp, so fp32 W counts double.
-    """
-    # candidate for common.py: the num_warps rule of tile_config
-    w_bytes *= 2 if dot == tl.float32 else 1
-    return 4 if w_bytes <= 8 * 1024 else 8 if w_bytes <= 32 * 1024 else 16
-
-
-def _consts(cfg, acc, dot, prec, elem_bytes):
-    return dict(BB=cfg.BB, HP=cfg.HP, S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
-                SYNC=cfg.mode == "split", ACC=acc, DOT=dot, PREC=prec,
-                num_warps=num_warps_for(cfg.HP * GP * cfg.S * elem_bytes, dot))
-
-
-def _setup(c, io_dtype):
+def _setup(c, io_dtype, direction):
     T, B = c.gx.shape[:2]
     H = c.H
     h = cm.as_tensor(c.h)
     acc = cm.acc_dtype(h)
     dot = cm.dot_dtype(io_dtype, acc)
-    cfg = cm.choose_config(H, B, GP, cm.w_elem_bytes(dot), h.device)
-    consts = _consts(cfg, acc, dot, cm.dot_precision(dot), cm.w_elem_bytes(dot))
+    cfg = cm.choose_config(H, B, GP, cm.w_elem_bytes(dot), h.device, direction)
+    consts = dict(cm.kernel_consts(cfg, direction, acc, dot, cm.dot_precision(dot)), **cfg.options())
     return T, B, H, h, cfg, consts
 
 
 def forward(c, sizes, io_dtype=None):
     """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused (engine._kernels)."""
-    T, B, H, h, cfg, consts = _setup(c, io_dtype)
+    T, B, H, h, cfg, consts = _setup(c, io_dtype, "fwd")
     if T == 0:
         return
     t = cm.as_tensor
@@ -203,7 +177,7 @@ def forward(c, sizes, io_dtype=None):
 
 def backward(c, sizes, io_dtype=None):
     """c.back_step(t, sizes[t]) for t = T-1..0, fused; leaves d state0 in c.dh."""
-    T, B, H, h, cfg, consts = _setup(c, io_dtype)
+    T, B, H, h, cfg, consts = _setup(c, io_dtype, "bwd")
     if T == 0:
         return
     t = cm.as_tensor
@@ -219,14 +193,11 @@ def compile_targets(hidden_size, dtype):
     """(name, jit_fn, signature, constexprs) for every config the launchers use at this size and dtype."""
     ptr = cm.buffer_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
-    out = []
-    for cfg in cm.compile_configs(hidden_size, dtype, GP):
-        consts = _consts(cfg, acc, dot, prec, cm.w_elem_bytes(dot))
-        fwd_sig = dict(p_gx=ptr, p_gates=ptr, p_hn=ptr, p_h=ptr, p_w=ptr, p_bhn=ptr, p_sizes="*i32",
-                       p_bar="*i32", t_start="i32", n_steps="i32", B="i32", H="i32")
-        bwd_sig = dict(p_dy=ptr, p_gates=ptr, p_knew=ptr, p_kz=ptr, p_kr=ptr, p_dgh=ptr, p_dnew=ptr,
-                       p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", T="i32", t_start="i32",
-                       n_steps="i32", B="i32", H="i32")
-        out.append(("gru_fwd", _fwd_kernel, fwd_sig, consts))
-        out.append(("gru_bwd", _bwd_kernel, bwd_sig, consts))
-    return out
+    sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_hn=ptr, p_h=ptr, p_w=ptr, p_bhn=ptr, p_sizes="*i32",
+                         p_bar="*i32", t_start="i32", n_steps="i32", B="i32", H="i32"),
+                bwd=dict(p_dy=ptr, p_gates=ptr, p_knew=ptr, p_kz=ptr, p_kr=ptr, p_dgh=ptr, p_dnew=ptr,
+                         p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", T="i32", t_start="i32",
+                         n_steps="i32", B="i32", H="i32"))
+    kernels = dict(fwd=_fwd_kernel, bwd=_bwd_kernel)
+    return [cm.target(f"gru_{d}", kernels[d], sigs[d], cm.kernel_consts(cfg, d, acc, dot, prec), cfg)
+            for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d)]

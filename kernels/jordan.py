@@ -21,11 +21,12 @@ t = 0..T (forward) / T-1..-1 (backward), each iteration finishing the previous
 step's sum, so the stepwise mode's launch boundary is that barrier.
 Layout, modes and precision: see kernels/common.py.
 """
+from dataclasses import replace
+
 import triton
 import triton.language as tl
 
 from . import common as cm
-from .gru import num_warps_for
 
 OUTPUT_ACTIVATION_KIND = {"identity": 0, "tanh": 1, "sigmoid": 2, "softmax": 3}
 
@@ -187,11 +188,12 @@ def _bwd_kernel(p_dy, p_y, p_hid, p_da, p_dz, p_ds_in, p_ds_out, p_wsh, p_who, p
             step = t.to(tl.int64) * B * H
             ok = active[:, None] & col_ok[None, :]
             b_h = cm.load_rows(p_hid + step, rows, cols, H, active, col_ok, ACC)
-            b_dz = tl.dot(b_da.to(DOT), tl.trans(b_who), input_precision=PREC, out_dtype=ACC)
+            # both dot operands pinned (cm.pin): unpinned, fp16 H=128 spilled 64 B (sm_80)
+            b_dz = tl.dot(cm.pin(b_da).to(DOT), tl.trans(b_who), input_precision=PREC, out_dtype=ACC)
             b_dz = tl.where(ok, b_dz * cm.activation_grad_from_output(b_h, nonlin), 0.0)
             tl.store(p_dz + step + rows[:, None] * H + cols[None, :], b_dz,
                      mask=(rows < B)[:, None] & col_ok[None, :])
-            b_prod = tl.dot(b_dz.to(DOT), tl.trans(b_wsh), input_precision=PREC, out_dtype=ACC)
+            b_prod = tl.dot(cm.pin(b_dz).to(DOT), tl.trans(b_wsh), input_precision=PREC, out_dtype=ACC)
             if not SINGLE:
                 cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, OP, P)
         if SYNC:
@@ -205,7 +207,7 @@ def _padded(n):
 
 
 # A program holds at most half of cm.W_BUDGET_BYTES of W: both W tiles are dot operands every step,
-# and ptxas -v spills (up to ~30 KB in fp32) at the full budget, none at half with num_warps_for.
+# and ptxas -v spills (up to ~30 KB in fp32) at the full budget, none at half.
 W_SHARE = 2
 
 
@@ -217,20 +219,32 @@ def _unit_bytes(H, O, elem_bytes):
     return W_SHARE * 2 * _padded(O) * elem_bytes / _padded(H)
 
 
+def _config(H, O, B, elem_bytes, direction, device=None):
+    """The shared tile config (cm.choose_config; cm.tile_config without a device) for Jordan's slices.
+
+    Its warps and NK are redone here: tile_config would read the fractional _unit_bytes as a
+    dtype, and the forward's two dots are not split (no kdot). The warp rule is the shared one for
+    the real W dtype, with the (BB, OP) carry of shares in the place of the other cells' (BB, HP).
+    """
+    unit = _unit_bytes(H, O, elem_bytes)
+    cfg = (cm.tile_config(H, B, 1, unit, direction) if device is None
+           else cm.choose_config(H, B, 1, unit, device, direction))
+    return replace(cfg, num_warps=cm.warps_for(_padded(O), elem_bytes, direction), nk=1)
+
+
 def _consts(cfg, O, act, teacher, acc, dot, prec):
-    w_bytes = 2 * _padded(O) * cfg.S * cm.w_elem_bytes(dot)
     return dict(BB=cfg.BB, OP=_padded(O), S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
                 SYNC=cfg.mode == "split", ACT=OUTPUT_ACTIVATION_KIND[act], HAS_TEACHER=teacher,
-                ACC=acc, DOT=dot, PREC=prec, num_warps=num_warps_for(w_bytes, dot))
+                ACC=acc, DOT=dot, PREC=prec, **cfg.options())
 
 
-def _setup(c, io_dtype):
+def _setup(c, io_dtype, direction):
     T, B, H = c.hid.shape
     O = c.y.shape[-1]
     s = cm.as_tensor(c.s)
     acc = cm.acc_dtype(s)
     dot = cm.dot_dtype(io_dtype, acc)
-    cfg = cm.choose_config(H, B, 1, _unit_bytes(H, O, cm.w_elem_bytes(dot)), s.device)
+    cfg = _config(H, O, B, cm.w_elem_bytes(dot), direction, s.device)
     consts = _consts(cfg, O, c.output_activation, c.teacher is not None, acc, dot, cm.dot_precision(dot))
     return T, B, H, O, s, cfg, consts, cm.NONLINEARITY_KIND[c.nonlinearity]
 
@@ -242,7 +256,7 @@ def _workspace(cfg, B, OP, like):
 
 def forward(c, sizes, io_dtype=None):
     """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused (engine._kernels)."""
-    T, B, H, O, s, cfg, consts, nonlin = _setup(c, io_dtype)
+    T, B, H, O, s, cfg, consts, nonlin = _setup(c, io_dtype, "fwd")
     if T == 0:
         return
     t = cm.as_tensor
@@ -259,7 +273,7 @@ def forward(c, sizes, io_dtype=None):
 
 def backward(c, sizes, io_dtype=None):
     """c.back_step(t, sizes[t]) for t = T-1..0, fused; leaves d state0 in c.ds."""
-    T, B, H, O, s, cfg, consts, nonlin = _setup(c, io_dtype)
+    T, B, H, O, s, cfg, consts, nonlin = _setup(c, io_dtype, "bwd")
     if T == 0:
         return
     t = cm.as_tensor
@@ -289,8 +303,8 @@ def compile_targets(hidden_size, dtype, output_size=None):
     O = output_size or min(hidden_size, 64)
     ptr = cm.buffer_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
-    cfg = cm.tile_config(hidden_size, cm.BB, 1, _unit_bytes(hidden_size, O, cm.w_elem_bytes(dot)))
-    consts = _consts(cfg, O, "softmax", False, acc, dot, prec)
+    consts = {d: _consts(_config(hidden_size, O, cm.BB, cm.w_elem_bytes(dot), d), O, "softmax", False,
+                         acc, dot, prec) for d in ("fwd", "bwd")}
     common = dict(p_ws=ptr, p_sizes="*i32", p_bar="*i32", T="i32", t_start="i32", n_steps="i32",
                   B="i32", H="i32", O="i32", nonlin="i32")
     fwd_sig = dict(p_gx=ptr, p_hid=ptr, p_y=ptr, p_s=ptr, p_teacher=ptr, p_wsh=ptr, p_who=ptr, p_bo=ptr,
@@ -300,4 +314,5 @@ def compile_targets(hidden_size, dtype, output_size=None):
     # signature order must follow the kernel's argument order
     fwd_sig = {k: fwd_sig[k] for k in _fwd_kernel.arg_names if k in fwd_sig}
     bwd_sig = {k: bwd_sig[k] for k in _bwd_kernel.arg_names if k in bwd_sig}
-    return [("jordan_fwd", _fwd_kernel, fwd_sig, consts), ("jordan_bwd", _bwd_kernel, bwd_sig, consts)]
+    return [("jordan_fwd", _fwd_kernel, fwd_sig, consts["fwd"]),
+            ("jordan_bwd", _bwd_kernel, bwd_sig, consts["bwd"])]

@@ -25,13 +25,6 @@ G, GP = 4, 4
 
 
 @triton.jit
-def _gate_tile(p, rows, row_ok, H, j0, S: tl.constexpr):
-    """Pointers and mask of a (BB, S, 4) tile of a (.., B, 4H) gate buffer at one step."""
-    off, ok = cm.gate_offsets(H, j0, S, 4, 4)
-    return p + rows[:, None, None] * 4 * H + off[None, :, :], row_ok[:, None, None] & ok[None, :, :]
-
-
-@triton.jit
 def _fwd_step(t, b_h, b_c, b_w, p_gx, p_gates, p_h, p_c, p_tc, p_sizes, rows, j0, B, H,
               HP: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr, NK: tl.constexpr,
               ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
@@ -49,13 +42,13 @@ def _fwd_step(t, b_h, b_c, b_w, p_gx, p_gates, p_h, p_c, p_tc, p_sizes, rows, j0
                          mask=(rows < B)[:, None] & (k < H)[None, :], other=0.0,
                          cache_modifier=".cg").to(ACC)
     b_a = tl.reshape(cm.kdot(b_full.to(DOT), b_w, NK, PREC, ACC), (rows.shape[0], S, 4))
-    p_gx3, m3 = _gate_tile(p_gx + 4 * step, rows, active, H, j0, S)
+    p_gx3, m3 = cm.gate_tile(p_gx + 4 * step, rows, active, H, j0, S, 4, 4)
     b_a += tl.load(p_gx3, mask=m3, other=0.0).to(ACC)
     # sigmoid(a) = 0.5 tanh(0.5 a) + 0.5 and tanh(a) = 1 tanh(1 a) + 0: one transcendental for all gates
     is_g = tl.arange(0, 4)[None, None, :] == 2
     scale = tl.where(is_g, 1.0, 0.5)
     b_a = scale * cm.tanh(scale * b_a) + tl.where(is_g, 0.0, 0.5)
-    p_g3, _ = _gate_tile(p_gates + 4 * step, rows, active, H, j0, S)
+    p_g3, _ = cm.gate_tile(p_gates + 4 * step, rows, active, H, j0, S, 4, 4)
     tl.store(p_g3, b_a, mask=m3)
     c_new = cm.gate(b_a, 1) * b_c + cm.gate(b_a, 0) * cm.gate(b_a, 2)
     tc = cm.tanh(c_new)
@@ -101,10 +94,10 @@ def _bwd_point(t, b_dh, b_dc, p_dy, p_coef, p_odt, p_gates, p_dgates, p_sizes, r
     off2 = rows[:, None] * H + cols[None, :]
     b_dh += tl.load(p_dy + step + off2, mask=ok2, other=0.0).to(ACC)
     b_dc += b_dh * tl.load(p_odt + step + off2, mask=ok2, other=0.0).to(ACC)
-    p_coef3, m3 = _gate_tile(p_coef + 4 * step, rows, active, H, j0, S)
+    p_coef3, m3 = cm.gate_tile(p_coef + 4 * step, rows, active, H, j0, S, 4, 4)
     is_o = tl.arange(0, 4)[None, None, :] == 3
     b_d = tl.load(p_coef3, mask=m3, other=0.0).to(ACC) * tl.where(is_o, b_dh[:, :, None], b_dc[:, :, None])
-    p_d3, _ = _gate_tile(p_dgates + 4 * step, rows, active, H, j0, S)
+    p_d3, _ = cm.gate_tile(p_dgates + 4 * step, rows, active, H, j0, S, 4, 4)
     tl.store(p_d3, b_d, mask=m3)
     f = tl.load(p_gates + 4 * step + rows[:, None] * 4 * H + H + cols[None, :], mask=ok2, other=1.0).to(ACC)
     return b_dh, b_dc * f, b_d

@@ -5,6 +5,10 @@ engine with a backend ("numpy": the xp loop, the reference; "triton": the
 kernels under TRITON_INTERPRET=1) and returns every output and gradient by name.
 """
 import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +170,12 @@ def forced_split_k(monkeypatch):
 def split_hidden(monkeypatch):
     """Force hidden slices of 16 units: H > 16 runs the split arithmetic, stepwise under the interpreter."""
     monkeypatch.setenv("GPURNN_SLICE", "16")
+
+
+def run_uninterpreted(code, tmp_path, **env_vars):
+    """Run Python code in a subprocess without TRITON_INTERPRET (ptxas needs a real compile)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(env_vars)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "profiling")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=600)

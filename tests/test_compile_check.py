@@ -1,7 +1,5 @@
 """profiling/compile_check.py on subsets: real compiles, no GPU."""
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,21 +8,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "profiling"))
 import compile_check  # noqa: E402
+from kernel_cases import run_uninterpreted  # noqa: E402
+
 SUBSET = ["--hidden", "64", "--dtypes", "float16", "--archs", "90"]
-
-
-def _run(code, tmp_path, **env_vars):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}   # compile for real
-    env.update(env_vars)
-    env["PYTHONPATH"] = str(ROOT / "profiling")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def subset_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cc")
-    out = _run(f"import sys, compile_check as cc; sys.exit(cc.main({SUBSET + ['--out', 'table.md']!r}))", tmp)
+    out = run_uninterpreted(f"import sys, compile_check as cc; sys.exit(cc.main({SUBSET + ['--out', 'table.md']!r}))", tmp)
     return out, (tmp / "table.md").read_text()
 
 
@@ -48,7 +40,7 @@ def test_compiles_every_cell_module_and_reports(subset_run):
 def test_shared_memory_over_the_limit_fails(tmp_path):
     code = ("import sys, compile_check as cc; cc.SHARED_LIMIT[90] = 1024; "
             f"sys.exit(cc.main({SUBSET + ['--out', 'table.md']!r}))")
-    out = _run(code, tmp_path)
+    out = run_uninterpreted(code, tmp_path)
     assert out.returncode == 1
     m = re.fullmatch(r"compiled (\d+) kernel configs for sm_90: (\d+) failures, \d+ with spills",
                      out.stdout.strip().splitlines()[-1])
@@ -71,7 +63,7 @@ def test_elman_and_lstm_defaults_do_not_spill(precision, dtypes, tmp_path):
     0.5-42 KB per thread (the issue's target is none up to H=256 fp32 / H=512 fp16); opt-in TF32
     takes the tensor-core configs (the fp32 ones spilled 760 B there)."""
     argv = ["--hidden", "128", "--dtypes", *dtypes, "--archs", "80", "--out", "table.md"]
-    out = _run(f"import sys, compile_check as cc; sys.exit(cc.main({argv!r}))", tmp_path,
+    out = run_uninterpreted(f"import sys, compile_check as cc; sys.exit(cc.main({argv!r}))", tmp_path,
                GPURNN_FP32_PRECISION=precision)
     assert out.returncode == 0, out.stdout + out.stderr
     rows = [r for r in _rows((tmp_path / "table.md").read_text()) if r[0].split("_")[0] in ("elman", "lstm")]

@@ -1,12 +1,17 @@
-"""GRU kernels under TRITON_INTERPRET=1: against the engine's xp loop and torch.nn.GRU."""
+"""GRU kernels under TRITON_INTERPRET=1: against the engine's xp loop and torch.nn.GRU; ptxas spills."""
+import json
+
 import numpy as np
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import gpurnn.nn as gnn
-from kernel_cases import (TOL, TOL_FP16_DOT, assert_all_close, assert_bitwise_equal, launches,  # noqa: F401
-                          make_case, nan_empty, packed_sizes, run, split_hidden, with_io_dtype)
+from gpurnn.kernels import common as cm
+from gpurnn.kernels import gru
+from kernel_cases import (run_uninterpreted, TOL, TOL_FP16_DOT, assert_all_close, assert_bitwise_equal, launches,  # noqa: F401
+                          forced_split_k, make_case, nan_empty, packed_sizes, run, split_hidden,
+                          with_io_dtype)
 from torch_parity import assert_same, outputs_and_grads
 
 # (T, B, H): B=1, 3, 17 (not a multiple of 16: two batch tiles), H not a power of two.
@@ -64,6 +69,52 @@ def test_float16_dot(monkeypatch):
     ref = run(case, "numpy")
     with_io_dtype(monkeypatch, "gru", "float16")
     assert_all_close(run(case, "triton"), ref, **TOL_FP16_DOT)
+
+
+@pytest.mark.parametrize("io_dtype", [None, "float16"], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("nk", [2, 4])
+def test_split_k_forward_matches_engine(nk, io_dtype, forced_split_k, monkeypatch, nan_empty):
+    """The forward's dot, K = HP = 64, in nk chunks summed across warps (common.kdot)."""
+    dtype = np.float32 if io_dtype is None else np.float16
+    case = make_case("gru", 5, 17, 48, dtype=dtype, seed=4)
+    ref = run(case, "numpy")
+    with_io_dtype(monkeypatch, "gru", io_dtype)
+    nks = forced_split_k(nk)
+    assert_all_close(run(case, "triton"), ref, **(TOL_FP16_DOT if io_dtype else TOL[np.float32]))
+    assert nks and set(nks) == {nk}
+
+
+def test_launch_options_are_the_shared_config(monkeypatch):
+    """Both launchers pass common.tile_config's warps and register cap (one rule for every cell)."""
+    seen = {}
+    real = cm.launch
+
+    def recorded(kernel, grid, *args, **kwargs):
+        seen[kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__] = kwargs
+        real(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(cm, "launch", recorded)
+    run(make_case("gru", 2, 3, 20), "triton")
+    for name, direction in (("_fwd_kernel", "fwd"), ("_bwd_kernel", "bwd")):
+        cfg = cm.tile_config(20, 3, gru.GP, 4, direction)
+        assert {k: seen[name][k] for k in ("num_warps", "maxnreg", "S", "P")} == dict(
+            cfg.options(), S=cfg.S, P=cfg.P), name
+
+
+def test_no_spills_where_they_were(tmp_path):
+    """ptxas -v (profiling/compile_check.compile_one) on sm_80, where the GRU's own warp rule without
+    the register cap spilled: fp32 H=128 forward 32 B and backward 16 B, fp16 H=64 backward 24 B."""
+    names = {}
+    for H, dtype, kernel in ((128, "float32", "gru_fwd"), (128, "float32", "gru_bwd"), (64, "float16", "gru_bwd")):
+        index = [t[0] for t in gru.compile_targets(H, dtype)].index(kernel)
+        names[(gru.__name__, index, H, dtype, 80)] = kernel
+    code = f"import json, compile_check as cc; print(json.dumps([cc.compile_one(j) for j in {list(names)!r}]))"
+    out = run_uninterpreted(code, tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [(r["kernel"], r["hidden"], r["dtype"]) for r in rows] == [(k, j[2], j[3]) for j, k in names.items()]
+    for r in rows:
+        assert r["error"] is None and r["spill"] == 0 and "maxnreg=" in r["config"], r
 
 
 @pytest.mark.parametrize("T, B, H", [(2, 3, 48), (5, 17, 40)], ids=["T2-B3-H48", "T5-B17-H40"])

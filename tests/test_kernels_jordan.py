@@ -1,11 +1,15 @@
 """Jordan kernels under TRITON_INTERPRET=1: against the engine's xp loop and the plain torch loop."""
+import json
+
 import numpy as np
 import pytest
 import torch
 
 import gpurnn.nn as gnn
+from gpurnn.kernels import common as cm
+from gpurnn.kernels import jordan
 from jordan_reference import jordan_reference
-from kernel_cases import (TOL, TOL_FP16_DOT, assert_all_close, assert_bitwise_equal, launches,  # noqa: F401
+from kernel_cases import (run_uninterpreted, TOL, TOL_FP16_DOT, assert_all_close, assert_bitwise_equal, launches,  # noqa: F401
                           make_case, nan_empty, packed_sizes, run, split_hidden, with_io_dtype)
 from torch_parity import TOL as TORCH_TOL
 
@@ -102,6 +106,43 @@ def test_launches_do_not_grow_with_T(launches):
         run(make_case("jordan", T, 3, 16, O=4), "triton")
         counts.append((launches.count("_fwd_kernel"), launches.count("_bwd_kernel")))
     assert counts == [(1, 1), (1, 1)]
+
+
+@pytest.mark.parametrize("dtype, elem_bytes", [(np.float32, 4), (np.float16, 2)], ids=["fp32", "fp16"])
+def test_launch_options_are_the_shared_rule(dtype, elem_bytes, monkeypatch):
+    """Warps from common.warps_for for the real W dtype (not the fractional bytes per unit that size
+    the slices; H=1024 fp32 counts 1 byte per unit there, which would read as tensor cores), with
+    the (BB, OP) share as its HP; the register cap of common.Config; slices as before."""
+    seen = {}
+    real = cm.launch
+
+    def recorded(kernel, grid, *args, **kwargs):
+        seen[kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__] = kwargs
+        real(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(cm, "launch", recorded)
+    H, O = 1024, 40   # OP = 64
+    if dtype == np.float16:
+        with_io_dtype(monkeypatch, "jordan", "float16")
+    run(make_case("jordan", 1, 2, H, O=O, I=2, dtype=dtype), "triton")
+    unit = jordan.W_SHARE * 2 * 64 * elem_bytes / H   # W bytes per hidden unit, in tile_config's units
+    for name, direction in (("_fwd_kernel", "fwd"), ("_bwd_kernel", "bwd")):
+        warps = cm.warps_for(64, elem_bytes, direction)
+        cfg = cm.tile_config(H, 2, 1, unit, direction)
+        assert {k: seen[name][k] for k in ("num_warps", "maxnreg", "S", "P")} == dict(
+            num_warps=warps, maxnreg=min(255, 65536 // (32 * warps)), S=cfg.S, P=cfg.P), name
+
+
+def test_backward_no_spills_where_they_were(tmp_path):
+    """ptxas -v (profiling/compile_check.compile_one): fp16 H=128 backward on sm_80 spilled 64 B
+    before both of its dot operands were pinned (common.pin)."""
+    index = [t[0] for t in jordan.compile_targets(128, "float16")].index("jordan_bwd")
+    job = (jordan.__name__, index, 128, "float16", 80)
+    out = run_uninterpreted(f"import json, compile_check as cc; print(json.dumps(cc.compile_one({job!r})))",
+                            tmp_path)
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["kernel"] == "jordan_bwd" and row["error"] is None and row["spill"] == 0, row
 
 
 def _module(act, **kw):
