@@ -1,4 +1,5 @@
 """Array-module (xp) choice and zero-copy conversion between torch, NumPy and CuPy."""
+import contextlib
 import functools
 
 import numpy as np
@@ -63,3 +64,19 @@ def torch_matmul(a, b, out=None):
         return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
     torch.matmul(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
     return out
+
+
+@contextlib.contextmanager
+def device_scope(device):
+    """On a CUDA device: make it CuPy's current device and torch's current stream CuPy's,
+    so the engine's buffers, CuPy's kernels, Triton's launches and torch agree on both."""
+    if device.type != "cuda":
+        yield
+        return
+    import cupy as cp
+    import torch
+
+    stream = torch.cuda.current_stream(device)
+    with torch.cuda.device(device), cp.cuda.Device(device.index), \
+            cp.cuda.ExternalStream(stream.cuda_stream, device.index):
+        yield

@@ -54,7 +54,8 @@ def backend_status():
         status["triton"] = "Triton and torch are needed (pip install 'gpurnn[gpu]')"
     else:
         no_gpu = cuda and f"{cuda} (without one, the kernels run only under TRITON_INTERPRET=1, for tests)"
-        status["triton"] = _kernels_reason() or (None if interpreting() else no_gpu)
+        # On a GPU the array glue around the kernels is CuPy, so it must be usable too.
+        status["triton"] = _kernels_reason() or (None if interpreting() else no_gpu or status["cupy"])
     return status
 
 

@@ -36,9 +36,15 @@ def _expected_shapes(cell, w, input_size):
     return shapes, [("h0", H)]
 
 
+def _check_same_xp(name, a, xp):
+    if not isinstance(a, xp.ndarray):
+        raise TypeError(f"{name}: expected a {xp.__name__} array like x, got {type(a).__name__}")
+
+
 def _check_batch_sizes(batch_sizes, T, B):
     sizes = [int(n) for n in batch_sizes]
-    if len(sizes) != T or sizes[0] != B or any(b > a for a, b in zip(sizes, sizes[1:])) or sizes[-1] < 1:
+    if len(sizes) != T or (T and (sizes[0] != B or sizes[-1] < 1 or
+                                  any(b > a for a, b in zip(sizes, sizes[1:])))):
         raise ValueError(f"batch_sizes: expected {T} non-increasing counts from {B} down to >= 1, got {sizes}")
     return sizes
 
@@ -56,7 +62,7 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     cell = CELLS[cell]
     xp = get_xp(x)
     check_rank("x", x.shape, (3,))
-    check_floating("x", x.dtype, xp.issubdtype(x.dtype, xp.floating))
+    check_floating("x", x.dtype, np.issubdtype(x.dtype, np.floating))
     check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
     check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
     names = engine.WEIGHT_NAMES[cell]
@@ -74,11 +80,10 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     shapes, state_specs = _expected_shapes(cell, w, I)
     for name, a in w.items():
         if a is not None:
-            if get_xp(a) is not xp:
-                raise TypeError(f"weights[{name!r}]: expected a {xp.__name__} array like x, got {type(a).__name__}")
+            _check_same_xp(f"weights[{name!r}]", a, xp)
             check_same_dtype(f"weights[{name!r}]", a.dtype, "x", x.dtype)
             check_shape(f"weights[{name!r}]", a.shape, shapes[name])
-    if cell == "jordan" and (w["decay"].min() < 0 or w["decay"].max() > 1):
+    if cell == "jordan" and not bool(((w["decay"] >= 0) & (w["decay"] <= 1)).all()):   # NaN fails too
         raise ValueError(f"weights['decay']: expected values in [0, 1], got values in "
                          f"[{float(w['decay'].min())}, {float(w['decay'].max())}]")
     if state0 is None:
@@ -89,17 +94,18 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
             raise ValueError(f"state0: expected {len(state_specs)} arrays "
                              f"({', '.join(n for n, _ in state_specs)}), got {len(state0)}")
         for s, (name, size) in zip(state0, state_specs):
+            _check_same_xp(name, s, xp)
             check_same_dtype(name, s.dtype, "x", x.dtype)
             check_shape(name, s.shape, (B, size))
     if teacher is not None:
         if cell != "jordan":
             raise ValueError(f"teacher: only the jordan cell takes teacher forcing, got cell {cell!r}")
+        _check_same_xp("teacher", teacher, xp)
         check_same_dtype("teacher", teacher.dtype, "x", x.dtype)
         check_shape("teacher", teacher.shape, (T, B, shapes["w_ho"][0]))
     if batch_sizes is not None:
         batch_sizes = _check_batch_sizes(batch_sizes, T, B)
     name = backends.resolve(backend, on_gpu=xp is not np)
-    x = xp.ascontiguousarray(x)
     opts = {"nonlinearity": nonlinearity}
     if cell == "jordan":
         opts.update(output_activation=output_activation, teacher=teacher)

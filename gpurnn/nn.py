@@ -11,7 +11,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 from . import backends, engine
-from .arrays import tensor_to_xp, xp_to_tensor
+from .arrays import device_scope, tensor_to_xp, xp_to_tensor
 from .checks import (check_choice, check_floating, check_same_device, check_same_dtype,
                      check_shape, check_unit_interval)
 from .cells import NONLINEARITIES, OUTPUT_ACTIVATIONS
@@ -23,19 +23,30 @@ class _Layer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec, x, *tensors):
         cell, n_state, batch_sizes, reverse, backend, opts = spec
-        arrays = [None if t is None else tensor_to_xp(t) for t in tensors]
-        state0, weights = arrays[:n_state], dict(zip(engine.WEIGHT_NAMES[cell], arrays[n_state:]))
-        if opts.get("teacher") is not None:
-            opts = dict(opts, teacher=tensor_to_xp(opts["teacher"]))
-        y, state, saved = engine.forward(cell, tensor_to_xp(x), tuple(state0), weights,
-                                         batch_sizes=batch_sizes, reverse=reverse,
-                                         backend=backend, **opts)
-        ctx.saved, ctx.cell = saved, cell
-        ctx.has_weight = [t is not None for t in tensors[n_state:]]
-        return (xp_to_tensor(y),) + tuple(xp_to_tensor(s) for s in state)
+        # The engine keeps zero-copy views of x and the weights: saving them lets torch's
+        # version counter reject an in-place change before backward, as torch.nn does.
+        ctx.save_for_backward(x, *[t for t in tensors if t is not None])
+        ctx.device = x.device
+        with device_scope(x.device):
+            arrays = [None if t is None else tensor_to_xp(t) for t in tensors]
+            state0, weights = arrays[:n_state], dict(zip(engine.WEIGHT_NAMES[cell], arrays[n_state:]))
+            if opts.get("teacher") is not None:
+                opts = dict(opts, teacher=tensor_to_xp(opts["teacher"]))
+            y, state, saved = engine.forward(cell, tensor_to_xp(x), tuple(state0), weights,
+                                             batch_sizes=batch_sizes, reverse=reverse,
+                                             backend=backend, **opts)
+            ctx.saved, ctx.cell = saved, cell
+            ctx.has_weight = [t is not None for t in tensors[n_state:]]
+            return (xp_to_tensor(y),) + tuple(xp_to_tensor(s) for s in state)
 
     @staticmethod
     def backward(ctx, dy, *dstate):
+        ctx.saved_tensors   # raises if x or a weight was modified in place since forward
+        with device_scope(ctx.device):
+            return _Layer._backward(ctx, dy, dstate)
+
+    @staticmethod
+    def _backward(ctx, dy, dstate):
         to_xp = lambda t: None if t is None else tensor_to_xp(t.contiguous())
         dx, dstate0, grads = engine.backward(ctx.saved, to_xp(dy), tuple(to_xp(d) for d in dstate))
         dweights = [xp_to_tensor(grads[name]) if has and name not in engine.NO_GRAD else None
@@ -55,6 +66,8 @@ def run_layer(cell, x, state0, weights, *, backend="auto", batch_sizes=None, rev
         up = lambda t: None if t is None else t.float()
         if name == "triton":
             opts = dict(opts, io_dtype="bfloat16")
+        if opts.get("teacher") is not None:
+            opts = dict(opts, teacher=opts["teacher"].float())
         out = run_layer(cell, x.float(), [up(s) for s in state0], [up(w) for w in weights],
                         backend=name, batch_sizes=batch_sizes, reverse=reverse, **opts)
         return tuple(t.to(dtype) for t in out)

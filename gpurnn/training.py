@@ -14,7 +14,7 @@ import numpy as np
 
 from . import backends
 from .arrays import compute_dtype, get_xp, tensor_to_xp, xp_to_tensor
-from .checks import check_choice, check_floating, check_same_dtype, check_shape
+from .checks import check_choice, check_floating, check_same_device, check_same_dtype, check_shape
 
 REDUCTIONS = ("sum", "mean")
 _LOGITS_PER_CHUNK = 1 << 22   # the xp path holds at most this many logits at a time
@@ -210,6 +210,9 @@ def sequence_loss(h, weight, bias, targets, *, reduction="sum", ignore_index=-10
             check_same_dtype("bias", bias.dtype, "h", h.dtype)
             check_shape("bias", bias.shape, weight.shape[:1])
         check_shape("targets", targets.shape, h.shape[:-1])
+        for name, t in (("weight", weight), ("bias", bias), ("targets", targets)):
+            if t is not None:
+                check_same_device(name, t.device, "h", h.device)
         _check_target_range(targets, weight.shape[0], ignore_index)
     elif h.dtype == torch.bfloat16:   # NumPy and CuPy have no bfloat16
         up = lambda t: None if t is None else t.float()
@@ -243,10 +246,11 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     if not arrays:
         return np.zeros((), np.float32)
     xp = get_xp(arrays[0])
+    wide = [a.astype(np.promote_types(a.dtype, np.float32), copy=False) for a in arrays]  # fp16 sums overflow
     if norm_type == np.inf:
-        total = xp.max(xp.stack([xp.abs(a).max() for a in arrays]))
+        total = xp.max(xp.stack([xp.abs(a).max() for a in wide]))
     else:
-        norms = xp.stack([(xp.abs(a) ** norm_type).sum() ** (1 / norm_type) for a in arrays])
+        norms = xp.stack([(xp.abs(a) ** norm_type).sum() ** (1 / norm_type) for a in wide])
         total = (norms ** norm_type).sum() ** (1 / norm_type)
     if error_if_nonfinite and not bool(xp.isfinite(total)):
         raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} is non-finite ({float(total)})")
@@ -294,11 +298,12 @@ def truncated_bptt(model, chunks, loss_fn, *, state=None, optimizer=None, max_no
     generator reading a stream. For each chunk: y, state = forward(model, x, state,
     target) (default model(x, state): torch.nn.RNN/LSTM/GRU, gpurnn.nn's and
     JordanRNN all take their state second); loss = loss_fn(y, target);
-    loss.backward(); then, with an optimizer, clip to max_norm (if given) and step.
+    loss.backward(); then clip the gradients to max_norm (if given) and, with an
+    optimizer, step and zero them.
     The state is carried to the next chunk detached, so each chunk's graph is
     freed after its backward and memory does not grow with the stream.
     Without an optimizer the gradients accumulate over the chunks: with one chunk
-    of all T steps they are exactly full BPTT.
+    of all T steps and no max_norm they are exactly full BPTT.
     Yields ChunkResult(loss (detached), grad_norm (None unless max_norm), state).
     """
     params = None

@@ -77,6 +77,8 @@ import numpy as np
 import triton
 import triton.language as tl
 
+from gpurnn.backends import interpreting
+
 # ----------------------------------------------------------------------------- device code
 
 
@@ -232,10 +234,6 @@ REGISTERS_PER_SM = 64 * 1024   # 32-bit registers, sm_80 and sm_90
 # Batch rows per program: tl.dot's minimum. Per-step latency, not throughput, bounds a recurrence,
 # so more programs with fewer rows each (up to the SM count) beat fewer, fuller ones.
 BB = 16
-
-
-def interpreting():
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def as_tensor(a):
@@ -423,7 +421,8 @@ def w_elem_bytes(dot):
 def compile_configs(hidden_size, dtype, GP, direction="fwd"):
     """The tile configs a launcher picks on a GPU for this size, dtype and direction
     (any B: the tile is BB rows)."""
-    return [tile_config(hidden_size, BB, GP, 2 if dtype in _DOT else 4, direction)]
+    acc, dot, _ = dtype_constexprs(dtype)
+    return [tile_config(hidden_size, BB, GP, w_elem_bytes(dot), direction)]
 
 
 def kernel_consts(cfg, direction, acc, dot, prec):
@@ -440,9 +439,11 @@ def target(name, fn, signature, constexprs, cfg):
 
 
 def dtype_constexprs(dtype):
-    """(ACC, DOT, precision) for a data dtype name, as the launchers pick them."""
-    dot = _DOT.get(dtype, tl.float32)
-    return tl.float32, dot, dot_precision(dot)
+    """(ACC, DOT, precision) for a data dtype name, as the launchers pick them
+    (acc_dtype and dot_dtype: float64 data accumulates and dots in float64)."""
+    acc = tl.float64 if dtype == "float64" else tl.float32
+    dot = dot_dtype(dtype, acc)
+    return acc, dot, dot_precision(dot)
 
 
 def buffer_ptr(dtype):

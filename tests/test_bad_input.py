@@ -133,6 +133,10 @@ def test_functional_errors():
     jw = {"w_ih": np.zeros((5, 4)), "w_sh": np.zeros((5, 3)), "w_ho": np.zeros((3, 5)), "decay": np.full(3, 2.0)}
     with raises(ValueError, "decay", "[0, 1]", "2.0"):
         F.forward("jordan", x, jw)
+    with raises(ValueError, "decay", "[0, 1]"):
+        F.forward("jordan", x, dict(jw, decay=np.array([0.5, np.nan, 0.5])))
+    with raises(TypeError, "h0", "numpy array", "list"):
+        F.forward("lstm", x, w, ([[0.0] * 5] * 2, np.zeros((2, 5))))
     with raises(ValueError, "output_activation", "relu"):
         F.forward("jordan", x, dict(jw, decay=np.zeros(3)), output_activation="relu")
     y, state, tape = F.forward("lstm", x, w)

@@ -64,3 +64,24 @@ def test_parameters_buffer_and_state_dict():
     other.load_state_dict(m.state_dict())
     assert torch.equal(other.decay, m.decay)
     assert gnn.JordanRNN(4, 6, 3).decay.tolist() == [0.5] * 3
+
+
+def test_bfloat16_with_teacher_runs_in_float32():
+    m = make("tanh", dtype=torch.float32)
+    m16 = gnn.JordanRNN(4, 6, 3, output_activation="tanh", dtype=torch.bfloat16, backend="numpy")
+    m16.load_state_dict(m.state_dict())
+    x, teacher = torch.randn(5, 2, 4), torch.randn(5, 2, 3)
+    y16, s16 = m16(x.bfloat16(), teacher=teacher.bfloat16())
+    y, s = m(x.bfloat16().float(), teacher=teacher.bfloat16().float())
+    assert y16.dtype == s16.dtype == torch.bfloat16
+    torch.testing.assert_close(y16.float(), y, atol=2e-2, rtol=2e-2)   # bf16 weights and output rounding
+
+
+def test_in_place_change_before_backward_is_an_error():
+    m = make()
+    x = torch.randn(5, 2, 4, dtype=torch.float64, requires_grad=True)
+    y, _ = m(x * 1.0)
+    with torch.no_grad():
+        m.weight_ih.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
