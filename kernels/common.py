@@ -418,6 +418,17 @@ def w_elem_bytes(dot):
     return {tl.float16: 2, tl.bfloat16: 2, tl.float32: 4, tl.float64: 8}[dot]
 
 
+def setup(c, H, GP, io_dtype, direction):
+    """What a cell's launcher needs: (T, B, h as a tensor, config, kernel constexprs and launch options)."""
+    T, B = c.gx.shape[:2]
+    h = as_tensor(c.h)
+    acc = acc_dtype(h)
+    dot = dot_dtype(io_dtype, acc)
+    cfg = choose_config(H, B, GP, w_elem_bytes(dot), h.device, direction)
+    consts = dict(kernel_consts(cfg, direction, acc, dot, dot_precision(dot)), **cfg.options())
+    return T, B, h, cfg, consts
+
+
 def compile_configs(hidden_size, dtype, GP, direction="fwd"):
     """The tile configs a launcher picks on a GPU for this size, dtype and direction
     (any B: the tile is BB rows)."""

@@ -111,12 +111,8 @@ def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, T, t_start, n_
 
 
 def _setup(c, io_dtype, direction):
-    T, B, H = c.gx.shape
-    h = cm.as_tensor(c.h)
-    acc = cm.acc_dtype(h)
-    dot = cm.dot_dtype(io_dtype, acc)
-    cfg = cm.choose_config(H, B, GP, cm.w_elem_bytes(dot), h.device, direction)
-    consts = dict(cm.kernel_consts(cfg, direction, acc, dot, cm.dot_precision(dot)), **cfg.options())
+    H = c.gx.shape[2]
+    T, B, h, cfg, consts = cm.setup(c, H, GP, io_dtype, direction)
     return T, B, H, h, cfg, consts, cm.NONLINEARITY_KIND[c.nonlinearity]
 
 

@@ -151,14 +151,8 @@ def _bwd_kernel(p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_dh, p_w, p_w
 
 
 def _setup(c, io_dtype, direction):
-    T, B = c.gx.shape[:2]
-    H = c.H
-    h = cm.as_tensor(c.h)
-    acc = cm.acc_dtype(h)
-    dot = cm.dot_dtype(io_dtype, acc)
-    cfg = cm.choose_config(H, B, GP, cm.w_elem_bytes(dot), h.device, direction)
-    consts = dict(cm.kernel_consts(cfg, direction, acc, dot, cm.dot_precision(dot)), **cfg.options())
-    return T, B, H, h, cfg, consts
+    T, B, h, cfg, consts = cm.setup(c, c.H, GP, io_dtype, direction)
+    return T, B, c.H, h, cfg, consts
 
 
 def forward(c, sizes, io_dtype=None):

@@ -145,14 +145,8 @@ def _bwd_kernel(p_dy, p_coef, p_odt, p_gates, p_dgates, p_dh, p_dc, p_w, p_ws, p
 
 
 def _setup(c, io_dtype, direction):
-    T, B = c.gx.shape[:2]
-    H = c.H
-    h = cm.as_tensor(c.h)
-    acc = cm.acc_dtype(h)
-    dot = cm.dot_dtype(io_dtype, acc)
-    cfg = cm.choose_config(H, B, GP, cm.w_elem_bytes(dot), h.device, direction)
-    consts = dict(cm.kernel_consts(cfg, direction, acc, dot, cm.dot_precision(dot)), **cfg.options())
-    return T, B, H, h, cfg, consts
+    T, B, h, cfg, consts = cm.setup(c, c.H, GP, io_dtype, direction)
+    return T, B, c.H, h, cfg, consts
 
 
 def forward(c, sizes, io_dtype=None):
