@@ -162,6 +162,15 @@ def load_rows(p, rows, cols, stride, row_ok, col_ok, ACC: tl.constexpr):
 
 
 @triton.jit
+def load_full_rows(p, rows, B, H, HP: tl.constexpr, ACC: tl.constexpr):
+    """(BB, HP) tile of a (B, H) state: the whole h_t of a batch tile, written by every slice's
+    program (split/stepwise); .cg reads it from L2, where the other SMs' stores land."""
+    k = tl.arange(0, HP)
+    return tl.load(p + rows[:, None] * H + k[None, :], mask=(rows < B)[:, None] & (k < H)[None, :],
+                   other=0.0, cache_modifier=".cg").to(ACC)
+
+
+@triton.jit
 def load_w_fwd(p_w, H, K, j0, HP: tl.constexpr, S: tl.constexpr, GP: tl.constexpr,
                G: tl.constexpr, DOT: tl.constexpr):
     """(HP, S*GP) tile: [k, s*GP + g] = W[g*H + j0 + s, k] of a (G*H, K) weight, zero padded."""

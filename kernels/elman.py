@@ -28,11 +28,8 @@ def _fwd_step(t, b_h, b_w, p_gx, p_h, p_sizes, rows, cols, B, H, nonlin,
     step = t.to(tl.int64) * B * H
     if SINGLE:
         b_full = b_h
-    else:   # the whole h_t of this batch tile, written by every slice's program
-        k = tl.arange(0, HP)
-        b_full = tl.load(p_h + step + rows[:, None] * H + k[None, :],
-                         mask=(rows < B)[:, None] & (k < H)[None, :], other=0.0,
-                         cache_modifier=".cg").to(ACC)
+    else:
+        b_full = cm.load_full_rows(p_h + step, rows, B, H, HP, ACC)
     b_z = cm.kdot(b_full.to(DOT), b_w, NK, PREC, ACC)
     b_z += cm.load_rows(p_gx + step, rows, cols, H, active, col_ok, ACC)
     b_h = tl.where(active[:, None], cm.activation(b_z, nonlin), b_h)

@@ -36,11 +36,8 @@ def _fwd_step(t, b_h, b_c, b_w, p_gx, p_gates, p_h, p_c, p_tc, p_sizes, rows, j0
     step = t.to(tl.int64) * B * H
     if SINGLE:
         b_full = b_h
-    else:   # the whole h_t of this batch tile, written by every slice's program
-        k = tl.arange(0, HP)
-        b_full = tl.load(p_h + step + rows[:, None] * H + k[None, :],
-                         mask=(rows < B)[:, None] & (k < H)[None, :], other=0.0,
-                         cache_modifier=".cg").to(ACC)
+    else:
+        b_full = cm.load_full_rows(p_h + step, rows, B, H, HP, ACC)
     b_a = tl.reshape(cm.kdot(b_full.to(DOT), b_w, NK, PREC, ACC), (rows.shape[0], S, 4))
     p_gx3, m3 = cm.gate_tile(p_gx + 4 * step, rows, active, H, j0, S, 4, 4)
     b_a += tl.load(p_gx3, mask=m3, other=0.0).to(ACC)
