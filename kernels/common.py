@@ -171,6 +171,16 @@ def load_full_rows(p, rows, B, H, HP: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
+def next_step_product(b_prod, p_ws, t, rows, cols, B, HP: tl.constexpr, P: tl.constexpr,
+                      S: tl.constexpr, SINGLE: tl.constexpr, ACC: tl.constexpr):
+    """This slice's columns of d_{t+1} W_hh: the program's own product in single mode, else the
+    slices' shares summed in a fixed order (deterministic, no atomics)."""
+    if SINGLE:
+        return b_prod
+    return sum_partials(p_ws, t + 1, rows, cols, B, HP, P, S, ACC)
+
+
+@triton.jit
 def load_w_fwd(p_w, H, K, j0, HP: tl.constexpr, S: tl.constexpr, GP: tl.constexpr,
                G: tl.constexpr, DOT: tl.constexpr):
     """(HP, S*GP) tile: [k, s*GP + g] = W[g*H + j0 + s, k] of a (G*H, K) weight, zero padded."""

@@ -92,10 +92,7 @@ def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, T, t_start, n_
     for i in range(n_steps):
         t = t_start - i
         if t + 1 < T:   # rows active at t+1 take dz_{t+1} W_hh; the others pass dh through
-            if SINGLE:
-                b_new = b_prod
-            else:
-                b_new = cm.sum_partials(p_ws, t + 1, rows, cols, B, HP, P, S, ACC)
+            b_new = cm.next_step_product(b_prod, p_ws, t, rows, cols, B, HP, P, S, SINGLE, ACC)
             b_dh = tl.where((rows < tl.load(p_sizes + t + 1))[:, None], b_new, b_dh)
         if t >= 0:
             b_dh, b_dz = _bwd_point(t, b_dh, p_dy, p_h, p_dz, p_sizes, rows, cols, B, H, nonlin, ACC)

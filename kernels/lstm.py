@@ -122,10 +122,7 @@ def _bwd_kernel(p_dy, p_coef, p_odt, p_gates, p_dgates, p_dh, p_dc, p_w, p_ws, p
     for i in range(n_steps):
         t = t_start - i
         if t + 1 < T:   # rows active at t+1 take dgates_{t+1} W_hh; the others pass dh through
-            if SINGLE:
-                b_new = b_prod
-            else:
-                b_new = cm.sum_partials(p_ws, t + 1, rows, cols, B, HP, P, S, ACC)
+            b_new = cm.next_step_product(b_prod, p_ws, t, rows, cols, B, HP, P, S, SINGLE, ACC)
             b_dh = tl.where((rows < tl.load(p_sizes + t + 1))[:, None], b_new, b_dh)
         if t >= 0:
             b_dh, b_dc, b_d = _bwd_point(t, b_dh, b_dc, p_dy, p_coef, p_odt, p_gates, p_dgates,
