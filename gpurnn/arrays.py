@@ -1,6 +1,7 @@
 """Array-module (xp) choice and zero-copy conversion between torch, NumPy and CuPy."""
 import contextlib
 import functools
+import sys
 
 import numpy as np
 
@@ -51,18 +52,44 @@ def xp_to_tensor(array):
     return torch.from_dlpack(array)
 
 
-def torch_matmul(a, b, out=None):
-    """np.matmul through torch's BLAS on zero-copy views of NumPy arrays.
+def transposed_copy(a):
+    """(T, F, B) -> (T, B, F), contiguous. Through torch's copy (multi-threaded, about twice
+    NumPy's speed) when torch is already loaded, as it is under the torch front end."""
+    if isinstance(a, np.ndarray) and "torch" in sys.modules:
+        import torch
+
+        out = np.empty((a.shape[0], a.shape[2], a.shape[1]), a.dtype)
+        torch.from_numpy(out).copy_(torch.from_numpy(a).transpose(1, 2))
+        return out
+    return get_xp(a).ascontiguousarray(a.transpose(0, 2, 1))
+
+
+def xp_matmul(a, b, out=None, add=False):
+    """a @ b with NumPy's or CuPy's matmul; add=True accumulates into out."""
+    xp = get_xp(a)
+    if add:
+        out += xp.matmul(a, b)
+        return out
+    return xp.matmul(a, b, out=out)
+
+
+def torch_matmul(a, b, out=None, add=False):
+    """xp_matmul through torch's BLAS on zero-copy views of NumPy arrays.
 
     The torch front end uses it on the CPU: NumPy's OpenBLAS workers spin for a while
     after each call and slow torch's own thread pool down several times over when
-    both run in one process; torch's GEMMs are also faster for the small per-step shapes.
+    both run in one process; torch's GEMMs are also faster for the small per-step shapes,
+    and add=True accumulates inside the GEMM (2-D only).
     """
     import torch
 
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     if out is None:
-        return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
-    torch.matmul(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
+        return torch.matmul(ta, tb).numpy()
+    if add:
+        torch.from_numpy(out).addmm_(ta, tb)
+    else:
+        torch.matmul(ta, tb, out=torch.from_numpy(out))
     return out
 
 

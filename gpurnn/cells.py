@@ -30,7 +30,7 @@ OUTPUT_ACTIVATIONS = ("identity", "tanh", "sigmoid", "softmax")
 class Cell:
     """What every cell shares: the array module, the weights and the GEMM routine.
 
-    matmul(a, b, out=None) is xp.matmul, or torch's on NumPy views when the caller
+    matmul(a, b, out=None, add=False) is arrays.xp_matmul, or torch's on NumPy views when the caller
     runs under torch (one BLAS thread pool per process; see arrays.torch_matmul).
     """
 
@@ -145,21 +145,18 @@ class Elman(Cell):
 
 
 class LSTM(Cell):
-    """Gates (i | f | g | o); c_t = f*c + i*g; h_t = o*tanh(c_t), projected by W_hr if given."""
+    """Gates (i | f | g | o); c_t = f*c + i*g; h_t = o*tanh(c_t).
+
+    The row-major buffers the fused kernels (kernels/lstm.py) run on; they have no
+    step rule here. The xp loop and proj_size (W_hr) run lstm_loop.LSTMLoop.
+    """
 
     def __init__(self, xp, w, matmul):
         super().__init__(xp, w, matmul)
-        H = w["w_hh"].shape[0] // 4
-        dtype = w["w_hh"].dtype
-        # sigmoid(a) = 0.5*tanh(0.5a) + 0.5 and tanh(a) = 1*tanh(1a) + 0: one tanh over all gates.
-        self.scale = xp.full(4 * H, 0.5, dtype)
-        self.scale[2 * H:3 * H] = 1
-        self.shift = xp.full(4 * H, 0.5, dtype)
-        self.shift[2 * H:3 * H] = 0
-        self.H = H
+        self.H = w["w_hh"].shape[0] // 4
 
     def begin_forward(self, x, state0, alloc):
-        w, xp, H = self.w, self.xp, self.H
+        w, H = self.w, self.H
         T, B = x.shape[:2]
         self.x = x
         self.gx = self.project(x, w["w_ih"], add_bias(w["b_ih"], w["b_hh"]))
@@ -167,33 +164,7 @@ class LSTM(Cell):
         self.h = alloc((T + 1,) + state0[0].shape, x.dtype)
         self.c = alloc((T + 1, B, H), x.dtype)
         self.tanh_c = alloc((T, B, H), x.dtype)
-        self.m = alloc((T, B, H), x.dtype) if w["w_hr"] is not None else None  # o*tanh(c) before W_hr
-        self.ig = xp.empty((B, H), x.dtype)
         self.h[0], self.c[0] = state0
-        self.seq = [self.h, self.c]
-        self.w_hh_t = w["w_hh"].T
-
-    def step(self, t, n):
-        xp, H = self.xp, self.H
-        a = self.gates[t, :n]
-        self.mm(self.h[t, :n], self.w_hh_t, out=a)
-        a += self.gx[t, :n]
-        a *= self.scale
-        xp.tanh(a, out=a)
-        a *= self.scale
-        a += self.shift
-        i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-        c_new, ig = self.c[t + 1, :n], self.ig[:n]
-        xp.multiply(f, self.c[t, :n], out=c_new)
-        xp.multiply(i, g, out=ig)
-        c_new += ig
-        tc = self.tanh_c[t, :n]
-        xp.tanh(c_new, out=tc)
-        if self.m is None:
-            xp.multiply(o, tc, out=self.h[t + 1, :n])
-        else:
-            xp.multiply(o, tc, out=self.m[t, :n])
-            self.mm(self.m[t, :n], self.w["w_hr"].T, out=self.h[t + 1, :n])
 
     def outputs(self):
         return self.h[1:]
@@ -201,81 +172,35 @@ class LSTM(Cell):
     def final(self):
         return (self.h[-1], self.c[-1])
 
-    @staticmethod
-    def coefficients(xp, a, c_prev, tanh_c, out):
-        """d pre-activation / d(dc | dc | dc | dm) for activated gates a (..., 4H), into out.
-
-        i: g*i(1-i), f: c_prev*f(1-f), g: i*(1-g^2), o: tanh(c)*o(1-o).
-        """
-        H = a.shape[-1] // 4
-        xp.subtract(1, a, out=out)
-        out *= a                                   # sigmoid' for i, f, o
-        g = a[..., 2 * H:3 * H]
-        out_g = out[..., 2 * H:3 * H]
-        xp.multiply(g, g, out=out_g)
-        xp.subtract(1, out_g, out=out_g)           # tanh' for g
-        for k, factor in enumerate((g, c_prev, a[..., :H], tanh_c)):
-            out[..., k * H:(k + 1) * H] *= factor
-        return out
-
-    @staticmethod
-    def o_tanh_grad(xp, o, tanh_c, out):
-        """o * tanh'(c): dc += dm * this."""
-        xp.multiply(tanh_c, tanh_c, out=out)
-        xp.subtract(1, out, out=out)
-        out *= o
-        return out
-
     @functools.cached_property
     def coef(self):
-        """(T, B, 4, H) coefficients for all steps at once: what the Triton kernels read."""
-        T, B = self.gates.shape[:2]
-        out = self.xp.empty_like(self.gates)
-        return self.coefficients(self.xp, self.gates, self.c[:-1], self.tanh_c, out).reshape(T, B, 4, self.H)
+        """(T, B, 4, H) d pre-activation / d(dc | dc | dc | dh) for all steps:
+        i: g*i(1-i), f: c_prev*f(1-f), g: i*(1-g^2), o: tanh(c)*o(1-o)."""
+        a, H = self.gates, self.H
+        T, B = a.shape[:2]
+        out = 1 - a
+        out *= a                                   # sigmoid' for i, f, o
+        g = a[..., 2 * H:3 * H]
+        out[..., 2 * H:3 * H] = 1 - g * g          # tanh' for g
+        for k, factor in enumerate((g, self.c[:-1], a[..., :H], self.tanh_c)):
+            out[..., k * H:(k + 1) * H] *= factor
+        return out.reshape(T, B, 4, H)
 
     @functools.cached_property
     def o_dtanh(self):
-        """(T, B, H) o * tanh'(c_t) for all steps at once: what the Triton kernels read."""
-        return self.o_tanh_grad(self.xp, self.gates[..., 3 * self.H:], self.tanh_c, self.xp.empty_like(self.tanh_c))
+        """(T, B, H) o * tanh'(c_t) for all steps: dc += dh * this."""
+        return self.gates[..., 3 * self.H:] * (1 - self.tanh_c * self.tanh_c)
 
     def begin_backward(self, dy, dstate, alloc):
-        xp, H, a = self.xp, self.H, self.gates
-        T, B = a.shape[:2]
+        T, B = self.gates.shape[:2]
         self.dy = dy
         self.dh, self.dc = dstate
-        self.dgates = alloc((T, B, 4 * H), a.dtype)
-        self.dh_seq = alloc(self.h[1:].shape, a.dtype) if self.m is not None else None
-        self.tmp = xp.empty((B, H), a.dtype)
-        self.tmp2 = xp.empty((B, H), a.dtype)
-        self.coef_t = xp.empty((B, 4 * H), a.dtype)
-
-    def back_step(self, t, n):
-        # Coefficients per step on cache-resident rows: as fast in NumPy as computing them for
-        # all T up front, without that (T, B, 4H) temporary.
-        xp, H = self.xp, self.H
-        a, tc = self.gates[t, :n], self.tanh_c[t, :n]
-        dh, dc = self.dh[:n], self.dc[:n]
-        dh += self.dy[t, :n]
-        if self.m is None:
-            dm = dh
-        else:
-            self.dh_seq[t, :n] = dh
-            dm = self.mm(dh, self.w["w_hr"], out=self.tmp[:n])
-        dc_from_h = self.o_tanh_grad(xp, a[:, 3 * H:], tc, self.tmp2[:n])
-        dc_from_h *= dm
-        dc += dc_from_h
-        coef = self.coefficients(xp, a, self.c[t, :n], tc, self.coef_t[:n])
-        d = self.dgates[t, :n]
-        for k, grad in enumerate((dc, dc, dc, dm)):
-            xp.multiply(grad, coef[:, k * H:(k + 1) * H], out=d[:, k * H:(k + 1) * H])
-        dc *= a[:, H:2 * H]                       # through f into c_{t-1}
-        self.mm(d, self.w["w_hh"], out=dh)
+        self.dgates = alloc((T, B, 4 * self.H), self.gates.dtype)
 
     def finish_backward(self):
         d, w = self.dgates, self.w
         grads = {"w_ih": self.outer(d, self.x), "w_hh": self.outer(d, self.h[:-1]),
-                 **bias_grads(d, w["b_ih"] is not None),
-                 "w_hr": self.outer(self.dh_seq, self.m) if self.m is not None else None}
+                 **bias_grads(d, w["b_ih"] is not None), "w_hr": None}
         return self.rows_matmul(d, w["w_ih"]), (self.dh, self.dc), grads
 
 

@@ -15,7 +15,8 @@ import importlib
 from dataclasses import dataclass
 
 from . import cells
-from .arrays import compute_dtype, get_xp, torch_matmul
+from .arrays import compute_dtype, get_xp, torch_matmul, xp_matmul
+from .lstm_loop import LSTMLoop
 
 WEIGHT_NAMES = {
     "elman": ("w_ih", "w_hh", "b_ih", "b_hh"),
@@ -26,11 +27,12 @@ WEIGHT_NAMES = {
 NO_GRAD = ("decay",)   # Jordan's decay is a buffer, not a parameter
 
 
-def _make_cell(cell, xp, w, matmul, opts):
+def _make_cell(cell, xp, w, matmul, opts, fused):
     if cell == "elman":
         return cells.Elman(xp, w, matmul, opts.get("nonlinearity", "tanh"))
     if cell == "lstm":
-        return cells.LSTM(xp, w, matmul)
+        # The kernels read row-major buffers; the xp loop is faster on feature-major ones.
+        return (cells.LSTM if fused else LSTMLoop)(xp, w, matmul)
     if cell == "gru":
         return cells.GRU(xp, w, matmul)
     if cell == "jordan":
@@ -58,7 +60,7 @@ class Saved:
     sizes: list
     reverse: bool
     state_shapes: list
-    backend: str
+    fused: bool       # run by the Triton kernels (else the xp loop)
     io_dtype: str
 
 
@@ -104,7 +106,8 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
     batch_sizes: active rows per step (non-increasing, as in a PackedSequence);
     rows past their length hold their state and output zeros.
     reverse: process t = T-1 .. 0 (the backward direction of a bidirectional layer).
-    backend: "numpy" or "cupy" run the xp loop (the xp follows the arrays); "triton" the fused kernels.
+    backend: "numpy" or "cupy" run the xp loop (the xp follows the arrays); "triton" the fused kernels
+    (LSTM with proj_size: the xp loop).
     io_dtype: the dtype the kernels hold weights in (default x's; "bfloat16" for bf16 data upcast
     to float32 by the caller, as NumPy and CuPy have no bfloat16).
     gemm: "xp" (NumPy's or CuPy's matmul) or "torch" (torch's, on zero-copy views of NumPy
@@ -119,13 +122,14 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
         opts = dict(opts, teacher=_to_compute(xp, opts["teacher"], cdt, reverse))
     sizes = [B] * T if batch_sizes is None else [int(n) for n in batch_sizes]
     sizes = _time_order(sizes, reverse)
-    c = _make_cell(cell, xp, w, torch_matmul if gemm == "torch" else xp.matmul, opts)
+    fused = backend == "triton" and not (cell == "lstm" and w["w_hr"] is not None)  # proj_size: xp loop
+    c = _make_cell(cell, xp, w, torch_matmul if gemm == "torch" else xp_matmul, opts, fused)
     # With packed rows, buffers start zeroed: rows past their length are never written by a
     # step, and the weight GEMMs multiply them by zero gradients (0 * garbage may be NaN).
     alloc = xp.empty if batch_sizes is None else xp.zeros
     c.begin_forward(_to_compute(xp, x, cdt, reverse), tuple(s.astype(cdt, copy=False) for s in state0), alloc)
     io_dtype = io_dtype or dtype.name
-    if backend == "triton":
+    if fused:
         _kernels(cell).forward(c, sizes, io_dtype=io_dtype)
     else:
         step_loop(c, sizes)
@@ -136,7 +140,7 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
             y[t, sizes[t]:] = 0
     y = _time_order(y, reverse)
     state_shapes = [s.shape for s in state0]
-    saved = Saved(c, dtype, sizes if batch_sizes is not None else None, reverse, state_shapes, backend,
+    saved = Saved(c, dtype, sizes if batch_sizes is not None else None, reverse, state_shapes, fused,
                   io_dtype)
     return y.astype(dtype), tuple(s.astype(dtype) for s in c.final()), saved
 
@@ -157,7 +161,7 @@ def backward(saved, dy, dstate):
     alloc = xp.empty if sizes is None else xp.zeros   # zero gradient for rows past their length
     c.begin_backward(dy, dstate, alloc)
     sizes = [B] * T if sizes is None else sizes
-    if saved.backend == "triton":
+    if saved.fused:
         _kernels(c).backward(c, sizes, io_dtype=saved.io_dtype)
     else:
         back_loop(c, sizes)

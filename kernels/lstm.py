@@ -10,14 +10,12 @@
 # dy: (T, B, H)  dgates: (T, B, 4H)  dh, dc: (B, H) carried (dstate_T in, dstate_0 out)
 # ws: (2, P, B, HP)   each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
 
-proj_size > 0 (W_hr) is not fused: forward/backward run the engine's xp loop
-(engine.step_loop / engine.back_loop) for it.
+proj_size > 0 (W_hr) is not fused: the engine runs its xp loop for it.
 Layout, modes and precision: see kernels/common.py.
 """
 import triton
 import triton.language as tl
 
-from gpurnn import engine
 
 from . import common as cm
 
@@ -145,8 +143,6 @@ def _setup(c, io_dtype, direction):
 
 def forward(c, sizes, io_dtype=None):
     """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused (engine._kernels)."""
-    if c.m is not None:
-        return engine.step_loop(c, sizes)
     T, B, H, h, cfg, consts = _setup(c, io_dtype, "fwd")
     if T == 0:
         return
@@ -160,8 +156,6 @@ def forward(c, sizes, io_dtype=None):
 
 def backward(c, sizes, io_dtype=None):
     """c.back_step(t, sizes[t]) for t = T-1..0, fused; leaves d state0 in c.dh, c.dc."""
-    if c.m is not None:
-        return engine.back_loop(c, sizes)
     T, B, H, h, cfg, consts = _setup(c, io_dtype, "bwd")
     if T == 0:
         return

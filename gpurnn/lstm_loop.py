@@ -1,0 +1,158 @@
+"""The LSTM step rule for the xp time loop, in feature-major layout.
+
+The fused kernels read row-major (T, B, 4H) buffers (cells.LSTM). A NumPy loop
+over row-major buffers pays for strided gate slices: a ufunc on a (B, H) column
+block of a (B, 4H) array runs 2-4x slower than on a contiguous block, and an
+LSTM step has ~25 of them. Here every per-step array is stored transposed,
+(features, B), so each gate is a contiguous row block of one (4H, B) GEMM output:
+
+    A[t]  (4H, B)  pre-activations, activated in place; gate rows (i | f | o | g)
+    C[t]  (H, B)   c_{t-1} at index t (C[0] = c0); TC[t] = tanh(c_t)
+    HT[t] (P, B)   h_{t-1} at index t (HT[0] = h0); P = proj_size or H
+
+Torch's gate order (i | f | g | o) is permuted to (i | f | o | g) so the three
+sigmoid gates are one block, and their 0.5 pre-scale (sigmoid(a) = 0.5*tanh(a/2)
++ 0.5) is folded into the weights: one tanh activates all four gates. The input
+projection (bias included, via a ones column) is one batched GEMM straight into
+A, and each step accumulates W_hh h into it. Weight gradients go back to row-major
+(T*B rows) for their GEMMs and to torch's gate order.
+"""
+import numpy as np
+
+from .arrays import transposed_copy
+from .cells import Cell
+
+
+class LSTMLoop(Cell):
+    """c_t = f*c + i*g; h_t = o*tanh(c_t), projected by W_hr if given (same maths as cells.LSTM)."""
+
+    def __init__(self, xp, w, matmul):
+        super().__init__(xp, w, matmul)
+        H = w["w_hh"].shape[0] // 4
+        self.H = H
+        self.perm = np.r_[0:2 * H, 3 * H:4 * H, 2 * H:3 * H]   # torch (i f g o) -> (i f o g)
+        self.unperm = np.argsort(self.perm)
+        dtype = w["w_hh"].dtype
+        self.scale = xp.ones((4 * H, 1), dtype)
+        self.scale[:3 * H] = 0.5
+
+    def begin_forward(self, x, state0, alloc):
+        w, xp, H, perm = self.w, self.xp, self.H, self.perm
+        T, B = x.shape[:2]
+        self.x = x
+        w_ih = w["w_ih"][perm] * self.scale
+        self.w_hh_scaled = w["w_hh"][perm] * self.scale
+        self.A = alloc((T, 4 * H, B), x.dtype)
+        if w["b_ih"] is not None:   # the bias as one more input column of ones: free inside the GEMMs
+            bias = (w["b_ih"] + w["b_hh"])[perm] * self.scale[:, 0]
+            w_ih = xp.concatenate([w_ih, bias[:, None]], axis=1)
+            x = xp.concatenate([x, xp.ones((T, B, 1), x.dtype)], axis=2)
+        self.x1 = x
+        self.mm(w_ih, x.transpose(0, 2, 1), out=self.A)
+        h0, c0 = state0
+        self.HT = alloc((T + 1, h0.shape[-1], B), x.dtype)
+        self.C = alloc((T + 1, H, B), x.dtype)
+        self.TC = alloc((T, H, B), x.dtype)
+        self.M = alloc((T, H, B), x.dtype) if w["w_hr"] is not None else None  # o*tanh(c) before W_hr
+        self.HT[0], self.C[0] = h0.T, c0.T
+        self.tmp = xp.empty((H, B), x.dtype)
+        self.seq = [self.HT.transpose(0, 2, 1), self.C.transpose(0, 2, 1)]   # (T+1, B, ·) views
+        self._h_rows = None
+
+    def step(self, t, n):
+        xp, H = self.xp, self.H
+        a = self.A[t][:, :n]
+        self.mm(self.w_hh_scaled, self.HT[t][:, :n], out=a, add=True)
+        xp.tanh(a, out=a)
+        s = a[:3 * H]
+        s *= 0.5
+        s += 0.5
+        i, f, o, g = a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:]
+        c, ig = self.C[t + 1][:, :n], self.tmp[:, :n]
+        xp.multiply(f, self.C[t][:, :n], out=c)
+        xp.multiply(i, g, out=ig)
+        c += ig
+        tc = self.TC[t][:, :n]
+        xp.tanh(c, out=tc)
+        if self.M is None:
+            xp.multiply(o, tc, out=self.HT[t + 1][:, :n])
+        else:
+            xp.multiply(o, tc, out=self.M[t][:, :n])
+            self.mm(self.w["w_hr"], self.M[t][:, :n], out=self.HT[t + 1][:, :n])
+
+    @property
+    def h_rows(self):
+        """(T+1, B, P) h_0..h_T, row-major: the outputs and the W_hh gradient's operand."""
+        if self._h_rows is None:
+            self._h_rows = transposed_copy(self.HT)
+        return self._h_rows
+
+    def outputs(self):
+        return self.h_rows[1:]
+
+    def final(self):
+        return (self.h_rows[-1], self.xp.ascontiguousarray(self.C[-1].T))
+
+    def begin_backward(self, dy, dstate, alloc):
+        xp, H = self.xp, self.H
+        T, _, B = self.A.shape
+        self.dy = dy
+        # dh is carried in rows (B, P): its GEMM, dA[t]^T W_hh, is faster that way round (the
+        # transpose is a GEMM flag), and dy[t] adds to it without a transpose. dhT is its
+        # (P, B) copy for the gate arithmetic.
+        self.dh = dstate[0]
+        self.dhT = xp.empty(self.dh.shape[::-1], dy.dtype)
+        self.dc = xp.ascontiguousarray(dstate[1].T)   # carried (H, B)
+        self.dA = alloc((T, 4 * H, B), dy.dtype)
+        self.dh_seq = alloc(dy.shape, dy.dtype) if self.M is not None else None   # for dW_hr
+        self.w_hh_p = self.w["w_hh"][self.perm]
+
+    def back_step(self, t, n):
+        xp, H = self.xp, self.H
+        dh = self.dh[:n]
+        dh += self.dy[t, :n]
+        dhT, dc, k = self.dhT[:, :n], self.dc[:, :n], self.tmp[:, :n]
+        xp.copyto(dhT, dh.T)
+        if self.M is None:
+            dm = dhT
+        else:
+            self.dh_seq[t, :n] = dh
+            dm = self.mm(self.w["w_hr"].T, dhT)
+        a, tc = self.A[t][:, :n], self.TC[t][:, :n]
+        i, f, o, g = a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:]
+        xp.multiply(tc, tc, out=k)                 # dc += dm * o * tanh'(c)
+        xp.subtract(1, k, out=k)
+        k *= o
+        k *= dm
+        dc += k
+        d = self.dA[t][:, :n]
+        s, ds = a[:3 * H], d[:3 * H]
+        xp.multiply(s, s, out=ds)                  # sigmoid' = s - s^2 for i, f, o
+        xp.subtract(s, ds, out=ds)
+        dg = d[3 * H:]
+        xp.multiply(g, g, out=dg)                  # tanh' = 1 - g^2
+        xp.subtract(1, dg, out=dg)
+        d[:H] *= g                                 # di = dc * g * i'
+        d[H:2 * H] *= self.C[t][:, :n]             # df = dc * c_{t-1} * f'
+        d[2 * H:3 * H] *= tc                       # do = dm * tanh(c) * o'
+        dg *= i                                    # dg = dc * i * g'
+        d_if = d[:2 * H].reshape(2, H, -1)
+        d_if *= dc
+        d[2 * H:3 * H] *= dm
+        dg *= dc
+        dc *= f                                    # through f into c_{t-1}
+        self.mm(d.T, self.w_hh_p, out=dh)
+
+    def finish_backward(self):
+        w, unperm = self.w, self.unperm
+        I = self.x.shape[-1]
+        d = transposed_copy(self.dA)               # (T, B, 4H), gates (i f o g)
+        dw_x1 = self.outer(d, self.x1)[unperm]     # [dW_ih | db]
+        grads = {"w_ih": dw_x1[:, :I].copy(), "w_hh": self.outer(d, self.h_rows[:-1])[unperm], "w_hr": None,
+                 "b_ih": None, "b_hh": None}
+        if w["b_ih"] is not None:   # separate arrays: see cells.bias_grads
+            grads["b_ih"], grads["b_hh"] = dw_x1[:, I].copy(), dw_x1[:, I].copy()
+        if self.M is not None:
+            grads["w_hr"] = self.outer(self.dh_seq, transposed_copy(self.M))
+        dx = self.rows_matmul(d, w["w_ih"][self.perm])
+        return dx, (self.dh, self.xp.ascontiguousarray(self.dc.T)), grads
