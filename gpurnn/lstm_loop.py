@@ -1,21 +1,23 @@
 """The LSTM step rule for the xp time loop, in feature-major layout.
 
 The fused kernels read row-major (T, B, 4H) buffers (cells.LSTM). A NumPy loop
-over row-major buffers pays for strided gate slices: a ufunc on a (B, H) column
-block of a (B, 4H) array runs 2-4x slower than on a contiguous block, and an
-LSTM step has ~25 of them. Here every per-step array is stored transposed,
-(features, B), so each gate is a contiguous row block of one (4H, B) GEMM output:
+over those pays for strided gate slices: a ufunc on a (B, H) column block of a
+(B, 4H) array runs 2-4x slower than on a contiguous block. Here every per-step
+array is stored transposed, (features, B), so each gate is a contiguous row block
+of one (4H, B) GEMM output:
 
-    A[t]  (4H, B)  pre-activations, activated in place; gate rows (i | f | o | g)
-    C[t]  (H, B)   c_{t-1} at index t (C[0] = c0); TC[t] = tanh(c_t)
-    HT[t] (P, B)   h_{t-1} at index t (HT[0] = h0); P = proj_size or H
+    A[t]   (4H, B)  pre-activations, activated in place; gate rows (i | f | o | g)
+    Z[t+1] (3H, B)  i*g | f*c_{t-1} | m = o*tanh(c_t): the products the forward forms anyway;
+                    with (i | f | o) they give every backward coefficient in few passes
+    C[t]   (H, B)   c_{t-1} at index t (C[0] = c0); TC[t] = tanh(c_t)
+    hT[t]  (P, B)   h_{t-1} at index t (hT[0] = h0): Z's m block, or W_hr m with proj_size P
 
 Torch's gate order (i | f | g | o) is permuted to (i | f | o | g) so the three
 sigmoid gates are one block, and their 0.5 pre-scale (sigmoid(a) = 0.5*tanh(a/2)
 + 0.5) is folded into the weights: one tanh activates all four gates. The input
-projection (bias included, via a ones column) is one batched GEMM straight into
-A, and each step accumulates W_hh h into it. Weight gradients go back to row-major
-(T*B rows) for their GEMMs and to torch's gate order.
+projection (bias included, as a column of ones) is one batched GEMM straight into
+A, and each step accumulates W_hh h into it. The weight gradients are GEMMs over
+all T*B rows, on dA transposed back to rows, then put back in torch's gate order.
 """
 import numpy as np
 
@@ -32,8 +34,7 @@ class LSTMLoop(Cell):
         self.H = H
         self.perm = np.r_[0:2 * H, 3 * H:4 * H, 2 * H:3 * H]   # torch (i f g o) -> (i f o g)
         self.unperm = np.argsort(self.perm)
-        dtype = w["w_hh"].dtype
-        self.scale = xp.ones((4 * H, 1), dtype)
+        self.scale = xp.ones((4 * H, 1), w["w_hh"].dtype)
         self.scale[:3 * H] = 0.5
 
     def begin_forward(self, x, state0, alloc):
@@ -43,48 +44,48 @@ class LSTMLoop(Cell):
         w_ih = w["w_ih"][perm] * self.scale
         self.w_hh_scaled = w["w_hh"][perm] * self.scale
         self.A = alloc((T, 4 * H, B), x.dtype)
-        if w["b_ih"] is not None:   # the bias as one more input column of ones: free inside the GEMMs
+        if w["b_ih"] is not None:
             bias = (w["b_ih"] + w["b_hh"])[perm] * self.scale[:, 0]
             w_ih = xp.concatenate([w_ih, bias[:, None]], axis=1)
             x = xp.concatenate([x, xp.ones((T, B, 1), x.dtype)], axis=2)
-        self.x1 = x
+        self.x1 = x                                # x with a ones column: dW_ih and db in one GEMM
         self.mm(w_ih, x.transpose(0, 2, 1), out=self.A)
         h0, c0 = state0
-        self.HT = alloc((T + 1, h0.shape[-1], B), x.dtype)
+        self.Z = alloc((T + 1, 3 * H, B), x.dtype)
         self.C = alloc((T + 1, H, B), x.dtype)
         self.TC = alloc((T, H, B), x.dtype)
-        self.M = alloc((T, H, B), x.dtype) if w["w_hr"] is not None else None  # o*tanh(c) before W_hr
-        self.HT[0], self.C[0] = h0.T, c0.T
-        self.tmp = xp.empty((H, B), x.dtype)
-        self.seq = [self.HT.transpose(0, 2, 1), self.C.transpose(0, 2, 1)]   # (T+1, B, ·) views
+        if w["w_hr"] is None:
+            self.hT = self.Z[:, 2 * H:]
+        else:
+            self.hT = alloc((T + 1, h0.shape[-1], B), x.dtype)
+        self.hT[0], self.C[0] = h0.T, c0.T
+        self.seq = [self.hT.transpose(0, 2, 1), self.C.transpose(0, 2, 1)]   # (T+1, B, ·) views
         self._h_rows = None
 
     def step(self, t, n):
         xp, H = self.xp, self.H
-        a = self.A[t][:, :n]
-        self.mm(self.w_hh_scaled, self.HT[t][:, :n], out=a, add=True)
+        a = self.A[t, :, :n]
+        self.mm(self.w_hh_scaled, self.hT[t, :, :n], out=a, add=True)
         xp.tanh(a, out=a)
         s = a[:3 * H]
         s *= 0.5
         s += 0.5
-        i, f, o, g = a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:]
-        c, ig = self.C[t + 1][:, :n], self.tmp[:, :n]
-        xp.multiply(f, self.C[t][:, :n], out=c)
+        i, f, o, g = a.reshape(4, H, -1)
+        ig, fc, m = self.Z[t + 1, :, :n].reshape(3, H, -1)
+        c, tc = self.C[t + 1, :, :n], self.TC[t, :, :n]
         xp.multiply(i, g, out=ig)
-        c += ig
-        tc = self.TC[t][:, :n]
+        xp.multiply(f, self.C[t, :, :n], out=fc)
+        xp.add(fc, ig, out=c)
         xp.tanh(c, out=tc)
-        if self.M is None:
-            xp.multiply(o, tc, out=self.HT[t + 1][:, :n])
-        else:
-            xp.multiply(o, tc, out=self.M[t][:, :n])
-            self.mm(self.w["w_hr"], self.M[t][:, :n], out=self.HT[t + 1][:, :n])
+        xp.multiply(o, tc, out=m)
+        if self.w["w_hr"] is not None:
+            self.mm(self.w["w_hr"], m, out=self.hT[t + 1, :, :n])
 
     @property
     def h_rows(self):
         """(T+1, B, P) h_0..h_T, row-major: the outputs and the W_hh gradient's operand."""
         if self._h_rows is None:
-            self._h_rows = transposed_copy(self.HT)
+            self._h_rows = transposed_copy(self.hT)
         return self._h_rows
 
     def outputs(self):
@@ -103,43 +104,38 @@ class LSTMLoop(Cell):
         self.dh = dstate[0]
         self.dhT = xp.empty(self.dh.shape[::-1], dy.dtype)
         self.dc = xp.ascontiguousarray(dstate[1].T)   # carried (H, B)
+        self.k = xp.empty((H, B), dy.dtype)
         self.dA = alloc((T, 4 * H, B), dy.dtype)
-        self.dh_seq = alloc(dy.shape, dy.dtype) if self.M is not None else None   # for dW_hr
+        self.dh_seq = None if self.w["w_hr"] is None else alloc(dy.shape, dy.dtype)   # for dW_hr
         self.w_hh_p = self.w["w_hh"][self.perm]
 
     def back_step(self, t, n):
         xp, H = self.xp, self.H
-        dh = self.dh[:n]
+        dh, dhT, dc, k = self.dh[:n], self.dhT[:, :n], self.dc[:, :n], self.k[:, :n]
         dh += self.dy[t, :n]
-        dhT, dc, k = self.dhT[:, :n], self.dc[:, :n], self.tmp[:, :n]
         xp.copyto(dhT, dh.T)
-        if self.M is None:
+        if self.dh_seq is None:
             dm = dhT
         else:
             self.dh_seq[t, :n] = dh
             dm = self.mm(self.w["w_hr"].T, dhT)
-        a, tc = self.A[t][:, :n], self.TC[t][:, :n]
-        i, f, o, g = a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:]
-        xp.multiply(tc, tc, out=k)                 # dc += dm * o * tanh'(c)
-        xp.subtract(1, k, out=k)
-        k *= o
+        a, z = self.A[t, :, :n], self.Z[t + 1, :, :n]
+        i, f, o, g = a.reshape(4, H, -1)
+        ig, m = z[:H], z[2 * H:]
+        xp.multiply(m, self.TC[t, :, :n], out=k)  # o * tanh'(c) = o - m*tanh(c)
+        xp.subtract(o, k, out=k)
         k *= dm
         dc += k
-        d = self.dA[t][:, :n]
-        s, ds = a[:3 * H], d[:3 * H]
-        xp.multiply(s, s, out=ds)                  # sigmoid' = s - s^2 for i, f, o
-        xp.subtract(s, ds, out=ds)
-        dg = d[3 * H:]
-        xp.multiply(g, g, out=dg)                  # tanh' = 1 - g^2
-        xp.subtract(1, dg, out=dg)
-        d[:H] *= g                                 # di = dc * g * i'
-        d[H:2 * H] *= self.C[t][:, :n]             # df = dc * c_{t-1} * f'
-        d[2 * H:3 * H] *= tc                       # do = dm * tanh(c) * o'
-        dg *= i                                    # dg = dc * i * g'
+        d = self.dA[t, :, :n]
+        d_ifo, d_g = d[:3 * H], d[3 * H:]
+        xp.multiply(z, a[:3 * H], out=d_ifo)      # (i*g, f*c_{t-1}, m) * (1 - (i, f, o)): ...
+        xp.subtract(z, d_ifo, out=d_ifo)          # ... g*i', c_{t-1}*f', tanh(c)*o'
+        xp.multiply(ig, g, out=d_g)               # i*g' = i - i*g*g
+        xp.subtract(i, d_g, out=d_g)
         d_if = d[:2 * H].reshape(2, H, -1)
         d_if *= dc
         d[2 * H:3 * H] *= dm
-        dg *= dc
+        d_g *= dc
         dc *= f                                    # through f into c_{t-1}
         self.mm(d.T, self.w_hh_p, out=dh)
 
@@ -152,7 +148,7 @@ class LSTMLoop(Cell):
                  "b_ih": None, "b_hh": None}
         if w["b_ih"] is not None:   # separate arrays: see cells.bias_grads
             grads["b_ih"], grads["b_hh"] = dw_x1[:, I].copy(), dw_x1[:, I].copy()
-        if self.M is not None:
-            grads["w_hr"] = self.outer(self.dh_seq, transposed_copy(self.M))
+        if self.dh_seq is not None:
+            grads["w_hr"] = self.outer(self.dh_seq, transposed_copy(self.Z[1:, 2 * self.H:]))
         dx = self.rows_matmul(d, w["w_ih"][self.perm])
         return dx, (self.dh, self.xp.ascontiguousarray(self.dc.T)), grads
