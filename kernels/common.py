@@ -29,10 +29,13 @@ recompiles), so one kernel serves three modes (`Config.mode`):
             steps, reads the full h_t of its batch tile from global memory
             and `grid_barrier`s after each step.  GPU only (all programs must
             be resident: grid <= SM count; a spin would hang the interpreter).
+            A larger grid runs in groups of batch tiles, one launch each
+            (`Config.groups`; the kernels take the group's first tile, tile0).
   "stepwise" P > 1, one launch per step (n_steps=1): the same kernel and
             step body; the launch boundary is the barrier.  The fallback when
             the split grid does not fit, and the path that tests the split
-            arithmetic under TRITON_INTERPRET=1 (GPURNN_SLICE forces it).
+            arithmetic under TRITON_INTERPRET=1 (GPURNN_SLICE forces it). Used
+            only where P alone exceeds the SM count, or off the GPU.
 
 Tiles. H is padded to HP = next power of two (>= 16) and masked. Gates get a
 gate dimension: a program's W tile is (HP, S*GP) with column s*GP + g holding
@@ -319,9 +322,15 @@ class Config:
     num_warps: int
     mode: str        # "single", "split" or "stepwise"
     nk: int = 1      # chunks of the forward dot's K (kdot); 1 in the backward
+    tiles: int = 0   # batch tiles per launch (0: all of them)
 
-    def grid(self, B):
-        return (triton.cdiv(B, self.BB), self.P)
+    def groups(self, B):
+        """(grid, tile0) of each launch that together cover all batch tiles: one launch, or
+        `tiles` tiles at a time (batch tiles are independent, so one group may run all its
+        steps before the next starts)."""
+        n = triton.cdiv(B, self.BB)
+        per = self.tiles or n
+        return [((min(per, n - t0), self.P), t0) for t0 in range(0, n, per)]
 
     @property
     def maxnreg(self):
@@ -392,21 +401,38 @@ def tile_config(H, B, GP, elem_bytes, direction="fwd"):
 
 
 def choose_config(H, B, GP, elem_bytes, device, direction="fwd"):
-    """tile_config, with "split" only where every program can be resident (a CUDA device, grid <= SMs).
+    """tile_config, with "split" only where every program of a launch can be resident (a CUDA device).
 
-    GPURNN_STEPWISE=1 makes a split config run stepwise (gpu_check tests that fallback on the GPU).
+    A split grid larger than the SM count runs in groups of batch tiles, one launch per group
+    (Config.tiles); a slice count P above the SM count runs stepwise. GPURNN_STEPWISE=1 makes
+    a split config run stepwise (gpu_check tests that fallback on the GPU); GPURNN_TILES=<n>
+    caps the batch tiles per launch in every mode (tests run the grouped launches).
     """
     cfg = tile_config(H, B, GP, elem_bytes, direction)
-    resident = (device.type == "cuda" and not interpreting() and os.environ.get("GPURNN_STEPWISE") != "1"
-                and triton.cdiv(B, cfg.BB) * cfg.P <= sm_count(device))
-    if cfg.mode == "split" and not resident:
-        cfg = replace(cfg, mode="stepwise")
+    forced = int(os.environ.get("GPURNN_TILES", "0"))
+    if forced:
+        cfg = replace(cfg, tiles=forced)
+    if cfg.mode != "split":
+        return cfg
+    if device.type != "cuda" or interpreting() or os.environ.get("GPURNN_STEPWISE") == "1":
+        return replace(cfg, mode="stepwise")
+    sms = sm_count(device)
+    if cfg.P > sms:
+        return replace(cfg, mode="stepwise")
+    if triton.cdiv(B, cfg.BB) * cfg.P > sms:
+        cfg = replace(cfg, tiles=min(cfg.tiles or sms, sms // cfg.P))
     return cfg
 
 
 def launch(kernel, grid, *args, **kwargs):
     """Every kernel launch goes through here, so tests can count launches."""
     kernel[grid](*args, **kwargs)
+
+
+def launch_tiles(kernel, cfg, B, *args, **kwargs):
+    """Launch a cell kernel over every batch tile, in cfg's groups (the kernel's tile0 argument)."""
+    for grid, tile0 in cfg.groups(B):
+        launch(kernel, grid, *args, tile0=tile0, **kwargs)
 
 
 def run_windows(cfg, T, launch_window, reverse=False):

@@ -38,13 +38,13 @@ def _fwd_step(t, b_h, b_w, p_gx, p_h, p_sizes, rows, cols, B, H, nonlin,
     return b_h
 
 
-@triton.jit(do_not_specialize=["t_start", "n_steps"])
-def _fwd_kernel(p_gx, p_h, p_w, p_sizes, p_bar, t_start, n_steps, B, H, nonlin,
+@triton.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
+def _fwd_kernel(p_gx, p_h, p_w, p_sizes, p_bar, t_start, n_steps, B, H, nonlin, tile0,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
-    rows = pid_b * BB + tl.arange(0, BB)
+    rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
     b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 1, 1, DOT)   # (HP, S), on chip for all steps
@@ -53,7 +53,7 @@ def _fwd_kernel(p_gx, p_h, p_w, p_sizes, p_bar, t_start, n_steps, B, H, nonlin,
         b_h = _fwd_step(t_start + i, b_h, b_w, p_gx, p_h, p_sizes, rows, cols, B, H, nonlin,
                         HP, SINGLE, NK, ACC, DOT, PREC)
         if SYNC:
-            cm.grid_barrier(p_bar + pid_b, (i + 1) * P)
+            cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
 
 
 @triton.jit
@@ -71,8 +71,8 @@ def _bwd_point(t, b_dh, p_dy, p_h, p_dz, p_sizes, rows, cols, B, H, nonlin, ACC:
     return b_dh, b_dz
 
 
-@triton.jit(do_not_specialize=["T", "t_start", "n_steps"])
-def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, T, t_start, n_steps, B, H, nonlin,
+@triton.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
+def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, T, t_start, n_steps, B, H, nonlin, tile0,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
@@ -83,7 +83,7 @@ def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, T, t_start, n_
     sums dz_0's shares into dh_0. One barrier per iteration in split mode.
     """
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
-    rows = pid_b * BB + tl.arange(0, BB)
+    rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
     b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 1, 1, DOT)   # (HP, S): W_hh[slice, :]^T, on chip
@@ -100,7 +100,7 @@ def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, T, t_start, n_
             if not SINGLE:
                 cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, HP, P)
         if SYNC:
-            cm.grid_barrier(p_bar + pid_b, (i + 1) * P)
+            cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
     tl.store(p_dh + rows[:, None] * H + cols[None, :], b_dh, mask=(rows < B)[:, None] & (cols < H)[None, :])
 
 
@@ -117,8 +117,8 @@ def forward(c, sizes, io_dtype=None):
         return
     gx, w = cm.as_tensor(c.gx), cm.as_tensor(c.w["w_hh"]).contiguous()
     sz, bar = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)
-    cm.run_windows(cfg, T, lambda t0, n: cm.launch(
-        _fwd_kernel, cfg.grid(B), gx, h, w, sz, bar, t0, n, B, H, nonlin, **consts))
+    cm.run_windows(cfg, T, lambda t0, n: cm.launch_tiles(
+        _fwd_kernel, cfg, B, gx, h, w, sz, bar, t0, n, B, H, nonlin, **consts))
 
 
 def backward(c, sizes, io_dtype=None):
@@ -130,8 +130,8 @@ def backward(c, sizes, io_dtype=None):
     w = cm.as_tensor(c.w["w_hh"]).contiguous()
     sz, bar, ws = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h), cm.partials_workspace(cfg, B, h)
     # T+1 iterations t = T-1 .. -1 (see _bwd_kernel)
-    cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch(
-        _bwd_kernel, cfg.grid(B), dy, h, dz, dh, w, ws, sz, bar, T, t0 - 1, n, B, H, nonlin, **consts),
+    cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch_tiles(
+        _bwd_kernel, cfg, B, dy, h, dz, dh, w, ws, sz, bar, T, t0 - 1, n, B, H, nonlin, **consts),
         reverse=True)
 
 
@@ -140,9 +140,9 @@ def compile_targets(hidden_size, dtype):
     ptr = cm.buffer_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
     sigs = dict(fwd=dict(p_gx=ptr, p_h=ptr, p_w=ptr, p_sizes="*i32", p_bar="*i32",
-                         t_start="i32", n_steps="i32", B="i32", H="i32", nonlin="i32"),
+                         t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32", nonlin="i32"),
                 bwd=dict(p_dy=ptr, p_h=ptr, p_dz=ptr, p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32",
-                         T="i32", t_start="i32", n_steps="i32", B="i32", H="i32", nonlin="i32"))
+                         T="i32", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32", nonlin="i32"))
     kernels = dict(fwd=_fwd_kernel, bwd=_bwd_kernel)
     return [cm.target(f"elman_{d}", kernels[d], sigs[d], cm.kernel_consts(cfg, d, acc, dot, prec), cfg)
             for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d)]

@@ -53,13 +53,13 @@ def _fwd_step(t, b_h, b_w, b_bhn, p_gx, p_gates, p_hn, p_h, p_sizes, rows, j0, B
     return b_h
 
 
-@triton.jit(do_not_specialize=["t_start", "n_steps"])
-def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_w, p_bhn, p_sizes, p_bar, t_start, n_steps, B, H,
+@triton.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
+def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_w, p_bhn, p_sizes, p_bar, t_start, n_steps, B, H, tile0,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
-    rows = pid_b * BB + tl.arange(0, BB)
+    rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
     b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 4, 3, DOT)   # (HP, S*4), on chip for all steps
@@ -69,7 +69,7 @@ def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_w, p_bhn, p_sizes, p_bar, t_start, n
         b_h = _fwd_step(t_start + i, b_h, b_w, b_bhn, p_gx, p_gates, p_hn, p_h, p_sizes,
                         rows, j0, B, H, HP, S, SINGLE, NK, ACC, DOT, PREC)
         if SYNC:
-            cm.grid_barrier(p_bar + pid_b, (i + 1) * P)
+            cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
 
 
 @triton.jit
@@ -100,9 +100,9 @@ def _bwd_point(t, b_dh, p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_size
     return b_dh, b_dh * cm.gate(b_g, 1), b_d
 
 
-@triton.jit(do_not_specialize=["T", "t_start", "n_steps"])
+@triton.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
 def _bwd_kernel(p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_dh, p_w, p_ws, p_sizes, p_bar,
-                T, t_start, n_steps, B, H,
+                T, t_start, n_steps, B, H, tile0,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
@@ -111,7 +111,7 @@ def _bwd_kernel(p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_dh, p_w, p_w
     (see elman._bwd_kernel; T+1 iterations in all).
     """
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
-    rows = pid_b * BB + tl.arange(0, BB)
+    rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
     b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 4, 3, DOT)   # (HP, S*4): the slice's gate rows^T, on chip
@@ -140,7 +140,7 @@ def _bwd_kernel(p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_dh, p_w, p_w
             if not SINGLE:
                 cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, HP, P)
         if SYNC:
-            cm.grid_barrier(p_bar + pid_b, (i + 1) * P)
+            cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
     tl.store(p_dh + off2, b_dh, mask=ok2)
 
 
@@ -158,8 +158,8 @@ def forward(c, sizes, io_dtype=None):
     w = t(c.w["w_hh"]).contiguous()
     b_hn = h.new_zeros(H) if c.b_hn is None else t(c.b_hn).contiguous()
     sz, bar = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)
-    cm.run_windows(cfg, T, lambda t0, n: cm.launch(
-        _fwd_kernel, cfg.grid(B), t(c.gx), t(c.gates), t(c.hn), h, w, b_hn, sz, bar,
+    cm.run_windows(cfg, T, lambda t0, n: cm.launch_tiles(
+        _fwd_kernel, cfg, B, t(c.gx), t(c.gates), t(c.hn), h, w, b_hn, sz, bar,
         t0, n, B, H, **consts))
 
 
@@ -172,8 +172,8 @@ def backward(c, sizes, io_dtype=None):
     w = t(c.w["w_hh"]).contiguous()
     sz, bar, ws = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h), cm.partials_workspace(cfg, B, h)
     # T+1 iterations t = T-1 .. -1 (see _bwd_kernel)
-    cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch(
-        _bwd_kernel, cfg.grid(B), t(c.dy), t(c.gates), t(c.k_new), t(c.k_z), t(c.k_r), t(c.dgh),
+    cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch_tiles(
+        _bwd_kernel, cfg, B, t(c.dy), t(c.gates), t(c.k_new), t(c.k_z), t(c.k_r), t(c.dgh),
         t(c.dnew), t(c.dh), w, ws, sz, bar, T, t0 - 1, n, B, H, **consts), reverse=True)
 
 
@@ -182,10 +182,10 @@ def compile_targets(hidden_size, dtype):
     ptr = cm.buffer_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
     sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_hn=ptr, p_h=ptr, p_w=ptr, p_bhn=ptr, p_sizes="*i32",
-                         p_bar="*i32", t_start="i32", n_steps="i32", B="i32", H="i32"),
+                         p_bar="*i32", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32"),
                 bwd=dict(p_dy=ptr, p_gates=ptr, p_knew=ptr, p_kz=ptr, p_kr=ptr, p_dgh=ptr, p_dnew=ptr,
                          p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", T="i32", t_start="i32",
-                         n_steps="i32", B="i32", H="i32"))
+                         n_steps="i32", tile0="i32", B="i32", H="i32"))
     kernels = dict(fwd=_fwd_kernel, bwd=_bwd_kernel)
     return [cm.target(f"gru_{d}", kernels[d], sigs[d], cm.kernel_consts(cfg, d, acc, dot, prec), cfg)
             for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d)]

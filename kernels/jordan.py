@@ -91,16 +91,16 @@ def _load_w(p_wsh, p_who, j0, H, O, OP: tl.constexpr, S: tl.constexpr, DOT: tl.c
     return b_wsh, b_who
 
 
-@triton.jit(do_not_specialize=["T", "t_start", "n_steps"])
+@triton.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
 def _fwd_kernel(p_gx, p_hid, p_y, p_s, p_teacher, p_wsh, p_who, p_bo, p_decay, p_ws, p_sizes, p_bar,
-                T, t_start, n_steps, B, H, O, nonlin,
+                T, t_start, n_steps, B, H, O, nonlin, tile0,
                 BB: tl.constexpr, OP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, ACT: tl.constexpr, HAS_TEACHER: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Iterations t = t_start, t_start+1, ...: finish step t-1 (t >= 1) from the summed shares, then
     step t's hidden slice and its share (t < T); T+1 iterations in all."""
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
-    rows = pid_b * BB + tl.arange(0, BB)
+    rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     ocols = tl.arange(0, OP)
     o_ok = ocols < O
@@ -125,7 +125,7 @@ def _fwd_kernel(p_gx, p_hid, p_y, p_s, p_teacher, p_wsh, p_who, p_bo, p_decay, p
             if not SINGLE:
                 cm.store_partial(p_ws, b_pre, t, pid_s, rows, B, OP, P)
         if SYNC:
-            cm.grid_barrier(p_bar + pid_b, (i + 1) * P)
+            cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
 
 
 @triton.jit
@@ -152,9 +152,9 @@ def _bwd_output(t, b_ds, p_dy, p_y, p_da, p_sizes, rows, B, O, writer,
     return b_da
 
 
-@triton.jit(do_not_specialize=["T", "t_start", "n_steps"])
+@triton.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
 def _bwd_kernel(p_dy, p_y, p_hid, p_da, p_dz, p_ds_in, p_ds_out, p_wsh, p_who, p_decay, p_ws, p_sizes, p_bar,
-                T, t_start, n_steps, B, H, O, nonlin,
+                T, t_start, n_steps, B, H, O, nonlin, tile0,
                 BB: tl.constexpr, OP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, ACT: tl.constexpr, HAS_TEACHER: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
@@ -165,7 +165,7 @@ def _bwd_kernel(p_dy, p_y, p_hid, p_da, p_dz, p_ds_in, p_ds_out, p_wsh, p_who, p
     launches read one buffer and write another (a program may start after slice 0 has finished).
     """
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
-    rows = pid_b * BB + tl.arange(0, BB)
+    rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
     col_ok = cols < H
@@ -197,7 +197,7 @@ def _bwd_kernel(p_dy, p_y, p_hid, p_da, p_dz, p_ds_in, p_ds_out, p_wsh, p_who, p
             if not SINGLE:
                 cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, OP, P)
         if SYNC:
-            cm.grid_barrier(p_bar + pid_b, (i + 1) * P)
+            cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
     tl.store(p_ds_out + rows[:, None] * O + ocols[None, :], b_ds,
              mask=(rows < B)[:, None] & o_ok[None, :] & writer)
 
@@ -266,8 +266,8 @@ def forward(c, sizes, io_dtype=None):
     teacher = s if c.teacher is None else t(c.teacher)   # unread without teacher forcing
     sz, bar, ws = cm.sizes_tensor(sizes, s), cm.barrier_counters(cfg, B, s), _workspace(cfg, B, consts["OP"], s)
     # T+1 iterations t = 0 .. T (see _fwd_kernel)
-    cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch(
-        _fwd_kernel, cfg.grid(B), t(c.gx), t(c.hid), t(c.y), s, teacher, w_sh, w_ho, b_o, decay, ws, sz, bar,
+    cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch_tiles(
+        _fwd_kernel, cfg, B, t(c.gx), t(c.hid), t(c.y), s, teacher, w_sh, w_ho, b_o, decay, ws, sz, bar,
         T, t0, n, B, H, O, nonlin, **consts))
 
 
@@ -285,7 +285,7 @@ def backward(c, sizes, io_dtype=None):
 
     def window(t0, n):   # T+1 iterations t = T-1 .. -1 (see _bwd_kernel); stepwise launch k reads carry[k % 2]
         k = T - t0
-        cm.launch(_bwd_kernel, cfg.grid(B), t(c.dy), t(c.y), t(c.hid), t(c.da), t(c.dz), carry[k % 2],
+        cm.launch_tiles(_bwd_kernel, cfg, B, t(c.dy), t(c.y), t(c.hid), t(c.da), t(c.dz), carry[k % 2],
                   carry[(k + 1) % 2], w_sh, w_ho, decay, ws, sz, bar, T, t0 - 1, n, B, H, O, nonlin, **consts)
 
     cm.run_windows(cfg, T + 1, window, reverse=True)
@@ -305,7 +305,7 @@ def compile_targets(hidden_size, dtype, output_size=None):
     acc, dot, prec = cm.dtype_constexprs(dtype)
     consts = {d: _consts(_config(hidden_size, O, cm.BB, cm.w_elem_bytes(dot), d), O, "softmax", False,
                          acc, dot, prec) for d in ("fwd", "bwd")}
-    common = dict(p_ws=ptr, p_sizes="*i32", p_bar="*i32", T="i32", t_start="i32", n_steps="i32",
+    common = dict(p_ws=ptr, p_sizes="*i32", p_bar="*i32", T="i32", t_start="i32", n_steps="i32", tile0="i32",
                   B="i32", H="i32", O="i32", nonlin="i32")
     fwd_sig = dict(p_gx=ptr, p_hid=ptr, p_y=ptr, p_s=ptr, p_teacher=ptr, p_wsh=ptr, p_who=ptr, p_bo=ptr,
                    p_decay=ptr, **common)

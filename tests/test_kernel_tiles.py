@@ -1,0 +1,65 @@
+"""Batch tiles launched in groups (common.Config.groups, the kernels' tile0 argument).
+
+On a GPU a split grid larger than the SM count runs one persistent launch per group
+of batch tiles (common.choose_config). GPURNN_TILES=<n> caps the tiles per launch in
+every mode, so the interpreter runs the same offsets here.
+"""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from gpurnn.kernels import common as cm
+from kernel_cases import (TOL, assert_all_close, launches, make_case, nan_empty,  # noqa: F401
+                          packed_sizes, run, split_hidden)
+
+CELLS = {"elman": {}, "lstm": {}, "gru": {}, "jordan": {"O": 6}}
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("hidden", ["single", "split"])
+def test_one_tile_per_launch_matches_engine(cell, hidden, monkeypatch, launches, nan_empty):
+    """B=35: three tiles of 16 rows (the last one short), one launch each, packed and reversed."""
+    monkeypatch.setenv("GPURNN_TILES", "1")
+    if hidden == "split":
+        monkeypatch.setenv("GPURNN_SLICE", "16")   # P = 3 slices, one launch per step
+    T, B = 4, 35
+    case = make_case(cell, T, B, 40, seed=5, **CELLS[cell])
+    sizes = packed_sizes(T, B)
+    got = run(case, "triton", batch_sizes=sizes, reverse=True)
+    assert_all_close(got, run(case, "numpy", batch_sizes=sizes, reverse=True), **TOL[np.float32])
+    windows = 1 if hidden == "single" else T + (cell == "jordan")
+    assert launches.count("_fwd_kernel") == 3 * windows
+
+
+@pytest.mark.parametrize("T", [8, 64])
+def test_grouped_launches_do_not_grow_with_T(T, monkeypatch, launches):
+    monkeypatch.setenv("GPURNN_TILES", "2")
+    run(make_case("lstm", T, 35, 16), "triton")     # 3 tiles: groups of 2 and 1
+    assert (launches.count("_fwd_kernel"), launches.count("_bwd_kernel")) == (2, 2)
+
+
+def _config_on_gpu(monkeypatch, H, B, sms, dtype_bytes=2):
+    monkeypatch.setattr(cm, "interpreting", lambda: False)
+    monkeypatch.setattr(cm, "sm_count", lambda device: sms)
+    return cm.choose_config(H, B, 4, dtype_bytes, SimpleNamespace(type="cuda"), "fwd")
+
+
+def test_large_batch_runs_split_in_groups(monkeypatch):
+    """LSTM bf16 H=768 at B=64: 4 tiles x P slices exceed 132 SMs; P alone fits, so groups."""
+    cfg = _config_on_gpu(monkeypatch, 768, 64, 132)
+    assert cfg.mode == "split" and cfg.P * 4 > 132
+    assert cfg.tiles == 132 // cfg.P >= 1
+    groups = cfg.groups(64)
+    assert [t0 for _, t0 in groups] == list(range(0, 4, cfg.tiles))
+    assert all(grid[0] * grid[1] <= 132 for grid, _ in groups)
+
+
+def test_split_grid_that_fits_is_one_launch(monkeypatch):
+    cfg = _config_on_gpu(monkeypatch, 768, 16, 132)
+    assert cfg.mode == "split" and cfg.tiles == 0 and len(cfg.groups(16)) == 1
+
+
+def test_more_slices_than_sms_runs_stepwise(monkeypatch):
+    cfg = _config_on_gpu(monkeypatch, 768, 16, 4)
+    assert cfg.P > 4 and cfg.mode == "stepwise"
