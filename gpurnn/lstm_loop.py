@@ -32,8 +32,8 @@ class LSTMLoop(Cell):
         super().__init__(xp, w, matmul)
         H = w["w_hh"].shape[0] // 4
         self.H = H
-        self.perm = np.r_[0:2 * H, 3 * H:4 * H, 2 * H:3 * H]   # torch (i f g o) -> (i f o g)
-        self.unperm = np.argsort(self.perm)
+        perm = np.r_[0:2 * H, 3 * H:4 * H, 2 * H:3 * H]   # torch (i f g o) -> (i f o g)
+        self.perm, self.unperm = xp.asarray(perm), xp.asarray(np.argsort(perm))
         self.scale = xp.ones((4 * H, 1), w["w_hh"].dtype)
         self.scale[:3 * H] = 0.5
 
