@@ -1,10 +1,14 @@
-"""The four cells as step rules on xp (NumPy or CuPy) arrays.
+"""The cells as step rules on xp (NumPy or CuPy) arrays.
 
 Each cell owns the buffers of one layer and one direction for one sequence.
 The engine (engine.py) calls, in processing order:
 
     begin_forward(x, state0, alloc); step(t, n) for t in 0..T-1; outputs(); final()
     begin_backward(dy, dstate, alloc); back_step(t, n) for t in T-1..0; finish_backward()
+
+or, for the fused kernels, the kernel launchers instead of step/back_step. LSTM and
+GRU here are only the kernels' row-major buffers: their xp loops are
+lstm_loop.LSTMLoop and gru_loop.GRULoop, in a feature-major layout.
 
 `alloc` makes the (T, ...) buffers: xp.empty, or xp.zeros when rows are masked.
 
@@ -15,9 +19,6 @@ gradient of those rows passes through untouched (backward).
 
 Shapes: x (T, B, I); gate pre-activations (T, B, G*H) with torch's gate order.
 Everything here runs in the compute dtype (float32 for float16 inputs).
-Pointwise work that does not depend on the recurrence (activation
-derivatives, products of saved values) is done for all T at once outside the
-time loop; the loop keeps only what must be sequential.
 """
 import functools
 
@@ -205,7 +206,11 @@ class LSTM(Cell):
 
 
 class GRU(Cell):
-    """Gates (r | z | n); n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); h = (1-z)*n + z*h_prev."""
+    """Gates (r | z | n); n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); h = (1-z)*n + z*h_prev.
+
+    The row-major buffers the fused kernels (kernels/gru.py) run on; they have no
+    step rule here. The xp loop runs gru_loop.GRULoop.
+    """
 
     def __init__(self, xp, w, matmul):
         super().__init__(xp, w, matmul)
@@ -221,33 +226,9 @@ class GRU(Cell):
         self.gx = self.project(x, w["w_ih"], bias)
         self.gates = alloc((T, B, 3 * H), x.dtype)   # activated r, z, n
         self.hn = alloc((T, B, H), x.dtype)          # W_hn h + b_hn
-        self.hp = xp.empty((B, 3 * H), x.dtype)
         self.h = alloc((T + 1, B, H), x.dtype)
         self.h[0] = state0[0]
-        self.seq = [self.h]
-        self.w_hh_t = w["w_hh"].T
         self.b_hn = None if w["b_hh"] is None else w["b_hh"][2 * H:]
-
-    def step(self, t, n):
-        xp, H = self.xp, self.H
-        hp, g = self.hp[:n], self.gates[t, :n]
-        self.mm(self.h[t, :n], self.w_hh_t, out=hp)
-        rz = g[:, :2 * H]
-        xp.add(self.gx[t, :n, :2 * H], hp[:, :2 * H], out=rz)
-        sigmoid_(xp, rz)
-        hn = self.hn[t, :n]
-        if self.b_hn is None:
-            hn[...] = hp[:, 2 * H:]
-        else:
-            xp.add(hp[:, 2 * H:], self.b_hn, out=hn)
-        new = g[:, 2 * H:]
-        xp.multiply(g[:, :H], hn, out=new)
-        new += self.gx[t, :n, 2 * H:]
-        xp.tanh(new, out=new)
-        h_new = self.h[t + 1, :n]
-        xp.subtract(self.h[t, :n], new, out=h_new)
-        h_new *= g[:, H:2 * H]
-        h_new += new
 
     def outputs(self):
         return self.h[1:]
@@ -259,30 +240,13 @@ class GRU(Cell):
         H, g = self.H, self.gates
         T, B = g.shape[:2]
         r, z, new = g[..., :H], g[..., H:2 * H], g[..., 2 * H:]
-        dnew_pre = (1 - z) * (1 - new * new)             # d n_pre / d h_t
-        self.k_new = dnew_pre
+        self.k_new = (1 - z) * (1 - new * new)           # d n_pre / d h_t
         self.k_z = (self.h[:-1] - new) * z * (1 - z)     # d z_pre / d h_t
         self.k_r = self.hn * r * (1 - r)                 # d r_pre / d n_pre
-        self.r, self.z = r, z
         self.dy = dy
         self.dh = dstate[0]
         self.dgh = alloc((T, B, 3 * H), g.dtype)         # grads of W_hh h + b_hh
         self.dnew = alloc((T, B, H), g.dtype)            # grad of the input part of n_pre
-        self.tmp = self.xp.empty((B, H), g.dtype)
-
-    def back_step(self, t, n):
-        xp, H = self.xp, self.H
-        dh = self.dh[:n]
-        dh += self.dy[t, :n]
-        dnew, dgh = self.dnew[t, :n], self.dgh[t, :n]
-        xp.multiply(dh, self.k_new[t, :n], out=dnew)
-        xp.multiply(dnew, self.k_r[t, :n], out=dgh[:, :H])
-        xp.multiply(dh, self.k_z[t, :n], out=dgh[:, H:2 * H])
-        xp.multiply(dnew, self.r[t, :n], out=dgh[:, 2 * H:])
-        keep = self.tmp[:n]
-        xp.multiply(dh, self.z[t, :n], out=keep)
-        self.mm(dgh, self.w["w_hh"], out=dh)
-        dh += keep
 
     def finish_backward(self):
         H, w, dgh = self.H, self.w, self.dgh

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from . import cells
 from .arrays import compute_dtype, get_xp, torch_matmul, xp_matmul
+from .gru_loop import GRULoop
 from .lstm_loop import LSTMLoop
 
 WEIGHT_NAMES = {
@@ -30,11 +31,11 @@ NO_GRAD = ("decay",)   # Jordan's decay is a buffer, not a parameter
 def _make_cell(cell, xp, w, matmul, opts, fused):
     if cell == "elman":
         return cells.Elman(xp, w, matmul, opts.get("nonlinearity", "tanh"))
+    # LSTM, GRU: the kernels read row-major buffers; the xp loop is faster on feature-major ones.
     if cell == "lstm":
-        # The kernels read row-major buffers; the xp loop is faster on feature-major ones.
         return (cells.LSTM if fused else LSTMLoop)(xp, w, matmul)
     if cell == "gru":
-        return cells.GRU(xp, w, matmul)
+        return (cells.GRU if fused else GRULoop)(xp, w, matmul)
     if cell == "jordan":
         return cells.Jordan(xp, w, matmul, opts.get("nonlinearity", "tanh"),
                             opts.get("output_activation", "identity"), opts.get("teacher"))

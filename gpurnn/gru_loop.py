@@ -1,0 +1,135 @@
+"""The GRU step rule for the xp time loop, in feature-major layout (see lstm_loop.py for why).
+
+    GX[t] (3H, B)  W_ih x_t + biases, gate rows (r | z | n) as torch: r, z take b_ih + b_hh,
+                   n only b_in (b_hn stays inside r*(...))
+    G[t]  (3H, B)  W_hh h_{t-1}, gate rows (n | r | z): hn = W_hn h + b_hn, then r, z activated
+    N[t]  (H, B)   n_t;  hT[t] (H, B) h_{t-1} at index t (hT[0] = h0)
+    D[t]  (4H, B)  gradients of (hn | r_pre | z_pre | the input part of n_pre)
+
+W_hh's rows are permuted to (n | r | z) so that the sigmoid gates are one block of G
+and both gradient GEMM operands are contiguous row ranges of D: D[:, :3H] pairs with
+W_hh's rows, D[:, H:] with W_ih's (torch's order). The sigmoid pre-scale 0.5 is folded
+into the r, z rows of both weights, so one tanh activates both gates.
+"""
+import numpy as np
+
+from .arrays import transposed_copy
+from .cells import Cell
+
+
+class GRULoop(Cell):
+    """n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); h = (1-z)*n + z*h_prev (same maths as cells.GRU)."""
+
+    def __init__(self, xp, w, matmul):
+        super().__init__(xp, w, matmul)
+        H = w["w_hh"].shape[0] // 3
+        self.H = H
+        perm = np.r_[2 * H:3 * H, 0:2 * H]   # torch (r z n) -> (n r z)
+        self.perm, self.unperm = xp.asarray(perm), xp.asarray(np.argsort(perm))
+        self.scale = xp.ones((3 * H, 1), w["w_hh"].dtype)
+        self.scale[:2 * H] = 0.5               # torch order (r z n)
+
+    def begin_forward(self, x, state0, alloc):
+        w, xp, H = self.w, self.xp, self.H
+        T, B = x.shape[:2]
+        self.x = x
+        w_ih = w["w_ih"] * self.scale
+        self.w_hh_scaled = (w["w_hh"] * self.scale)[self.perm]
+        self.b_hn = None
+        if w["b_ih"] is not None:
+            bias = w["b_ih"] + xp.concatenate([w["b_hh"][:2 * H], xp.zeros(H, x.dtype)])
+            w_ih = xp.concatenate([w_ih, (bias * self.scale[:, 0])[:, None]], axis=1)
+            x = xp.concatenate([x, xp.ones((T, B, 1), x.dtype)], axis=2)
+            self.b_hn = w["b_hh"][2 * H:, None]
+        self.x1 = x                                # x with a ones column: dW_ih and db_ih in one GEMM
+        self.GX = self.mm(w_ih, x.transpose(0, 2, 1))
+        self.G = alloc((T, 3 * H, B), x.dtype)
+        self.N = alloc((T, H, B), x.dtype)
+        self.hT = alloc((T + 1, H, B), x.dtype)
+        self.hT[0] = state0[0].T
+        self.seq = [self.hT.transpose(0, 2, 1)]   # (T+1, B, H) view
+        self._h_rows = None
+
+    def step(self, t, n):
+        xp, H = self.xp, self.H
+        g = self.G[t, :, :n]
+        self.mm(self.w_hh_scaled, self.hT[t, :, :n], out=g)
+        hn, r, z = g.reshape(3, H, -1)
+        gx = self.GX[t, :, :n]
+        rz = g[H:]
+        rz += gx[:2 * H]
+        xp.tanh(rz, out=rz)
+        rz *= 0.5
+        rz += 0.5
+        if self.b_hn is not None:
+            hn += self.b_hn
+        new = self.N[t, :, :n]
+        xp.multiply(r, hn, out=new)
+        new += gx[2 * H:]
+        xp.tanh(new, out=new)
+        h = self.hT[t + 1, :, :n]
+        xp.subtract(self.hT[t, :, :n], new, out=h)
+        h *= z
+        h += new
+
+    @property
+    def h_rows(self):
+        """(T+1, B, H) h_0..h_T, row-major: the outputs and the W_hh gradient's operand."""
+        if self._h_rows is None:
+            self._h_rows = transposed_copy(self.hT)
+        return self._h_rows
+
+    def outputs(self):
+        return self.h_rows[1:]
+
+    def final(self):
+        return (self.h_rows[-1],)
+
+    def begin_backward(self, dy, dstate, alloc):
+        xp, H = self.xp, self.H
+        T, _, B = self.G.shape
+        self.dyT = transposed_copy(dy)
+        self.dh = xp.ascontiguousarray(dstate[0].T)   # carried (H, B)
+        self.D = alloc((T, 4 * H, B), dy.dtype)
+        self.keep = xp.empty((H, B), dy.dtype)
+        self.diff = xp.empty((H, B), dy.dtype)
+        self.w_hh_t = xp.ascontiguousarray(self.w["w_hh"][self.perm].T)
+
+    def back_step(self, t, n):
+        xp, H = self.xp, self.H
+        dh, keep, diff = self.dh[:, :n], self.keep[:, :n], self.diff[:, :n]
+        dh += self.dyT[t, :, :n]
+        hn, r, z = self.G[t, :, :n].reshape(3, H, -1)
+        new, h_prev = self.N[t, :, :n], self.hT[t, :, :n]
+        d = self.D[t, :, :n]
+        d_hn, d_r, d_z, d_new = d.reshape(4, H, -1)
+        xp.multiply(dh, z, out=keep)               # dh_prev = z*dh + W_hh^T (...)
+        xp.subtract(dh, keep, out=diff)            # (1-z)*dh
+        xp.multiply(new, new, out=d_new)           # d_new = (1-z)*dh*(1-n^2)
+        xp.subtract(1, d_new, out=d_new)
+        d_new *= diff
+        xp.multiply(d_new, r, out=d_hn)            # d hn = r * d_new
+        s, ds = self.G[t, H:, :n], d[H:3 * H]
+        xp.multiply(s, s, out=ds)                  # sigmoid' = s - s^2 for r, z
+        xp.subtract(s, ds, out=ds)
+        d_r *= hn                                  # d r_pre = d_new * hn * r'
+        d_r *= d_new
+        xp.subtract(h_prev, new, out=diff)         # d z_pre = dh * (h_prev - n) * z'
+        d_z *= diff
+        d_z *= dh
+        self.mm(self.w_hh_t, d[:3 * H], out=keep, add=True)
+        xp.copyto(dh, keep)
+
+    def finish_backward(self):
+        w, H, unperm = self.w, self.H, self.unperm
+        I = self.x.shape[-1]
+        d = transposed_copy(self.D)                # (T, B, 4H): hn, r, z | r, z, n
+        d_hh, d_ih = d[..., :3 * H], d[..., H:]
+        dw_x1 = self.outer(d_ih, self.x1)          # [dW_ih | db_ih], torch's gate order
+        grads = {"w_ih": dw_x1[:, :I].copy(), "w_hh": self.outer(d_hh, self.h_rows[:-1])[unperm],
+                 "b_ih": None, "b_hh": None}
+        if w["b_ih"] is not None:
+            grads["b_ih"] = dw_x1[:, I].copy()
+            grads["b_hh"] = d_hh.reshape(-1, 3 * H).sum(axis=0)[unperm]
+        dx = self.rows_matmul(d_ih, w["w_ih"])
+        return dx, (self.xp.ascontiguousarray(self.dh.T),), grads
