@@ -24,6 +24,8 @@ import functools
 
 import numpy as np
 
+from .arrays import transposed_copy
+
 NONLINEARITIES = ("tanh", "relu")
 OUTPUT_ACTIVATIONS = ("identity", "tanh", "sigmoid", "softmax")
 
@@ -52,6 +54,19 @@ class Cell:
         if bias is not None:
             out += bias
         return out
+
+
+class FeatureMajorCell(Cell):
+    """Base of the xp-loop cells that store each step transposed, (features, B), so that gate
+    blocks are contiguous (lstm_loop.LSTMLoop, gru_loop.GRULoop); hT (T+1, P, B) holds h_0..h_T."""
+
+    @functools.cached_property
+    def h_rows(self):
+        """(T+1, B, P) h_0..h_T, row-major: the outputs and the W_hh gradient's operand."""
+        return transposed_copy(self.hT)
+
+    def outputs(self):
+        return self.h_rows[1:]
 
 
 def sum_rows(a):

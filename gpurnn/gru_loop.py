@@ -14,10 +14,10 @@ into the r, z rows of both weights, so one tanh activates both gates.
 import numpy as np
 
 from .arrays import transposed_copy
-from .cells import Cell
+from .cells import FeatureMajorCell
 
 
-class GRULoop(Cell):
+class GRULoop(FeatureMajorCell):
     """n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); h = (1-z)*n + z*h_prev (same maths as cells.GRU)."""
 
     def __init__(self, xp, w, matmul):
@@ -48,7 +48,6 @@ class GRULoop(Cell):
         self.hT = alloc((T + 1, H, B), x.dtype)
         self.hT[0] = state0[0].T
         self.seq = [self.hT.transpose(0, 2, 1)]   # (T+1, B, H) view
-        self._h_rows = None
 
     def step(self, t, n):
         xp, H = self.xp, self.H
@@ -71,16 +70,6 @@ class GRULoop(Cell):
         xp.subtract(self.hT[t, :, :n], new, out=h)
         h *= z
         h += new
-
-    @property
-    def h_rows(self):
-        """(T+1, B, H) h_0..h_T, row-major: the outputs and the W_hh gradient's operand."""
-        if self._h_rows is None:
-            self._h_rows = transposed_copy(self.hT)
-        return self._h_rows
-
-    def outputs(self):
-        return self.h_rows[1:]
 
     def final(self):
         return (self.h_rows[-1],)

@@ -22,10 +22,10 @@ all T*B rows, on dA transposed back to rows, then put back in torch's gate order
 import numpy as np
 
 from .arrays import transposed_copy
-from .cells import Cell
+from .cells import FeatureMajorCell
 
 
-class LSTMLoop(Cell):
+class LSTMLoop(FeatureMajorCell):
     """c_t = f*c + i*g; h_t = o*tanh(c_t), projected by W_hr if given (same maths as cells.LSTM)."""
 
     def __init__(self, xp, w, matmul):
@@ -60,7 +60,6 @@ class LSTMLoop(Cell):
             self.hT = alloc((T + 1, h0.shape[-1], B), x.dtype)
         self.hT[0], self.C[0] = h0.T, c0.T
         self.seq = [self.hT.transpose(0, 2, 1), self.C.transpose(0, 2, 1)]   # (T+1, B, ·) views
-        self._h_rows = None
 
     def step(self, t, n):
         xp, H = self.xp, self.H
@@ -80,16 +79,6 @@ class LSTMLoop(Cell):
         xp.multiply(o, tc, out=m)
         if self.w["w_hr"] is not None:
             self.mm(self.w["w_hr"], m, out=self.hT[t + 1, :, :n])
-
-    @property
-    def h_rows(self):
-        """(T+1, B, P) h_0..h_T, row-major: the outputs and the W_hh gradient's operand."""
-        if self._h_rows is None:
-            self._h_rows = transposed_copy(self.hT)
-        return self._h_rows
-
-    def outputs(self):
-        return self.h_rows[1:]
 
     def final(self):
         return (self.h_rows[-1], self.xp.ascontiguousarray(self.C[-1].T))
