@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from . import cells
 from .arrays import compute_dtype, get_xp, torch_matmul, xp_matmul
+from .buffers import Allocations
 from .gru_loop import GRULoop
 from .lstm_loop import LSTMLoop
 
@@ -127,7 +128,7 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
     c = _make_cell(cell, xp, w, torch_matmul if gemm == "torch" else xp_matmul, opts, fused)
     # With packed rows, buffers start zeroed: rows past their length are never written by a
     # step, and the weight GEMMs multiply them by zero gradients (0 * garbage may be NaN).
-    alloc = xp.empty if batch_sizes is None else xp.zeros
+    alloc = Allocations(xp, zero=batch_sizes is not None)
     c.begin_forward(_to_compute(xp, x, cdt, reverse), tuple(s.astype(cdt, copy=False) for s in state0), alloc)
     io_dtype = io_dtype or dtype.name
     if fused:
@@ -143,6 +144,7 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
     state_shapes = [s.shape for s in state0]
     saved = Saved(c, dtype, sizes if batch_sizes is not None else None, reverse, state_shapes, fused,
                   io_dtype)
+    alloc.bind(saved)   # the buffers go back to the pool with the tape; only copies are returned
     return y.astype(dtype), tuple(s.astype(dtype) for s in c.final()), saved
 
 
@@ -159,8 +161,9 @@ def backward(saved, dy, dstate):
     dy = xp.zeros(y_shape, cdt) if dy is None else _to_compute(xp, dy, cdt, reverse)
     dstate = tuple(xp.zeros(shape, cdt) if d is None else d.astype(cdt, copy=True)
                    for d, shape in zip(dstate, saved.state_shapes))
-    alloc = xp.empty if sizes is None else xp.zeros   # zero gradient for rows past their length
+    alloc = Allocations(xp, zero=sizes is not None)   # zero gradient for rows past their length
     c.begin_backward(dy, dstate, alloc)
+    alloc.bind(saved)
     sizes = [B] * T if sizes is None else sizes
     if saved.fused:
         _kernels(c).backward(c, sizes, io_dtype=saved.io_dtype)

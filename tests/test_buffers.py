@@ -1,0 +1,56 @@
+"""The engine's buffer pool (gpurnn/buffers.py): buffers go back when the tape is freed and are
+reused, and nothing the engine returned ever shares memory with them."""
+import gc
+
+import numpy as np
+import pytest
+
+from gpurnn import buffers, engine
+from kernel_cases import make_case, packed_sizes
+
+# Big enough that every (T, ...) buffer is pooled (buffers.MIN_BYTES).
+T, B, H, I = 64, 32, 64, 8
+
+
+@pytest.fixture
+def pool(monkeypatch):
+    fresh = buffers.BufferPool()
+    monkeypatch.setattr(buffers, "POOL", fresh)
+    return fresh
+
+
+def _call(case, cell, batch_sizes=None):
+    y, state, tape = engine.forward(cell, case["x"], case["state0"], case["weights"], batch_sizes=batch_sizes)
+    dx, dstate0, grads = engine.backward(tape, case["dy"], case["dstate"])
+    return tape, [y, *state, dx, *dstate0, *[g for g in grads.values() if g is not None]]
+
+
+@pytest.mark.parametrize("cell", ["elman", "lstm", "gru", "jordan"])
+def test_buffers_come_back_and_returned_arrays_never_alias_them(cell, pool):
+    case = make_case(cell, T, B, H, dtype=np.float64, I=I, O=5 if cell == "jordan" else None)
+    tape, first = _call(case, cell)
+    kept = [a.copy() for a in first]
+    assert not pool.idle and not pool.returned
+    del tape
+    gc.collect()
+    assert pool.returned                       # the tape's buffers are back ...
+    pooled = [a for stack in pool.returned for a in stack]
+    tape2, second = _call(dict(case, x=case["x"] * 2), cell)
+    assert any(any(b is a for a in pooled) for b in tape2.cell.__dict__.values())   # ... and reused
+    for a, b in zip(first, kept):              # the first call's results did not move
+        np.testing.assert_array_equal(a, b)
+        assert not any(np.shares_memory(a, p) for p in pooled)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_reused_buffer_is_zeroed_for_packed_rows(cell, pool):
+    """Packed runs rely on zeroed buffers: a run that filled them with NaN must not leak into one."""
+    case = make_case(cell, T, B, H, dtype=np.float64, I=I)
+    sizes = packed_sizes(T, B)
+    reference = _call(case, cell, sizes)[1]
+    nan_case = dict(case, x=np.full_like(case["x"], np.nan))
+    _call(nan_case, cell)                      # its tape dies at once: the buffers go back with NaN
+    gc.collect()
+    assert pool.returned
+    for got, want in zip(_call(case, cell, sizes)[1], reference):
+        np.testing.assert_array_equal(got, want)
