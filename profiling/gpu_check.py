@@ -176,14 +176,15 @@ def check_list(engine_backend):
         out.append((f"{kind} float32 stepwise H=100",
                     lambda k=kind: parity(k, "float32", 33, 17, 100, engine_backend,
                                           {"GPURNN_SLICE": 16, "GPURNN_STEPWISE": 1})))
+    out.append(("determinism lstm H=256", determinism))
+    out.append(("launches independent of T", launch_counts))
+    for dt in ("bfloat16", "float32"):
+        out.append((f"lstm {dt} T=64 B=16 H=768", lambda d=dt: parity("lstm", d, 64, 16, 768, engine_backend)))
+    for kind in ("rnn_tanh", "lstm", "gru"):
         out.append((f"{kind} float32 split H=100 B=35, one batch tile per launch",
                     lambda k=kind: parity(k, "float32", 33, 35, 100, engine_backend,
                                           {"GPURNN_SLICE": 16, "GPURNN_TILES": 1})))
-    out.append(("determinism lstm H=256", determinism))
-    out.append(("launches independent of T", launch_counts))
     out.append(("directions overlap", direction_overlap))
-    for dt in ("bfloat16", "float32"):
-        out.append((f"lstm {dt} T=64 B=16 H=768", lambda d=dt: parity("lstm", d, 64, 16, 768, engine_backend)))
     return out
 
 
