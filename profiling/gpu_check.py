@@ -163,7 +163,8 @@ def launch_counts():
 
 
 def check_list(engine_backend):
-    """(name, callable) for every check, cheapest first so a slow compile cannot starve the rest."""
+    """(name, callable) for every check, cheapest first so a slow compile cannot starve the rest;
+    the grouped launches and the direction overlap last, after the headline-size parity."""
     out = []
     for kind in KINDS:
         for dt in DTYPES:
