@@ -52,16 +52,20 @@ def xp_to_tensor(array):
     return torch.from_dlpack(array)
 
 
-def transposed_copy(a):
-    """(T, F, B) -> (T, B, F), contiguous. Through torch's copy (multi-threaded, about twice
-    NumPy's speed) when torch is already loaded, as it is under the torch front end."""
-    if isinstance(a, np.ndarray) and "torch" in sys.modules:
+def transposed_copy(a, out=None):
+    """(T, F, B) -> (T, B, F), contiguous (into out if given). Through torch's copy
+    (multi-threaded, about twice NumPy's speed) when torch is already loaded, as it is
+    under the torch front end."""
+    xp = get_xp(a)
+    if out is None:
+        out = xp.empty((a.shape[0], a.shape[2], a.shape[1]), a.dtype)
+    if xp is np and "torch" in sys.modules:
         import torch
 
-        out = np.empty((a.shape[0], a.shape[2], a.shape[1]), a.dtype)
         torch.from_numpy(out).copy_(torch.from_numpy(a).transpose(1, 2))
-        return out
-    return get_xp(a).ascontiguousarray(a.transpose(0, 2, 1))
+    else:
+        out[...] = a.transpose(0, 2, 1)
+    return out
 
 
 def xp_matmul(a, b, out=None, add=False):

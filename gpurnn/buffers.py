@@ -4,9 +4,11 @@ A fresh multi-megabyte allocation is memory the C library maps anew and the kern
 faults in one 4 KB page at a time on first touch; on the benchmark machine that cost
 up to 5 ms of an 8 ms LSTM forward (a 4 MB projection GEMM taking 8 ms instead of 1
 every other call). The engine takes each sequence's (T, ...) buffers from a pool and
-gives them back when the tape holding them (engine.Saved) is freed, as torch's caching
-allocator does for CUDA memory. CuPy has its own pool: CuPy arrays are not pooled.
+gives them back when the cell holding them (and its tape, engine.Saved) is freed, as
+torch's caching allocator does for CUDA memory. CuPy has its own pool: CuPy arrays are
+not pooled. `clear()` lets the idle ones go.
 """
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -14,7 +16,7 @@ from collections import OrderedDict
 import numpy as np
 
 MIN_BYTES = 1 << 18          # smaller buffers come from the C library's own free lists
-MAX_POOLED_BYTES = 1 << 30   # beyond this, the oldest idle buffers are let go
+MAX_POOLED_BYTES = 1 << 28   # idle beyond this, the least recently returned buffers are let go
 
 
 class BufferPool:
@@ -47,6 +49,12 @@ class BufferPool:
         from garbage collection, which may interrupt take() on this very thread."""
         self.returned.append(arrays)
 
+    def clear(self):
+        with self.lock:
+            self.returned.clear()
+            self.idle.clear()
+            self.idle_bytes = 0
+
     def _sort_returned(self):
         while self.returned:
             for a in self.returned.pop():
@@ -64,12 +72,27 @@ class BufferPool:
 POOL = BufferPool()
 
 
-class Allocations:
-    """The alloc(shape, dtype) a cell makes its buffers with, for one engine call and its tape.
+def clear():
+    """Let every idle buffer go (buffers in use return to the pool as usual)."""
+    POOL.clear()
 
-    Large NumPy buffers come from POOL and go back to it when `owner` (the tape, which holds
-    the cell and so every view of them) is garbage collected; call `bind(owner)` once it exists.
-    Nothing the engine returns to its caller may be a view of them (it returns copies).
+
+def _reset_in_child():
+    """A forked child may inherit the lock held; it starts with an empty pool."""
+    global POOL
+    POOL = BufferPool()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
+
+
+class Allocations:
+    """The alloc(shape, dtype) a cell makes its buffers with, for one forward or backward call.
+
+    Large NumPy buffers come from POOL and go back to it when `owner` (the cell, which holds
+    every view of them) is garbage collected, or at `release()`. Nothing the engine returns
+    to its caller may be a view of them (it returns copies).
     """
 
     def __init__(self, xp, zero):
@@ -84,4 +107,10 @@ class Allocations:
         return a
 
     def bind(self, owner):
-        weakref.finalize(owner, POOL.give, self.taken)
+        weakref.finalize(owner, self.release)
+
+    def release(self):
+        """Give the buffers back now (once): nothing may use them any more."""
+        taken, self.taken = self.taken, []
+        if taken:
+            POOL.give(taken)

@@ -10,7 +10,8 @@ or, for the fused kernels, the kernel launchers instead of step/back_step. LSTM 
 GRU here are only the kernels' row-major buffers: their xp loops are
 lstm_loop.LSTMLoop and gru_loop.GRULoop, in a feature-major layout.
 
-`alloc` makes the (T, ...) buffers: xp.empty, or xp.zeros when rows are masked.
+`alloc(shape, dtype)` makes the (T, ...) buffers (buffers.Allocations: reused NumPy
+memory), zero-filled when rows are masked.
 
 `n` is the number of active batch rows at step t (packed sequences: rows are
 sorted by length, so the active rows are always a prefix). A step touches only
@@ -58,12 +59,25 @@ class Cell:
 
 class FeatureMajorCell(Cell):
     """Base of the xp-loop cells that store each step transposed, (features, B), so that gate
-    blocks are contiguous (lstm_loop.LSTMLoop, gru_loop.GRULoop); hT (T+1, P, B) holds h_0..h_T."""
+    blocks are contiguous (lstm_loop.LSTMLoop, gru_loop.GRULoop); hT (T+1, P, B) holds h_0..h_T.
+    begin_forward and begin_backward keep their `alloc` as self.alloc."""
+
+    def swap_last_axes(self, a):
+        """(T, F, B) <-> (T, B, F), into a buffer of self.alloc."""
+        return transposed_copy(a, out=self.alloc((a.shape[0], a.shape[2], a.shape[1]), a.dtype))
+
+    def with_ones_column(self, x):
+        """(T, B, I) -> (T, B, I+1), last column 1: a GEMM with [W | b] adds the bias, and the
+        weight-gradient GEMM with it gives [dW | db]."""
+        x1 = self.alloc(x.shape[:2] + (x.shape[2] + 1,), x.dtype)
+        x1[..., :-1] = x
+        x1[..., -1] = 1
+        return x1
 
     @functools.cached_property
     def h_rows(self):
         """(T+1, B, P) h_0..h_T, row-major: the outputs and the W_hh gradient's operand."""
-        return transposed_copy(self.hT)
+        return self.swap_last_axes(self.hT)
 
     def outputs(self):
         return self.h_rows[1:]

@@ -64,6 +64,7 @@ class Saved:
     state_shapes: list
     fused: bool       # run by the Triton kernels (else the xp loop)
     io_dtype: str
+    backward_buffers: object = None   # the last backward's Allocations
 
 
 def _cast(a, dtype):
@@ -144,7 +145,7 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
     state_shapes = [s.shape for s in state0]
     saved = Saved(c, dtype, sizes if batch_sizes is not None else None, reverse, state_shapes, fused,
                   io_dtype)
-    alloc.bind(saved)   # the buffers go back to the pool with the tape; only copies are returned
+    alloc.bind(c)   # the buffers go back to the pool with the cell; only copies are returned
     return y.astype(dtype), tuple(s.astype(dtype) for s in c.final()), saved
 
 
@@ -161,9 +162,12 @@ def backward(saved, dy, dstate):
     dy = xp.zeros(y_shape, cdt) if dy is None else _to_compute(xp, dy, cdt, reverse)
     dstate = tuple(xp.zeros(shape, cdt) if d is None else d.astype(cdt, copy=True)
                    for d, shape in zip(dstate, saved.state_shapes))
+    if saved.backward_buffers is not None:   # a second backward (retain_graph) replaces them
+        saved.backward_buffers.release()
     alloc = Allocations(xp, zero=sizes is not None)   # zero gradient for rows past their length
     c.begin_backward(dy, dstate, alloc)
-    alloc.bind(saved)
+    alloc.bind(c)
+    saved.backward_buffers = alloc
     sizes = [B] * T if sizes is None else sizes
     if saved.fused:
         _kernels(c).backward(c, sizes, io_dtype=saved.io_dtype)

@@ -13,7 +13,6 @@ into the r, z rows of both weights, so one tanh activates both gates.
 """
 import numpy as np
 
-from .arrays import transposed_copy
 from .cells import FeatureMajorCell
 
 
@@ -32,17 +31,17 @@ class GRULoop(FeatureMajorCell):
     def begin_forward(self, x, state0, alloc):
         w, xp, H = self.w, self.xp, self.H
         T, B = x.shape[:2]
-        self.x = x
+        self.x, self.alloc = x, alloc
         w_ih = w["w_ih"] * self.scale
         self.w_hh_scaled = (w["w_hh"] * self.scale)[self.perm]
         self.b_hn = None
         if w["b_ih"] is not None:
             bias = w["b_ih"] + xp.concatenate([w["b_hh"][:2 * H], xp.zeros(H, x.dtype)])
             w_ih = xp.concatenate([w_ih, (bias * self.scale[:, 0])[:, None]], axis=1)
-            x = xp.concatenate([x, xp.ones((T, B, 1), x.dtype)], axis=2)
+            x = self.with_ones_column(x)
             self.b_hn = w["b_hh"][2 * H:, None]
-        self.x1 = x                                # x with a ones column: dW_ih and db_ih in one GEMM
-        self.GX = self.mm(w_ih, x.transpose(0, 2, 1))
+        self.x1 = x
+        self.GX = self.mm(w_ih, x.transpose(0, 2, 1), out=alloc((T, 3 * H, B), x.dtype))
         self.G = alloc((T, 3 * H, B), x.dtype)
         self.N = alloc((T, H, B), x.dtype)
         self.hT = alloc((T + 1, H, B), x.dtype)
@@ -77,7 +76,8 @@ class GRULoop(FeatureMajorCell):
     def begin_backward(self, dy, dstate, alloc):
         xp, H = self.xp, self.H
         T, _, B = self.G.shape
-        self.dyT = transposed_copy(dy)
+        self.alloc = alloc
+        self.dyT = self.swap_last_axes(dy)
         self.dh = xp.ascontiguousarray(dstate[0].T)   # carried (H, B)
         self.D = alloc((T, 4 * H, B), dy.dtype)
         self.keep = xp.empty((H, B), dy.dtype)
@@ -112,7 +112,7 @@ class GRULoop(FeatureMajorCell):
     def finish_backward(self):
         w, H, unperm = self.w, self.H, self.unperm
         I = self.x.shape[-1]
-        d = transposed_copy(self.D)                # (T, B, 4H): hn, r, z | r, z, n
+        d = self.swap_last_axes(self.D)            # (T, B, 4H): hn, r, z | r, z, n
         d_hh, d_ih = d[..., :3 * H], d[..., H:]
         dw_x1 = self.outer(d_ih, self.x1)          # [dW_ih | db_ih], torch's gate order
         grads = {"w_ih": dw_x1[:, :I].copy(), "w_hh": self.outer(d_hh, self.h_rows[:-1])[unperm],

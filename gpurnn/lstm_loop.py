@@ -21,7 +21,6 @@ all T*B rows, on dA transposed back to rows, then put back in torch's gate order
 """
 import numpy as np
 
-from .arrays import transposed_copy
 from .cells import FeatureMajorCell
 
 
@@ -40,15 +39,15 @@ class LSTMLoop(FeatureMajorCell):
     def begin_forward(self, x, state0, alloc):
         w, xp, H, perm = self.w, self.xp, self.H, self.perm
         T, B = x.shape[:2]
-        self.x = x
+        self.x, self.alloc = x, alloc
         w_ih = w["w_ih"][perm] * self.scale
         self.w_hh_scaled = w["w_hh"][perm] * self.scale
         self.A = alloc((T, 4 * H, B), x.dtype)
         if w["b_ih"] is not None:
             bias = (w["b_ih"] + w["b_hh"])[perm] * self.scale[:, 0]
             w_ih = xp.concatenate([w_ih, bias[:, None]], axis=1)
-            x = xp.concatenate([x, xp.ones((T, B, 1), x.dtype)], axis=2)
-        self.x1 = x                                # x with a ones column: dW_ih and db in one GEMM
+            x = self.with_ones_column(x)
+        self.x1 = x
         self.mm(w_ih, x.transpose(0, 2, 1), out=self.A)
         h0, c0 = state0
         self.Z = alloc((T + 1, 3 * H, B), x.dtype)
@@ -86,7 +85,7 @@ class LSTMLoop(FeatureMajorCell):
     def begin_backward(self, dy, dstate, alloc):
         xp, H = self.xp, self.H
         T, _, B = self.A.shape
-        self.dy = dy
+        self.dy, self.alloc = dy, alloc
         # dh is carried in rows (B, P): its GEMM, dA[t]^T W_hh, is faster that way round (the
         # transpose is a GEMM flag), and dy[t] adds to it without a transpose. dhT is its
         # (P, B) copy for the gate arithmetic.
@@ -131,13 +130,13 @@ class LSTMLoop(FeatureMajorCell):
     def finish_backward(self):
         w, unperm = self.w, self.unperm
         I = self.x.shape[-1]
-        d = transposed_copy(self.dA)               # (T, B, 4H), gates (i f o g)
+        d = self.swap_last_axes(self.dA)           # (T, B, 4H), gates (i f o g)
         dw_x1 = self.outer(d, self.x1)[unperm]     # [dW_ih | db]
         grads = {"w_ih": dw_x1[:, :I].copy(), "w_hh": self.outer(d, self.h_rows[:-1])[unperm], "w_hr": None,
                  "b_ih": None, "b_hh": None}
         if w["b_ih"] is not None:   # separate arrays: see cells.bias_grads
             grads["b_ih"], grads["b_hh"] = dw_x1[:, I].copy(), dw_x1[:, I].copy()
         if self.dh_seq is not None:
-            grads["w_hr"] = self.outer(self.dh_seq, transposed_copy(self.Z[1:, 2 * self.H:]))
+            grads["w_hr"] = self.outer(self.dh_seq, self.swap_last_axes(self.Z[1:, 2 * self.H:]))
         dx = self.rows_matmul(d, w["w_ih"][self.perm])
         return dx, (self.dh, self.xp.ascontiguousarray(self.dc.T)), grads

@@ -3,11 +3,8 @@
 the gpurnn engine; JordanRNN is gpurnn's own.
 
 The autograd Function is one layer in one direction; layers, directions,
-dropout and packing are composed here with ordinary torch ops (on CUDA the two
-directions of a layer run concurrently, on two streams).
+dropout and packing are composed here with ordinary torch ops.
 """
-import contextlib
-import functools
 import math
 
 import torch
@@ -78,11 +75,6 @@ def run_layer(cell, x, state0, weights, *, backend="auto", batch_sizes=None, rev
         opts = dict(opts, gemm="torch")   # see arrays.torch_matmul
     spec = (cell, len(state0), batch_sizes, reverse, name, opts)
     return _Layer.apply(spec, x, *state0, *weights)
-
-
-@functools.cache
-def _side_stream(device):
-    return torch.cuda.Stream(device)
 
 
 def _packed_index(batch_sizes, batch):
@@ -180,7 +172,12 @@ class _EngineForward:
         finals = [[] for _ in hx]
         for layer in range(self.num_layers):
             outs = []
-            for y, *state in self._run_directions(layer, dirs, x, hx, batch_sizes):
+            for d in range(dirs):
+                k = layer * dirs + d
+                weights = [getattr(self, n) if hasattr(self, n) else None
+                           for n in self._weight_names(layer, "_reverse" if d else "")]
+                y, *state = run_layer(self._cell, x, [h[k] for h in hx], weights, backend=self.backend,
+                                      batch_sizes=batch_sizes, reverse=bool(d), **self._opts())
                 outs.append(y)
                 for f, s in zip(finals, state):
                     f.append(s)
@@ -188,28 +185,6 @@ class _EngineForward:
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = torch.nn.functional.dropout(x, self.dropout, training=True)
         return x, finals
-
-    def _run_directions(self, layer, dirs, x, hx, batch_sizes):
-        """[(y, *state_T)] of each direction. On CUDA the reverse direction runs on a second
-        stream: each recurrence is a latency-bound chain of steps on part of the GPU, so the two
-        overlap (autograd runs each direction's backward on its forward's stream, so they overlap
-        too). The side stream first waits for the current one, and the current one for it after."""
-        side = _side_stream(x.device) if dirs == 2 and x.is_cuda else None
-        main = torch.cuda.current_stream(x.device) if side is not None else None
-        results = []
-        for d in range(dirs):
-            k = layer * dirs + d
-            weights = [getattr(self, n) if hasattr(self, n) else None
-                       for n in self._weight_names(layer, "_reverse" if d else "")]
-            on_side = side is not None and d == 1
-            if on_side:
-                side.wait_stream(main)
-            with torch.cuda.stream(side) if on_side else contextlib.nullcontext():
-                results.append(run_layer(self._cell, x, [h[k] for h in hx], weights, backend=self.backend,
-                                         batch_sizes=batch_sizes, reverse=bool(d), **self._opts()))
-        if side is not None:
-            main.wait_stream(side)
-        return results
 
     def _weight_names(self, layer, suffix):
         names = [f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}",

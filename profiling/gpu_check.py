@@ -5,7 +5,7 @@
    error of each relative to a float64 torch.nn run of the same weights;
    the split-hidden path (grid barrier) and its stepwise fallback forced at a
    small H, and in groups of one batch tile per launch; determinism; kernel
-   launches independent of T; how far a bidirectional layer's directions overlap;
+   launches independent of T;
 2. the headline benchmark (LSTM B=16 T=1024 H=768 bf16, H=128/256 at B=16/64)
    and then `bench.py --quick`, each in a subprocess with a time limit;
 3. writes profiling/results/<gpu name>/gpu_check.{md,csv} (under --out) and
@@ -164,7 +164,7 @@ def launch_counts():
 
 def check_list(engine_backend):
     """(name, callable) for every check, cheapest first so a slow compile cannot starve the rest;
-    the grouped launches and the direction overlap last, after the headline-size parity."""
+    the grouped launches last, after the headline-size parity."""
     out = []
     for kind in KINDS:
         for dt in DTYPES:
@@ -185,35 +185,7 @@ def check_list(engine_backend):
         out.append((f"{kind} float32 split H=100 B=35, one batch tile per launch",
                     lambda k=kind: parity(k, "float32", 33, 35, 100, engine_backend,
                                           {"GPURNN_SLICE": 16, "GPURNN_TILES": 1})))
-    out.append(("directions overlap", direction_overlap))
     return out
-
-
-def direction_overlap():
-    """Forward time of a bidirectional LSTM layer over a unidirectional one: 1.0 when the two
-    directions run fully concurrently (nn.py puts the reverse one on a second stream), 2.0 when
-    they run one after the other. Reported, not judged."""
-    import gpurnn.nn as gnn
-
-    if DEVICE != "cuda":
-        return True, "not measured off the GPU"
-    x = torch.randn(1024, 16, 256, device=DEVICE, dtype=torch.bfloat16)
-    median = {}
-    for bidirectional in (False, True):
-        m = gnn.LSTM(256, 256, bidirectional=bidirectional, device=DEVICE, dtype=torch.bfloat16,
-                     backend="triton")
-        times = []
-        with torch.no_grad():
-            for i in range(13):
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                m(x)
-                torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-        median[bidirectional] = sorted(times[3:])[5]
-    return True, (f"bidirectional / unidirectional LSTM bf16 T=1024 B=16 H=256 forward: "
-                  f"{median[True] / median[False]:.2f} ({median[False] * 1e3:.2f} ms for one direction; "
-                  f"1 = the directions overlap fully, 2 = serial)")
 
 
 def run_checks(deadline, engine_backend):

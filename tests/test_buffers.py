@@ -42,10 +42,10 @@ def test_buffers_come_back_and_returned_arrays_never_alias_them(cell, pool):
         assert not any(np.shares_memory(a, p) for p in pooled)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["elman", "lstm", "gru", "jordan"])
 def test_a_reused_buffer_is_zeroed_for_packed_rows(cell, pool):
     """Packed runs rely on zeroed buffers: a run that filled them with NaN must not leak into one."""
-    case = make_case(cell, T, B, H, dtype=np.float64, I=I)
+    case = make_case(cell, T, B, H, dtype=np.float64, I=I, O=5 if cell == "jordan" else None)
     sizes = packed_sizes(T, B)
     reference = _call(case, cell, sizes)[1]
     nan_case = dict(case, x=np.full_like(case["x"], np.nan))
@@ -54,3 +54,30 @@ def test_a_reused_buffer_is_zeroed_for_packed_rows(cell, pool):
     assert pool.returned
     for got, want in zip(_call(case, cell, sizes)[1], reference):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_second_backward_gives_the_first_ones_buffers_back(cell, pool):
+    """backward twice on one tape (retain_graph): same gradients, the first backward's buffers
+    go back at the second instead of piling up until the tape dies."""
+    case = make_case(cell, T, B, H, dtype=np.float64, I=I)
+    _, _, tape = engine.forward(cell, case["x"], case["state0"], case["weights"])
+    first = engine.backward(tape, case["dy"], case["dstate"])
+    first_buffers = list(tape.backward_buffers.taken)
+    assert first_buffers and not pool.returned
+    second = engine.backward(tape, case["dy"], case["dstate"])
+    for a, b in zip([first[0], *first[1], *first[2].values()], [second[0], *second[1], *second[2].values()]):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+    reused = [b for b in tape.backward_buffers.taken if any(b is a for a in first_buffers)]
+    assert reused                              # the second backward took the first one's buffers
+
+
+def test_clear_lets_idle_buffers_go(pool):
+    case = make_case("lstm", T, B, H, dtype=np.float64, I=I)
+    _call(case, "lstm")
+    gc.collect()
+    buffers.POOL.take((1,), np.float64, False)   # sorts what came back into the idle lists
+    assert pool.idle_bytes > 0
+    buffers.clear()
+    assert pool.idle_bytes == 0 and not pool.idle
