@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpurnn import buffers as gpurnn_buffers
+
 if __package__:
     from . import plots, providers
 else:
@@ -196,7 +198,9 @@ def peak_memory_mb(fn, device):
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
     try:
-        # Hand freed heap pages back first, so reused ones count again when touched.
+        # Hand freed heap pages back first, so reused ones count again when touched; the same for
+        # gpurnn's pool of idle buffers (they would otherwise be resident before the call).
+        gpurnn_buffers.clear()
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         Path("/proc/self/clear_refs").write_text("5")    # resets the peak (VmHWM) to the current RSS
