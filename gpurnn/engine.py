@@ -117,8 +117,41 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
     arrays: callers inside torch keep one BLAS thread pool in the process).
     opts: nonlinearity (elman, jordan), output_activation and teacher (jordan).
     """
+    return forward_directions(cell, x, [(state0, weights, reverse)], batch_sizes=batch_sizes,
+                              backend=backend, io_dtype=io_dtype, gemm=gemm, **opts)[0]
+
+
+def forward_directions(cell, x, directions, *, batch_sizes=None, backend="numpy", io_dtype=None,
+                       gemm="xp", **opts):
+    """`forward` for each (state0, weights, reverse) of `directions` over the same x, as a list.
+    The fused kernels run a bidirectional layer's two directions in one launch."""
+    started = [_start_forward(cell, x, state0, weights, reverse, batch_sizes, backend, gemm, opts)
+               for state0, weights, reverse in directions]
+    cells = [c for c, _ in started]
+    io_dtype = io_dtype or x.dtype.name
+    if started[0][1].fused:
+        _kernels(cell).forward(cells, [run.sizes for _, run in started], io_dtype=io_dtype)
+    else:
+        for c, run in started:
+            step_loop(c, run.sizes)
+    return [_finish_forward(c, run, io_dtype) for c, run in started]
+
+
+@dataclass
+class _Run:
+    """One direction's settings between _start_forward and _finish_forward."""
+    dtype: object     # the input's (float16 data is computed in float32)
+    sizes: list
+    batch_sizes: object
+    reverse: bool
+    fused: bool
+    alloc: Allocations
+    state_shapes: list
+
+
+def _start_forward(cell, x, state0, weights, reverse, batch_sizes, backend, gemm, opts):
     xp = get_xp(x)
-    dtype, cdt = x.dtype, compute_dtype(x.dtype)
+    cdt = compute_dtype(x.dtype)
     T, B = x.shape[:2]
     w = {k: _cast(v, cdt) for k, v in weights.items()}
     if opts.get("teacher") is not None:
@@ -131,21 +164,20 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
     # step, and the weight GEMMs multiply them by zero gradients (0 * garbage may be NaN).
     alloc = Allocations(xp, zero=batch_sizes is not None)
     c.begin_forward(_to_compute(xp, x, cdt, reverse), tuple(s.astype(cdt, copy=False) for s in state0), alloc)
-    io_dtype = io_dtype or dtype.name
-    if fused:
-        _kernels(cell).forward(c, sizes, io_dtype=io_dtype)
-    else:
-        step_loop(c, sizes)
+    return c, _Run(x.dtype, sizes, batch_sizes, reverse, fused, alloc, [s.shape for s in state0])
+
+
+def _finish_forward(c, run, io_dtype):
+    dtype = run.dtype
     y = c.outputs()
-    if batch_sizes is not None:
+    if run.batch_sizes is not None:
         y = y.copy()
-        for t in range(T):
-            y[t, sizes[t]:] = 0
-    y = _time_order(y, reverse)
-    state_shapes = [s.shape for s in state0]
-    saved = Saved(c, dtype, sizes if batch_sizes is not None else None, reverse, state_shapes, fused,
-                  io_dtype)
-    alloc.bind(c)   # the buffers go back to the pool with the cell; only copies are returned
+        for t in range(y.shape[0]):
+            y[t, run.sizes[t]:] = 0
+    y = _time_order(y, run.reverse)
+    saved = Saved(c, dtype, run.sizes if run.batch_sizes is not None else None, run.reverse, run.state_shapes,
+                  run.fused, io_dtype)
+    run.alloc.bind(c)   # the buffers go back to the pool with the cell; only copies are returned
     return y.astype(dtype), tuple(s.astype(dtype) for s in c.final()), saved
 
 
@@ -154,6 +186,23 @@ def backward(saved, dy, dstate):
 
     Returns (dx (T, B, I), dstate0 tuple, dict of weight grads; None for absent biases).
     """
+    return backward_directions([(saved, dy, dstate)])[0]
+
+
+def backward_directions(directions):
+    """`backward` for each (saved, dy, dstate) of `directions` (from one forward_directions), as a list."""
+    cells = [_start_backward(*d) for d in directions]
+    first = directions[0][0]
+    if first.fused:
+        _kernels(cells[0][0]).backward([c for c, _ in cells], [sizes for _, sizes in cells],
+                                       io_dtype=first.io_dtype)
+    else:
+        for c, sizes in cells:
+            back_loop(c, sizes)
+    return [_finish_backward(saved) for saved, _, _ in directions]
+
+
+def _start_backward(saved, dy, dstate):
     c, reverse, sizes = saved.cell, saved.reverse, saved.sizes
     xp = c.xp
     cdt = c.x.dtype
@@ -168,12 +217,11 @@ def backward(saved, dy, dstate):
     c.begin_backward(dy, dstate, alloc)
     alloc.bind(c)
     saved.backward_buffers = alloc
-    sizes = [B] * T if sizes is None else sizes
-    if saved.fused:
-        _kernels(c).backward(c, sizes, io_dtype=saved.io_dtype)
-    else:
-        back_loop(c, sizes)
-    dx, dstate0, grads = c.finish_backward()
-    dx = _time_order(dx, reverse).astype(saved.dtype)
+    return c, [B] * T if sizes is None else sizes
+
+
+def _finish_backward(saved):
+    dx, dstate0, grads = saved.cell.finish_backward()
+    dx = _time_order(dx, saved.reverse).astype(saved.dtype)
     grads = {k: _cast(v, saved.dtype) for k, v in grads.items()}
     return dx, tuple(d.astype(saved.dtype) for d in dstate0), grads

@@ -2,8 +2,9 @@
 (same constructor, parameters, initialisation, state_dict) whose forward runs
 the gpurnn engine; JordanRNN is gpurnn's own.
 
-The autograd Function is one layer in one direction; layers, directions,
-dropout and packing are composed here with ordinary torch ops.
+The autograd Function is one layer, one or both directions (a bidirectional
+layer's directions run together: one kernel launch for both under "triton");
+layers, dropout and packing are composed here with ordinary torch ops.
 """
 import math
 
@@ -18,44 +19,57 @@ from .cells import NONLINEARITIES, OUTPUT_ACTIVATIONS
 
 
 class _Layer(torch.autograd.Function):
-    """One layer, one direction: (x, *state0, *weights) -> (y, *state_T)."""
+    """One layer, one or both directions:
+    (x, *(state0, weights) of each direction) -> (y, *state_T) of each direction."""
 
     @staticmethod
     def forward(ctx, spec, x, *tensors):
-        cell, n_state, batch_sizes, reverse, backend, opts = spec
+        cell, n_state, reverses, batch_sizes, backend, opts = spec
         # The engine keeps zero-copy views of x and the weights: saving them lets torch's
         # version counter reject an in-place change before backward, as torch.nn does.
         ctx.save_for_backward(x, *[t for t in tensors if t is not None])
         ctx.device = x.device
+        per = len(tensors) // len(reverses)
+        groups = [tensors[i * per:(i + 1) * per] for i in range(len(reverses))]
         with device_scope(x.device):
-            arrays = [None if t is None else tensor_to_xp(t) for t in tensors]
-            state0, weights = arrays[:n_state], dict(zip(engine.WEIGHT_NAMES[cell], arrays[n_state:]))
+            to_xp = lambda t: None if t is None else tensor_to_xp(t)
             if opts.get("teacher") is not None:
                 opts = dict(opts, teacher=tensor_to_xp(opts["teacher"]))
-            y, state, saved = engine.forward(cell, tensor_to_xp(x), tuple(state0), weights,
-                                             batch_sizes=batch_sizes, reverse=reverse,
-                                             backend=backend, **opts)
-            ctx.saved, ctx.cell = saved, cell
-            ctx.has_weight = [t is not None for t in tensors[n_state:]]
-            return (xp_to_tensor(y),) + tuple(xp_to_tensor(s) for s in state)
+            directions = [(tuple(map(to_xp, g[:n_state])),
+                           dict(zip(engine.WEIGHT_NAMES[cell], map(to_xp, g[n_state:]))),
+                           reverse) for g, reverse in zip(groups, reverses)]
+            results = engine.forward_directions(cell, tensor_to_xp(x), directions, batch_sizes=batch_sizes,
+                                                backend=backend, **opts)
+            ctx.saved, ctx.cell, ctx.n_out = [saved for _, _, saved in results], cell, 1 + n_state
+            ctx.has_weight = [[t is not None for t in g[n_state:]] for g in groups]
+            return tuple(xp_to_tensor(a) for y, state, _ in results for a in (y, *state))
 
     @staticmethod
-    def backward(ctx, dy, *dstate):
+    def backward(ctx, *grads):
         ctx.saved_tensors   # raises if x or a weight was modified in place since forward
         with device_scope(ctx.device):
-            return _Layer._backward(ctx, dy, dstate)
+            return _Layer._backward(ctx, grads)
 
     @staticmethod
-    def _backward(ctx, dy, dstate):
+    def _backward(ctx, grads):
         to_xp = lambda t: None if t is None else tensor_to_xp(t.contiguous())
-        dx, dstate0, grads = engine.backward(ctx.saved, to_xp(dy), tuple(to_xp(d) for d in dstate))
-        dweights = [xp_to_tensor(grads[name]) if has and name not in engine.NO_GRAD else None
-                    for name, has in zip(engine.WEIGHT_NAMES[ctx.cell], ctx.has_weight)]
-        return (None, xp_to_tensor(dx)) + tuple(xp_to_tensor(d) for d in dstate0) + tuple(dweights)
+        k = ctx.n_out
+        results = engine.backward_directions([
+            (saved, to_xp(grads[i * k]), tuple(map(to_xp, grads[i * k + 1:(i + 1) * k])))
+            for i, saved in enumerate(ctx.saved)])
+        dxs = [xp_to_tensor(dx) for dx, _, _ in results]
+        out = [None, dxs[0] if len(dxs) == 1 else dxs[0] + dxs[1]]   # every direction reads x
+        for (_, dstate0, grads_d), has_weight in zip(results, ctx.has_weight):
+            out += [xp_to_tensor(d) for d in dstate0]
+            out += [xp_to_tensor(grads_d[name]) if has and name not in engine.NO_GRAD else None
+                    for name, has in zip(engine.WEIGHT_NAMES[ctx.cell], has_weight)]
+        return tuple(out)
 
 
-def run_layer(cell, x, state0, weights, *, backend="auto", batch_sizes=None, reverse=False, **opts):
-    """x (T, B, I) tensor -> (y, *state_T), differentiable.
+def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts):
+    """x (T, B, I) tensor and [(state0, weights, reverse)] -> [(y, *state_T)] of each direction,
+    differentiable. A bidirectional layer's directions go in one call: under "triton" one kernel
+    launch runs both.
 
     bfloat16 data is carried in float32 buffers (NumPy and CuPy have none); the Triton
     kernels still hold the weights in bfloat16 (io_dtype).
@@ -68,13 +82,23 @@ def run_layer(cell, x, state0, weights, *, backend="auto", batch_sizes=None, rev
             opts = dict(opts, io_dtype="bfloat16")
         if opts.get("teacher") is not None:
             opts = dict(opts, teacher=opts["teacher"].float())
-        out = run_layer(cell, x.float(), [up(s) for s in state0], [up(w) for w in weights],
-                        backend=name, batch_sizes=batch_sizes, reverse=reverse, **opts)
-        return tuple(t.to(dtype) for t in out)
+        outs = run_layers(cell, x.float(), [([up(s) for s in state0], [up(w) for w in weights], reverse)
+                                            for state0, weights, reverse in directions],
+                          backend=name, batch_sizes=batch_sizes, **opts)
+        return [tuple(t.to(dtype) for t in out) for out in outs]
     if name == "numpy":
         opts = dict(opts, gemm="torch")   # see arrays.torch_matmul
-    spec = (cell, len(state0), batch_sizes, reverse, name, opts)
-    return _Layer.apply(spec, x, *state0, *weights)
+    n_state = len(directions[0][0])
+    spec = (cell, n_state, tuple(reverse for _, _, reverse in directions), batch_sizes, name, opts)
+    flat = _Layer.apply(spec, x, *[t for state0, weights, _ in directions for t in (*state0, *weights)])
+    k = 1 + n_state
+    return [tuple(flat[i * k:(i + 1) * k]) for i in range(len(directions))]
+
+
+def run_layer(cell, x, state0, weights, *, backend="auto", batch_sizes=None, reverse=False, **opts):
+    """x (T, B, I) tensor -> (y, *state_T), differentiable: run_layers for one direction."""
+    return run_layers(cell, x, [(state0, weights, reverse)], backend=backend, batch_sizes=batch_sizes,
+                      **opts)[0]
 
 
 def _packed_index(batch_sizes, batch):
@@ -171,13 +195,15 @@ class _EngineForward:
         dirs = 2 if self.bidirectional else 1
         finals = [[] for _ in hx]
         for layer in range(self.num_layers):
-            outs = []
+            directions = []
             for d in range(dirs):
                 k = layer * dirs + d
                 weights = [getattr(self, n) if hasattr(self, n) else None
                            for n in self._weight_names(layer, "_reverse" if d else "")]
-                y, *state = run_layer(self._cell, x, [h[k] for h in hx], weights, backend=self.backend,
-                                      batch_sizes=batch_sizes, reverse=bool(d), **self._opts())
+                directions.append(([h[k] for h in hx], weights, bool(d)))
+            outs = []
+            for y, *state in run_layers(self._cell, x, directions, backend=self.backend,
+                                        batch_sizes=batch_sizes, **self._opts()):
                 outs.append(y)
                 for f, s in zip(finals, state):
                     f.append(s)

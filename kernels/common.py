@@ -233,6 +233,13 @@ def sum_partials(p_ws, t, rows, cols, B, HP: tl.constexpr, P: tl.constexpr, S: t
 
 
 @triton.jit
+def for_direction(p, p_doff, k):
+    """Buffer pointer p moved to this program's direction (program_id(2)): direction 1's buffer
+    lies p_doff[k] elements from direction 0's (`direction_offsets`; all 0 for one direction)."""
+    return p + tl.program_id(2).to(tl.int64) * tl.load(p_doff + k)
+
+
+@triton.jit
 def grid_barrier(p_bar, target):
     """Wait until `target` arrivals are counted at p_bar (one counter per batch tile).
 
@@ -429,10 +436,49 @@ def launch(kernel, grid, *args, **kwargs):
     kernel[grid](*args, **kwargs)
 
 
-def launch_tiles(kernel, cfg, B, *args, **kwargs):
+def launch_tiles(kernel, cfg, B, *args, directions=1, **kwargs):
     """Launch a cell kernel over every batch tile, in cfg's groups (the kernel's tile0 argument)."""
-    for grid, tile0 in cfg.groups(B):
-        launch(kernel, grid, *args, tile0=tile0, **kwargs)
+    for (tiles, P), tile0 in cfg.groups(B):
+        launch(kernel, (tiles, P, directions), *args, tile0=tile0, **kwargs)
+
+
+def direction_offsets(buffers):
+    """int64 tensor: for each buffer argument, the elements from direction 0's tensor to
+    direction 1's (buffers: one list of tensors per direction, in kernel order)."""
+    import torch
+
+    if len(buffers) == 1:
+        values = [0] * len(buffers[0])
+    else:
+        values = []
+        for a, b in zip(*buffers):
+            delta = b.data_ptr() - a.data_ptr()
+            if a.dtype != b.dtype or delta % a.element_size():
+                raise ValueError(f"direction buffers: expected one dtype and element-aligned addresses, "
+                                 f"got {a.dtype} and {b.dtype}, {delta} bytes apart")
+            values.append(delta // a.element_size())
+    return torch.tensor(values, dtype=torch.int64, device=buffers[0][0].device)
+
+
+def direction_plan(cfg, buffers):
+    """[(buffer argument lists of the directions in one launch, their offsets)] for one or both
+    directions of a layer (buffers: one list of tensor arguments per direction, in kernel order;
+    the kernel moves them with `for_direction`). Both directions share each launch (grid axis 2),
+    except in split mode: its grid barrier needs every program of a launch resident, and the
+    batch-tile groups are sized for one direction."""
+    if cfg.mode == "split" and len(buffers) > 1:
+        alone = direction_offsets(buffers[:1])
+        return [([one], alone) for one in buffers]
+    # every direction's list stays in the plan: the kernel reaches direction 1's tensors only
+    # through the offsets, so nothing else may keep them (sizes, counters) alive
+    return [(buffers, direction_offsets(buffers))]
+
+
+def launch_directions(kernel, cfg, B, plan, *args, **kwargs):
+    """launch_tiles for each entry of a direction_plan."""
+    for buffers, offsets in plan:
+        launch_tiles(kernel, cfg, B, *buffers[0], offsets, *args, directions=len(buffers), DIRS=len(buffers),
+                     **kwargs)
 
 
 def run_windows(cfg, T, launch_window, reverse=False):
@@ -486,6 +532,13 @@ def kernel_consts(cfg, direction, acc, dot, prec):
     consts = dict(BB=cfg.BB, HP=cfg.HP, S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
                   SYNC=cfg.mode == "split", ACC=acc, DOT=dot, PREC=prec)
     return dict(consts, NK=cfg.nk) if direction == "fwd" else consts
+
+
+def direction_targets(name, fn, signature, constexprs, cfg):
+    """`target` for one direction per launch (DIRS=1) and, where a layer's two directions share a
+    launch (single mode, see direction_plan), for two (DIRS=2, named ..._2dirs)."""
+    both = [(name, 1)] + ([(f"{name}_2dirs", 2)] if cfg.mode == "single" else [])
+    return [target(n, fn, signature, dict(constexprs, DIRS=dirs), cfg) for n, dirs in both]
 
 
 def target(name, fn, signature, constexprs, cfg):

@@ -39,11 +39,17 @@ def _fwd_step(t, b_h, b_w, p_gx, p_h, p_sizes, rows, cols, B, H, nonlin,
 
 
 @triton.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
-def _fwd_kernel(p_gx, p_h, p_w, p_sizes, p_bar, t_start, n_steps, B, H, nonlin, tile0,
+def _fwd_kernel(p_gx, p_h, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, nonlin, tile0,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
-                SINGLE: tl.constexpr, SYNC: tl.constexpr, NK: tl.constexpr,
+                SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
+    if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
+        p_gx = cm.for_direction(p_gx, p_doff, 0)
+        p_h = cm.for_direction(p_h, p_doff, 1)
+        p_w = cm.for_direction(p_w, p_doff, 2)
+        p_sizes = cm.for_direction(p_sizes, p_doff, 3)
+        p_bar = cm.for_direction(p_bar, p_doff, 4)
     rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
@@ -72,9 +78,9 @@ def _bwd_point(t, b_dh, p_dy, p_h, p_dz, p_sizes, rows, cols, B, H, nonlin, ACC:
 
 
 @triton.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
-def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, T, t_start, n_steps, B, H, nonlin, tile0,
+def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, p_doff, T, t_start, n_steps, B, H, nonlin, tile0,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
-                SINGLE: tl.constexpr, SYNC: tl.constexpr,
+                SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Iterations t = t_start, t_start-1, ...: carry in dh_t from step t+1's shares (t+1 < T), then step t
     (t >= 0) and its share of dh_{t-1} = dz_t W_hh.
@@ -83,6 +89,15 @@ def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, T, t_start, n_
     sums dz_0's shares into dh_0. One barrier per iteration in split mode.
     """
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
+    if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
+        p_dy = cm.for_direction(p_dy, p_doff, 0)
+        p_h = cm.for_direction(p_h, p_doff, 1)
+        p_dz = cm.for_direction(p_dz, p_doff, 2)
+        p_dh = cm.for_direction(p_dh, p_doff, 3)
+        p_w = cm.for_direction(p_w, p_doff, 4)
+        p_ws = cm.for_direction(p_ws, p_doff, 5)
+        p_sizes = cm.for_direction(p_sizes, p_doff, 6)
+        p_bar = cm.for_direction(p_bar, p_doff, 7)
     rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
@@ -110,39 +125,43 @@ def _setup(c, io_dtype, direction):
     return T, B, H, h, cfg, consts, cm.NONLINEARITY_KIND[c.nonlinearity]
 
 
-def forward(c, sizes, io_dtype=None):
-    """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused (engine._kernels)."""
-    T, B, H, h, cfg, consts, nonlin = _setup(c, io_dtype, "fwd")
+def forward(cs, sizes_list, io_dtype=None):
+    """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused, for each cell of cs
+    (a layer's directions, one launch for both: cm.direction_plan) (engine._kernels)."""
+    T, B, H, h, cfg, consts, nonlin = _setup(cs[0], io_dtype, "fwd")
     if T == 0:
         return
-    gx, w = cm.as_tensor(c.gx), cm.as_tensor(c.w["w_hh"]).contiguous()
-    sz, bar = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)
-    cm.run_windows(cfg, T, lambda t0, n: cm.launch_tiles(
-        _fwd_kernel, cfg, B, gx, h, w, sz, bar, t0, n, B, H, nonlin, **consts))
+    t = cm.as_tensor
+    plan = cm.direction_plan(cfg, [[t(c.gx), t(c.h), t(c.w["w_hh"]).contiguous(), cm.sizes_tensor(sizes, h),
+                                     cm.barrier_counters(cfg, B, h)] for c, sizes in zip(cs, sizes_list)])
+    cm.run_windows(cfg, T, lambda t0, n: cm.launch_directions(
+        _fwd_kernel, cfg, B, plan, t0, n, B, H, nonlin, **consts))
 
 
-def backward(c, sizes, io_dtype=None):
-    """c.back_step(t, sizes[t]) for t = T-1..0, fused; leaves d state0 in c.dh."""
-    T, B, H, h, cfg, consts, nonlin = _setup(c, io_dtype, "bwd")
+def backward(cs, sizes_list, io_dtype=None):
+    """c.back_step(t, sizes[t]) for t = T-1..0, fused, for each cell of cs; leaves d state0 in c.dh."""
+    T, B, H, h, cfg, consts, nonlin = _setup(cs[0], io_dtype, "bwd")
     if T == 0:
         return
-    dy, dz, dh = cm.as_tensor(c.dy), cm.as_tensor(c.dz), cm.as_tensor(c.dh)
-    w = cm.as_tensor(c.w["w_hh"]).contiguous()
-    sz, bar, ws = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h), cm.partials_workspace(cfg, B, h)
+    t = cm.as_tensor
+    plan = cm.direction_plan(cfg, [[t(c.dy), t(c.h), t(c.dz), t(c.dh), t(c.w["w_hh"]).contiguous(),
+                                     cm.partials_workspace(cfg, B, h), cm.sizes_tensor(sizes, h),
+                                     cm.barrier_counters(cfg, B, h)] for c, sizes in zip(cs, sizes_list)])
     # T+1 iterations t = T-1 .. -1 (see _bwd_kernel)
-    cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch_tiles(
-        _bwd_kernel, cfg, B, dy, h, dz, dh, w, ws, sz, bar, T, t0 - 1, n, B, H, nonlin, **consts),
-        reverse=True)
+    cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch_directions(
+        _bwd_kernel, cfg, B, plan, T, t0 - 1, n, B, H, nonlin, **consts), reverse=True)
 
 
 def compile_targets(hidden_size, dtype):
     """(name, jit_fn, signature, constexprs) for every config the launchers use at this size and dtype."""
     ptr = cm.buffer_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
-    sigs = dict(fwd=dict(p_gx=ptr, p_h=ptr, p_w=ptr, p_sizes="*i32", p_bar="*i32",
+    sigs = dict(fwd=dict(p_gx=ptr, p_h=ptr, p_w=ptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64",
                          t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32", nonlin="i32"),
                 bwd=dict(p_dy=ptr, p_h=ptr, p_dz=ptr, p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32",
-                         T="i32", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32", nonlin="i32"))
+                         p_doff="*i64", T="i32", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32",
+                         nonlin="i32"))
     kernels = dict(fwd=_fwd_kernel, bwd=_bwd_kernel)
-    return [cm.target(f"elman_{d}", kernels[d], sigs[d], cm.kernel_consts(cfg, d, acc, dot, prec), cfg)
-            for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d)]
+    return [t for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d)
+            for t in cm.direction_targets(f"elman_{d}", kernels[d], sigs[d],
+                                          cm.kernel_consts(cfg, d, acc, dot, prec), cfg)]

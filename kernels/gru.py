@@ -54,11 +54,20 @@ def _fwd_step(t, b_h, b_w, b_bhn, p_gx, p_gates, p_hn, p_h, p_sizes, rows, j0, B
 
 
 @triton.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
-def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_w, p_bhn, p_sizes, p_bar, t_start, n_steps, B, H, tile0,
+def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_w, p_bhn, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, tile0,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
-                SINGLE: tl.constexpr, SYNC: tl.constexpr, NK: tl.constexpr,
+                SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
+    if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
+        p_gx = cm.for_direction(p_gx, p_doff, 0)
+        p_gates = cm.for_direction(p_gates, p_doff, 1)
+        p_hn = cm.for_direction(p_hn, p_doff, 2)
+        p_h = cm.for_direction(p_h, p_doff, 3)
+        p_w = cm.for_direction(p_w, p_doff, 4)
+        p_bhn = cm.for_direction(p_bhn, p_doff, 5)
+        p_sizes = cm.for_direction(p_sizes, p_doff, 6)
+        p_bar = cm.for_direction(p_bar, p_doff, 7)
     rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
@@ -101,16 +110,29 @@ def _bwd_point(t, b_dh, p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_size
 
 
 @triton.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
-def _bwd_kernel(p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_dh, p_w, p_ws, p_sizes, p_bar,
+def _bwd_kernel(p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_dh, p_w, p_ws, p_sizes, p_bar, p_doff,
                 T, t_start, n_steps, B, H, tile0,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
-                SINGLE: tl.constexpr, SYNC: tl.constexpr,
+                SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Iterations t = t_start, t_start-1, ...: carry in dh_t = dgh_{t+1} W_hh (summed shares) +
     dh_{t+1} z_{t+1} (t+1 < T), then step t (t >= 0) and its share of dgh_t W_hh
     (see elman._bwd_kernel; T+1 iterations in all).
     """
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
+    if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
+        p_dy = cm.for_direction(p_dy, p_doff, 0)
+        p_gates = cm.for_direction(p_gates, p_doff, 1)
+        p_knew = cm.for_direction(p_knew, p_doff, 2)
+        p_kz = cm.for_direction(p_kz, p_doff, 3)
+        p_kr = cm.for_direction(p_kr, p_doff, 4)
+        p_dgh = cm.for_direction(p_dgh, p_doff, 5)
+        p_dnew = cm.for_direction(p_dnew, p_doff, 6)
+        p_dh = cm.for_direction(p_dh, p_doff, 7)
+        p_w = cm.for_direction(p_w, p_doff, 8)
+        p_ws = cm.for_direction(p_ws, p_doff, 9)
+        p_sizes = cm.for_direction(p_sizes, p_doff, 10)
+        p_bar = cm.for_direction(p_bar, p_doff, 11)
     rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
@@ -149,32 +171,33 @@ def _setup(c, io_dtype, direction):
     return T, B, c.H, h, cfg, consts
 
 
-def forward(c, sizes, io_dtype=None):
-    """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused (engine._kernels)."""
-    T, B, H, h, cfg, consts = _setup(c, io_dtype, "fwd")
+def forward(cs, sizes_list, io_dtype=None):
+    """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused, for each cell of cs
+    (a layer's directions, one launch for both: cm.direction_plan) (engine._kernels)."""
+    T, B, H, h, cfg, consts = _setup(cs[0], io_dtype, "fwd")
     if T == 0:
         return
     t = cm.as_tensor
-    w = t(c.w["w_hh"]).contiguous()
-    b_hn = h.new_zeros(H) if c.b_hn is None else t(c.b_hn).contiguous()
-    sz, bar = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)
-    cm.run_windows(cfg, T, lambda t0, n: cm.launch_tiles(
-        _fwd_kernel, cfg, B, t(c.gx), t(c.gates), t(c.hn), h, w, b_hn, sz, bar,
-        t0, n, B, H, **consts))
+    plan = cm.direction_plan(cfg, [[t(c.gx), t(c.gates), t(c.hn), t(c.h), t(c.w["w_hh"]).contiguous(),
+                                     h.new_zeros(H) if c.b_hn is None else t(c.b_hn).contiguous(),
+                                     cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)]
+                                    for c, sizes in zip(cs, sizes_list)])
+    cm.run_windows(cfg, T, lambda t0, n: cm.launch_directions(_fwd_kernel, cfg, B, plan, t0, n, B, H, **consts))
 
 
-def backward(c, sizes, io_dtype=None):
-    """c.back_step(t, sizes[t]) for t = T-1..0, fused; leaves d state0 in c.dh."""
-    T, B, H, h, cfg, consts = _setup(c, io_dtype, "bwd")
+def backward(cs, sizes_list, io_dtype=None):
+    """c.back_step(t, sizes[t]) for t = T-1..0, fused, for each cell of cs; leaves d state0 in c.dh."""
+    T, B, H, h, cfg, consts = _setup(cs[0], io_dtype, "bwd")
     if T == 0:
         return
     t = cm.as_tensor
-    w = t(c.w["w_hh"]).contiguous()
-    sz, bar, ws = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h), cm.partials_workspace(cfg, B, h)
+    plan = cm.direction_plan(cfg, [[t(c.dy), t(c.gates), t(c.k_new), t(c.k_z), t(c.k_r), t(c.dgh), t(c.dnew),
+                                     t(c.dh), t(c.w["w_hh"]).contiguous(), cm.partials_workspace(cfg, B, h),
+                                     cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)]
+                                    for c, sizes in zip(cs, sizes_list)])
     # T+1 iterations t = T-1 .. -1 (see _bwd_kernel)
-    cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch_tiles(
-        _bwd_kernel, cfg, B, t(c.dy), t(c.gates), t(c.k_new), t(c.k_z), t(c.k_r), t(c.dgh),
-        t(c.dnew), t(c.dh), w, ws, sz, bar, T, t0 - 1, n, B, H, **consts), reverse=True)
+    cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch_directions(
+        _bwd_kernel, cfg, B, plan, T, t0 - 1, n, B, H, **consts), reverse=True)
 
 
 def compile_targets(hidden_size, dtype):
@@ -182,10 +205,11 @@ def compile_targets(hidden_size, dtype):
     ptr = cm.buffer_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
     sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_hn=ptr, p_h=ptr, p_w=ptr, p_bhn=ptr, p_sizes="*i32",
-                         p_bar="*i32", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32"),
+                         p_bar="*i32", p_doff="*i64", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32"),
                 bwd=dict(p_dy=ptr, p_gates=ptr, p_knew=ptr, p_kz=ptr, p_kr=ptr, p_dgh=ptr, p_dnew=ptr,
-                         p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", T="i32", t_start="i32",
-                         n_steps="i32", tile0="i32", B="i32", H="i32"))
+                         p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64", T="i32",
+                         t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32"))
     kernels = dict(fwd=_fwd_kernel, bwd=_bwd_kernel)
-    return [cm.target(f"gru_{d}", kernels[d], sigs[d], cm.kernel_consts(cfg, d, acc, dot, prec), cfg)
-            for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d)]
+    return [t for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d)
+            for t in cm.direction_targets(f"gru_{d}", kernels[d], sigs[d],
+                                          cm.kernel_consts(cfg, d, acc, dot, prec), cfg)]

@@ -254,8 +254,10 @@ def _workspace(cfg, B, OP, like):
     return like.new_empty((2, cfg.P, B, OP) if cfg.mode != "single" else (1,))
 
 
-def forward(c, sizes, io_dtype=None):
-    """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused (engine._kernels)."""
+def forward(cs, sizes_list, io_dtype=None):
+    """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused, for the one cell of
+    cs (a Jordan layer has one direction) (engine._kernels)."""
+    (c,), (sizes,) = cs, sizes_list
     T, B, H, O, s, cfg, consts, nonlin = _setup(c, io_dtype, "fwd")
     if T == 0:
         return
@@ -271,8 +273,9 @@ def forward(c, sizes, io_dtype=None):
         T, t0, n, B, H, O, nonlin, **consts))
 
 
-def backward(c, sizes, io_dtype=None):
-    """c.back_step(t, sizes[t]) for t = T-1..0, fused; leaves d state0 in c.ds."""
+def backward(cs, sizes_list, io_dtype=None):
+    """c.back_step(t, sizes[t]) for t = T-1..0, fused, for the one cell of cs; leaves d state0 in c.ds."""
+    (c,), (sizes,) = cs, sizes_list
     T, B, H, O, s, cfg, consts, nonlin = _setup(c, io_dtype, "bwd")
     if T == 0:
         return

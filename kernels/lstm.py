@@ -58,11 +58,20 @@ def _fwd_step(t, b_h, b_c, b_w, p_gx, p_gates, p_h, p_c, p_tc, p_sizes, rows, j0
 
 
 @triton.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
-def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_w, p_sizes, p_bar, t_start, n_steps, B, H, tile0,
+def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, tile0,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
-                SINGLE: tl.constexpr, SYNC: tl.constexpr, NK: tl.constexpr,
+                SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
+    if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
+        p_gx = cm.for_direction(p_gx, p_doff, 0)
+        p_gates = cm.for_direction(p_gates, p_doff, 1)
+        p_h = cm.for_direction(p_h, p_doff, 2)
+        p_c = cm.for_direction(p_c, p_doff, 3)
+        p_tc = cm.for_direction(p_tc, p_doff, 4)
+        p_w = cm.for_direction(p_w, p_doff, 5)
+        p_sizes = cm.for_direction(p_sizes, p_doff, 6)
+        p_bar = cm.for_direction(p_bar, p_doff, 7)
     rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
@@ -99,15 +108,27 @@ def _bwd_point(t, b_dh, b_dc, p_dy, p_coef, p_odt, p_gates, p_dgates, p_sizes, r
 
 
 @triton.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
-def _bwd_kernel(p_dy, p_coef, p_odt, p_gates, p_dgates, p_dh, p_dc, p_w, p_ws, p_sizes, p_bar,
+def _bwd_kernel(p_dy, p_coef, p_odt, p_gates, p_dgates, p_dh, p_dc, p_w, p_ws, p_sizes, p_bar, p_doff,
                 T, t_start, n_steps, B, H, tile0,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
-                SINGLE: tl.constexpr, SYNC: tl.constexpr,
+                SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Iterations t = t_start, t_start-1, ...: carry in dh_t from step t+1's shares (t+1 < T), then step t
     (t >= 0) and its share of dh_{t-1} = dgates_t W_hh (see elman._bwd_kernel; T+1 iterations in all).
     """
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
+    if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
+        p_dy = cm.for_direction(p_dy, p_doff, 0)
+        p_coef = cm.for_direction(p_coef, p_doff, 1)
+        p_odt = cm.for_direction(p_odt, p_doff, 2)
+        p_gates = cm.for_direction(p_gates, p_doff, 3)
+        p_dgates = cm.for_direction(p_dgates, p_doff, 4)
+        p_dh = cm.for_direction(p_dh, p_doff, 5)
+        p_dc = cm.for_direction(p_dc, p_doff, 6)
+        p_w = cm.for_direction(p_w, p_doff, 7)
+        p_ws = cm.for_direction(p_ws, p_doff, 8)
+        p_sizes = cm.for_direction(p_sizes, p_doff, 9)
+        p_bar = cm.for_direction(p_bar, p_doff, 10)
     rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
@@ -141,31 +162,32 @@ def _setup(c, io_dtype, direction):
     return T, B, c.H, h, cfg, consts
 
 
-def forward(c, sizes, io_dtype=None):
-    """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused (engine._kernels)."""
-    T, B, H, h, cfg, consts = _setup(c, io_dtype, "fwd")
+def forward(cs, sizes_list, io_dtype=None):
+    """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused, for each cell of cs
+    (a layer's directions, one launch for both: cm.direction_plan) (engine._kernels)."""
+    T, B, H, h, cfg, consts = _setup(cs[0], io_dtype, "fwd")
     if T == 0:
         return
     t = cm.as_tensor
-    w = t(c.w["w_hh"]).contiguous()
-    sz, bar = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)
-    cm.run_windows(cfg, T, lambda t0, n: cm.launch_tiles(
-        _fwd_kernel, cfg, B, t(c.gx), t(c.gates), h, t(c.c), t(c.tanh_c), w, sz, bar,
-        t0, n, B, H, **consts))
+    plan = cm.direction_plan(cfg, [[t(c.gx), t(c.gates), t(c.h), t(c.c), t(c.tanh_c), t(c.w["w_hh"]).contiguous(),
+                                     cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)]
+                                    for c, sizes in zip(cs, sizes_list)])
+    cm.run_windows(cfg, T, lambda t0, n: cm.launch_directions(_fwd_kernel, cfg, B, plan, t0, n, B, H, **consts))
 
 
-def backward(c, sizes, io_dtype=None):
-    """c.back_step(t, sizes[t]) for t = T-1..0, fused; leaves d state0 in c.dh, c.dc."""
-    T, B, H, h, cfg, consts = _setup(c, io_dtype, "bwd")
+def backward(cs, sizes_list, io_dtype=None):
+    """c.back_step(t, sizes[t]) for t = T-1..0, fused, for each cell of cs; leaves d state0 in c.dh, c.dc."""
+    T, B, H, h, cfg, consts = _setup(cs[0], io_dtype, "bwd")
     if T == 0:
         return
     t = cm.as_tensor
-    w = t(c.w["w_hh"]).contiguous()
-    sz, bar, ws = cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h), cm.partials_workspace(cfg, B, h)
+    plan = cm.direction_plan(cfg, [[t(c.dy), t(c.coef), t(c.o_dtanh), t(c.gates), t(c.dgates), t(c.dh), t(c.dc),
+                                     t(c.w["w_hh"]).contiguous(), cm.partials_workspace(cfg, B, h),
+                                     cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)]
+                                    for c, sizes in zip(cs, sizes_list)])
     # T+1 iterations t = T-1 .. -1 (see _bwd_kernel)
-    cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch_tiles(
-        _bwd_kernel, cfg, B, t(c.dy), t(c.coef), t(c.o_dtanh), t(c.gates), t(c.dgates),
-        t(c.dh), t(c.dc), w, ws, sz, bar, T, t0 - 1, n, B, H, **consts), reverse=True)
+    cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch_directions(
+        _bwd_kernel, cfg, B, plan, T, t0 - 1, n, B, H, **consts), reverse=True)
 
 
 def compile_targets(hidden_size, dtype):
@@ -173,10 +195,11 @@ def compile_targets(hidden_size, dtype):
     ptr = cm.buffer_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
     sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_h=ptr, p_c=ptr, p_tc=ptr, p_w=ptr, p_sizes="*i32",
-                         p_bar="*i32", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32"),
+                         p_bar="*i32", p_doff="*i64", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32"),
                 bwd=dict(p_dy=ptr, p_coef=ptr, p_odt=ptr, p_gates=ptr, p_dgates=ptr, p_dh=ptr, p_dc=ptr,
-                         p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", T="i32", t_start="i32",
+                         p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64", T="i32", t_start="i32",
                          n_steps="i32", tile0="i32", B="i32", H="i32"))
     kernels = dict(fwd=_fwd_kernel, bwd=_bwd_kernel)
-    return [cm.target(f"lstm_{d}", kernels[d], sigs[d], cm.kernel_consts(cfg, d, acc, dot, prec), cfg)
-            for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d)]
+    return [t for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d)
+            for t in cm.direction_targets(f"lstm_{d}", kernels[d], sigs[d],
+                                          cm.kernel_consts(cfg, d, acc, dot, prec), cfg)]
