@@ -37,6 +37,11 @@ recompiles), so one kernel serves three modes (`Config.mode`):
             arithmetic under TRITON_INTERPRET=1 (GPURNN_SLICE forces it). Used
             only where P alone exceeds the SM count, or off the GPU.
 
+Directions. A bidirectional layer's two directions share each launch: grid axis 2
+picks the direction, and the kernel moves every buffer pointer by that direction's
+offset (`for_direction`, `direction_plan`; the DIRS constexpr keeps one-direction
+launches as they were). Split mode launches the directions one after the other.
+
 Tiles. H is padded to HP = next power of two (>= 16) and masked. Gates get a
 gate dimension: a program's W tile is (HP, S*GP) with column s*GP + g holding
 row g*H + j0 + s of W_hh (GP = gates padded to a power of two; `load_w_fwd`),
@@ -464,9 +469,13 @@ def direction_plan(cfg, buffers):
     """[(buffer argument lists of the directions in one launch, their offsets)] for one or both
     directions of a layer (buffers: one list of tensor arguments per direction, in kernel order;
     the kernel moves them with `for_direction`). Both directions share each launch (grid axis 2),
-    except in split mode: its grid barrier needs every program of a launch resident, and the
-    batch-tile groups are sized for one direction."""
-    if cfg.mode == "split" and len(buffers) > 1:
+    except in split mode (its grid barrier needs every program of a launch resident, and the
+    batch-tile groups are sized for one direction) and for tensors aligned differently."""
+    # Triton specialises a pointer argument on 16-byte alignment: direction 1's tensors must sit
+    # at the same alignment as direction 0's, which the launch passes (engine buffers always do).
+    apart = len(buffers) > 1 and (cfg.mode == "split" or
+                                  any((a.data_ptr() - b.data_ptr()) % 16 for a, b in zip(*buffers)))
+    if apart:
         alone = direction_offsets(buffers[:1])
         return [([one], alone) for one in buffers]
     # every direction's list stays in the plan: the kernel reaches direction 1's tensors only

@@ -59,8 +59,9 @@ def test_split_arithmetic_pairs_step_by_step(split_hidden, launches):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_split_mode_launches_each_direction_alone():
-    """A grid barrier needs all of a launch resident; the groups are sized for one direction."""
+def test_split_mode_or_misalignment_launches_each_direction_alone():
+    """A grid barrier needs all of a launch resident (the groups are sized for one direction);
+    Triton specialises pointers on 16-byte alignment, so direction 1 must match direction 0's."""
     import torch
 
     cfg = replace(cm.tile_config(768, 16, 4, 2), mode="split")
@@ -73,3 +74,5 @@ def test_split_mode_launches_each_direction_alone():
     assert len(lists) == 2
     assert [b.data_ptr() for b in buffers[1]] == [a.data_ptr() + o * a.element_size()
                                                   for a, o in zip(buffers[0], offsets.tolist())]
+    misaligned = [buffers[0], [torch.zeros(5)[1:], buffers[1][1]]]   # 4 bytes off
+    assert [len(lists) for lists, _ in cm.direction_plan(replace(cfg, mode="single"), misaligned)] == [1, 1]
