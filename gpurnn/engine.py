@@ -46,9 +46,9 @@ def _make_cell(cell, xp, w, matmul, opts, fused):
 def _kernels(cell):
     """The fused-kernel module of a cell: kernels/<cell>.py, installed as gpurnn.kernels.<cell>.
 
-    Its forward(c, sizes) does what c.step(t, sizes[t]) plus the engine's state
-    hold does for t = 0..T-1, and its backward(c, sizes) what c.back_step does
-    for t = T-1..0, on the same buffers (c after begin_forward/begin_backward).
+    Its forward([c, ...], [sizes, ...]) does, for each cell c (a layer's directions), what
+    c.step(t, sizes[t]) plus the engine's state hold does for t = 0..T-1, and its backward
+    what c.back_step does for t = T-1..0, on the same buffers (c after begin_forward/begin_backward).
     """
     name = cell if isinstance(cell, str) else type(cell).__name__.lower()
     return importlib.import_module(f"gpurnn.kernels.{name}")

@@ -8,8 +8,8 @@ A comment block naming every tensor by role and shape, then
     @triton.jit _fwd_step(...)   one forward step for one (batch tile, hidden slice)
     @triton.jit _fwd_kernel(...) loops `_fwd_step` over a window of steps
     @triton.jit _bwd_* / _bwd_kernel(...)   the same for reverse time
-    forward(c, sizes, io_dtype=None)    launcher: the engine's contract (engine._kernels)
-    backward(c, sizes, io_dtype=None)
+    forward(cs, sizes_list, io_dtype=None)   launcher for a layer's cells (one per direction):
+    backward(cs, sizes_list, io_dtype=None)  the engine's contract (engine._kernels)
     compile_targets(hidden_size, dtype) -> [(name, jit_fn, signature, constexprs)]
         the configs its launchers pick on a GPU (`compile_configs`), built with
         `target` (constexprs also carry num_warps); signature maps every
@@ -57,9 +57,10 @@ after the barrier, sums the P shares of its own units in slice order
 (`sum_partials`): deterministic, no atomics. In single mode the share is the
 whole product and stays in registers.
 
-Registers (ptxas -v, profiling/results/compile_check.md). Three things keep
-every config free of spills up to H=512 (and fp32 to 1024; fp16/bf16 backward
-at H >= 768 spills 16-48 B on sm_80 (GRU also 16 B on sm_90), see tile_config):
+Registers (ptxas -v, profiling/results/compile_check.md, compiled with 16-byte aligned
+pointers as Triton specialises them at launch). Three things keep every config free
+of spills up to H=512 (and fp32 to 1024; the GRU backward at H=768 fp16/bf16 spills
+24 B on sm_90; the measured thresholds below predate the aligned compiles):
   * `maxnreg`: a launch gets the register file of a whole SM (`Config.maxnreg`).
     Without it ptxas sometimes settles on 32-40 registers and spills (fp32
     Elman forward H=128: 32 registers, 12.6 KB; with the cap: 255, 4.8 KB,
@@ -78,6 +79,7 @@ rounded to it before each tl.dot (accumulating in fp32), as cuDNN does;
 this halves the registers W needs. Buffers stay in the engine's compute
 dtype (float32 for fp16/bf16).
 """
+import functools
 import os
 from dataclasses import dataclass, replace
 
@@ -240,8 +242,10 @@ def sum_partials(p_ws, t, rows, cols, B, HP: tl.constexpr, P: tl.constexpr, S: t
 @triton.jit
 def for_direction(p, p_doff, k):
     """Buffer pointer p moved to this program's direction (program_id(2)): direction 1's buffer
-    lies p_doff[k] elements from direction 0's (`direction_offsets`; all 0 for one direction)."""
-    return p + tl.program_id(2).to(tl.int64) * tl.load(p_doff + k)
+    lies p_doff[k] 16-byte units from direction 0's (`direction_offsets`). In those units the
+    compiler knows the moved pointer keeps p's 16-byte alignment, so loads stay vectorised."""
+    U: tl.constexpr = 16 // (p.dtype.element_ty.primitive_bitwidth // 8)
+    return p + tl.program_id(2).to(tl.int64) * (tl.load(p_doff + k) * U)
 
 
 @triton.jit
@@ -447,21 +451,29 @@ def launch_tiles(kernel, cfg, B, *args, directions=1, **kwargs):
         launch(kernel, (tiles, P, directions), *args, tile0=tile0, **kwargs)
 
 
+@functools.lru_cache(maxsize=None)
+def _no_offsets(device, n):
+    """Zeros for one-direction launches, made once per device (the kernel never reads them)."""
+    import torch
+
+    return torch.zeros(n, dtype=torch.int64, device=device)
+
+
 def direction_offsets(buffers):
-    """int64 tensor: for each buffer argument, the elements from direction 0's tensor to
+    """int64 tensor: for each buffer argument, the 16-byte units from direction 0's tensor to
     direction 1's (buffers: one list of tensors per direction, in kernel order)."""
     import torch
 
     if len(buffers) == 1:
-        values = [0] * len(buffers[0])
+        return _no_offsets(buffers[0][0].device, len(buffers[0]))
     else:
         values = []
         for a, b in zip(*buffers):
             delta = b.data_ptr() - a.data_ptr()
-            if a.dtype != b.dtype or delta % a.element_size():
-                raise ValueError(f"direction buffers: expected one dtype and element-aligned addresses, "
-                                 f"got {a.dtype} and {b.dtype}, {delta} bytes apart")
-            values.append(delta // a.element_size())
+            if a.dtype != b.dtype or delta % 16:
+                raise ValueError(f"direction buffers: expected one dtype and addresses a multiple of 16 bytes "
+                                 f"apart, got {a.dtype} and {b.dtype}, {delta} bytes apart")
+            values.append(delta // 16)
     return torch.tensor(values, dtype=torch.int64, device=buffers[0][0].device)
 
 
@@ -470,10 +482,11 @@ def direction_plan(cfg, buffers):
     directions of a layer (buffers: one list of tensor arguments per direction, in kernel order;
     the kernel moves them with `for_direction`). Both directions share each launch (grid axis 2),
     except in split mode (its grid barrier needs every program of a launch resident, and the
-    batch-tile groups are sized for one direction) and for tensors aligned differently."""
-    # Triton specialises a pointer argument on 16-byte alignment: direction 1's tensors must sit
-    # at the same alignment as direction 0's, which the launch passes (engine buffers always do).
-    apart = len(buffers) > 1 and (cfg.mode == "split" or
+    batch-tile groups are sized for one direction) and for tensors not a multiple of 16 bytes apart."""
+    # The offsets count 16-byte units (for_direction), so direction 1's tensors must lie a
+    # multiple of 16 bytes from direction 0's (engine buffers always do). The interpreter copies
+    # CUDA arguments to the host: direction 1, reached by offset only, would not be copied.
+    apart = len(buffers) > 1 and (cfg.mode == "split" or (interpreting() and buffers[0][0].is_cuda) or
                                   any((a.data_ptr() - b.data_ptr()) % 16 for a, b in zip(*buffers)))
     if apart:
         alone = direction_offsets(buffers[:1])

@@ -175,12 +175,13 @@ def check_list(engine_backend):
             opts = {} if kind == "jordan" else {"num_layers": 2, "bidirectional": True}
             out.append((f"{kind} {dt} T=33 B=5 H=48" + (" 2-layer bidir" if opts else ""),
                         lambda k=kind, d=dt, o=opts: parity(k, d, 33, 5, 48, engine_backend, **o)))
-    for kind in ("rnn_tanh", "lstm", "gru"):
-        out.append((f"{kind} float32 split H=100 (grid barrier)",
-                    lambda k=kind: parity(k, "float32", 33, 17, 100, engine_backend, {"GPURNN_SLICE": 16})))
-        out.append((f"{kind} float32 stepwise H=100",
+    for kind in ("rnn_tanh", "lstm", "gru"):   # bidirectional: split launches the directions apart,
+        out.append((f"{kind} float32 split H=100 bidir (grid barrier)",   # stepwise shares each launch
+                    lambda k=kind: parity(k, "float32", 33, 17, 100, engine_backend, {"GPURNN_SLICE": 16},
+                                          bidirectional=True)))
+        out.append((f"{kind} float32 stepwise H=100 bidir",
                     lambda k=kind: parity(k, "float32", 33, 17, 100, engine_backend,
-                                          {"GPURNN_SLICE": 16, "GPURNN_STEPWISE": 1})))
+                                          {"GPURNN_SLICE": 16, "GPURNN_STEPWISE": 1}, bidirectional=True)))
     out.append(("determinism lstm H=256", determinism))
     out.append(("launches independent of T", launch_counts))
     for dt in ("bfloat16", "float32"):

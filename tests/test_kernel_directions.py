@@ -65,14 +65,13 @@ def test_split_mode_or_misalignment_launches_each_direction_alone():
     import torch
 
     cfg = replace(cm.tile_config(768, 16, 4, 2), mode="split")
-    buffers = [[torch.zeros(3), torch.zeros(2, dtype=torch.int32)] for _ in range(2)]
+    buffers = [[torch.zeros(64), torch.zeros(64, dtype=torch.int32)] for _ in range(2)]
     plan = cm.direction_plan(cfg, buffers)
     assert [len(lists) for lists, _ in plan] == [1, 1]
     assert all(offsets.tolist() == [0, 0] for _, offsets in plan)
     single = cm.direction_plan(replace(cfg, mode="single"), buffers)
     (lists, offsets), = single
     assert len(lists) == 2
-    assert [b.data_ptr() for b in buffers[1]] == [a.data_ptr() + o * a.element_size()
-                                                  for a, o in zip(buffers[0], offsets.tolist())]
+    assert [b.data_ptr() for b in buffers[1]] == [a.data_ptr() + 16 * o for a, o in zip(buffers[0], offsets.tolist())]
     misaligned = [buffers[0], [torch.zeros(5)[1:], buffers[1][1]]]   # 4 bytes off
     assert [len(lists) for lists, _ in cm.direction_plan(replace(cfg, mode="single"), misaligned)] == [1, 1]
