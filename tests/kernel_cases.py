@@ -131,6 +131,22 @@ def launches(monkeypatch):
 
 
 @pytest.fixture
+def launch_kwargs(monkeypatch):
+    """{kernel name: the keyword arguments (constexprs, launch options) of its last launch}."""
+    from gpurnn.kernels import common
+
+    seen = {}
+    real = common.launch
+
+    def recorded(kernel, grid, *args, **kwargs):
+        seen[kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__] = kwargs
+        real(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(common, "launch", recorded)
+    return seen
+
+
+@pytest.fixture
 def nan_empty(monkeypatch):
     """np.empty returns NaN-filled float arrays, so an element a kernel should write but skips shows up."""
     real = np.empty

@@ -10,7 +10,7 @@ import gpurnn.nn as gnn
 from gpurnn.kernels import common as cm
 from gpurnn.kernels import gru
 from kernel_cases import (run_uninterpreted, TOL, TOL_FP16_DOT, assert_all_close, assert_bitwise_equal, launches,  # noqa: F401
-                          forced_split_k, make_case, nan_empty, packed_sizes, run, split_hidden,
+                          forced_split_k, launch_kwargs, make_case, nan_empty, packed_sizes, run, split_hidden,
                           with_io_dtype)
 from torch_parity import assert_same, outputs_and_grads
 
@@ -84,16 +84,9 @@ def test_split_k_forward_matches_engine(nk, io_dtype, forced_split_k, monkeypatc
     assert nks and set(nks) == {nk}
 
 
-def test_launch_options_are_the_shared_config(monkeypatch):
+def test_launch_options_are_the_shared_config(launch_kwargs):
     """Both launchers pass common.tile_config's warps and register cap (one rule for every cell)."""
-    seen = {}
-    real = cm.launch
-
-    def recorded(kernel, grid, *args, **kwargs):
-        seen[kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__] = kwargs
-        real(kernel, grid, *args, **kwargs)
-
-    monkeypatch.setattr(cm, "launch", recorded)
+    seen = launch_kwargs
     run(make_case("gru", 2, 3, 20), "triton")
     for name, direction in (("_fwd_kernel", "fwd"), ("_bwd_kernel", "bwd")):
         cfg = cm.tile_config(20, 3, gru.GP, 4, direction)

@@ -10,7 +10,7 @@ from gpurnn.kernels import common as cm
 from gpurnn.kernels import jordan
 from jordan_reference import jordan_reference
 from kernel_cases import (run_uninterpreted, TOL, TOL_FP16_DOT, assert_all_close, assert_bitwise_equal, launches,  # noqa: F401
-                          make_case, nan_empty, packed_sizes, run, split_hidden, with_io_dtype)
+                          launch_kwargs, make_case, nan_empty, packed_sizes, run, split_hidden, with_io_dtype)
 from torch_parity import TOL as TORCH_TOL
 
 ACTS = ("identity", "tanh", "sigmoid", "softmax")
@@ -109,18 +109,11 @@ def test_launches_do_not_grow_with_T(launches):
 
 
 @pytest.mark.parametrize("dtype, elem_bytes", [(np.float32, 4), (np.float16, 2)], ids=["fp32", "fp16"])
-def test_launch_options_are_the_shared_rule(dtype, elem_bytes, monkeypatch):
+def test_launch_options_are_the_shared_rule(dtype, elem_bytes, launch_kwargs, monkeypatch):
     """Warps from common.warps_for for the real W dtype (not the fractional bytes per unit that size
     the slices; H=1024 fp32 counts 1 byte per unit there, which would read as tensor cores), with
     the (BB, OP) share as its HP; the register cap of common.Config; slices as before."""
-    seen = {}
-    real = cm.launch
-
-    def recorded(kernel, grid, *args, **kwargs):
-        seen[kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__] = kwargs
-        real(kernel, grid, *args, **kwargs)
-
-    monkeypatch.setattr(cm, "launch", recorded)
+    seen = launch_kwargs
     H, O = 1024, 40   # OP = 64
     if dtype == np.float16:
         with_io_dtype(monkeypatch, "jordan", "float16")
