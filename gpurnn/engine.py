@@ -34,7 +34,7 @@ def _make_cell(cell, xp, w, matmul, opts, fused):
         return cells.Elman(xp, w, matmul, opts.get("nonlinearity", "tanh"))
     # LSTM, GRU: the kernels read row-major buffers; the xp loop is faster on feature-major ones.
     if cell == "lstm":
-        return (cells.LSTM if fused else LSTMLoop)(xp, w, matmul)
+        return cells.LSTM(xp, w, matmul) if fused else LSTMLoop(xp, w, matmul, opts.get("for_backward", True))
     if cell == "gru":
         return (cells.GRU if fused else GRULoop)(xp, w, matmul)
     if cell == "jordan":
@@ -115,7 +115,8 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
     to float32 by the caller, as NumPy and CuPy have no bfloat16).
     gemm: "xp" (NumPy's or CuPy's matmul) or "torch" (torch's, on zero-copy views of NumPy
     arrays: callers inside torch keep one BLAS thread pool in the process).
-    opts: nonlinearity (elman, jordan), output_activation and teacher (jordan).
+    opts: nonlinearity (elman, jordan), output_activation and teacher (jordan); for_backward=False
+    (lstm's xp loop): no backward will follow, so the loop skips what only backward needs.
     """
     return forward_directions(cell, x, [(state0, weights, reverse)], batch_sizes=batch_sizes,
                               backend=backend, io_dtype=io_dtype, gemm=gemm, **opts)[0]
@@ -214,10 +215,14 @@ def _start_backward(saved, dy, dstate):
     if saved.backward_buffers is not None:   # a second backward (retain_graph) replaces them
         saved.backward_buffers.release()
     alloc = Allocations(xp, zero=sizes is not None)   # zero gradient for rows past their length
+    sizes = [B] * T if sizes is None else sizes
+    if getattr(c, "spent", False):   # lstm_loop: the first backward overwrote what it keeps
+        c.rewind()
+        step_loop(c, sizes)
     c.begin_backward(dy, dstate, alloc)
     alloc.bind(c)
     saved.backward_buffers = alloc
-    return c, [B] * T if sizes is None else sizes
+    return c, sizes
 
 
 def _finish_backward(saved):

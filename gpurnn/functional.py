@@ -50,13 +50,14 @@ def _check_batch_sizes(batch_sizes, T, B):
 
 
 def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activation="identity",
-            teacher=None, batch_sizes=None, reverse=False, backend="auto"):
+            teacher=None, batch_sizes=None, reverse=False, backend="auto", for_backward=True):
     """Run one layer over x; returns (y (T, B, ·), final state tuple, tape for backward).
 
     cell: "rnn" (Elman), "lstm", "gru" or "jordan". batch_sizes: active rows per
     step for variable lengths (rows sorted by length, longest first). reverse:
     process t = T-1..0. teacher (jordan): (T, B, O) values replacing y_t in the
-    state update.
+    state update. for_backward=False: inference only, backward(tape) will raise
+    (the LSTM loop then skips the work only backward needs).
     """
     check_choice("cell", cell, tuple(CELLS))
     cell = CELLS[cell]
@@ -106,7 +107,7 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     if batch_sizes is not None:
         batch_sizes = _check_batch_sizes(batch_sizes, T, B)
     name = backends.resolve(backend, on_gpu=xp is not np)
-    opts = {"nonlinearity": nonlinearity}
+    opts = {"nonlinearity": nonlinearity, "for_backward": bool(for_backward)}
     if cell == "jordan":
         opts.update(output_activation=output_activation, teacher=teacher)
     return engine.forward(cell, x, state0, w, batch_sizes=batch_sizes, reverse=reverse,

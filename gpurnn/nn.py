@@ -39,7 +39,7 @@ class _Layer(torch.autograd.Function):
                            dict(zip(engine.WEIGHT_NAMES[cell], map(to_xp, g[n_state:]))),
                            reverse) for g, reverse in zip(groups, reverses)]
             results = engine.forward_directions(cell, tensor_to_xp(x), directions, batch_sizes=batch_sizes,
-                                                backend=backend, **opts)
+                                                backend=backend, for_backward=any(ctx.needs_input_grad), **opts)
             ctx.saved, ctx.cell, ctx.n_out = [saved for _, _, saved in results], cell, 1 + n_state
             ctx.has_weight = [[t is not None for t in g[n_state:]] for g in groups]
             return tuple(xp_to_tensor(a) for y, state, _ in results for a in (y, *state))

@@ -90,3 +90,34 @@ def test_float16_computes_in_float32():
     dx32, _, g32 = F.backward(tape32, np.ones_like(y32))
     assert dx16.dtype == g16["w_hh"].dtype == np.float16
     np.testing.assert_array_equal(g16["w_hh"], g32["w_hh"].astype(np.float16))
+
+
+@pytest.mark.parametrize("proj", [False, True], ids=["plain", "proj"])
+@pytest.mark.parametrize("packed", [False, True], ids=["full", "packed"])
+def test_inference_forward_matches_training_forward(packed, proj):
+    """for_backward=False skips the LSTM loop's backward data but not one output value; backward then raises."""
+    ref = torch.nn.LSTM(I, H, proj_size=2 if proj else 0, dtype=torch.float64)
+    w = np_weights(ref)
+    x = np.random.default_rng(1).standard_normal((T, B, I))
+    sizes = [3, 3, 2, 1, 1] if packed else None
+    y, state, _ = F.forward("lstm", x, w, batch_sizes=sizes)
+    y_inf, state_inf, tape = F.forward("lstm", x, w, batch_sizes=sizes, for_backward=False)
+    np.testing.assert_array_equal(y_inf, y)
+    for s, s_inf in zip(state, state_inf):
+        np.testing.assert_array_equal(s_inf, s)
+    with pytest.raises(RuntimeError, match="for_backward=False"):
+        F.backward(tape, np.ones_like(y))
+
+
+def test_module_under_no_grad_matches_torch():
+    """torch.no_grad runs the inference loop; outputs still match torch.nn."""
+    import gpurnn.nn as gnn
+
+    ref = torch.nn.LSTM(I, H, num_layers=2, dtype=torch.float64)
+    mod = gnn.LSTM(I, H, num_layers=2, dtype=torch.float64, backend="numpy")
+    mod.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    with torch.no_grad():
+        (y, (h, c)), (y_ref, (h_ref, c_ref)) = mod(x), ref(x)
+    for a, b in ((y, y_ref), (h, h_ref), (c, c_ref)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
