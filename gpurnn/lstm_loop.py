@@ -18,18 +18,18 @@ in cache, also turns them into what backward needs, and backward is five calls a
     A[t]   (4H, B)  pre-activations; after step t the coefficients of dL/da:
                     (tanh(c)*o' | c_{t-1}*f' | g*i' | i*(1-g^2)), with s' = s*(1-s);
                     after back_step t, dL/da itself
-    K[t]   (H, B)   o*(1-tanh(c_t)^2), the path from dh_t into dc_t
-    F[t]   (H, B)   f_t, the path from dc_t into dc_{t-1}
-    hT[t]  (P, B)   h_{t-1} at index t (hT[0] = h0); M[t] = o*tanh(c_t) when projected by W_hr
+    KF[t]  (2H, B)  K = o*(1-tanh(c_t)^2), the path from dh_t into dc_t, and
+                    F = f_t, the path from dc_t into dc_{t-1}
+    XH[t]  (P+I+1, B)  [h_{t-1}; x_t; 1] (hT = XH[:, :P]); M[t] = o*tanh(c_t) when projected by W_hr
     c      (H, B)   the cell state, carried (backward needs no c, only the products above)
 
-A forward run without backward (for_backward=False) skips K, F and the coefficients.
-The input projection (bias included, as a column of ones) is one batched GEMM
-straight into A. The weight gradients are GEMMs over all T*B rows, on dA transposed
-back to rows, then put back in torch's gate order.
+A forward run without backward (for_backward=False) skips KF and the coefficients.
+Each step's one GEMM, [W_hh | W_ih | b] XH[t], writes A[t]. The weight gradients are
+GEMMs over all T*B rows, on dA transposed back to rows, then put back in torch's gate order.
 """
 import numpy as np
 
+from .arrays import transposed_copy
 from .cells import FeatureMajorCell
 
 
@@ -52,52 +52,55 @@ class LSTMLoop(FeatureMajorCell):
 
     def begin_forward(self, x, state0, alloc):
         w, xp, H, perm = self.w, self.xp, self.H, self.perm
-        T, B = x.shape[:2]
+        T, B, I = x.shape
         self.x, self.alloc = x, alloc
-        w_ih = w["w_ih"][perm] * self.scale
-        self.w_hh_scaled = w["w_hh"][perm] * self.scale
-        if w["b_ih"] is not None:
-            bias = (w["b_ih"] + w["b_hh"])[perm] * self.scale[:, 0]
-            w_ih = xp.concatenate([w_ih, bias[:, None]], axis=1)
-            x = self.with_ones_column(x)
-        self.x1, self.w_ih1 = x, w_ih
         h0, c0 = state0
-        self.A = alloc((T, 4 * H, B), x.dtype)
-        self.hT = alloc((T + 1, h0.shape[-1], B), x.dtype)
+        P = h0.shape[-1]
+        # One GEMM a step, [W_hh | W_ih | b] @ [h_{t-1}; x_t; 1], writes A[t] while it is in cache
+        # (a bulk input projection leaves A to be read back from memory at every step).
+        w_cat = [w["w_hh"][perm], w["w_ih"][perm]]
+        if w["b_ih"] is not None:
+            w_cat.append((w["b_ih"] + w["b_hh"])[perm, None])
+        self.w_cat = xp.concatenate(w_cat, axis=1) * self.scale
+        self.XH = alloc((T + 1, self.w_cat.shape[1], B), x.dtype)   # [h_{t-1}; x_t; 1] at index t
+        transposed_copy(x, out=self.XH[:T, P:P + I])
+        self.XH[:, P + I:] = 1
+        self.hT = self.XH[:, :P]
         self.hT[0] = h0.T
+        self.A = alloc((T, 4 * H, B), x.dtype)
         self.c0 = xp.ascontiguousarray(c0.T)
         self.c = xp.empty((H, B), x.dtype)
         self.z = xp.empty((3 * H, B), x.dtype)   # m | f*c_{t-1} | i*g, aligned with (o | f | i)
         self.tc = xp.empty((H, B), x.dtype)
+        self.q = xp.zeros((2 * H, B), x.dtype)   # m*tanh(c) | 0: (o | f) - q gives (K | F) in one call
         self.seq = [self.hT.transpose(0, 2, 1)]   # the engine holds h for rows past their length
         self.M = None
         if w["w_hr"] is not None and self.for_backward:
             self.M = alloc((T, H, B), x.dtype)
         # Per-step views made in one pass: views made inside the loop cost about 4 us a step.
         gates = self.A.reshape(T, 4, H, B)
-        per_step = [self.A, self.A[:, :3 * H], *(gates[:, k] for k in range(4)), self.hT[:-1], self.hT[1:]]
+        per_step = [self.A, self.A[:, :3 * H], *(gates[:, k] for k in range(4)), self.XH[:-1], self.hT[1:]]
         if self.for_backward:
-            self.KF = alloc((T, 2, H, B), x.dtype)
-            per_step += [self.KF[:, 0], self.KF[:, 1]]
+            self.KF = alloc((T, 2 * H, B), x.dtype)
+            per_step.append(self.KF)
         self.step_views = list(zip(*per_step))
         self.rewind()
 
     def rewind(self):
-        """Make the state the time loop starts from: the input projection in A, c = c0. Backward
-        writes dA over A, so a second backward (retain_graph) first runs the forward loop again."""
-        self.mm(self.w_ih1, self.x1.transpose(0, 2, 1), out=self.A)
+        """c = c0, where the time loop starts. Backward writes dA over A, so a second
+        backward (retain_graph) first runs the forward loop again."""
         self.c[...] = self.c0
         self.spent = False
 
     def step(self, t, n):
         xp, H, z = self.xp, self.H, self.z
         views = self.step_views[t]
-        c, tc = self.c, self.tc
+        c, tc, q = self.c, self.tc, self.q
         if n < self.c.shape[1]:
-            views, (c, tc, z) = _first_columns(views, n), _first_columns((c, tc, z), n)
-        a, s, o, f, i, g, h_prev, h = views[:8]
-        m, fc, ig = z.reshape(3, H, -1)
-        self.mm(self.w_hh_scaled, h_prev, out=a, add=True)
+            views, (c, tc, z, q) = _first_columns(views, n), _first_columns((c, tc, z, q), n)
+        a, s, o, f, i, g, xh, h = views[:8]
+        m, fc, ig = z[:H], z[H:2 * H], z[2 * H:]
+        self.mm(self.w_cat, xh, out=a)
         xp.tanh(a, out=a)
         s *= 0.5
         s += 0.5
@@ -114,10 +117,8 @@ class LSTMLoop(FeatureMajorCell):
                 xp.copyto(self.M[t, :, :n], m)
         if not self.for_backward:
             return
-        k, f_kept = views[8:]
-        xp.copyto(f_kept, f)
-        xp.multiply(m, tc, out=tc)                 # K = o*(1 - tanh(c)^2) = o - m*tanh(c)
-        xp.subtract(o, tc, out=k)
+        xp.multiply(m, tc, out=q[:H])              # K = o*(1 - tanh(c)^2) = o - m*tanh(c); F = f
+        xp.subtract(a[:2 * H], q, out=views[8])
         g *= ig                                    # i*(1 - g^2) = i - i*g*g
         xp.subtract(i, g, out=g)
         s *= z                                     # (m, f*c_{t-1}, i*g) * (1 - (o, f, i))
@@ -142,7 +143,7 @@ class LSTMLoop(FeatureMajorCell):
         self.dA, self.spent = self.A, True      # dA[t] is written over the coefficients in A[t]
         self.dh_seq = None if self.w["w_hr"] is None else alloc(dy.shape, dy.dtype)   # for dW_hr
         self.w_hh_p = self.w["w_hh"][self.perm]
-        self.back_views = list(zip(self.A, self.KF[:, 0], self.KF[:, 1]))
+        self.back_views = list(zip(self.A, self.KF[:, :H], self.KF[:, H:]))
 
     def back_step(self, t, n):
         xp, H = self.xp, self.H
@@ -173,7 +174,8 @@ class LSTMLoop(FeatureMajorCell):
         w, unperm = self.w, self.unperm
         I = self.x.shape[-1]
         d = self.swap_last_axes(self.dA)           # (T, B, 4H), gates (o f i g)
-        dw_x1 = self.outer(d, self.x1)[unperm]     # [dW_ih | db]
+        x1 = self.x if w["b_ih"] is None else self.with_ones_column(self.x)
+        dw_x1 = self.outer(d, x1)[unperm]          # [dW_ih | db]
         grads = {"w_ih": dw_x1[:, :I].copy(), "w_hh": self.outer(d, self.h_rows[:-1])[unperm], "w_hr": None,
                  "b_ih": None, "b_hh": None}
         if w["b_ih"] is not None:   # separate arrays: see cells.bias_grads
