@@ -38,6 +38,10 @@ class Cell:
     runs under torch (one BLAS thread pool per process; see arrays.torch_matmul).
     """
 
+    # True once a backward has overwritten data of its forward (lstm_loop.LSTMLoop): before
+    # another backward (retain_graph) the engine calls rewind() and runs the forward loop again.
+    spent = False
+
     def __init__(self, xp, w, matmul):
         self.xp, self.w, self.mm = xp, w, matmul
 

@@ -216,7 +216,7 @@ def _start_backward(saved, dy, dstate):
         saved.backward_buffers.release()
     alloc = Allocations(xp, zero=sizes is not None)   # zero gradient for rows past their length
     sizes = [B] * T if sizes is None else sizes
-    if getattr(c, "spent", False):   # lstm_loop: the first backward overwrote what it keeps
+    if c.spent:   # see cells.Cell.spent
         c.rewind()
         step_loop(c, sizes)
     c.begin_backward(dy, dstate, alloc)

@@ -20,7 +20,8 @@ in cache, also turns them into what backward needs, and backward is five calls a
                     after back_step t, dL/da itself
     KF[t]  (2H, B)  K = o*(1-tanh(c_t)^2), the path from dh_t into dc_t, and
                     F = f_t, the path from dc_t into dc_{t-1}
-    XH[t]  (P+I+1, B)  [h_{t-1}; x_t; 1] (hT = XH[:, :P]); M[t] = o*tanh(c_t) when projected by W_hr
+    XH[t]  (P+I+1, B)  [h_{t-1}; x_t; 1] (no 1 without bias; hT = XH[:, :P])
+    M[t]   (H, B)   o*tanh(c_t) when h is projected by W_hr (P = proj_size), for dW_hr
     c      (H, B)   the cell state, carried (backward needs no c, only the products above)
 
 A forward run without backward (for_backward=False) skips KF and the coefficients.
@@ -87,8 +88,7 @@ class LSTMLoop(FeatureMajorCell):
         self.rewind()
 
     def rewind(self):
-        """c = c0, where the time loop starts. Backward writes dA over A, so a second
-        backward (retain_graph) first runs the forward loop again."""
+        """c = c0, where the time loop starts (see cells.Cell.spent)."""
         self.c[...] = self.c0
         self.spent = False
 
