@@ -20,17 +20,17 @@ in cache, also turns them into what backward needs, and backward is five calls a
                     after back_step t, dL/da itself
     KF[t]  (2H, B)  K = o*(1-tanh(c_t)^2), the path from dh_t into dc_t, and
                     F = f_t, the path from dc_t into dc_{t-1}
-    XH[t]  (P+I+1, B)  [h_{t-1}; x_t; 1] (no 1 without bias; hT = XH[:, :P])
+    hT[t]  (P, B)   h_{t-1} at index t (hT[0] = h0)
     M[t]   (H, B)   o*tanh(c_t) when h is projected by W_hr (P = proj_size), for dW_hr
     c      (H, B)   the cell state, carried (backward needs no c, only the products above)
 
 A forward run without backward (for_backward=False) skips KF and the coefficients.
-Each step's one GEMM, [W_hh | W_ih | b] XH[t], writes A[t]. The weight gradients are
+The input projection (bias included, as a column of ones) is one batched GEMM
+straight into A, and each step accumulates W_hh h into it. The weight gradients are
 GEMMs over all T*B rows, on dA transposed back to rows, then put back in torch's gate order.
 """
 import numpy as np
 
-from .arrays import transposed_copy
 from .cells import FeatureMajorCell
 
 
@@ -53,22 +53,19 @@ class LSTMLoop(FeatureMajorCell):
 
     def begin_forward(self, x, state0, alloc):
         w, xp, H, perm = self.w, self.xp, self.H, self.perm
-        T, B, I = x.shape
+        T, B = x.shape[:2]
         self.x, self.alloc = x, alloc
-        h0, c0 = state0
-        P = h0.shape[-1]
-        # One GEMM a step, [W_hh | W_ih | b] @ [h_{t-1}; x_t; 1], writes A[t] while it is in cache
-        # (a bulk input projection leaves A to be read back from memory at every step).
-        w_cat = [w["w_hh"][perm], w["w_ih"][perm]]
+        w_ih = w["w_ih"][perm] * self.scale
+        self.w_hh_scaled = w["w_hh"][perm] * self.scale
         if w["b_ih"] is not None:
-            w_cat.append((w["b_ih"] + w["b_hh"])[perm, None])
-        self.w_cat = xp.concatenate(w_cat, axis=1) * self.scale
-        self.XH = alloc((T + 1, self.w_cat.shape[1], B), x.dtype)   # [h_{t-1}; x_t; 1] at index t
-        transposed_copy(x, out=self.XH[:T, P:P + I])
-        self.XH[:, P + I:] = 1
-        self.hT = self.XH[:, :P]
-        self.hT[0] = h0.T
+            bias = (w["b_ih"] + w["b_hh"])[perm] * self.scale[:, 0]
+            w_ih = xp.concatenate([w_ih, bias[:, None]], axis=1)
+            x = self.with_ones_column(x)
+        self.x1, self.w_ih1 = x, w_ih
+        h0, c0 = state0
         self.A = alloc((T, 4 * H, B), x.dtype)
+        self.hT = alloc((T + 1, h0.shape[-1], B), x.dtype)
+        self.hT[0] = h0.T
         self.c0 = xp.ascontiguousarray(c0.T)
         self.c = xp.empty((H, B), x.dtype)
         self.z = xp.empty((3 * H, B), x.dtype)   # m | f*c_{t-1} | i*g, aligned with (o | f | i)
@@ -80,7 +77,7 @@ class LSTMLoop(FeatureMajorCell):
             self.M = alloc((T, H, B), x.dtype)
         # Per-step views made in one pass: views made inside the loop cost about 4 us a step.
         gates = self.A.reshape(T, 4, H, B)
-        per_step = [self.A, self.A[:, :3 * H], *(gates[:, k] for k in range(4)), self.XH[:-1], self.hT[1:]]
+        per_step = [self.A, self.A[:, :3 * H], *(gates[:, k] for k in range(4)), self.hT[:-1], self.hT[1:]]
         if self.for_backward:
             self.KF = alloc((T, 2 * H, B), x.dtype)
             per_step.append(self.KF)
@@ -88,7 +85,8 @@ class LSTMLoop(FeatureMajorCell):
         self.rewind()
 
     def rewind(self):
-        """c = c0, where the time loop starts (see cells.Cell.spent)."""
+        """The input projection in A and c = c0, where the time loop starts (see cells.Cell.spent)."""
+        self.mm(self.w_ih1, self.x1.transpose(0, 2, 1), out=self.A)
         self.c[...] = self.c0
         self.spent = False
 
@@ -98,9 +96,12 @@ class LSTMLoop(FeatureMajorCell):
         c, tc, q = self.c, self.tc, self.q
         if n < self.c.shape[1]:
             views, (c, tc, z, q) = _first_columns(views, n), _first_columns((c, tc, z, q), n)
-        a, s, o, f, i, g, xh, h = views[:8]
-        m, fc, ig = z[:H], z[H:2 * H], z[2 * H:]
-        self.mm(self.w_cat, xh, out=a)
+        a, s, o, f, i, g, h_prev, h = views[:8]
+        fc, ig = z[H:2 * H], z[2 * H:]
+        # m = o*tanh(c) is h unless projected; the coefficient pass below needs it in z, next to fc, ig
+        projected = self.w["w_hr"] is not None
+        m = z[:H] if projected or self.for_backward else h
+        self.mm(self.w_hh_scaled, h_prev, out=a, add=True)
         xp.tanh(a, out=a)
         s *= 0.5
         s += 0.5
@@ -109,12 +110,12 @@ class LSTMLoop(FeatureMajorCell):
         xp.add(fc, ig, out=c)
         xp.tanh(c, out=tc)
         xp.multiply(o, tc, out=m)
-        if self.w["w_hr"] is None:
-            xp.copyto(h, m)
-        else:
+        if projected:
             self.mm(self.w["w_hr"], m, out=h)
             if self.M is not None:
                 xp.copyto(self.M[t, :, :n], m)
+        elif m is not h:
+            xp.copyto(h, m)
         if not self.for_backward:
             return
         xp.multiply(m, tc, out=q[:H])              # K = o*(1 - tanh(c)^2) = o - m*tanh(c); F = f
@@ -174,8 +175,7 @@ class LSTMLoop(FeatureMajorCell):
         w, unperm = self.w, self.unperm
         I = self.x.shape[-1]
         d = self.swap_last_axes(self.dA)           # (T, B, 4H), gates (o f i g)
-        x1 = self.x if w["b_ih"] is None else self.with_ones_column(self.x)
-        dw_x1 = self.outer(d, x1)[unperm]          # [dW_ih | db]
+        dw_x1 = self.outer(d, self.x1)[unperm]     # [dW_ih | db]
         grads = {"w_ih": dw_x1[:, :I].copy(), "w_hh": self.outer(d, self.h_rows[:-1])[unperm], "w_hr": None,
                  "b_ih": None, "b_hh": None}
         if w["b_ih"] is not None:   # separate arrays: see cells.bias_grads
