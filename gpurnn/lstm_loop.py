@@ -152,9 +152,8 @@ class LSTMLoop(FeatureMajorCell):
         dhT, dc, tmp = self.dhT, self.dc, self.tmp
         if n < dc.shape[1]:
             views, (dhT, dc, tmp) = _first_columns(views, n), _first_columns((dhT, dc, tmp), n)
-        d, k, f = views
-        if n < self.dA.shape[2]:
             self.dA[t, :, n:] = 0                  # rows past their length: no gradient
+        d, k, f = views
         dh = self.dh[:n]
         dh += self.dy[t, :n]
         xp.copyto(dhT, dh.T)
