@@ -6,6 +6,7 @@ import torch
 import gpurnn.nn as gnn
 from gpurnn.__main__ import main
 from gpurnn.diagnostics import _default_loss, fit_rate, gradient_flow, scale_spectral_radius_
+from gpurnn.train import FORGET_BIAS
 
 T, B, IN, HID = 7, 3, 4, 5
 
@@ -102,7 +103,7 @@ def test_gradflow_command_writes_png_and_prints_rates(tmp_path, capsys):
     rows = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
     labels = [row.split(" x")[0].strip() for row in rows]
     assert labels == [f"tanh RNN, radius {r}" for r in ("0.5", "0.9", "1", "1.1", "1.5")] + \
-        ["LSTM (torch init)", "GRU (torch init)", "LSTM (forget bias 3)"]
+        ["LSTM (torch init)", "GRU (torch init)", f"LSTM (forget bias {FORGET_BIAS:g})"]
     rates = [float(row.split(" x")[1].split()[0]) for row in rows]
     # the demo's tanh RNN at radius 0.5 is near-linear: its gradient shrinks at about 0.5 per step
     assert 0.3 < rates[0] < 0.6 and all(0 < r < 10 for r in rates)
