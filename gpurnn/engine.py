@@ -64,6 +64,7 @@ class Saved:
     state_shapes: list
     fused: bool       # run by the Triton kernels (else the xp loop)
     io_dtype: str
+    for_backward: bool
     backward_buffers: object = None   # the last backward's Allocations
 
 
@@ -148,6 +149,7 @@ class _Run:
     fused: bool
     alloc: Allocations
     state_shapes: list
+    for_backward: bool
 
 
 def _start_forward(cell, x, state0, weights, reverse, batch_sizes, backend, gemm, opts):
@@ -165,7 +167,8 @@ def _start_forward(cell, x, state0, weights, reverse, batch_sizes, backend, gemm
     # step, and the weight GEMMs multiply them by zero gradients (0 * garbage may be NaN).
     alloc = Allocations(xp, zero=batch_sizes is not None)
     c.begin_forward(_to_compute(xp, x, cdt, reverse), tuple(s.astype(cdt, copy=False) for s in state0), alloc)
-    return c, _Run(x.dtype, sizes, batch_sizes, reverse, fused, alloc, [s.shape for s in state0])
+    return c, _Run(x.dtype, sizes, batch_sizes, reverse, fused, alloc, [s.shape for s in state0],
+                   opts.get("for_backward", True))
 
 
 def _finish_forward(c, run, io_dtype):
@@ -177,7 +180,7 @@ def _finish_forward(c, run, io_dtype):
             y[t, run.sizes[t]:] = 0
     y = _time_order(y, run.reverse)
     saved = Saved(c, dtype, run.sizes if run.batch_sizes is not None else None, run.reverse, run.state_shapes,
-                  run.fused, io_dtype)
+                  run.fused, io_dtype, run.for_backward)
     run.alloc.bind(c)   # the buffers go back to the pool with the cell; only copies are returned
     return y.astype(dtype), tuple(s.astype(dtype) for s in c.final()), saved
 
@@ -205,6 +208,8 @@ def backward_directions(directions):
 
 def _start_backward(saved, dy, dstate):
     c, reverse, sizes = saved.cell, saved.reverse, saved.sizes
+    if not saved.for_backward:
+        raise RuntimeError("backward: this forward ran with for_backward=False and kept no gradient data")
     xp = c.xp
     cdt = c.x.dtype
     T, B = c.x.shape[:2]
@@ -216,7 +221,7 @@ def _start_backward(saved, dy, dstate):
         saved.backward_buffers.release()
     alloc = Allocations(xp, zero=sizes is not None)   # zero gradient for rows past their length
     sizes = [B] * T if sizes is None else sizes
-    if c.spent:   # see cells.Cell.spent
+    if c.spent:   # see cells.Cell.spent: each further backward costs a forward loop more
         c.rewind()
         step_loop(c, sizes)
     c.begin_backward(dy, dstate, alloc)

@@ -57,7 +57,8 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     step for variable lengths (rows sorted by length, longest first). reverse:
     process t = T-1..0. teacher (jordan): (T, B, O) values replacing y_t in the
     state update. for_backward=False: inference only, backward(tape) will raise
-    (the LSTM loop then skips the work only backward needs).
+    (the LSTM loop then skips the work only backward needs). The tape refers to x and
+    the weights without copying them: change them only after the last backward.
     """
     check_choice("cell", cell, tuple(CELLS))
     cell = CELLS[cell]

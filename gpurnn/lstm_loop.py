@@ -66,7 +66,7 @@ class LSTMLoop(FeatureMajorCell):
         self.A = alloc((T, 4 * H, B), x.dtype)
         self.hT = alloc((T + 1, h0.shape[-1], B), x.dtype)
         self.hT[0] = h0.T
-        self.c0 = xp.ascontiguousarray(c0.T)
+        self.c0 = c0.T.copy()   # rewind() reads it again, after the caller's array may have changed
         self.c = xp.empty((H, B), x.dtype)
         self.z = xp.empty((3 * H, B), x.dtype)   # m | f*c_{t-1} | i*g, aligned with (o | f | i)
         self.tc = xp.empty((H, B), x.dtype)
@@ -98,7 +98,8 @@ class LSTMLoop(FeatureMajorCell):
             views, (c, tc, z, q) = _first_columns(views, n), _first_columns((c, tc, z, q), n)
         a, s, o, f, i, g, h_prev, h = views[:8]
         fc, ig = z[H:2 * H], z[2 * H:]
-        # m = o*tanh(c) is h unless projected; the coefficient pass below needs it in z, next to fc, ig
+        # m = o*tanh(c) goes straight into h in inference; the coefficient pass needs it in z,
+        # next to f*c and i*g, and W_hr projects it
         projected = self.w["w_hr"] is not None
         m = z[:H] if projected or self.for_backward else h
         self.mm(self.w_hh_scaled, h_prev, out=a, add=True)
@@ -114,7 +115,7 @@ class LSTMLoop(FeatureMajorCell):
             self.mm(self.w["w_hr"], m, out=h)
             if self.M is not None:
                 xp.copyto(self.M[t, :, :n], m)
-        elif m is not h:
+        elif self.for_backward:
             xp.copyto(h, m)
         if not self.for_backward:
             return
@@ -129,8 +130,6 @@ class LSTMLoop(FeatureMajorCell):
         return (self.h_rows[-1], self.xp.ascontiguousarray(self.c.T))
 
     def begin_backward(self, dy, dstate, alloc):
-        if not self.for_backward:
-            raise RuntimeError("backward: this LSTM forward ran with for_backward=False and kept no gradient data")
         xp, H = self.xp, self.H
         T, _, B = self.A.shape
         self.dy, self.alloc = dy, alloc
@@ -141,7 +140,7 @@ class LSTMLoop(FeatureMajorCell):
         self.dhT = xp.empty(self.dh.shape[::-1], dy.dtype)
         self.dc = xp.ascontiguousarray(dstate[1].T)   # carried (H, B)
         self.tmp = xp.empty((H, B), dy.dtype)
-        self.dA, self.spent = self.A, True      # dA[t] is written over the coefficients in A[t]
+        self.spent = True                          # back_step t writes dL/da over the coefficients in A[t]
         self.dh_seq = None if self.w["w_hr"] is None else alloc(dy.shape, dy.dtype)   # for dW_hr
         self.w_hh_p = self.w["w_hh"][self.perm]
         self.back_views = list(zip(self.A, self.KF[:, :H], self.KF[:, H:]))
@@ -152,7 +151,7 @@ class LSTMLoop(FeatureMajorCell):
         dhT, dc, tmp = self.dhT, self.dc, self.tmp
         if n < dc.shape[1]:
             views, (dhT, dc, tmp) = _first_columns(views, n), _first_columns((dhT, dc, tmp), n)
-            self.dA[t, :, n:] = 0                  # rows past their length: no gradient
+            self.A[t, :, n:] = 0                   # rows past their length: no gradient
         d, k, f = views
         dh = self.dh[:n]
         dh += self.dy[t, :n]
@@ -173,7 +172,7 @@ class LSTMLoop(FeatureMajorCell):
     def finish_backward(self):
         w, unperm = self.w, self.unperm
         I = self.x.shape[-1]
-        d = self.swap_last_axes(self.dA)           # (T, B, 4H), gates (o f i g)
+        d = self.swap_last_axes(self.A)            # dL/da (T, B, 4H), gates (o f i g)
         dw_x1 = self.outer(d, self.x1)[unperm]     # [dW_ih | db]
         grads = {"w_ih": dw_x1[:, :I].copy(), "w_hh": self.outer(d, self.h_rows[:-1])[unperm], "w_hr": None,
                  "b_ih": None, "b_hh": None}

@@ -121,3 +121,26 @@ def test_module_under_no_grad_matches_torch():
         (y, (h, c)), (y_ref, (h_ref, c_ref)) = mod(x), ref(x)
     for a, b in ((y, y_ref), (h, h_ref), (c, c_ref)):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_backward_after_an_inference_forward_raises_for_every_cell(cell):
+    w = np_weights(TWINS[cell]())
+    y, _, tape = F.forward(cell, np.ones((T, B, I)), w, for_backward=False)
+    with pytest.raises(RuntimeError, match="for_backward=False"):
+        F.backward(tape, np.ones_like(y))
+
+
+def test_a_second_backward_does_not_read_c0_again():
+    """The second backward reruns the LSTM forward loop; it starts from the c0 of the forward
+    even if the caller has since changed that array (B=1: c0.T is contiguous, no copy by itself)."""
+    ref = torch.nn.LSTM(I, H, dtype=torch.float64)
+    rng = np.random.default_rng(2)
+    x, h0, c0 = rng.standard_normal((T, 1, I)), rng.standard_normal((1, H)), rng.standard_normal((1, H))
+    y, _, tape = F.forward("lstm", x, np_weights(ref), (h0, c0))
+    first = F.backward(tape, np.ones_like(y))[2]
+    c0 += 1
+    second = F.backward(tape, np.ones_like(y))[2]
+    for name in first:
+        if first[name] is not None:
+            np.testing.assert_array_equal(second[name], first[name], err_msg=name)
