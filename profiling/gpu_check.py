@@ -88,11 +88,16 @@ def make_modules(kind, H, dtype, engine_backend, I=16, **options):
     return (ref64, ref64_dev), at, mine, eng
 
 
-def outputs_and_grads(module, x, device, dtype):
-    """Forward and backward of a fixed random projection of every output, as float64 CPU tensors."""
+def outputs_and_grads(module, x, device, dtype, lengths=None):
+    """Forward and backward of a fixed random projection of every output, as float64 CPU tensors.
+    lengths: run x as a PackedSequence of these lengths (unsorted)."""
     module.zero_grad()
     x = x.detach().to(device=device, dtype=dtype).clone().requires_grad_(True)   # never share x.grad
-    y, hn = module(x)
+    if lengths is None:
+        y, hn = module(x)
+    else:
+        y, hn = module(torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
+        y = torch.nn.utils.rnn.pad_packed_sequence(y, total_length=x.shape[0])[0]
     finals = list(hn) if isinstance(hn, tuple) else [hn]
     gen = torch.Generator().manual_seed(1)
     loss = sum((t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device, t.dtype)).sum()
@@ -108,25 +113,27 @@ def rel_err(got, ref):
     return max(float((got[k] - ref[k]).abs().max() / ref[k].abs().max().clamp_min(1e-30)) for k in ref)
 
 
-def parity(kind, dtype_name, T, B, H, engine_backend, env_vars=None, **options):
+def parity(kind, dtype_name, T, B, H, engine_backend, env_vars=None, lengths=None, **options):
     dtype = DTYPES[dtype_name]
     with env(**(env_vars or {})):
         (ref64, dev64), at, mine, eng = make_modules(kind, H, dtype, engine_backend, **options)
         x = torch.randn(T, B, ref64.input_size if kind != "jordan" else 16, generator=torch.Generator().manual_seed(2))
-        ref = outputs_and_grads(ref64, x, dev64, torch.float64)
-        ours = outputs_and_grads(mine, x, DEVICE, dtype)
+        ref = outputs_and_grads(ref64, x, dev64, torch.float64, lengths)
+        ours = outputs_and_grads(mine, x, DEVICE, dtype, lengths)
         try:   # a broken engine (the CuPy loop) fails the check but must not hide the kernels' error
-            engine = outputs_and_grads(eng, x, next(eng.parameters()).device, next(eng.parameters()).dtype)
+            engine = outputs_and_grads(eng, x, next(eng.parameters()).device, next(eng.parameters()).dtype, lengths)
             e_eng, engine_note = rel_err(engine, ref), ""
         except Exception as err:
             e_eng, engine_note = float("nan"), f"; engine FAILED: {type(err).__name__}: {str(err)[:120]}"
         try:   # torch.nn may lack this dtype on this GPU; the engine's error is the yardstick then
-            cudnn = outputs_and_grads(at, x, DEVICE, dtype) if at is not None else None
+            cudnn = outputs_and_grads(at, x, DEVICE, dtype, lengths) if at is not None else None
         except RuntimeError:
             cudnn = None
     e_ours = rel_err(ours, ref)
     e_ref = rel_err(cudnn, ref) if cudnn is not None else e_eng
     limit = max(FACTOR * e_ref, FLOOR[dtype]) if e_ref == e_ref else FLOOR[dtype]   # e_ref nan: no yardstick
+    if e_eng > limit:   # the engine (the CuPy loop on a GPU) is a backend too
+        engine_note = "; engine over the limit"
     ok = e_ours <= limit and not engine_note
     return ok, f"err {e_ours:.1e} (torch {e_ref:.1e}, engine {e_eng:.1e}, limit {limit:.1e}){engine_note}"
 
@@ -168,7 +175,7 @@ def launch_counts():
 
 def check_list(engine_backend):
     """(name, callable) for every check, cheapest first so a slow compile cannot starve the rest;
-    the grouped launches last, after the headline-size parity."""
+    the grouped launches and packed sequences last, after the headline-size parity."""
     out = []
     for kind in KINDS:
         for dt in DTYPES:
@@ -190,6 +197,10 @@ def check_list(engine_backend):
         out.append((f"{kind} float32 split H=100 B=35, one batch tile per launch",
                     lambda k=kind: parity(k, "float32", 33, 35, 100, engine_backend,
                                           {"GPURNN_SLICE": 16, "GPURNN_TILES": 1})))
+    for kind in ("rnn_tanh", "lstm", "lstm_proj", "gru"):   # packed: the kernels' and the engine's masking
+        out.append((f"{kind} float32 T=33 B=5 H=48 packed bidir",
+                    lambda k=kind: parity(k, "float32", 33, 5, 48, engine_backend, lengths=[33, 20, 33, 7, 1],
+                                          bidirectional=True)))
     return out
 
 
