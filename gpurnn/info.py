@@ -2,6 +2,7 @@
 import importlib.metadata
 import platform
 
+from . import cpu_step
 from .backends import backend_status
 
 
@@ -36,6 +37,9 @@ def info():
     lines.append("backends:")
     for name, reason in backend_status().items():
         lines.append(f"  {name:8s}{'usable' if reason is None else 'unavailable: ' + reason}")
+    step = cpu_step.status()
+    lines.append("LSTM step on the CPU (float32): " +
+                 ("compiled (gpurnn/cpu_step.c)" if step is None else f"the NumPy loop ({step})"))
     return "\n".join(lines)
 
 
