@@ -16,6 +16,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -50,18 +51,18 @@ def _cache_dir():
 def _build():
     """Path of the compiled library (built now if not cached); raises OSError or
     subprocess.CalledProcessError with the compiler's message."""
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
+    cc = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]
+    if cc[0] is None:
         raise OSError("no C compiler found (set CC, or install gcc)")
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join([cc] + FLAGS + LIBS).encode(),
+    key = hashlib.sha256(b"\0".join([source, " ".join(cc + FLAGS + LIBS).encode(),
                                      _cpu_identity().encode()])).hexdigest()[:16]
     target = _cache_dir() / f"cpu_step-{key}.so"
     if not target.exists():
         fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so")
         os.close(fd)
         try:
-            subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, *LIBS], check=True, capture_output=True,
+            subprocess.run([*cc, *FLAGS, str(SOURCE), "-o", tmp, *LIBS], check=True, capture_output=True,
                            text=True, timeout=120)
             os.replace(tmp, target)   # atomic: processes building at once each install a whole file
         finally:
@@ -80,7 +81,8 @@ def _load():
     try:
         lib = ctypes.CDLL(str(_build()))
     except subprocess.CalledProcessError as err:
-        return None, f"compiling {SOURCE.name} failed: {err.stderr.strip().splitlines()[-1:] or err}"
+        last_line = (err.stderr or "").strip().splitlines()[-1:]
+        return None, f"compiling {SOURCE.name} failed: {last_line[0] if last_line else err}"
     except (OSError, subprocess.TimeoutExpired) as err:
         return None, f"building {SOURCE.name} failed: {err}"
     ptr, long = ctypes.c_void_p, ctypes.c_long
@@ -98,3 +100,9 @@ def library():
 def status():
     """None when the compiled step is in use, else why the NumPy loop runs instead."""
     return _load()[1]
+
+
+def describe():
+    """Which LSTM step runs on the CPU, in words (for `gpurnn info` and benchmark headers)."""
+    why = status()
+    return "compiled (gpurnn/cpu_step.c)" if why is None else f"the NumPy loop ({why})"

@@ -37,9 +37,7 @@ def info():
     lines.append("backends:")
     for name, reason in backend_status().items():
         lines.append(f"  {name:8s}{'usable' if reason is None else 'unavailable: ' + reason}")
-    step = cpu_step.status()
-    lines.append("LSTM step on the CPU (float32): " +
-                 ("compiled (gpurnn/cpu_step.c)" if step is None else f"the NumPy loop ({step})"))
+    lines.append(f"LSTM step on the CPU (float32): {cpu_step.describe()}")
     return "\n".join(lines)
 
 

@@ -448,6 +448,7 @@ def markdown(rows, args, meta):
              f"- date (UTC): {meta['date']}; run {rows[0]['run_id'] if rows else '-'}",
              f"- versions: {meta['versions']}",
              f"- machine load: {meta['load']}",
+             f"- LSTM step on the CPU (float32): {meta['cpu_step']}",
              f"- command: `{meta['command']}`",
              "- times in ms: median [20%, 80% quantile]; ratio = time / baseline time of the same "
              "configuration in this run (below 1: faster than the baseline)", ""]
@@ -502,6 +503,7 @@ def _load():
 
 def metadata(args, argv, load_before):
     import gpurnn
+    from gpurnn import cpu_step
     versions = [f"python {platform.python_version()}", f"torch {torch.__version__}", f"numpy {np.__version__}",
                 f"gpurnn {getattr(gpurnn, '__version__', '?')}"]
     with contextlib.suppress(ImportError):
@@ -512,6 +514,7 @@ def metadata(args, argv, load_before):
             "versions": ", ".join(versions),
             "load": f"{load_before} at the start, {_load()} at the end (1-minute load average; "
                     f"{os.cpu_count()} cores: anything near or above that means the numbers are noisy)",
+            "cpu_step": cpu_step.describe(),
             "command": "python profiling/bench.py " + " ".join(argv)}
 
 
