@@ -1,9 +1,10 @@
 /* The LSTM step's pointwise work on the CPU, for lstm_loop.CompiledLSTMLoop (float32).
 
    The NumPy loop spends most of a step on a dozen ufunc calls over small arrays; here each
-   step is one pass over the gates. Same layout and the same arithmetic, in the same order, as
-   lstm_loop.LSTMLoop: every array is feature-major, (rows, ld) with the batch on the fast
-   axis, and only columns [0, n) are touched (the active rows of a packed step).
+   step is one pass over the gates. Same layout and the same operations, in the same order,
+   as lstm_loop.LSTMLoop (only tanh differs: glibc's vector tanhf, not NumPy's): every array
+   is feature-major, (rows, ld) with the batch on the fast axis, and only columns [0, n) are
+   touched (the active rows of a packed step).
 
    Built by cpu_step.py with -ffp-contract=off, so that no a*b+c is fused and the inference
    and training passes give the same bits; tanhf is glibc's vector version (libmvec).
@@ -52,7 +53,7 @@ void lstm_forward_step(float *restrict a, float *restrict c, float *restrict m, 
 /* d: (4H, ld) the coefficients lstm_forward_step left in a, replaced by dL/da.
    kf: (2H, ld) as lstm_forward_step wrote it.  dc: (H, ld) dL/dc_t in, dL/dc_{t-1} out.
    dL/dm_t at (r, b) is g1[b*sb + r*sr], plus g2[b*sb + r*sr] when g2 is given: the carried
-   dh and dy in (B, H) rows (sb = H, sr = 1), or W_hr^T dh feature-major (sb = 1, sr = n). */
+   dh and dy in C-ordered (B, H) rows (sb = H, sr = 1), or W_hr^T dh feature-major (sb = 1, sr = n). */
 void lstm_backward_step(float *restrict d, const float *restrict kf, float *restrict dc,
                         const float *restrict g1, const float *restrict g2, long sb, long sr,
                         long H, long ld, long n)

@@ -7,9 +7,10 @@ library (libmvec, x86-64 Linux): without them, or with GPURNN_CPU_KERNEL=0, the 
 the NumPy loop, which gives the same results to float32 rounding. `status()` says which.
 
 The library is compiled once per machine into GPURNN_CACHE_DIR (default
-~/.cache/gpurnn) with -march=native: the file name hashes the source, the flags and the
-CPU's feature flags, so a cache shared between different machines never runs code built
-for another CPU.
+~/.cache/gpurnn; where that cannot be written, into a temporary directory for this process
+only) with -march=native: the file name hashes the source, the compiler command, the CPU's
+feature flags and the C library's version, so a cache shared between machines never runs
+code built for another.
 """
 import ctypes
 import functools
@@ -23,43 +24,53 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("cpu_step.c")
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared"]
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared",
+         "-Wl,-z,defs"]   # a symbol libmvec lacks fails the build, not the load
 LIBS = ["-lmvec", "-lm"]
 
 
-def _cpu_identity():
-    """The CPU's feature flags (Linux), else what platform knows of it."""
+def _machine_identity():
+    """What code built with -march=native depends on: the CPU's feature flags and the C library."""
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), "")
+            cpu = next((line for line in f if line.startswith("flags")), "")
     except OSError:
-        return platform.processor() + platform.machine()
+        cpu = platform.processor() + platform.machine()
+    return cpu + " ".join(platform.libc_ver())
 
 
 def _cache_dir():
-    root = os.environ.get("GPURNN_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or
-                                                      Path.home() / ".cache") / "gpurnn"
+    """(GPURNN_CACHE_DIR or ~/.cache/gpurnn, False), or (a new temporary directory, True)
+    where that cannot be written."""
     try:
-        Path(root).mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=root)
-        probe.close()
-        return Path(root)
-    except OSError:
-        return Path(tempfile.mkdtemp(prefix="gpurnn-"))
+        root = Path(os.environ.get("GPURNN_CACHE_DIR") or
+                    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpurnn")
+        root.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=root).close()
+        return root, False
+    except (OSError, RuntimeError):   # RuntimeError: no home directory
+        return Path(tempfile.mkdtemp(prefix="gpurnn-")), True
 
 
-def _build():
-    """Path of the compiled library (built now if not cached); raises OSError or
-    subprocess.CalledProcessError with the compiler's message."""
+def _compiler_error(err):
+    """The compiler's or linker's first line that says what went wrong (collect2's line only says
+    that the link failed)."""
+    lines = [line for line in (err.stderr or "").splitlines() if line.strip() and "collect2" not in line]
+    said = [line for line in lines if any(w in line for w in ("error", "cannot", "undefined"))]
+    return (said or lines or [str(err)])[0].strip()
+
+
+def _build(directory):
+    """Path of the compiled library in directory (built now if not there yet); raises OSError or
+    subprocess.CalledProcessError."""
     cc = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]
     if cc[0] is None:
         raise OSError("no C compiler found (set CC, or install gcc)")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(cc + FLAGS + LIBS).encode(),
-                                     _cpu_identity().encode()])).hexdigest()[:16]
-    target = _cache_dir() / f"cpu_step-{key}.so"
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(cc + FLAGS + LIBS).encode(),
+                                     _machine_identity().encode()])).hexdigest()[:16]
+    target = directory / f"cpu_step-{key}.so"
     if not target.exists():
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so")
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".so")
         os.close(fd)
         try:
             subprocess.run([*cc, *FLAGS, str(SOURCE), "-o", tmp, *LIBS], check=True, capture_output=True,
@@ -78,13 +89,19 @@ def _load():
         return None, "disabled by GPURNN_CPU_KERNEL=0"
     if platform.system() != "Linux":
         return None, f"needs glibc's libmvec (Linux), this is {platform.system()}"
+    directory, temporary = _cache_dir()
     try:
-        lib = ctypes.CDLL(str(_build()))
+        path = _build(directory)
+        lib = ctypes.CDLL(str(path))   # stays mapped after its file is removed
     except subprocess.CalledProcessError as err:
-        last_line = (err.stderr or "").strip().splitlines()[-1:]
-        return None, f"compiling {SOURCE.name} failed: {last_line[0] if last_line else err}"
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return None, f"building {SOURCE.name} failed: {err}"
+        return None, f"compiling {SOURCE.name} failed: {_compiler_error(err)}"
+    except subprocess.TimeoutExpired as err:
+        return None, f"compiling {SOURCE.name} failed: {err}"
+    except OSError as err:
+        return None, f"building or loading {SOURCE.name} failed: {err}"
+    finally:
+        if temporary:
+            shutil.rmtree(directory, ignore_errors=True)
     ptr, long = ctypes.c_void_p, ctypes.c_long
     lib.lstm_forward_step.argtypes = [ptr, ptr, ptr, ptr, long, long, long]
     lib.lstm_backward_step.argtypes = [ptr, ptr, ptr, ptr, ptr, long, long, long, long, long]

@@ -215,7 +215,7 @@ def _start_backward(saved, dy, dstate):
     T, B = c.x.shape[:2]
     y_shape = c.outputs().shape
     dy = xp.zeros(y_shape, cdt) if dy is None else _to_compute(xp, dy, cdt, reverse)
-    dstate = tuple(xp.zeros(shape, cdt) if d is None else d.astype(cdt, copy=True)
+    dstate = tuple(xp.zeros(shape, cdt) if d is None else d.astype(cdt, order="C", copy=True)   # carried in place
                    for d, shape in zip(dstate, saved.state_shapes))
     if saved.backward_buffers is not None:   # a second backward (retain_graph) replaces them
         saved.backward_buffers.release()

@@ -233,7 +233,8 @@ class LSTMLoop(FeatureMajorCell):
 
 class CompiledLSTMLoop(LSTMLoop):
     """LSTMLoop with each step's pointwise work in one call to cpu_step.c: the same buffers and
-    the same arithmetic, the GEMMs still BLAS's. Without W_hr, m = o*tanh(c) is written straight
+    operations (tanh is glibc's vector tanhf, so results match to float32 rounding, not bit for
+    bit), the GEMMs still BLAS's. Without W_hr, m = o*tanh(c) is written straight
     into h; with it, into M[t] (or scratch in inference), which W_hr then projects into h."""
 
     def __init__(self, xp, w, matmul, lib, for_backward=True):
@@ -241,15 +242,17 @@ class CompiledLSTMLoop(LSTMLoop):
         self.lib = lib
 
     def prepare_steps(self):
-        T, H, B = self.A.shape[0], self.H, self.A.shape[2]
+        T, H = self.A.shape[0], self.H
         if self.w["w_hr"] is None:
-            m = self.hT[1:]
-        else:
-            m = self.M if self.M is not None else np.broadcast_to(self.z[:H], (T, H, B))
+            m, m_addresses = self.hT[1:], _step_addresses(self.hT[1:])
+        elif self.M is not None:
+            m, m_addresses = self.M, _step_addresses(self.M)
+        else:   # inference with W_hr: m goes to scratch
+            m, m_addresses = [self.z[:H]] * T, [_address(self.z)] * T
         self.kernel_views = list(zip(self.A, self.hT[:-1], self.hT[1:], m))
         # Addresses made once: computed per call, they cost as much as the kernel's own work.
         kf = _step_addresses(self.KF) if self.for_backward else [None] * T
-        self.addresses = list(zip(_step_addresses(self.A), [_address(self.c)] * T, _step_addresses(m), kf))
+        self.addresses = list(zip(_step_addresses(self.A), [_address(self.c)] * T, m_addresses, kf))
 
     def prepare_back_steps(self):
         self.dy_addresses = _step_addresses(self.dy)

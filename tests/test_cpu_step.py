@@ -2,8 +2,11 @@
 
 Its parity with torch.nn in float32 is in test_nn_parity (every float32 LSTM there runs it).
 """
+import os
+import pathlib
 import platform
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -13,8 +16,16 @@ import gpurnn.functional as F
 from gpurnn import cpu_step
 from gpurnn.lstm_loop import CompiledLSTMLoop, LSTMLoop
 
-T, B, I, H = 6, 4, 5, 8
-HAVE_CC = shutil.which("cc") or shutil.which("gcc")
+# B=19, H=13: the kernels' vector loops (8 or 16 lanes) and their scalar remainders both run
+T, B, I, H = 6, 19, 5, 13
+HAVE_CC = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+CAN_BUILD = platform.system() == "Linux" and HAVE_CC
+
+
+@pytest.fixture
+def compiled():
+    if cpu_step.library() is None:
+        pytest.skip(f"compiled step unavailable: {cpu_step.status()}")
 
 
 @pytest.fixture
@@ -45,18 +56,18 @@ def arrays_of(result):
     return [result]
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or not HAVE_CC, reason="needs Linux (libmvec) and a C compiler")
+@pytest.mark.skipif(not CAN_BUILD, reason="needs Linux (libmvec) and a C compiler")
 def test_the_compiled_step_builds_here():
     assert cpu_step.status() is None
     assert cpu_step.library() is not None
 
 
-@pytest.mark.skipif(cpu_step.library() is None, reason=f"compiled step unavailable: {cpu_step.status()}")
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("packed", [False, True], ids=["full", "packed"])
 @pytest.mark.parametrize("proj", [0, 3], ids=["plain", "proj"])
-def test_compiled_step_matches_the_numpy_loop(monkeypatch, proj, packed, reverse):
-    """Forward, backward and a second backward (retain_graph) agree to float32 rounding."""
+def test_compiled_step_matches_the_numpy_loop(compiled, monkeypatch, proj, packed, reverse):
+    """Forward, backward and a second backward (retain_graph) agree to float32 rounding;
+    the inference forward (for_backward=False) gives the training forward's bits."""
     rng = np.random.default_rng(1)
     _, w = make_lstm(proj)
     P = proj or H
@@ -64,23 +75,39 @@ def test_compiled_step_matches_the_numpy_loop(monkeypatch, proj, packed, reverse
     state0 = (rng.standard_normal((B, P)).astype(np.float32), rng.standard_normal((B, H)).astype(np.float32))
     dy = rng.standard_normal((T, B, P)).astype(np.float32)
     dstate = (rng.standard_normal((B, P)).astype(np.float32), rng.standard_normal((B, H)).astype(np.float32))
-    sizes = [4, 4, 3, 2, 2, 1] if packed else None
+    sizes = [19, 19, 17, 9, 3, 1] if packed else None
 
     def run():
         y, state, tape = F.forward("lstm", x, w, state0, batch_sizes=sizes, reverse=reverse)
+        y_inf, state_inf, _ = F.forward("lstm", x, w, state0, batch_sizes=sizes, reverse=reverse, for_backward=False)
+        for a, b in zip(arrays_of([y, state]), arrays_of([y_inf, state_inf])):
+            np.testing.assert_array_equal(a, b)
         return type(tape.cell), arrays_of([y, state, F.backward(tape, dy, dstate), F.backward(tape, dy, dstate)])
 
-    loop, compiled = run()
+    loop, compiled_results = run()
     assert loop is CompiledLSTMLoop
     monkeypatch.setattr(cpu_step, "library", lambda: None)
-    loop, numpy_loop = run()
+    loop, numpy_results = run()
     assert loop is LSTMLoop
-    assert len(compiled) == len(numpy_loop)
-    for i, (got, want) in enumerate(zip(compiled, numpy_loop)):
+    assert len(compiled_results) == len(numpy_results)
+    for i, (got, want) in enumerate(zip(compiled_results, numpy_results)):
         if want is None:
             assert got is None, i
         else:
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"array {i}")
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"array {i}")
+
+
+def test_a_fortran_ordered_state_gradient_is_read_right(compiled):
+    """The kernel reads the carried dh in C-ordered rows; backward must hand it those."""
+    rng = np.random.default_rng(3)
+    _, w = make_lstm()
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    dstate = (rng.standard_normal((B, H)).astype(np.float32), rng.standard_normal((B, H)).astype(np.float32))
+    _, _, tape = F.forward("lstm", x, w)
+    want = F.backward(tape, None, dstate)
+    got = F.backward(tape, None, tuple(np.asfortranarray(d) for d in dstate))
+    for a, b in zip(arrays_of(got), arrays_of(want)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_disabled_by_environment_runs_the_numpy_loop(monkeypatch, fresh_build):
@@ -103,11 +130,26 @@ def test_a_failing_compiler_is_reported_and_the_numpy_loop_runs(monkeypatch, fre
     np.testing.assert_allclose(y, ref(torch.from_numpy(x))[0].detach().numpy(), atol=1e-5)
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or not HAVE_CC, reason="needs Linux (libmvec) and a C compiler")
-def test_the_build_is_cached_per_source_and_cpu(fresh_build, tmp_path):
+@pytest.mark.skipif(not CAN_BUILD, reason="needs Linux (libmvec) and a C compiler")
+def test_the_build_is_cached_per_source_and_flags(monkeypatch, fresh_build, tmp_path):
     assert cpu_step.library() is not None
-    built = sorted(tmp_path.glob("cpu_step-*.so"))
-    assert len(built) == 1
+    built = sorted(tmp_path.iterdir())
+    assert len(built) == 1 and built[0].name.startswith("cpu_step-")   # no temporary files left
+    stamp = built[0].stat().st_mtime_ns
     cpu_step._load.cache_clear()
     assert cpu_step.library() is not None
-    assert sorted(tmp_path.iterdir()) == built   # found, not rebuilt; no temporary files left
+    assert sorted(tmp_path.iterdir()) == built and built[0].stat().st_mtime_ns == stamp   # found, not rebuilt
+    monkeypatch.setattr(cpu_step, "FLAGS", cpu_step.FLAGS + ["-DGPURNN_OTHER_BUILD"])
+    cpu_step._load.cache_clear()
+    assert cpu_step.library() is not None
+    assert len(list(tmp_path.iterdir())) == 2   # other flags: another library
+
+
+@pytest.mark.skipif(not CAN_BUILD, reason="needs Linux (libmvec) and a C compiler")
+def test_an_unwritable_cache_builds_for_this_process_only(monkeypatch, fresh_build, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv("GPURNN_CACHE_DIR", str(blocked / "cache"))   # under a file: cannot be made
+    before = set(pathlib.Path(tempfile.gettempdir()).glob("gpurnn-*"))
+    assert cpu_step.library() is not None
+    assert set(pathlib.Path(tempfile.gettempdir()).glob("gpurnn-*")) == before   # removed once loaded

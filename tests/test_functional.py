@@ -92,13 +92,14 @@ def test_float16_computes_in_float32():
     np.testing.assert_array_equal(g16["w_hh"], g32["w_hh"].astype(np.float16))
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])   # f32: the compiled step
 @pytest.mark.parametrize("proj", [False, True], ids=["plain", "proj"])
 @pytest.mark.parametrize("packed", [False, True], ids=["full", "packed"])
-def test_inference_forward_matches_training_forward(packed, proj):
+def test_inference_forward_matches_training_forward(packed, proj, dtype):
     """for_backward=False skips the LSTM loop's backward data but not one output value; backward then raises."""
     ref = torch.nn.LSTM(I, H, proj_size=2 if proj else 0, dtype=torch.float64)
-    w = np_weights(ref)
-    x = np.random.default_rng(1).standard_normal((T, B, I))
+    w = {k: v.astype(dtype) for k, v in np_weights(ref).items()}
+    x = np.random.default_rng(1).standard_normal((T, B, I)).astype(dtype)
     sizes = [3, 3, 2, 1, 1] if packed else None
     y, state, _ = F.forward("lstm", x, w, batch_sizes=sizes)
     y_inf, state_inf, tape = F.forward("lstm", x, w, batch_sizes=sizes, for_backward=False)
