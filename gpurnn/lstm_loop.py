@@ -32,7 +32,7 @@ dW_ih, db and dW_hh are one GEMM, on rows [x_t | 1 | h_{t-1}] (xh).
 
 For float32 NumPy data, CompiledLSTMLoop does each step's pointwise work (everything but
 the GEMMs) in one call to a small C function (cpu_step.c, built on first use) on the same
-buffers, with the same arithmetic: about 10 us a step instead of 45 for the ufuncs here.
+buffers, with the same operations: about 10 us a step instead of 45 for the ufuncs here.
 make_loop picks it where cpu_step builds; this NumPy loop is the fallback and runs float64.
 """
 import functools
