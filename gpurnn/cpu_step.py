@@ -103,8 +103,8 @@ def _load():
         if temporary:
             shutil.rmtree(directory, ignore_errors=True)
     ptr, long = ctypes.c_void_p, ctypes.c_long
-    lib.lstm_forward_step.argtypes = [ptr, ptr, ptr, ptr, long, long, long]
-    lib.lstm_backward_step.argtypes = [ptr, ptr, ptr, ptr, ptr, long, long, long, long, long]
+    lib.lstm_forward_step.argtypes = [ptr, ptr, ptr, long, ptr, long, long]
+    lib.lstm_backward_step.argtypes = [ptr, ptr, ptr, ptr, ptr, long, long]
     lib.lstm_forward_step.restype = lib.lstm_backward_step.restype = None
     return lib, None
 

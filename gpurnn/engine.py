@@ -18,7 +18,7 @@ from . import cells
 from .arrays import compute_dtype, get_xp, torch_matmul, xp_matmul
 from .buffers import Allocations
 from .gru_loop import GRULoop
-from .lstm_loop import make_loop as lstm_loop
+from .lstm_compiled import make_loop as lstm_loop
 
 WEIGHT_NAMES = {
     "elman": ("w_ih", "w_hh", "b_ih", "b_hh"),

@@ -30,36 +30,16 @@ straight into A, and each step accumulates W_hh h into it. The weight gradients 
 GEMMs over all T*B rows, on dA transposed back to rows, then put back in torch's gate order;
 dW_ih, db and dW_hh are one GEMM, on rows [x_t | 1 | h_{t-1}] (xh).
 
-For float32 NumPy data, CompiledLSTMLoop does each step's pointwise work (everything but
-the GEMMs) in one call to a small C function (cpu_step.c, built on first use) on the same
-buffers, with the same operations: about 10 us a step instead of 45 for the ufuncs here.
-make_loop picks it where cpu_step builds; this NumPy loop is the fallback and runs float64.
+For float32 NumPy data, lstm_compiled.CompiledLSTMLoop does each step's pointwise work in
+one call to a small C function (cpu_step.c) instead, on row-major buffers; this NumPy loop
+is its fallback, and runs float64 and CuPy.
 """
 import functools
 
 import numpy as np
 
-from . import cpu_step
 from .arrays import transposed_copy
 from .cells import FeatureMajorCell
-
-
-def make_loop(xp, w, matmul, for_backward=True):
-    """The loop with the compiled step (cpu_step) for float32 NumPy data where it builds, else the NumPy loop."""
-    lib = cpu_step.library() if xp is np and w["w_hh"].dtype == np.float32 else None
-    if lib is None:
-        return LSTMLoop(xp, w, matmul, for_backward)
-    return CompiledLSTMLoop(xp, w, matmul, lib, for_backward)
-
-
-def _address(a):
-    return a.__array_interface__["data"][0]
-
-
-def _step_addresses(a):
-    """The address of each a[t]."""
-    base, stride = _address(a), a.strides[0]
-    return [base + t * stride for t in range(a.shape[0])]
 
 
 def _first_columns(views, n):
@@ -67,8 +47,10 @@ def _first_columns(views, n):
     return [v[..., :n] for v in views]
 
 
-class LSTMLoop(FeatureMajorCell):
-    """c_t = f*c + i*g; h_t = o*tanh(c_t), projected by W_hr if given (same maths as cells.LSTM)."""
+class GateOrder:
+    """The gates permuted from torch's (i f g o) to (o f i g), the sigmoid rows of the weights
+    pre-scaled by 1/2, and rows [x_t | 1 | h_{t-1}] (xh) for the projection and the weight GEMM:
+    what the NumPy loop here and lstm_compiled.CompiledLSTMLoop share."""
 
     def __init__(self, xp, w, matmul, for_backward=True):
         super().__init__(xp, w, matmul)
@@ -79,25 +61,46 @@ class LSTMLoop(FeatureMajorCell):
         self.scale = xp.ones((4 * H, 1), w["w_hh"].dtype)
         self.scale[:3 * H] = 0.5
 
-    def begin_forward(self, x, state0, alloc):
-        w, xp, H, perm = self.w, self.xp, self.H, self.perm
-        T, B = x.shape[:2]
+    def begin_inputs(self, x, P, alloc):
+        """w_ih1 = [W_ih | b] and w_hh_scaled, gate-permuted and pre-scaled; xh (T+1, B, I+1+P) with
+        x and the column of ones filled in (no bias: no ones column); x1, its [x_t | 1] part."""
+        w, xp, perm = self.w, self.xp, self.perm
+        T, B, I = x.shape
         self.x, self.alloc = x, alloc
-        h0, c0 = state0
-        I, P = x.shape[2], h0.shape[-1]
         w_ih = w["w_ih"][perm] * self.scale
         self.w_hh_scaled = w["w_hh"][perm] * self.scale
         has_bias = w["b_ih"] is not None
         if has_bias:
             bias = (w["b_ih"] + w["b_hh"])[perm] * self.scale[:, 0]
             w_ih = xp.concatenate([w_ih, bias[:, None]], axis=1)
-        # Rows [x_t | 1 | h_{t-1}]: the input projection reads [x_t | 1] (the bias as a column
-        # of ones), and one GEMM with dL/da gives [dW_ih | db | dW_hh]. h_rows fills the h columns.
+        # The input projection reads [x_t | 1] (the bias as a column of ones), and one GEMM
+        # with dL/da gives [dW_ih | db | dW_hh].
         self.xh = alloc((T + 1, B, I + has_bias + P), x.dtype)
         self.xh[:T, :, :I] = x
         if has_bias:
             self.xh[:, :, I] = 1
         self.x1, self.w_ih1 = self.xh[:T, :, :I + has_bias], w_ih
+
+    def weight_grads(self, d):
+        """dL/da in rows (T, B, 4H), gates (o f i g) -> (dx, grads dict without w_hr)."""
+        w, unperm = self.w, self.unperm
+        I = self.x.shape[-1]
+        dw = self.outer(d, self.xh[:-1])[unperm]   # [dW_ih | db | dW_hh]
+        grads = {"w_ih": dw[:, :I].copy(), "w_hh": dw[:, self.x1.shape[-1]:].copy(), "w_hr": None,
+                 "b_ih": None, "b_hh": None}
+        if w["b_ih"] is not None:   # separate arrays: see cells.bias_grads
+            grads["b_ih"], grads["b_hh"] = dw[:, I].copy(), dw[:, I].copy()
+        return self.rows_matmul(d, w["w_ih"][self.perm]), grads
+
+
+class LSTMLoop(GateOrder, FeatureMajorCell):
+    """c_t = f*c + i*g; h_t = o*tanh(c_t), projected by W_hr if given (same maths as cells.LSTM)."""
+
+    def begin_forward(self, x, state0, alloc):
+        w, xp, H = self.w, self.xp, self.H
+        T, B = x.shape[:2]
+        h0, c0 = state0
+        self.begin_inputs(x, h0.shape[-1], alloc)
         self.A = alloc((T, 4 * H, B), x.dtype)
         self.hT = alloc((T + 1, h0.shape[-1], B), x.dtype)
         self.hT[0] = h0.T
@@ -110,18 +113,14 @@ class LSTMLoop(FeatureMajorCell):
         self.M = None
         if w["w_hr"] is not None and self.for_backward:
             self.M = alloc((T, H, B), x.dtype)
-        self.KF = alloc((T, 2 * H, B), x.dtype) if self.for_backward else None
-        self.prepare_steps()
-        self.rewind()
-
-    def prepare_steps(self):
-        """Per-step views made in one pass: views made inside the loop cost about 4 us a step."""
-        T, H = self.A.shape[0], self.H
-        gates = self.A.reshape(T, 4, H, -1)
+        # Per-step views made in one pass: views made inside the loop cost about 4 us a step.
+        gates = self.A.reshape(T, 4, H, B)
         per_step = [self.A, self.A[:, :3 * H], *(gates[:, k] for k in range(4)), self.hT[:-1], self.hT[1:]]
         if self.for_backward:
+            self.KF = alloc((T, 2 * H, B), x.dtype)
             per_step.append(self.KF)
         self.step_views = list(zip(*per_step))
+        self.rewind()
 
     def rewind(self):
         """The input projection in A and c = c0, where the time loop starts (see cells.Cell.spent)."""
@@ -187,10 +186,7 @@ class LSTMLoop(FeatureMajorCell):
         self.spent = True                          # back_step t writes dL/da over the coefficients in A[t]
         self.dh_seq = None if self.w["w_hr"] is None else alloc(dy.shape, dy.dtype)   # for dW_hr
         self.w_hh_p = self.w["w_hh"][self.perm]
-        self.prepare_back_steps()
-
-    def prepare_back_steps(self):
-        self.back_views = list(zip(self.A, self.KF[:, :self.H], self.KF[:, self.H:]))
+        self.back_views = list(zip(self.A, self.KF[:, :H], self.KF[:, H:]))
 
     def back_step(self, t, n):
         xp, H = self.xp, self.H
@@ -217,69 +213,7 @@ class LSTMLoop(FeatureMajorCell):
         self.mm(d.T, self.w_hh_p, out=dh)
 
     def finish_backward(self):
-        w, unperm = self.w, self.unperm
-        I = self.x.shape[-1]
-        d = self.swap_last_axes(self.A)            # dL/da (T, B, 4H), gates (o f i g)
-        dw = self.outer(d, self.xh[:-1])[unperm]   # [dW_ih | db | dW_hh]
-        grads = {"w_ih": dw[:, :I].copy(), "w_hh": dw[:, self.x1.shape[-1]:].copy(), "w_hr": None,
-                 "b_ih": None, "b_hh": None}
-        if w["b_ih"] is not None:   # separate arrays: see cells.bias_grads
-            grads["b_ih"], grads["b_hh"] = dw[:, I].copy(), dw[:, I].copy()
+        dx, grads = self.weight_grads(self.swap_last_axes(self.A))
         if self.dh_seq is not None:
             grads["w_hr"] = self.outer(self.dh_seq, self.swap_last_axes(self.M))
-        dx = self.rows_matmul(d, w["w_ih"][self.perm])
         return dx, (self.dh, self.xp.ascontiguousarray(self.dc.T)), grads
-
-
-class CompiledLSTMLoop(LSTMLoop):
-    """LSTMLoop with each step's pointwise work in one call to cpu_step.c: the same buffers and
-    operations (tanh is glibc's vector tanhf, so results match to float32 rounding, not bit for
-    bit), the GEMMs still BLAS's. Without W_hr, m = o*tanh(c) is written straight
-    into h; with it, into M[t] (or scratch in inference), which W_hr then projects into h."""
-
-    def __init__(self, xp, w, matmul, lib, for_backward=True):
-        super().__init__(xp, w, matmul, for_backward)
-        self.lib = lib
-
-    def prepare_steps(self):
-        T, H = self.A.shape[0], self.H
-        if self.w["w_hr"] is None:
-            m, m_addresses = self.hT[1:], _step_addresses(self.hT[1:])
-        elif self.M is not None:
-            m, m_addresses = self.M, _step_addresses(self.M)
-        else:   # inference with W_hr: m goes to scratch
-            m, m_addresses = [self.z[:H]] * T, [_address(self.z)] * T
-        self.kernel_views = list(zip(self.A, self.hT[:-1], self.hT[1:], m))
-        # Addresses made once: computed per call, they cost as much as the kernel's own work.
-        kf = _step_addresses(self.KF) if self.for_backward else [None] * T
-        self.addresses = list(zip(_step_addresses(self.A), [_address(self.c)] * T, m_addresses, kf))
-
-    def prepare_back_steps(self):
-        self.dy_addresses = _step_addresses(self.dy)
-        self.dh_address, self.dc_address = _address(self.dh), _address(self.dc)
-
-    def step(self, t, n):
-        a, h_prev, h, m = self.kernel_views[t]
-        B = self.c.shape[1]
-        if n < B:
-            a, h_prev, h, m = _first_columns((a, h_prev, h, m), n)
-        self.mm(self.w_hh_scaled, h_prev, out=a, add=True)
-        self.lib.lstm_forward_step(*self.addresses[t], self.H, B, n)
-        if self.w["w_hr"] is not None:
-            self.mm(self.w["w_hr"], m, out=h)
-
-    def back_step(self, t, n):
-        B = self.dc.shape[1]
-        if n < B:
-            self.A[t, :, n:] = 0                   # rows past their length: no gradient
-        dh = self.dh[:n]
-        if self.dh_seq is None:                    # dL/dm = dh + dy[t], read in rows by the kernel
-            grads = (self.dh_address, self.dy_addresses[t], self.dh.shape[1], 1)
-        else:                                      # dL/dm = W_hr^T (dh + dy[t]), feature-major (H, n)
-            dh += self.dy[t, :n]
-            self.dh_seq[t, :n] = dh
-            dm = np.ascontiguousarray(self.mm(self.w["w_hr"].T, dh.T))
-            grads = (_address(dm), None, 1, n)
-        a, _, _, kf = self.addresses[t]
-        self.lib.lstm_backward_step(a, kf, self.dc_address, *grads, self.H, B, n)
-        self.mm(self.A[t, :, :n].T, self.w_hh_p, out=dh)

@@ -14,7 +14,8 @@ import torch
 
 import gpurnn.functional as F
 from gpurnn import cpu_step
-from gpurnn.lstm_loop import CompiledLSTMLoop, LSTMLoop
+from gpurnn.lstm_compiled import CompiledLSTMLoop
+from gpurnn.lstm_loop import LSTMLoop
 
 # B=19, H=13: the kernels' vector loops (8 or 16 lanes) and their scalar remainders both run
 T, B, I, H = 6, 19, 5, 13

@@ -1,0 +1,126 @@
+"""The LSTM time loop for float32 NumPy data: BLAS GEMMs, and each step's pointwise work in
+one call to cpu_step.c (see cpu_step.py for how it is built, and when the NumPy loop runs).
+
+The NumPy loop (lstm_loop.LSTMLoop) keeps its per-step arrays feature-major because ufuncs
+are slow on strided gate blocks; C is not, so here everything is row-major, one row per
+batch row, which suits the GEMMs around the loop: the input projection is one 2-D GEMM,
+h_t goes straight into the rows [x_t | 1 | h_{t-1}] that the weight GEMM reads, and dL/da
+is already in rows (no transpose between the loop and the weight gradients).
+
+    A[t]   (B, 4H)  pre-activations (o | f | i | g); after step t the coefficients of dL/da,
+                    after back_step t dL/da itself (as in lstm_loop.LSTMLoop)
+    KF[t]  (B, 2H)  K = o*(1 - tanh(c_t)^2) and F = f
+    xh[t]  (B, I+1+P)  [x_t | 1 | h_{t-1}]; h = its last P columns, h_0..h_T
+    M[t]   (B, H)   o*tanh(c_t) when W_hr projects it (P = proj_size), for dW_hr
+    c      (B, H)   the cell state, carried
+"""
+import numpy as np
+
+from . import cpu_step
+from .cells import Cell
+from .lstm_loop import GateOrder, LSTMLoop
+
+
+def make_loop(xp, w, matmul, for_backward=True):
+    """The compiled loop for float32 NumPy data where cpu_step builds, else the NumPy loop."""
+    lib = cpu_step.library() if xp is np and w["w_hh"].dtype == np.float32 else None
+    if lib is None:
+        return LSTMLoop(xp, w, matmul, for_backward)
+    return CompiledLSTMLoop(xp, w, matmul, lib, for_backward)
+
+
+def _address(a):
+    return a.__array_interface__["data"][0]
+
+
+def _step_addresses(a):
+    """The address of each a[t]; made once, as computing one costs as much as a kernel call."""
+    base, stride = _address(a), a.strides[0]
+    return [base + t * stride for t in range(a.shape[0])]
+
+
+class CompiledLSTMLoop(GateOrder, Cell):
+    """c_t = f*c + i*g; h_t = o*tanh(c_t), projected by W_hr if given (same maths as cells.LSTM)."""
+
+    def __init__(self, xp, w, matmul, lib, for_backward=True):
+        super().__init__(xp, w, matmul, for_backward)
+        self.lib = lib
+
+    def begin_forward(self, x, state0, alloc):
+        w, H = self.w, self.H
+        T, B = x.shape[:2]
+        h0, c0 = state0
+        P = h0.shape[-1]
+        self.begin_inputs(x, P, alloc)
+        self.w_ih1_t = np.ascontiguousarray(self.w_ih1.T)
+        self.w_hh_t = np.ascontiguousarray(self.w_hh_scaled.T)
+        self.h = self.xh[:, :, -P:]
+        self.h[0] = h0
+        self.seq = [self.h]                        # the engine holds h for rows past their length
+        self.c0 = c0.copy()                        # rewind() reads it again, after the caller's may have changed
+        self.c = np.empty((B, H), x.dtype)
+        self.A = alloc((T, B, 4 * H), x.dtype)
+        self.KF = alloc((T, B, 2 * H), x.dtype) if self.for_backward else None
+        if w["w_hr"] is None:                      # m = o*tanh(c) is h itself
+            self.M, self.m = None, self.h[1:]
+            m_addresses, ldm = _step_addresses(self.m), self.m.strides[1] // self.m.itemsize
+        else:                                      # W_hr projects m into h; kept for dW_hr
+            self.M = alloc((T, B, H), x.dtype) if self.for_backward else None
+            self.m = self.M if self.M is not None else [np.empty((B, H), x.dtype)] * T   # or one scratch
+            m_addresses, ldm = [_address(m_t) for m_t in self.m], H
+        if self.for_backward:
+            kf = _step_addresses(self.KF)
+        else:                                      # see cpu_step.c: the kernel writes KF regardless
+            self.kf_scratch = np.empty((B, 2 * H), x.dtype)
+            kf = [_address(self.kf_scratch)] * T
+        self.addresses = list(zip(_step_addresses(self.A), [_address(self.c)] * T, m_addresses, [ldm] * T, kf))
+        self.rewind()
+
+    def rewind(self):
+        """The input projection in A and c = c0, where the time loop starts (see cells.Cell.spent)."""
+        T, B, G = self.A.shape
+        self.mm(self.x1.reshape(T * B, -1), self.w_ih1_t, out=self.A.reshape(T * B, G))
+        self.c[...] = self.c0
+        self.spent = False
+
+    def step(self, t, n):
+        self.mm(self.h[t, :n], self.w_hh_t, out=self.A[t, :n], add=True)
+        self.lib.lstm_forward_step(*self.addresses[t], self.H, n)
+        if self.w["w_hr"] is not None:
+            self.mm(self.m[t][:n], self.w["w_hr"].T, out=self.h[t + 1, :n])
+
+    def outputs(self):
+        return self.h[1:]
+
+    def final(self):
+        return (self.h[-1], self.c)
+
+    def begin_backward(self, dy, dstate, alloc):
+        self.dy = dy
+        self.dh, self.dc = dstate                  # C-ordered copies (engine), carried in place
+        self.spent = True                          # back_step t writes dL/da over the coefficients in A[t]
+        self.dh_seq = None if self.w["w_hr"] is None else alloc(dy.shape, dy.dtype)   # for dW_hr
+        self.w_hh_p = self.w["w_hh"][self.perm]
+        self.dy_addresses = _step_addresses(dy)
+        self.dh_address, self.dc_address = _address(self.dh), _address(self.dc)
+
+    def back_step(self, t, n):
+        dh = self.dh[:n]
+        if self.dh_seq is None:                    # dL/dm = dh + dy[t]
+            grads = (self.dh_address, self.dy_addresses[t])
+        else:                                      # dL/dm = (dh + dy[t]) W_hr
+            dh += self.dy[t, :n]
+            self.dh_seq[t, :n] = dh
+            dm = np.ascontiguousarray(self.mm(dh, self.w["w_hr"]))
+            grads = (_address(dm), None)
+        a, _, _, _, kf = self.addresses[t]
+        self.lib.lstm_backward_step(a, kf, self.dc_address, *grads, self.H, n)
+        if n < self.A.shape[1]:
+            self.A[t, n:] = 0                      # rows past their length: no gradient
+        self.mm(self.A[t, :n], self.w_hh_p, out=dh)
+
+    def finish_backward(self):
+        dx, grads = self.weight_grads(self.A)
+        if self.dh_seq is not None:
+            grads["w_hr"] = self.outer(self.dh_seq, self.M)
+        return dx, (self.dh, self.dc), grads
