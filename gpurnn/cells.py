@@ -8,7 +8,8 @@ The engine (engine.py) calls, in processing order:
 
 or, for the fused kernels, the kernel launchers instead of step/back_step. LSTM and
 GRU here are only the kernels' row-major buffers: their xp loops are
-lstm_loop.LSTMLoop and gru_loop.GRULoop, in a feature-major layout.
+lstm_loop.LSTMLoop and gru_loop.GRULoop, in a feature-major layout, and for float32
+NumPy data the LSTM's is lstm_compiled.CompiledLSTMLoop (row-major, a C step).
 
 `alloc(shape, dtype)` makes the (T, ...) buffers (buffers.Allocations: reused NumPy
 memory), zero-filled when rows are masked.
@@ -38,7 +39,7 @@ class Cell:
     runs under torch (one BLAS thread pool per process; see arrays.torch_matmul).
     """
 
-    # True once a backward has overwritten data of its forward (lstm_loop.LSTMLoop): before
+    # True once a backward has overwritten data of its forward (the LSTM loops): before
     # another backward (retain_graph) the engine calls rewind() and runs the forward loop again.
     spent = False
 

@@ -93,19 +93,19 @@ def _load():
     try:
         path = _build(directory)
         lib = ctypes.CDLL(str(path))   # stays mapped after its file is removed
+        ptr, long = ctypes.c_void_p, ctypes.c_long
+        lib.lstm_forward_step.argtypes = [ptr, ptr, ptr, long, ptr, long, long]
+        lib.lstm_backward_step.argtypes = [ptr, ptr, ptr, ptr, ptr, long, long]
+        lib.lstm_forward_step.restype = lib.lstm_backward_step.restype = None
     except subprocess.CalledProcessError as err:
         return None, f"compiling {SOURCE.name} failed: {_compiler_error(err)}"
     except subprocess.TimeoutExpired as err:
         return None, f"compiling {SOURCE.name} failed: {err}"
-    except OSError as err:
+    except (OSError, AttributeError) as err:   # AttributeError: a library without our functions
         return None, f"building or loading {SOURCE.name} failed: {err}"
     finally:
         if temporary:
             shutil.rmtree(directory, ignore_errors=True)
-    ptr, long = ctypes.c_void_p, ctypes.c_long
-    lib.lstm_forward_step.argtypes = [ptr, ptr, ptr, long, ptr, long, long]
-    lib.lstm_backward_step.argtypes = [ptr, ptr, ptr, ptr, ptr, long, long]
-    lib.lstm_forward_step.restype = lib.lstm_backward_step.restype = None
     return lib, None
 
 

@@ -18,7 +18,7 @@ from . import cells
 from .arrays import compute_dtype, get_xp, torch_matmul, xp_matmul
 from .buffers import Allocations
 from .gru_loop import GRULoop
-from .lstm_compiled import make_loop as lstm_loop
+from .lstm_compiled import make_loop as make_lstm_loop
 
 WEIGHT_NAMES = {
     "elman": ("w_ih", "w_hh", "b_ih", "b_hh"),
@@ -32,9 +32,10 @@ NO_GRAD = ("decay",)   # Jordan's decay is a buffer, not a parameter
 def _make_cell(cell, xp, w, matmul, opts, fused):
     if cell == "elman":
         return cells.Elman(xp, w, matmul, opts.get("nonlinearity", "tanh"))
-    # LSTM, GRU: the kernels read row-major buffers; the xp loop is faster on feature-major ones.
+    # LSTM, GRU: the kernels read row-major buffers; the NumPy/CuPy loops are faster on
+    # feature-major ones, the float32 LSTM's compiled loop (make_lstm_loop) on row-major ones.
     if cell == "lstm":
-        return cells.LSTM(xp, w, matmul) if fused else lstm_loop(xp, w, matmul, opts.get("for_backward", True))
+        return cells.LSTM(xp, w, matmul) if fused else make_lstm_loop(xp, w, matmul, opts.get("for_backward", True))
     if cell == "gru":
         return (cells.GRU if fused else GRULoop)(xp, w, matmul)
     if cell == "jordan":

@@ -10,9 +10,10 @@ is already in rows (no transpose between the loop and the weight gradients).
     A[t]   (B, 4H)  pre-activations (o | f | i | g); after step t the coefficients of dL/da,
                     after back_step t dL/da itself (as in lstm_loop.LSTMLoop)
     KF[t]  (B, 2H)  K = o*(1 - tanh(c_t)^2) and F = f
-    xh[t]  (B, I+1+P)  [x_t | 1 | h_{t-1}]; h = its last P columns, h_0..h_T
+    xh[t]  (B, I+1+P)  [x_t | 1 | h_{t-1}] (I+P without biases); h = its last P columns, h_0..h_T
     M[t]   (B, H)   o*tanh(c_t) when W_hr projects it (P = proj_size), for dW_hr
     c      (B, H)   the cell state, carried
+In inference (for_backward=False) KF and, with W_hr, m are one scratch each.
 """
 import numpy as np
 
@@ -31,6 +32,11 @@ def make_loop(xp, w, matmul, for_backward=True):
 
 def _address(a):
     return a.__array_interface__["data"][0]
+
+
+def _every_step(a, T):
+    """a as every step's (T, ...) array: a writable view, all T steps the same memory."""
+    return np.lib.stride_tricks.as_strided(a, (T,) + a.shape, (0,) + a.strides, writeable=True)
 
 
 def _step_addresses(a):
@@ -60,20 +66,17 @@ class CompiledLSTMLoop(GateOrder, Cell):
         self.c0 = c0.copy()                        # rewind() reads it again, after the caller's may have changed
         self.c = np.empty((B, H), x.dtype)
         self.A = alloc((T, B, 4 * H), x.dtype)
-        self.KF = alloc((T, B, 2 * H), x.dtype) if self.for_backward else None
         if w["w_hr"] is None:                      # m = o*tanh(c) is h itself
             self.M, self.m = None, self.h[1:]
-            m_addresses, ldm = _step_addresses(self.m), self.m.strides[1] // self.m.itemsize
-        else:                                      # W_hr projects m into h; kept for dW_hr
-            self.M = alloc((T, B, H), x.dtype) if self.for_backward else None
-            self.m = self.M if self.M is not None else [np.empty((B, H), x.dtype)] * T   # or one scratch
-            m_addresses, ldm = [_address(m_t) for m_t in self.m], H
-        if self.for_backward:
-            kf = _step_addresses(self.KF)
-        else:                                      # see cpu_step.c: the kernel writes KF regardless
-            self.kf_scratch = np.empty((B, 2 * H), x.dtype)
-            kf = [_address(self.kf_scratch)] * T
-        self.addresses = list(zip(_step_addresses(self.A), [_address(self.c)] * T, m_addresses, [ldm] * T, kf))
+        elif self.for_backward:                    # W_hr projects m into h; M keeps it for dW_hr
+            self.M = self.m = alloc((T, B, H), x.dtype)
+        else:                                      # inference: m in one scratch
+            self.M, self.m = None, _every_step(np.empty((B, H), x.dtype), T)
+        # The kernel writes K and F in inference too (see cpu_step.c), then into one scratch.
+        self.KF = alloc((T, B, 2 * H), x.dtype) if self.for_backward else _every_step(np.empty((B, 2 * H), x.dtype), T)
+        self.a_addresses, self.m_addresses = _step_addresses(self.A), _step_addresses(self.m)
+        self.kf_addresses = _step_addresses(self.KF)
+        self.c_address, self.ldm = _address(self.c), self.m.strides[1] // self.m.itemsize
         self.rewind()
 
     def rewind(self):
@@ -85,9 +88,10 @@ class CompiledLSTMLoop(GateOrder, Cell):
 
     def step(self, t, n):
         self.mm(self.h[t, :n], self.w_hh_t, out=self.A[t, :n], add=True)
-        self.lib.lstm_forward_step(*self.addresses[t], self.H, n)
+        self.lib.lstm_forward_step(self.a_addresses[t], self.c_address, self.m_addresses[t], self.ldm,
+                                   self.kf_addresses[t], self.H, n)
         if self.w["w_hr"] is not None:
-            self.mm(self.m[t][:n], self.w["w_hr"].T, out=self.h[t + 1, :n])
+            self.mm(self.m[t, :n], self.w["w_hr"].T, out=self.h[t + 1, :n])
 
     def outputs(self):
         return self.h[1:]
@@ -96,11 +100,8 @@ class CompiledLSTMLoop(GateOrder, Cell):
         return (self.h[-1], self.c)
 
     def begin_backward(self, dy, dstate, alloc):
-        self.dy = dy
+        self.begin_gradients(dy, alloc)
         self.dh, self.dc = dstate                  # C-ordered copies (engine), carried in place
-        self.spent = True                          # back_step t writes dL/da over the coefficients in A[t]
-        self.dh_seq = None if self.w["w_hr"] is None else alloc(dy.shape, dy.dtype)   # for dW_hr
-        self.w_hh_p = self.w["w_hh"][self.perm]
         self.dy_addresses = _step_addresses(dy)
         self.dh_address, self.dc_address = _address(self.dh), _address(self.dc)
 
@@ -113,14 +114,12 @@ class CompiledLSTMLoop(GateOrder, Cell):
             self.dh_seq[t, :n] = dh
             dm = np.ascontiguousarray(self.mm(dh, self.w["w_hr"]))
             grads = (_address(dm), None)
-        a, _, _, _, kf = self.addresses[t]
-        self.lib.lstm_backward_step(a, kf, self.dc_address, *grads, self.H, n)
+        self.lib.lstm_backward_step(self.a_addresses[t], self.kf_addresses[t], self.dc_address, *grads,
+                                    self.H, n)
         if n < self.A.shape[1]:
             self.A[t, n:] = 0                      # rows past their length: no gradient
         self.mm(self.A[t, :n], self.w_hh_p, out=dh)
 
     def finish_backward(self):
-        dx, grads = self.weight_grads(self.A)
-        if self.dh_seq is not None:
-            grads["w_hr"] = self.outer(self.dh_seq, self.M)
+        dx, grads = self.weight_grads(self.A, lambda: self.M)
         return dx, (self.dh, self.dc), grads

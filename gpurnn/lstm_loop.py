@@ -81,8 +81,16 @@ class GateOrder:
             self.xh[:, :, I] = 1
         self.x1, self.w_ih1 = self.xh[:T, :, :I + has_bias], w_ih
 
-    def weight_grads(self, d):
-        """dL/da in rows (T, B, 4H), gates (o f i g) -> (dx, grads dict without w_hr)."""
+    def begin_gradients(self, dy, alloc):
+        """What both loops' begin_backward start with."""
+        self.dy, self.alloc = dy, alloc
+        self.spent = True                          # back_step t writes dL/da over the coefficients in A[t]
+        self.dh_seq = None if self.w["w_hr"] is None else alloc(dy.shape, dy.dtype)   # for dW_hr
+        self.w_hh_p = self.w["w_hh"][self.perm]
+
+    def weight_grads(self, d, m_rows):
+        """dL/da (T, B, 4H) and m = o*tanh(c) (T, B, H), both in rows, gates (o f i g) -> (dx, grads).
+        The h columns of xh must hold h_0..h_{T-1} by now."""
         w, unperm = self.w, self.unperm
         I = self.x.shape[-1]
         dw = self.outer(d, self.xh[:-1])[unperm]   # [dW_ih | db | dW_hh]
@@ -90,6 +98,8 @@ class GateOrder:
                  "b_ih": None, "b_hh": None}
         if w["b_ih"] is not None:   # separate arrays: see cells.bias_grads
             grads["b_ih"], grads["b_hh"] = dw[:, I].copy(), dw[:, I].copy()
+        if self.dh_seq is not None:
+            grads["w_hr"] = self.outer(self.dh_seq, m_rows())
         return self.rows_matmul(d, w["w_ih"][self.perm]), grads
 
 
@@ -175,7 +185,7 @@ class LSTMLoop(GateOrder, FeatureMajorCell):
     def begin_backward(self, dy, dstate, alloc):
         xp, H = self.xp, self.H
         T, _, B = self.A.shape
-        self.dy, self.alloc = dy, alloc
+        self.begin_gradients(dy, alloc)
         # dh is carried in rows (B, P): its GEMM, dA[t]^T W_hh, is faster that way round (the
         # transpose is a GEMM flag), and dy[t] adds to it without a transpose. dhT is its
         # (P, B) copy for the gate arithmetic.
@@ -183,9 +193,6 @@ class LSTMLoop(GateOrder, FeatureMajorCell):
         self.dhT = xp.empty(self.dh.shape[::-1], dy.dtype)
         self.dc = xp.ascontiguousarray(dstate[1].T)   # carried (H, B)
         self.tmp = xp.empty((H, B), dy.dtype)
-        self.spent = True                          # back_step t writes dL/da over the coefficients in A[t]
-        self.dh_seq = None if self.w["w_hr"] is None else alloc(dy.shape, dy.dtype)   # for dW_hr
-        self.w_hh_p = self.w["w_hh"][self.perm]
         self.back_views = list(zip(self.A, self.KF[:, :H], self.KF[:, H:]))
 
     def back_step(self, t, n):
@@ -213,7 +220,6 @@ class LSTMLoop(GateOrder, FeatureMajorCell):
         self.mm(d.T, self.w_hh_p, out=dh)
 
     def finish_backward(self):
-        dx, grads = self.weight_grads(self.swap_last_axes(self.A))
-        if self.dh_seq is not None:
-            grads["w_hr"] = self.outer(self.dh_seq, self.swap_last_axes(self.M))
+        self.h_rows                                # fills the h columns of xh, which the weight GEMM reads
+        dx, grads = self.weight_grads(self.swap_last_axes(self.A), lambda: self.swap_last_axes(self.M))
         return dx, (self.dh, self.xp.ascontiguousarray(self.dc.T)), grads
