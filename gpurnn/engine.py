@@ -3,62 +3,26 @@
     forward(cell, x, state0, weights, ...) -> (y, state_T, saved)
     backward(saved, dy, dstate_T)          -> (dx, dstate0, weight grads)
 
-x: (T, B, I); state0: tuple of (B, ·) arrays, (h,) or (h, c) or (s,) for Jordan;
-weights: dict of arrays named as in `WEIGHT_NAMES`, absent biases as None.
+x: (T, B, I); state0: tuple of (B, ·) arrays, one per carried state of the cell;
+weights: dict of arrays named as in `cells.WEIGHT_NAMES[cell]`, absent biases as None.
 float16 data is computed and carried in float32 and cast back on return.
 
 Steps 1 and 4 of the data flow (input projection, weight gradients) are GEMMs
 over all T*B rows inside the cells; this module runs the time loop (step 2
 forward, step 3 reverse) with packed-sequence masking and direction.
 """
-import importlib
 from dataclasses import dataclass
 
 from . import cells
 from .arrays import compute_dtype, get_xp, torch_matmul, xp_matmul
 from .buffers import Allocations
-from .gru_loop import GRULoop
-from .lstm_compiled import make_loop as make_lstm_loop
-
-WEIGHT_NAMES = {
-    "elman": ("w_ih", "w_hh", "b_ih", "b_hh"),
-    "lstm": ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr"),
-    "gru": ("w_ih", "w_hh", "b_ih", "b_hh"),
-    "jordan": ("w_ih", "w_sh", "b_h", "w_ho", "b_o", "decay"),
-}
-NO_GRAD = ("decay",)   # Jordan's decay is a buffer, not a parameter
-
-
-def _make_cell(cell, xp, w, matmul, opts, fused):
-    if cell == "elman":
-        return cells.Elman(xp, w, matmul, opts.get("nonlinearity", "tanh"))
-    # LSTM, GRU: the kernels read row-major buffers; the NumPy/CuPy loops are faster on
-    # feature-major ones, the float32 LSTM's compiled loop (make_lstm_loop) on row-major ones.
-    if cell == "lstm":
-        return cells.LSTM(xp, w, matmul) if fused else make_lstm_loop(xp, w, matmul, opts.get("for_backward", True))
-    if cell == "gru":
-        return (cells.GRU if fused else GRULoop)(xp, w, matmul)
-    if cell == "jordan":
-        return cells.Jordan(xp, w, matmul, opts.get("nonlinearity", "tanh"),
-                            opts.get("output_activation", "identity"), opts.get("teacher"))
-    raise ValueError(f"cell: expected one of {tuple(WEIGHT_NAMES)}, got {cell!r}")
-
-
-def _kernels(cell):
-    """The fused-kernel module of a cell: kernels/<cell>.py, installed as gpurnn.kernels.<cell>.
-
-    Its forward([c, ...], [sizes, ...]) does, for each cell c (a layer's directions), what
-    c.step(t, sizes[t]) plus the engine's state hold does for t = 0..T-1, and its backward
-    what c.back_step does for t = T-1..0, on the same buffers (c after begin_forward/begin_backward).
-    """
-    name = cell if isinstance(cell, str) else type(cell).__name__.lower()
-    return importlib.import_module(f"gpurnn.kernels.{name}")
 
 
 @dataclass
 class Saved:
     """What backward needs from forward: the cell with its buffers, and how it was run."""
     cell: object
+    name: str         # the cell's name (gpurnn.cells)
     dtype: object
     sizes: list
     reverse: bool
@@ -112,13 +76,14 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
     rows past their length hold their state and output zeros.
     reverse: process t = T-1 .. 0 (the backward direction of a bidirectional layer).
     backend: "numpy" or "cupy" run the xp loop (the xp follows the arrays); "triton" the fused kernels
-    (LSTM with proj_size: the xp loop).
+    (a projection, w_hr: the xp loop).
     io_dtype: the dtype the kernels hold weights in (default x's; "bfloat16" for bf16 data upcast
     to float32 by the caller, as NumPy and CuPy have no bfloat16).
     gemm: "xp" (NumPy's or CuPy's matmul) or "torch" (torch's, on zero-copy views of NumPy
     arrays: callers inside torch keep one BLAS thread pool in the process).
-    opts: nonlinearity (elman, jordan), output_activation and teacher (jordan); for_backward=False
-    (lstm's xp loop): no backward will follow, so the loop skips what only backward needs.
+    opts: the cell's own options, passed to its module's make() (gpurnn.cells): nonlinearity,
+    output_activation, teacher; for_backward=False: no backward will follow, so a loop may skip
+    what only backward needs.
     """
     return forward_directions(cell, x, [(state0, weights, reverse)], batch_sizes=batch_sizes,
                               backend=backend, io_dtype=io_dtype, gemm=gemm, **opts)[0]
@@ -130,14 +95,14 @@ def forward_directions(cell, x, directions, *, batch_sizes=None, backend="numpy"
     The fused kernels run a bidirectional layer's two directions in one launch."""
     started = [_start_forward(cell, x, state0, weights, reverse, batch_sizes, backend, gemm, opts)
                for state0, weights, reverse in directions]
-    cells = [c for c, _ in started]
+    started_cells = [c for c, _ in started]
     io_dtype = io_dtype or x.dtype.name
     if started[0][1].fused:
-        _kernels(cell).forward(cells, [run.sizes for _, run in started], io_dtype=io_dtype)
+        cells.kernels(cell).forward(started_cells, [run.sizes for _, run in started], io_dtype=io_dtype)
     else:
         for c, run in started:
             step_loop(c, run.sizes)
-    return [_finish_forward(c, run, io_dtype) for c, run in started]
+    return [_finish_forward(cell, c, run, io_dtype) for c, run in started]
 
 
 @dataclass
@@ -162,8 +127,8 @@ def _start_forward(cell, x, state0, weights, reverse, batch_sizes, backend, gemm
         opts = dict(opts, teacher=_to_compute(xp, opts["teacher"], cdt, reverse))
     sizes = [B] * T if batch_sizes is None else [int(n) for n in batch_sizes]
     sizes = _time_order(sizes, reverse)
-    fused = backend == "triton" and not (cell == "lstm" and w["w_hr"] is not None)  # proj_size: xp loop
-    c = _make_cell(cell, xp, w, torch_matmul if gemm == "torch" else xp_matmul, opts, fused)
+    fused = backend == "triton" and w.get("w_hr") is None   # a projection (w_hr): the xp loop
+    c = cells.get(cell).make(xp, w, torch_matmul if gemm == "torch" else xp_matmul, opts, fused)
     # With packed rows, buffers start zeroed: rows past their length are never written by a
     # step, and the weight GEMMs multiply them by zero gradients (0 * garbage may be NaN).
     alloc = Allocations(xp, zero=batch_sizes is not None)
@@ -172,7 +137,7 @@ def _start_forward(cell, x, state0, weights, reverse, batch_sizes, backend, gemm
                    opts.get("for_backward", True))
 
 
-def _finish_forward(c, run, io_dtype):
+def _finish_forward(name, c, run, io_dtype):
     dtype = run.dtype
     y = c.outputs()
     if run.batch_sizes is not None:
@@ -180,7 +145,7 @@ def _finish_forward(c, run, io_dtype):
         for t in range(y.shape[0]):
             y[t, run.sizes[t]:] = 0
     y = _time_order(y, run.reverse)
-    saved = Saved(c, dtype, run.sizes if run.batch_sizes is not None else None, run.reverse, run.state_shapes,
+    saved = Saved(c, name, dtype, run.sizes if run.batch_sizes is not None else None, run.reverse, run.state_shapes,
                   run.fused, io_dtype, run.for_backward)
     run.alloc.bind(c)   # the buffers go back to the pool with the cell; only copies are returned
     return y.astype(dtype), tuple(s.astype(dtype) for s in c.final()), saved
@@ -196,13 +161,13 @@ def backward(saved, dy, dstate):
 
 def backward_directions(directions):
     """`backward` for each (saved, dy, dstate) of `directions` (from one forward_directions), as a list."""
-    cells = [_start_backward(*d) for d in directions]
+    started = [_start_backward(*d) for d in directions]
     first = directions[0][0]
     if first.fused:
-        _kernels(cells[0][0]).backward([c for c, _ in cells], [sizes for _, sizes in cells],
-                                       io_dtype=first.io_dtype)
+        cells.kernels(first.name).backward([c for c, _ in started], [sizes for _, sizes in started],
+                                           io_dtype=first.io_dtype)
     else:
-        for c, sizes in cells:
+        for c, sizes in started:
             back_loop(c, sizes)
     return [_finish_backward(saved) for saved, _, _ in directions]
 
@@ -222,7 +187,7 @@ def _start_backward(saved, dy, dstate):
         saved.backward_buffers.release()
     alloc = Allocations(xp, zero=sizes is not None)   # zero gradient for rows past their length
     sizes = [B] * T if sizes is None else sizes
-    if c.spent:   # see cells.Cell.spent: each further backward costs a forward loop more
+    if c.spent:   # see cells/base.py's Cell.spent: each further backward costs a forward loop more
         c.rewind()
         step_loop(c, sizes)
     c.begin_backward(dy, dstate, alloc)

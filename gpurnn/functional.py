@@ -9,7 +9,7 @@ x: (T, B, I) in time-major order. Weights follow torch's names and shapes
 """
 import numpy as np
 
-from . import backends, engine
+from . import backends, cells, engine
 from .arrays import get_xp
 from .checks import check_choice, check_floating, check_rank, check_same_dtype, check_shape
 from .cells import NONLINEARITIES, OUTPUT_ACTIVATIONS
@@ -67,7 +67,7 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     check_floating("x", x.dtype, np.issubdtype(x.dtype, np.floating))
     check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
     check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
-    names = engine.WEIGHT_NAMES[cell]
+    names = cells.WEIGHT_NAMES[cell]
     unknown = set(weights) - set(names)
     if unknown:
         raise ValueError(f"weights: expected keys among {names}, got unknown {sorted(unknown)}")

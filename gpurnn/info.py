@@ -2,7 +2,7 @@
 import importlib.metadata
 import platform
 
-from . import cpu_step
+from . import cpu
 from .backends import backend_status
 
 
@@ -37,7 +37,7 @@ def info():
     lines.append("backends:")
     for name, reason in backend_status().items():
         lines.append(f"  {name:8s}{'usable' if reason is None else 'unavailable: ' + reason}")
-    lines.append(f"LSTM step on the CPU (float32): {cpu_step.describe()}")
+    lines.append(f"LSTM step on the CPU (float32): {cpu.describe()}")
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ import math
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from . import backends, engine
+from . import backends, cells, engine
 from .arrays import device_scope, tensor_to_xp, xp_to_tensor
 from .checks import (check_choice, check_floating, check_same_device, check_same_dtype,
                      check_shape, check_unit_interval)
@@ -36,7 +36,7 @@ class _Layer(torch.autograd.Function):
             if opts.get("teacher") is not None:
                 opts = dict(opts, teacher=tensor_to_xp(opts["teacher"]))
             directions = [(tuple(map(to_xp, g[:n_state])),
-                           dict(zip(engine.WEIGHT_NAMES[cell], map(to_xp, g[n_state:]))),
+                           dict(zip(cells.WEIGHT_NAMES[cell], map(to_xp, g[n_state:]))),
                            reverse) for g, reverse in zip(groups, reverses)]
             results = engine.forward_directions(cell, tensor_to_xp(x), directions, batch_sizes=batch_sizes,
                                                 backend=backend, for_backward=any(ctx.needs_input_grad), **opts)
@@ -61,8 +61,8 @@ class _Layer(torch.autograd.Function):
         out = [None, dxs[0] if len(dxs) == 1 else dxs[0] + dxs[1]]   # every direction reads x
         for (_, dstate0, grads_d), has_weight in zip(results, ctx.has_weight):
             out += [xp_to_tensor(d) for d in dstate0]
-            out += [xp_to_tensor(grads_d[name]) if has and name not in engine.NO_GRAD else None
-                    for name, has in zip(engine.WEIGHT_NAMES[ctx.cell], has_weight)]
+            out += [xp_to_tensor(grads_d[name]) if has and name not in cells.no_grad(ctx.cell) else None
+                    for name, has in zip(cells.WEIGHT_NAMES[ctx.cell], has_weight)]
         return tuple(out)
 
 

@@ -9,7 +9,7 @@ A comment block naming every tensor by role and shape, then
     @triton.jit _fwd_kernel(...) loops `_fwd_step` over a window of steps
     @triton.jit _bwd_* / _bwd_kernel(...)   the same for reverse time
     forward(cs, sizes_list, io_dtype=None)   launcher for a layer's cells (one per direction):
-    backward(cs, sizes_list, io_dtype=None)  the engine's contract (engine._kernels)
+    backward(cs, sizes_list, io_dtype=None)  the engine's contract (gpurnn.cells.kernels)
     compile_targets(hidden_size, dtype) -> [(name, jit_fn, signature, constexprs)]
         the configs its launchers pick on a GPU (`compile_configs`), built with
         `target` (constexprs also carry num_warps); signature maps every

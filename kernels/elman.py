@@ -1,5 +1,7 @@
 """Elman (torch.nn.RNN) recurrence and BPTT kernels: h_t = phi(gx_t + W_hh h_{t-1}).
 
+CPU counterpart: gpurnn/cells/elman.py (the maths and the buffers these kernels run on).
+
 # gx: (T, B, H)   input projection with both biases (the engine's GEMM)
 # h:  (T+1, B, H) h[0] = state0; h[t+1] written at step t (rows past their length hold h[t])
 # w_hh: (H, H)    sizes: (T,) int32 active rows per step (a prefix)
@@ -127,7 +129,7 @@ def _setup(c, io_dtype, direction):
 
 def forward(cs, sizes_list, io_dtype=None):
     """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused, for each cell of cs
-    (a layer's directions, one launch for both: cm.direction_plan) (engine._kernels)."""
+    (a layer's directions, one launch for both: cm.direction_plan) (gpurnn.cells.kernels)."""
     T, B, H, h, cfg, consts, nonlin = _setup(cs[0], io_dtype, "fwd")
     if T == 0:
         return

@@ -1,11 +1,13 @@
 """GRU (torch.nn.GRU) recurrence and BPTT kernels, gates (r | z | n) as a gate dimension.
 
+CPU counterpart: gpurnn/cells/gru.py (the maths and the buffers these kernels run on).
+
 # gx:    (T, B, 3H)   input projection: r and z with both biases, n with b_in only (the engine's GEMM)
 # gates: (T, B, 3H)   activated r, z, n (written for active rows)
 # hn:    (T, B, H)    W_hn h_{t-1} + b_hn, the part r multiplies (active rows)
 # h:     (T+1, B, H)  h[0] = state0; h[t+1] written at step t (rows past their length hold h[t])
 # w_hh:  (3H, H)      b_hn: (H,) (zeros without bias)   sizes: (T,) int32 active rows per step
-# k_new, k_z, k_r: (T, B, H)  d n_pre/d h_t, d z_pre/d h_t, d r_pre/d n_pre (cells.GRU.begin_backward)
+# k_new, k_z, k_r: (T, B, H)  d n_pre/d h_t, d z_pre/d h_t, d r_pre/d n_pre (gpurnn/cells/gru.py, GRU.begin_backward)
 # dy: (T, B, H)   dgh: (T, B, 3H) grads of W_hh h + b_hh   dnew: (T, B, H) grad of the input part of n_pre
 # dh: (B, H)      carried gradient: dh_T on entry, dh_0 (= d state0) on exit
 # ws: (2, P, B, HP) each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
@@ -173,7 +175,7 @@ def _setup(c, io_dtype, direction):
 
 def forward(cs, sizes_list, io_dtype=None):
     """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused, for each cell of cs
-    (a layer's directions, one launch for both: cm.direction_plan) (engine._kernels)."""
+    (a layer's directions, one launch for both: cm.direction_plan) (gpurnn.cells.kernels)."""
     T, B, H, h, cfg, consts = _setup(cs[0], io_dtype, "fwd")
     if T == 0:
         return

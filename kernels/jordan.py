@@ -1,5 +1,7 @@
 """Jordan network (gpurnn.nn.JordanRNN) recurrence and BPTT kernels.
 
+CPU counterpart: gpurnn/cells/jordan.py (the maths and the buffers these kernels run on).
+
 # gx:  (T, B, H)    W_ih x_t + b_h (the engine's GEMM)
 # hid: (T, B, H)    h_t = phi(gx_t + W_sh s_t) (active rows)
 # y:   (T, B, O)    y_t = g(W_ho h_t + b_o), g in identity/tanh/sigmoid/softmax (active rows)
@@ -262,7 +264,7 @@ def _workspace(cfg, B, OP, like):
 
 def forward(cs, sizes_list, io_dtype=None):
     """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused, for the one cell of
-    cs (a Jordan layer has one direction) (engine._kernels)."""
+    cs (a Jordan layer has one direction) (gpurnn.cells.kernels)."""
     (c,), (sizes,) = cs, sizes_list
     T, B, H, O, s, cfg, consts, nonlin = _setup(c, io_dtype, "fwd")
     if T == 0:

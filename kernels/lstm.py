@@ -1,11 +1,13 @@
 """LSTM (torch.nn.LSTM) recurrence and BPTT kernels, gates (i | f | g | o) as a gate dimension.
 
+CPU counterparts: gpurnn/cells/lstm.py (the maths and the buffers these kernels run on) and gpurnn/cpu/.
+
 # gx:    (T, B, 4H)   input projection with both biases (the engine's GEMM)
 # gates: (T, B, 4H)   activated i, f, g, o (written for active rows)
 # h, c:  (T+1, B, H)  [0] = state0; [t+1] written at step t (rows past their length hold)
 # tanh_c: (T, B, H)   tanh(c_t) (active rows)
 # w_hh:  (4H, H)      sizes: (T,) int32 active rows per step (a prefix)
-# coef:  (T, B, 4, H) d pre-activation / d(dc, dc, dc, dm), from cells.LSTM.begin_backward
+# coef:  (T, B, 4, H) d pre-activation / d(dc, dc, dc, dm), from gpurnn/cells/lstm.py (LSTM.coef)
 # o_dtanh: (T, B, H)  o * tanh'(c_t)
 # dy: (T, B, H)  dgates: (T, B, 4H)  dh, dc: (B, H) carried (dstate_T in, dstate_0 out)
 # ws: (2, P, B, HP)   each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
@@ -164,7 +166,7 @@ def _setup(c, io_dtype, direction):
 
 def forward(cs, sizes_list, io_dtype=None):
     """c.step(t, sizes[t]) for t = 0..T-1 plus the engine's state hold, fused, for each cell of cs
-    (a layer's directions, one launch for both: cm.direction_plan) (engine._kernels)."""
+    (a layer's directions, one launch for both: cm.direction_plan) (gpurnn.cells.kernels)."""
     T, B, H, h, cfg, consts = _setup(cs[0], io_dtype, "fwd")
     if T == 0:
         return

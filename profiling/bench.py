@@ -503,7 +503,7 @@ def _load():
 
 def metadata(args, argv, load_before):
     import gpurnn
-    from gpurnn import cpu_step
+    from gpurnn import cpu
     versions = [f"python {platform.python_version()}", f"torch {torch.__version__}", f"numpy {np.__version__}",
                 f"gpurnn {getattr(gpurnn, '__version__', '?')}"]
     with contextlib.suppress(ImportError):
@@ -514,7 +514,7 @@ def metadata(args, argv, load_before):
             "versions": ", ".join(versions),
             "load": f"{load_before} at the start, {_load()} at the end (1-minute load average; "
                     f"{os.cpu_count()} cores: anything near or above that means the numbers are noisy)",
-            "cpu_step": cpu_step.describe(),
+            "cpu_step": cpu.describe(),
             "command": "python profiling/bench.py " + " ".join(argv)}
 
 

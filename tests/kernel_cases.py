@@ -31,7 +31,7 @@ TOL_FP16_DOT = dict(rtol=1e-2, atol=1e-2)
 
 
 def weight_shapes(cell, I, H, proj=0, O=None):
-    """Shapes of engine.WEIGHT_NAMES[cell] (None for an absent weight)."""
+    """Shapes of cells.WEIGHT_NAMES[cell] (None for an absent weight)."""
     G = {"elman": 1, "lstm": 4, "gru": 3, "jordan": 1}[cell]
     if cell == "jordan":
         return {"w_ih": (H, I), "w_sh": (H, O), "b_h": (H,), "w_ho": (O, H), "b_o": (O,), "decay": (O,)}

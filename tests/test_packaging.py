@@ -13,7 +13,7 @@ def test_wheel_maps_kernels_under_gpurnn(tmp_path):
     wheel = next(tmp_path.glob("gpurnn-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "gpurnn/kernels/__init__.py" in names
-    assert "gpurnn/cpu_step.c" in names   # the compiled LSTM step's source, built on first use
+    assert "gpurnn/cpu/step.c" in names   # the compiled LSTM step's source, built on first use
     assert not any(n.startswith("kernels/") for n in names)
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)

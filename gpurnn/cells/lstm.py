@@ -1,6 +1,11 @@
-"""The LSTM step rule for the xp time loop, in feature-major layout.
+"""The LSTM on xp arrays: c_t = f*c_{t-1} + i*g, h_t = o*tanh(c_t) (times W_hr with proj_size).
 
-The fused kernels read row-major (T, B, 4H) buffers (cells.LSTM). A NumPy loop
+Counterparts: kernels/lstm.py (the fused GPU kernels, which read LSTM's row-major buffers
+below) and gpurnn/cpu/ (the float32 NumPy loop with its pointwise step compiled from C,
+CompiledLSTMLoop; make() picks it where it builds). Here: those buffers, GateOrder (what
+the xp loop and the compiled loop share) and LSTMLoop, the feature-major xp loop.
+
+The fused kernels read row-major (T, B, 4H) buffers (LSTM). A NumPy loop
 over those pays for strided gate slices: a ufunc on a (B, H) column block of a
 (B, 4H) array runs 2-4x slower than on a contiguous block. Here every per-step
 array is stored transposed, (features, B), so each gate is a contiguous row block
@@ -30,16 +35,92 @@ straight into A, and each step accumulates W_hh h into it. The weight gradients 
 GEMMs over all T*B rows, on dA transposed back to rows, then put back in torch's gate order;
 dW_ih, db and dW_hh are one GEMM, on rows [x_t | 1 | h_{t-1}] (xh).
 
-For float32 NumPy data, lstm_compiled.CompiledLSTMLoop does each step's pointwise work in
-one call to a small C function (cpu_step.c) instead, on row-major buffers; this NumPy loop
-is its fallback, and runs float64 and CuPy.
+For float32 NumPy data, gpurnn/cpu/lstm.py's CompiledLSTMLoop does each step's pointwise
+work in one call to a small C function (gpurnn/cpu/step.c) instead, on row-major buffers;
+this NumPy loop is its fallback, and runs float64 and CuPy.
 """
 import functools
 
 import numpy as np
 
-from .arrays import transposed_copy
-from .cells import FeatureMajorCell
+from ..arrays import transposed_copy
+from .base import Cell, FeatureMajorCell, add_bias, bias_grads
+
+WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+
+
+def make(xp, w, matmul, opts, fused):
+    """The cell for one call: the kernels' row-major buffers, the compiled loop for float32 NumPy
+    data where the C step builds (gpurnn/cpu), else the feature-major xp loop."""
+    if fused:
+        return LSTM(xp, w, matmul)
+    for_backward = opts.get("for_backward", True)
+    if xp is np and w["w_hh"].dtype == np.float32:
+        from ..cpu import build, lstm   # imported on use: gpurnn.cpu builds on gpurnn.cells
+        lib = build.library()
+        if lib is not None:
+            return lstm.CompiledLSTMLoop(xp, w, matmul, lib, for_backward)
+    return LSTMLoop(xp, w, matmul, for_backward)
+
+
+class LSTM(Cell):
+    """Gates (i | f | g | o); c_t = f*c + i*g; h_t = o*tanh(c_t).
+
+    The row-major buffers the fused kernels (kernels/lstm.py) run on; they have no
+    step rule here. The xp loop and proj_size (W_hr) run LSTMLoop below.
+    """
+
+    def __init__(self, xp, w, matmul):
+        super().__init__(xp, w, matmul)
+        self.H = w["w_hh"].shape[0] // 4
+
+    def begin_forward(self, x, state0, alloc):
+        w, H = self.w, self.H
+        T, B = x.shape[:2]
+        self.x = x
+        self.gx = self.project(x, w["w_ih"], add_bias(w["b_ih"], w["b_hh"]))
+        self.gates = alloc((T, B, 4 * H), x.dtype)   # activated i, f, g, o
+        self.h = alloc((T + 1,) + state0[0].shape, x.dtype)
+        self.c = alloc((T + 1, B, H), x.dtype)
+        self.tanh_c = alloc((T, B, H), x.dtype)
+        self.h[0], self.c[0] = state0
+
+    def outputs(self):
+        return self.h[1:]
+
+    def final(self):
+        return (self.h[-1], self.c[-1])
+
+    @functools.cached_property
+    def coef(self):
+        """(T, B, 4, H) d pre-activation / d(dc | dc | dc | dh) for all steps:
+        i: g*i(1-i), f: c_prev*f(1-f), g: i*(1-g^2), o: tanh(c)*o(1-o)."""
+        a, H = self.gates, self.H
+        T, B = a.shape[:2]
+        out = 1 - a
+        out *= a                                   # sigmoid' for i, f, o
+        g = a[..., 2 * H:3 * H]
+        out[..., 2 * H:3 * H] = 1 - g * g          # tanh' for g
+        for k, factor in enumerate((g, self.c[:-1], a[..., :H], self.tanh_c)):
+            out[..., k * H:(k + 1) * H] *= factor
+        return out.reshape(T, B, 4, H)
+
+    @functools.cached_property
+    def o_dtanh(self):
+        """(T, B, H) o * tanh'(c_t) for all steps: dc += dh * this."""
+        return self.gates[..., 3 * self.H:] * (1 - self.tanh_c * self.tanh_c)
+
+    def begin_backward(self, dy, dstate, alloc):
+        T, B = self.gates.shape[:2]
+        self.dy = dy
+        self.dh, self.dc = dstate
+        self.dgates = alloc((T, B, 4 * self.H), self.gates.dtype)
+
+    def finish_backward(self):
+        d, w = self.dgates, self.w
+        grads = {"w_ih": self.outer(d, self.x), "w_hh": self.outer(d, self.h[:-1]),
+                 **bias_grads(d, w["b_ih"] is not None), "w_hr": None}
+        return self.rows_matmul(d, w["w_ih"]), (self.dh, self.dc), grads
 
 
 def _first_columns(views, n):
@@ -50,7 +131,7 @@ def _first_columns(views, n):
 class GateOrder:
     """The gates permuted from torch's (i f g o) to (o f i g), the sigmoid rows of the weights
     pre-scaled by 1/2, and rows [x_t | 1 | h_{t-1}] (xh) for the projection and the weight GEMM:
-    what the NumPy loop here and lstm_compiled.CompiledLSTMLoop share."""
+    what the NumPy loop here and gpurnn/cpu/lstm.CompiledLSTMLoop share."""
 
     def __init__(self, xp, w, matmul, for_backward=True):
         super().__init__(xp, w, matmul)
@@ -96,7 +177,7 @@ class GateOrder:
         dw = self.outer(d, self.xh[:-1])[unperm]   # [dW_ih | db | dW_hh]
         grads = {"w_ih": dw[:, :I].copy(), "w_hh": dw[:, self.x1.shape[-1]:].copy(), "w_hr": None,
                  "b_ih": None, "b_hh": None}
-        if w["b_ih"] is not None:   # separate arrays: see cells.bias_grads
+        if w["b_ih"] is not None:   # separate arrays: see base.bias_grads
             grads["b_ih"], grads["b_hh"] = dw[:, I].copy(), dw[:, I].copy()
         if self.dh_seq is not None:
             grads["w_hr"] = self.outer(self.dh_seq, m_rows())
@@ -104,7 +185,7 @@ class GateOrder:
 
 
 class LSTMLoop(GateOrder, FeatureMajorCell):
-    """c_t = f*c + i*g; h_t = o*tanh(c_t), projected by W_hr if given (same maths as cells.LSTM)."""
+    """c_t = f*c + i*g; h_t = o*tanh(c_t), projected by W_hr if given (same maths as LSTM)."""
 
     def begin_forward(self, x, state0, alloc):
         w, xp, H = self.w, self.xp, self.H
@@ -133,7 +214,7 @@ class LSTMLoop(GateOrder, FeatureMajorCell):
         self.rewind()
 
     def rewind(self):
-        """The input projection in A and c = c0, where the time loop starts (see cells.Cell.spent)."""
+        """The input projection in A and c = c0, where the time loop starts (see base.Cell.spent)."""
         self.mm(self.w_ih1, self.x1.transpose(0, 2, 1), out=self.A)
         self.c[...] = self.c0
         self.spent = False

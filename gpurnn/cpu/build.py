@@ -1,4 +1,4 @@
-"""The compiled LSTM step for the numpy backend (cpu_step.c), built on first use.
+"""Builds, caches and loads the compiled LSTM step (step.c) for the numpy backend, on first use.
 
 The NumPy LSTM loop is bound by the per-call cost of a dozen ufuncs a step, not by
 arithmetic; one C pass over the gates does the same work in a fraction of the time
@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("cpu_step.c")
+SOURCE = Path(__file__).with_name("step.c")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared",
          "-Wl,-z,defs"]   # a symbol libmvec lacks fails the build, not the load
 LIBS = ["-lmvec", "-lm"]
@@ -68,7 +68,7 @@ def _build(directory):
         raise OSError("no C compiler found (set CC, or install gcc)")
     key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(cc + FLAGS + LIBS).encode(),
                                      _machine_identity().encode()])).hexdigest()[:16]
-    target = directory / f"cpu_step-{key}.so"
+    target = directory / f"cpu_step-{key}.so"   # the name predates the gpurnn/cpu package
     if not target.exists():
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".so")
         os.close(fd)
@@ -122,4 +122,4 @@ def status():
 def describe():
     """Which LSTM step runs on the CPU, in words (for `gpurnn info` and benchmark headers)."""
     why = status()
-    return "compiled (gpurnn/cpu_step.c)" if why is None else f"the NumPy loop ({why})"
+    return "compiled (gpurnn/cpu/step.c)" if why is None else f"the NumPy loop ({why})"

@@ -1,4 +1,4 @@
-"""The compiled LSTM step (gpurnn/cpu_step.c) against the NumPy loop it replaces, and its fallbacks.
+"""The compiled LSTM step (gpurnn/cpu/step.c) against the NumPy loop it replaces, and its fallbacks.
 
 Its parity with torch.nn in float32 is in test_nn_parity (every float32 LSTM there runs it).
 """
@@ -13,9 +13,11 @@ import pytest
 import torch
 
 import gpurnn.functional as F
-from gpurnn import cpu_step
-from gpurnn.lstm_compiled import CompiledLSTMLoop
-from gpurnn.lstm_loop import LSTMLoop
+from gpurnn import cells
+from gpurnn.cpu import build
+from gpurnn.cpu.lstm import CompiledLSTMLoop
+
+LSTMLoop = cells.get("lstm").LSTMLoop
 
 # B=19, H=13: the kernels' vector loops (8 or 16 lanes) and their scalar remainders both run
 T, B, I, H = 6, 19, 5, 13
@@ -25,18 +27,18 @@ CAN_BUILD = platform.system() == "Linux" and HAVE_CC
 
 @pytest.fixture
 def compiled():
-    if cpu_step.library() is None:
-        pytest.skip(f"compiled step unavailable: {cpu_step.status()}")
+    if build.library() is None:
+        pytest.skip(f"compiled step unavailable: {build.status()}")
 
 
 @pytest.fixture
 def fresh_build(monkeypatch, tmp_path):
-    """cpu_step with an empty cache and the load redone under this test's environment."""
+    """The build with an empty cache and the load redone under this test's environment."""
     monkeypatch.setenv("GPURNN_CACHE_DIR", str(tmp_path))
-    cpu_step._load.cache_clear()
+    build._load.cache_clear()
     yield
     monkeypatch.undo()
-    cpu_step._load.cache_clear()
+    build._load.cache_clear()
 
 
 def make_lstm(proj=0):
@@ -59,8 +61,8 @@ def arrays_of(result):
 
 @pytest.mark.skipif(not CAN_BUILD, reason="needs Linux (libmvec) and a C compiler")
 def test_the_compiled_step_builds_here():
-    assert cpu_step.status() is None
-    assert cpu_step.library() is not None
+    assert build.status() is None
+    assert build.library() is not None
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
@@ -87,7 +89,7 @@ def test_compiled_step_matches_the_numpy_loop(compiled, monkeypatch, proj, packe
 
     loop, compiled_results = run()
     assert loop is CompiledLSTMLoop
-    monkeypatch.setattr(cpu_step, "library", lambda: None)
+    monkeypatch.setattr(build, "library", lambda: None)
     loop, numpy_results = run()
     assert loop is LSTMLoop
     assert len(compiled_results) == len(numpy_results)
@@ -113,8 +115,8 @@ def test_a_fortran_ordered_state_gradient_is_read_right(compiled):
 
 def test_disabled_by_environment_runs_the_numpy_loop(monkeypatch, fresh_build):
     monkeypatch.setenv("GPURNN_CPU_KERNEL", "0")
-    assert cpu_step.library() is None
-    assert "GPURNN_CPU_KERNEL=0" in cpu_step.status()
+    assert build.library() is None
+    assert "GPURNN_CPU_KERNEL=0" in build.status()
     _, _, tape = F.forward("lstm", np.ones((T, B, I), np.float32), make_lstm()[1])
     assert type(tape.cell) is LSTMLoop
 
@@ -122,8 +124,8 @@ def test_disabled_by_environment_runs_the_numpy_loop(monkeypatch, fresh_build):
 @pytest.mark.skipif(platform.system() != "Linux", reason="elsewhere the build is not attempted")
 def test_a_failing_compiler_is_reported_and_the_numpy_loop_runs(monkeypatch, fresh_build):
     monkeypatch.setenv("CC", "false")   # exits 1 without output, as a broken compiler would
-    assert cpu_step.library() is None
-    assert "compiling cpu_step.c failed" in cpu_step.status()
+    assert build.library() is None
+    assert "compiling step.c failed" in build.status()
     x = np.random.default_rng(2).standard_normal((T, B, I)).astype(np.float32)
     ref, w = make_lstm()
     y, _, tape = F.forward("lstm", x, w)
@@ -133,16 +135,16 @@ def test_a_failing_compiler_is_reported_and_the_numpy_loop_runs(monkeypatch, fre
 
 @pytest.mark.skipif(not CAN_BUILD, reason="needs Linux (libmvec) and a C compiler")
 def test_the_build_is_cached_per_source_and_flags(monkeypatch, fresh_build, tmp_path):
-    assert cpu_step.library() is not None
+    assert build.library() is not None
     built = sorted(tmp_path.iterdir())
     assert len(built) == 1 and built[0].name.startswith("cpu_step-")   # no temporary files left
     stamp = built[0].stat().st_mtime_ns
-    cpu_step._load.cache_clear()
-    assert cpu_step.library() is not None
+    build._load.cache_clear()
+    assert build.library() is not None
     assert sorted(tmp_path.iterdir()) == built and built[0].stat().st_mtime_ns == stamp   # found, not rebuilt
-    monkeypatch.setattr(cpu_step, "FLAGS", cpu_step.FLAGS + ["-DGPURNN_OTHER_BUILD"])
-    cpu_step._load.cache_clear()
-    assert cpu_step.library() is not None
+    monkeypatch.setattr(build, "FLAGS", build.FLAGS + ["-DGPURNN_OTHER_BUILD"])
+    build._load.cache_clear()
+    assert build.library() is not None
     assert len(list(tmp_path.iterdir())) == 2   # other flags: another library
 
 
@@ -152,5 +154,5 @@ def test_an_unwritable_cache_builds_for_this_process_only(monkeypatch, fresh_bui
     blocked.write_text("")
     monkeypatch.setenv("GPURNN_CACHE_DIR", str(blocked / "cache"))   # under a file: cannot be made
     before = set(pathlib.Path(tempfile.gettempdir()).glob("gpurnn-*"))
-    assert cpu_step.library() is not None
+    assert build.library() is not None
     assert set(pathlib.Path(tempfile.gettempdir()).glob("gpurnn-*")) == before   # removed once loaded

@@ -1,11 +1,11 @@
-/* The LSTM step's pointwise work on the CPU, for lstm_compiled.CompiledLSTMLoop (float32).
+/* The LSTM step's pointwise work on the CPU, for lstm.py's CompiledLSTMLoop (float32).
 
    The NumPy loop spends most of a step on a dozen ufunc calls over small arrays; here each
-   step is one pass over the gates, with the operations of lstm_loop.LSTMLoop in the same
+   step is one pass over the gates, with the operations of gpurnn/cells/lstm.py's LSTMLoop in the same
    order (only tanh differs: glibc's vector tanhf, not NumPy's). Every array is row-major,
    one row per batch row b < n (the active rows of a packed step), gates (o | f | i | g).
 
-   Built by cpu_step.py with -ffp-contract=off (no a*b+c fused: the same rounding as NumPy's
+   Built by build.py with -ffp-contract=off (no a*b+c fused: the same rounding as NumPy's
    separate operations); tanhf is glibc's vector version (libmvec).
 */
 __attribute__((simd("notinbranch"), const, nothrow)) extern float tanhf(float);

@@ -1,4 +1,8 @@
-"""The GRU step rule for the xp time loop, in feature-major layout (see lstm_loop.py for why).
+"""The GRU on xp arrays: n = tanh(W_in x + b_in + r*(W_hn h + b_hn)), h_t = (1-z)*n + z*h_{t-1}.
+
+Counterparts: kernels/gru.py (the fused GPU kernels, which read GRU's row-major buffers
+below). Here: those buffers, and GRULoop, the xp time loop in feature-major layout (see
+lstm.py for why):
 
     GX[t] (3H, B)  W_ih x_t + biases, gate rows (r | z | n) as torch: r, z take b_ih + b_hh,
                    n only b_in (b_hn stays inside r*(...))
@@ -13,11 +17,71 @@ into the r, z rows of both weights, so one tanh activates both gates.
 """
 import numpy as np
 
-from .cells import FeatureMajorCell
+from .base import Cell, FeatureMajorCell, add_bias, sum_rows
+
+WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh")
+
+
+def make(xp, w, matmul, opts, fused):
+    """The cell for one call: the kernels' row-major buffers, else the feature-major xp loop."""
+    return (GRU if fused else GRULoop)(xp, w, matmul)
+
+
+class GRU(Cell):
+    """Gates (r | z | n); n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); h = (1-z)*n + z*h_prev.
+
+    The row-major buffers the fused kernels (kernels/gru.py) run on; they have no
+    step rule here. The xp loop runs GRULoop below.
+    """
+
+    def __init__(self, xp, w, matmul):
+        super().__init__(xp, w, matmul)
+        self.H = w["w_hh"].shape[0] // 3
+
+    def begin_forward(self, x, state0, alloc):
+        w, xp, H = self.w, self.xp, self.H
+        T, B = x.shape[:2]
+        self.x = x
+        # r and z take both biases up front; b_hn must stay inside r*(...).
+        bias = add_bias(w["b_ih"], None if w["b_hh"] is None else
+                        xp.concatenate([w["b_hh"][:2 * H], xp.zeros(H, x.dtype)]))
+        self.gx = self.project(x, w["w_ih"], bias)
+        self.gates = alloc((T, B, 3 * H), x.dtype)   # activated r, z, n
+        self.hn = alloc((T, B, H), x.dtype)          # W_hn h + b_hn
+        self.h = alloc((T + 1, B, H), x.dtype)
+        self.h[0] = state0[0]
+        self.b_hn = None if w["b_hh"] is None else w["b_hh"][2 * H:]
+
+    def outputs(self):
+        return self.h[1:]
+
+    def final(self):
+        return (self.h[-1],)
+
+    def begin_backward(self, dy, dstate, alloc):
+        H, g = self.H, self.gates
+        T, B = g.shape[:2]
+        r, z, new = g[..., :H], g[..., H:2 * H], g[..., 2 * H:]
+        self.k_new = (1 - z) * (1 - new * new)           # d n_pre / d h_t
+        self.k_z = (self.h[:-1] - new) * z * (1 - z)     # d z_pre / d h_t
+        self.k_r = self.hn * r * (1 - r)                 # d r_pre / d n_pre
+        self.dy = dy
+        self.dh = dstate[0]
+        self.dgh = alloc((T, B, 3 * H), g.dtype)         # grads of W_hh h + b_hh
+        self.dnew = alloc((T, B, H), g.dtype)            # grad of the input part of n_pre
+
+    def finish_backward(self):
+        H, w, dgh = self.H, self.w, self.dgh
+        dgx = self.xp.concatenate([dgh[..., :2 * H], self.dnew], axis=-1)
+        has_bias = w["b_ih"] is not None
+        grads = {"w_ih": self.outer(dgx, self.x), "w_hh": self.outer(dgh, self.h[:-1]),
+                 "b_ih": sum_rows(dgx) if has_bias else None,
+                 "b_hh": sum_rows(dgh) if has_bias else None}
+        return self.rows_matmul(dgx, w["w_ih"]), (self.dh,), grads
 
 
 class GRULoop(FeatureMajorCell):
-    """n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); h = (1-z)*n + z*h_prev (same maths as cells.GRU)."""
+    """n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); h = (1-z)*n + z*h_prev (same maths as GRU)."""
 
     def __init__(self, xp, w, matmul):
         super().__init__(xp, w, matmul)

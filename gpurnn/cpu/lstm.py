@@ -1,14 +1,15 @@
 """The LSTM time loop for float32 NumPy data: BLAS GEMMs, and each step's pointwise work in
-one call to cpu_step.c (see cpu_step.py for how it is built, and when the NumPy loop runs).
+one call to step.c (see build.py for how it is built, and when the NumPy loop runs).
 
-The NumPy loop (lstm_loop.LSTMLoop) keeps its per-step arrays feature-major because ufuncs
+Counterparts: gpurnn/cells/lstm.py (the LSTM's maths; its make() picks this loop) and
+kernels/lstm.py (the GPU kernels). The NumPy loop (cells/lstm.py's LSTMLoop) keeps its per-step arrays feature-major because ufuncs
 are slow on strided gate blocks; C is not, so here everything is row-major, one row per
 batch row, which suits the GEMMs around the loop: the input projection is one 2-D GEMM,
 h_t goes straight into the rows [x_t | 1 | h_{t-1}] that the weight GEMM reads, and dL/da
 is already in rows (no transpose between the loop and the weight gradients).
 
     A[t]   (B, 4H)  pre-activations (o | f | i | g); after step t the coefficients of dL/da,
-                    after back_step t dL/da itself (as in lstm_loop.LSTMLoop)
+                    after back_step t dL/da itself (as in LSTMLoop)
     KF[t]  (B, 2H)  K = o*(1 - tanh(c_t)^2) and F = f
     xh[t]  (B, I+1+P)  [x_t | 1 | h_{t-1}] (I+P without biases); h = its last P columns, h_0..h_T
     M[t]   (B, H)   o*tanh(c_t) when W_hr projects it (P = proj_size), for dW_hr
@@ -17,17 +18,10 @@ In inference (for_backward=False) KF and, with W_hr, m are one scratch each.
 """
 import numpy as np
 
-from . import cpu_step
-from .cells import Cell
-from .lstm_loop import GateOrder, LSTMLoop
+from .. import cells
+from ..cells.base import Cell
 
-
-def make_loop(xp, w, matmul, for_backward=True):
-    """The compiled loop for float32 NumPy data where cpu_step builds, else the NumPy loop."""
-    lib = cpu_step.library() if xp is np and w["w_hh"].dtype == np.float32 else None
-    if lib is None:
-        return LSTMLoop(xp, w, matmul, for_backward)
-    return CompiledLSTMLoop(xp, w, matmul, lib, for_backward)
+GateOrder = cells.get("lstm").GateOrder
 
 
 def _address(a):
@@ -46,7 +40,7 @@ def _step_addresses(a):
 
 
 class CompiledLSTMLoop(GateOrder, Cell):
-    """c_t = f*c + i*g; h_t = o*tanh(c_t), projected by W_hr if given (same maths as cells.LSTM)."""
+    """c_t = f*c + i*g; h_t = o*tanh(c_t), projected by W_hr if given (same maths as cells/lstm.py's LSTM)."""
 
     def __init__(self, xp, w, matmul, lib, for_backward=True):
         super().__init__(xp, w, matmul, for_backward)
@@ -72,7 +66,7 @@ class CompiledLSTMLoop(GateOrder, Cell):
             self.M = self.m = alloc((T, B, H), x.dtype)
         else:                                      # inference: m in one scratch
             self.M, self.m = None, _every_step(np.empty((B, H), x.dtype), T)
-        # The kernel writes K and F in inference too (see cpu_step.c), then into one scratch.
+        # The kernel writes K and F in inference too (see step.c), then into one scratch.
         self.KF = alloc((T, B, 2 * H), x.dtype) if self.for_backward else _every_step(np.empty((B, 2 * H), x.dtype), T)
         self.a_addresses, self.m_addresses = _step_addresses(self.A), _step_addresses(self.m)
         self.kf_addresses = _step_addresses(self.KF)
@@ -80,7 +74,7 @@ class CompiledLSTMLoop(GateOrder, Cell):
         self.rewind()
 
     def rewind(self):
-        """The input projection in A and c = c0, where the time loop starts (see cells.Cell.spent)."""
+        """The input projection in A and c = c0, where the time loop starts (see cells/base.py's Cell.spent)."""
         T, B, G = self.A.shape
         self.mm(self.x1.reshape(T * B, -1), self.w_ih1_t, out=self.A.reshape(T * B, G))
         self.c[...] = self.c0

@@ -1,0 +1,134 @@
+"""What every cell shares: the cell protocol, the GEMM helpers and the activations.
+
+One module per cell holds everything about that cell on xp (NumPy or CuPy) arrays:
+elman.py, jordan.py, lstm.py, gru.py; their GPU counterparts are kernels/<cell>.py, and
+the LSTM's compiled CPU step is gpurnn/cpu/. gpurnn/cells/__init__.py maps a cell name
+to its module; each module's make(...) picks the variant that runs a call.
+
+A cell owns the buffers of one layer and one direction for one sequence.
+The engine (engine.py) calls, in processing order:
+
+    begin_forward(x, state0, alloc); step(t, n) for t in 0..T-1; outputs(); final()
+    begin_backward(dy, dstate, alloc); back_step(t, n) for t in T-1..0; finish_backward()
+
+or, for the fused kernels, the kernel launchers instead of step/back_step. The LSTM
+and GRU have two layouts: row-major buffers for the kernels (no step rule), and
+feature-major xp loops (FeatureMajorCell below); the float32 NumPy LSTM runs
+gpurnn/cpu/lstm.py's compiled loop.
+
+`alloc(shape, dtype)` makes the (T, ...) buffers (buffers.Allocations: reused NumPy
+memory), zero-filled when rows are masked.
+
+`n` is the number of active batch rows at step t (packed sequences: rows are
+sorted by length, so the active rows are always a prefix). A step touches only
+rows [:n]; the engine holds the state of rows [n:] (forward) and the carried
+gradient of those rows passes through untouched (backward).
+
+Shapes: x (T, B, I); gate pre-activations (T, B, G*H) with torch's gate order.
+Everything here runs in the compute dtype (float32 for float16 inputs).
+"""
+import functools
+
+from ..arrays import transposed_copy
+
+NONLINEARITIES = ("tanh", "relu")
+OUTPUT_ACTIVATIONS = ("identity", "tanh", "sigmoid", "softmax")
+
+
+class Cell:
+    """What every cell shares: the array module, the weights and the GEMM routine.
+
+    matmul(a, b, out=None, add=False) is arrays.xp_matmul, or torch's on NumPy views when the caller
+    runs under torch (one BLAS thread pool per process; see arrays.torch_matmul).
+    """
+
+    # True once a backward has overwritten data of its forward (the LSTM loops): before
+    # another backward (retain_graph) the engine calls rewind() and runs the forward loop again.
+    spent = False
+
+    def __init__(self, xp, w, matmul):
+        self.xp, self.w, self.mm = xp, w, matmul
+
+    def outer(self, a, b):
+        """sum over all (t, b) rows of a^T b: a (T, B, M), b (T, B, K) -> (M, K), one GEMM."""
+        return self.mm(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]))
+
+    def rows_matmul(self, a, w):
+        """a @ w for all T*B rows as one 2-D GEMM (a 3-D matmul would run T small ones)."""
+        return self.mm(a.reshape(-1, a.shape[-1]), w).reshape(a.shape[0], a.shape[1], w.shape[-1])
+
+    def project(self, x, w, bias):
+        """x @ w^T + bias for all T*B rows at once: (T, B, I) -> (T, B, rows of w)."""
+        out = self.rows_matmul(x, w.T)
+        if bias is not None:
+            out += bias
+        return out
+
+
+class FeatureMajorCell(Cell):
+    """Base of the xp-loop cells that store each step transposed, (features, B), so that gate
+    blocks are contiguous (lstm.LSTMLoop, gru.GRULoop); hT (T+1, P, B) holds h_0..h_T.
+    begin_forward and begin_backward keep their `alloc` as self.alloc."""
+
+    def swap_last_axes(self, a):
+        """(T, F, B) <-> (T, B, F), into a buffer of self.alloc."""
+        return transposed_copy(a, out=self.alloc((a.shape[0], a.shape[2], a.shape[1]), a.dtype))
+
+    def with_ones_column(self, x):
+        """(T, B, I) -> (T, B, I+1), last column 1: a GEMM with [W | b] adds the bias, and the
+        weight-gradient GEMM with it gives [dW | db]."""
+        x1 = self.alloc(x.shape[:2] + (x.shape[2] + 1,), x.dtype)
+        x1[..., :-1] = x
+        x1[..., -1] = 1
+        return x1
+
+    @functools.cached_property
+    def h_rows(self):
+        """(T+1, B, P) h_0..h_T, row-major: the outputs and the W_hh gradient's operand."""
+        return self.swap_last_axes(self.hT)
+
+    def outputs(self):
+        return self.h_rows[1:]
+
+
+def sum_rows(a):
+    return a.reshape(-1, a.shape[-1]).sum(axis=0)
+
+
+def bias_grads(dz, has_bias):
+    """b_ih and b_hh get the same gradient, as separate arrays: torch may keep a returned
+    gradient as .grad without copying and accumulate into it in place later."""
+    if not has_bias:
+        return {"b_ih": None, "b_hh": None}
+    db = sum_rows(dz)
+    return {"b_ih": db, "b_hh": db.copy()}
+
+
+def sigmoid_(xp, a):
+    """In-place logistic sigmoid via tanh (stable for any sign, one transcendental)."""
+    a *= 0.5
+    xp.tanh(a, out=a)
+    a *= 0.5
+    a += 0.5
+
+
+def phi_(xp, a, nonlinearity):
+    if nonlinearity == "tanh":
+        xp.tanh(a, out=a)
+    else:
+        xp.maximum(a, 0, out=a)
+
+
+def phi_grad_from_output(xp, h, nonlinearity):
+    """phi'(z) expressed through h = phi(z), for all steps at once."""
+    if nonlinearity == "tanh":
+        return 1 - h * h
+    return (h > 0).astype(h.dtype)
+
+
+def add_bias(a, b):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b

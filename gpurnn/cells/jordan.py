@@ -1,0 +1,108 @@
+"""Jordan RNN on xp arrays: output units feed self-connected state units. One layout serves
+the xp loop and the kernels (kernels/jordan.py).
+
+    x (T, B, I)   hid (T, B, H)   y (T, B, O)   s (T+1, B, O) s_1..s_{T+1}   decay (O,)
+"""
+from .base import Cell, phi_, phi_grad_from_output, sigmoid_, sum_rows
+
+WEIGHT_NAMES = ("w_ih", "w_sh", "b_h", "w_ho", "b_o", "decay")
+NO_GRAD = ("decay",)   # a buffer, not a parameter
+
+
+def make(xp, w, matmul, opts, fused):
+    """The cell for one call: the same class runs the xp loop and feeds the kernels."""
+    return Jordan(xp, w, matmul, opts.get("nonlinearity", "tanh"), opts.get("output_activation", "identity"),
+                  opts.get("teacher"))
+
+
+class Jordan(Cell):
+    """h_t = phi(W_ih x_t + W_sh s_t + b_h); y_t = g(W_ho h_t + b_o); s_{t+1} = decay*s_t + y_t.
+
+    With teacher forcing, teacher_t replaces y_t in the state update and no
+    gradient flows from the state into y_t.
+    """
+
+    def __init__(self, xp, w, matmul, nonlinearity="tanh", output_activation="identity", teacher=None):
+        super().__init__(xp, w, matmul)
+        self.nonlinearity, self.output_activation, self.teacher = nonlinearity, output_activation, teacher
+
+    def begin_forward(self, x, state0, alloc):
+        w = self.w
+        T, B = x.shape[:2]
+        H, O = w["w_ih"].shape[0], w["w_ho"].shape[0]
+        self.x = x
+        self.gx = self.project(x, w["w_ih"], w["b_h"])
+        self.hid = alloc((T, B, H), x.dtype)
+        self.y = alloc((T, B, O), x.dtype)
+        self.s = alloc((T + 1, B, O), x.dtype)
+        self.s[0] = state0[0]
+        self.seq = [self.s]
+
+    def step(self, t, n):
+        xp, w = self.xp, self.w
+        h = self.hid[t, :n]
+        self.mm(self.s[t, :n], w["w_sh"].T, out=h)
+        h += self.gx[t, :n]
+        phi_(xp, h, self.nonlinearity)
+        y = self.y[t, :n]
+        self.mm(h, w["w_ho"].T, out=y)
+        if w["b_o"] is not None:
+            y += w["b_o"]
+        self._output_activation_(y)
+        s_new = self.s[t + 1, :n]
+        xp.multiply(self.s[t, :n], w["decay"], out=s_new)
+        s_new += y if self.teacher is None else self.teacher[t, :n]
+
+    def _output_activation_(self, y):
+        xp, act = self.xp, self.output_activation
+        if act == "tanh":
+            xp.tanh(y, out=y)
+        elif act == "sigmoid":
+            sigmoid_(xp, y)
+        elif act == "softmax":
+            y -= y.max(axis=-1, keepdims=True)
+            xp.exp(y, out=y)
+            y /= y.sum(axis=-1, keepdims=True)
+
+    def outputs(self):
+        return self.y
+
+    def final(self):
+        return (self.s[-1],)
+
+    def begin_backward(self, dy, dstate, alloc):
+        xp, y, act = self.xp, self.y, self.output_activation
+        self.dy = dy
+        self.ds = dstate[0]
+        self.phi_grad = phi_grad_from_output(xp, self.hid, self.nonlinearity)
+        self.act_grad = {"tanh": lambda: 1 - y * y, "sigmoid": lambda: y * (1 - y)}.get(act, lambda: None)()
+        self.da = alloc(y.shape, y.dtype)
+        self.dz = alloc(self.hid.shape, y.dtype)
+        self.tmp = xp.empty(self.ds.shape, y.dtype)
+
+    def back_step(self, t, n):
+        xp, w = self.xp, self.w
+        da, ds = self.da[t, :n], self.ds[:n]
+        if self.teacher is None:
+            xp.add(self.dy[t, :n], ds, out=da)   # y_t feeds s_{t+1}
+        else:
+            da[...] = self.dy[t, :n]
+        if self.act_grad is not None:
+            da *= self.act_grad[t, :n]
+        elif self.output_activation == "softmax":
+            y = self.y[t, :n]
+            da -= (da * y).sum(axis=-1, keepdims=True)
+            da *= y
+        dz = self.dz[t, :n]
+        self.mm(da, w["w_ho"], out=dz)
+        dz *= self.phi_grad[t, :n]
+        ds *= w["decay"]
+        ds += self.mm(dz, w["w_sh"], out=self.tmp[:n])
+
+    def finish_backward(self):
+        dz, da, w = self.dz, self.da, self.w
+        grads = {"w_ih": self.outer(dz, self.x), "w_sh": self.outer(dz, self.s[:-1]),
+                 "b_h": sum_rows(dz) if w["b_h"] is not None else None,
+                 "w_ho": self.outer(da, self.hid),
+                 "b_o": sum_rows(da) if w["b_o"] is not None else None}
+        return self.rows_matmul(dz, w["w_ih"]), (self.ds,), grads
