@@ -11,7 +11,7 @@ import math
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from . import backends, cells, engine
+from . import backends, cells, engine, torch_loop
 from .arrays import device_scope, tensor_to_xp, xp_to_tensor
 from .checks import (check_choice, check_floating, check_same_device, check_same_dtype,
                      check_shape, check_unit_interval)
@@ -25,12 +25,18 @@ class _Layer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec, x, *tensors):
         cell, n_state, reverses, batch_sizes, backend, opts = spec
-        # The engine keeps zero-copy views of x and the weights: saving them lets torch's
-        # version counter reject an in-place change before backward, as torch.nn does.
-        ctx.save_for_backward(x, *[t for t in tensors if t is not None])
-        ctx.device = x.device
         per = len(tensors) // len(reverses)
         groups = [tensors[i * per:(i + 1) * per] for i in range(len(reverses))]
+        # The engine's backward reads x and the weights through zero-copy views (not the initial
+        # states or the biases, which forward copies): saving them lets torch's version counter
+        # reject an in-place change before backward, as torch.nn does. Double backward reruns the
+        # whole layer in torch ops (torch_loop), so it keeps every input, and their versions.
+        names = ["x"] + [name for _ in groups for name in ("state",) * n_state + cells.WEIGHT_NAMES[cell]]
+        ctx.save_for_backward(*[t for t, name in zip((x, *tensors), names)
+                                if t is not None and name not in ("state", "b_ih", "b_hh", "b_h", "b_o")])
+        ctx.inputs, ctx.spec = (x, *tensors), spec
+        ctx.versions = [None if t is None else t._version for t in ctx.inputs]
+        ctx.device = x.device
         with device_scope(x.device):
             to_xp = lambda t: None if t is None else tensor_to_xp(t)
             if opts.get("teacher") is not None:
@@ -47,6 +53,8 @@ class _Layer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         ctx.saved_tensors   # raises if x or a weight was modified in place since forward
+        if torch.is_grad_enabled():   # create_graph: the gradient must itself be differentiable
+            return _Layer._differentiable_backward(ctx, grads)
         with device_scope(ctx.device):
             return _Layer._backward(ctx, grads)
 
@@ -63,6 +71,31 @@ class _Layer(torch.autograd.Function):
             out += [xp_to_tensor(d) for d in dstate0]
             out += [xp_to_tensor(grads_d[name]) if has and name not in cells.no_grad(ctx.cell) else None
                     for name, has in zip(cells.WEIGHT_NAMES[ctx.cell], has_weight)]
+        return tuple(out)
+
+    @staticmethod
+    def _differentiable_backward(ctx, grads):
+        """The same gradients as a graph: torch.autograd.grad, with create_graph, of the layer
+        rerun in torch ops on the inputs themselves."""
+        for t, version in zip(ctx.inputs, ctx.versions):
+            if t is not None and t._version != version:
+                raise RuntimeError("one of the variables needed for gradient computation has been modified "
+                                   f"by an inplace operation: a tensor of shape {tuple(t.shape)} is at version "
+                                   f"{t._version}; expected version {version} instead (double backward)")
+        cell, n_state, reverses, batch_sizes, _, opts = ctx.spec
+        x, *tensors = ctx.inputs
+        per = len(tensors) // len(reverses)
+        outs = []
+        for i, reverse in enumerate(reverses):
+            g = tensors[i * per:(i + 1) * per]
+            outs += torch_loop.layer(cell, x, g[:n_state], g[n_state:], reverse=reverse,
+                                     batch_sizes=batch_sizes, **opts)
+        wanted = [i for i, t in enumerate(ctx.inputs) if t is not None and ctx.needs_input_grad[i + 1]]
+        found = torch.autograd.grad(outs, [ctx.inputs[i] for i in wanted], grads, create_graph=True,
+                                    allow_unused=True)
+        out = [None] * (1 + len(ctx.inputs))
+        for i, g in zip(wanted, found):
+            out[i + 1] = g
         return tuple(out)
 
 

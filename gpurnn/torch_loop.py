@@ -1,0 +1,82 @@
+"""One layer of each cell written in plain torch ops: the differentiable re-derivation that
+nn._Layer's backward runs when its own result must be differentiated again (double backward:
+create_graph=True, a gradient penalty, gradgradcheck).
+
+The engine computes gradients on NumPy/CuPy arrays, which autograd cannot see; this loop
+gives autograd the same function (the equations of DESIGN.md, torch's gate orders) so that
+torch.autograd.grad of it, with create_graph=True, is the first derivative as a graph.
+It is written plainly, a step at a time, and runs only on that path.
+
+    x (T, B, I)   state0: (h,), (h, c) or (s,), each (B, ·)   weights: cells.WEIGHT_NAMES order
+    returns (y (T, B, ·), *state_T), as the engine's forward does
+"""
+import torch
+
+
+def _elman(x_t, state, w, opts):
+    w_ih, w_hh, b_ih, b_hh = w
+    z = _linear(x_t, w_ih, b_ih) + _linear(state[0], w_hh, b_hh)
+    h = torch.tanh(z) if opts.get("nonlinearity", "tanh") == "tanh" else torch.relu(z)
+    return h, (h,)
+
+
+def _lstm(x_t, state, w, opts):
+    w_ih, w_hh, b_ih, b_hh, w_hr = w
+    h, c = state
+    i, f, g, o = (_linear(x_t, w_ih, b_ih) + _linear(h, w_hh, b_hh)).chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    if w_hr is not None:
+        h = h @ w_hr.T
+    return h, (h, c)
+
+
+def _gru(x_t, state, w, opts):
+    w_ih, w_hh, b_ih, b_hh = w
+    h = state[0]
+    x_r, x_z, x_n = _linear(x_t, w_ih, b_ih).chunk(3, dim=-1)
+    h_r, h_z, h_n = _linear(h, w_hh, b_hh).chunk(3, dim=-1)
+    r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    h = (1 - z) * n + z * h
+    return h, (h,)
+
+
+def _jordan(x_t, state, w, opts, teacher_t=None):
+    w_ih, w_sh, b_h, w_ho, b_o, decay = w
+    s = state[0]
+    z = _linear(x_t, w_ih, b_h) + s @ w_sh.T
+    h = torch.tanh(z) if opts.get("nonlinearity", "tanh") == "tanh" else torch.relu(z)
+    y = _linear(h, w_ho, b_o)
+    act = opts.get("output_activation", "identity")
+    if act == "tanh":
+        y = torch.tanh(y)
+    elif act == "sigmoid":
+        y = torch.sigmoid(y)
+    elif act == "softmax":
+        y = torch.softmax(y, dim=-1)
+    return y, (decay * s + (y if teacher_t is None else teacher_t),)
+
+
+STEPS = {"elman": _elman, "lstm": _lstm, "gru": _gru, "jordan": _jordan}
+
+
+def _linear(a, w, b):
+    return a @ w.T if b is None else a @ w.T + b
+
+
+def layer(cell, x, state0, weights, *, reverse=False, batch_sizes=None, **opts):
+    """(y, *state_T) of one direction; batch_sizes: active rows per step (rows past their
+    length hold their state and output zeros), reverse: t = T-1 .. 0."""
+    step = STEPS[cell]
+    T, B = x.shape[:2]
+    sizes = [B] * T if batch_sizes is None else [int(n) for n in batch_sizes]
+    teacher = opts.pop("teacher", None)
+    state, ys = tuple(state0), [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        n = sizes[t]
+        extra = {} if teacher is None else {"teacher_t": teacher[t, :n]}
+        y, new = step(x[t, :n], tuple(s[:n] for s in state), weights, opts, **extra)
+        state = tuple(torch.cat([a, s[n:]]) for a, s in zip(new, state))
+        ys[t] = torch.cat([y, y.new_zeros((B - n,) + y.shape[1:])])
+    return (torch.stack(ys), *state)
