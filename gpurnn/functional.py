@@ -42,6 +42,9 @@ def _check_same_xp(name, a, xp):
 
 
 def _check_batch_sizes(batch_sizes, T, B):
+    kind = np.asarray(batch_sizes).dtype.kind if not hasattr(batch_sizes, "get") else "O"   # a CuPy array
+    if kind not in "iu":
+        raise TypeError(f"batch_sizes: expected a sequence of integers, got {batch_sizes!r}")
     sizes = [int(n) for n in batch_sizes]
     if len(sizes) != T or (T and (sizes[0] != B or sizes[-1] < 1 or
                                   any(b > a for a, b in zip(sizes, sizes[1:])))):
@@ -62,12 +65,17 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     """
     check_choice("cell", cell, tuple(CELLS))
     cell = CELLS[cell]
-    xp = get_xp(x)
+    try:
+        xp = get_xp(x)
+    except TypeError:
+        raise TypeError(f"x: expected a NumPy or CuPy array, got {type(x).__name__}") from None
     check_rank("x", x.shape, (3,))
     check_floating("x", x.dtype, np.issubdtype(x.dtype, np.floating))
     check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
     check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
     names = cells.WEIGHT_NAMES[cell]
+    if not isinstance(weights, dict):
+        raise TypeError(f"weights: expected a dict of arrays by name {names}, got {type(weights).__name__}")
     unknown = set(weights) - set(names)
     if unknown:
         raise ValueError(f"weights: expected keys among {names}, got unknown {sorted(unknown)}")
@@ -75,14 +83,22 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     if missing:
         raise ValueError(f"weights: missing required {missing} for cell {cell!r}")
     w = {n: weights.get(n) for n in names}
+    for name, a in w.items():
+        if a is not None:
+            _check_same_xp(f"weights[{name!r}]", a, xp)
     T, B, I = x.shape
+    if T == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")   # torch.nn's words
+    recurrent = "w_sh" if cell == "jordan" else "w_hh"
+    if w[recurrent].ndim != 2 or 0 in w[recurrent].shape or w[recurrent].shape[0] % GATES.get(cell, 1):
+        raise ValueError(f"weights[{recurrent!r}]: expected a 2-D array with a nonzero multiple of "
+                         f"{GATES.get(cell, 1)} rows, got shape {tuple(w[recurrent].shape)}")
     if w["w_ih"].shape[-1] != I:
         raise ValueError(f"x: expected {w['w_ih'].shape[-1]} input features (last dim), as "
                          f"weights['w_ih'] has shape {tuple(w['w_ih'].shape)}, got shape {tuple(x.shape)}")
     shapes, state_specs = _expected_shapes(cell, w, I)
     for name, a in w.items():
         if a is not None:
-            _check_same_xp(f"weights[{name!r}]", a, xp)
             check_same_dtype(f"weights[{name!r}]", a.dtype, "x", x.dtype)
             check_shape(f"weights[{name!r}]", a.shape, shapes[name])
     if cell == "jordan" and not bool(((w["decay"] >= 0) & (w["decay"] <= 1)).all()):   # NaN fails too
@@ -125,9 +141,14 @@ def backward(tape, dy=None, dstate=None):
     dstate = (None,) * n_state if dstate is None else tuple(dstate) if isinstance(dstate, (tuple, list)) else (dstate,)
     if len(dstate) != n_state:
         raise ValueError(f"dstate: expected {n_state} arrays like the final state, got {len(dstate)}")
+    xp = tape.cell.xp
     for i, (d, shape) in enumerate(zip(dstate, tape.state_shapes)):
         if d is not None:
+            _check_same_xp(f"dstate[{i}]", d, xp)
+            check_same_dtype(f"dstate[{i}]", d.dtype, "the forward's x", tape.dtype)
             check_shape(f"dstate[{i}]", d.shape, shape)
     if dy is not None:
+        _check_same_xp("dy", dy, xp)
+        check_same_dtype("dy", dy.dtype, "the forward's x", tape.dtype)
         check_shape("dy", dy.shape, tape.cell.outputs().shape)
     return engine.backward(tape, dy, dstate)

@@ -2,136 +2,19 @@
 (same constructor, parameters, initialisation, state_dict) whose forward runs
 the gpurnn engine; JordanRNN is gpurnn's own.
 
-The autograd Function is one layer, one or both directions (a bidirectional
-layer's directions run together: one kernel launch for both under "triton");
-layers, dropout and packing are composed here with ordinary torch ops.
+Each layer (one or both directions: one kernel launch for both under "triton") is
+autograd.run_layers; layers, dropout and packing are composed here with ordinary torch ops.
 """
 import math
 
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from . import backends, cells, engine, torch_loop
-from .arrays import device_scope, tensor_to_xp, xp_to_tensor
+from . import backends
+from .autograd import run_layer, run_layers  # noqa: F401  (run_layer: part of the API)
 from .checks import (check_choice, check_floating, check_same_device, check_same_dtype,
                      check_shape, check_unit_interval)
 from .cells import NONLINEARITIES, OUTPUT_ACTIVATIONS
-
-
-class _Layer(torch.autograd.Function):
-    """One layer, one or both directions:
-    (x, *(state0, weights) of each direction) -> (y, *state_T) of each direction."""
-
-    @staticmethod
-    def forward(ctx, spec, x, *tensors):
-        cell, n_state, reverses, batch_sizes, backend, opts = spec
-        per = len(tensors) // len(reverses)
-        groups = [tensors[i * per:(i + 1) * per] for i in range(len(reverses))]
-        # The engine's backward reads x and the weights through zero-copy views (not the initial
-        # states or the biases, which forward copies): saving them lets torch's version counter
-        # reject an in-place change before backward, as torch.nn does. Double backward reruns the
-        # whole layer in torch ops (torch_loop), so it keeps every input, and their versions.
-        names = ["x"] + [name for _ in groups for name in ("state",) * n_state + cells.WEIGHT_NAMES[cell]]
-        ctx.save_for_backward(*[t for t, name in zip((x, *tensors), names)
-                                if t is not None and name not in ("state", "b_ih", "b_hh", "b_h", "b_o")])
-        ctx.inputs, ctx.spec = (x, *tensors), spec
-        ctx.versions = [None if t is None else t._version for t in ctx.inputs]
-        ctx.device = x.device
-        with device_scope(x.device):
-            to_xp = lambda t: None if t is None else tensor_to_xp(t)
-            if opts.get("teacher") is not None:
-                opts = dict(opts, teacher=tensor_to_xp(opts["teacher"]))
-            directions = [(tuple(map(to_xp, g[:n_state])),
-                           dict(zip(cells.WEIGHT_NAMES[cell], map(to_xp, g[n_state:]))),
-                           reverse) for g, reverse in zip(groups, reverses)]
-            results = engine.forward_directions(cell, tensor_to_xp(x), directions, batch_sizes=batch_sizes,
-                                                backend=backend, for_backward=any(ctx.needs_input_grad), **opts)
-            ctx.saved, ctx.cell, ctx.n_out = [saved for _, _, saved in results], cell, 1 + n_state
-            ctx.has_weight = [[t is not None for t in g[n_state:]] for g in groups]
-            return tuple(xp_to_tensor(a) for y, state, _ in results for a in (y, *state))
-
-    @staticmethod
-    def backward(ctx, *grads):
-        ctx.saved_tensors   # raises if x or a weight was modified in place since forward
-        if torch.is_grad_enabled():   # create_graph: the gradient must itself be differentiable
-            return _Layer._differentiable_backward(ctx, grads)
-        with device_scope(ctx.device):
-            return _Layer._backward(ctx, grads)
-
-    @staticmethod
-    def _backward(ctx, grads):
-        to_xp = lambda t: None if t is None else tensor_to_xp(t.contiguous())
-        k = ctx.n_out
-        results = engine.backward_directions([
-            (saved, to_xp(grads[i * k]), tuple(map(to_xp, grads[i * k + 1:(i + 1) * k])))
-            for i, saved in enumerate(ctx.saved)])
-        dxs = [xp_to_tensor(dx) for dx, _, _ in results]
-        out = [None, dxs[0] if len(dxs) == 1 else dxs[0] + dxs[1]]   # every direction reads x
-        for (_, dstate0, grads_d), has_weight in zip(results, ctx.has_weight):
-            out += [xp_to_tensor(d) for d in dstate0]
-            out += [xp_to_tensor(grads_d[name]) if has and name not in cells.no_grad(ctx.cell) else None
-                    for name, has in zip(cells.WEIGHT_NAMES[ctx.cell], has_weight)]
-        return tuple(out)
-
-    @staticmethod
-    def _differentiable_backward(ctx, grads):
-        """The same gradients as a graph: torch.autograd.grad, with create_graph, of the layer
-        rerun in torch ops on the inputs themselves."""
-        for t, version in zip(ctx.inputs, ctx.versions):
-            if t is not None and t._version != version:
-                raise RuntimeError("one of the variables needed for gradient computation has been modified "
-                                   f"by an inplace operation: a tensor of shape {tuple(t.shape)} is at version "
-                                   f"{t._version}; expected version {version} instead (double backward)")
-        cell, n_state, reverses, batch_sizes, _, opts = ctx.spec
-        x, *tensors = ctx.inputs
-        per = len(tensors) // len(reverses)
-        outs = []
-        for i, reverse in enumerate(reverses):
-            g = tensors[i * per:(i + 1) * per]
-            outs += torch_loop.layer(cell, x, g[:n_state], g[n_state:], reverse=reverse,
-                                     batch_sizes=batch_sizes, **opts)
-        wanted = [i for i, t in enumerate(ctx.inputs) if t is not None and ctx.needs_input_grad[i + 1]]
-        found = torch.autograd.grad(outs, [ctx.inputs[i] for i in wanted], grads, create_graph=True,
-                                    allow_unused=True)
-        out = [None] * (1 + len(ctx.inputs))
-        for i, g in zip(wanted, found):
-            out[i + 1] = g
-        return tuple(out)
-
-
-def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts):
-    """x (T, B, I) tensor and [(state0, weights, reverse)] -> [(y, *state_T)] of each direction,
-    differentiable. A bidirectional layer's directions go in one call: under "triton" one kernel
-    launch runs both.
-
-    bfloat16 data is carried in float32 buffers (NumPy and CuPy have none); the Triton
-    kernels still hold the weights in bfloat16 (io_dtype).
-    """
-    name = backends.resolve(backend, x.is_cuda)
-    dtype = x.dtype
-    if dtype == torch.bfloat16:
-        up = lambda t: None if t is None else t.float()
-        if name == "triton":
-            opts = dict(opts, io_dtype="bfloat16")
-        if opts.get("teacher") is not None:
-            opts = dict(opts, teacher=opts["teacher"].float())
-        outs = run_layers(cell, x.float(), [([up(s) for s in state0], [up(w) for w in weights], reverse)
-                                            for state0, weights, reverse in directions],
-                          backend=name, batch_sizes=batch_sizes, **opts)
-        return [tuple(t.to(dtype) for t in out) for out in outs]
-    if name == "numpy":
-        opts = dict(opts, gemm="torch")   # see arrays.torch_matmul
-    n_state = len(directions[0][0])
-    spec = (cell, n_state, tuple(reverse for _, _, reverse in directions), batch_sizes, name, opts)
-    flat = _Layer.apply(spec, x, *[t for state0, weights, _ in directions for t in (*state0, *weights)])
-    k = 1 + n_state
-    return [tuple(flat[i * k:(i + 1) * k]) for i in range(len(directions))]
-
-
-def run_layer(cell, x, state0, weights, *, backend="auto", batch_sizes=None, reverse=False, **opts):
-    """x (T, B, I) tensor -> (y, *state_T), differentiable: run_layers for one direction."""
-    return run_layers(cell, x, [(state0, weights, reverse)], backend=backend, batch_sizes=batch_sizes,
-                      **opts)[0]
 
 
 def _packed_index(batch_sizes, batch):
@@ -139,9 +22,18 @@ def _packed_index(batch_sizes, batch):
     return torch.cat([t * batch + torch.arange(int(n)) for t, n in enumerate(batch_sizes)])
 
 
+def _check_tensor(name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+
+
 def _check_tensor_like(name, t, x):
+    _check_tensor(name, t)
     check_same_dtype(name, t.dtype, "input", x.dtype)
     check_same_device(name, t.device, "input", x.device)
+
+
+TORCH_NAMES = {"elman": "RNN", "lstm": "LSTM", "gru": "GRU"}   # as torch.nn's messages name them
 
 
 class _EngineForward:
@@ -163,49 +55,28 @@ class _EngineForward:
         is_lstm = self._cell == "lstm"
         packed = isinstance(input, PackedSequence)
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        x, batch_sizes, sorted_idx, unsorted_idx, batched, hx = self._checked_inputs(input, hx)
         if packed:
-            data, batch_sizes, sorted_idx, unsorted_idx = input
-            check_floating("input", data.dtype, data.is_floating_point())
-            self.check_input(data, batch_sizes)
             batch, steps = int(batch_sizes[0]), len(batch_sizes)
-            index = _packed_index(batch_sizes, batch).to(data.device)
-            x = data.new_zeros(steps * batch, data.shape[-1]).index_copy(0, index, data)
-            x = x.view(steps, batch, -1)
+            index = _packed_index(batch_sizes, batch).to(x.device)
+            x = x.new_zeros(steps * batch, x.shape[-1]).index_copy(0, index, x).view(steps, batch, -1)
             batch_sizes = [int(n) for n in batch_sizes]
         else:
-            if input.dim() not in (2, 3):
-                raise ValueError(f"input: expected a 2-D (unbatched) or 3-D tensor, got {input.dim()}-D "
-                                 f"with shape {tuple(input.shape)}")
-            check_floating("input", input.dtype, input.is_floating_point())
-            batched = input.dim() == 3
-            if not batched:
-                input = input.unsqueeze(0 if self.batch_first else 1)
-            self.check_input(input, None)
-            x = input.transpose(0, 1) if self.batch_first else input
-            batch, batch_sizes, sorted_idx, unsorted_idx = x.shape[1], None, None, None
+            x = x.transpose(0, 1) if self.batch_first else x
+            batch = x.shape[1]
+            if x.shape[0] == 0:
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        check_floating("input", x.dtype, x.is_floating_point())
         check_same_device("input", x.device, "the module's parameters", self.weight_ih_l0.device)
         x = x.contiguous()
-
         layers_dirs = self.num_layers * (2 if self.bidirectional else 1)
         if hx is None:
             hx = [x.new_zeros(layers_dirs, batch, out_size)]
             if is_lstm:
                 hx.append(x.new_zeros(layers_dirs, batch, self.hidden_size))
         else:
-            hx = list(hx) if is_lstm else [hx]
-            names = ["h_0", "c_0"] if is_lstm else ["hx"]
-            want_dim = 3 if packed or batched else 2
-            for name, h in zip(names, hx):
-                if h.dim() != want_dim:
-                    raise RuntimeError(f"{name}: expected a {want_dim}-D tensor for "
-                                       f"{'batched' if want_dim == 3 else 'unbatched'} input, got {h.dim()}-D")
+            for name, h in zip(["h_0", "c_0"] if is_lstm else ["hx"], hx):
                 _check_tensor_like(name, h, x)
-            if not packed and not batched:
-                hx = [h.unsqueeze(1) for h in hx]
-            sizes = [(layers_dirs, batch, out_size), (layers_dirs, batch, self.hidden_size)]
-            for name, h, size in zip(names, hx, sizes):
-                if tuple(h.shape) != size:
-                    raise RuntimeError(f"{name}: expected hidden size {size}, got {tuple(h.shape)}")
             if sorted_idx is not None:
                 hx = [h.index_select(1, sorted_idx) for h in hx]
 
@@ -223,6 +94,47 @@ class _EngineForward:
             y = y.squeeze(0 if self.batch_first else 1)
             hidden = tuple(h.squeeze(1) for h in hidden) if is_lstm else hidden.squeeze(1)
         return y, hidden
+
+    def _checked_inputs(self, input, hx):
+        """torch.nn's checks, with its exception types and messages, in its order:
+        (x, batch_sizes, sorted_idx, unsorted_idx, batched, [h_0(, c_0)] or None)."""
+        is_lstm = self._cell == "lstm"
+        if is_lstm and hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            got = f"a {type(hx).__name__}" + (f" of {len(hx)}" if isinstance(hx, (tuple, list)) else "")
+            raise TypeError(f"hx: expected a tuple (h_0, c_0) of two tensors, got {got}")
+        if isinstance(input, PackedSequence):
+            x, batch_sizes, sorted_idx, unsorted_idx = input
+            if len(batch_sizes) and int(batch_sizes.min()) < 1:
+                raise ValueError(f"batch_sizes: expected every entry >= 1, got {batch_sizes.tolist()}")
+            batched = True
+        else:
+            if not isinstance(input, torch.Tensor):
+                raise TypeError(f"input: expected a tensor or a PackedSequence, got {type(input).__name__}")
+            if input.dim() not in (2, 3):
+                tensor = " tensor" if self._cell == "elman" else ""
+                raise ValueError(f"{TORCH_NAMES[self._cell]}: Expected input to be 2D or 3D, got "
+                                 f"{input.dim()}D{tensor} instead")
+            x, batch_sizes, sorted_idx, unsorted_idx = input, None, None, None
+            batched = input.dim() == 3
+            if not batched:
+                x = input.unsqueeze(0 if self.batch_first else 1)
+        if hx is not None:
+            hx = list(hx) if is_lstm else [hx]
+            for h in hx:
+                _check_tensor("hx", h)
+            want = 3 if batched else 2
+            if any(h.dim() != want for h in hx):
+                kind = "batched 3-D" if batched else "unbatched 2-D"
+                if is_lstm:
+                    raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
+                                       f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+                raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx[0].dim()}-D tensor")
+            if not batched:
+                hx = [h.unsqueeze(1) for h in hx]
+            self.check_forward_args(x, tuple(hx) if is_lstm else hx[0], batch_sizes)
+        else:
+            self.check_input(x, batch_sizes)
+        return x, batch_sizes, sorted_idx, unsorted_idx, batched, hx
 
     def _run_stack(self, x, hx, batch_sizes):
         dirs = 2 if self.bidirectional else 1
@@ -304,7 +216,13 @@ class JordanRNN(torch.nn.Module):
         check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
         check_choice("backend", backend, backends.CHOICES)
         kw = {"device": device, "dtype": dtype}
-        decay = torch.as_tensor(decay, **kw).expand(output_size).clone()
+        if not isinstance(decay, (int, float, list, tuple, torch.Tensor)) or isinstance(decay, bool):
+            raise TypeError(f"decay: expected a number or a tensor of {output_size} values, got {type(decay).__name__}")
+        decay = torch.as_tensor(decay, **kw)
+        if decay.dim() > 1 or decay.numel() not in (1, output_size):
+            raise ValueError(f"decay: expected a number or shape ({output_size},) (output_size), "
+                             f"got shape {tuple(decay.shape)}")
+        decay = decay.expand(output_size).clone()
         check_unit_interval("decay", float(decay.min()), float(decay.max()))
         self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, output_size
         self.nonlinearity, self.output_activation = nonlinearity, output_activation
@@ -328,6 +246,7 @@ class JordanRNN(torch.nn.Module):
                 f"nonlinearity={self.nonlinearity!r}, output_activation={self.output_activation!r}")
 
     def forward(self, x, s0=None, teacher=None):
+        _check_tensor("x", x)
         if x.dim() not in (2, 3):
             raise ValueError(f"x: expected a 2-D (unbatched) or 3-D tensor, got {x.dim()}-D "
                              f"with shape {tuple(x.shape)}")
@@ -349,6 +268,8 @@ class JordanRNN(torch.nn.Module):
             x = x.transpose(0, 1)
             teacher = None if teacher is None else teacher.transpose(0, 1)
         T, B = x.shape[:2]
+        if T == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")   # torch.nn's words
         if s0 is None:
             s0 = x.new_zeros(B, self.output_size)
         else:

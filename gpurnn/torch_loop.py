@@ -1,5 +1,5 @@
 """One layer of each cell written in plain torch ops: the differentiable re-derivation that
-nn._Layer's backward runs when its own result must be differentiated again (double backward:
+autograd._Layer's backward runs when its own result must be differentiated again (double backward:
 create_graph=True, a gradient penalty, gradgradcheck).
 
 The engine computes gradients on NumPy/CuPy arrays, which autograd cannot see; this loop

@@ -230,34 +230,56 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
 
     torch's convention (torch.nn.utils.clip_grad_norm_): total = norm of the
     per-array norms; every array is multiplied by min(1, max_norm / (total + 1e-6)).
-    grads: torch parameters/tensors (handed to torch.nn.utils.clip_grad_norm_), or
+    norm_type as torch.linalg.vector_norm's ord: any real number (0 counts nonzeros) or
+    +-inf. grads: torch parameters/tensors (handed to torch.nn.utils.clip_grad_norm_), or
     NumPy/CuPy arrays, a list or a dict of them (the functional path; None entries
     are skipped). Returns the total norm before clipping (a tensor, or an xp scalar).
+    Nothing is scaled when an argument is wrong.
     """
-    arrays = list(grads.values()) if isinstance(grads, dict) else \
-        [grads] if hasattr(grads, "shape") else list(grads)
+    try:
+        arrays = list(grads.values()) if isinstance(grads, dict) else [grads] if hasattr(grads, "shape") else list(grads)
+    except TypeError:
+        raise TypeError(f"grads: expected an array, or a list or dict of arrays, got {type(grads).__name__}") from None
     arrays = [a for a in arrays if a is not None]
+    if not isinstance(max_norm, (int, float, np.number)) or isinstance(max_norm, bool):
+        raise TypeError(f"max_norm: expected a number, got {max_norm!r}")
+    if isinstance(norm_type, str) and norm_type in ("inf", "-inf"):
+        norm_type = float(norm_type)
+    if not isinstance(norm_type, (int, float, np.number)) or isinstance(norm_type, bool):
+        raise TypeError(f"norm_type: expected a number or inf, got {norm_type!r}")
     if arrays and type(arrays[0]).__module__.startswith("torch"):
         import torch
         return torch.nn.utils.clip_grad_norm_(arrays, max_norm, norm_type, error_if_nonfinite)
-    norm_type = float(norm_type)
-    if not norm_type > 0:
-        raise ValueError(f"norm_type: expected a positive number or inf, got {norm_type}")
+    for i, a in enumerate(arrays):
+        if not (hasattr(a, "dtype") and hasattr(a, "shape")):
+            raise TypeError(f"grads[{i}]: expected a NumPy or CuPy array, got {type(a).__name__}")
+        check_floating(f"grads[{i}]", a.dtype, np.issubdtype(a.dtype, np.floating))
+        if not getattr(a, "flags", None) or not a.flags.writeable:
+            raise ValueError(f"grads[{i}]: expected a writable array (it is scaled in place), got a read-only one")
     if not arrays:
         return np.zeros((), np.float32)
     xp = get_xp(arrays[0])
+    norm_type = float(norm_type)
     wide = [a.astype(np.promote_types(a.dtype, np.float32), copy=False) for a in arrays]  # fp16 sums overflow
-    if norm_type == np.inf:
-        total = xp.max(xp.stack([xp.abs(a).max() for a in wide]))
-    else:
-        norms = xp.stack([(xp.abs(a) ** norm_type).sum() ** (1 / norm_type) for a in wide])
-        total = (norms ** norm_type).sum() ** (1 / norm_type)
+    total = _vector_norm(xp, xp.stack([_vector_norm(xp, a, norm_type) for a in wide]), norm_type)
     if error_if_nonfinite and not bool(xp.isfinite(total)):
         raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} is non-finite ({float(total)})")
     coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
     for a in arrays:
         a *= coef.astype(a.dtype)
     return total
+
+
+def _vector_norm(xp, a, p):
+    """torch.linalg.vector_norm(a, p) for any real p or +-inf."""
+    a = xp.abs(a.ravel())
+    if p == np.inf:
+        return a.max()
+    if p == -np.inf:
+        return a.min()
+    if p == 0:
+        return (a != 0).sum().astype(a.dtype)
+    return (a ** p).sum() ** (1 / p)
 
 
 # ---------------------------------------------------------------- truncated BPTT
@@ -306,8 +328,20 @@ def truncated_bptt(model, chunks, loss_fn, *, state=None, optimizer=None, max_no
     of all T steps and no max_norm they are exactly full BPTT.
     Yields ChunkResult(loss (detached), grad_norm (None unless max_norm), state).
     """
+    try:
+        chunks = iter(chunks)
+    except TypeError:
+        raise TypeError(f"chunks: expected an iterable of (x, target) pairs, got {type(chunks).__name__}") from None
+    return _truncated_bptt(model, chunks, loss_fn, state, optimizer, max_norm, forward)
+
+
+def _truncated_bptt(model, chunks, loss_fn, state, optimizer, max_norm, forward):
     params = None
-    for x, target in chunks:
+    for i, chunk in enumerate(chunks):
+        if not (isinstance(chunk, (tuple, list)) and len(chunk) == 2):
+            got = f"a {type(chunk).__name__}" + (f" of {len(chunk)}" if isinstance(chunk, (tuple, list)) else "")
+            raise ValueError(f"chunks: expected (x, target) pairs, got {got} at chunk {i}")
+        x, target = chunk
         y, state = forward(model, x, state, target)
         loss = loss_fn(y, target)
         loss.backward()

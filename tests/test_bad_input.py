@@ -30,16 +30,16 @@ def test_module_input_errors(cls):
     m = cls(4, 5)
     with raises(RuntimeError, "input_size", "Expected 4, got 3"):
         m(torch.randn(6, 2, 3))
-    with raises(ValueError, "input", "4-D"):
+    with raises(ValueError, "Expected input to be 2D or 3D", "got 4D"):   # torch.nn's words
         m(torch.randn(6, 2, 4, 1))
-    with raises(TypeError, "input", "floating", "torch.int64"):
+    with raises(ValueError, "input dtype (torch.int64)", "weight dtype (torch.float32)"):   # torch.nn's words
         m(torch.ones(6, 2, 4, dtype=torch.long))
     with raises(ValueError, "dtype", "torch.float64", "torch.float32"):
         m(X.double())
     with raises(ValueError, "input", "device", "meta"):
         m(torch.empty(6, 2, 4, device="meta"))
     h = torch.zeros(1, 3, 5)
-    with raises(RuntimeError, "(1, 2, 5)", "(1, 3, 5)"):
+    with raises(RuntimeError, "(1, 2, 5)", "[1, 3, 5]"):   # torch.nn's words
         m(X, (h, h) if cls is gnn.LSTM else h)
     h = torch.zeros(1, 2, 5, dtype=torch.float64)
     with raises(TypeError, "torch.float32", "torch.float64"):
@@ -48,7 +48,7 @@ def test_module_input_errors(cls):
 
 def test_lstm_cell_state_shape():
     m = gnn.LSTM(4, 5)
-    with raises(RuntimeError, "c_0", "(1, 2, 5)", "(1, 2, 6)"):
+    with raises(RuntimeError, "hidden[1]", "(1, 2, 5)", "[1, 2, 6]"):   # torch.nn's words
         m(X, (torch.zeros(1, 2, 5), torch.zeros(1, 2, 6)))
 
 
@@ -144,3 +144,50 @@ def test_functional_errors():
         F.backward(tape, np.zeros((6, 2, 4)))
     with raises(ValueError, "dstate", "2 arrays", "got 1"):
         F.backward(tape, None, (np.zeros((2, 5)),))
+
+
+@pytest.mark.parametrize("x,words", [([[[0.0] * 4] * 2] * 6, ("x", "array", "list")), (None, ("x", "array", "NoneType")),
+                                     (np.array(1.0), ("x", "3-D", "0-D")), (np.float64(1.0), ("x", "array", "float64"))],
+                         ids=["list", "None", "0-d", "scalar"])
+def test_functional_x_that_is_not_an_array(x, words):
+    with raises((TypeError, ValueError), *words):
+        F.forward("lstm", x, lstm_weights())
+
+
+def test_functional_weights_and_gradients_that_are_not_arrays():
+    x, w = np.zeros((6, 2, 4)), lstm_weights()
+    for bad in (list(w.values()), None):
+        with raises(TypeError, "weights", "dict", type(bad).__name__):
+            F.forward("lstm", x, bad)
+    with raises(TypeError, "weights['w_hh']", "numpy array", "list"):
+        F.forward("lstm", x, dict(w, w_hh=w["w_hh"].tolist()))
+    with raises(ValueError, "weights['w_hh']", "(0, 0)"):
+        F.forward("rnn", x, {"w_ih": np.zeros((0, 4)), "w_hh": np.zeros((0, 0))})
+    y, state, tape = F.forward("lstm", x, w)
+    with raises(TypeError, "dy", "numpy array", "list"):
+        F.backward(tape, y.tolist())
+    with raises(TypeError, "dstate[0]", "numpy array", "list"):
+        F.backward(tape, None, (state[0].tolist(), None))
+    with raises(TypeError, "dy", "float64", "float32"):
+        F.backward(tape, y.astype(np.float32))
+    with raises(TypeError, "dstate[1]", "float64", "float32"):
+        F.backward(tape, None, (None, state[1].astype(np.float32)))
+
+
+@pytest.mark.parametrize("sizes", [[2.0, 2.0, 1.5, 1, 1, 1], "222111", [2, 2, 1, 1, 1, 0]],
+                         ids=["floats", "string", "zero"])
+def test_functional_batch_sizes_of_the_wrong_kind(sizes):
+    with raises((TypeError, ValueError), "batch_sizes"):
+        F.forward("lstm", np.zeros((6, 2, 4)), lstm_weights(), batch_sizes=sizes)
+
+
+def test_jordan_module_arguments_of_the_wrong_kind():
+    with raises(ValueError, "decay", "(3,)", "(2,)"):
+        gnn.JordanRNN(4, 5, 3, decay=torch.tensor([0.5, 0.5]))
+    with raises(TypeError, "decay", "NoneType"):
+        gnn.JordanRNN(4, 5, 3, decay=None)
+    m = gnn.JordanRNN(4, 5, 3)
+    with raises(TypeError, "x", "torch.Tensor", "ndarray"):
+        m(np.zeros((6, 2, 4), dtype=np.float32))
+    with raises(TypeError, "teacher", "torch.Tensor", "ndarray"):
+        m(torch.zeros(6, 2, 4), teacher=np.zeros((6, 2, 3), dtype=np.float32))

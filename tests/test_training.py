@@ -4,6 +4,7 @@ Run as a script for the long-stream memory figure (each length in its own proces
     python tests/test_training.py 1000000
 """
 import math
+import re
 import resource
 import subprocess
 import sys
@@ -121,7 +122,8 @@ def test_sequence_loss_rejects_bad_input_naming_it(change, error, words):
 
 # ---------------------------------------------------------------- clipping
 
-@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.5, math.inf], ids=["l2", "l1", "l3.5", "inf"])
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.5, math.inf, 0, -math.inf, -1.0, math.nan, "inf"],
+                         ids=["l2", "l1", "l3.5", "inf", "l0", "-inf", "l-1", "nan", "inf-string"])
 @pytest.mark.parametrize("max_norm", [0.5, 1e6], ids=["clips", "leaves"])
 def test_clip_functional_path_equals_torch(norm_type, max_norm):
     g = torch.Generator().manual_seed(3)
@@ -133,7 +135,7 @@ def test_clip_functional_path_equals_torch(norm_type, max_norm):
     arrays = {f"w{i}": t.numpy().copy() for i, t in enumerate(grads)}
     arrays["absent_bias"] = None
     norm = clip_grad_norm_(arrays, max_norm, norm_type)
-    np.testing.assert_allclose(norm, ref_norm.item(), rtol=1e-12)
+    np.testing.assert_allclose(norm, ref_norm.item(), rtol=1e-12)   # nan == nan here
     for i, p in enumerate(params):
         np.testing.assert_allclose(arrays[f"w{i}"], p.grad.numpy(), rtol=1e-12, atol=0)
 
@@ -152,9 +154,34 @@ def test_clip_hands_torch_parameters_to_torch():
         assert torch.equal(p.grad, q.grad)
 
 
-def test_clip_rejects_bad_norm_type():
-    with pytest.raises(ValueError, match=r"norm_type: expected a positive number or inf, got -1.0"):
-        clip_grad_norm_([np.ones(3)], 1.0, norm_type=-1)
+@pytest.mark.parametrize("args,exc,words", [
+    (([np.ones(3, np.int64)], 1.0), TypeError, "grads[0]: expected a floating dtype"),
+    (([np.ones(3)], 1.0, "fro"), TypeError, "norm_type: expected a number or inf, got 'fro'"),
+    (([np.ones(3)], None), TypeError, "max_norm: expected a number, got None"),
+    (([np.ones(3)], "1"), TypeError, "max_norm: expected a number, got '1'"),
+    (([1.0, 2.0], 1.0), TypeError, "grads[0]: expected a NumPy or CuPy array, got float"),
+    (([[1.0, 2.0]], 1.0), TypeError, "grads[0]: expected a NumPy or CuPy array, got list"),
+    ((3.0, 1.0), TypeError, "grads: expected an array, or a list or dict of arrays, got float"),
+], ids=["int", "fro", "max_norm-None", "max_norm-str", "floats", "nested-list", "scalar"])
+def test_clip_rejects_bad_arguments(args, exc, words):
+    with pytest.raises(exc, match=re.escape(words)):
+        clip_grad_norm_(*args)
+
+
+def test_clip_scales_nothing_when_one_array_is_read_only():
+    a, b = np.full(3, 10.0), np.full(3, 10.0)
+    b.flags.writeable = False
+    with pytest.raises(ValueError, match=r"grads\[1\]: expected a writable array"):
+        clip_grad_norm_([a, b], 1.0)
+    assert (a == 10.0).all()
+
+
+@pytest.mark.parametrize("chunks,exc,words", [(None, TypeError, "chunks: expected an iterable of (x, target) pairs"),
+                                              ([(1, 2, 3)], ValueError, "got a tuple of 3 at chunk 0")],
+                         ids=["None", "3-tuples"])
+def test_truncated_bptt_rejects_bad_chunks(chunks, exc, words):
+    with pytest.raises(exc, match=re.escape(words)):
+        list(truncated_bptt(torch.nn.RNN(2, 3), chunks, lambda y, t: y.sum()))
 
 
 # ---------------------------------------------------------------- truncated BPTT

@@ -116,7 +116,7 @@ class GRULoop(FeatureMajorCell):
         xp, H = self.xp, self.H
         g = self.G[t, :, :n]
         self.mm(self.w_hh_scaled, self.hT[t, :, :n], out=g)
-        hn, r, z = g.reshape(3, H, -1)
+        hn, r, z = g.reshape(3, H, n)
         gx = self.GX[t, :, :n]
         rz = g[H:]
         rz += gx[:2 * H]
@@ -152,10 +152,10 @@ class GRULoop(FeatureMajorCell):
         xp, H = self.xp, self.H
         dh, keep, diff = self.dh[:, :n], self.keep[:, :n], self.diff[:, :n]
         dh += self.dyT[t, :, :n]
-        hn, r, z = self.G[t, :, :n].reshape(3, H, -1)
+        hn, r, z = self.G[t, :, :n].reshape(3, H, n)
         new, h_prev = self.N[t, :, :n], self.hT[t, :, :n]
         d = self.D[t, :, :n]
-        d_hn, d_r, d_z, d_new = d.reshape(4, H, -1)
+        d_hn, d_r, d_z, d_new = d.reshape(4, H, n)
         xp.multiply(dh, z, out=keep)               # dh_prev = z*dh + W_hh^T (...)
         xp.subtract(dh, keep, out=diff)            # (1-z)*dh
         xp.multiply(new, new, out=d_new)           # d_new = (1-z)*dh*(1-n^2)

@@ -295,7 +295,7 @@ class LSTMLoop(GateOrder, FeatureMajorCell):
         xp.multiply(k, dm, out=tmp)
         dc += tmp
         d[:H] *= dm
-        d_fig = d[H:].reshape(3, H, -1)
+        d_fig = d[H:].reshape(3, H, d.shape[-1])
         xp.multiply(d_fig, dc, out=d_fig)
         dc *= f                                    # through f into c_{t-1}
         self.mm(d.T, self.w_hh_p, out=dh)

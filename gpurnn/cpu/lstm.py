@@ -76,7 +76,7 @@ class CompiledLSTMLoop(GateOrder, Cell):
     def rewind(self):
         """The input projection in A and c = c0, where the time loop starts (see cells/base.py's Cell.spent)."""
         T, B, G = self.A.shape
-        self.mm(self.x1.reshape(T * B, -1), self.w_ih1_t, out=self.A.reshape(T * B, G))
+        self.mm(self.x1.reshape(T * B, self.x1.shape[-1]), self.w_ih1_t, out=self.A.reshape(T * B, G))
         self.c[...] = self.c0
         self.spent = False
 
