@@ -27,7 +27,8 @@ class _Layer(torch.autograd.Function):
         ctx.inputs, ctx.spec = (x, *tensors), spec
         ctx.versions = [None if t is None else t._version for t in ctx.inputs]
         ctx.device = x.device
-        with device_scope(x.device):
+        # autocast off: the engine's GEMMs through torch (arrays.torch_matmul) must keep the dtype
+        with device_scope(x.device), torch.autocast(x.device.type, enabled=False):
             to_xp = lambda t: None if t is None else tensor_to_xp(t)
             if opts.get("teacher") is not None:
                 opts = dict(opts, teacher=tensor_to_xp(opts["teacher"]))
@@ -45,7 +46,7 @@ class _Layer(torch.autograd.Function):
         ctx.saved_tensors   # raises if x or a weight was modified in place since forward
         if torch.is_grad_enabled():   # create_graph: the gradient must itself be differentiable
             return _Layer._differentiable_backward(ctx, grads)
-        with device_scope(ctx.device):
+        with device_scope(ctx.device), torch.autocast(ctx.device.type, enabled=False):
             return _Layer._backward(ctx, grads)
 
     @staticmethod

@@ -35,6 +35,25 @@ def _check_tensor_like(name, t, x):
 
 TORCH_NAMES = {"elman": "RNN", "lstm": "LSTM", "gru": "GRU"}   # as torch.nn's messages name them
 
+# The modules whose aten ops autocast to the lower precision, as torch.nn's do: on the CPU
+# rnn_tanh, rnn_relu, lstm and rnn_*_cell; on CUDA every RNN op (_cudnn_rnn and the *_cell ops).
+AUTOCAST = {"cpu": ("RNN", "LSTM", "RNNCell"),
+            "cuda": ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")}
+
+
+def _autocast_dtype(kind, device):
+    """The dtype autocast gives torch.nn's `kind` module on `device` now, or None."""
+    if kind in AUTOCAST.get(device.type, ()) and torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
+def _autocast(t, dtype):
+    """t cast as autocast casts an op's inputs: floating tensors other than float64."""
+    if t is None or dtype is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
+
 
 class _EngineForward:
     """forward() shared by RNN, LSTM and GRU; mirrors torch.nn.RNNBase's semantics."""
@@ -80,7 +99,9 @@ class _EngineForward:
             if sorted_idx is not None:
                 hx = [h.index_select(1, sorted_idx) for h in hx]
 
-        y, finals = self._run_stack(x, hx, batch_sizes)
+        dtype = _autocast_dtype(TORCH_NAMES[self._cell], x.device)
+        x, hx = _autocast(x, dtype), [_autocast(h, dtype) for h in hx]
+        y, finals = self._run_stack(x, hx, batch_sizes, dtype)
         finals = [torch.stack(f) for f in finals]
         if unsorted_idx is not None:
             finals = [f.index_select(1, unsorted_idx) for f in finals]
@@ -136,15 +157,19 @@ class _EngineForward:
             self.check_input(x, batch_sizes)
         return x, batch_sizes, sorted_idx, unsorted_idx, batched, hx
 
-    def _run_stack(self, x, hx, batch_sizes):
+    def _run_stack(self, x, hx, batch_sizes, autocast_dtype=None):
         dirs = 2 if self.bidirectional else 1
         finals = [[] for _ in hx]
         for layer in range(self.num_layers):
             directions = []
             for d in range(dirs):
                 k = layer * dirs + d
-                weights = [getattr(self, n) if hasattr(self, n) else None
-                           for n in self._weight_names(layer, "_reverse" if d else "")]
+                names = self._weight_names(layer, "_reverse" if d else "")
+                weights = [getattr(self, n) if hasattr(self, n) else None for n in names]
+                for name, w, shape in zip(names, weights, self._weight_shapes(layer, x.shape[-1])):
+                    if w is not None and tuple(w.shape) != shape:
+                        raise ValueError(f"{name}: expected shape {shape}, got {tuple(w.shape)}")
+                weights = [_autocast(w, autocast_dtype) for w in weights]
                 directions.append(([h[k] for h in hx], weights, bool(d)))
             outs = []
             for y, *state in run_layers(self._cell, x, directions, backend=self.backend,
@@ -156,6 +181,13 @@ class _EngineForward:
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = torch.nn.functional.dropout(x, self.dropout, training=True)
         return x, finals
+
+    def _weight_shapes(self, layer, input_size):
+        """The shapes _weight_names' parameters must have (torch.nn's layout)."""
+        G = {"elman": 1, "lstm": 4, "gru": 3}[self._cell] * self.hidden_size
+        P = self.proj_size or self.hidden_size
+        inputs = input_size if layer == 0 else P * (2 if self.bidirectional else 1)
+        return [(G, inputs), (G, P), (G,), (G,), (P, self.hidden_size)]
 
     def _weight_names(self, layer, suffix):
         names = [f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}",
@@ -231,6 +263,8 @@ class _CellForward:
             hx = [h if batched else h.unsqueeze(0) for h in (hx if is_lstm else [hx])]
         self._check_step_args(x, hx)
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh] + ([None] if is_lstm else [])
+        dtype = _autocast_dtype(kind, x.device)
+        x, hx, weights = _autocast(x, dtype), [_autocast(h, dtype) for h in hx], [_autocast(w, dtype) for w in weights]
         opts = {"nonlinearity": self.nonlinearity} if self._cell == "elman" else {}
         _, *state = run_layer(self._cell, x.unsqueeze(0).contiguous(), hx, weights, backend=self.backend, **opts)
         state = [s if batched else s.squeeze(0) for s in state]
@@ -246,7 +280,7 @@ class _CellForward:
             if h.size(1) != self.hidden_size:
                 raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}")
         for t in [x] + hx:
-            if t.dtype != self.weight_ih.dtype:
+            if t.dtype != self.weight_ih.dtype and not torch.is_autocast_enabled(t.device.type):
                 raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got "
                                    f"{_DTYPE_NAMES.get(t.dtype, t.dtype)} and {_DTYPE_NAMES.get(self.weight_ih.dtype)}")
             check_same_device("input", t.device, "the module's parameters", self.weight_ih.device)

@@ -191,3 +191,13 @@ def test_jordan_module_arguments_of_the_wrong_kind():
         m(np.zeros((6, 2, 4), dtype=np.float32))
     with raises(TypeError, "teacher", "torch.Tensor", "ndarray"):
         m(torch.zeros(6, 2, 4), teacher=np.zeros((6, 2, 3), dtype=np.float32))
+
+
+@pytest.mark.parametrize("kind,name,shape,want", [("LSTM", "weight_hh_l0", (20, 6), (20, 5)),
+                                                  ("GRU", "bias_ih_l1", (14,), (15,)),
+                                                  ("RNN", "weight_ih_l1_reverse", (5, 5), (5, 10))])
+def test_a_replaced_parameter_of_the_wrong_shape_is_named(kind, name, shape, want):
+    m = getattr(gnn, kind)(4, 5, num_layers=2, bidirectional=True)
+    setattr(m, name, torch.nn.Parameter(torch.randn(shape)))
+    with raises(ValueError, name, f"expected shape {want}", f"got {shape}"):
+        m(torch.randn(3, 2, 4))
