@@ -1,93 +1,197 @@
-"""The autograd side of the torch modules: one layer (one or both directions) as a
-torch.autograd.Function over the engine, and run_layers/run_layer, which the modules in
-nn.py compose into stacks. Double backward reruns the layer in torch ops (torch_loop.py).
+"""The autograd side of the torch modules: one layer (one or both directions) as the custom
+ops gpurnn::layer and gpurnn::layer_backward over the engine, and run_layers/run_layer, which
+the modules of gpurnn.nn compose into stacks.
+
+Custom ops (torch.library) with fake implementations let torch.compile(fullgraph=True) and
+torch.export trace through a layer without a graph break; their autograd registration serves
+eager autograd. Under torch.func transforms, which custom ops do not support in torch 2.13,
+the layer runs as torch_loop's plain torch loop instead (slower, and exact).
+
+The engine keeps what backward needs (its tape, engine.Saved) in NumPy/CuPy buffers that no
+tensor can carry: the forward op files it under a key and returns the key as a small tensor,
+the handle, which autograd saves for backward like any tensor; the tape is dropped when the
+handle is freed. Where the tape is gone (a compiled graph that copied the handle), backward
+reruns the engine's forward first. Double backward (create_graph) reruns the layer in torch
+ops (torch_loop.py) instead, so that the gradient is itself a graph.
 """
+import itertools
+import json
+import weakref
 import torch
 
 from . import backends, cells, engine, torch_loop
 from .arrays import device_scope, tensor_to_xp, xp_to_tensor
 
+_TAPES = {}                 # handle value -> [engine.Saved of each direction]
+_KEYS = itertools.count()
+BIASES = ("b_ih", "b_hh", "b_h", "b_o")
+# The ops take and return a fixed number of tensors (functorch supports no tensor lists in a
+# custom op): per direction (2 at most) SLOT = 2 states + 6 weights, None where unused.
+DIRS, STATES, WEIGHTS = 2, 2, 6
+SLOT = STATES + WEIGHTS
+N_IN, N_OUT = DIRS * SLOT, DIRS * (1 + STATES)
+OPTIONS = "Tensor? teacher, str cell, int n_state, bool[] reverses, int[]? batch_sizes, str backend, str options"
+SLOTS = ", ".join(f"Tensor? t{i}" for i in range(N_IN))
 
-class _Layer(torch.autograd.Function):
-    """One layer, one or both directions:
-    (x, *(state0, weights) of each direction) -> (y, *state_T) of each direction."""
 
-    @staticmethod
-    def forward(ctx, spec, x, *tensors):
-        cell, n_state, reverses, batch_sizes, backend, opts = spec
-        per = len(tensors) // len(reverses)
-        groups = [tensors[i * per:(i + 1) * per] for i in range(len(reverses))]
-        # The engine's backward reads x and the weights through zero-copy views (not the initial
-        # states or the biases, which forward copies): saving them lets torch's version counter
-        # reject an in-place change before backward, as torch.nn does. Double backward reruns the
-        # whole layer in torch ops (torch_loop), so it keeps every input, and their versions.
-        names = ["x"] + [name for _ in groups for name in ("state",) * n_state + cells.WEIGHT_NAMES[cell]]
-        ctx.save_for_backward(*[t for t, name in zip((x, *tensors), names)
-                                if t is not None and name not in ("state", "b_ih", "b_hh", "b_h", "b_o")])
-        ctx.inputs, ctx.spec = (x, *tensors), spec
-        ctx.versions = [None if t is None else t._version for t in ctx.inputs]
-        ctx.device = x.device
-        # autocast off: the engine's GEMMs through torch (arrays.torch_matmul) must keep the dtype
-        with device_scope(x.device), torch.autocast(x.device.type, enabled=False):
-            to_xp = lambda t: None if t is None else tensor_to_xp(t)
-            if opts.get("teacher") is not None:
-                opts = dict(opts, teacher=tensor_to_xp(opts["teacher"]))
-            directions = [(tuple(map(to_xp, g[:n_state])),
-                           dict(zip(cells.WEIGHT_NAMES[cell], map(to_xp, g[n_state:]))),
-                           reverse) for g, reverse in zip(groups, reverses)]
-            results = engine.forward_directions(cell, tensor_to_xp(x), directions, batch_sizes=batch_sizes,
-                                                backend=backend, for_backward=any(ctx.needs_input_grad), **opts)
-            ctx.saved, ctx.cell, ctx.n_out = [saved for _, _, saved in results], cell, 1 + n_state
-            ctx.has_weight = [[t is not None for t in g[n_state:]] for g in groups]
-            return tuple(xp_to_tensor(a) for y, state, _ in results for a in (y, *state))
+def _groups(tensors, n_dirs):
+    per = len(tensors) // n_dirs
+    return [tensors[i * per:(i + 1) * per] for i in range(n_dirs)]
 
-    @staticmethod
-    def backward(ctx, *grads):
-        ctx.saved_tensors   # raises if x or a weight was modified in place since forward
-        if torch.is_grad_enabled():   # create_graph: the gradient must itself be differentiable
-            return _Layer._differentiable_backward(ctx, grads)
-        with device_scope(ctx.device), torch.autocast(ctx.device.type, enabled=False):
-            return _Layer._backward(ctx, grads)
 
-    @staticmethod
-    def _backward(ctx, grads):
-        to_xp = lambda t: None if t is None else tensor_to_xp(t.contiguous())
-        k = ctx.n_out
-        results = engine.backward_directions([
-            (saved, to_xp(grads[i * k]), tuple(map(to_xp, grads[i * k + 1:(i + 1) * k])))
-            for i, saved in enumerate(ctx.saved)])
-        dxs = [xp_to_tensor(dx) for dx, _, _ in results]
-        out = [None, dxs[0] if len(dxs) == 1 else dxs[0] + dxs[1]]   # every direction reads x
-        for (_, dstate0, grads_d), has_weight in zip(results, ctx.has_weight):
+def _pack(tensors, cell, n_state, n_dirs):
+    """(*state0, *weights) of each direction -> the N_IN slots."""
+    slots, n_w = [None] * N_IN, len(cells.WEIGHT_NAMES[cell])
+    for d, g in enumerate(_groups(tensors, n_dirs)):
+        slots[d * SLOT:d * SLOT + n_state] = g[:n_state]
+        slots[d * SLOT + STATES:d * SLOT + STATES + n_w] = g[n_state:]
+    return slots
+
+
+def _unpack(slots, cell, n_state, n_dirs):
+    """The inverse of _pack."""
+    n_w = len(cells.WEIGHT_NAMES[cell])
+    return [t for d in range(n_dirs) for t in (*slots[d * SLOT:d * SLOT + n_state],
+                                               *slots[d * SLOT + STATES:d * SLOT + STATES + n_w])]
+
+
+def _pack_outputs(outs, x, n_state):
+    """[y, *state_T of each direction] -> N_OUT tensors, new empty ones where unused."""
+    packed = []
+    for d in range(DIRS):
+        got = outs[d * (1 + n_state):(d + 1) * (1 + n_state)]
+        packed += got + [x.new_empty(0) for _ in range(1 + STATES - len(got))]
+    return packed
+
+
+def _unpack_outputs(packed, n_state, n_dirs):
+    """The inverse of _pack_outputs."""
+    return [t for d in range(n_dirs) for t in packed[d * (1 + STATES):d * (1 + STATES) + 1 + n_state]]
+
+
+def _engine_forward(x, tensors, teacher, cell, n_state, reverses, batch_sizes, backend, options, for_backward):
+    """[engine.Saved of each direction], [y, *state_T of each direction] as tensors."""
+    opts = json.loads(options)
+    # autocast off: the engine's GEMMs through torch (arrays.torch_matmul) must keep the dtype
+    with device_scope(x.device), torch.autocast(x.device.type, enabled=False):
+        to_xp = lambda t: None if t is None else tensor_to_xp(t)
+        directions = [(tuple(map(to_xp, g[:n_state])), dict(zip(cells.WEIGHT_NAMES[cell], map(to_xp, g[n_state:]))),
+                       reverse) for g, reverse in zip(_groups(tensors, len(reverses)), reverses)]
+        results = engine.forward_directions(cell, tensor_to_xp(x), directions, batch_sizes=batch_sizes,
+                                            backend=backend, for_backward=for_backward, teacher=to_xp(teacher),
+                                            **opts)
+        outs = [xp_to_tensor(a) for y, state, _ in results for a in (y, *state)]
+    return [saved for _, _, saved in results], outs
+
+
+@torch.library.custom_op("gpurnn::layer", mutates_args=(), schema=(
+        f"(Tensor x, {SLOTS}, {OPTIONS}, bool for_backward) -> ({', '.join(['Tensor'] * (N_OUT + 1))})"))
+def layer_op(x, *args):
+    """(y, *state_T of each direction in N_OUT slots, handle): see run_layers."""
+    slots, (teacher, cell, n_state, reverses, batch_sizes, backend, options, for_backward) = args[:N_IN], args[N_IN:]
+    saved, outs = _engine_forward(x, _unpack(slots, cell, n_state, len(reverses)), teacher, cell, n_state, reverses,
+                                  batch_sizes, backend, options, for_backward)
+    key = next(_KEYS)
+    handle = torch.tensor(key)
+    if for_backward:
+        _TAPES[key] = saved
+        weakref.finalize(handle, _TAPES.pop, key, None)
+    return (*_pack_outputs(outs, x, n_state), handle)
+
+
+@layer_op.register_fake
+def _(x, *args):
+    slots, (_, cell, n_state, reverses) = args[:N_IN], args[N_IN:N_IN + 4]
+    outs = []
+    # y_t has the size of the first state for every cell (h; Jordan's s and y are both O wide)
+    for g in _groups(_unpack(slots, cell, n_state, len(reverses)), len(reverses)):
+        outs += [x.new_empty(x.shape[:2] + g[0].shape[-1:])] + [s.new_empty(s.shape) for s in g[:n_state]]
+    return (*_pack_outputs(outs, x, n_state), torch.empty((), dtype=torch.int64))
+
+
+@torch.library.custom_op("gpurnn::layer_backward", mutates_args=(), schema=(
+        f"(Tensor handle, {', '.join(f'Tensor? g{i}' for i in range(N_OUT))}, Tensor x, {SLOTS}, {OPTIONS}) -> "
+        f"({', '.join(['Tensor'] * (1 + N_IN))})"))
+def layer_backward_op(handle, *args):
+    """(dx, then the gradient of each slot): an empty tensor where a slot is unused or a buffer."""
+    grads, x, slots = args[:N_OUT], args[N_OUT], args[N_OUT + 1:N_OUT + 1 + N_IN]
+    teacher, cell, n_state, reverses, batch_sizes, backend, options = args[N_OUT + 1 + N_IN:]
+    tensors = _unpack(slots, cell, n_state, len(reverses))
+    saved = _TAPES.get(int(handle))
+    if saved is None:   # a compiled graph copied the handle, or the tape is gone: rerun the forward
+        saved, _ = _engine_forward(x, tensors, teacher, cell, n_state, reverses, batch_sizes, backend, options, True)
+    grads, k = _unpack_outputs(grads, n_state, len(reverses)), 1 + n_state
+    to_xp = lambda t: None if t is None else tensor_to_xp(t.contiguous())
+    no_grad = cells.no_grad(cell)
+    with device_scope(x.device), torch.autocast(x.device.type, enabled=False):
+        results = engine.backward_directions([(s, to_xp(grads[i * k]), tuple(map(to_xp, grads[i * k + 1:(i + 1) * k])))
+                                              for i, s in enumerate(saved)])
+        dxs, out = [xp_to_tensor(dx) for dx, _, _ in results], []
+        for (_, dstate0, grads_d), g in zip(results, _groups(tensors, len(reverses))):
             out += [xp_to_tensor(d) for d in dstate0]
-            out += [xp_to_tensor(grads_d[name]) if has and name not in cells.no_grad(ctx.cell) else None
-                    for name, has in zip(cells.WEIGHT_NAMES[ctx.cell], has_weight)]
-        return tuple(out)
+            out += [xp_to_tensor(grads_d[name]) if w is not None and name not in no_grad else None
+                    for name, w in zip(cells.WEIGHT_NAMES[cell], g[n_state:])]
+    dx = dxs[0] if len(dxs) == 1 else dxs[0] + dxs[1]   # every direction reads x
+    return (dx, *[x.new_empty(0) if t is None else t for t in _pack(out, cell, n_state, len(reverses))])
 
-    @staticmethod
-    def _differentiable_backward(ctx, grads):
-        """The same gradients as a graph: torch.autograd.grad, with create_graph, of the layer
-        rerun in torch ops on the inputs themselves."""
-        for t, version in zip(ctx.inputs, ctx.versions):
-            if t is not None and t._version != version:
-                raise RuntimeError("one of the variables needed for gradient computation has been modified "
-                                   f"by an inplace operation: a tensor of shape {tuple(t.shape)} is at version "
-                                   f"{t._version}; expected version {version} instead (double backward)")
-        cell, n_state, reverses, batch_sizes, _, opts = ctx.spec
-        x, *tensors = ctx.inputs
-        per = len(tensors) // len(reverses)
-        outs = []
-        for i, reverse in enumerate(reverses):
-            g = tensors[i * per:(i + 1) * per]
-            outs += torch_loop.layer(cell, x, g[:n_state], g[n_state:], reverse=reverse,
-                                     batch_sizes=batch_sizes, **opts)
-        wanted = [i for i, t in enumerate(ctx.inputs) if t is not None and ctx.needs_input_grad[i + 1]]
-        found = torch.autograd.grad(outs, [ctx.inputs[i] for i in wanted], grads, create_graph=True,
-                                    allow_unused=True)
-        out = [None] * (1 + len(ctx.inputs))
-        for i, g in zip(wanted, found):
-            out[i + 1] = g
-        return tuple(out)
+
+@layer_backward_op.register_fake
+def _(handle, *args):
+    x, slots, cell = args[N_OUT], args[N_OUT + 1:N_OUT + 1 + N_IN], args[N_OUT + 2 + N_IN]
+    no_grad = ([False] * STATES + [name in cells.no_grad(cell) for name in cells.WEIGHT_NAMES[cell]]
+               + [False] * SLOT)[:SLOT]
+    return (x.new_empty(x.shape), *[x.new_empty(0) if t is None or no_grad[i % SLOT] else t.new_empty(t.shape)
+                                    for i, t in enumerate(slots)])
+
+
+def _setup_context(ctx, inputs, output):
+    x, slots, (teacher, cell, n_state, reverses, batch_sizes, backend, options, _) = \
+        inputs[0], inputs[1:1 + N_IN], inputs[1 + N_IN:]
+    # The engine's backward reads x and the weights through zero-copy views (not the initial
+    # states or the biases, which forward copies): saving them lets torch's version counter
+    # reject an in-place change before backward, as torch.nn does. Double backward reruns the
+    # whole layer in torch ops, so it keeps every input, and checks their versions itself.
+    names = ([None] * STATES + list(cells.WEIGHT_NAMES[cell]) + [None] * SLOT)[:SLOT] * DIRS
+    ctx.save_for_backward(output[-1], x, *[t for t, n in zip(slots, names) if t is not None and n and n not in BIASES])
+    ctx.inputs, ctx.args = (x, *slots), (teacher, cell, n_state, reverses, batch_sizes, backend, options)
+    ctx.versions = [None if t is None else t._version for t in ctx.inputs]
+
+
+def _backward(ctx, *grads):
+    handle = ctx.saved_tensors[0]   # raises if x or a weight was modified in place since forward
+    if torch.is_grad_enabled():     # create_graph: the gradient must itself be differentiable
+        found = _differentiable_backward(ctx, grads[:-1])
+    else:
+        found = torch.ops.gpurnn.layer_backward(handle, *grads[:-1], *ctx.inputs, *ctx.args)
+        found = [None if t is None or g.numel() == 0 and t.numel() else g for t, g in zip(ctx.inputs, found)]
+    return (*found, *[None] * (len(ctx.args) + 1))
+
+
+def _differentiable_backward(ctx, grads):
+    """The same gradients as a graph: torch.autograd.grad, with create_graph, of the layer rerun
+    in torch ops on the inputs themselves."""
+    for t, version in zip(ctx.inputs, ctx.versions):
+        if t is not None and t._version != version:
+            raise RuntimeError("one of the variables needed for gradient computation has been modified "
+                               f"by an inplace operation: a tensor of shape {tuple(t.shape)} is at version "
+                               f"{t._version}; expected version {version} instead (double backward)")
+    teacher, cell, n_state, reverses, batch_sizes, _, options = ctx.args
+    tensors = _unpack(ctx.inputs[1:], cell, n_state, len(reverses))
+    outs = []
+    for g, reverse in zip(_groups(tensors, len(reverses)), reverses):
+        outs += torch_loop.layer(cell, ctx.inputs[0], g[:n_state], g[n_state:], reverse=reverse,
+                                 batch_sizes=batch_sizes, teacher=teacher, **json.loads(options))
+    pairs = [(o, g) for o, g in zip(outs, _unpack_outputs(grads, n_state, len(reverses))) if g is not None]
+    wanted = [i for i, t in enumerate(ctx.inputs) if t is not None and t.requires_grad]
+    found = torch.autograd.grad([o for o, _ in pairs], [ctx.inputs[i] for i in wanted], [g for _, g in pairs],
+                                create_graph=True, allow_unused=True)
+    out = [None] * len(ctx.inputs)
+    for i, g in zip(wanted, found):
+        out[i] = g
+    return out
+
+
+layer_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts):
@@ -99,6 +203,11 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
     kernels still hold the weights in bfloat16 (io_dtype).
     """
     name = backends.resolve(backend, x.is_cuda)
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        # Under torch.func (grad, jacrev, vmap, ...): torch 2.13's custom ops support no functorch
+        # transform, so the layer runs as the plain torch loop, which every transform understands.
+        return [torch_loop.layer(cell, x, state0, weights, reverse=reverse, batch_sizes=batch_sizes, **opts)
+                for state0, weights, reverse in directions]
     dtype = x.dtype
     if dtype == torch.bfloat16:
         up = lambda t: None if t is None else t.float()
@@ -112,11 +221,15 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
         return [tuple(t.to(dtype) for t in out) for out in outs]
     if name == "numpy":
         opts = dict(opts, gemm="torch")   # see arrays.torch_matmul
-    n_state = len(directions[0][0])
-    spec = (cell, n_state, tuple(reverse for _, _, reverse in directions), batch_sizes, name, opts)
-    flat = _Layer.apply(spec, x, *[t for state0, weights, _ in directions for t in (*state0, *weights)])
-    k = 1 + n_state
-    return [tuple(flat[i * k:(i + 1) * k]) for i in range(len(directions))]
+    teacher = opts.pop("teacher", None)
+    tensors = [t for state0, weights, _ in directions for t in (*state0, *weights)]
+    for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [x, *tensors])
+    n_state, n_dirs = len(directions[0][0]), len(directions)
+    packed = torch.ops.gpurnn.layer(x, *_pack(tensors, cell, n_state, n_dirs), teacher, cell, n_state,
+                                    [r for _, _, r in directions], batch_sizes, name,
+                                    json.dumps(opts, sort_keys=True), for_backward)
+    flat, k = _unpack_outputs(packed[:-1], n_state, n_dirs), 1 + n_state
+    return [tuple(flat[i * k:(i + 1) * k]) for i in range(n_dirs)]
 
 
 def run_layer(cell, x, state0, weights, *, backend="auto", batch_sizes=None, reverse=False, **opts):

@@ -1,0 +1,86 @@
+"""gpurnn.nn.RNNCell, LSTMCell and GRUCell: torch.nn's cell modules (same API, state_dict,
+checks and messages) whose step runs the gpurnn engine, as a sequence of length 1."""
+import torch
+
+from .. import backends
+from ..autograd import run_layer
+from ..checks import check_choice, check_same_device
+from .common import TORCH_NAMES, autocast, autocast_dtype, check_tensor
+from .rnn import _EngineForward
+
+_DTYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16"}
+
+
+class _CellForward:
+    """forward() shared by RNNCell, LSTMCell and GRUCell: torch.nn's checks and messages, then one
+    step of the engine (a sequence of length 1)."""
+
+    _cell = None
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        check_choice("backend", backend, backends.CHOICES)
+        self.backend = backend
+
+    __prepare_scriptable__ = _EngineForward.__prepare_scriptable__
+
+    def forward(self, input, hx=None):
+        is_lstm, kind = self._cell == "lstm", TORCH_NAMES[self._cell] + "Cell"
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{kind}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            if is_lstm and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise TypeError(f"hx: expected a tuple (h_0, c_0) of two tensors, got a {type(hx).__name__}")
+            for idx, h in enumerate(hx if is_lstm else [hx]):
+                check_tensor("hx", h)
+                if h.dim() not in (1, 2):
+                    what = f"hx[{idx}]" if is_lstm else "hidden"
+                    raise ValueError(f"{kind}: Expected {what} to be 1D or 2D, got {h.dim()}D instead")
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        if hx is None:
+            zeros = x.new_zeros(x.size(0), self.hidden_size)
+            hx = [zeros, zeros] if is_lstm else [zeros]
+        else:
+            hx = [h if batched else h.unsqueeze(0) for h in (hx if is_lstm else [hx])]
+        self._check_step_args(x, hx)
+        weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh] + ([None] if is_lstm else [])
+        dtype = autocast_dtype(kind, x.device)
+        x, hx, weights = autocast(x, dtype), [autocast(h, dtype) for h in hx], [autocast(w, dtype) for w in weights]
+        opts = {"nonlinearity": self.nonlinearity} if self._cell == "elman" else {}
+        _, *state = run_layer(self._cell, x.unsqueeze(0).contiguous(), hx, weights, backend=self.backend, **opts)
+        state = [s if batched else s.squeeze(0) for s in state]
+        return tuple(state) if is_lstm else state[0]
+
+    def _check_step_args(self, x, hx):
+        """What torch's step functions (_VF.*_cell) check, with their messages."""
+        if x.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}")
+        for i, h in enumerate(hx):
+            if x.size(0) != h.size(0):
+                raise RuntimeError(f"Input batch size {x.size(0)} doesn't match hidden{i} batch size {h.size(0)}")
+            if h.size(1) != self.hidden_size:
+                raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}")
+        for t in [x] + hx:
+            if t.dtype != self.weight_ih.dtype and not torch.is_autocast_enabled(t.device.type):
+                raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got "
+                                   f"{_DTYPE_NAMES.get(t.dtype, t.dtype)} and {_DTYPE_NAMES.get(self.weight_ih.dtype)}")
+            check_same_device("input", t.device, "the module's parameters", self.weight_ih.device)
+
+
+class RNNCell(_CellForward, torch.nn.RNNCell):
+    """torch.nn.RNNCell on the gpurnn engine; extra argument `backend`."""
+
+    _cell = "elman"
+
+
+class LSTMCell(_CellForward, torch.nn.LSTMCell):
+    """torch.nn.LSTMCell on the gpurnn engine; extra argument `backend`."""
+
+    _cell = "lstm"
+
+
+class GRUCell(_CellForward, torch.nn.GRUCell):
+    """torch.nn.GRUCell on the gpurnn engine; extra argument `backend`."""
+
+    _cell = "gru"

@@ -1,0 +1,43 @@
+"""What the torch modules share: torch.nn's names for the cells, autocast as torch.nn's modules
+get it, tensor checks, and the packed-sequence index."""
+import torch
+
+from ..checks import check_same_device, check_same_dtype
+
+TORCH_NAMES = {"elman": "RNN", "lstm": "LSTM", "gru": "GRU"}   # as torch.nn's messages name them
+
+
+def packed_index(batch_sizes, batch):
+    """Row index into a (T*B, ·) padded view for every row of a packed data tensor."""
+    return torch.cat([t * batch + torch.arange(int(n)) for t, n in enumerate(batch_sizes)])
+
+
+def check_tensor(name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+
+
+def check_tensor_like(name, t, x):
+    check_tensor(name, t)
+    check_same_dtype(name, t.dtype, "input", x.dtype)
+    check_same_device(name, t.device, "input", x.device)
+
+
+# The modules whose aten ops autocast to the lower precision, as torch.nn's do: on the CPU
+# rnn_tanh, rnn_relu, lstm and rnn_*_cell; on CUDA every RNN op (_cudnn_rnn and the *_cell ops).
+AUTOCAST = {"cpu": ("RNN", "LSTM", "RNNCell"),
+            "cuda": ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")}
+
+
+def autocast_dtype(kind, device):
+    """The dtype autocast gives torch.nn's `kind` module on `device` now, or None."""
+    if kind in AUTOCAST.get(device.type, ()) and torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
+def autocast(t, dtype):
+    """t cast as autocast casts an op's inputs: floating tensors other than float64."""
+    if t is None or dtype is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)

@@ -1,0 +1,103 @@
+"""gpurnn.nn.JordanRNN: output units feed self-connected state units (no torch.nn twin)."""
+import math
+
+import torch
+
+from .. import backends
+from ..autograd import run_layer
+from ..cells import NONLINEARITIES, OUTPUT_ACTIVATIONS
+from ..checks import check_choice, check_floating, check_same_device, check_same_dtype, check_shape, check_unit_interval
+from .common import check_tensor, check_tensor_like
+
+
+class JordanRNN(torch.nn.Module):
+    """Jordan network: output units feed self-connected state units.
+
+    h_t = phi(W_ih x_t + W_sh s_t + b_h),  y_t = g(W_ho h_t + b_o),
+    s_{t+1} = decay * s_t + y_t  (teacher_t in place of y_t under teacher forcing).
+    forward(x, s0=None, teacher=None) -> (y, s_next); s_next continues the sequence.
+    """
+
+    def __init__(self, input_size, hidden_size, output_size, nonlinearity="tanh",
+                 output_activation="identity", decay=0.5, bias=True, batch_first=False,
+                 backend="auto", device=None, dtype=None):
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                            ("output_size", output_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+        check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+        check_choice("backend", backend, backends.CHOICES)
+        kw = {"device": device, "dtype": dtype}
+        if not isinstance(decay, (int, float, list, tuple, torch.Tensor)) or isinstance(decay, bool):
+            raise TypeError(f"decay: expected a number or a tensor of {output_size} values, got {type(decay).__name__}")
+        decay = torch.as_tensor(decay, **kw)
+        if decay.dim() > 1 or decay.numel() not in (1, output_size):
+            raise ValueError(f"decay: expected a number or shape ({output_size},) (output_size), "
+                             f"got shape {tuple(decay.shape)}")
+        decay = decay.expand(output_size).clone()
+        check_unit_interval("decay", float(decay.min()), float(decay.max()))
+        self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, output_size
+        self.nonlinearity, self.output_activation = nonlinearity, output_activation
+        self.batch_first, self.backend = batch_first, backend
+        P = torch.nn.Parameter
+        self.weight_ih = P(torch.empty(hidden_size, input_size, **kw))
+        self.weight_sh = P(torch.empty(hidden_size, output_size, **kw))
+        self.bias_h = P(torch.empty(hidden_size, **kw)) if bias else None
+        self.weight_ho = P(torch.empty(output_size, hidden_size, **kw))
+        self.bias_o = P(torch.empty(output_size, **kw)) if bias else None
+        self.register_buffer("decay", decay)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            torch.nn.init.uniform_(p, -bound, bound)
+
+    def extra_repr(self):
+        return (f"{self.input_size}, {self.hidden_size}, {self.output_size}, "
+                f"nonlinearity={self.nonlinearity!r}, output_activation={self.output_activation!r}")
+
+    def forward(self, x, s0=None, teacher=None):
+        check_tensor("x", x)
+        if x.dim() not in (2, 3):
+            raise ValueError(f"x: expected a 2-D (unbatched) or 3-D tensor, got {x.dim()}-D "
+                             f"with shape {tuple(x.shape)}")
+        check_floating("x", x.dtype, x.is_floating_point())
+        check_same_dtype("x", x.dtype, "the module's parameters", self.weight_ih.dtype)
+        check_same_device("x", x.device, "the module's parameters", self.weight_ih.device)
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"x: expected {self.input_size} input features (last dim), got {x.shape[-1]}")
+        if teacher is not None:
+            check_tensor_like("teacher", teacher, x)
+            check_shape("teacher", teacher.shape, tuple(x.shape[:-1]) + (self.output_size,))
+            teacher = teacher.detach()
+        batched = x.dim() == 3
+        time_dim = 1 if (self.batch_first and batched) else 0
+        if not batched:
+            x = x.unsqueeze(1)
+            teacher = None if teacher is None else teacher.unsqueeze(1)
+        elif self.batch_first:
+            x = x.transpose(0, 1)
+            teacher = None if teacher is None else teacher.transpose(0, 1)
+        T, B = x.shape[:2]
+        if T == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")   # torch.nn's words
+        if s0 is None:
+            s0 = x.new_zeros(B, self.output_size)
+        else:
+            check_tensor_like("s0", s0, x)
+            check_shape("s0", s0.shape, (B, self.output_size) if batched else (self.output_size,))
+            s0 = s0 if batched else s0.unsqueeze(0)
+        teacher = None if teacher is None else teacher.contiguous()
+        weights = [self.weight_ih, self.weight_sh, self.bias_h, self.weight_ho, self.bias_o, self.decay]
+        y, s_next = run_layer("jordan", x.contiguous(), [s0], weights, backend=self.backend,
+                              nonlinearity=self.nonlinearity,
+                              output_activation=self.output_activation, teacher=teacher)
+        if not batched:
+            return y.squeeze(1), s_next.squeeze(0)
+        return (y.transpose(0, 1) if time_dim == 1 else y), s_next
+
+
+# torch.load(weights_only=True), torch's default, unpickles only allowed classes: a whole saved

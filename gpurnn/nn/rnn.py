@@ -1,0 +1,188 @@
+"""gpurnn.nn.RNN, LSTM and GRU: torch.nn.RNN/LSTM/GRU (same constructor, parameters,
+initialisation, state_dict, checks and messages) whose forward runs the gpurnn engine, a
+layer at a time (autograd.run_layers: one kernel launch for both directions under "triton");
+layers, dropout and packing are composed here with ordinary torch ops."""
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+from .. import backends
+from ..autograd import run_layers
+from ..checks import check_choice, check_floating, check_same_device
+from .common import TORCH_NAMES, autocast, autocast_dtype, check_tensor, check_tensor_like, packed_index
+
+
+class _EngineForward:
+    """forward() shared by RNN, LSTM and GRU; mirrors torch.nn.RNNBase's semantics."""
+
+    _cell = None
+
+    def _init_backend(self, backend):
+        check_choice("backend", backend, backends.CHOICES)
+        self.backend = backend
+
+    def flatten_parameters(self):
+        """A no-op: gpurnn reads the parameters where they are."""
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(f"gpurnn.nn.{type(self).__name__}: TorchScript (torch.jit.script) is not supported; "
+                           "use torch.compile or torch.export, which trace gpurnn's layers as custom ops")
+
+    def _opts(self):
+        return {}
+
+    def forward(self, input, hx=None):
+        is_lstm = self._cell == "lstm"
+        packed = isinstance(input, PackedSequence)
+        out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        x, batch_sizes, sorted_idx, unsorted_idx, batched, hx = self._checked_inputs(input, hx)
+        if packed:
+            batch, steps = int(batch_sizes[0]), len(batch_sizes)
+            index = packed_index(batch_sizes, batch).to(x.device)
+            x = x.new_zeros(steps * batch, x.shape[-1]).index_copy(0, index, x).view(steps, batch, -1)
+            batch_sizes = [int(n) for n in batch_sizes]
+        else:
+            x = x.transpose(0, 1) if self.batch_first else x
+            batch = x.shape[1]
+            if x.shape[0] == 0:
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        check_floating("input", x.dtype, x.is_floating_point())
+        check_same_device("input", x.device, "the module's parameters", self.weight_ih_l0.device)
+        x = x.contiguous()
+        layers_dirs = self.num_layers * (2 if self.bidirectional else 1)
+        if hx is None:
+            hx = [x.new_zeros(layers_dirs, batch, out_size)]
+            if is_lstm:
+                hx.append(x.new_zeros(layers_dirs, batch, self.hidden_size))
+        else:
+            for name, h in zip(["h_0", "c_0"] if is_lstm else ["hx"], hx):
+                check_tensor_like(name, h, x)
+            if sorted_idx is not None:
+                hx = [h.index_select(1, sorted_idx) for h in hx]
+
+        dtype = autocast_dtype(TORCH_NAMES[self._cell], x.device)
+        x, hx = autocast(x, dtype), [autocast(h, dtype) for h in hx]
+        y, finals = self._run_stack(x, hx, batch_sizes, dtype)
+        finals = [torch.stack(f) for f in finals]
+        if unsorted_idx is not None:
+            finals = [f.index_select(1, unsorted_idx) for f in finals]
+        hidden = tuple(finals) if is_lstm else finals[0]
+        if packed:
+            out = y.reshape(-1, y.shape[-1]).index_select(0, index)
+            return PackedSequence(out, input.batch_sizes, sorted_idx, unsorted_idx), hidden
+        if self.batch_first:
+            y = y.transpose(0, 1)
+        if not batched:
+            y = y.squeeze(0 if self.batch_first else 1)
+            hidden = tuple(h.squeeze(1) for h in hidden) if is_lstm else hidden.squeeze(1)
+        return y, hidden
+
+    def _checked_inputs(self, input, hx):
+        """torch.nn's checks, with its exception types and messages, in its order:
+        (x, batch_sizes, sorted_idx, unsorted_idx, batched, [h_0(, c_0)] or None)."""
+        is_lstm = self._cell == "lstm"
+        if is_lstm and hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            got = f"a {type(hx).__name__}" + (f" of {len(hx)}" if isinstance(hx, (tuple, list)) else "")
+            raise TypeError(f"hx: expected a tuple (h_0, c_0) of two tensors, got {got}")
+        if isinstance(input, PackedSequence):
+            x, batch_sizes, sorted_idx, unsorted_idx = input
+            if len(batch_sizes) and int(batch_sizes.min()) < 1:
+                raise ValueError(f"batch_sizes: expected every entry >= 1, got {batch_sizes.tolist()}")
+            batched = True
+        else:
+            if not isinstance(input, torch.Tensor):
+                raise TypeError(f"input: expected a tensor or a PackedSequence, got {type(input).__name__}")
+            if input.dim() not in (2, 3):
+                tensor = " tensor" if self._cell == "elman" else ""
+                raise ValueError(f"{TORCH_NAMES[self._cell]}: Expected input to be 2D or 3D, got "
+                                 f"{input.dim()}D{tensor} instead")
+            x, batch_sizes, sorted_idx, unsorted_idx = input, None, None, None
+            batched = input.dim() == 3
+            if not batched:
+                x = input.unsqueeze(0 if self.batch_first else 1)
+        if hx is not None:
+            hx = list(hx) if is_lstm else [hx]
+            for h in hx:
+                check_tensor("hx", h)
+            want = 3 if batched else 2
+            if any(h.dim() != want for h in hx):
+                kind = "batched 3-D" if batched else "unbatched 2-D"
+                if is_lstm:
+                    raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
+                                       f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+                raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx[0].dim()}-D tensor")
+            if not batched:
+                hx = [h.unsqueeze(1) for h in hx]
+            self.check_forward_args(x, tuple(hx) if is_lstm else hx[0], batch_sizes)
+        else:
+            self.check_input(x, batch_sizes)
+        return x, batch_sizes, sorted_idx, unsorted_idx, batched, hx
+
+    def _run_stack(self, x, hx, batch_sizes, autocast_dtype=None):
+        dirs = 2 if self.bidirectional else 1
+        finals = [[] for _ in hx]
+        for layer in range(self.num_layers):
+            directions = []
+            for d in range(dirs):
+                k = layer * dirs + d
+                names = self._weight_names(layer, "_reverse" if d else "")
+                weights = [getattr(self, n) if hasattr(self, n) else None for n in names]
+                for name, w, shape in zip(names, weights, self._weight_shapes(layer, x.shape[-1])):
+                    if w is not None and tuple(w.shape) != shape:
+                        raise ValueError(f"{name}: expected shape {shape}, got {tuple(w.shape)}")
+                weights = [autocast(w, autocast_dtype) for w in weights]
+                directions.append(([h[k] for h in hx], weights, bool(d)))
+            outs = []
+            for y, *state in run_layers(self._cell, x, directions, backend=self.backend,
+                                        batch_sizes=batch_sizes, **self._opts()):
+                outs.append(y)
+                for f, s in zip(finals, state):
+                    f.append(s)
+            x = torch.cat(outs, -1) if dirs == 2 else outs[0]
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = torch.nn.functional.dropout(x, self.dropout, training=True)
+        return x, finals
+
+    def _weight_shapes(self, layer, input_size):
+        """The shapes _weight_names' parameters must have (torch.nn's layout)."""
+        G = {"elman": 1, "lstm": 4, "gru": 3}[self._cell] * self.hidden_size
+        P = self.proj_size or self.hidden_size
+        inputs = input_size if layer == 0 else P * (2 if self.bidirectional else 1)
+        return [(G, inputs), (G, P), (G,), (G,), (P, self.hidden_size)]
+
+    def _weight_names(self, layer, suffix):
+        names = [f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}",
+                 f"bias_ih_l{layer}{suffix}", f"bias_hh_l{layer}{suffix}"]
+        return names + ([f"weight_hr_l{layer}{suffix}"] if self._cell == "lstm" else [])
+
+
+class RNN(_EngineForward, torch.nn.RNN):
+    """torch.nn.RNN (Elman, tanh or relu) on the gpurnn engine; extra argument `backend`."""
+
+    _cell = "elman"
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)
+
+    def _opts(self):
+        return {"nonlinearity": self.nonlinearity}
+
+
+class LSTM(_EngineForward, torch.nn.LSTM):
+    """torch.nn.LSTM (with proj_size) on the gpurnn engine; extra argument `backend`."""
+
+    _cell = "lstm"
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)
+
+
+class GRU(_EngineForward, torch.nn.GRU):
+    """torch.nn.GRU on the gpurnn engine; extra argument `backend`."""
+
+    _cell = "gru"
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)

@@ -1,0 +1,92 @@
+"""torch.compile(fullgraph=True) and torch.export through gpurnn's modules (the layer is a
+custom op with a fake implementation), against eager; torch.func transforms against torch.nn."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.func import functional_call, grad, jacrev, vmap
+
+import gpurnn.nn as gnn
+
+CASES = {"lstm": ("LSTM", {}), "gru_bidirectional": ("GRU", {"bidirectional": True}),
+         "rnn_2layers": ("RNN", {"num_layers": 2}), "lstm_proj": ("LSTM", {"proj_size": 2})}
+
+
+def _grads(m, x):
+    x = x.detach().clone().requires_grad_(True)
+    m.zero_grad()
+    y, h = m(x)
+    hs = h if isinstance(h, tuple) else (h,)
+    (y.sum() + sum((t * t).sum() for t in hs)).backward()
+    return [y, *hs, x.grad] + [p.grad.clone() for p in m.parameters()]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_compile_fullgraph_equals_eager(case):
+    kind, kw = CASES[case]
+    torch.manual_seed(0)
+    m = getattr(gnn, kind)(3, 4, dtype=torch.float64, backend="numpy", **kw)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(m)(x).graph_break_count == 0
+    compiled = torch.compile(m, fullgraph=True)
+    for a, b in zip(_grads(m, x), _grads(compiled, x)):   # the compiled graph sums in its own order
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("make,shape", [(lambda: gnn.LSTMCell(3, 4, dtype=torch.float64, backend="numpy"), (2, 3)),
+                                        (lambda: gnn.JordanRNN(3, 4, 2, dtype=torch.float64, backend="numpy"), (5, 2, 3))],
+                         ids=["lstm_cell", "jordan"])
+def test_compile_cells_and_jordan(make, shape):
+    torch.manual_seed(0)
+    m, x = make(), torch.randn(shape, dtype=torch.float64)
+    torch._dynamo.reset()
+    for a, b in zip(m(x), torch.compile(m, fullgraph=True)(x)):
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
+
+
+def test_export_round_trip(tmp_path):
+    torch.manual_seed(0)
+    m = gnn.GRU(3, 4, num_layers=2, bidirectional=True, backend="numpy")
+    x = torch.randn(5, 2, 3)
+    path = tmp_path / "gru.pt2"
+    torch.export.save(torch.export.export(m, (x,)), path)
+    code = ("import sys, torch, gpurnn.nn\n"
+            "ep = torch.export.load(sys.argv[1])\n"
+            "y, h = ep.module()(torch.load(sys.argv[2]))\n"
+            "torch.save((y, h), sys.argv[3])\n")
+    torch.save(x, tmp_path / "x.pt")
+    subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.pt"), str(tmp_path / "out.pt")],
+                   check=True)
+    y, h = torch.load(tmp_path / "out.pt")
+    y_ref, h_ref = m(x)
+    torch.testing.assert_close(y, y_ref, atol=0, rtol=0)
+    torch.testing.assert_close(h, h_ref, atol=0, rtol=0)
+
+
+def test_torchscript_says_to_use_compile_or_export():
+    with pytest.raises(RuntimeError, match="TorchScript.*torch.compile.*torch.export"):
+        torch.jit.script(gnn.LSTM(3, 4))
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_torch_func_grad_and_jacrev_match_torch_nn_and_vmap_runs(kind):
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, kind)(3, 4, dtype=torch.float64)
+    mine = getattr(gnn, kind)(3, 4, dtype=torch.float64, backend="numpy")
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+
+    def loss(m):
+        return lambda params, x: functional_call(m, params, (x,))[0].pow(2).sum()
+
+    g_ref = grad(loss(ref))(dict(ref.named_parameters()), x)
+    g = grad(loss(mine))(dict(mine.named_parameters()), x)
+    for name in g_ref:
+        torch.testing.assert_close(g[name], g_ref[name], atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(jacrev(lambda x: mine(x)[0])(x), jacrev(lambda x: ref(x)[0])(x),
+                               atol=1e-12, rtol=1e-12)
+    xs = torch.randn(4, 5, 2, 3, dtype=torch.float64)   # torch.nn's modules have no vmap rule
+    torch.testing.assert_close(vmap(lambda x: mine(x)[0])(xs), torch.stack([ref(x)[0] for x in xs]),
+                               atol=1e-12, rtol=1e-12)
