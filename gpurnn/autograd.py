@@ -155,6 +155,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[-1], x, *[t for t, n in zip(slots, names) if t is not None and n and n not in BIASES])
     ctx.inputs, ctx.args = (x, *slots), (teacher, cell, n_state, reverses, batch_sizes, backend, options)
     ctx.versions = [None if t is None else t._version for t in ctx.inputs]
+    ctx.set_materialize_grads(False)   # an unused output's gradient is None (see _unreached)
 
 
 def _backward(ctx, *grads):
@@ -164,7 +165,19 @@ def _backward(ctx, *grads):
     else:
         found = torch.ops.gpurnn.layer_backward(handle, *grads[:-1], *ctx.inputs, *ctx.args)
         found = [None if t is None or g.numel() == 0 and t.numel() else g for t, g in zip(ctx.inputs, found)]
+    for i in _unreached(ctx, grads):
+        found[i] = None
     return (*found, *[None] * (len(ctx.args) + 1))
+
+
+def _unreached(ctx, grads):
+    """Inputs whose gradient torch.nn leaves None because no used output depends on them: an LSTM
+    projection W_hr at T = 1 reaches only y and h_T (c_1 does not depend on h_1)."""
+    if ctx.args[1] != "lstm" or ctx.inputs[0].shape[0] != 1:
+        return []
+    w_hr = STATES + cells.WEIGHT_NAMES["lstm"].index("w_hr")
+    return [1 + d * SLOT + w_hr for d in range(len(ctx.args[3]))
+            if grads[d * (1 + STATES)] is None and grads[d * (1 + STATES) + 1] is None]
 
 
 def _differentiable_backward(ctx, grads):
@@ -219,11 +232,17 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
                                             for state0, weights, reverse in directions],
                           backend=name, batch_sizes=batch_sizes, **opts)
         return [tuple(t.to(dtype) for t in out) for out in outs]
+    tensors = [t for state0, weights, _ in directions for t in (*state0, *weights)]
+    for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [x, *tensors])
+    if name == "numpy" and x.shape[0] == 1 and not for_backward and not torch.compiler.is_compiling():
+        # One step without gradient (autoregressive generation): the engine's fixed cost per call
+        # (custom op dispatch, array views, buffers) is several times the step itself, so it runs
+        # as the torch loop (profiling/results/cpu/single_step.md).
+        return [torch_loop.layer(cell, x, state0, weights, reverse=reverse, batch_sizes=batch_sizes, **opts)
+                for state0, weights, reverse in directions]
     if name == "numpy":
         opts = dict(opts, gemm="torch")   # see arrays.torch_matmul
     teacher = opts.pop("teacher", None)
-    tensors = [t for state0, weights, _ in directions for t in (*state0, *weights)]
-    for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [x, *tensors])
     n_state, n_dirs = len(directions[0][0]), len(directions)
     packed = torch.ops.gpurnn.layer(x, *_pack(tensors, cell, n_state, n_dirs), teacher, cell, n_state,
                                     [r for _, _, r in directions], batch_sizes, name,

@@ -5,7 +5,9 @@ create_graph=True, a gradient penalty, gradgradcheck).
 The engine computes gradients on NumPy/CuPy arrays, which autograd cannot see; this loop
 gives autograd the same function (the equations of DESIGN.md, torch's gate orders) so that
 torch.autograd.grad of it, with create_graph=True, is the first derivative as a graph.
-It is written plainly, a step at a time, and runs only on that path.
+A step is torch's own cell function where it serves (torch.gru_cell, rnn_tanh_cell,
+rnn_relu_cell: differentiable twice, and vmappable); the LSTM's and Jordan's are written out.
+It also runs single steps without gradient, and the layer under torch.func transforms.
 
     x (T, B, I)   state0: (h,), (h, c) or (s,), each (B, ·)   weights: cells.WEIGHT_NAMES order
     returns (y (T, B, ·), *state_T), as the engine's forward does
@@ -14,13 +16,13 @@ import torch
 
 
 def _elman(x_t, state, w, opts):
-    w_ih, w_hh, b_ih, b_hh = w
-    z = _linear(x_t, w_ih, b_ih) + _linear(state[0], w_hh, b_hh)
-    h = torch.tanh(z) if opts.get("nonlinearity", "tanh") == "tanh" else torch.relu(z)
+    cell = torch.rnn_tanh_cell if opts.get("nonlinearity", "tanh") == "tanh" else torch.rnn_relu_cell
+    h = cell(x_t, state[0], *w)
     return h, (h,)
 
 
 def _lstm(x_t, state, w, opts):
+    # written out: torch.lstm_cell takes no projection and has no vmap rule
     w_ih, w_hh, b_ih, b_hh, w_hr = w
     h, c = state
     i, f, g, o = (_linear(x_t, w_ih, b_ih) + _linear(h, w_hh, b_hh)).chunk(4, dim=-1)
@@ -32,13 +34,7 @@ def _lstm(x_t, state, w, opts):
 
 
 def _gru(x_t, state, w, opts):
-    w_ih, w_hh, b_ih, b_hh = w
-    h = state[0]
-    x_r, x_z, x_n = _linear(x_t, w_ih, b_ih).chunk(3, dim=-1)
-    h_r, h_z, h_n = _linear(h, w_hh, b_hh).chunk(3, dim=-1)
-    r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
-    n = torch.tanh(x_n + r * h_n)
-    h = (1 - z) * n + z * h
+    h = torch.gru_cell(x_t, state[0], *w)   # b_hn inside r * (...), as DESIGN.md's GRU
     return h, (h,)
 
 
@@ -62,7 +58,7 @@ STEPS = {"elman": _elman, "lstm": _lstm, "gru": _gru, "jordan": _jordan}
 
 
 def _linear(a, w, b):
-    return a @ w.T if b is None else a @ w.T + b
+    return a @ w.T if b is None else torch.addmm(b, a, w.T)   # a is one step's (B, ·) rows
 
 
 def layer(cell, x, state0, weights, *, reverse=False, batch_sizes=None, **opts):
@@ -76,6 +72,9 @@ def layer(cell, x, state0, weights, *, reverse=False, batch_sizes=None, **opts):
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
         n = sizes[t]
         extra = {} if teacher is None else {"teacher_t": teacher[t, :n]}
+        if n == B:
+            ys[t], state = step(x[t], state, weights, opts, **extra)
+            continue
         y, new = step(x[t, :n], tuple(s[:n] for s in state), weights, opts, **extra)
         state = tuple(torch.cat([a, s[n:]]) for a, s in zip(new, state))
         ys[t] = torch.cat([y, y.new_zeros((B - n,) + y.shape[1:])])

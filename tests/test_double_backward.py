@@ -107,3 +107,21 @@ def test_a_changed_weight_after_forward_is_rejected_as_torch_does():
         m.weight_hh_l0.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
+
+
+def test_none_gradients_where_torch_gives_none():
+    """A 2-layer projected LSTM at T = 1 with a loss on c_n alone: W_hr of the last layer is
+    unreached, so its .grad stays None, as in torch.nn (optimizers treat None and 0 differently)."""
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(3, 4, num_layers=2, proj_size=2, dtype=torch.float64)
+    mine = gnn.LSTM(3, 4, num_layers=2, proj_size=2, dtype=torch.float64, backend="numpy")
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 2, 3, dtype=torch.float64)
+    for m in (ref, mine):
+        _, (h, c) = m(x)
+        c[1].sum().backward()
+    for (name, p), q in zip(mine.named_parameters(), ref.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-12, rtol=1e-12)
+    assert mine.weight_hr_l1.grad is None

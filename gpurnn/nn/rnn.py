@@ -125,7 +125,7 @@ class _EngineForward:
             for d in range(dirs):
                 k = layer * dirs + d
                 names = self._weight_names(layer, "_reverse" if d else "")
-                weights = [getattr(self, n) if hasattr(self, n) else None for n in names]
+                weights = [getattr(self, n, None) for n in names]
                 for name, w, shape in zip(names, weights, self._weight_shapes(layer, x.shape[-1])):
                     if w is not None and tuple(w.shape) != shape:
                         raise ValueError(f"{name}: expected shape {shape}, got {tuple(w.shape)}")
