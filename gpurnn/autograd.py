@@ -27,10 +27,11 @@ _KEYS = itertools.count()
 BIASES = ("b_ih", "b_hh", "b_h", "b_o")
 # The ops take and return a fixed number of tensors (functorch supports no tensor lists in a
 # custom op): per direction (2 at most) SLOT = 2 states + 6 weights, None where unused.
+# `reverses` has a letter a direction: "f" runs forward in time, "r" in reverse.
 DIRS, STATES, WEIGHTS = 2, 2, 6
 SLOT = STATES + WEIGHTS
 N_IN, N_OUT = DIRS * SLOT, DIRS * (1 + STATES)
-OPTIONS = "Tensor? teacher, str cell, int n_state, bool[] reverses, int[]? batch_sizes, str backend, str options"
+OPTIONS = "Tensor? teacher, str cell, int n_state, str reverses, int[]? batch_sizes, str backend, str options"
 SLOTS = ", ".join(f"Tensor? t{i}" for i in range(N_IN))
 
 
@@ -76,7 +77,7 @@ def _engine_forward(x, tensors, teacher, cell, n_state, reverses, batch_sizes, b
     with device_scope(x.device), torch.autocast(x.device.type, enabled=False):
         to_xp = lambda t: None if t is None else tensor_to_xp(t)
         directions = [(tuple(map(to_xp, g[:n_state])), dict(zip(cells.WEIGHT_NAMES[cell], map(to_xp, g[n_state:]))),
-                       reverse) for g, reverse in zip(_groups(tensors, len(reverses)), reverses)]
+                       reverse == "r") for g, reverse in zip(_groups(tensors, len(reverses)), reverses)]
         results = engine.forward_directions(cell, tensor_to_xp(x), directions, batch_sizes=batch_sizes,
                                             backend=backend, for_backward=for_backward, teacher=to_xp(teacher),
                                             **opts)
@@ -192,7 +193,7 @@ def _differentiable_backward(ctx, grads):
     tensors = _unpack(ctx.inputs[1:], cell, n_state, len(reverses))
     outs = []
     for g, reverse in zip(_groups(tensors, len(reverses)), reverses):
-        outs += torch_loop.layer(cell, ctx.inputs[0], g[:n_state], g[n_state:], reverse=reverse,
+        outs += torch_loop.layer(cell, ctx.inputs[0], g[:n_state], g[n_state:], reverse=reverse == "r",
                                  batch_sizes=batch_sizes, teacher=teacher, **json.loads(options))
     pairs = [(o, g) for o, g in zip(outs, _unpack_outputs(grads, n_state, len(reverses))) if g is not None]
     wanted = [i for i, t in enumerate(ctx.inputs) if t is not None and t.requires_grad]
@@ -233,7 +234,9 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
                           backend=name, batch_sizes=batch_sizes, **opts)
         return [tuple(t.to(dtype) for t in out) for out in outs]
     tensors = [t for state0, weights, _ in directions for t in (*state0, *weights)]
-    for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [x, *tensors])
+    # A traced graph (torch.jit.trace) must not depend on whether the trace ran with autograd on.
+    for_backward = torch.jit.is_tracing() or (torch.is_grad_enabled() and
+                                              any(t is not None and t.requires_grad for t in [x, *tensors]))
     if name == "numpy" and x.shape[0] == 1 and not for_backward and not torch.compiler.is_compiling():
         # One step without gradient (autoregressive generation): the engine's fixed cost per call
         # (custom op dispatch, array views, buffers) is several times the step itself, so it runs
@@ -245,7 +248,7 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
     teacher = opts.pop("teacher", None)
     n_state, n_dirs = len(directions[0][0]), len(directions)
     packed = torch.ops.gpurnn.layer(x, *_pack(tensors, cell, n_state, n_dirs), teacher, cell, n_state,
-                                    [r for _, _, r in directions], batch_sizes, name,
+                                    "".join("r" if r else "f" for _, _, r in directions), batch_sizes, name,
                                     json.dumps(opts, sort_keys=True), for_backward)
     flat, k = _unpack_outputs(packed[:-1], n_state, n_dirs), 1 + n_state
     return [tuple(flat[i * k:(i + 1) * k]) for i in range(n_dirs)]

@@ -78,4 +78,4 @@ def layer(cell, x, state0, weights, *, reverse=False, batch_sizes=None, **opts):
         y, new = step(x[t, :n], tuple(s[:n] for s in state), weights, opts, **extra)
         state = tuple(torch.cat([a, s[n:]]) for a, s in zip(new, state))
         ys[t] = torch.cat([y, y.new_zeros((B - n,) + y.shape[1:])])
-    return (torch.stack(ys), *state)
+    return (ys[0].unsqueeze(0) if T == 1 else torch.stack(ys), *state)

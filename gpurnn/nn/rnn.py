@@ -62,7 +62,7 @@ class _EngineForward:
         dtype = autocast_dtype(TORCH_NAMES[self._cell], x.device)
         x, hx = autocast(x, dtype), [autocast(h, dtype) for h in hx]
         y, finals = self._run_stack(x, hx, batch_sizes, dtype)
-        finals = [torch.stack(f) for f in finals]
+        finals = [f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f) for f in finals]
         if unsorted_idx is not None:
             finals = [f.index_select(1, unsorted_idx) for f in finals]
         hidden = tuple(finals) if is_lstm else finals[0]
@@ -125,11 +125,13 @@ class _EngineForward:
             for d in range(dirs):
                 k = layer * dirs + d
                 names = self._weight_names(layer, "_reverse" if d else "")
-                weights = [getattr(self, n, None) for n in names]
+                weights = [self._parameters.get(n) if n in self._parameters else getattr(self, n, None)
+                           for n in names]
                 for name, w, shape in zip(names, weights, self._weight_shapes(layer, x.shape[-1])):
-                    if w is not None and tuple(w.shape) != shape:
+                    if w is not None and w.shape != shape:
                         raise ValueError(f"{name}: expected shape {shape}, got {tuple(w.shape)}")
-                weights = [autocast(w, autocast_dtype) for w in weights]
+                if autocast_dtype is not None:
+                    weights = [autocast(w, autocast_dtype) for w in weights]
                 directions.append(([h[k] for h in hx], weights, bool(d)))
             outs = []
             for y, *state in run_layers(self._cell, x, directions, backend=self.backend,
