@@ -111,3 +111,24 @@ def device_scope(device):
     with torch.cuda.device(device), cp.cuda.Device(device.index), \
             cp.cuda.ExternalStream(stream.cuda_stream, device.index):
         yield
+
+
+@contextlib.contextmanager
+def array_scope(array):
+    """The plain-array API's counterpart of device_scope: for a CuPy array, its device becomes
+    current, and torch's current stream (which the Triton launches use) is CuPy's current one,
+    so a CuPy user's work runs where CuPy would run it. NumPy arrays: nothing to do."""
+    if isinstance(array, np.ndarray):
+        yield
+        return
+    import cupy as cp
+
+    with cp.cuda.Device(array.device.id):
+        try:
+            import torch
+        except ImportError:   # the cupy backend needs no torch
+            yield
+            return
+        stream = torch.cuda.ExternalStream(cp.cuda.get_current_stream().ptr, device=array.device.id)
+        with torch.cuda.device(array.device.id), torch.cuda.stream(stream):
+            yield

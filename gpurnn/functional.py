@@ -10,7 +10,7 @@ x: (T, B, I) in time-major order. Weights follow torch's names and shapes
 import numpy as np
 
 from . import backends, cells, engine
-from .arrays import get_xp
+from .arrays import array_scope, get_xp
 from .checks import check_choice, check_floating, check_rank, check_same_dtype, check_shape
 from .cells import NONLINEARITIES, OUTPUT_ACTIVATIONS
 
@@ -127,8 +127,9 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     opts = {"nonlinearity": nonlinearity, "for_backward": bool(for_backward)}
     if cell == "jordan":
         opts.update(output_activation=output_activation, teacher=teacher)
-    return engine.forward(cell, x, state0, w, batch_sizes=batch_sizes, reverse=reverse,
-                          backend=name, **opts)
+    with array_scope(x):
+        return engine.forward(cell, x, state0, w, batch_sizes=batch_sizes, reverse=reverse,
+                              backend=name, **opts)
 
 
 def backward(tape, dy=None, dstate=None):
@@ -151,4 +152,5 @@ def backward(tape, dy=None, dstate=None):
         _check_same_xp("dy", dy, xp)
         check_same_dtype("dy", dy.dtype, "the forward's x", tape.dtype)
         check_shape("dy", dy.shape, tape.cell.outputs().shape)
-    return engine.backward(tape, dy, dstate)
+    with array_scope(tape.cell.x):
+        return engine.backward(tape, dy, dstate)

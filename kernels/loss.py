@@ -1,15 +1,17 @@
 """Fused sequence loss: -log softmax(W h_n + b)[y_n] per row, never holding all logits.
 
 # h: (N, H)   w: (V, H)   b: (V,)   y: (N,) int64   lse, loss, grad: (N,) accumulation dtype
-# dh: (N, H)  dw: (V, H)  db: (V,)  (accumulation dtype; cast back by the launcher)
+# dl: (chunk rows, V) accumulation dtype   dh: (N, H), dw: (V, H), db: (V,) in the data's dtype
 
 N = T*B rows (every step of every sequence). The vocabulary is streamed in
 BLOCK_V columns: the forward keeps a running max and sum per row (online
-logsumexp) and picks the target logit on the way; the backward recomputes one
-(BLOCK_N, BLOCK_V) logit tile per program, turns it into
-grad_n * (softmax - onehot), and adds its share into dh, dw and db with atomics,
-so no program ever holds more than a tile of logits and any H and V work
-(a 50k vocabulary costs N*4 bytes of extra memory, not N*V).
+logsumexp) and picks the target logit on the way, so it never holds more than a
+tile of logits (a 50k vocabulary costs N*4 bytes of extra memory, not N*V).
+The backward takes the rows in chunks of at most CHUNK_BYTES of logits: a kernel
+recomputes each (BLOCK_N, BLOCK_V) logit tile of the chunk and stores
+dlogit = grad_n * (softmax - onehot), then GEMMs give the chunk's dh = dlogit W and add
+dlogit^T h into dW, and a sum over rows gives db. No atomics: every sum has one order,
+so two runs give the same bits. Offsets are int64 (N*H or V*H may pass 2^31).
 """
 import torch
 import triton
@@ -18,6 +20,7 @@ import triton.language as tl
 from .common import dot_precision
 
 NUM_WARPS = 8
+CHUNK_BYTES = 64 << 20   # dlogits of one backward chunk
 # (BLOCK_N, BLOCK_V, BLOCK_H), checked with ptxas for sm_80/sm_90 (no spills, shared memory
 # under sm_80's 163 KB): float32 takes 16-wide H slices, since IEEE fp32 dots (the default)
 # run on FMA units and a 32-wide slice spills in the backward; float64 halves the tiles.
@@ -35,8 +38,10 @@ def _logit_tile(p_h, p_w, p_b, rows, cols, H, row_ok, col_ok,
     for k0 in range(0, H, BLOCK_H):
         ks = k0 + tl.arange(0, BLOCK_H)
         k_ok = ks < H
-        b_h = tl.load(p_h + rows[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b_wt = tl.load(p_w + cols[None, :] * H + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        b_h = tl.load(p_h + rows.to(tl.int64)[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                      other=0.0)
+        b_wt = tl.load(p_w + cols.to(tl.int64)[None, :] * H + ks[:, None], mask=k_ok[:, None] & col_ok[None, :],
+                       other=0.0)
         b_acc = tl.dot(b_h, b_wt, b_acc, input_precision=PRECISION, out_dtype=ACC)
     if HAS_BIAS:
         b_acc += tl.load(p_b + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
@@ -67,9 +72,10 @@ def _loss_fwd(p_h, p_w, p_b, p_y, p_loss, p_lse, N, V, H, ignore_index,
 
 
 @triton.jit
-def _loss_bwd(p_h, p_w, p_b, p_y, p_lse, p_grad, p_dh, p_dw, p_db, N, V, H,
-              HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
-              BLOCK_H: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+def _loss_dlogits(p_h, p_w, p_b, p_y, p_lse, p_grad, p_dl, N, V, H,
+                  HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                  BLOCK_H: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    """dl (N, V) = grad_n * (softmax(logits) - onehot(y_n)) for N rows (one chunk)."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     row_ok, col_ok = rows < N, cols < V
@@ -78,22 +84,9 @@ def _loss_bwd(p_h, p_w, p_b, p_y, p_lse, p_grad, p_dh, p_dw, p_db, N, V, H,
     b_lse = tl.load(p_lse + rows, mask=row_ok, other=0.0)
     b_y = tl.load(p_y + rows, mask=row_ok, other=-1)
     b_grad = tl.load(p_grad + rows, mask=row_ok, other=0.0)   # 0 for ignored rows
-    # d loss / d logit = grad_n * (softmax - onehot(y_n)); padded columns give exp(-inf) = 0
     b_dlogit = tl.exp(b_logit - b_lse[:, None]) - tl.where(cols[None, :] == b_y[:, None], 1.0, 0.0)
-    b_dlogit = b_dlogit * b_grad[:, None]
-    b_dlogit = tl.where(col_ok[None, :], b_dlogit, 0.0)
-    b_dlogit_in = b_dlogit.to(p_h.dtype.element_ty)
-    for k0 in range(0, H, BLOCK_H):
-        ks = k0 + tl.arange(0, BLOCK_H)
-        k_ok = ks < H
-        b_w = tl.load(p_w + cols[:, None] * H + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-        b_dh = tl.dot(b_dlogit_in, b_w, input_precision=PRECISION, out_dtype=ACC)
-        tl.atomic_add(p_dh + rows[:, None] * H + ks[None, :], b_dh, mask=row_ok[:, None] & k_ok[None, :])
-        b_h = tl.load(p_h + rows[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b_dw = tl.dot(tl.trans(b_dlogit_in), b_h, input_precision=PRECISION, out_dtype=ACC)
-        tl.atomic_add(p_dw + cols[:, None] * H + ks[None, :], b_dw, mask=col_ok[:, None] & k_ok[None, :])
-    if HAS_BIAS:
-        tl.atomic_add(p_db + cols, tl.sum(b_dlogit, axis=0), mask=col_ok)
+    tl.store(p_dl + rows.to(tl.int64)[:, None] * V + cols[None, :], b_dlogit * b_grad[:, None],
+             mask=row_ok[:, None] & col_ok[None, :])
 
 
 def _precision(dtype, precision):
@@ -118,9 +111,11 @@ def _acc_dtype(dtype):
 def forward(h, weight, bias, targets, ignore_index=-100, precision=None):
     """Per-row losses and logsumexps, both (N,) in the accumulation dtype.
 
-    h (N, H), weight (V, H), bias (V,) or None: contiguous, same dtype and device;
+    h (N, H), weight (V, H), bias (V,) or None: same dtype and device (made contiguous here);
     targets (N,) int64. Rows whose target is ignore_index get loss 0.
     """
+    h, weight, targets = h.contiguous(), weight.contiguous(), targets.contiguous()
+    bias = None if bias is None else bias.contiguous()
     N, H = h.shape
     V = weight.shape[0]
     meta = _meta(h.dtype, bias is not None, precision)
@@ -133,18 +128,35 @@ def forward(h, weight, bias, targets, ignore_index=-100, precision=None):
 
 
 def backward(h, weight, bias, targets, lse, grad, precision=None):
-    """(dh, dweight, dbias or None) for per-row loss gradients grad (N,), 0 on ignored rows."""
+    """(dh, dweight, dbias or None) for per-row loss gradients grad (N,), 0 on ignored rows.
+
+    Chunks of rows: the dlogits kernel, then dh = dl W, dW += dl^T h and db += sum(dl) as
+    GEMMs and sums in the data's dtype (accumulating in float32, float64 for float64 data).
+    """
+    h, weight, targets = h.contiguous(), weight.contiguous(), targets.contiguous()
+    bias = None if bias is None else bias.contiguous()
     N, H = h.shape
     V = weight.shape[0]
     meta = _meta(h.dtype, bias is not None, precision)
     acc_dtype = _acc_dtype(h.dtype)
-    dh = torch.zeros(N, H, dtype=acc_dtype, device=h.device)
+    grad = grad.to(acc_dtype).contiguous()
+    dh = torch.empty(N, H, dtype=h.dtype, device=h.device)
     dw = torch.zeros(V, H, dtype=acc_dtype, device=h.device)
-    db = torch.zeros(V, dtype=acc_dtype, device=h.device) if bias is not None else dw
-    grid = (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(V, meta["BLOCK_V"]))
-    _loss_bwd[grid](h, weight, weight if bias is None else bias, targets, lse,
-                    grad.to(acc_dtype).contiguous(), dh, dw, db, N, V, H, num_warps=NUM_WARPS, **meta)
-    return dh.to(h.dtype), dw.to(weight.dtype), None if bias is None else db.to(bias.dtype)
+    db = torch.zeros(V, dtype=acc_dtype, device=h.device) if bias is not None else None
+    rows = max(meta["BLOCK_N"], CHUNK_BYTES // (V * grad.element_size()) // meta["BLOCK_N"] * meta["BLOCK_N"])
+    dl = torch.empty(min(rows, N), V, dtype=acc_dtype, device=h.device)
+    for r0 in range(0, N, rows):
+        r1 = min(N, r0 + rows)
+        chunk = dl[:r1 - r0]
+        _loss_dlogits[(triton.cdiv(r1 - r0, meta["BLOCK_N"]), triton.cdiv(V, meta["BLOCK_V"]))](
+            h[r0:r1], weight, weight if bias is None else bias, targets[r0:r1], lse[r0:r1], grad[r0:r1], chunk,
+            r1 - r0, V, H, num_warps=NUM_WARPS, **meta)
+        chunk_io = chunk.to(h.dtype)
+        torch.mm(chunk_io, weight, out=dh[r0:r1])
+        dw += (chunk_io.T @ h[r0:r1]).to(acc_dtype)
+        if db is not None:
+            db += chunk.sum(0)
+    return dh, dw.to(weight.dtype), None if db is None else db.to(bias.dtype)
 
 
 _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
@@ -161,14 +173,14 @@ def compile_targets(hidden_size, dtype):
              "H": "i32", "ignore_index": "i64"}
     meta = _meta(dtype, True, None)   # what the launchers run
     out = []
-    for name, fn in (("loss_fwd", _loss_fwd), ("loss_bwd", _loss_bwd)):
+    for name, fn in (("loss_fwd", _loss_fwd), ("loss_dlogits", _loss_dlogits)):
         signature = {a: types.get(a, f"*{acc}") for a in fn.arg_names if a not in meta}
         out.append((name, fn, signature, dict(meta, num_warps=NUM_WARPS)))
     return out
 
 
 def compile_ahead(name, dtype, capability):
-    """triton.compile one kernel ("loss_fwd" or "loss_bwd") for sm_<capability>, no GPU needed.
+    """triton.compile one kernel ("loss_fwd" or "loss_dlogits") for sm_<capability>, no GPU needed.
 
     Needs TRITON_INTERPRET unset (interpreted functions do not compile).
     """
