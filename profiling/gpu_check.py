@@ -6,8 +6,10 @@
    the split-hidden path (grid barrier) and its stepwise fallback forced at a
    small H, and in groups of one batch tile per launch; determinism; kernel
    launches independent of T;
-2. the headline benchmark (LSTM B=16 T=1024 H=768 bf16, H=128/256 at B=16/64)
-   and then `bench.py --quick`, each in a subprocess with a time limit;
+   each check in its own process with a time limit, so that a hang (a grid barrier that
+   never opens) costs one check and is reported as HANG; a 30-second smoke test first;
+2. the headline benchmark (LSTM B=16 T=1024 H=768 bf16, H=128/256 at B=16/64) right after
+   the smoke test, the other checks, then `bench.py --quick` with what time is left;
 3. writes profiling/results/<gpu name>/gpu_check.{md,csv} (under --out) and
    prints a short table last.
 
@@ -17,6 +19,7 @@ import argparse
 import contextlib
 import csv
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -29,7 +32,6 @@ import torch
 HERE = Path(__file__).resolve().parent
 DEVICE = "cuda"                # --dry-run: "cpu" under TRITON_INTERPRET=1, to test this script
 BUDGET_S = 470                 # the whole script, leaving margin under 8 minutes
-CHECKS_BUDGET_S = 170          # correctness checks; what is left goes to the benchmarks
 # A kernel passes when its error (vs float64) is at most FACTOR x cuDNN's error at the same dtype,
 # or under the floor: a few ulps of the dtype times the growth of rounding over T steps of BPTT.
 FACTOR = 4.0
@@ -204,22 +206,51 @@ def check_list(engine_backend):
     return out
 
 
-def run_checks(deadline, engine_backend):
-    rows = []
-    for name, fn in check_list(engine_backend):
-        kind = name.split()[0]
-        if kind in KERNEL_OF and importlib.util.find_spec(f"gpurnn.kernels.{KERNEL_OF[kind]}") is None:
-            rows.append((name, "SKIP", f"no kernels/{KERNEL_OF[kind]}.py", 0.0))
-            continue
-        if time.perf_counter() > deadline:
-            rows.append((name, "SKIP", "out of time", 0.0))
-            continue
-        t0 = time.perf_counter()
+SMOKE = "lstm float32 T=33 B=5 H=48 2-layer bidir"   # first, alone: does anything run at all?
+SMOKE_S, CHECK_S = 30, 60                            # time limits of one check's process
+
+
+def run_one(name, engine_backend):
+    """Run the check `name` in this process; prints its result as the last line (status, note)."""
+    fn = dict(check_list(engine_backend))[name]
+    kind = name.split()[0]
+    if kind in KERNEL_OF and importlib.util.find_spec(f"gpurnn.kernels.{KERNEL_OF[kind]}") is None:
+        status, note = "SKIP", f"no kernels/{KERNEL_OF[kind]}.py"
+    else:
         try:
             ok, note = fn()
             status = "ok" if ok else "FAIL"
-        except Exception as err:   # one broken kernel must not hide the others' results
+        except Exception as err:   # reported, not raised: the parent reads the last line
             status, note = "FAIL", f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+    print(json.dumps([status, note]), flush=True)
+
+
+def isolated(cmd, timeout):
+    """(status, note) of a check run as `cmd` in its own process: a hang (a grid barrier that
+    never opens) costs this one check its time limit and is reported as HANG."""
+    try:
+        out = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        return "HANG", f"no result after {timeout:.0f} s; process killed"
+    lines = out.stdout.strip().splitlines()
+    try:
+        return tuple(json.loads(lines[-1]))
+    except (IndexError, ValueError):
+        err = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return "FAIL", f"exit {out.returncode}: {err[:160]}"
+
+
+def run_checks(names, deadline, engine_backend, dry_run):
+    rows = []
+    for name in names:
+        left = deadline - time.perf_counter()
+        if left < 5:
+            rows.append((name, "SKIP", "out of time", 0.0))
+            continue
+        limit = min(left, SMOKE_S if name == SMOKE else CHECK_S) * (20 if dry_run else 1)   # interpreter: slow
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--one", name, "--engine", engine_backend]
+        t0 = time.perf_counter()
+        status, note = isolated(cmd + (["--dry-run"] if dry_run else []), limit)
         rows.append((name, status, note, time.perf_counter() - t0))
         print(f"{status:4s} {name}: {note} ({rows[-1][3]:.1f} s)", flush=True)
     return rows
@@ -247,6 +278,8 @@ def main(argv=None):
     p.add_argument("--no-bench", action="store_true")
     p.add_argument("--dry-run", action="store_true",
                    help="the checks on the CPU under TRITON_INTERPRET=1 (slow; tests this script), no bench")
+    p.add_argument("--one", help=argparse.SUPPRESS)      # one check, in the process the parent started
+    p.add_argument("--engine", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     global DEVICE
     if args.dry_run:
@@ -256,30 +289,38 @@ def main(argv=None):
     elif not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU visible to torch; nothing to check")
         return 2
+    # torch lets cuDNN use TF32 for fp32 RNNs by default; the fp32 yardstick must be real fp32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    if args.one:
+        run_one(args.one, args.engine)
+        return 0
     start = time.perf_counter()
     out_dir = args.out / gpu_slug()
     out_dir.mkdir(parents=True, exist_ok=True)
     engine_backend = "cupy" if DEVICE == "cuda" and importlib.util.find_spec("cupy") else "numpy"
     print(f"gpu_check on {device_name()} (torch {torch.__version__}); engine: {engine_backend}",
           flush=True)
-    # torch lets cuDNN use TF32 for fp32 RNNs by default; the fp32 yardstick must be real fp32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    rows = run_checks(start + CHECKS_BUDGET_S, engine_backend)
+    # Order: a smoke test, the headline benchmark, then every other check (each in its own
+    # process with a time limit), then the quick sweep with what time is left.
+    rows = run_checks([SMOKE], start + SMOKE_S + 5, engine_backend, args.dry_run)
     if not args.no_bench:
         headline = ["--device", "cuda", "--cells", "lstm", "--dtype", "bfloat16", "--batch", "16,64",
                     "--steps", "1024", "--hidden", "128,256,768", "--name", "headline", "--out", str(out_dir),
                     # torch.compile of the loop would take most of the time limit here
                     "--providers", "gpurnn-triton,gpurnn-cupy,torch.nn,loop,floor,floor-grid"]
-        left = BUDGET_S - (time.perf_counter() - start)
-        rows.append(("bench headline (lstm bf16 T=1024)", *run_bench(headline, min(left, 150)), 0.0))
+        rows.append(("bench headline (lstm bf16 T=1024)", *run_bench(headline, 150), 0.0))
+    others = [name for name, _ in check_list(engine_backend) if name != SMOKE]
+    deadline = start + (BUDGET_S - 60 if not args.no_bench else BUDGET_S * (20 if args.dry_run else 1))
+    rows += run_checks(others, deadline, engine_backend, args.dry_run)
+    if not args.no_bench:
         left = BUDGET_S - (time.perf_counter() - start)
         rows.append(("bench --quick", *run_bench(["--quick", "--device", "cuda", "--out", str(out_dir)], left), 0.0))
     with open(out_dir / "gpu_check.csv", "w", newline="") as f:
         csv.writer(f).writerows([("check", "status", "note", "seconds")] + rows)
     table = ["| check | status | note |", "|---|---|---|"] + [f"| {n} | {s} | {note} |" for n, s, note, _ in rows]
     (out_dir / "gpu_check.md").write_text(f"# gpu_check on {device_name()}\n\n" + "\n".join(table) + "\n")
-    failed = sum(s == "FAIL" for _, s, _, _ in rows)
+    failed = sum(s in ("FAIL", "HANG") for _, s, _, _ in rows)
     print("\n" + "\n".join(table))
     print(f"gpu_check: {len(rows)} checks, {failed} failed, {time.perf_counter() - start:.0f} s; results in {out_dir}")
     return 1 if failed else 0
