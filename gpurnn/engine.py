@@ -11,7 +11,10 @@ Steps 1 and 4 of the data flow (input projection, weight gradients) are GEMMs
 over all T*B rows inside the cells; this module runs the time loop (step 2
 forward, step 3 reverse) with packed-sequence masking and direction.
 """
+import functools
 from dataclasses import dataclass
+
+import numpy as np
 
 from . import cells
 from .arrays import compute_dtype, get_xp, torch_matmul, xp_matmul
@@ -31,6 +34,13 @@ class Saved:
     io_dtype: str
     for_backward: bool
     backward_buffers: object = None   # the last backward's Allocations
+
+
+@functools.lru_cache(maxsize=64)
+def _padding(xp, sizes, B):
+    """(T, B) bool: rows past their length at each step; on xp's device, made once per sizes
+    (one host-to-device copy, not one zeroing launch per step)."""
+    return xp.asarray(np.arange(B)[None, :] >= np.asarray(sizes)[:, None])
 
 
 def _cast(a, dtype):
@@ -140,10 +150,8 @@ def _start_forward(cell, x, state0, weights, reverse, batch_sizes, backend, gemm
 def _finish_forward(name, c, run, io_dtype):
     dtype = run.dtype
     y = c.outputs()
-    if run.batch_sizes is not None:
-        y = y.copy()
-        for t in range(y.shape[0]):
-            y[t, run.sizes[t]:] = 0
+    if run.batch_sizes is not None:   # rows past their length output zeros
+        y = c.xp.where(_padding(c.xp, tuple(run.sizes), y.shape[1])[:, :, None], 0, y).astype(y.dtype, copy=False)
     y = _time_order(y, run.reverse)
     saved = Saved(c, name, dtype, run.sizes if run.batch_sizes is not None else None, run.reverse, run.state_shapes,
                   run.fused, io_dtype, run.for_backward)

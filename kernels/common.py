@@ -286,9 +286,17 @@ def as_tensor(a):
 
 
 def sizes_tensor(sizes, like):
+    """The active rows of each step as an int32 tensor on like's device: copied from the host
+    once per distinct sizes and device, then reused (a host-to-device copy from pageable
+    memory synchronises the stream). The kernels only read it."""
+    return _sizes_tensor(tuple(int(n) for n in sizes), like.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _sizes_tensor(sizes, device):
     import torch
 
-    return torch.tensor(list(sizes), dtype=torch.int32, device=like.device)
+    return torch.tensor(sizes, dtype=torch.int32, device=device)
 
 
 def acc_dtype(buffer):
