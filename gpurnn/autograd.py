@@ -15,7 +15,6 @@ reruns the engine's forward first. Double backward (create_graph) reruns the lay
 ops (torch_loop.py) instead, so that the gradient is itself a graph.
 """
 import itertools
-import json
 import weakref
 import torch
 
@@ -70,9 +69,19 @@ def _unpack_outputs(packed, n_state, n_dirs):
     return [t for d in range(n_dirs) for t in packed[d * (1 + STATES):d * (1 + STATES) + 1 + n_state]]
 
 
+def _options(opts):
+    """The layer's string options (nonlinearity, output_activation, gemm, io_dtype) as one string
+    "key=value;...": custom ops take strings, and torch.compile traces this (not json)."""
+    return ";".join(f"{k}={v}" for k, v in sorted(opts.items()) if v is not None)
+
+
+def _parse_options(options):
+    return dict(item.split("=", 1) for item in options.split(";") if item)
+
+
 def _engine_forward(x, tensors, teacher, cell, n_state, reverses, batch_sizes, backend, options, for_backward):
     """[engine.Saved of each direction], [y, *state_T of each direction] as tensors."""
-    opts = json.loads(options)
+    opts = _parse_options(options)
     # autocast off: the engine's GEMMs through torch (arrays.torch_matmul) must keep the dtype
     with device_scope(x.device), torch.autocast(x.device.type, enabled=False):
         to_xp = lambda t: None if t is None else tensor_to_xp(t)
@@ -148,58 +157,77 @@ def _(handle, *args):
 def _setup_context(ctx, inputs, output):
     x, slots, (teacher, cell, n_state, reverses, batch_sizes, backend, options, _) = \
         inputs[0], inputs[1:1 + N_IN], inputs[1 + N_IN:]
-    # The engine's backward reads x and the weights through zero-copy views (not the initial
-    # states or the biases, which forward copies): saving them lets torch's version counter
-    # reject an in-place change before backward, as torch.nn does. Double backward reruns the
-    # whole layer in torch ops, so it keeps every input, and checks their versions itself.
+    # The engine's backward reads x and the weights through zero-copy views: they are saved, so
+    # torch's version counter rejects an in-place change before backward, as torch.nn does, and
+    # saved-tensor hooks (checkpointing, offloading) see them. The initial states and biases are
+    # copied by forward and not read by backward (a bias changed in place after forward still
+    # gets its gradient, as in torch.nn); they are kept here for the paths that rerun the layer
+    # (double backward, a lost tape), which check that they have not changed.
     names = ([None] * STATES + list(cells.WEIGHT_NAMES[cell]) + [None] * SLOT)[:SLOT] * DIRS
-    ctx.save_for_backward(output[-1], x, *[t for t, n in zip(slots, names) if t is not None and n and n not in BIASES])
-    ctx.inputs, ctx.args = (x, *slots), (teacher, cell, n_state, reverses, batch_sizes, backend, options)
-    ctx.versions = [None if t is None else t._version for t in ctx.inputs]
+    ctx.saved_at = [i for i, (t, n) in enumerate(zip(slots, names)) if t is not None and n and n not in BIASES]
+    ctx.save_for_backward(output[-1], x, *[slots[i] for i in ctx.saved_at])
+    ctx.unsaved = {i: (t, t._version) for i, t in enumerate(slots) if t is not None and i not in ctx.saved_at}
+    ctx.args = (teacher, cell, n_state, reverses, batch_sizes, backend, options)
     ctx.set_materialize_grads(False)   # an unused output's gradient is None (see _unreached)
 
 
+def _inputs(ctx, rerun):
+    """(handle, x, the N_IN slots) for backward; rerun: the caller reruns the layer on them, so the
+    tensors kept outside autograd's saved tensors must not have changed since forward."""
+    handle, x, *saved = ctx.saved_tensors   # raises if x or a weight was modified in place since forward
+    slots = [None] * N_IN
+    for i, t in zip(ctx.saved_at, saved):
+        slots[i] = t
+    for i, (t, version) in ctx.unsaved.items():
+        if rerun and t._version != version:
+            raise RuntimeError("one of the variables needed for gradient computation has been modified by "
+                               f"an inplace operation: a tensor of shape {tuple(t.shape)} is at version "
+                               f"{t._version}; expected version {version} instead (double backward, or a "
+                               "backward whose saved state was copied by a saved-tensor hook)")
+        slots[i] = t
+    return handle, x, slots
+
+
 def _backward(ctx, *grads):
-    handle = ctx.saved_tensors[0]   # raises if x or a weight was modified in place since forward
     if torch.is_grad_enabled():     # create_graph: the gradient must itself be differentiable
-        found = _differentiable_backward(ctx, grads[:-1])
+        _, x, slots = _inputs(ctx, rerun=True)
+        found = _differentiable_backward(ctx, x, slots, grads[:-1])
     else:
-        found = torch.ops.gpurnn.layer_backward(handle, *grads[:-1], *ctx.inputs, *ctx.args)
-        found = [None if t is None or g.numel() == 0 and t.numel() else g for t, g in zip(ctx.inputs, found)]
-    for i in _unreached(ctx, grads):
+        handle, x, slots = _inputs(ctx, rerun=False)
+        if not torch.compiler.is_compiling() and int(handle) not in _TAPES:
+            _inputs(ctx, rerun=True)   # the op reruns the forward: the unsaved inputs must be as they were
+        found = torch.ops.gpurnn.layer_backward(handle, *grads[:-1], x, *slots, *ctx.args)
+        found = [None if t is None or g.numel() == 0 and t.numel() else g for t, g in zip([x, *slots], found)]
+    for i in _unreached(x, ctx, grads):
         found[i] = None
     return (*found, *[None] * (len(ctx.args) + 1))
 
 
-def _unreached(ctx, grads):
+def _unreached(x, ctx, grads):
     """Inputs whose gradient torch.nn leaves None because no used output depends on them: an LSTM
     projection W_hr at T = 1 reaches only y and h_T (c_1 does not depend on h_1)."""
-    if ctx.args[1] != "lstm" or ctx.inputs[0].shape[0] != 1:
+    if ctx.args[1] != "lstm" or x.shape[0] != 1:
         return []
     w_hr = STATES + cells.WEIGHT_NAMES["lstm"].index("w_hr")
     return [1 + d * SLOT + w_hr for d in range(len(ctx.args[3]))
             if grads[d * (1 + STATES)] is None and grads[d * (1 + STATES) + 1] is None]
 
 
-def _differentiable_backward(ctx, grads):
+def _differentiable_backward(ctx, x, slots, grads):
     """The same gradients as a graph: torch.autograd.grad, with create_graph, of the layer rerun
     in torch ops on the inputs themselves."""
-    for t, version in zip(ctx.inputs, ctx.versions):
-        if t is not None and t._version != version:
-            raise RuntimeError("one of the variables needed for gradient computation has been modified "
-                               f"by an inplace operation: a tensor of shape {tuple(t.shape)} is at version "
-                               f"{t._version}; expected version {version} instead (double backward)")
     teacher, cell, n_state, reverses, batch_sizes, _, options = ctx.args
-    tensors = _unpack(ctx.inputs[1:], cell, n_state, len(reverses))
+    tensors = _unpack(slots, cell, n_state, len(reverses))
     outs = []
     for g, reverse in zip(_groups(tensors, len(reverses)), reverses):
-        outs += torch_loop.layer(cell, ctx.inputs[0], g[:n_state], g[n_state:], reverse=reverse == "r",
-                                 batch_sizes=batch_sizes, teacher=teacher, **json.loads(options))
+        outs += torch_loop.layer(cell, x, g[:n_state], g[n_state:], reverse=reverse == "r",
+                                 batch_sizes=batch_sizes, teacher=teacher, **_parse_options(options))
     pairs = [(o, g) for o, g in zip(outs, _unpack_outputs(grads, n_state, len(reverses))) if g is not None]
-    wanted = [i for i, t in enumerate(ctx.inputs) if t is not None and t.requires_grad]
-    found = torch.autograd.grad([o for o, _ in pairs], [ctx.inputs[i] for i in wanted], [g for _, g in pairs],
+    inputs = [x, *slots]
+    wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
+    found = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted], [g for _, g in pairs],
                                 create_graph=True, allow_unused=True)
-    out = [None] * len(ctx.inputs)
+    out = [None] * len(inputs)
     for i, g in zip(wanted, found):
         out[i] = g
     return out
@@ -217,13 +245,16 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
     kernels still hold the weights in bfloat16 (io_dtype).
     """
     name = backends.resolve(backend, x.is_cuda)
-    if torch._C._functorch.peek_interpreter_stack() is not None:
-        # Under torch.func (grad, jacrev, vmap, ...): torch 2.13's custom ops support no functorch
-        # transform, so the layer runs as the plain torch loop, which every transform understands.
+    tensors = [t for state0, weights, _ in directions for t in (*state0, *weights)]
+    compiling = torch.compiler.is_compiling()   # dynamo's frames look like a functorch transform
+    if not compiling and (torch._C._functorch.peek_interpreter_stack() is not None or
+                          any(_is_dual(t) for t in [x, *tensors])):
+        # Under torch.func (grad, jacrev, vmap, ...) and forward-mode AD: torch 2.13's custom ops
+        # support neither, so the layer runs as the plain torch loop, which both understand.
         return [torch_loop.layer(cell, x, state0, weights, reverse=reverse, batch_sizes=batch_sizes, **opts)
                 for state0, weights, reverse in directions]
     dtype = x.dtype
-    if dtype == torch.bfloat16:
+    if torch.bfloat16 in (x.dtype, *(t.dtype for t in tensors if t is not None)):
         up = lambda t: None if t is None else t.float()
         if name == "triton":
             opts = dict(opts, io_dtype="bfloat16")
@@ -233,11 +264,10 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
                                             for state0, weights, reverse in directions],
                           backend=name, batch_sizes=batch_sizes, **opts)
         return [tuple(t.to(dtype) for t in out) for out in outs]
-    tensors = [t for state0, weights, _ in directions for t in (*state0, *weights)]
     # A traced graph (torch.jit.trace) must not depend on whether the trace ran with autograd on.
     for_backward = torch.jit.is_tracing() or (torch.is_grad_enabled() and
                                               any(t is not None and t.requires_grad for t in [x, *tensors]))
-    if name == "numpy" and x.shape[0] == 1 and not for_backward and not torch.compiler.is_compiling():
+    if name == "numpy" and x.shape[0] == 1 and not for_backward and not compiling and dtype != torch.float16:
         # One step without gradient (autoregressive generation): the engine's fixed cost per call
         # (custom op dispatch, array views, buffers) is several times the step itself, so it runs
         # as the torch loop (profiling/results/cpu/single_step.md).
@@ -249,9 +279,14 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
     n_state, n_dirs = len(directions[0][0]), len(directions)
     packed = torch.ops.gpurnn.layer(x, *_pack(tensors, cell, n_state, n_dirs), teacher, cell, n_state,
                                     "".join("r" if r else "f" for _, _, r in directions), batch_sizes, name,
-                                    json.dumps(opts, sort_keys=True), for_backward)
+                                    _options(opts), for_backward)
     flat, k = _unpack_outputs(packed[:-1], n_state, n_dirs), 1 + n_state
     return [tuple(flat[i * k:(i + 1) * k]) for i in range(n_dirs)]
+
+
+def _is_dual(t):
+    """A forward-mode AD dual tensor (torch.autograd.forward_ad)."""
+    return t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
 
 
 def run_layer(cell, x, state0, weights, *, backend="auto", batch_sizes=None, reverse=False, **opts):

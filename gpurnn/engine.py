@@ -37,9 +37,9 @@ class Saved:
 
 
 @functools.lru_cache(maxsize=64)
-def _padding(xp, sizes, B):
-    """(T, B) bool: rows past their length at each step; on xp's device, made once per sizes
-    (one host-to-device copy, not one zeroing launch per step)."""
+def _padding(xp, sizes, B, device):
+    """(T, B) bool: rows past their length at each step; on the current device (named in the key),
+    made once per sizes (one host-to-device copy, not one zeroing launch per step)."""
     return xp.asarray(np.arange(B)[None, :] >= np.asarray(sizes)[:, None])
 
 
@@ -151,7 +151,8 @@ def _finish_forward(name, c, run, io_dtype):
     dtype = run.dtype
     y = c.outputs()
     if run.batch_sizes is not None:   # rows past their length output zeros
-        y = c.xp.where(_padding(c.xp, tuple(run.sizes), y.shape[1])[:, :, None], 0, y).astype(y.dtype, copy=False)
+        mask = _padding(c.xp, tuple(run.sizes), y.shape[1], str(getattr(y, "device", "cpu")))
+        y = c.xp.where(mask[:, :, None], 0, y).astype(y.dtype, copy=False)
     y = _time_order(y, run.reverse)
     saved = Saved(c, name, dtype, run.sizes if run.batch_sizes is not None else None, run.reverse, run.state_shapes,
                   run.fused, io_dtype, run.for_backward)

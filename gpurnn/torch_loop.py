@@ -1,12 +1,13 @@
 """One layer of each cell written in plain torch ops: the differentiable re-derivation that
-autograd._Layer's backward runs when its own result must be differentiated again (double backward:
+gpurnn::layer's backward runs when its own result must be differentiated again (double backward:
 create_graph=True, a gradient penalty, gradgradcheck).
 
 The engine computes gradients on NumPy/CuPy arrays, which autograd cannot see; this loop
 gives autograd the same function (the equations of DESIGN.md, torch's gate orders) so that
 torch.autograd.grad of it, with create_graph=True, is the first derivative as a graph.
 A step is torch's own cell function where it serves (torch.gru_cell, rnn_tanh_cell,
-rnn_relu_cell: differentiable twice, and vmappable); the LSTM's and Jordan's are written out.
+rnn_relu_cell: differentiable twice; vmap runs them through torch's slower per-example
+fallback); the LSTM's and Jordan's are written out.
 It also runs single steps without gradient, and the layer under torch.func transforms.
 
     x (T, B, I)   state0: (h,), (h, c) or (s,), each (B, ·)   weights: cells.WEIGHT_NAMES order

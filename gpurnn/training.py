@@ -254,7 +254,7 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
         if not (hasattr(a, "dtype") and hasattr(a, "shape")):
             raise TypeError(f"grads[{i}]: expected a NumPy or CuPy array, got {type(a).__name__}")
         check_floating(f"grads[{i}]", a.dtype, np.issubdtype(a.dtype, np.floating))
-        if not getattr(a, "flags", None) or not a.flags.writeable:
+        if not getattr(getattr(a, "flags", None), "writeable", True):   # CuPy arrays have no such flag
             raise ValueError(f"grads[{i}]: expected a writable array (it is scaled in place), got a read-only one")
     if not arrays:
         return np.zeros((), np.float32)

@@ -29,7 +29,9 @@ def test_compile_fullgraph_equals_eager(case):
     m = getattr(gnn, kind)(3, 4, dtype=torch.float64, backend="numpy", **kw)
     x = torch.randn(5, 2, 3, dtype=torch.float64)
     torch._dynamo.reset()
-    assert torch._dynamo.explain(m)(x).graph_break_count == 0
+    explained = torch._dynamo.explain(m)(x)
+    assert explained.graph_break_count == 0
+    assert "gpurnn.layer" in explained.graphs[0].code   # the engine's op, not an unrolled torch loop
     compiled = torch.compile(m, fullgraph=True)
     for a, b in zip(_grads(m, x), _grads(compiled, x)):   # the compiled graph sums in its own order
         torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
@@ -44,6 +46,21 @@ def test_compile_cells_and_jordan(make, shape):
     torch._dynamo.reset()
     for a, b in zip(m(x), torch.compile(m, fullgraph=True)(x)):
         torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
+
+
+def test_a_new_length_does_not_recompile():
+    m = gnn.GRU(3, 4, backend="numpy")
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    torch._dynamo.reset()
+    compiled = torch.compile(m, backend=backend, fullgraph=True, dynamic=True)
+    for T in (5, 6, 7, 9):
+        x = torch.randn(T, 2, 3)
+        torch.testing.assert_close(compiled(x)[0], m(x)[0], atol=0, rtol=0)
+    assert len(graphs) == 1 and "gpurnn.layer" in graphs[0].code
 
 
 def test_export_round_trip(tmp_path):
@@ -100,3 +117,15 @@ def test_torch_func_grad_and_jacrev_match_torch_nn_and_vmap_runs(kind):
     xs = torch.randn(4, 5, 2, 3, dtype=torch.float64)   # torch.nn's modules have no vmap rule
     torch.testing.assert_close(vmap(lambda x: mine(x)[0])(xs), torch.stack([ref(x)[0] for x in xs]),
                                atol=1e-12, rtol=1e-12)
+
+
+def test_forward_mode_ad_matches_torch_nn():
+    import torch.autograd.forward_ad as fwAD
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(3, 4, dtype=torch.float64)
+    mine = gnn.GRU(3, 4, dtype=torch.float64, backend="numpy")
+    mine.load_state_dict(ref.state_dict())
+    x, tangent = torch.randn(5, 2, 3, dtype=torch.float64), torch.randn(5, 2, 3, dtype=torch.float64)
+    with fwAD.dual_level():
+        outs = [fwAD.unpack_dual(m(fwAD.make_dual(x, tangent))[0]).tangent for m in (ref, mine)]
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-12, rtol=1e-12)

@@ -125,3 +125,41 @@ def test_none_gradients_where_torch_gives_none():
         if q.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, atol=1e-12, rtol=1e-12)
     assert mine.weight_hr_l1.grad is None
+
+
+def test_a_lost_tape_reruns_the_forward_or_refuses_a_changed_bias():
+    """A saved-tensor hook that copies (offloading to the host) loses the engine's tape: backward
+    reruns the forward, with the gradients of torch.nn; a bias changed in place meanwhile is
+    refused instead of giving other gradients."""
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(I, H, dtype=torch.float64)
+    mine = gnn.LSTM(I, H, dtype=torch.float64, backend="numpy")
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    copy = dict(pack_hook=lambda t: t.clone(), unpack_hook=lambda t: t)
+    for m in (ref, mine):
+        with torch.autograd.graph.saved_tensors_hooks(**copy):
+            y, _ = m(x)
+        y.pow(2).sum().backward()
+    torch.testing.assert_close(mine.weight_hh_l0.grad, ref.weight_hh_l0.grad, atol=1e-12, rtol=1e-12)
+    with torch.autograd.graph.saved_tensors_hooks(**copy):
+        y, _ = mine(x)
+    with torch.no_grad():
+        mine.bias_hh_l0.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_the_input_is_freed_after_backward_as_with_torch_nn():
+    import gc
+    import weakref
+    m = gnn.GRU(I, H, backend="numpy")
+    x = torch.randn(T, B, I).requires_grad_()
+    hidden = torch.tanh(x)            # an intermediate the layer reads
+    alive = weakref.ref(hidden)
+    y, _ = m(hidden)
+    loss = y.sum()
+    del hidden
+    loss.backward()
+    gc.collect()
+    assert alive() is None   # loss (and its graph) still alive

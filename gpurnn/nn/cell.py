@@ -8,7 +8,9 @@ from ..checks import check_choice, check_same_device
 from .common import TORCH_NAMES, autocast, autocast_dtype, check_tensor
 from .rnn import _EngineForward
 
-_DTYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16"}
+_DTYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16",
+                torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
+                torch.bool: "Bool"}   # as torch's messages name them
 
 
 class _CellForward:

@@ -32,7 +32,7 @@ class JordanRNN(torch.nn.Module):
         kw = {"device": device, "dtype": dtype}
         if not isinstance(decay, (int, float, list, tuple, torch.Tensor)) or isinstance(decay, bool):
             raise TypeError(f"decay: expected a number or a tensor of {output_size} values, got {type(decay).__name__}")
-        decay = torch.as_tensor(decay, **kw)
+        decay = torch.as_tensor(decay, device=device, dtype=dtype or torch.get_default_dtype())   # 1 is a float
         if decay.dim() > 1 or decay.numel() not in (1, output_size):
             raise ValueError(f"decay: expected a number or shape ({output_size},) (output_size), "
                              f"got shape {tuple(decay.shape)}")
@@ -98,6 +98,3 @@ class JordanRNN(torch.nn.Module):
         if not batched:
             return y.squeeze(1), s_next.squeeze(0)
         return (y.transpose(0, 1) if time_dim == 1 else y), s_next
-
-
-# torch.load(weights_only=True), torch's default, unpickles only allowed classes: a whole saved

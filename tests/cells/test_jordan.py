@@ -85,3 +85,11 @@ def test_in_place_change_before_backward_is_an_error():
         m.weight_ih.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
+
+
+def test_an_integer_decay_is_a_float_buffer():
+    a = gnn.JordanRNN(4, 6, 3, decay=1)
+    assert a.decay.dtype == torch.get_default_dtype()
+    b = gnn.JordanRNN(4, 6, 3, decay=0.5)
+    a.load_state_dict(b.state_dict())
+    assert torch.equal(a.decay, torch.full((3,), 0.5))
