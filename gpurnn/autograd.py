@@ -4,18 +4,19 @@ the modules of gpurnn.nn compose into stacks.
 
 Custom ops (torch.library) with fake implementations let torch.compile(fullgraph=True) and
 torch.export trace through a layer without a graph break; their autograd registration serves
-eager autograd. Under torch.func transforms, which custom ops do not support in torch 2.13,
-the layer runs as torch_loop's plain torch loop instead (slower, and exact).
+eager autograd. Under torch.func transforms and forward-mode AD, which custom ops do not
+support in torch 2.13, the layer runs as torch_loop's plain torch loop instead (slower, exact).
 
 The engine keeps what backward needs (its tape, engine.Saved) in NumPy/CuPy buffers that no
 tensor can carry: the forward op files it under a key and returns the key as a small tensor,
 the handle, which autograd saves for backward like any tensor; the tape is dropped when the
-handle is freed. Where the tape is gone (a compiled graph that copied the handle), backward
-reruns the engine's forward first. Double backward (create_graph) reruns the layer in torch
+handle is freed. Where the tape is gone (a saved-tensor hook or a compiled graph copied the
+handle), backward reruns the engine's forward first. Double backward (create_graph) reruns the layer in torch
 ops (torch_loop.py) instead, so that the gradient is itself a graph.
 """
 import itertools
 import weakref
+
 import torch
 
 from . import backends, cells, engine, torch_loop
@@ -24,8 +25,8 @@ from .arrays import device_scope, tensor_to_xp, xp_to_tensor
 _TAPES = {}                 # handle value -> [engine.Saved of each direction]
 _KEYS = itertools.count()
 BIASES = ("b_ih", "b_hh", "b_h", "b_o")
-# The ops take and return a fixed number of tensors (functorch supports no tensor lists in a
-# custom op): per direction (2 at most) SLOT = 2 states + 6 weights, None where unused.
+# The ops take and return a fixed number of tensors (torch 2.13's custom-op autograd mishandles
+# None inside a tensor list): per direction (2 at most) SLOT = 2 states + 6 weights, None where unused.
 # `reverses` has a letter a direction: "f" runs forward in time, "r" in reverse.
 DIRS, STATES, WEIGHTS = 2, 2, 6
 SLOT = STATES + WEIGHTS
