@@ -36,3 +36,9 @@ def check_same_device(name, device, ref_name, ref_device):
 def check_unit_interval(name, lo, hi):
     if not (0 <= lo and hi <= 1):
         raise ValueError(f"{name}: expected values in [0, 1], got values in [{lo}, {hi}]")
+
+
+def check_steps(T):
+    """A sequence needs a step, with torch.nn's exception and words."""
+    if T == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")

@@ -11,11 +11,10 @@ import numpy as np
 
 from . import backends, cells, engine
 from .arrays import array_scope, get_xp
-from .checks import check_choice, check_floating, check_rank, check_same_dtype, check_shape
+from .checks import check_choice, check_floating, check_rank, check_same_dtype, check_shape, check_steps
 from .cells import NONLINEARITIES, OUTPUT_ACTIVATIONS
 
 CELLS = {"rnn": "elman", "lstm": "lstm", "gru": "gru", "jordan": "jordan"}
-GATES = {"elman": 1, "lstm": 4, "gru": 3}
 OPTIONAL = ("b_ih", "b_hh", "w_hr", "b_h", "b_o")
 
 
@@ -26,7 +25,7 @@ def _expected_shapes(cell, w, input_size):
         shapes = {"w_ih": (H, input_size), "w_sh": (H, O), "b_h": (H,), "w_ho": (O, H), "b_o": (O,),
                   "decay": (O,)}
         return shapes, [("s0", O)]
-    G = GATES[cell]
+    G = cells.get(cell).GATES
     H = w["w_hh"].shape[0] // G
     P = w["w_hr"].shape[0] if w.get("w_hr") is not None else H
     shapes = {"w_ih": (G * H, input_size), "w_hh": (G * H, P), "b_ih": (G * H,), "b_hh": (G * H,)}
@@ -87,12 +86,11 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
         if a is not None:
             _check_same_xp(f"weights[{name!r}]", a, xp)
     T, B, I = x.shape
-    if T == 0:
-        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")   # torch.nn's words
+    check_steps(T)
     recurrent = "w_sh" if cell == "jordan" else "w_hh"
-    if w[recurrent].ndim != 2 or 0 in w[recurrent].shape or w[recurrent].shape[0] % GATES.get(cell, 1):
+    if w[recurrent].ndim != 2 or 0 in w[recurrent].shape or w[recurrent].shape[0] % cells.get(cell).GATES:
         raise ValueError(f"weights[{recurrent!r}]: expected a 2-D array with a nonzero multiple of "
-                         f"{GATES.get(cell, 1)} rows, got shape {tuple(w[recurrent].shape)}")
+                         f"{cells.get(cell).GATES} rows, got shape {tuple(w[recurrent].shape)}")
     if w["w_ih"].shape[-1] != I:
         raise ValueError(f"x: expected {w['w_ih'].shape[-1]} input features (last dim), as "
                          f"weights['w_ih'] has shape {tuple(w['w_ih'].shape)}, got shape {tuple(x.shape)}")

@@ -6,6 +6,7 @@
 from .base import Cell, bias_grads, add_bias, phi_, phi_grad_from_output
 
 WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh")
+GATES = 1   # blocks of rows in the input and recurrent weights
 
 
 def make(xp, w, matmul, opts, fused):

@@ -20,6 +20,7 @@ import numpy as np
 from .base import Cell, FeatureMajorCell, add_bias, sum_rows
 
 WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh")
+GATES = 3   # blocks of rows in the input and recurrent weights
 
 
 def make(xp, w, matmul, opts, fused):

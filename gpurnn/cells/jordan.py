@@ -6,6 +6,7 @@ the xp loop and the kernels (kernels/jordan.py).
 from .base import Cell, phi_, phi_grad_from_output, sigmoid_, sum_rows
 
 WEIGHT_NAMES = ("w_ih", "w_sh", "b_h", "w_ho", "b_o", "decay")
+GATES = 1   # blocks of rows in the input and recurrent weights
 NO_GRAD = ("decay",)   # a buffer, not a parameter
 
 

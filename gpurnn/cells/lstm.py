@@ -47,6 +47,7 @@ from ..arrays import transposed_copy
 from .base import Cell, FeatureMajorCell, add_bias, bias_grads
 
 WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+GATES = 4   # blocks of rows in the input and recurrent weights
 
 
 def make(xp, w, matmul, opts, fused):

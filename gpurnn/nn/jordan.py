@@ -6,7 +6,8 @@ import torch
 from .. import backends
 from ..autograd import run_layer
 from ..cells import NONLINEARITIES, OUTPUT_ACTIVATIONS
-from ..checks import check_choice, check_floating, check_same_device, check_same_dtype, check_shape, check_unit_interval
+from ..checks import (check_choice, check_floating, check_same_device, check_same_dtype, check_shape, check_steps,
+                      check_unit_interval)
 from .common import check_tensor, check_tensor_like
 
 
@@ -82,8 +83,7 @@ class JordanRNN(torch.nn.Module):
             x = x.transpose(0, 1)
             teacher = None if teacher is None else teacher.transpose(0, 1)
         T, B = x.shape[:2]
-        if T == 0:
-            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")   # torch.nn's words
+        check_steps(T)
         if s0 is None:
             s0 = x.new_zeros(B, self.output_size)
         else:

@@ -5,9 +5,9 @@ layers, dropout and packing are composed here with ordinary torch ops."""
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from .. import backends
+from .. import backends, cells
 from ..autograd import run_layers
-from ..checks import check_choice, check_floating, check_same_device
+from ..checks import check_choice, check_floating, check_same_device, check_steps
 from .common import TORCH_NAMES, autocast, autocast_dtype, check_tensor, check_tensor_like, packed_index
 
 
@@ -43,8 +43,7 @@ class _EngineForward:
         else:
             x = x.transpose(0, 1) if self.batch_first else x
             batch = x.shape[1]
-            if x.shape[0] == 0:
-                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+            check_steps(x.shape[0])
         check_floating("input", x.dtype, x.is_floating_point())
         check_same_device("input", x.device, "the module's parameters", self.weight_ih_l0.device)
         x = x.contiguous()
@@ -146,7 +145,7 @@ class _EngineForward:
 
     def _weight_shapes(self, layer, input_size):
         """The shapes _weight_names' parameters must have (torch.nn's layout)."""
-        G = {"elman": 1, "lstm": 4, "gru": 3}[self._cell] * self.hidden_size
+        G = cells.get(self._cell).GATES * self.hidden_size
         P = self.proj_size or self.hidden_size
         inputs = input_size if layer == 0 else P * (2 if self.bidirectional else 1)
         return [(G, inputs), (G, P), (G,), (G,), (P, self.hidden_size)]
