@@ -440,7 +440,15 @@ def choose_config(H, B, GP, elem_bytes, device, direction="fwd"):
         return cfg
     if device.type != "cuda" or interpreting() or os.environ.get("GPURNN_STEPWISE") == "1":
         return replace(cfg, mode="stepwise")
-    sms = sm_count(device)
+    return place(cfg, B, sm_count(device))
+
+
+def place(cfg, B, sms):
+    """A split config on a GPU with `sms` SMs: stepwise where its P slices alone exceed the SMs,
+    else in groups of batch tiles small enough to be resident together (profiling/static_cost.py
+    calls this with an H100's or A100's SM count)."""
+    if cfg.mode != "split":
+        return cfg
     if cfg.P > sms:
         return replace(cfg, mode="stepwise")
     if triton.cdiv(B, cfg.BB) * cfg.P > sms:

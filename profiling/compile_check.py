@@ -60,36 +60,52 @@ def _run_ptxas(ptx, arch):
     return out.stderr + out.stdout
 
 
-def compile_one(job):
-    """Compile one (module, index into its targets, H, dtype, arch); returns a result row."""
-    mod_name, index, hidden, dtype, arch = job
+def runtime_attrs(fn, signature, ints):
+    """What Triton's JIT specialises at a launch: every pointer is 16-byte aligned (every buffer the
+    launchers pass is), and so is an integer argument whose value (ints: name -> value, e.g. B and H)
+    is a multiple of 16, unless the kernel marks it do_not_specialize. Compiling with these attributes
+    gives the variant that runs (vectorised loads), not the unaligned fallback."""
+    params = {p.name: p for p in fn.params}
+    aligned = [k for k, v in signature.items() if v.startswith("*") or
+               (k in ints and not params[k].do_not_specialize and ints[k] % 16 == 0)]
+    return {(params[k].num,): [["tt.divisibility", 16]] for k in aligned}
+
+
+def build(fn, signature, constexprs, arch, ints):
+    """triton.compile one kernel as its launcher runs it: (compiled kernel, registers, spill bytes).
+    constexprs carry the launch options num_warps and maxnreg (common.target)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     triton.knobs.nvidia.dump_ptxas_log = True
-    name, fn, signature, constexprs = importlib.import_module(mod_name).compile_targets(hidden, dtype)[index]
     consts = dict(constexprs)
-    # launch options travel in constexprs (common.target); maxnreg only where the launcher passes it
     options = {"num_warps": consts.pop("num_warps", 4)}
     if "maxnreg" in consts:
         options["maxnreg"] = consts.pop("maxnreg")
     sig = dict(signature, **{k: "constexpr" for k in consts})
-    # pointers 16-byte aligned, as every buffer the launchers pass is: the variant Triton's JIT
-    # compiles at run time (vectorised loads), not the unaligned fallback
-    attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, v in signature.items() if v.startswith("*")}
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        k = triton.compile(ASTSource(fn, sig, consts, runtime_attrs(fn, signature, ints)),
+                           target=GPUTarget("cuda", arch, 32), options=options)
+    registers, spill = _ptxas_report(log.getvalue()) or _ptxas_report(_run_ptxas(k.asm["ptx"], arch))
+    return k, registers, spill
+
+
+def compile_one(job):
+    """Compile one (module, index into its targets, H, dtype, arch); returns a result row."""
+    mod_name, index, hidden, dtype, arch = job
+    name, fn, signature, constexprs = importlib.import_module(mod_name).compile_targets(hidden, dtype)[index]
+    consts = dict(constexprs)
     config = " ".join([f"{k}={v}" for k, v in consts.items() if k in ("BB", "S", "P", "NK")]
-                      + [f"{k.replace('num_', '')}={v}" for k, v in options.items()])
+                      + [f"{k.replace('num_', '')}={consts[k]}" for k in ("num_warps", "maxnreg") if k in consts])
     row = dict(kernel=name, hidden=hidden, dtype=dtype, arch=arch, config=config,
                registers=None, spill=None, shared=None, error=None)
     t0 = time.perf_counter()
-    log = io.StringIO()
     try:
-        with contextlib.redirect_stdout(log):
-            k = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
-                               options=options)
-        report = _ptxas_report(log.getvalue()) or _ptxas_report(_run_ptxas(k.asm["ptx"], arch))
-        row["registers"], row["spill"] = report
+        # B = one batch tile (a multiple of 16, as the headline shapes are); tanh (nonlin 0)
+        k, row["registers"], row["spill"] = build(fn, signature, consts, arch,
+                                                  dict(B=consts.get("BB", 16), H=hidden, nonlin=0))
         row["shared"] = k.metadata.shared
         if row["shared"] > SHARED_LIMIT[arch]:
             row["error"] = f"shared memory {row['shared']} B > {SHARED_LIMIT[arch]} B limit of sm_{arch}"
