@@ -10,8 +10,8 @@ A comment block naming every tensor by role and shape, then
     @triton.jit _bwd_* / _bwd_kernel(...)   the same for reverse time
     forward(cs, sizes_list, io_dtype=None)   launcher for a layer's cells (one per direction):
     backward(cs, sizes_list, io_dtype=None)  the engine's contract (gpurnn.cells.kernels)
-    compile_targets(hidden_size, dtype) -> [(name, jit_fn, signature, constexprs)]
-        the configs its launchers pick on a GPU (`compile_configs`), built with
+    compile_targets(hidden_size, dtype, arch=None) -> [(name, jit_fn, signature, constexprs)]
+        the configs its launchers pick on a GPU of that arch (`compile_configs`), built with
         `target` (constexprs also carry num_warps); signature maps every
         non-constexpr argument to a Triton type ('*fp32', 'i32').
 
@@ -46,8 +46,9 @@ Tiles. H is padded to HP = next power of two (>= 16) and masked. Gates get a
 gate dimension: a program's W tile is (HP, S*GP) with column s*GP + g holding
 row g*H + j0 + s of W_hh (GP = gates padded to a power of two; `load_w_fwd`),
 so one tl.dot gives all gates of the slice, `tl.reshape` to (BB, S, GP) and
-`gate` picks one. Forward and backward hold the same tile (the same S);
-warps and NK are chosen per direction (`tile_config(direction)`).
+`gate` picks one. S, warps and NK are chosen per direction (`tile_config(direction)`):
+a program holds W_BUDGET_BYTES of W, or on a GPU up to what its shared memory allows
+(`device_tile`, `w_budget`) where that makes the layer single mode or keeps P within the SMs.
 
 Backward across slices. A slice's gate gradients d (BB, S*GP) give its share
 d @ tile^T (BB, HP) of every unit's dh_{t-1}; in split/stepwise mode each
@@ -266,7 +267,12 @@ def grid_barrier(p_bar, target):
 # ----------------------------------------------------------------------------- host code
 
 NONLINEARITY_KIND = {"tanh": 0, "relu": 1}
-W_BUDGET_BYTES = 64 * 1024   # W held per program; beyond this, split the hidden dimension
+W_BUDGET_BYTES = 64 * 1024   # W held per program off the GPU (interpreter; see w_budget)
+# Shared memory a cell kernel takes besides W: h's layout conversion for the dot and kdot's
+# partial sums (up to (BB, HP) fp32 at HP=1024; compile_check checks the totals)
+KERNEL_SHARED_BYTES = 64 * 1024
+SHARED_BYTES = {80: 163 * 1024, 90: 227 * 1024}   # per block, opt-in: A100 and H100 (compile targets)
+ARCH_SMS = {80: 108, 90: 132}                      # their SM counts (A100, H100 SXM)
 NUM_WARPS = 8                # tensor-core dtypes; fp32: see warps_for
 REGISTERS_PER_SM = 64 * 1024   # 32-bit registers, sm_80 and sm_90
 # Batch rows per program: tl.dot's minimum. Per-step latency, not throughput, bounds a recurrence,
@@ -331,10 +337,24 @@ def dot_precision(dot):
     return value
 
 
-def sm_count(device):
-    import torch
+def device_limits(device):
+    """(SM count, shared memory per block in bytes, opt-in) of a CUDA device, as Triton's driver reads them."""
+    return _device_limits(device.index if device.index is not None else 0)
 
-    return torch.cuda.get_device_properties(device).multi_processor_count
+
+@functools.lru_cache(maxsize=None)
+def _device_limits(index):
+    props = triton.runtime.driver.active.utils.get_device_properties(index)
+    return props["multiprocessor_count"], props["max_shared_mem"]
+
+
+def w_budget(shared_bytes):
+    """W bytes one program may hold on a chip with shared_bytes per block: the largest power of two
+    (W tiles are powers of two) that leaves KERNEL_SHARED_BYTES for the kernel's own staging.
+    None (no GPU: the interpreter, compile targets without an arch): W_BUDGET_BYTES."""
+    if shared_bytes is None:
+        return W_BUDGET_BYTES
+    return 1 << ((shared_bytes - KERNEL_SHARED_BYTES).bit_length() - 1)
 
 
 @dataclass(frozen=True)
@@ -363,8 +383,12 @@ class Config:
         return min(255, REGISTERS_PER_SM // (32 * self.num_warps))
 
     def options(self):
-        """Launch options (kernel[grid](..., **cfg.options()) and compile_check's compile options)."""
-        return dict(num_warps=self.num_warps, maxnreg=self.maxnreg)
+        """Launch options (kernel[grid](..., **cfg.options()) and compile_check's compile options).
+
+        num_stages=1: each step of the time loop depends on the last, so software pipelining
+        gains nothing; it only multi-buffers the loop's loads in shared memory (the stepwise fp32
+        LSTM forward at H=768 took 256 KB on sm_90, over the chip's 227 KB: a launch failure)."""
+        return dict(num_warps=self.num_warps, maxnreg=self.maxnreg, num_stages=1)
 
 
 def tensor_cores(elem_bytes):
@@ -388,21 +412,23 @@ def warps_for(HP, elem_bytes, direction):
 
 
 def split_k(HP, elem_bytes, direction):
-    """Chunks of the forward dot's K (kdot): fp32 2 (1 spilled 1.5-4.8 KB at H=128), tensor cores one
-    per 256 of HP (1 spilled 200 B at fp16 H=512); each chunk >= 16 (tl.dot's minimum).
+    """Chunks of the forward dot's K (kdot): fp32 2 (1 spilled 1.5-4.8 KB at H=128); tensor cores
+    1 up to HP=256, else one per warp (NUM_WARPS): with fewer chunks than warps, the batched dot's
+    layout gave the spare warps the same MMAs again (profiling/static_cost.py: 512 MMAs a step where
+    the tile needs 256 at H=1024, 1024 for 256 at H=512); each chunk >= 16 (tl.dot's minimum).
 
     The backward's dot has N = HP: chunking its K would hold NK (BB, HP) partial sums (spilled KBs)."""
     if direction == "bwd":
         return 1
-    nk = max(1, HP // 256) if tensor_cores(elem_bytes) else 2
+    nk = (1 if HP <= 256 else NUM_WARPS) if tensor_cores(elem_bytes) else 2
     return max(1, min(nk, HP // 16))
 
 
-def tile_config(H, B, GP, elem_bytes, direction="fwd"):
+def tile_config(H, B, GP, elem_bytes, direction="fwd", budget=W_BUDGET_BYTES):
     """Tile sizes for a cell with GP (padded) gates and W held in elem_bytes per element, for the
     forward ("fwd") or backward ("bwd") kernel (B does not change them: every program takes BB rows).
 
-    The slice S halves until the W a program holds fits W_BUDGET_BYTES, in both
+    The slice S halves until the W a program holds fits `budget` bytes (w_budget), in both
     directions: a smaller backward S would remove the last spills (16-48 B, fp16/bf16
     backward at H >= 768 on sm_80 only) but double P, and LSTM H=768 at B=16 would
     then exceed the SM count and fall back to stepwise.
@@ -418,29 +444,50 @@ def tile_config(H, B, GP, elem_bytes, direction="fwd"):
         S = min(HP, max(s_min, triton.next_power_of_2(int(forced))))
     else:
         S = HP
-        while S > s_min and HP * GP * S * elem_bytes > W_BUDGET_BYTES:
+        while S > s_min and HP * GP * S * elem_bytes > budget:
             S //= 2
     return Config(BB, HP, S, triton.cdiv(H, S), warps_for(HP, elem_bytes, direction),
                   "single" if S >= H else "split", split_k(HP, elem_bytes, direction))
 
 
-def choose_config(H, B, GP, elem_bytes, device, direction="fwd"):
+def choose_config(H, B, GP, elem_bytes, device, direction="fwd", budget=None):
     """tile_config, with "split" only where every program of a launch can be resident (a CUDA device).
 
     A split grid larger than the SM count runs in groups of batch tiles, one launch per group
     (Config.tiles); a slice count P above the SM count runs stepwise. GPURNN_STEPWISE=1 makes
     a split config run stepwise (gpu_check tests that fallback on the GPU); GPURNN_TILES=<n>
     caps the batch tiles per launch in every mode (tests run the grouped launches).
+    budget: W bytes per program; default w_budget of the device's shared memory.
     """
-    cfg = tile_config(H, B, GP, elem_bytes, direction)
+    on_gpu = device.type == "cuda" and not interpreting()
+    if on_gpu and budget is None:
+        cfg = device_tile(H, B, GP, elem_bytes, direction, *device_limits(device))
+    else:
+        cfg = tile_config(H, B, GP, elem_bytes, direction, budget or W_BUDGET_BYTES)
     forced = int(os.environ.get("GPURNN_TILES", "0"))
     if forced:
         cfg = replace(cfg, tiles=forced)
     if cfg.mode != "split":
         return cfg
-    if device.type != "cuda" or interpreting() or os.environ.get("GPURNN_STEPWISE") == "1":
+    if not on_gpu or os.environ.get("GPURNN_STEPWISE") == "1":
         return replace(cfg, mode="stepwise")
-    return place(cfg, B, sm_count(device))
+    return place(cfg, B, device_limits(device)[0])
+
+
+def device_tile(H, B, GP, elem_bytes, direction, sms, shared_bytes):
+    """tile_config for a GPU with `sms` SMs and `shared_bytes` of shared memory per block.
+
+    W_BUDGET_BYTES per program, unless the chip's budget (w_budget) makes the whole W fit one
+    program (single mode: no exchange, no barrier) or brings P within the SM count (no stepwise
+    fallback). Not for the tensor-core backward: it holds W^T in registers, and twice the tile
+    spilled there (400 B at LSTM H=768 bf16 on sm_90; profiling/static_cost.py). The larger tile
+    is not taken otherwise: it spilled in the fp32 forward at H=128 (1.5 KB).
+    """
+    cfg = tile_config(H, B, GP, elem_bytes, direction)
+    if cfg.mode == "single" or (direction == "bwd" and tensor_cores(elem_bytes)):
+        return cfg
+    big = tile_config(H, B, GP, elem_bytes, direction, w_budget(shared_bytes))
+    return big if big.mode == "single" or cfg.P > sms else cfg
 
 
 def place(cfg, B, sms):
@@ -558,11 +605,13 @@ def setup(c, H, GP, io_dtype, direction):
     return T, B, h, cfg, consts
 
 
-def compile_configs(hidden_size, dtype, GP, direction="fwd"):
-    """The tile configs a launcher picks on a GPU for this size, dtype and direction
-    (any B: the tile is BB rows)."""
+def compile_configs(hidden_size, dtype, GP, direction="fwd", arch=None):
+    """The tile configs a launcher picks on a GPU of this arch (80, 90: ARCH_SMS, SHARED_BYTES; None:
+    tile_config's default budget) for this size, dtype and direction (any B: the tile is BB rows)."""
     acc, dot, _ = dtype_constexprs(dtype)
-    return [tile_config(hidden_size, BB, GP, w_elem_bytes(dot), direction)]
+    if arch is None:
+        return [tile_config(hidden_size, BB, GP, w_elem_bytes(dot), direction)]
+    return [device_tile(hidden_size, BB, GP, w_elem_bytes(dot), direction, ARCH_SMS[arch], SHARED_BYTES[arch])]
 
 
 def kernel_consts(cfg, direction, acc, dot, prec):
@@ -574,9 +623,14 @@ def kernel_consts(cfg, direction, acc, dot, prec):
 
 def direction_targets(name, fn, signature, constexprs, cfg):
     """`target` for one direction per launch (DIRS=1) and, where a layer's two directions share a
-    launch (single mode, see direction_plan), for two (DIRS=2, named ..._2dirs)."""
+    launch (single mode, see direction_plan), for two (DIRS=2, named ..._2dirs); a split config
+    also as it runs stepwise (SYNC off, named ..._stepwise: a GPU with fewer SMs than P)."""
     both = [(name, 1)] + ([(f"{name}_2dirs", 2)] if cfg.mode == "single" else [])
-    return [target(n, fn, signature, dict(constexprs, DIRS=dirs), cfg) for n, dirs in both]
+    out = [target(n, fn, signature, dict(constexprs, DIRS=dirs), cfg) for n, dirs in both]
+    if cfg.mode == "split":
+        stepwise = replace(cfg, mode="stepwise")
+        out.append(target(f"{name}_stepwise", fn, signature, dict(constexprs, DIRS=1, SYNC=False), stepwise))
+    return out
 
 
 def target(name, fn, signature, constexprs, cfg):

@@ -154,7 +154,7 @@ def backward(cs, sizes_list, io_dtype=None):
         _bwd_kernel, cfg, B, plan, T, t0 - 1, n, B, H, nonlin, **consts), reverse=True)
 
 
-def compile_targets(hidden_size, dtype):
+def compile_targets(hidden_size, dtype, arch=None):
     """(name, jit_fn, signature, constexprs) for every config the launchers use at this size and dtype."""
     ptr = cm.buffer_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
@@ -164,6 +164,6 @@ def compile_targets(hidden_size, dtype):
                          p_doff="*i64", T="i32", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32",
                          nonlin="i32"))
     kernels = dict(fwd=_fwd_kernel, bwd=_bwd_kernel)
-    return [t for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d)
+    return [t for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d, arch)
             for t in cm.direction_targets(f"elman_{d}", kernels[d], sigs[d],
                                           cm.kernel_consts(cfg, d, acc, dot, prec), cfg)]

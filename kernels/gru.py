@@ -202,7 +202,7 @@ def backward(cs, sizes_list, io_dtype=None):
         _bwd_kernel, cfg, B, plan, T, t0 - 1, n, B, H, **consts), reverse=True)
 
 
-def compile_targets(hidden_size, dtype):
+def compile_targets(hidden_size, dtype, arch=None):
     """(name, jit_fn, signature, constexprs) for every config the launchers use at this size and dtype."""
     ptr = cm.buffer_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
@@ -212,6 +212,6 @@ def compile_targets(hidden_size, dtype):
                          p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64", T="i32",
                          t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32"))
     kernels = dict(fwd=_fwd_kernel, bwd=_bwd_kernel)
-    return [t for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d)
+    return [t for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d, arch)
             for t in cm.direction_targets(f"gru_{d}", kernels[d], sigs[d],
                                           cm.kernel_consts(cfg, d, acc, dot, prec), cfg)]

@@ -208,8 +208,9 @@ def _padded(n):
     return max(16, triton.next_power_of_2(n))
 
 
-# A program holds at most half of cm.W_BUDGET_BYTES of W: both W tiles are dot operands every step,
-# and ptxas -v spills (up to ~30 KB in fp32) at the full budget, none at half.
+# A program holds at most half of cm.W_BUDGET_BYTES of W on every GPU (not the device's cm.w_budget:
+# its thresholds were measured at this one): both W tiles are dot operands every step, and ptxas -v
+# spills (up to ~30 KB in fp32) at the full budget, none at half. compile_targets ignores arch.
 W_SHARE = 2
 
 
@@ -230,7 +231,7 @@ def _config(H, O, B, elem_bytes, direction, device=None):
     """
     unit = _unit_bytes(H, O, elem_bytes)
     cfg = (cm.tile_config(H, B, 1, unit, direction) if device is None
-           else cm.choose_config(H, B, 1, unit, device, direction))
+           else cm.choose_config(H, B, 1, unit, device, direction, budget=cm.W_BUDGET_BYTES))
     warps = cm.warps_for(_padded(O), elem_bytes, direction)
     if direction == "fwd" and not cm.tensor_cores(elem_bytes) and cfg.P > 1:
         # fp32 forward with split H, compiled for 16-byte aligned buffers (what runs): 16 warps
@@ -304,7 +305,7 @@ def backward(cs, sizes_list, io_dtype=None):
         ds.copy_(carry[(T + 1) % 2])
 
 
-def compile_targets(hidden_size, dtype, output_size=None):
+def compile_targets(hidden_size, dtype, arch=None, output_size=None):
     """(name, jit_fn, signature, constexprs) for the configs the launchers use at this size and dtype.
 
     Output size O = min(H, 64) unless given; the softmax output activation (the

@@ -162,7 +162,7 @@ def backward(h, weight, bias, targets, lse, grad, precision=None):
 _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 
 
-def compile_targets(hidden_size, dtype):
+def compile_targets(hidden_size, dtype, arch=None):
     """(name, jit_fn, signature, constexprs) of both kernels for profiling/compile_check.py.
 
     dtype: a torch dtype or its name ("float32"); the tiles do not depend on hidden_size.

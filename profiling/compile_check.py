@@ -1,6 +1,6 @@
 """Compile every fused kernel ahead of time for sm_80 and sm_90, no GPU needed.
 
-Every module in gpurnn.kernels with a `compile_targets(hidden_size, dtype)`
+Every module in gpurnn.kernels with a `compile_targets(hidden_size, dtype, arch)`
 lists the configurations its launchers use; each is compiled with
 triton.compile for each hidden size, dtype and architecture. Registers and
 spills come from ptxas -v, shared memory from the kernel's metadata, checked
@@ -28,7 +28,11 @@ from pathlib import Path
 HIDDEN = (64, 128, 256, 512, 768, 1024)
 DTYPES = ("float32", "float16", "bfloat16")
 ARCHS = (80, 90)
-SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}   # bytes of shared memory one block may use
+
+# the chips' shared memory per block (the kernels size W by it); a copy, so that tests can lower the check's
+SHARED_LIMIT = dict(__import__("gpurnn.kernels.common", fromlist=["SHARED_BYTES"]).SHARED_BYTES)
+# launch options that travel in a target's constexprs (kernels/common.target), passed to triton.compile
+LAUNCH_OPTIONS = ("num_warps", "maxnreg", "num_stages", "launch_cooperative_grid")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "compile_check.md"
 
 
@@ -80,9 +84,7 @@ def build(fn, signature, constexprs, arch, ints):
 
     triton.knobs.nvidia.dump_ptxas_log = True
     consts = dict(constexprs)
-    options = {"num_warps": consts.pop("num_warps", 4)}
-    if "maxnreg" in consts:
-        options["maxnreg"] = consts.pop("maxnreg")
+    options = {"num_warps": 4, **{k: consts.pop(k) for k in LAUNCH_OPTIONS if k in consts}}
     sig = dict(signature, **{k: "constexpr" for k in consts})
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
@@ -95,10 +97,11 @@ def build(fn, signature, constexprs, arch, ints):
 def compile_one(job):
     """Compile one (module, index into its targets, H, dtype, arch); returns a result row."""
     mod_name, index, hidden, dtype, arch = job
-    name, fn, signature, constexprs = importlib.import_module(mod_name).compile_targets(hidden, dtype)[index]
+    name, fn, signature, constexprs = importlib.import_module(mod_name).compile_targets(hidden, dtype, arch)[index]
     consts = dict(constexprs)
     config = " ".join([f"{k}={v}" for k, v in consts.items() if k in ("BB", "S", "P", "NK")]
-                      + [f"{k.replace('num_', '')}={consts[k]}" for k in ("num_warps", "maxnreg") if k in consts])
+                      + [f"{k.replace('num_', '')}={consts[k]}" for k in ("num_warps", "maxnreg") if k in consts]
+                      + (["cooperative"] if consts.get("launch_cooperative_grid") else []))
     row = dict(kernel=name, hidden=hidden, dtype=dtype, arch=arch, config=config,
                registers=None, spill=None, shared=None, error=None)
     t0 = time.perf_counter()
@@ -120,8 +123,9 @@ def jobs(hidden_sizes, dtypes, archs):
     for mod in cell_modules():
         for hidden in hidden_sizes:
             for dtype in dtypes:
-                for index in range(len(mod.compile_targets(hidden, dtype))):
-                    out.extend((mod.__name__, index, hidden, dtype, arch) for arch in archs)
+                for arch in archs:
+                    out.extend((mod.__name__, index, hidden, dtype, arch)
+                               for index in range(len(mod.compile_targets(hidden, dtype, arch))))
     return out
 
 

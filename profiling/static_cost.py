@@ -41,12 +41,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import compile_check   # noqa: E402  (profiling/ is not a package)
+from gpurnn.kernels import common as cm   # noqa: E402
 
 CELLS = ("lstm", "gru", "elman")
 HIDDEN = (128, 256, 768, 1024)
 BATCH = (16, 64)
 DTYPES = ("bfloat16", "float32")
-SMS = {90: 132, 80: 108}   # the SM counts the launcher sees on an H100 SXM and an A100
+SMS = cm.ARCH_SMS   # the SM counts the launcher sees: H100 SXM (sm_90) and A100 (sm_80)
 DEFAULT_OUT = HERE / "results" / "static_cost.md"
 KEYS = ("cell", "direction", "H", "B", "dtype", "arch", "mode", "programs", "sms", "warps", "regs",
         "spill_bytes", "smem_bytes", "mma_per_step", "mma_min_per_step", "smem_read_bytes_per_step",
@@ -201,11 +202,10 @@ def mma_min(cfg, G, H, B, direction):
 
 
 def compile_job(job):
-    """Compile one (cell, direction, H, dtype, arch, sync) kernel and read its time loop."""
-    cell, direction, H, dtype, arch, sync = job
-    mod = kernel_module(cell)
-    _, fn, signature, consts = next(t for t in mod.compile_targets(H, dtype) if t[0] == f"{cell}_{direction}")
-    consts = dict(consts, SYNC=sync)
+    """Compile one (cell, direction, H, dtype, arch, mode) kernel as its launcher runs it and read its time loop."""
+    cell, direction, H, dtype, arch, mode = job
+    name = f"{cell}_{direction}" + ("_stepwise" if mode == "stepwise" else "")
+    _, fn, signature, consts = next(t for t in kernel_module(cell).compile_targets(H, dtype, arch) if t[0] == name)
     k, regs, spill = compile_check.build(fn, signature, consts, arch, dict(B=16, H=H, nonlin=0))
     cost = time_loop_cost(disassemble(k.asm["cubin"]), consts["num_warps"], consts["P"])
     return job, dict(cost, regs=regs, spill=spill, smem=k.metadata.shared, warps=consts["num_warps"])
@@ -213,11 +213,9 @@ def compile_job(job):
 
 def plan(cell, direction, H, B, dtype, arch):
     """The launcher's config for these sizes on a GPU with SMS[arch] SMs (kernels/common.choose_config)."""
-    from gpurnn.kernels import common as cm
-
     mod = kernel_module(cell)
     _, dot, _ = cm.dtype_constexprs(dtype)
-    cfg = cm.tile_config(H, B, mod.GP, cm.w_elem_bytes(dot), direction)
+    cfg = cm.device_tile(H, B, mod.GP, cm.w_elem_bytes(dot), direction, SMS[arch], cm.SHARED_BYTES[arch])
     return cm.place(cfg, B, SMS[arch]), mod.G
 
 
@@ -226,15 +224,14 @@ def rows(cells, hidden, batch, dtypes, archs, jobs):
     wanted = [(c, d, H, B, dt, a) for c in cells for d in ("fwd", "bwd") for H in hidden for B in batch
               for dt in dtypes for a in archs]
     plans = {w: plan(*w) for w in wanted}
-    todo = sorted({(c, d, H, dt, a, plans[(c, d, H, B, dt, a)][0].mode == "split")
-                   for c, d, H, B, dt, a in wanted})
+    todo = sorted({(c, d, H, dt, a, plans[(c, d, H, B, dt, a)][0].mode) for c, d, H, B, dt, a in wanted})
     with ProcessPoolExecutor(jobs) as pool:
         costs = dict(pool.map(compile_job, todo))
     out = []
     for w in wanted:
         c, d, H, B, dt, a = w
         cfg, G = plans[w]
-        cost = costs[(c, d, H, dt, a, cfg.mode == "split")]
+        cost = costs[(c, d, H, dt, a, cfg.mode)]
         tiles = -(-B // cfg.BB)
         per_launch = min(tiles, cfg.tiles or tiles)
         programs = per_launch * cfg.P

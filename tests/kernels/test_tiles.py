@@ -41,7 +41,7 @@ def test_grouped_launches_do_not_grow_with_T(T, monkeypatch, launches):
 
 def _config_on_gpu(monkeypatch, H, B, sms, dtype_bytes=2):
     monkeypatch.setattr(cm, "interpreting", lambda: False)
-    monkeypatch.setattr(cm, "sm_count", lambda device: sms)
+    monkeypatch.setattr(cm, "device_limits", lambda device: (sms, cm.SHARED_BYTES[90]))
     return cm.choose_config(H, B, 4, dtype_bytes, SimpleNamespace(type="cuda"), "fwd")
 
 
