@@ -182,13 +182,32 @@ def load_full_rows(p, rows, B, H, HP: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def next_step_product(b_prod, p_ws, t, rows, cols, B, HP: tl.constexpr, P: tl.constexpr,
+def load_exchange(p_x, t, rows, B, H, HP: tl.constexpr, DOT: tl.constexpr):
+    """(BB, HP) h_t of a batch tile, written by every slice's program (split/stepwise), from the
+    (2, B, H) exchange buffer in DOT (the io dtype: h is rounded to it before the dot anyway),
+    buffer t % 2 (`store_exchange`; h_0 by `exchange_buffer`). .cg reads from L2, where the other
+    SMs' stores land."""
+    k = tl.arange(0, HP)
+    return tl.load(p_x + (t % 2).to(tl.int64) * B * H + rows[:, None] * H + k[None, :],
+                   mask=(rows < B)[:, None] & (k < H)[None, :], other=0.0, cache_modifier=".cg").to(DOT)
+
+
+@triton.jit
+def store_exchange(p_x, t, b_h, rows, cols, B, H):
+    """This slice's h_t (BB, S) into exchange buffer t % 2, in the buffer's dtype. A buffer is rewritten
+    two steps later, after a barrier every reader of it has passed."""
+    tl.store(p_x + (t % 2).to(tl.int64) * B * H + rows[:, None] * H + cols[None, :], b_h,
+             mask=(rows < B)[:, None] & (cols < H)[None, :])
+
+
+@triton.jit
+def next_step_product(b_prod, p_ws, t, rows, cols, B, H, HP: tl.constexpr, P: tl.constexpr,
                       S: tl.constexpr, SINGLE: tl.constexpr, ACC: tl.constexpr):
     """This slice's columns of d_{t+1} W_hh: the program's own product in single mode, else the
     slices' shares summed in a fixed order (deterministic, no atomics)."""
     if SINGLE:
         return b_prod
-    return sum_partials(p_ws, t + 1, rows, cols, B, HP, P, S, ACC)
+    return sum_partials(p_ws, t + 1, rows, cols, B, H, HP, P, S, ACC)
 
 
 @triton.jit
@@ -220,18 +239,19 @@ def gate_tile(p, rows, row_ok, H, j0, S: tl.constexpr, GP: tl.constexpr, G: tl.c
 
 
 @triton.jit
-def store_partial(p_ws, b_prod, t, pid_s, rows, B, HP: tl.constexpr, P: tl.constexpr):
-    """This slice's (BB, HP) share of dh_{t-1} into the (2, P, B, HP) workspace, buffer t % 2."""
+def store_partial(p_ws, b_prod, t, pid_s, rows, B, N, HP: tl.constexpr, P: tl.constexpr):
+    """This slice's (BB, HP) share of dh_{t-1} into the (2, P, B, HP) workspace (in its dtype), buffer t % 2:
+    the N real columns only."""
     k = tl.arange(0, HP)
     base = ((t % 2) * P + pid_s).to(tl.int64) * B * HP
-    tl.store(p_ws + base + rows[:, None] * HP + k[None, :], b_prod, mask=(rows < B)[:, None])
+    tl.store(p_ws + base + rows[:, None] * HP + k[None, :], b_prod, mask=(rows < B)[:, None] & (k < N)[None, :])
 
 
 @triton.jit
-def sum_partials(p_ws, t, rows, cols, B, HP: tl.constexpr, P: tl.constexpr, S: tl.constexpr,
+def sum_partials(p_ws, t, rows, cols, B, N, HP: tl.constexpr, P: tl.constexpr, S: tl.constexpr,
                  ACC: tl.constexpr):
-    """(BB, S) sum over the P slices' shares of step t, in slice order (deterministic)."""
-    ok = (rows < B)[:, None] & (cols < HP)[None, :]
+    """(BB, S) sum over the P slices' shares of step t, in slice order (deterministic); 0 past column N."""
+    ok = (rows < B)[:, None] & (cols < N)[None, :]
     off = rows[:, None] * HP + cols[None, :]
     acc = tl.zeros((rows.shape[0], S), ACC)
     for p in range(P):
@@ -249,19 +269,50 @@ def for_direction(p, p_doff, k):
     return p + tl.program_id(2).to(tl.int64) * (tl.load(p_doff + k) * U)
 
 
+SPIN_LIMIT = tl.constexpr(1 << 26)   # polls of a barrier before it traps: tens of seconds, no real step
+
+
 @triton.jit
-def grid_barrier(p_bar, target):
+def arrive(p_bar):
+    """Count this program's arrival at its tile's barrier counter, releasing its stores so far to the grid.
+
+    Call it right after the stores the other programs read (h, the partial shares): the release
+    fence then waits for those only, and the program's other stores follow after it."""
+    tl.debug_barrier()   # every warp's stores come before the arrival
+    tl.atomic_add(p_bar, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def trap(x):
+    """Abort the kernel: the launch fails with a CUDA error the caller sees at the next synchronisation."""
+    tl.inline_asm_elementwise("trap;", "=r,r", [x], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def wait(p_bar, target):
     """Wait until `target` arrivals are counted at p_bar (one counter per batch tile).
 
-    Every program adds 1 per step and waits for step*P; the counter only grows,
-    so it needs no reset within a launch. GPU only: the interpreter runs
-    programs one after another and would spin forever.
+    Every program arrives once per step and waits for step*P; the counter only grows, so it
+    needs no reset within a launch. The compare is wrap-safe (the int32 difference, not
+    count < target: T*P may pass 2^31). The spin is bounded: a barrier that never opens (a grid
+    that is not co-resident, whatever the cause) traps after SPIN_LIMIT polls instead of hanging.
+    GPU only: the interpreter runs programs one after another and would spin.
     """
-    tl.debug_barrier()   # this program's stores come before its arrival
-    tl.atomic_add(p_bar, 1, sem="release", scope="gpu")
-    while tl.atomic_add(p_bar, 0, sem="acquire", scope="gpu") < target:
-        pass
+    count = tl.atomic_add(p_bar, 0, sem="acquire", scope="gpu")
+    polls = 0
+    while ((count - target) < 0) & (polls < SPIN_LIMIT):
+        count = tl.atomic_add(p_bar, 0, sem="acquire", scope="gpu")
+        polls += 1
+    if (count - target) < 0:
+        trap(count)
     tl.debug_barrier()
+
+
+@triton.jit
+def grid_barrier(p_bar, target):
+    """arrive, then wait (for kernels whose stores all precede the barrier)."""
+    arrive(p_bar)
+    wait(p_bar, target)
 
 
 # ----------------------------------------------------------------------------- host code
@@ -387,8 +438,12 @@ class Config:
 
         num_stages=1: each step of the time loop depends on the last, so software pipelining
         gains nothing; it only multi-buffers the loop's loads in shared memory (the stepwise fp32
-        LSTM forward at H=768 took 256 KB on sm_90, over the chip's 227 KB: a launch failure)."""
-        return dict(num_warps=self.num_warps, maxnreg=self.maxnreg, num_stages=1)
+        LSTM forward at H=768 took 256 KB on sm_90, over the chip's 227 KB: a launch failure).
+        """
+        options = dict(num_warps=self.num_warps, maxnreg=self.maxnreg, num_stages=1)
+        # a split grid's barrier needs every program resident: a cooperative launch fails at launch
+        # (an error) where the grid cannot be, instead of hanging in the barrier
+        return dict(options, launch_cooperative_grid=True) if self.mode == "split" else options
 
 
 def tensor_cores(elem_bytes):
@@ -575,12 +630,32 @@ def run_windows(cfg, T, launch_window, reverse=False):
         launch_window(T - 1 - i if reverse else i, 1)
 
 
-def partials_workspace(cfg, B, like):
-    """(2, P, B, HP) shares of dh for split/stepwise backward; a dummy in single mode."""
+def exchange_dtype(io_dtype, like):
+    """The dtype programs exchange h and dh shares in: the io dtype for fp16/bf16 data, else like's."""
+    import torch
+
+    name = None if io_dtype is None else str(io_dtype).replace("torch.", "")
+    return getattr(torch, name) if name in _DOT else like.dtype
+
+
+def partials_workspace(cfg, B, like, io_dtype=None):
+    """(2, P, B, HP) shares of dh for split/stepwise backward, in exchange_dtype; a dummy in single mode."""
     import torch
 
     shape = (2, cfg.P, B, cfg.HP) if cfg.mode != "single" else (1,)
-    return torch.empty(shape, dtype=like.dtype, device=like.device)
+    return torch.empty(shape, dtype=exchange_dtype(io_dtype, like), device=like.device)
+
+
+def exchange_buffer(cfg, h, io_dtype=None):
+    """(2, B, H) h of the last two steps for the forward's split/stepwise exchange (load_exchange), in
+    exchange_dtype, h_0 (h[0] of the (T+1, B, H) states) in buffer 0; a dummy in single mode."""
+    import torch
+
+    if cfg.mode == "single":
+        return torch.empty(1, dtype=h.dtype, device=h.device)
+    x = torch.empty((2, *h.shape[1:]), dtype=exchange_dtype(io_dtype, h), device=h.device)
+    x[0].copy_(h[0])   # on the device, in stream order: no host synchronisation
+    return x
 
 
 def barrier_counters(cfg, B, like):
@@ -650,4 +725,9 @@ def dtype_constexprs(dtype):
 def buffer_ptr(dtype):
     """Pointer type of the engine's buffers for a data dtype (fp16/bf16 compute in fp32)."""
     return "*fp64" if dtype == "float64" else "*fp32"
+
+
+def exchange_ptr(dtype):
+    """Pointer type of the exchange buffers (exchange_dtype) for a data dtype name."""
+    return {"float16": "*fp16", "bfloat16": "*bf16"}.get(dtype, buffer_ptr(dtype))
 

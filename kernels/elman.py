@@ -20,28 +20,36 @@ G, GP = 1, 1
 
 
 @triton.jit
-def _fwd_step(t, b_h, b_w, p_gx, p_h, p_sizes, rows, cols, B, H, nonlin,
-              HP: tl.constexpr, SINGLE: tl.constexpr, NK: tl.constexpr,
+def _fwd_stream(t, ok, p_gx, p_sizes, rows, cols, B, H, ACC: tl.constexpr):
+    """Step t's streaming inputs (active rows, gx), loaded a step ahead: before the barrier wait."""
+    n = tl.load(p_sizes + t, mask=ok, other=0)
+    return n, cm.load_rows(p_gx + t.to(tl.int64) * B * H, rows, cols, H, rows < n, cols < H, ACC)
+
+
+@triton.jit
+def _fwd_step(t, n, b_gx, b_h, b_w, p_h, p_x, p_bar, rows, cols, B, H, nonlin,
+              HP: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr, NK: tl.constexpr,
               ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
-    """Step t for one (batch tile, hidden slice): b_h (BB, S) is h_t of the slice, returns h_{t+1}."""
-    n = tl.load(p_sizes + t)
+    """Step t for one (batch tile, hidden slice): b_h (BB, S) is h_t of the slice, returns h_{t+1};
+    arrives at the barrier once h_{t+1} is stored."""
     active = rows < n
-    col_ok = cols < H
-    step = t.to(tl.int64) * B * H
     if SINGLE:
-        b_full = b_h
+        b_full = b_h.to(DOT)
     else:
-        b_full = cm.load_full_rows(p_h + step, rows, B, H, HP, ACC)
-    b_z = cm.kdot(b_full.to(DOT), b_w, NK, PREC, ACC)
-    b_z += cm.load_rows(p_gx + step, rows, cols, H, active, col_ok, ACC)
+        b_full = cm.load_exchange(p_x, t, rows, B, H, HP, DOT)
+    b_z = cm.kdot(b_full, b_w, NK, PREC, ACC) + b_gx
     b_h = tl.where(active[:, None], cm.activation(b_z, nonlin), b_h)
-    tl.store(p_h + step + B * H + rows[:, None] * H + cols[None, :], b_h,
-             mask=(rows < B)[:, None] & col_ok[None, :])
+    tl.store(p_h + (t + 1).to(tl.int64) * B * H + rows[:, None] * H + cols[None, :], b_h,
+             mask=(rows < B)[:, None] & (cols < H)[None, :])
+    if not SINGLE:
+        cm.store_exchange(p_x, t + 1, b_h, rows, cols, B, H)
+    if SYNC:
+        cm.arrive(p_bar)
     return b_h
 
 
 @triton.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
-def _fwd_kernel(p_gx, p_h, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, nonlin, tile0,
+def _fwd_kernel(p_gx, p_h, p_x, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, nonlin, tile0,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
@@ -49,34 +57,33 @@ def _fwd_kernel(p_gx, p_h, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, 
     if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
         p_gx = cm.for_direction(p_gx, p_doff, 0)
         p_h = cm.for_direction(p_h, p_doff, 1)
-        p_w = cm.for_direction(p_w, p_doff, 2)
-        p_sizes = cm.for_direction(p_sizes, p_doff, 3)
-        p_bar = cm.for_direction(p_bar, p_doff, 4)
+        p_x = cm.for_direction(p_x, p_doff, 2)
+        p_w = cm.for_direction(p_w, p_doff, 3)
+        p_sizes = cm.for_direction(p_sizes, p_doff, 4)
+        p_bar = cm.for_direction(p_bar, p_doff, 5)
     rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
+    p_bar += tile0 + pid_b
     b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 1, 1, DOT)   # (HP, S), on chip for all steps
     b_h = cm.load_rows(p_h + t_start.to(tl.int64) * B * H, rows, cols, H, rows < B, cols < H, ACC)
+    n, b_gx = _fwd_stream(t_start, t_start >= 0, p_gx, p_sizes, rows, cols, B, H, ACC)
     for i in range(n_steps):
-        b_h = _fwd_step(t_start + i, b_h, b_w, p_gx, p_h, p_sizes, rows, cols, B, H, nonlin,
-                        HP, SINGLE, NK, ACC, DOT, PREC)
+        b_h = _fwd_step(t_start + i, n, b_gx, b_h, b_w, p_h, p_x, p_bar, rows, cols, B, H, nonlin,
+                        HP, SINGLE, SYNC, NK, ACC, DOT, PREC)
+        n, b_gx = _fwd_stream(t_start + i + 1, i + 1 < n_steps, p_gx, p_sizes, rows, cols, B, H, ACC)
         if SYNC:
-            cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
+            cm.wait(p_bar, (i + 1) * P)
 
 
 @triton.jit
-def _bwd_point(t, b_dh, p_dy, p_h, p_dz, p_sizes, rows, cols, B, H, nonlin, ACC: tl.constexpr):
-    """dh_t += dy_t, dz_t = dh_t * phi'(z_t) for the active rows; returns (dh, dz)."""
-    n = tl.load(p_sizes + t)
-    active = rows < n
-    col_ok = cols < H
+def _bwd_stream(t, p_dy, p_h, p_sizes, rows, cols, B, H, ACC: tl.constexpr):
+    """Step t's streaming inputs (active rows, dy_t, y_t = h_{t+1}), loaded a step ahead; none for t < 0."""
+    n = tl.load(p_sizes + t, mask=t >= 0, other=0)
+    active, col_ok = rows < n, cols < H
     step = t.to(tl.int64) * B * H
-    b_dh += cm.load_rows(p_dy + step, rows, cols, H, active, col_ok, ACC)
-    b_y = cm.load_rows(p_h + step + B * H, rows, cols, H, active, col_ok, ACC)
-    b_dz = tl.where(active[:, None], b_dh * cm.activation_grad_from_output(b_y, nonlin), 0.0)
-    tl.store(p_dz + step + rows[:, None] * H + cols[None, :], b_dz,
-             mask=active[:, None] & col_ok[None, :])
-    return b_dh, b_dz
+    b_dy = cm.load_rows(p_dy + step, rows, cols, H, active, col_ok, ACC)
+    return n, b_dy, cm.load_rows(p_h + step + B * H, rows, cols, H, active, col_ok, ACC)
 
 
 @triton.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
@@ -85,10 +92,12 @@ def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, p_doff, T, t_s
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Iterations t = t_start, t_start-1, ...: carry in dh_t from step t+1's shares (t+1 < T), then step t
-    (t >= 0) and its share of dh_{t-1} = dz_t W_hh.
+    (t >= 0): dh_t += dy_t, dz_t = dh_t * phi'(z_t) for the active rows, and its share of
+    dh_{t-1} = dz_t W_hh.
 
     The whole backward is t = T-1 .. -1 (T+1 iterations): the last one only
-    sums dz_0's shares into dh_0. One barrier per iteration in split mode.
+    sums dz_0's shares into dh_0. One barrier per iteration in split mode: arrive once the
+    share is stored, wait after dz is stored and the next step's inputs are loaded.
     """
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
     if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
@@ -103,21 +112,33 @@ def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, p_doff, T, t_s
     rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
+    p_bar += tile0 + pid_b
     b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 1, 1, DOT)   # (HP, S): W_hh[slice, :]^T, on chip
     b_dh = cm.load_rows(p_dh, rows, cols, H, rows < B, cols < H, ACC)
     b_prod = tl.zeros((BB, HP), ACC)
+    n, b_dy, b_y = _bwd_stream(t_start, p_dy, p_h, p_sizes, rows, cols, B, H, ACC)
     for i in range(n_steps):
         t = t_start - i
         if t + 1 < T:   # rows active at t+1 take dz_{t+1} W_hh; the others pass dh through
-            b_new = cm.next_step_product(b_prod, p_ws, t, rows, cols, B, HP, P, S, SINGLE, ACC)
+            b_new = cm.next_step_product(b_prod, p_ws, t, rows, cols, B, H, HP, P, S, SINGLE, ACC)
             b_dh = tl.where((rows < tl.load(p_sizes + t + 1))[:, None], b_new, b_dh)
         if t >= 0:
-            b_dh, b_dz = _bwd_point(t, b_dh, p_dy, p_h, p_dz, p_sizes, rows, cols, B, H, nonlin, ACC)
+            active = rows < n
+            b_dh += b_dy
+            b_dz = tl.where(active[:, None], b_dh * cm.activation_grad_from_output(b_y, nonlin), 0.0)
             b_prod = tl.dot(cm.pin(b_dz).to(DOT), tl.trans(b_w), input_precision=PREC, out_dtype=ACC)
             if not SINGLE:
-                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, HP, P)
+                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, H, HP, P)
+            if SYNC:
+                cm.arrive(p_bar)
+            tl.store(p_dz + t.to(tl.int64) * B * H + rows[:, None] * H + cols[None, :], b_dz,
+                     mask=active[:, None] & (cols < H)[None, :])
+        else:
+            if SYNC:
+                cm.arrive(p_bar)
+        n, b_dy, b_y = _bwd_stream(t - 1, p_dy, p_h, p_sizes, rows, cols, B, H, ACC)
         if SYNC:
-            cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
+            cm.wait(p_bar, (i + 1) * P)
     tl.store(p_dh + rows[:, None] * H + cols[None, :], b_dh, mask=(rows < B)[:, None] & (cols < H)[None, :])
 
 
@@ -134,7 +155,8 @@ def forward(cs, sizes_list, io_dtype=None):
     if T == 0:
         return
     t = cm.as_tensor
-    plan = cm.direction_plan(cfg, [[t(c.gx), t(c.h), t(c.w["w_hh"]).contiguous(), cm.sizes_tensor(sizes, h),
+    plan = cm.direction_plan(cfg, [[t(c.gx), t(c.h), cm.exchange_buffer(cfg, t(c.h), io_dtype),
+                                     t(c.w["w_hh"]).contiguous(), cm.sizes_tensor(sizes, h),
                                      cm.barrier_counters(cfg, B, h)] for c, sizes in zip(cs, sizes_list)])
     cm.run_windows(cfg, T, lambda t0, n: cm.launch_directions(
         _fwd_kernel, cfg, B, plan, t0, n, B, H, nonlin, **consts))
@@ -147,7 +169,7 @@ def backward(cs, sizes_list, io_dtype=None):
         return
     t = cm.as_tensor
     plan = cm.direction_plan(cfg, [[t(c.dy), t(c.h), t(c.dz), t(c.dh), t(c.w["w_hh"]).contiguous(),
-                                     cm.partials_workspace(cfg, B, h), cm.sizes_tensor(sizes, h),
+                                     cm.partials_workspace(cfg, B, h, io_dtype), cm.sizes_tensor(sizes, h),
                                      cm.barrier_counters(cfg, B, h)] for c, sizes in zip(cs, sizes_list)])
     # T+1 iterations t = T-1 .. -1 (see _bwd_kernel)
     cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch_directions(
@@ -156,11 +178,11 @@ def backward(cs, sizes_list, io_dtype=None):
 
 def compile_targets(hidden_size, dtype, arch=None):
     """(name, jit_fn, signature, constexprs) for every config the launchers use at this size and dtype."""
-    ptr = cm.buffer_ptr(dtype)
+    ptr, xptr = cm.buffer_ptr(dtype), cm.exchange_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
-    sigs = dict(fwd=dict(p_gx=ptr, p_h=ptr, p_w=ptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64",
+    sigs = dict(fwd=dict(p_gx=ptr, p_h=ptr, p_x=xptr, p_w=ptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64",
                          t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32", nonlin="i32"),
-                bwd=dict(p_dy=ptr, p_h=ptr, p_dz=ptr, p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32",
+                bwd=dict(p_dy=ptr, p_h=ptr, p_dz=ptr, p_dh=ptr, p_w=ptr, p_ws=xptr, p_sizes="*i32", p_bar="*i32",
                          p_doff="*i64", T="i32", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32",
                          nonlin="i32"))
     kernels = dict(fwd=_fwd_kernel, bwd=_bwd_kernel)

@@ -24,39 +24,49 @@ G, GP = 3, 4
 
 
 @triton.jit
-def _fwd_step(t, b_h, b_w, b_bhn, p_gx, p_gates, p_hn, p_h, p_sizes, rows, j0, B, H,
-              HP: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr, NK: tl.constexpr,
+def _fwd_stream(t, ok, p_gx, p_sizes, rows, j0, B, H, S: tl.constexpr, ACC: tl.constexpr):
+    """Step t's streaming inputs (active rows, gx (BB, S, 4)), loaded a step ahead: before the barrier wait."""
+    n = tl.load(p_sizes + t, mask=ok, other=0)
+    p_gx3, m3 = cm.gate_tile(p_gx + 3 * t.to(tl.int64) * B * H, rows, rows < n, H, j0, S, 4, 3)
+    return n, tl.load(p_gx3, mask=m3, other=0.0).to(ACC)
+
+
+@triton.jit
+def _fwd_step(t, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_x, p_bar, rows, j0, B, H,
+              HP: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr, NK: tl.constexpr,
               ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
-    """Step t for one (batch tile, hidden slice): b_h (BB, S) is h_t of the slice, returns h_{t+1}."""
-    n = tl.load(p_sizes + t)
+    """Step t for one (batch tile, hidden slice): b_h (BB, S) is h_t of the slice, returns h_{t+1}; arrives
+    at the barrier once h_{t+1} is stored, then stores what only backward reads."""
     active = rows < n
     cols = j0 + tl.arange(0, S)
     ok2 = (rows < B)[:, None] & (cols < H)[None, :]
     step = t.to(tl.int64) * B * H
     if SINGLE:
-        b_full = b_h
+        b_full = b_h.to(DOT)
     else:
-        b_full = cm.load_full_rows(p_h + step, rows, B, H, HP, ACC)
+        b_full = cm.load_exchange(p_x, t, rows, B, H, HP, DOT)
     # W_hh h for all gates of the slice: (BB, S, 4), gate 3 is zero padding
-    b_a = tl.reshape(cm.kdot(b_full.to(DOT), b_w, NK, PREC, ACC), (rows.shape[0], S, 4))
-    p_gx3, m3 = cm.gate_tile(p_gx + 3 * step, rows, active, H, j0, S, 4, 3)
-    b_gx = tl.load(p_gx3, mask=m3, other=0.0).to(ACC)
+    b_a = tl.reshape(cm.kdot(b_full, b_w, NK, PREC, ACC), (rows.shape[0], S, 4))
     b_pre = b_a + b_gx   # r and z pre-activations (gates 0, 1)
     r, z = cm.sigmoid(cm.gate(b_pre, 0)), cm.sigmoid(cm.gate(b_pre, 1))
     hn = cm.gate(b_a, 2) + b_bhn[None, :]
     new = cm.tanh(cm.gate(b_gx, 2) + r * hn)
-    g = tl.arange(0, 4)[None, None, :]
-    p_g3, _ = cm.gate_tile(p_gates + 3 * step, rows, active, H, j0, S, 4, 3)
-    tl.store(p_g3, tl.where(g == 0, r[:, :, None], tl.where(g == 1, z[:, :, None], new[:, :, None])), mask=m3)
-    off2 = rows[:, None] * H + cols[None, :]
-    tl.store(p_hn + step + off2, hn, mask=ok2 & active[:, None])
     b_h = tl.where(active[:, None], (b_h - new) * z + new, b_h)
+    off2 = rows[:, None] * H + cols[None, :]
     tl.store(p_h + step + B * H + off2, b_h, mask=ok2)
+    if not SINGLE:
+        cm.store_exchange(p_x, t + 1, b_h, rows, cols, B, H)
+    if SYNC:
+        cm.arrive(p_bar)
+    g = tl.arange(0, 4)[None, None, :]
+    p_g3, m3 = cm.gate_tile(p_gates + 3 * step, rows, active, H, j0, S, 4, 3)
+    tl.store(p_g3, tl.where(g == 0, r[:, :, None], tl.where(g == 1, z[:, :, None], new[:, :, None])), mask=m3)
+    tl.store(p_hn + step + off2, hn, mask=ok2 & active[:, None])
     return b_h
 
 
 @triton.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
-def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_w, p_bhn, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, tile0,
+def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_x, p_w, p_bhn, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, tile0,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
@@ -66,21 +76,25 @@ def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_w, p_bhn, p_sizes, p_bar, p_doff, t_
         p_gates = cm.for_direction(p_gates, p_doff, 1)
         p_hn = cm.for_direction(p_hn, p_doff, 2)
         p_h = cm.for_direction(p_h, p_doff, 3)
-        p_w = cm.for_direction(p_w, p_doff, 4)
-        p_bhn = cm.for_direction(p_bhn, p_doff, 5)
-        p_sizes = cm.for_direction(p_sizes, p_doff, 6)
-        p_bar = cm.for_direction(p_bar, p_doff, 7)
+        p_x = cm.for_direction(p_x, p_doff, 4)
+        p_w = cm.for_direction(p_w, p_doff, 5)
+        p_bhn = cm.for_direction(p_bhn, p_doff, 6)
+        p_sizes = cm.for_direction(p_sizes, p_doff, 7)
+        p_bar = cm.for_direction(p_bar, p_doff, 8)
     rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
+    p_bar += tile0 + pid_b
     b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 4, 3, DOT)   # (HP, S*4), on chip for all steps
     b_bhn = tl.load(p_bhn + cols, mask=cols < H, other=0.0).to(ACC)
     b_h = cm.load_rows(p_h + t_start.to(tl.int64) * B * H, rows, cols, H, rows < B, cols < H, ACC)
+    n, b_gx = _fwd_stream(t_start, t_start >= 0, p_gx, p_sizes, rows, j0, B, H, S, ACC)
     for i in range(n_steps):
-        b_h = _fwd_step(t_start + i, b_h, b_w, b_bhn, p_gx, p_gates, p_hn, p_h, p_sizes,
-                        rows, j0, B, H, HP, S, SINGLE, NK, ACC, DOT, PREC)
+        b_h = _fwd_step(t_start + i, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_x, p_bar,
+                        rows, j0, B, H, HP, S, SINGLE, SYNC, NK, ACC, DOT, PREC)
+        n, b_gx = _fwd_stream(t_start + i + 1, i + 1 < n_steps, p_gx, p_sizes, rows, j0, B, H, S, ACC)
         if SYNC:
-            cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
+            cm.wait(p_bar, (i + 1) * P)
 
 
 @triton.jit
@@ -119,7 +133,9 @@ def _bwd_kernel(p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_dh, p_w, p_w
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Iterations t = t_start, t_start-1, ...: carry in dh_t = dgh_{t+1} W_hh (summed shares) +
     dh_{t+1} z_{t+1} (t+1 < T), then step t (t >= 0) and its share of dgh_t W_hh
-    (see elman._bwd_kernel; T+1 iterations in all).
+    (see elman._bwd_kernel; T+1 iterations in all). Unlike the other cells, the step's loads and
+    stores stay before its dot: held across the dot and the barrier (loaded a step ahead, stored
+    after the arrival), they spilled 16-340 B at H >= 512 (compile_check).
     """
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
     if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
@@ -153,7 +169,7 @@ def _bwd_kernel(p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_dh, p_w, p_w
     for i in range(n_steps):
         t = t_start - i
         if t + 1 < T:   # rows active at t+1 take their new dh; the others pass dh through
-            b_new = cm.next_step_product(b_prod, p_ws, t, rows, cols, B, HP, P, S, SINGLE, ACC)
+            b_new = cm.next_step_product(b_prod, p_ws, t, rows, cols, B, H, HP, P, S, SINGLE, ACC)
             b_dh = tl.where((rows < tl.load(p_sizes + t + 1))[:, None], b_new + b_keep, b_dh)
         if t >= 0:
             b_dh, b_keep, b_d = _bwd_point(t, b_dh, p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew,
@@ -162,7 +178,7 @@ def _bwd_kernel(p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_dh, p_w, p_w
             b_d2 = tl.reshape(b_d, (BB, S * 4))
             b_prod = tl.dot(cm.pin(b_d2).to(DOT), tl.trans(b_w), input_precision=PREC, out_dtype=ACC)
             if not SINGLE:
-                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, HP, P)
+                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, H, HP, P)
         if SYNC:
             cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
     tl.store(p_dh + off2, b_dh, mask=ok2)
@@ -180,7 +196,8 @@ def forward(cs, sizes_list, io_dtype=None):
     if T == 0:
         return
     t = cm.as_tensor
-    plan = cm.direction_plan(cfg, [[t(c.gx), t(c.gates), t(c.hn), t(c.h), t(c.w["w_hh"]).contiguous(),
+    plan = cm.direction_plan(cfg, [[t(c.gx), t(c.gates), t(c.hn), t(c.h), cm.exchange_buffer(cfg, t(c.h), io_dtype),
+                                     t(c.w["w_hh"]).contiguous(),
                                      h.new_zeros(H) if c.b_hn is None else t(c.b_hn).contiguous(),
                                      cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)]
                                     for c, sizes in zip(cs, sizes_list)])
@@ -194,7 +211,7 @@ def backward(cs, sizes_list, io_dtype=None):
         return
     t = cm.as_tensor
     plan = cm.direction_plan(cfg, [[t(c.dy), t(c.gates), t(c.k_new), t(c.k_z), t(c.k_r), t(c.dgh), t(c.dnew),
-                                     t(c.dh), t(c.w["w_hh"]).contiguous(), cm.partials_workspace(cfg, B, h),
+                                     t(c.dh), t(c.w["w_hh"]).contiguous(), cm.partials_workspace(cfg, B, h, io_dtype),
                                      cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)]
                                     for c, sizes in zip(cs, sizes_list)])
     # T+1 iterations t = T-1 .. -1 (see _bwd_kernel)
@@ -204,12 +221,12 @@ def backward(cs, sizes_list, io_dtype=None):
 
 def compile_targets(hidden_size, dtype, arch=None):
     """(name, jit_fn, signature, constexprs) for every config the launchers use at this size and dtype."""
-    ptr = cm.buffer_ptr(dtype)
+    ptr, xptr = cm.buffer_ptr(dtype), cm.exchange_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
-    sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_hn=ptr, p_h=ptr, p_w=ptr, p_bhn=ptr, p_sizes="*i32",
+    sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_hn=ptr, p_h=ptr, p_x=xptr, p_w=ptr, p_bhn=ptr, p_sizes="*i32",
                          p_bar="*i32", p_doff="*i64", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32"),
                 bwd=dict(p_dy=ptr, p_gates=ptr, p_knew=ptr, p_kz=ptr, p_kr=ptr, p_dgh=ptr, p_dnew=ptr,
-                         p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64", T="i32",
+                         p_dh=ptr, p_w=ptr, p_ws=xptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64", T="i32",
                          t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32"))
     kernels = dict(fwd=_fwd_kernel, bwd=_bwd_kernel)
     return [t for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d, arch)

@@ -25,42 +25,51 @@ G, GP = 4, 4
 
 
 @triton.jit
-def _fwd_step(t, b_h, b_c, b_w, p_gx, p_gates, p_h, p_c, p_tc, p_sizes, rows, j0, B, H,
-              HP: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr, NK: tl.constexpr,
+def _fwd_stream(t, ok, p_gx, p_sizes, rows, j0, B, H, S: tl.constexpr, ACC: tl.constexpr):
+    """Step t's streaming inputs (active rows, gx (BB, S, 4)), loaded a step ahead: before the barrier wait."""
+    n = tl.load(p_sizes + t, mask=ok, other=0)
+    p_gx3, m3 = cm.gate_tile(p_gx + 4 * t.to(tl.int64) * B * H, rows, rows < n, H, j0, S, 4, 4)
+    return n, tl.load(p_gx3, mask=m3, other=0.0).to(ACC)
+
+
+@triton.jit
+def _fwd_step(t, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_x, p_bar, rows, j0, B, H,
+              HP: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr, NK: tl.constexpr,
               ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
-    """Step t for one (batch tile, hidden slice): (h_t, c_t) of the slice -> (h_{t+1}, c_{t+1})."""
-    n = tl.load(p_sizes + t)
+    """Step t for one (batch tile, hidden slice): (h_t, c_t) of the slice -> (h_{t+1}, c_{t+1}); arrives at
+    the barrier once h_{t+1} is stored, then stores what only backward reads."""
     active = rows < n
     cols = j0 + tl.arange(0, S)
     ok2 = (rows < B)[:, None] & (cols < H)[None, :]
     step = t.to(tl.int64) * B * H
     if SINGLE:
-        b_full = b_h
+        b_full = b_h.to(DOT)
     else:
-        b_full = cm.load_full_rows(p_h + step, rows, B, H, HP, ACC)
-    b_a = tl.reshape(cm.kdot(b_full.to(DOT), b_w, NK, PREC, ACC), (rows.shape[0], S, 4))
-    p_gx3, m3 = cm.gate_tile(p_gx + 4 * step, rows, active, H, j0, S, 4, 4)
-    b_a += tl.load(p_gx3, mask=m3, other=0.0).to(ACC)
+        b_full = cm.load_exchange(p_x, t, rows, B, H, HP, DOT)
+    b_a = tl.reshape(cm.kdot(b_full, b_w, NK, PREC, ACC), (rows.shape[0], S, 4)) + b_gx
     # sigmoid(a) = 0.5 tanh(0.5 a) + 0.5 and tanh(a) = 1 tanh(1 a) + 0: one transcendental for all gates
     is_g = tl.arange(0, 4)[None, None, :] == 2
     scale = tl.where(is_g, 1.0, 0.5)
     b_a = scale * cm.tanh(scale * b_a) + tl.where(is_g, 0.0, 0.5)
-    p_g3, _ = cm.gate_tile(p_gates + 4 * step, rows, active, H, j0, S, 4, 4)
-    tl.store(p_g3, b_a, mask=m3)
     c_new = cm.gate(b_a, 1) * b_c + cm.gate(b_a, 0) * cm.gate(b_a, 2)
     tc = cm.tanh(c_new)
-    h_new = cm.gate(b_a, 3) * tc
-    off2 = rows[:, None] * H + cols[None, :]
-    tl.store(p_tc + step + off2, tc, mask=ok2 & active[:, None])
     b_c = tl.where(active[:, None], c_new, b_c)
-    b_h = tl.where(active[:, None], h_new, b_h)
-    tl.store(p_c + step + B * H + off2, b_c, mask=ok2)
+    b_h = tl.where(active[:, None], cm.gate(b_a, 3) * tc, b_h)
+    off2 = rows[:, None] * H + cols[None, :]
     tl.store(p_h + step + B * H + off2, b_h, mask=ok2)
+    if not SINGLE:
+        cm.store_exchange(p_x, t + 1, b_h, rows, cols, B, H)
+    if SYNC:
+        cm.arrive(p_bar)
+    p_g3, m3 = cm.gate_tile(p_gates + 4 * step, rows, active, H, j0, S, 4, 4)
+    tl.store(p_g3, b_a, mask=m3)
+    tl.store(p_tc + step + off2, tc, mask=ok2 & active[:, None])
+    tl.store(p_c + step + B * H + off2, b_c, mask=ok2)
     return b_h, b_c
 
 
 @triton.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
-def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, tile0,
+def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_x, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, tile0,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
@@ -71,42 +80,43 @@ def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_w, p_sizes, p_bar, p_doff, t_st
         p_h = cm.for_direction(p_h, p_doff, 2)
         p_c = cm.for_direction(p_c, p_doff, 3)
         p_tc = cm.for_direction(p_tc, p_doff, 4)
-        p_w = cm.for_direction(p_w, p_doff, 5)
-        p_sizes = cm.for_direction(p_sizes, p_doff, 6)
-        p_bar = cm.for_direction(p_bar, p_doff, 7)
+        p_x = cm.for_direction(p_x, p_doff, 5)
+        p_w = cm.for_direction(p_w, p_doff, 6)
+        p_sizes = cm.for_direction(p_sizes, p_doff, 7)
+        p_bar = cm.for_direction(p_bar, p_doff, 8)
     rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
+    p_bar += tile0 + pid_b
     b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 4, 4, DOT)   # (HP, S*4), on chip for all steps
     start = t_start.to(tl.int64) * B * H
     b_h = cm.load_rows(p_h + start, rows, cols, H, rows < B, cols < H, ACC)
     b_c = cm.load_rows(p_c + start, rows, cols, H, rows < B, cols < H, ACC)
+    n, b_gx = _fwd_stream(t_start, t_start >= 0, p_gx, p_sizes, rows, j0, B, H, S, ACC)
     for i in range(n_steps):
-        b_h, b_c = _fwd_step(t_start + i, b_h, b_c, b_w, p_gx, p_gates, p_h, p_c, p_tc, p_sizes,
-                             rows, j0, B, H, HP, S, SINGLE, NK, ACC, DOT, PREC)
+        b_h, b_c = _fwd_step(t_start + i, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_x, p_bar,
+                             rows, j0, B, H, HP, S, SINGLE, SYNC, NK, ACC, DOT, PREC)
+        n, b_gx = _fwd_stream(t_start + i + 1, i + 1 < n_steps, p_gx, p_sizes, rows, j0, B, H, S, ACC)
         if SYNC:
-            cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
+            cm.wait(p_bar, (i + 1) * P)
 
 
 @triton.jit
-def _bwd_point(t, b_dh, b_dc, p_dy, p_coef, p_odt, p_gates, p_dgates, p_sizes, rows, j0, B, H,
-               S: tl.constexpr, ACC: tl.constexpr):
-    """Step t's pointwise part for the active rows: returns (dh, dc * f, dgates (BB, S, 4))."""
-    n = tl.load(p_sizes + t)
+def _bwd_stream(t, p_dy, p_coef, p_odt, p_gates, p_sizes, rows, j0, B, H, S: tl.constexpr, ACC: tl.constexpr):
+    """Step t's streaming inputs, loaded a step ahead (none for t < 0): active rows, dy, o*tanh'(c),
+    coef (BB, S, 4) and f."""
+    n = tl.load(p_sizes + t, mask=t >= 0, other=0)
     active = rows < n
     cols = j0 + tl.arange(0, S)
     ok2 = active[:, None] & (cols < H)[None, :]
     step = t.to(tl.int64) * B * H
     off2 = rows[:, None] * H + cols[None, :]
-    b_dh += tl.load(p_dy + step + off2, mask=ok2, other=0.0).to(ACC)
-    b_dc += b_dh * tl.load(p_odt + step + off2, mask=ok2, other=0.0).to(ACC)
+    b_dy = tl.load(p_dy + step + off2, mask=ok2, other=0.0).to(ACC)
+    b_odt = tl.load(p_odt + step + off2, mask=ok2, other=0.0).to(ACC)
     p_coef3, m3 = cm.gate_tile(p_coef + 4 * step, rows, active, H, j0, S, 4, 4)
-    is_o = tl.arange(0, 4)[None, None, :] == 3
-    b_d = tl.load(p_coef3, mask=m3, other=0.0).to(ACC) * tl.where(is_o, b_dh[:, :, None], b_dc[:, :, None])
-    p_d3, _ = cm.gate_tile(p_dgates + 4 * step, rows, active, H, j0, S, 4, 4)
-    tl.store(p_d3, b_d, mask=m3)
-    f = tl.load(p_gates + 4 * step + rows[:, None] * 4 * H + H + cols[None, :], mask=ok2, other=1.0).to(ACC)
-    return b_dh, b_dc * f, b_d
+    b_coef = tl.load(p_coef3, mask=m3, other=0.0).to(ACC)
+    b_f = tl.load(p_gates + 4 * step + rows[:, None] * 4 * H + H + cols[None, :], mask=ok2, other=1.0).to(ACC)
+    return n, b_dy, b_odt, b_coef, b_f
 
 
 @triton.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
@@ -134,27 +144,41 @@ def _bwd_kernel(p_dy, p_coef, p_odt, p_gates, p_dgates, p_dh, p_dc, p_w, p_ws, p
     rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
+    p_bar += tile0 + pid_b
     b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 4, 4, DOT)   # (HP, S*4): the slice's gate rows^T, on chip
     ok2 = (rows < B)[:, None] & (cols < H)[None, :]
     off2 = rows[:, None] * H + cols[None, :]
     b_dh = tl.load(p_dh + off2, mask=ok2, other=0.0).to(ACC)
     b_dc = tl.load(p_dc + off2, mask=ok2, other=0.0).to(ACC)
     b_prod = tl.zeros((BB, HP), ACC)
+    n, b_dy, b_odt, b_coef, b_f = _bwd_stream(t_start, p_dy, p_coef, p_odt, p_gates, p_sizes, rows, j0, B, H, S, ACC)
+    is_o = tl.arange(0, 4)[None, None, :] == 3
     for i in range(n_steps):
         t = t_start - i
         if t + 1 < T:   # rows active at t+1 take dgates_{t+1} W_hh; the others pass dh through
-            b_new = cm.next_step_product(b_prod, p_ws, t, rows, cols, B, HP, P, S, SINGLE, ACC)
+            b_new = cm.next_step_product(b_prod, p_ws, t, rows, cols, B, H, HP, P, S, SINGLE, ACC)
             b_dh = tl.where((rows < tl.load(p_sizes + t + 1))[:, None], b_new, b_dh)
         if t >= 0:
-            b_dh, b_dc, b_d = _bwd_point(t, b_dh, b_dc, p_dy, p_coef, p_odt, p_gates, p_dgates,
-                                         p_sizes, rows, j0, B, H, S, ACC)
+            b_dh += b_dy
+            b_dc += b_dh * b_odt
+            b_d = b_coef * tl.where(is_o, b_dh[:, :, None], b_dc[:, :, None])
+            b_dc = b_dc * b_f
             # (BB, S, 4) -> (BB, S*4): column s*4 + g, the W tile's column order
-            b_d2 = tl.reshape(b_d, (BB, S * 4))
-            b_prod = tl.dot(cm.pin(b_d2).to(DOT), tl.trans(b_w), input_precision=PREC, out_dtype=ACC)
+            b_prod = tl.dot(cm.pin(tl.reshape(b_d, (BB, S * 4))).to(DOT), tl.trans(b_w),
+                            input_precision=PREC, out_dtype=ACC)
             if not SINGLE:
-                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, HP, P)
+                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, H, HP, P)
+            if SYNC:
+                cm.arrive(p_bar)
+            p_d3, m3 = cm.gate_tile(p_dgates + 4 * t.to(tl.int64) * B * H, rows, rows < n, H, j0, S, 4, 4)
+            tl.store(p_d3, b_d, mask=m3)
+        else:
+            if SYNC:
+                cm.arrive(p_bar)
+        n, b_dy, b_odt, b_coef, b_f = _bwd_stream(t - 1, p_dy, p_coef, p_odt, p_gates, p_sizes, rows, j0, B, H,
+                                                  S, ACC)
         if SYNC:
-            cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
+            cm.wait(p_bar, (i + 1) * P)
     tl.store(p_dh + off2, b_dh, mask=ok2)
     tl.store(p_dc + off2, b_dc, mask=ok2)
 
@@ -171,7 +195,8 @@ def forward(cs, sizes_list, io_dtype=None):
     if T == 0:
         return
     t = cm.as_tensor
-    plan = cm.direction_plan(cfg, [[t(c.gx), t(c.gates), t(c.h), t(c.c), t(c.tanh_c), t(c.w["w_hh"]).contiguous(),
+    plan = cm.direction_plan(cfg, [[t(c.gx), t(c.gates), t(c.h), t(c.c), t(c.tanh_c),
+                                     cm.exchange_buffer(cfg, t(c.h), io_dtype), t(c.w["w_hh"]).contiguous(),
                                      cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)]
                                     for c, sizes in zip(cs, sizes_list)])
     cm.run_windows(cfg, T, lambda t0, n: cm.launch_directions(_fwd_kernel, cfg, B, plan, t0, n, B, H, **consts))
@@ -184,7 +209,7 @@ def backward(cs, sizes_list, io_dtype=None):
         return
     t = cm.as_tensor
     plan = cm.direction_plan(cfg, [[t(c.dy), t(c.coef), t(c.o_dtanh), t(c.gates), t(c.dgates), t(c.dh), t(c.dc),
-                                     t(c.w["w_hh"]).contiguous(), cm.partials_workspace(cfg, B, h),
+                                     t(c.w["w_hh"]).contiguous(), cm.partials_workspace(cfg, B, h, io_dtype),
                                      cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)]
                                     for c, sizes in zip(cs, sizes_list)])
     # T+1 iterations t = T-1 .. -1 (see _bwd_kernel)
@@ -194,12 +219,12 @@ def backward(cs, sizes_list, io_dtype=None):
 
 def compile_targets(hidden_size, dtype, arch=None):
     """(name, jit_fn, signature, constexprs) for every config the launchers use at this size and dtype."""
-    ptr = cm.buffer_ptr(dtype)
+    ptr, xptr = cm.buffer_ptr(dtype), cm.exchange_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
-    sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_h=ptr, p_c=ptr, p_tc=ptr, p_w=ptr, p_sizes="*i32",
+    sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_h=ptr, p_c=ptr, p_tc=ptr, p_x=xptr, p_w=ptr, p_sizes="*i32",
                          p_bar="*i32", p_doff="*i64", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32"),
                 bwd=dict(p_dy=ptr, p_coef=ptr, p_odt=ptr, p_gates=ptr, p_dgates=ptr, p_dh=ptr, p_dc=ptr,
-                         p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64", T="i32", t_start="i32",
+                         p_w=ptr, p_ws=xptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64", T="i32", t_start="i32",
                          n_steps="i32", tile0="i32", B="i32", H="i32"))
     kernels = dict(fwd=_fwd_kernel, bwd=_bwd_kernel)
     return [t for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d, arch)

@@ -13,17 +13,17 @@ from gpurnn.kernels import common as cm  # noqa: E402
 from kernel_cases import run_uninterpreted  # noqa: E402
 
 
-def _line_in(jit_fn, offset=1):
-    """A (file, line) inside a @triton.jit function of kernels/common.py."""
-    fn = jit_fn.fn
-    return inspect.getsourcefile(fn), inspect.getsourcelines(fn)[1] + offset
+def _line_in(jit_fn, text="def "):
+    """The (file, line) of the first line of a @triton.jit function of kernels/common.py containing text."""
+    lines, first = inspect.getsourcelines(jit_fn.fn)
+    return inspect.getsourcefile(jit_fn.fn), first + next(i for i, line in enumerate(lines) if text in line)
 
 
 def _listing(body_where, nested_where):
     """An nvdisasm -c -g style listing: setup, a time loop with a nested loop, exit."""
     f_body, l_body = body_where
     f_nest, l_nest = nested_where
-    f_ex, l_ex = _line_in(cm.load_full_rows, 3)
+    f_ex, l_ex = _line_in(cm.load_exchange, "return")
     return f"""
         /*0000*/                   S2R R0, SR_TID.X ;
         /*0010*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
@@ -52,20 +52,20 @@ def _listing(body_where, nested_where):
 
 def test_reads_the_time_loop_with_a_partial_sum_loop_run_P_times():
     body = _line_in(cm.kdot)
-    cost = static_cost.time_loop_cost(_listing(body, _line_in(cm.sum_partials, 5)), warps=8, P=3)
+    cost = static_cost.time_loop_cost(_listing(body, _line_in(cm.sum_partials, "acc +=")), warps=8, P=3)
     lanes = 8 * 32
     assert cost["mma"] == 8 * 1.5                                  # 16816 + 1688 on each of 8 warps
     assert cost["smem_read"] == 8 * 512 + lanes * 8                # LDSM x4 + LDS.64
     assert cost["smem_write"] == lanes * 16
     assert cost["load"] == lanes * 2                               # the one streaming load in the loop
     assert cost["store"] == lanes * 4
-    assert cost["exchange"] == lanes * 16 + 3 * lanes * 8          # load_full_rows + P x sum_partials
+    assert cost["exchange"] == lanes * 16 + 3 * lanes * 8          # load_exchange + P x sum_partials
     assert cost["instr"] == 8 * (9 + 3 * 2)                       # 9 in the loop, 2 in the nested one
 
 
 def test_barrier_spin_counts_one_poll_and_no_bytes():
-    cost = static_cost.time_loop_cost(_listing(_line_in(cm.kdot), _line_in(cm.grid_barrier, 9)), warps=4, P=7)
-    assert cost["exchange"] == 4 * 32 * 16      # only load_full_rows: the counter poll is not traffic
+    cost = static_cost.time_loop_cost(_listing(_line_in(cm.kdot), _line_in(cm.wait, "while")), warps=4, P=7)
+    assert cost["exchange"] == 4 * 32 * 16      # only load_exchange: the counter poll is not traffic
     assert cost["instr"] == 4 * (9 + 2)
 
 
