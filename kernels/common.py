@@ -40,7 +40,8 @@ recompiles), so one kernel serves three modes (`Config.mode`):
 Directions. A bidirectional layer's two directions share each launch: grid axis 2
 picks the direction, and the kernel moves every buffer pointer by that direction's
 offset (`for_direction`, `direction_plan`; the DIRS constexpr keeps one-direction
-launches as they were). Split mode launches the directions one after the other.
+launches as they were). Split mode launches the directions one after the other unless
+both grids fit the SMs together (`Config.dirs_fit`).
 
 Tiles. H is padded to HP = next power of two (>= 16) and masked. Gates get a
 gate dimension: a program's W tile is (HP, S*GP) with column s*GP + g holding
@@ -418,6 +419,7 @@ class Config:
     mode: str        # "single", "split" or "stepwise"
     nk: int = 1      # chunks of the forward dot's K (kdot); 1 in the backward
     tiles: int = 0   # batch tiles per launch (0: all of them)
+    dirs_fit: bool = False   # split mode: both directions' grids resident together (one launch)
 
     def groups(self, B):
         """(grid, tile0) of each launch that together cover all batch tiles: one launch, or
@@ -553,9 +555,10 @@ def place(cfg, B, sms):
         return cfg
     if cfg.P > sms:
         return replace(cfg, mode="stepwise")
-    if triton.cdiv(B, cfg.BB) * cfg.P > sms:
+    programs = triton.cdiv(B, cfg.BB) * cfg.P
+    if programs > sms:
         cfg = replace(cfg, tiles=min(cfg.tiles or sms, sms // cfg.P))
-    return cfg
+    return replace(cfg, dirs_fit=not cfg.tiles and 2 * programs <= sms)
 
 
 def launch(kernel, grid, *args, **kwargs):
@@ -599,12 +602,13 @@ def direction_plan(cfg, buffers):
     """[(buffer argument lists of the directions in one launch, their offsets)] for one or both
     directions of a layer (buffers: one list of tensor arguments per direction, in kernel order;
     the kernel moves them with `for_direction`). Both directions share each launch (grid axis 2),
-    except in split mode (its grid barrier needs every program of a launch resident, and the
-    batch-tile groups are sized for one direction) and for tensors not a multiple of 16 bytes apart."""
+    except in split mode where both grids do not fit the SMs together (cfg.dirs_fit: the grid
+    barrier needs every program of a launch resident) and for tensors not a multiple of 16 bytes apart."""
     # The offsets count 16-byte units (for_direction), so direction 1's tensors must lie a
     # multiple of 16 bytes from direction 0's (engine buffers always do). The interpreter copies
     # CUDA arguments to the host: direction 1, reached by offset only, would not be copied.
-    apart = len(buffers) > 1 and (cfg.mode == "split" or (interpreting() and buffers[0][0].is_cuda) or
+    apart = len(buffers) > 1 and ((cfg.mode == "split" and not cfg.dirs_fit) or
+                                  (interpreting() and buffers[0][0].is_cuda) or
                                   any((a.data_ptr() - b.data_ptr()) % 16 for a, b in zip(*buffers)))
     if apart:
         alone = direction_offsets(buffers[:1])
@@ -697,10 +701,10 @@ def kernel_consts(cfg, direction, acc, dot, prec):
 
 
 def direction_targets(name, fn, signature, constexprs, cfg):
-    """`target` for one direction per launch (DIRS=1) and, where a layer's two directions share a
-    launch (single mode, see direction_plan), for two (DIRS=2, named ..._2dirs); a split config
-    also as it runs stepwise (SYNC off, named ..._stepwise: a GPU with fewer SMs than P)."""
-    both = [(name, 1)] + ([(f"{name}_2dirs", 2)] if cfg.mode == "single" else [])
+    """`target` for one direction per launch (DIRS=1) and for a layer's two directions sharing a
+    launch (DIRS=2, named ..._2dirs; see direction_plan); a split config also as it runs stepwise
+    (SYNC off, named ..._stepwise: a GPU with fewer SMs than P)."""
+    both = [(name, 1), (f"{name}_2dirs", 2)]
     out = [target(n, fn, signature, dict(constexprs, DIRS=dirs), cfg) for n, dirs in both]
     if cfg.mode == "split":
         stepwise = replace(cfg, mode="stepwise")

@@ -233,10 +233,10 @@ def _config(H, O, B, elem_bytes, direction, device=None):
     cfg = (cm.tile_config(H, B, 1, unit, direction) if device is None
            else cm.choose_config(H, B, 1, unit, device, direction, budget=cm.W_BUDGET_BYTES))
     warps = cm.warps_for(_padded(O), elem_bytes, direction)
-    if direction == "fwd" and not cm.tensor_cores(elem_bytes) and cfg.P > 1:
-        # fp32 forward with split H, compiled for 16-byte aligned buffers (what runs): 16 warps
-        # (128 registers) spilled ~900 B at every H; 8 warps (255 registers) none. Whole-H (P = 1)
-        # is the other way round: 8 warps spilled 3.5 KB at H=64 (compile_check.md).
+    if direction == "fwd" and not cm.tensor_cores(elem_bytes):
+        # fp32 forward, compiled as it runs (aligned buffers; B, H and O specialised): 16 warps
+        # (128 registers) spilled ~900 B at every H; 8 warps (255 registers) none, except whole-H
+        # at H=64 (2.5 KB; 16 warps: 5.8 KB, 4 warps: 9.6 KB; compile_check.md).
         warps = 8
     return replace(cfg, num_warps=warps, nk=1)
 

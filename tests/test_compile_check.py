@@ -67,11 +67,12 @@ def test_elman_and_lstm_defaults_do_not_spill(precision, dtypes, tmp_path):
                GPURNN_FP32_PRECISION=precision)
     assert out.returncode == 0, out.stdout + out.stderr
     rows = [r for r in _rows((tmp_path / "table.md").read_text()) if r[0].split("_")[0] in ("elman", "lstm")]
-    # single-mode configs (Elman at H=128) also compile for two directions per launch, split ones
-    # (LSTM's W splits) also as they run stepwise
+    # every config also compiles for two directions per launch, split ones (LSTM's W splits) also
+    # as they run stepwise
     assert {r[0] for r in rows} == {"elman_fwd", "elman_bwd", "lstm_fwd", "lstm_bwd", "elman_fwd_2dirs",
-                                    "elman_bwd_2dirs", "lstm_fwd_stepwise", "lstm_bwd_stepwise"}
-    assert len(rows) == 8 * len(dtypes)
+                                    "elman_bwd_2dirs", "lstm_fwd_2dirs", "lstm_bwd_2dirs",
+                                    "lstm_fwd_stepwise", "lstm_bwd_stepwise"}
+    assert len(rows) == 10 * len(dtypes)
     spilling = [r for r in rows if r[6] != 0]
     assert spilling == [], spilling
     for r in rows:   # the launch options reach the compile: one program gets the whole register file

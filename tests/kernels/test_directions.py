@@ -60,7 +60,7 @@ def test_split_arithmetic_pairs_step_by_step(split_hidden, launches):
 
 
 def test_split_mode_or_misalignment_launches_each_direction_alone():
-    """A grid barrier needs all of a launch resident (the groups are sized for one direction);
+    """A grid barrier needs all of a launch resident (unless both directions' grids fit the SMs);
     Triton specialises pointers on 16-byte alignment, so direction 1 must match direction 0's."""
     import torch
 
@@ -69,6 +69,8 @@ def test_split_mode_or_misalignment_launches_each_direction_alone():
     plan = cm.direction_plan(cfg, buffers)
     assert [len(lists) for lists, _ in plan] == [1, 1]
     assert all(offsets.tolist() == [0, 0] for _, offsets in plan)
+    shared = cm.direction_plan(replace(cfg, dirs_fit=True), buffers)   # both grids fit the SMs: one launch
+    assert [len(lists) for lists, _ in shared] == [2]
     single = cm.direction_plan(replace(cfg, mode="single"), buffers)
     (lists, offsets), = single
     assert len(lists) == 2

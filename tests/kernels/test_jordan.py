@@ -121,8 +121,8 @@ def test_launch_options_are_the_shared_rule(dtype, elem_bytes, launch_kwargs, mo
     unit = jordan.W_SHARE * 2 * 64 * elem_bytes / H   # W bytes per hidden unit, in tile_config's units
     for name, direction in (("_fwd_kernel", "fwd"), ("_bwd_kernel", "bwd")):
         cfg = cm.tile_config(H, 2, 1, unit, direction)
-        # except the fp32 forward with split H: 8 warps (jordan._config)
-        warps = 8 if direction == "fwd" and elem_bytes == 4 and cfg.P > 1 else cm.warps_for(64, elem_bytes, direction)
+        # except the fp32 forward: 8 warps (jordan._config)
+        warps = 8 if direction == "fwd" and elem_bytes == 4 else cm.warps_for(64, elem_bytes, direction)
         assert {k: seen[name][k] for k in ("num_warps", "maxnreg", "S", "P")} == dict(
             num_warps=warps, maxnreg=min(255, 65536 // (32 * warps)), S=cfg.S, P=cfg.P), name
 

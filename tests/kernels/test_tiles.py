@@ -58,8 +58,28 @@ def test_large_batch_runs_split_in_groups(monkeypatch):
 def test_split_grid_that_fits_is_one_launch(monkeypatch):
     cfg = _config_on_gpu(monkeypatch, 768, 16, 132)
     assert cfg.mode == "split" and cfg.tiles == 0 and len(cfg.groups(16)) == 1
+    assert not cfg.dirs_fit                                   # 2 x 96 programs > 132 SMs
+    assert _config_on_gpu(monkeypatch, 768, 16, 192).dirs_fit   # both directions in one launch
 
 
 def test_more_slices_than_sms_runs_stepwise(monkeypatch):
     cfg = _config_on_gpu(monkeypatch, 768, 16, 4)
     assert cfg.P > 4 and cfg.mode == "stepwise"
+
+
+@pytest.mark.parametrize("cell", ["elman", "lstm", "gru"])
+@pytest.mark.parametrize("io_dtype", [None, "float16"], ids=["fp32", "fp16-exchange"])
+def test_h96_split_exchange_matches_engine(cell, io_dtype, monkeypatch, nan_empty):
+    """H=96 (a multiple of 32, not a power of two) in slices of 32: P=3 programs exchange h and the
+    backward's shares through buffers in the io dtype (fp16 here), over B=17 (a short second tile),
+    packed and reversed."""
+    from kernel_cases import TOL_FP16_DOT, with_io_dtype
+
+    monkeypatch.setenv("GPURNN_SLICE", "32")
+    with_io_dtype(monkeypatch, cell, io_dtype)
+    T, B = 5, 17
+    case = make_case(cell, T, B, 96, seed=6)
+    sizes = packed_sizes(T, B)
+    got = run(case, "triton", batch_sizes=sizes, reverse=True)
+    tol = TOL_FP16_DOT if io_dtype else TOL[np.float32]
+    assert_all_close(got, run(case, "numpy", batch_sizes=sizes, reverse=True), **tol)
