@@ -7,8 +7,6 @@ CPU counterparts: gpurnn/cells/lstm.py (the maths and the buffers these kernels 
 # h, c:  (T+1, B, H)  [0] = state0; [t+1] written at step t (rows past their length hold)
 # tanh_c: (T, B, H)   tanh(c_t) (active rows)
 # w_hh:  (4H, H)      sizes: (T,) int32 active rows per step (a prefix)
-# coef:  (T, B, 4, H) d pre-activation / d(dc, dc, dc, dm), from gpurnn/cells/lstm.py (LSTM.coef)
-# o_dtanh: (T, B, H)  o * tanh'(c_t)
 # dy: (T, B, H)  dgates: (T, B, 4H)  dh, dc: (B, H) carried (dstate_T in, dstate_0 out)
 # ws: (2, P, B, HP)   each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
 
@@ -102,9 +100,10 @@ def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_x, p_w, p_sizes, p_bar, p_doff,
 
 
 @triton.jit
-def _bwd_stream(t, p_dy, p_coef, p_odt, p_gates, p_sizes, rows, j0, B, H, S: tl.constexpr, ACC: tl.constexpr):
-    """Step t's streaming inputs, loaded a step ahead (none for t < 0): active rows, dy, o*tanh'(c),
-    coef (BB, S, 4) and f."""
+def _bwd_stream(t, p_dy, p_gates, p_c, p_tc, p_sizes, rows, j0, B, H, S: tl.constexpr, ACC: tl.constexpr):
+    """Step t's streaming inputs, loaded a step ahead (none for t < 0): active rows, dy, and the
+    forward's gates (i, f, g, o) (BB, S, 4), c_{t-1} and tanh(c_t), from which `_coef` derives
+    what backward needs (per step, instead of passes over (T, B, 4H) arrays before the backward)."""
     n = tl.load(p_sizes + t, mask=t >= 0, other=0)
     active = rows < n
     cols = j0 + tl.arange(0, S)
@@ -112,15 +111,27 @@ def _bwd_stream(t, p_dy, p_coef, p_odt, p_gates, p_sizes, rows, j0, B, H, S: tl.
     step = t.to(tl.int64) * B * H
     off2 = rows[:, None] * H + cols[None, :]
     b_dy = tl.load(p_dy + step + off2, mask=ok2, other=0.0).to(ACC)
-    b_odt = tl.load(p_odt + step + off2, mask=ok2, other=0.0).to(ACC)
-    p_coef3, m3 = cm.gate_tile(p_coef + 4 * step, rows, active, H, j0, S, 4, 4)
-    b_coef = tl.load(p_coef3, mask=m3, other=0.0).to(ACC)
-    b_f = tl.load(p_gates + 4 * step + rows[:, None] * 4 * H + H + cols[None, :], mask=ok2, other=1.0).to(ACC)
-    return n, b_dy, b_odt, b_coef, b_f
+    p_g3, m3 = cm.gate_tile(p_gates + 4 * step, rows, active, H, j0, S, 4, 4)
+    b_a = tl.load(p_g3, mask=m3, other=0.0).to(ACC)
+    b_cp = tl.load(p_c + step + off2, mask=ok2, other=0.0).to(ACC)
+    return n, b_dy, b_a, b_cp, tl.load(p_tc + step + off2, mask=ok2, other=0.0).to(ACC)
+
+
+@triton.jit
+def _coef(a, c_prev, tc):
+    """(coef (BB, S, 4), o tanh'(c_t), f) from the gates a (i, f, g, o), c_{t-1} and tanh(c_t):
+    coef = d pre-activation / d(dc | dc | dc | dh) = (g i' | c_{t-1} f' | i g' | tanh(c_t) o'),
+    sigmoid' = s (1 - s), tanh' = 1 - g^2. Rows loaded as zeros (inactive) get coef 0 and f 0."""
+    i, f, g, o = cm.gate(a, 0), cm.gate(a, 1), cm.gate(a, 2), cm.gate(a, 3)
+    k = tl.arange(0, 4)[None, None, :]
+    slope = tl.where(k == 2, 1.0 - a * a, a * (1.0 - a))
+    factor = tl.where(k == 0, g[:, :, None], tl.where(k == 1, c_prev[:, :, None],
+                                                       tl.where(k == 2, i[:, :, None], tc[:, :, None])))
+    return slope * factor, o * (1.0 - tc * tc), f
 
 
 @triton.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
-def _bwd_kernel(p_dy, p_coef, p_odt, p_gates, p_dgates, p_dh, p_dc, p_w, p_ws, p_sizes, p_bar, p_doff,
+def _bwd_kernel(p_dy, p_gates, p_c, p_tc, p_dgates, p_dh, p_dc, p_w, p_ws, p_sizes, p_bar, p_doff,
                 T, t_start, n_steps, B, H, tile0,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr,
@@ -131,9 +142,9 @@ def _bwd_kernel(p_dy, p_coef, p_odt, p_gates, p_dgates, p_dh, p_dc, p_w, p_ws, p
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
     if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
         p_dy = cm.for_direction(p_dy, p_doff, 0)
-        p_coef = cm.for_direction(p_coef, p_doff, 1)
-        p_odt = cm.for_direction(p_odt, p_doff, 2)
-        p_gates = cm.for_direction(p_gates, p_doff, 3)
+        p_gates = cm.for_direction(p_gates, p_doff, 1)
+        p_c = cm.for_direction(p_c, p_doff, 2)
+        p_tc = cm.for_direction(p_tc, p_doff, 3)
         p_dgates = cm.for_direction(p_dgates, p_doff, 4)
         p_dh = cm.for_direction(p_dh, p_doff, 5)
         p_dc = cm.for_direction(p_dc, p_doff, 6)
@@ -151,7 +162,7 @@ def _bwd_kernel(p_dy, p_coef, p_odt, p_gates, p_dgates, p_dh, p_dc, p_w, p_ws, p
     b_dh = tl.load(p_dh + off2, mask=ok2, other=0.0).to(ACC)
     b_dc = tl.load(p_dc + off2, mask=ok2, other=0.0).to(ACC)
     b_prod = tl.zeros((BB, HP), ACC)
-    n, b_dy, b_odt, b_coef, b_f = _bwd_stream(t_start, p_dy, p_coef, p_odt, p_gates, p_sizes, rows, j0, B, H, S, ACC)
+    n, b_dy, b_a, b_cp, b_tc = _bwd_stream(t_start, p_dy, p_gates, p_c, p_tc, p_sizes, rows, j0, B, H, S, ACC)
     is_o = tl.arange(0, 4)[None, None, :] == 3
     for i in range(n_steps):
         t = t_start - i
@@ -159,10 +170,11 @@ def _bwd_kernel(p_dy, p_coef, p_odt, p_gates, p_dgates, p_dh, p_dc, p_w, p_ws, p
             b_new = cm.next_step_product(b_prod, p_ws, t, rows, cols, B, H, HP, P, S, SINGLE, ACC)
             b_dh = tl.where((rows < tl.load(p_sizes + t + 1))[:, None], b_new, b_dh)
         if t >= 0:
+            b_coef, b_odt, b_f = _coef(b_a, b_cp, b_tc)
             b_dh += b_dy
             b_dc += b_dh * b_odt
             b_d = b_coef * tl.where(is_o, b_dh[:, :, None], b_dc[:, :, None])
-            b_dc = b_dc * b_f
+            b_dc = tl.where((rows < n)[:, None], b_dc * b_f, b_dc)   # inactive rows keep dc
             # (BB, S, 4) -> (BB, S*4): column s*4 + g, the W tile's column order
             b_prod = tl.dot(cm.pin(tl.reshape(b_d, (BB, S * 4))).to(DOT), tl.trans(b_w),
                             input_precision=PREC, out_dtype=ACC)
@@ -175,8 +187,7 @@ def _bwd_kernel(p_dy, p_coef, p_odt, p_gates, p_dgates, p_dh, p_dc, p_w, p_ws, p
         else:
             if SYNC:
                 cm.arrive(p_bar)
-        n, b_dy, b_odt, b_coef, b_f = _bwd_stream(t - 1, p_dy, p_coef, p_odt, p_gates, p_sizes, rows, j0, B, H,
-                                                  S, ACC)
+        n, b_dy, b_a, b_cp, b_tc = _bwd_stream(t - 1, p_dy, p_gates, p_c, p_tc, p_sizes, rows, j0, B, H, S, ACC)
         if SYNC:
             cm.wait(p_bar, (i + 1) * P)
     tl.store(p_dh + off2, b_dh, mask=ok2)
@@ -208,7 +219,7 @@ def backward(cs, sizes_list, io_dtype=None):
     if T == 0:
         return
     t = cm.as_tensor
-    plan = cm.direction_plan(cfg, [[t(c.dy), t(c.coef), t(c.o_dtanh), t(c.gates), t(c.dgates), t(c.dh), t(c.dc),
+    plan = cm.direction_plan(cfg, [[t(c.dy), t(c.gates), t(c.c), t(c.tanh_c), t(c.dgates), t(c.dh), t(c.dc),
                                      t(c.w["w_hh"]).contiguous(), cm.partials_workspace(cfg, B, h, io_dtype),
                                      cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)]
                                     for c, sizes in zip(cs, sizes_list)])
@@ -223,7 +234,7 @@ def compile_targets(hidden_size, dtype, arch=None):
     acc, dot, prec = cm.dtype_constexprs(dtype)
     sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_h=ptr, p_c=ptr, p_tc=ptr, p_x=xptr, p_w=ptr, p_sizes="*i32",
                          p_bar="*i32", p_doff="*i64", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32"),
-                bwd=dict(p_dy=ptr, p_coef=ptr, p_odt=ptr, p_gates=ptr, p_dgates=ptr, p_dh=ptr, p_dc=ptr,
+                bwd=dict(p_dy=ptr, p_gates=ptr, p_c=ptr, p_tc=ptr, p_dgates=ptr, p_dh=ptr, p_dc=ptr,
                          p_w=ptr, p_ws=xptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64", T="i32", t_start="i32",
                          n_steps="i32", tile0="i32", B="i32", H="i32"))
     kernels = dict(fwd=_fwd_kernel, bwd=_bwd_kernel)

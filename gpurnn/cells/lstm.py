@@ -92,25 +92,6 @@ class LSTM(Cell):
     def final(self):
         return (self.h[-1], self.c[-1])
 
-    @functools.cached_property
-    def coef(self):
-        """(T, B, 4, H) d pre-activation / d(dc | dc | dc | dh) for all steps:
-        i: g*i(1-i), f: c_prev*f(1-f), g: i*(1-g^2), o: tanh(c)*o(1-o)."""
-        a, H = self.gates, self.H
-        T, B = a.shape[:2]
-        out = 1 - a
-        out *= a                                   # sigmoid' for i, f, o
-        g = a[..., 2 * H:3 * H]
-        out[..., 2 * H:3 * H] = 1 - g * g          # tanh' for g
-        for k, factor in enumerate((g, self.c[:-1], a[..., :H], self.tanh_c)):
-            out[..., k * H:(k + 1) * H] *= factor
-        return out.reshape(T, B, 4, H)
-
-    @functools.cached_property
-    def o_dtanh(self):
-        """(T, B, H) o * tanh'(c_t) for all steps: dc += dh * this."""
-        return self.gates[..., 3 * self.H:] * (1 - self.tanh_c * self.tanh_c)
-
     def begin_backward(self, dy, dstate, alloc):
         T, B = self.gates.shape[:2]
         self.dy = dy
