@@ -583,19 +583,28 @@ def _no_offsets(device, n):
 def direction_offsets(buffers):
     """int64 tensor: for each buffer argument, the 16-byte units from direction 0's tensor to
     direction 1's (buffers: one list of tensors per direction, in kernel order)."""
-    import torch
-
     if len(buffers) == 1:
         return _no_offsets(buffers[0][0].device, len(buffers[0]))
-    else:
-        values = []
-        for a, b in zip(*buffers):
-            delta = b.data_ptr() - a.data_ptr()
-            if a.dtype != b.dtype or delta % 16:
-                raise ValueError(f"direction buffers: expected one dtype and addresses a multiple of 16 bytes "
-                                 f"apart, got {a.dtype} and {b.dtype}, {delta} bytes apart")
-            values.append(delta // 16)
-    return torch.tensor(values, dtype=torch.int64, device=buffers[0][0].device)
+    values = []
+    for a, b in zip(*buffers):
+        delta = b.data_ptr() - a.data_ptr()
+        if a.dtype != b.dtype or delta % 16:
+            raise ValueError(f"direction buffers: expected one dtype and addresses a multiple of 16 bytes "
+                             f"apart, got {a.dtype} and {b.dtype}, {delta} bytes apart")
+        values.append(delta // 16)
+    return _offsets_tensor(tuple(values), buffers[0][0].device)
+
+
+@functools.lru_cache(maxsize=256)
+def _offsets_tensor(values, device):
+    """The offsets on the device, made once per distinct values (repeated calls reuse the same
+    buffers, so the same offsets); a new one is copied from pinned memory without blocking the host."""
+    import torch
+
+    host = torch.tensor(values, dtype=torch.int64)
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
 
 
 def direction_plan(cfg, buffers):

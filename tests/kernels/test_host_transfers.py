@@ -1,4 +1,4 @@
-"""No host<->device copy or synchronisation in a repeated layer call (Triton backend, run here by
+"""No blocking host<->device copy or synchronisation in a repeated layer call (Triton backend, run here by
 the interpreter): every call of torch's copying or synchronising functions from gpurnn's own
 code (gpurnn/, kernels/) is counted during a second call of the same shape. torch.tensor counts
 where it is given a device (the layer's handle is a host tensor by design); Tensor methods
@@ -43,21 +43,23 @@ def count_transfers(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("kind,kw,expected", [
-    ("LSTM", {}, 0), ("GRU", {"num_layers": 2}, 0),
-    # a bidirectional launch passes the address offsets of direction 1's buffers as a tensor
-    # made on the host, one per forward and per backward launch (kernels/common.direction_offsets)
-    ("RNN", {"bidirectional": True}, 2),
-])
-def test_a_repeated_layer_call_copies_nothing(kind, kw, expected, count_transfers):
+@pytest.mark.parametrize("kind,kw,offsets", [("LSTM", {}, 0), ("GRU", {"num_layers": 2}, 0),
+                                              ("RNN", {"bidirectional": True}, 2)])
+def test_a_repeated_layer_call_copies_nothing(kind, kw, offsets, count_transfers):
+    from gpurnn.kernels import common
+
     m = getattr(gnn, kind)(8, 16, backend="triton", **kw)
     x = torch.randn(5, 3, 8, requires_grad=True)
-    for _ in range(2):   # the first call fills the caches (sizes on the device)
+    for _ in range(2):   # the first call fills the caches (sizes, direction offsets on the device)
         count_transfers.clear()
+        made = common._offsets_tensor.cache_info().misses
         y, _ = m(x)
         y.sum().backward()
-    offsets = [c for c in count_transfers if "common.py" in c]
-    assert len(count_transfers) == expected and len(offsets) == expected, count_transfers
+    assert count_transfers == []
+    # a bidirectional launch passes direction 1's address offsets as a device tensor, made once per
+    # distinct offsets (common._offsets_tensor): at most one per forward and backward launch, which
+    # on CUDA is an asynchronous copy from pinned memory (the host does not wait)
+    assert common._offsets_tensor.cache_info().misses - made <= offsets
 
 
 def test_packed_outputs_are_zeroed_without_a_launch_per_step(count_transfers):
