@@ -275,7 +275,7 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
         return [torch_loop.layer(cell, x, state0, weights, reverse=reverse, batch_sizes=batch_sizes, **opts)
                 for state0, weights, reverse in directions]
     if name == "numpy":
-        opts = dict(opts, gemm="torch")   # see arrays.torch_matmul
+        opts = dict(opts, gemm="auto")   # torch's or NumPy's BLAS, timed per shape (gpurnn/cpu/gemm.py)
     teacher = opts.pop("teacher", None)
     n_state, n_dirs = len(directions[0][0]), len(directions)
     packed = torch.ops.gpurnn.layer(x, *_pack(tensors, cell, n_state, n_dirs), teacher, cell, n_state,

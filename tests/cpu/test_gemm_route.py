@@ -1,0 +1,92 @@
+"""gpurnn/cpu/gemm.py: the GEMM route the torch front end takes on the CPU (torch's or NumPy's BLAS)."""
+import numpy as np
+import pytest
+import torch
+
+import gpurnn.nn as gnn
+from gpurnn import arrays
+from gpurnn.cpu import gemm
+
+KINDS = {"RNN": torch.nn.RNN, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
+
+
+@pytest.fixture
+def fresh_routes(monkeypatch):
+    """No route chosen yet, and every timing recorded: {shape class: route}."""
+    monkeypatch.setattr(gemm, "_chosen", {})
+    timed = []
+    real = gemm.time_routes
+
+    def counted(a, b, out=None, add=False, repeats=gemm.REPEATS):
+        timed.append(gemm.shape_class(a, b, out, add))
+        return real(a, b, out, add, repeats=2)
+    monkeypatch.setattr(gemm, "time_routes", counted)
+    return timed
+
+
+def _run(kind, seed=0):
+    torch.manual_seed(seed)
+    ref = KINDS[kind](16, 32, num_layers=2, bidirectional=True)
+    ours = getattr(gnn, kind)(16, 32, num_layers=2, bidirectional=True)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(12, 5, 16)
+    out = []
+    for m in (ref, ours):
+        xi = x.clone().requires_grad_()
+        y, _ = m(xi)
+        y.square().sum().backward()
+        out.append([y.detach(), xi.grad] + [p.grad for p in m.parameters()])
+    return out
+
+
+@pytest.mark.parametrize("route", ["auto", "torch", "numpy"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_route_matches_torch(kind, route, monkeypatch, fresh_routes):
+    monkeypatch.setenv("GPURNN_GEMM", route)
+    ref, got = _run(kind)
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_a_forced_route_is_the_only_one_called(monkeypatch, fresh_routes):
+    calls = {name: 0 for name in gemm.ROUTES}
+    for name, fn in list(gemm.ROUTES.items()):
+        def counted(*args, _fn=fn, _name=name, **kwargs):
+            calls[_name] += 1
+            return _fn(*args, **kwargs)
+        monkeypatch.setitem(gemm.ROUTES, name, counted)
+    monkeypatch.setenv("GPURNN_GEMM", "numpy")
+    _run("LSTM")
+    assert calls["numpy"] > 0 and calls["torch"] == 0 and fresh_routes == []
+    calls.update(numpy=0, torch=0)
+    monkeypatch.setenv("GPURNN_GEMM", "torch")
+    _run("LSTM")
+    assert calls["torch"] > 0 and calls["numpy"] == 0 and fresh_routes == []
+
+
+def test_the_choice_is_timed_once_per_shape_class_and_deterministic(monkeypatch, fresh_routes):
+    monkeypatch.setenv("GPURNN_GEMM", "auto")
+    first = _run("GRU")[1]
+    timed = list(fresh_routes)
+    assert timed and len(set(timed)) == len(timed)        # each shape class timed once
+    assert set(gemm.chosen()) == set(timed)
+    assert all(route in gemm.ROUTES for route, _ in gemm.chosen().values())
+    second = _run("GRU")[1]
+    assert fresh_routes == timed                           # the second call reuses every choice
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_the_faster_route_is_chosen(monkeypatch):
+    monkeypatch.setattr(gemm, "_chosen", {})
+    monkeypatch.setattr(gemm, "time_routes", lambda *a, **k: {"torch": 2.0, "numpy": 1.0})
+    a, b = np.ones((4, 3), np.float32), np.ones((3, 5), np.float32)
+    assert gemm.route(a, b) == "numpy"
+    np.testing.assert_array_equal(gemm.matmul(a, b), arrays.xp_matmul(a, b))
+    assert "numpy for 1 of 1" in gemm.describe()
+
+
+def test_bad_route_names_the_variable(monkeypatch):
+    monkeypatch.setenv("GPURNN_GEMM", "mkl")
+    with pytest.raises(ValueError, match=r"GPURNN_GEMM: expected 'auto' or one of .*got 'mkl'"):
+        gemm.forced()
