@@ -274,8 +274,21 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
         # as the torch loop (profiling/results/cpu/single_step.md).
         return [torch_loop.layer(cell, x, state0, weights, reverse=reverse, batch_sizes=batch_sizes, **opts)
                 for state0, weights, reverse in directions]
+    if name == "numpy" and not compiling and not torch.jit.is_tracing():
+        from .cpu import layer as cpu_layer   # the engine or torch's fused op, timed per layer shape
+        if cpu_layer.applies(cell, x, directions, batch_sizes, opts) and cpu_layer.route(
+                cell, x, directions, opts, for_backward,
+                lambda xs, ds: _engine_layers(cell, xs, ds, name, batch_sizes, opts, torch.is_grad_enabled())
+        ) == "torch":
+            return cpu_layer.torch_layers(cell, x, directions, opts)
+    return _engine_layers(cell, x, directions, name, batch_sizes, opts, for_backward)
+
+
+def _engine_layers(cell, x, directions, name, batch_sizes, opts, for_backward):
+    """run_layers on the engine: the custom op gpurnn::layer."""
+    tensors = [t for state0, weights, _ in directions for t in (*state0, *weights)]
     if name == "numpy":
-        opts = dict(opts, gemm="auto")   # torch's or NumPy's BLAS, timed per shape (gpurnn/cpu/gemm.py)
+        opts = dict(opts, gemm="auto")   # torch's or NumPy's BLAS, timed per layer shape (gpurnn/cpu/gemm.py)
     teacher = opts.pop("teacher", None)
     n_state, n_dirs = len(directions[0][0]), len(directions)
     packed = torch.ops.gpurnn.layer(x, *_pack(tensors, cell, n_state, n_dirs), teacher, cell, n_state,

@@ -91,7 +91,7 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
     to float32 by the caller, as NumPy and CuPy have no bfloat16).
     gemm: "xp" (NumPy's or CuPy's matmul), "torch" (torch's, on zero-copy views of NumPy
     arrays: callers inside torch keep one BLAS thread pool in the process) or "auto" (NumPy
-    data: whichever of the two times faster per GEMM shape on this machine, gpurnn/cpu/gemm.py).
+    data: whichever of the two times faster for the layer's shape on this machine, gpurnn/cpu/gemm.py).
     opts: the cell's own options, passed to its module's make() (gpurnn.cells): nonlinearity,
     output_activation, teacher; for_backward=False: no backward will follow, so a loop may skip
     what only backward needs.
@@ -129,15 +129,15 @@ class _Run:
     for_backward: bool
 
 
-def _matmul(gemm, xp):
-    """The GEMM function for a gemm option (see forward)."""
+def _matmul(gemm, x, w):
+    """The GEMM function for a gemm option (see forward), for a layer on x with weights w."""
     if gemm not in ("xp", "torch", "auto"):
         raise ValueError(f"gemm: expected 'xp', 'torch' or 'auto', got {gemm!r}")
     if gemm == "torch":
         return torch_matmul
-    if gemm == "auto" and xp is np:
+    if gemm == "auto" and isinstance(x, np.ndarray):
         from .cpu import gemm as route   # gpurnn.cpu builds on the engine's arrays, not the other way
-        return route.matmul
+        return route.matmul_for(x, w)
     return xp_matmul
 
 
@@ -151,7 +151,7 @@ def _start_forward(cell, x, state0, weights, reverse, batch_sizes, backend, gemm
     sizes = [B] * T if batch_sizes is None else [int(n) for n in batch_sizes]
     sizes = _time_order(sizes, reverse)
     fused = backend == "triton" and w.get("w_hr") is None   # a projection (w_hr): the xp loop
-    c = cells.get(cell).make(xp, w, _matmul(gemm, xp), opts, fused)
+    c = cells.get(cell).make(xp, w, _matmul(gemm, x, w), opts, fused)
     # With packed rows, buffers start zeroed: rows past their length are never written by a
     # step, and the weight GEMMs multiply them by zero gradients (0 * garbage may be NaN).
     alloc = Allocations(xp, zero=batch_sizes is not None)

@@ -456,7 +456,8 @@ def markdown(rows, args, meta):
              f"- versions: {meta['versions']}",
              f"- machine load: {meta['load']}",
              f"- LSTM step on the CPU (float32): {meta['cpu_step']}",
-             f"- GEMM route on the CPU (torch front end): {meta['gemm_route']}",
+             f"- layer route on the CPU (torch front end): {meta['layer_route']}",
+             f"- GEMM route on the CPU (torch front end, engine layers): {meta['gemm_route']}",
              f"- {meta['openblas_env']}",
              f"- command: `{meta['command']}`",
              "- times in ms: median [20%, 80% quantile]; ratio = time / baseline time of the same "
@@ -513,7 +514,7 @@ def _load():
 def metadata(args, argv, load_before):
     import gpurnn
     from gpurnn import cpu
-    from gpurnn.cpu import gemm
+    from gpurnn.cpu import gemm, layer
     versions = [f"python {platform.python_version()}", f"torch {torch.__version__}", f"numpy {np.__version__}",
                 f"gpurnn {getattr(gpurnn, '__version__', '?')}"]
     with contextlib.suppress(ImportError):
@@ -525,8 +526,8 @@ def metadata(args, argv, load_before):
             "load": f"{load_before} at the start, {_load()} at the end (1-minute load average; "
                     f"{os.cpu_count()} cores: anything near or above that means the numbers are noisy)",
             "cpu_step": cpu.describe(),
-            "gemm_route": gemm.describe() + "; " + "; ".join(
-                f"{key[0]} @ {key[1]}: {route}" for key, (route, _) in sorted(gemm.chosen().items())),
+            "gemm_route": gemm.describe(),
+            "layer_route": layer.describe(),
             "openblas_env": "OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE " + (
                 "unset" if not {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"} & set(os.environ) else
                 "set: " + ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")

@@ -6,3 +6,7 @@ set here, before any test module imports gpurnn.kernels.
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# The CPU torch front end times gpurnn's engine against torch's fused op per layer shape and may
+# take either (gpurnn/cpu/layer.py). The suite tests the engine unless a test asks for the choice
+# (tests/cpu/test_layer_route.py).
+os.environ.setdefault("GPURNN_CPU_LAYER", "engine")

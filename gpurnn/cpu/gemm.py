@@ -3,11 +3,16 @@
 The engine's GEMMs on NumPy arrays can run through torch (MKL, in torch's thread pool, on
 zero-copy views: arrays.torch_matmul) or through NumPy's OpenBLAS (arrays.xp_matmul). Which
 is faster depends on the CPU: on an AMD EPYC torch's MKL ran the (4096, 64) @ (64, 512)
-projection in 3.2 ms and OpenBLAS in 1.9 ms; on an Intel Xeon they trade places. So the first
-GEMM of each shape class (shapes with every dimension rounded up to a power of two, dtype,
-accumulate or not) runs both routes a few times and the faster median is kept for the process.
-Each timed call is followed by a small threaded torch operation: OpenBLAS workers spin after a
-call and slow torch's own pool (why torch_matmul exists), so that cost counts where it lands.
+projection in 3.2 ms and OpenBLAS in 1.9 ms; on an Intel Xeon torch is the faster for the
+per-step shapes. So the first layer call of each shape class (batch, input and gate widths
+rounded up to powers of two, the recurrent width, dtype) times a small replica of the layer's
+GEMMs through each route, a projection and sixteen steps, and keeps the faster for every GEMM
+of that layer class in the process.
+
+One route for all of a layer's GEMMs, not one per GEMM: mixing them lets OpenBLAS workers,
+which spin after each call, fight torch's thread pool. Choosing per GEMM shape in isolation
+picked NumPy for two of fourteen shapes on a Xeon and made the LSTM's forward+backward twice
+as slow (profiling/results/cpu/engine_vs_torch_xeon*.md).
 
 GPURNN_GEMM=torch|numpy forces a route ("auto", the default, times them). Both routes give the
 same results to float32 rounding (tests/cpu/test_gemm_route.py).
@@ -22,8 +27,9 @@ import numpy as np
 from ..arrays import torch_matmul, xp_matmul
 
 ROUTES = {"torch": torch_matmul, "numpy": xp_matmul}
-REPEATS = 5
-_chosen = {}     # shape class -> (route, {route: median seconds})
+REPEATS = 3
+STEPS = 16   # steps of the timed replica (a projection over STEPS steps, then STEPS step GEMMs)
+_chosen = {}     # layer shape class -> (route, {route: median seconds})
 _lock = threading.Lock()
 
 
@@ -39,59 +45,60 @@ def _pow2(n):
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def shape_class(a, b, out, add):
-    return (tuple(_pow2(d) for d in a.shape), tuple(_pow2(d) for d in b.shape), a.dtype.str, out is None, add)
+def shape_class(B, I, K, N, dtype):
+    """A layer's GEMMs: batch B, input width I, recurrent width K, gate width N (= gates x hidden)."""
+    return _pow2(B), _pow2(I), _pow2(K), _pow2(N), np.dtype(dtype).str
 
 
-def _probe():
-    """A threaded torch operation (above torch's parallel grain): where spinning BLAS workers cost."""
-    import torch
-
-    x = torch.empty(1 << 16)
-    return lambda: torch.tanh(x, out=x)
-
-
-def time_routes(a, b, out=None, add=False, repeats=REPEATS):
-    """{route: median seconds} of a @ b (into out, accumulating with add) through each route,
-    on scratch arrays of the same shapes, each call followed by the probe."""
+def time_routes(B, I, K, N, dtype, repeats=REPEATS):
+    """{route: median seconds} of the layer replica through each route: (STEPS*B, I) @ (I, N),
+    then STEPS x (B, K) @ (K, N) accumulated into the gate rows."""
     rng = np.random.default_rng(0)
-    a_, b_ = (rng.standard_normal(x.shape).astype(x.dtype) for x in (a, b))
-    out_ = None if out is None else np.zeros(out.shape, out.dtype)
-    probe = _probe()
+    x = rng.standard_normal((STEPS * B, I)).astype(dtype)
+    w_ih, w_hh = (rng.standard_normal(s).astype(dtype) / 8 for s in ((I, N), (K, N)))
+    h = rng.standard_normal((B, K)).astype(dtype)
+    gates = np.empty((STEPS * B, N), dtype)
     times = {}
     for name, fn in ROUTES.items():
-        fn(a_, b_, out=out_, add=add)   # warm up: thread pools, first-touch pages
+        def replica():
+            fn(x, w_ih, out=gates)
+            for t in range(STEPS):
+                fn(h, w_hh, out=gates[t * B:(t + 1) * B], add=True)
+        replica()   # warm up: thread pools, first-touch pages
         runs = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            fn(a_, b_, out=out_, add=add)
-            probe()
+            replica()
             runs.append(time.perf_counter() - t0)
         times[name] = statistics.median(runs)
     return times
 
 
-def route(a, b, out=None, add=False):
-    """The route for this GEMM: forced, or the faster by timing, once per shape class."""
+def route(B, I, K, N, dtype):
+    """The route for a layer's GEMMs: forced, or the faster by timing, once per shape class."""
     name = forced()
     if name is not None:
         return name
-    key = shape_class(a, b, out, add)
+    key = shape_class(B, I, K, N, dtype)
     if key not in _chosen:
         with _lock:
             if key not in _chosen:
-                times = time_routes(a, b, out, add)
+                times = time_routes(*key[:4], dtype)
                 _chosen[key] = (min(times, key=times.get), times)
     return _chosen[key][0]
 
 
-def matmul(a, b, out=None, add=False):
-    """a @ b (into out; add=True accumulates) on NumPy arrays through the chosen route."""
-    return ROUTES[route(a, b, out, add)](a, b, out=out, add=add)
+def matmul_for(x, w):
+    """The GEMM function (arrays.torch_matmul or xp_matmul) for a layer on NumPy input x (T, B, I)
+    with weights w (w_ih (N, I), and its recurrent weight (N, K))."""
+    N, I = w["w_ih"].shape
+    K = next((v.shape[1] for k, v in w.items() if k != "w_ih" and v is not None and v.ndim == 2
+              and v.shape[0] == N), I)
+    return ROUTES[route(x.shape[1], I, K, N, x.dtype)]
 
 
 def chosen():
-    """{shape class: (route, {route: median seconds})} decided so far in this process."""
+    """{shape class (B, I, K, N, dtype): (route, {route: median seconds})} decided so far in this process."""
     return dict(_chosen)
 
 
@@ -101,21 +108,17 @@ def describe():
     if name is not None:
         return f"{name} (forced by GPURNN_GEMM)"
     if not _chosen:
-        return "auto: torch or NumPy's BLAS per GEMM shape, whichever times faster on first use"
-    counts = {}
-    for r, _ in _chosen.values():
-        counts[r] = counts.get(r, 0) + 1
-    split = ", ".join(f"{r} for {n}" for r, n in sorted(counts.items()))
-    return f"auto, timed on first use per GEMM shape: {split} of {len(_chosen)} shape classes so far"
+        return "auto: torch or NumPy's BLAS per layer shape, whichever times faster on first use"
+    return "auto, timed per layer shape (B, I, K, N): " + "; ".join(
+        f"{key[:4]} {route} ({', '.join(f'{r} {t * 1e3:.2f} ms' for r, t in times.items())})"
+        for key, (route, times) in sorted(_chosen.items()))
 
 
-def report(shapes=(((32, 128), (128, 512)), ((4096, 64), (64, 512)))):
-    """Timings of both routes on representative float32 shapes (a step, a projection), as lines."""
+def report(shapes=((32, 64, 128, 512), (32, 128, 128, 384))):
+    """Both routes timed on representative float32 layers (an LSTM and a GRU at B=32, H=128), as lines."""
     lines = []
-    for sa, sb in shapes:
-        a, b = np.zeros(sa, np.float32), np.zeros(sb, np.float32)
-        times = time_routes(a, b, out=np.zeros((sa[0], sb[1]), np.float32))
-        best = min(times, key=times.get)
-        lines.append(f"{sa} @ {sb}: " + ", ".join(f"{r} {t * 1e6:.0f} us" for r, t in times.items())
-                     + f" -> {best}")
+    for B, I, K, N in shapes:
+        times = time_routes(B, I, K, N, np.float32)
+        lines.append(f"B={B} I={I} K={K} N={N}: " + ", ".join(f"{r} {t * 1e3:.2f} ms" for r, t in times.items())
+                     + f" -> {min(times, key=times.get)}")
     return lines

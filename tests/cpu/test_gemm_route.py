@@ -17,9 +17,9 @@ def fresh_routes(monkeypatch):
     timed = []
     real = gemm.time_routes
 
-    def counted(a, b, out=None, add=False, repeats=gemm.REPEATS):
-        timed.append(gemm.shape_class(a, b, out, add))
-        return real(a, b, out, add, repeats=2)
+    def counted(B, I, K, N, dtype, repeats=gemm.REPEATS):
+        timed.append(gemm.shape_class(B, I, K, N, dtype))
+        return real(B, I, K, N, dtype, repeats=1)
     monkeypatch.setattr(gemm, "time_routes", counted)
     return timed
 
@@ -77,13 +77,19 @@ def test_the_choice_is_timed_once_per_shape_class_and_deterministic(monkeypatch,
         assert torch.equal(a, b)
 
 
-def test_the_faster_route_is_chosen(monkeypatch):
+def test_the_faster_route_is_chosen_for_every_gemm_of_the_layer(monkeypatch):
     monkeypatch.setattr(gemm, "_chosen", {})
     monkeypatch.setattr(gemm, "time_routes", lambda *a, **k: {"torch": 2.0, "numpy": 1.0})
-    a, b = np.ones((4, 3), np.float32), np.ones((3, 5), np.float32)
-    assert gemm.route(a, b) == "numpy"
-    np.testing.assert_array_equal(gemm.matmul(a, b), arrays.xp_matmul(a, b))
-    assert "numpy for 1 of 1" in gemm.describe()
+    x = np.ones((5, 4, 3), np.float32)
+    w = {"w_ih": np.ones((8, 3), np.float32), "w_hh": np.ones((8, 2), np.float32), "b_ih": None}
+    assert gemm.matmul_for(x, w) is arrays.xp_matmul
+    assert list(gemm.chosen()) == [(4, 4, 2, 8, "<f4")]          # B, I, K (from w_hh), N
+    assert "numpy" in gemm.describe()
+
+
+def test_the_replica_times_both_routes():
+    times = gemm.time_routes(4, 3, 2, 8, np.float32, repeats=1)
+    assert set(times) == set(gemm.ROUTES) and all(t > 0 for t in times.values())
 
 
 def test_bad_route_names_the_variable(monkeypatch):

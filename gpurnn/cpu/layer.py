@@ -1,0 +1,136 @@
+"""The CPU route of a whole layer under the torch front end: gpurnn's engine or torch's fused op.
+
+torch's own RNN/LSTM/GRU ops fuse each step's GEMM with its pointwise work on the CPU
+(oneDNN's LSTM, for one); the engine runs one GEMM call and one pointwise call per step
+from Python. Which is faster depends on the cell and the machine (Intel Xeon, B=32 T=128
+H=128: the engine's GRU took 0.72x torch's time, its LSTM 1.5x). So the first call of each
+layer shape class (cell, T, B, I rounded up to powers of two, H, directions, whether a backward
+follows, dtype) times both on copies of its inputs, forward and, where a backward follows,
+backward, and keeps the faster for the process (`route`). torch's op computes torch.nn's own
+function, so both routes give the same results to float rounding.
+
+Where torch's op applies: Elman (tanh, relu), LSTM (projection included) and GRU; float32 and
+float64; one direction or a (forward, reverse) pair; unpacked input; all biases present or all
+absent. Jordan, packed sequences and the rest stay on the engine. GPURNN_CPU_LAYER=engine|torch
+forces a route ("auto", the default, times them).
+"""
+import os
+import statistics
+import threading
+import time
+
+import torch
+
+_OPS = {"lstm": torch._VF.lstm, "gru": torch._VF.gru}
+REPEATS = 3
+_chosen = {}     # layer shape class -> (route, {route: median seconds})
+_lock = threading.Lock()
+
+
+def forced():
+    """The route GPURNN_CPU_LAYER forces, or None for "auto"."""
+    value = os.environ.get("GPURNN_CPU_LAYER", "auto")
+    if value not in ("auto", "engine", "torch"):
+        raise ValueError(f"GPURNN_CPU_LAYER: expected 'auto', 'engine' or 'torch', got {value!r}")
+    return None if value == "auto" else value
+
+
+def applies(cell, x, directions, batch_sizes, opts):
+    """Whether torch's fused op computes this layer."""
+    if cell not in ("elman", "lstm", "gru") or batch_sizes is not None or opts.get("teacher") is not None:
+        return False
+    if x.dtype not in (torch.float32, torch.float64) or x.shape[0] == 0 or x.shape[1] == 0:
+        return False
+    if [r for _, _, r in directions] not in ([False], [False, True]):
+        return False
+    biases = [w is None for _, weights, _ in directions for w in weights[2:4]]
+    tensors = [t for state0, weights, _ in directions for t in (*state0, *weights) if t is not None]
+    return len(set(biases)) == 1 and all(t.dtype == x.dtype and t.device == x.device for t in tensors)
+
+
+def torch_layers(cell, x, directions, opts):
+    """[(y, *state_T)] of each direction through torch's fused op (see `applies`)."""
+    n_dirs = len(directions)
+    params = []
+    for _, weights, _ in directions:
+        w_ih, w_hh, b_ih, b_hh = weights[:4]
+        params += [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
+        if cell == "lstm" and weights[4] is not None:
+            params.append(weights[4])
+    has_biases = directions[0][1][2] is not None
+    states = [torch.stack([state0[k] for state0, _, _ in directions]) for k in range(len(directions[0][0]))]
+    args = (has_biases, 1, 0.0, torch.is_grad_enabled(), n_dirs == 2, False)
+    if cell == "lstm":
+        y, h, c = _OPS["lstm"](x, tuple(states), params, *args)
+        finals = [(h[d], c[d]) for d in range(n_dirs)]
+    else:
+        op = _OPS.get(cell) or (torch._VF.rnn_tanh if opts.get("nonlinearity", "tanh") == "tanh"
+                                else torch._VF.rnn_relu)
+        y, h = op(x, states[0], params, *args)
+        finals = [(h[d],) for d in range(n_dirs)]
+    ys = y.chunk(n_dirs, dim=-1)
+    return [(ys[d], *finals[d]) for d in range(n_dirs)]
+
+
+def _pow2(n):
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def shape_class(cell, x, directions, opts, for_backward):
+    T, B, I = x.shape
+    H = directions[0][0][0].shape[-1]
+    return (cell, opts.get("nonlinearity", "tanh"), _pow2(T), _pow2(B), _pow2(I), H, len(directions),
+            for_backward, str(x.dtype))
+
+
+def _time(run, x, directions, for_backward):
+    """Median seconds of run(x, directions) (and a backward of its outputs' sum) on detached copies."""
+    def copy(t):
+        return None if t is None else t.detach().clone().requires_grad_(for_backward)
+    xs = copy(x)
+    dirs = [([copy(s) for s in state0], [copy(w) for w in weights], r) for state0, weights, r in directions]
+    runs = []
+    for k in range(REPEATS + 1):   # the first run warms up
+        t0 = time.perf_counter()
+        with torch.set_grad_enabled(for_backward):
+            outs = run(xs, dirs)
+            if for_backward:
+                sum(o.sum() for out in outs for o in out).backward()
+        if k:
+            runs.append(time.perf_counter() - t0)
+    return statistics.median(runs)
+
+
+def route(cell, x, directions, opts, for_backward, run_engine):
+    """"torch" or "engine" for this layer: forced, or the faster by timing once per shape class.
+    run_engine(x, directions) runs the layer on the engine."""
+    name = forced()
+    if name is not None:
+        return name
+    key = shape_class(cell, x, directions, opts, for_backward)
+    if key not in _chosen:
+        with _lock:
+            if key not in _chosen:
+                times = {"engine": _time(run_engine, x, directions, for_backward),
+                         "torch": _time(lambda xs, ds: torch_layers(cell, xs, ds, opts), x, directions,
+                                        for_backward)}
+                _chosen[key] = (min(times, key=times.get), times)
+    return _chosen[key][0]
+
+
+def chosen():
+    return dict(_chosen)
+
+
+def describe():
+    """One line for benchmark headers."""
+    name = forced()
+    if name is not None:
+        return f"{name} (forced by GPURNN_CPU_LAYER)"
+    if not _chosen:
+        return "auto: the engine or torch's fused op per layer shape, whichever times faster on first use"
+    return "auto, timed per layer shape: " + "; ".join(
+        f"{key[0]} T~{key[2]} B~{key[3]} H={key[5]} {'fwd+bwd' if key[7] else 'fwd'}: {r} "
+        f"({', '.join(f'{k} {t * 1e3:.1f} ms' for k, t in times.items())})"
+        for key, (r, times) in sorted(_chosen.items(), key=lambda kv: str(kv[0])))
+

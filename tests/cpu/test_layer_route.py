@@ -1,0 +1,115 @@
+"""gpurnn/cpu/layer.py: a CPU layer under the torch front end runs on the engine or as torch's fused op."""
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import gpurnn.nn as gnn
+from gpurnn import autograd
+from gpurnn.cpu import layer
+
+CASES = {"rnn-relu": ("RNN", dict(nonlinearity="relu")), "lstm-proj": ("LSTM", dict(proj_size=5)),
+         "lstm": ("LSTM", {}), "gru-nobias": ("GRU", dict(bias=False))}
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """No route chosen yet; every timing recorded."""
+    monkeypatch.setattr(layer, "_chosen", {})
+    timed = []
+    real = layer._time
+
+    def counted(run, x, directions, for_backward):
+        timed.append(for_backward)
+        return real(run, x, directions, for_backward)
+    monkeypatch.setattr(layer, "_time", counted)
+    monkeypatch.setattr(layer, "REPEATS", 1)
+    return timed
+
+
+def _pair(kind, kw, dtype=torch.float32):
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, kind)(6, 8, num_layers=2, bidirectional=True, **kw).to(dtype)
+    ours = getattr(gnn, kind)(6, 8, num_layers=2, bidirectional=True, **kw).to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _outputs(m, x):
+    xi = x.clone().requires_grad_()
+    y, _ = m(xi)
+    y.square().sum().backward()
+    return [y.detach(), xi.grad] + [p.grad for p in m.parameters()]
+
+
+@pytest.mark.parametrize("route", ["auto", "engine", "torch"])
+@pytest.mark.parametrize("case", CASES)
+def test_every_route_matches_torch(case, route, monkeypatch, fresh):
+    monkeypatch.setenv("GPURNN_CPU_LAYER", route)
+    ref, ours = _pair(*CASES[case], dtype=torch.float64)
+    x = torch.randn(7, 3, 6, dtype=torch.float64)
+    for r, g in zip(_outputs(ref, x), _outputs(ours, x)):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+
+
+def test_forced_routes_run_only_their_route(monkeypatch, fresh):
+    calls = {"engine": 0, "torch": 0}
+    real_engine, real_torch = autograd._engine_layers, layer.torch_layers
+
+    def engine(*a, **k):
+        calls["engine"] += 1
+        return real_engine(*a, **k)
+
+    def fused(*a, **k):
+        calls["torch"] += 1
+        return real_torch(*a, **k)
+    monkeypatch.setattr(autograd, "_engine_layers", engine)
+    monkeypatch.setattr(layer, "torch_layers", fused)
+    _, ours = _pair("GRU", {})
+    x = torch.randn(5, 2, 6)
+    for route in ("engine", "torch"):
+        monkeypatch.setenv("GPURNN_CPU_LAYER", route)
+        calls.update(engine=0, torch=0)
+        _outputs(ours, x)
+        assert calls[route] == 2 and sum(calls.values()) == 2 and fresh == []   # two layers, no timing
+
+
+def test_choice_is_timed_once_per_shape_class(monkeypatch, fresh):
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    _, ours = _pair("LSTM", {})
+    x = torch.randn(5, 2, 6)
+    _outputs(ours, x)
+    assert fresh == [True, True] * 2                 # two layer classes (I=6, I=16), both routes each
+    assert all(r in ("engine", "torch") for r, _ in layer.chosen().values()) and len(layer.chosen()) == 2
+    _outputs(ours, x)
+    with torch.no_grad():
+        ours(x)                                      # no backward follows: its own class
+    assert fresh == [True, True] * 2 + [False, False] * 2
+    assert "lstm" in layer.describe()
+
+
+def test_where_torch_op_does_not_apply_the_engine_runs(monkeypatch, fresh):
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "torch")
+    monkeypatch.setattr(layer, "torch_layers", lambda *a, **k: pytest.fail("torch's op ran"))
+    _, ours = _pair("LSTM", {})
+    ours(pack_padded_sequence(torch.randn(5, 3, 6), [5, 3, 1]))       # packed
+    gnn.JordanRNN(6, 8, 4)(torch.randn(5, 3, 6))                      # Jordan
+    ours.half()(torch.randn(5, 3, 6).half())                           # float16
+
+
+def test_double_backward_through_torch_route(monkeypatch):
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "torch")
+    ref, ours = _pair("RNN", {}, dtype=torch.float64)
+    x = torch.randn(4, 2, 6, dtype=torch.float64)
+    grads = []
+    for m in (ref, ours):
+        xi = x.clone().requires_grad_()
+        g, = torch.autograd.grad(m(xi)[0].sum(), xi, create_graph=True)
+        grads.append(torch.autograd.grad(g.square().sum(), list(m.parameters())))
+    for r, o in zip(*grads):
+        torch.testing.assert_close(o, r)
+
+
+def test_bad_route_names_the_variable(monkeypatch):
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "onednn")
+    with pytest.raises(ValueError, match=r"GPURNN_CPU_LAYER: expected 'auto', 'engine' or 'torch', got 'onednn'"):
+        layer.forced()
