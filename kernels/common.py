@@ -78,8 +78,11 @@ buffers). fp32 data: tl.dot in IEEE fp32 (TF32 only with GPURNN_FP32_PRECISION=t
 or tf32x3, see dot_precision).
 fp16/bf16 data (`io_dtype`): W is held on chip in that dtype and h is
 rounded to it before each tl.dot (accumulating in fp32), as cuDNN does;
-this halves the registers W needs. Buffers stay in the engine's compute
-dtype (float32 for fp16/bf16).
+this halves the registers W needs. The engine's buffers stay in its compute
+dtype (float32 for fp16/bf16); what programs exchange is in the io dtype: h
+(bitwise what the dot reads anyway) and, in the backward, each slice's share of
+dh, rounded to fp16/bf16 before the P shares are summed in fp32 (an fp16 share
+above 65504 would be inf), so split and single mode differ in the last bits.
 """
 import functools
 import os
@@ -202,6 +205,19 @@ def store_exchange(p_x, t, b_h, rows, cols, B, H):
 
 
 @triton.jit
+def publish(p_h, p_x, p_bar, t, b_h, rows, cols, B, H, SINGLE: tl.constexpr, SYNC: tl.constexpr):
+    """What the other programs wait for, first: this slice's h_{t+1} into the (T+1, B, H) states
+    (the layer's output), into the exchange buffer (split/stepwise), then the barrier arrival.
+    The step's other stores follow it, outside the barrier's release."""
+    tl.store(p_h + (t + 1).to(tl.int64) * B * H + rows[:, None] * H + cols[None, :], b_h,
+             mask=(rows < B)[:, None] & (cols < H)[None, :])
+    if not SINGLE:
+        store_exchange(p_x, t + 1, b_h, rows, cols, B, H)
+    if SYNC:
+        arrive(p_bar)
+
+
+@triton.jit
 def next_step_product(b_prod, p_ws, t, rows, cols, B, H, HP: tl.constexpr, P: tl.constexpr,
                       S: tl.constexpr, SINGLE: tl.constexpr, ACC: tl.constexpr):
     """This slice's columns of d_{t+1} W_hh: the program's own product in single mode, else the
@@ -285,7 +301,8 @@ def arrive(p_bar):
 
 @triton.jit
 def trap(x):
-    """Abort the kernel: the launch fails with a CUDA error the caller sees at the next synchronisation."""
+    """Abort the kernel: a CUDA error the caller sees at the next synchronisation. It is sticky: the
+    process's CUDA context is lost (as after a device-side assert); better than a hang."""
     tl.inline_asm_elementwise("trap;", "=r,r", [x], dtype=tl.int32, is_pure=False, pack=1)
 
 
@@ -402,11 +419,13 @@ def _device_limits(index):
 
 def w_budget(shared_bytes):
     """W bytes one program may hold on a chip with shared_bytes per block: the largest power of two
-    (W tiles are powers of two) that leaves KERNEL_SHARED_BYTES for the kernel's own staging.
-    None (no GPU: the interpreter, compile targets without an arch): W_BUDGET_BYTES."""
-    if shared_bytes is None:
+    (W tiles are powers of two) that leaves KERNEL_SHARED_BYTES for the kernel's own staging, and
+    never less than W_BUDGET_BYTES. None (no GPU: the interpreter, compile targets without an
+    arch): W_BUDGET_BYTES."""
+    room = None if shared_bytes is None else shared_bytes - KERNEL_SHARED_BYTES
+    if room is None or room < W_BUDGET_BYTES:   # small chips (64 KB on sm_75): the default, as before
         return W_BUDGET_BYTES
-    return 1 << ((shared_bytes - KERNEL_SHARED_BYTES).bit_length() - 1)
+    return 1 << (room.bit_length() - 1)
 
 
 @dataclass(frozen=True)
@@ -592,13 +611,21 @@ def direction_offsets(buffers):
             raise ValueError(f"direction buffers: expected one dtype and addresses a multiple of 16 bytes "
                              f"apart, got {a.dtype} and {b.dtype}, {delta} bytes apart")
         values.append(delta // 16)
-    return _offsets_tensor(tuple(values), buffers[0][0].device)
+    device = buffers[0][0].device
+    return _offsets_tensor(tuple(values), device, _stream_id(device))
+
+
+def _stream_id(device):
+    import torch
+
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
 @functools.lru_cache(maxsize=256)
-def _offsets_tensor(values, device):
-    """The offsets on the device, made once per distinct values (repeated calls reuse the same
-    buffers, so the same offsets); a new one is copied from pinned memory without blocking the host."""
+def _offsets_tensor(values, device, stream):
+    """The offsets on the device, made once per distinct values and stream (repeated calls reuse
+    the same buffers, so the same offsets): a new one is copied from pinned memory without blocking
+    the host, in the order of the stream that will read it (hence the stream in the key)."""
     import torch
 
     host = torch.tensor(values, dtype=torch.int64)
@@ -664,9 +691,10 @@ def exchange_buffer(cfg, h, io_dtype=None):
     exchange_dtype, h_0 (h[0] of the (T+1, B, H) states) in buffer 0; a dummy in single mode."""
     import torch
 
+    dtype = exchange_dtype(io_dtype, h)
     if cfg.mode == "single":
-        return torch.empty(1, dtype=h.dtype, device=h.device)
-    x = torch.empty((2, *h.shape[1:]), dtype=exchange_dtype(io_dtype, h), device=h.device)
+        return torch.empty(1, dtype=dtype, device=h.device)
+    x = torch.empty((2, *h.shape[1:]), dtype=dtype, device=h.device)
     x[0].copy_(h[0])   # on the device, in stream order: no host synchronisation
     return x
 

@@ -39,12 +39,7 @@ def _fwd_step(t, n, b_gx, b_h, b_w, p_h, p_x, p_bar, rows, cols, B, H, nonlin,
         b_full = cm.load_exchange(p_x, t, rows, B, H, HP, DOT)
     b_z = cm.kdot(b_full, b_w, NK, PREC, ACC) + b_gx
     b_h = tl.where(active[:, None], cm.activation(b_z, nonlin), b_h)
-    tl.store(p_h + (t + 1).to(tl.int64) * B * H + rows[:, None] * H + cols[None, :], b_h,
-             mask=(rows < B)[:, None] & (cols < H)[None, :])
-    if not SINGLE:
-        cm.store_exchange(p_x, t + 1, b_h, rows, cols, B, H)
-    if SYNC:
-        cm.arrive(p_bar)
+    cm.publish(p_h, p_x, p_bar, t, b_h, rows, cols, B, H, SINGLE, SYNC)
     return b_h
 
 

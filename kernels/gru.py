@@ -52,12 +52,8 @@ def _fwd_step(t, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_x, p_bar, rows,
     hn = cm.gate(b_a, 2) + b_bhn[None, :]
     new = cm.tanh(cm.gate(b_gx, 2) + r * hn)
     b_h = tl.where(active[:, None], (b_h - new) * z + new, b_h)
+    cm.publish(p_h, p_x, p_bar, t, b_h, rows, cols, B, H, SINGLE, SYNC)
     off2 = rows[:, None] * H + cols[None, :]
-    tl.store(p_h + step + B * H + off2, b_h, mask=ok2)
-    if not SINGLE:
-        cm.store_exchange(p_x, t + 1, b_h, rows, cols, B, H)
-    if SYNC:
-        cm.arrive(p_bar)
     g = tl.arange(0, 4)[None, None, :]
     p_g3, m3 = cm.gate_tile(p_gates + 3 * step, rows, active, H, j0, S, 4, 3)
     tl.store(p_g3, tl.where(g == 0, r[:, :, None], tl.where(g == 1, z[:, :, None], new[:, :, None])), mask=m3)

@@ -53,12 +53,8 @@ def _fwd_step(t, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_x, p_bar, ro
     tc = cm.tanh(c_new)
     b_c = tl.where(active[:, None], c_new, b_c)
     b_h = tl.where(active[:, None], cm.gate(b_a, 3) * tc, b_h)
+    cm.publish(p_h, p_x, p_bar, t, b_h, rows, cols, B, H, SINGLE, SYNC)
     off2 = rows[:, None] * H + cols[None, :]
-    tl.store(p_h + step + B * H + off2, b_h, mask=ok2)
-    if not SINGLE:
-        cm.store_exchange(p_x, t + 1, b_h, rows, cols, B, H)
-    if SYNC:
-        cm.arrive(p_bar)
     p_g3, m3 = cm.gate_tile(p_gates + 4 * step, rows, active, H, j0, S, 4, 4)
     tl.store(p_g3, b_a, mask=m3)
     tl.store(p_tc + step + off2, tc, mask=ok2 & active[:, None])

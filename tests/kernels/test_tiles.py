@@ -83,3 +83,10 @@ def test_h96_split_exchange_matches_engine(cell, io_dtype, monkeypatch, nan_empt
     got = run(case, "triton", batch_sizes=sizes, reverse=True)
     tol = TOL_FP16_DOT if io_dtype else TOL[np.float32]
     assert_all_close(got, run(case, "numpy", batch_sizes=sizes, reverse=True), **tol)
+
+
+def test_w_budget_follows_the_chip_and_never_drops_below_the_default():
+    assert cm.w_budget(None) == cm.W_BUDGET_BYTES
+    assert cm.w_budget(cm.SHARED_BYTES[90]) == 128 * 1024       # 227 KB - 64 KB -> 128 KB
+    assert cm.w_budget(cm.SHARED_BYTES[80]) == 64 * 1024        # 163 KB - 64 KB -> 64 KB
+    assert cm.w_budget(64 * 1024) == cm.w_budget(48 * 1024) == cm.W_BUDGET_BYTES   # small chips (sm_75)
