@@ -26,8 +26,9 @@ recompiles), so one kernel serves three modes (`Config.mode`):
             in registers) and the carry never leaves the chip; one launch
             runs all T steps.  Default whenever W fits.
   "split"   P > 1, one launch; every program holds its W slice for all T
-            steps, reads the full h_t of its batch tile from global memory
-            and `grid_barrier`s after each step.  GPU only (all programs must
+            steps, reads the full h_t of its batch tile from an exchange
+            buffer in L2 (`load_exchange`) and meets the others at a grid
+            barrier after each step (`publish`/`arrive`, then `wait`).  GPU only (all programs must
             be resident: grid <= SM count; a spin would hang the interpreter).
             A larger grid runs in groups of batch tiles, one launch each
             (`Config.groups`; the kernels take the group's first tile, tile0).
@@ -174,15 +175,6 @@ def load_rows(p, rows, cols, stride, row_ok, col_ok, ACC: tl.constexpr):
     """(len(rows), len(cols)) tile of a row-major matrix, zero where masked, in ACC."""
     mask = row_ok[:, None] & col_ok[None, :]
     return tl.load(p + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0).to(ACC)
-
-
-@triton.jit
-def load_full_rows(p, rows, B, H, HP: tl.constexpr, ACC: tl.constexpr):
-    """(BB, HP) tile of a (B, H) state: the whole h_t of a batch tile, written by every slice's
-    program (split/stepwise); .cg reads it from L2, where the other SMs' stores land."""
-    k = tl.arange(0, HP)
-    return tl.load(p + rows[:, None] * H + k[None, :], mask=(rows < B)[:, None] & (k < H)[None, :],
-                   other=0.0, cache_modifier=".cg").to(ACC)
 
 
 @triton.jit

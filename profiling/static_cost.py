@@ -15,7 +15,7 @@ loop (the kernel's outermost loop) is read. Per program and per step it reports:
   smem_read/write    shared-memory bytes (LDS: width x 32 lanes; LDSM: 128 B per 8x8 matrix);
   global load/store  streaming bytes (LDG/STG/LDGSTS: width x 32 lanes), per program;
   exchange           bytes read or written for other programs (lines in load_exchange,
-                     store_exchange, store_partial, sum_partials, and the older load_full_rows),
+                     store_exchange, store_partial, sum_partials),
                      separate from streaming data; the grid
                      total is per program x programs. The barrier's counter is not counted.
 
@@ -54,7 +54,7 @@ KEYS = ("cell", "direction", "H", "B", "dtype", "arch", "mode", "programs", "sms
         "spill_bytes", "smem_bytes", "mma_per_step", "mma_min_per_step", "smem_read_bytes_per_step",
         "global_load_bytes_per_step", "global_store_bytes_per_step", "exchange_bytes_per_step")
 # functions (kernels/common.py) whose memory traffic is the exchange between programs
-EXCHANGE = {"load_full_rows", "load_exchange", "store_exchange", "store_partial", "sum_partials"}
+EXCHANGE = {"load_exchange", "store_exchange", "store_partial", "sum_partials"}
 SYNC = {"grid_barrier", "arrive", "wait", "trap"}   # the barrier: synchronisation, counted nowhere
 LANES = 32
 
