@@ -4,10 +4,11 @@ torch's own RNN/LSTM/GRU ops fuse each step's GEMM with its pointwise work on th
 (oneDNN's LSTM, for one); the engine runs one GEMM call and one pointwise call per step
 from Python. Which is faster depends on the cell and the machine (Intel Xeon, B=32 T=128
 H=128: the engine's GRU took 0.72x torch's time, its LSTM 1.5x). So the first call of each
-layer shape class (cell, T, B, I rounded up to powers of two, H, directions, whether a backward
-follows, dtype) times both on copies of its inputs, forward and, where a backward follows,
-backward, and keeps the faster for the process (`route`). torch's op computes torch.nn's own
-function, so both routes give the same results to float rounding.
+layer shape class (cell, T up to TIME_STEPS, B, I rounded up to powers of two, H, directions,
+whether a backward follows, dtype) times both on copies of its first TIME_STEPS steps, forward
+and, where a backward follows, backward, and keeps the faster for the process (`route`).
+torch's op computes torch.nn's own function, so both routes give the same results to float
+rounding.
 
 Where torch's op applies: Elman (tanh, relu), LSTM (projection included) and GRU; float32 and
 float64; one direction or a (forward, reverse) pair; unpacked input; all biases present or all
@@ -23,6 +24,7 @@ import torch
 
 _OPS = {"lstm": torch._VF.lstm, "gru": torch._VF.gru}
 REPEATS = 3
+TIME_STEPS = 32   # the timing runs on the first steps only: per-step costs decide, and it stays cheap
 _chosen = {}     # layer shape class -> (route, {route: median seconds})
 _lock = threading.Lock()
 
@@ -79,25 +81,28 @@ def _pow2(n):
 def shape_class(cell, x, directions, opts, for_backward):
     T, B, I = x.shape
     H = directions[0][0][0].shape[-1]
-    return (cell, opts.get("nonlinearity", "tanh"), _pow2(T), _pow2(B), _pow2(I), H, len(directions),
-            for_backward, str(x.dtype))
+    return (cell, opts.get("nonlinearity", "tanh"), min(_pow2(T), TIME_STEPS), _pow2(B), _pow2(I), H,
+            len(directions), for_backward, str(x.dtype))
 
 
 def _time(run, x, directions, for_backward):
-    """Median seconds of run(x, directions) (and a backward of its outputs' sum) on detached copies."""
+    """Median seconds of run(x, directions) (and a backward of its outputs' sum) on detached copies
+    of the first TIME_STEPS steps. Identity saved-tensor hooks shadow the caller's (which must not
+    see these copies: offloading, counting)."""
     def copy(t):
         return None if t is None else t.detach().clone().requires_grad_(for_backward)
-    xs = copy(x)
+    xs = copy(x[:TIME_STEPS])
     dirs = [([copy(s) for s in state0], [copy(w) for w in weights], r) for state0, weights, r in directions]
     runs = []
-    for k in range(REPEATS + 1):   # the first run warms up
-        t0 = time.perf_counter()
-        with torch.set_grad_enabled(for_backward):
-            outs = run(xs, dirs)
-            if for_backward:
-                sum(o.sum() for out in outs for o in out).backward()
-        if k:
-            runs.append(time.perf_counter() - t0)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        for k in range(REPEATS + 1):   # the first run warms up
+            t0 = time.perf_counter()
+            with torch.set_grad_enabled(for_backward):
+                outs = run(xs, dirs)
+                if for_backward:
+                    sum(o.sum() for out in outs for o in out).backward()
+            if k:
+                runs.append(time.perf_counter() - t0)
     return statistics.median(runs)
 
 
@@ -108,6 +113,9 @@ def route(cell, x, directions, opts, for_backward, run_engine):
     if name is not None:
         return name
     key = shape_class(cell, x, directions, opts, for_backward)
+    if key not in _chosen and torch._C._current_graph_task_id() != -1:
+        # called from inside a backward (a checkpoint's recomputation): no nested timing backward
+        return "engine"
     if key not in _chosen:
         with _lock:
             if key not in _chosen:

@@ -113,3 +113,29 @@ def test_bad_route_names_the_variable(monkeypatch):
     monkeypatch.setenv("GPURNN_CPU_LAYER", "onednn")
     with pytest.raises(ValueError, match=r"GPURNN_CPU_LAYER: expected 'auto', 'engine' or 'torch', got 'onednn'"):
         layer.forced()
+
+
+def test_timing_is_invisible_to_the_callers_saved_tensor_hooks(monkeypatch, fresh):
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    _, ours = _pair("GRU", {})
+    x = torch.randn(5, 2, 6, requires_grad=True)
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t.shape) or t, lambda t: t):
+        ours(x)[0].sum().backward()
+    assert fresh                                       # the routes were timed inside the hooks' context
+    again = []                                         # the same routes, now without timing
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: again.append(t.shape) or t, lambda t: t):
+        ours(x)[0].sum().backward()
+    assert len(fresh) == 4 and packed == again        # what the call itself saves, nothing of the timing
+
+
+def test_no_timing_inside_a_backward(monkeypatch, fresh):
+    """A checkpointed layer recomputes inside backward: no nested timing backward there."""
+    from torch.utils.checkpoint import checkpoint
+
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    _, ours = _pair("LSTM", {})
+    x = torch.randn(5, 2, 6, requires_grad=True)
+    checkpoint(lambda t: ours(t)[0], x, use_reentrant=True).sum().backward()
+    assert fresh == [False, False] * 2                 # timed in the no-grad forward only
+    assert x.grad is not None
