@@ -91,7 +91,8 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
     to float32 by the caller, as NumPy and CuPy have no bfloat16).
     gemm: "xp" (NumPy's or CuPy's matmul), "torch" (torch's, on zero-copy views of NumPy
     arrays: callers inside torch keep one BLAS thread pool in the process) or "auto" (NumPy
-    data: whichever of the two times faster for the layer's shape on this machine, gpurnn/cpu/gemm.py).
+    data: whichever of the two times faster for the layer's shape on this machine,
+    gpurnn/cpu/gemm.py).
     opts: the cell's own options, passed to its module's make() (gpurnn.cells): nonlinearity,
     output_activation, teacher; for_backward=False: no backward will follow, so a loop may skip
     what only backward needs.

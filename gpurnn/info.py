@@ -39,8 +39,9 @@ def info():
     for name, reason in backend_status().items():
         lines.append(f"  {name:8s}{'usable' if reason is None else 'unavailable: ' + reason}")
     lines.append(f"LSTM step on the CPU (float32): {cpu.describe()}")
-    lines.append(f"GEMM route on the CPU (torch front end): {gemm.describe()}")
-    lines += [f"  {line}" for line in gemm.report()]
+    if _version("torch"):   # the routes are the torch front end's
+        lines.append(f"GEMM route on the CPU (torch front end): {gemm.describe()}")
+        lines += [f"  {line}" for line in gemm.report()]
     return "\n".join(lines)
 
 
