@@ -17,24 +17,115 @@ def cupy_or_none():
 
 
 def get_xp(array):
-    """numpy for NumPy arrays, cupy for CuPy arrays."""
+    """numpy for NumPy arrays, cupy for CuPy arrays, a TorchArrays for torch tensors (the fused
+    path only: see TorchArrays)."""
     if isinstance(array, np.ndarray):
         return np
     cp = cupy_or_none()
     if cp is not None and isinstance(array, cp.ndarray):
         return cp
+    if is_tensor(array):
+        return torch_arrays(array.device)
     raise TypeError(f"expected a numpy.ndarray or cupy.ndarray, got {type(array).__name__}")
 
 
-def compute_dtype(dtype):
-    """float16 is stored as given but computed and carried in float32."""
-    dtype = np.dtype(dtype)
-    return np.dtype(np.float32) if dtype == np.float16 else dtype
+def is_tensor(a):
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(a, torch.Tensor)
 
 
-def tensor_to_xp(tensor):
-    """A CPU torch tensor as a NumPy array, a CUDA one as a CuPy array; no copy."""
+def dtype_name(dtype):
+    """'float16', 'bfloat16', 'float32', ... for a NumPy or torch dtype."""
+    return str(dtype).removeprefix("torch.") if is_torch_dtype(dtype) else np.dtype(dtype).name
+
+
+HALF = ("float16", "bfloat16")
+
+
+def compute_dtype(dtype, fused=False):
+    """The dtype the engine's buffers hold for data of this dtype: the data's own, except that
+    the xp loop (not fused) computes and carries float16 in float32. The fused kernels keep
+    half data half in memory and carry and accumulate in float32 on chip."""
+    if dtype_name(dtype) in HALF and not fused:
+        return float32_like(dtype)
+    return dtype if is_torch_dtype(dtype) else np.dtype(dtype)
+
+
+def is_torch_dtype(dtype):
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(dtype, torch.dtype)
+
+
+def float32_like(dtype):
+    """float32 as the same library's dtype object as `dtype` (NumPy's or torch's)."""
+    return sys.modules["torch"].float32 if is_torch_dtype(dtype) else np.dtype(np.float32)
+
+
+def astype(a, dtype, copy=True, reverse=False):
+    """a (reversed along its first axis if `reverse`) as a C-contiguous array of `dtype`, for NumPy and
+    CuPy arrays and torch tensors; copy=False: a itself where it already is that."""
+    if is_tensor(a):
+        import torch
+
+        if reverse:
+            return a.flip(0).to(dtype)   # flip copies
+        return a.to(dtype, memory_format=torch.contiguous_format, copy=copy)
+    if reverse:   # ascontiguousarray keeps the negative stride of a length-1 axis: always copy
+        return a[::-1].astype(dtype, order="C", copy=True)
+    return a.astype(dtype, order="C", copy=copy)
+
+
+def sum_rows(a):
+    """(..., F) -> (F,): the sum over all leading axes, accumulated in float32 for half data
+    (NumPy sums float16 in float16: 4096 + 1 is 4096)."""
+    dtype = float32_like(a.dtype) if dtype_name(a.dtype) in HALF else a.dtype
+    return a.reshape(-1, a.shape[-1]).sum(axis=0, dtype=dtype)
+
+
+class TorchArrays:
+    """The NumPy-API functions the fused path's glue calls (engine.py, the cells' kernel buffers,
+    buffers.Allocations), on torch tensors of one device. The torch front end hands the Triton
+    backend its tensors as they are: bfloat16 stays bfloat16 (NumPy and CuPy have none) and the
+    GEMMs run in torch (cuBLASLt, float32 accumulation). The xp loops never see tensors."""
+
+    def __init__(self, device):
+        import torch
+
+        self.torch, self.device = torch, device
+        self.ndarray = torch.Tensor
+
+    def empty(self, shape, dtype):
+        return self.torch.empty(shape, dtype=dtype, device=self.device)
+
+    def zeros(self, shape, dtype):
+        return self.torch.zeros(shape, dtype=dtype, device=self.device)
+
+    def asarray(self, a):
+        return self.torch.as_tensor(a, device=self.device)
+
+    def where(self, condition, a, b):
+        return self.torch.where(condition, a, b)
+
+    def concatenate(self, arrays, axis=0):
+        return self.torch.cat(arrays, dim=axis)
+
+    @staticmethod
+    def matmul(a, b, out=None):
+        return sys.modules["torch"].matmul(a, b, out=out)
+
+
+@functools.cache
+def torch_arrays(device):
+    """One TorchArrays per device (the engine caches per xp)."""
+    return TorchArrays(device)
+
+
+def tensor_to_xp(tensor, native=False):
+    """A CPU torch tensor as a NumPy array, a CUDA one as a CuPy array; no copy.
+    native: the tensor itself (detached), for the fused path (TorchArrays)."""
     tensor = tensor.detach()
+    if native:
+        return tensor
     if tensor.device.type == "cpu":
         return tensor.numpy()
     cp = cupy_or_none()
@@ -47,6 +138,8 @@ def xp_to_tensor(array):
     """The inverse of tensor_to_xp; no copy."""
     import torch
 
+    if isinstance(array, torch.Tensor):
+        return array
     if isinstance(array, np.ndarray):
         return torch.from_numpy(array)
     return torch.from_dlpack(array)
@@ -69,7 +162,7 @@ def transposed_copy(a, out=None):
 
 
 def xp_matmul(a, b, out=None, add=False):
-    """a @ b with NumPy's or CuPy's matmul; add=True accumulates into out."""
+    """a @ b with NumPy's, CuPy's or torch's matmul; add=True accumulates into out."""
     xp = get_xp(a)
     if add:
         out += xp.matmul(a, b)
@@ -100,7 +193,8 @@ def torch_matmul(a, b, out=None, add=False):
 @contextlib.contextmanager
 def device_scope(device):
     """On a CUDA device: make it CuPy's current device and torch's current stream CuPy's,
-    so the engine's buffers, CuPy's kernels, Triton's launches and torch agree on both."""
+    so the engine's buffers, CuPy's kernels, Triton's launches and torch agree on both; and
+    torch's float32 GEMMs at the kernels' precision (gemm_precision)."""
     if device.type != "cuda":
         yield
         return
@@ -109,8 +203,24 @@ def device_scope(device):
 
     stream = torch.cuda.current_stream(device)
     with torch.cuda.device(device), cp.cuda.Device(device.index), \
-            cp.cuda.ExternalStream(stream.cuda_stream, device.index):
+            cp.cuda.ExternalStream(stream.cuda_stream, device.index), gemm_precision():
         yield
+
+
+@contextlib.contextmanager
+def gemm_precision():
+    """torch's CUDA float32 GEMMs in TF32 exactly when GPURNN_FP32_PRECISION=tf32 (tf32x3 asks for
+    ~fp32 accuracy), whatever torch.backends.cuda.matmul.allow_tf32 says outside."""
+    import torch
+
+    from .backends import fp32_precision
+
+    flags = torch.backends.cuda.matmul
+    before, flags.allow_tf32 = flags.allow_tf32, fp32_precision() == "tf32"
+    try:
+        yield
+    finally:
+        flags.allow_tf32 = before
 
 
 @contextlib.contextmanager

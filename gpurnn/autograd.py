@@ -71,7 +71,7 @@ def _unpack_outputs(packed, n_state, n_dirs):
 
 
 def _options(opts):
-    """The layer's string options (nonlinearity, output_activation, gemm, io_dtype) as one string
+    """The layer's string options (nonlinearity, output_activation, gemm) as one string
     "key=value;...": custom ops take strings, and torch.compile traces this (not json)."""
     return ";".join(f"{k}={v}" for k, v in sorted(opts.items()) if v is not None)
 
@@ -80,15 +80,23 @@ def _parse_options(options):
     return dict(item.split("=", 1) for item in options.split(";") if item)
 
 
+def _native(cell, tensors, n_state, n_dirs, backend):
+    """Whether the engine takes the tensors themselves (the fused kernels: bfloat16 stays bfloat16 and
+    the GEMMs run in torch, arrays.TorchArrays), else NumPy/CuPy views of them (the xp loop)."""
+    return all(engine.fused(backend, dict(zip(cells.WEIGHT_NAMES[cell], g[n_state:])))
+               for g in _groups(tensors, n_dirs))
+
+
 def _engine_forward(x, tensors, teacher, cell, n_state, reverses, batch_sizes, backend, options, for_backward):
     """[engine.Saved of each direction], [y, *state_T of each direction] as tensors."""
     opts = _parse_options(options)
-    # autocast off: the engine's GEMMs through torch (arrays.torch_matmul) must keep the dtype
+    native = _native(cell, tensors, n_state, len(reverses), backend)
+    # autocast off: the engine's GEMMs through torch must keep the dtype
     with device_scope(x.device), torch.autocast(x.device.type, enabled=False):
-        to_xp = lambda t: None if t is None else tensor_to_xp(t)
+        to_xp = lambda t: None if t is None else tensor_to_xp(t, native)
         directions = [(tuple(map(to_xp, g[:n_state])), dict(zip(cells.WEIGHT_NAMES[cell], map(to_xp, g[n_state:]))),
                        reverse == "r") for g, reverse in zip(_groups(tensors, len(reverses)), reverses)]
-        results = engine.forward_directions(cell, tensor_to_xp(x), directions, batch_sizes=batch_sizes,
+        results = engine.forward_directions(cell, to_xp(x), directions, batch_sizes=batch_sizes,
                                             backend=backend, for_backward=for_backward, teacher=to_xp(teacher),
                                             **opts)
         outs = [xp_to_tensor(a) for y, state, _ in results for a in (y, *state)]
@@ -132,7 +140,7 @@ def layer_backward_op(handle, *args):
     if saved is None:   # a compiled graph copied the handle, or the tape is gone: rerun the forward
         saved, _ = _engine_forward(x, tensors, teacher, cell, n_state, reverses, batch_sizes, backend, options, True)
     grads, k = _unpack_outputs(grads, n_state, len(reverses)), 1 + n_state
-    to_xp = lambda t: None if t is None else tensor_to_xp(t.contiguous())
+    to_xp = lambda t: None if t is None else tensor_to_xp(t.contiguous(), saved[0].fused)
     no_grad = cells.no_grad(cell)
     with device_scope(x.device), torch.autocast(x.device.type, enabled=False):
         results = engine.backward_directions([(s, to_xp(grads[i * k]), tuple(map(to_xp, grads[i * k + 1:(i + 1) * k])))
@@ -242,8 +250,8 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
     differentiable. A bidirectional layer's directions go in one call: under "triton" one kernel
     launch runs both.
 
-    bfloat16 data is carried in float32 buffers (NumPy and CuPy have none); the Triton
-    kernels still hold the weights in bfloat16 (io_dtype).
+    bfloat16 data stays bfloat16 on the Triton kernels (which take the tensors themselves); the
+    xp loops (NumPy, CuPy, and an LSTM projection) carry it in float32 buffers (NumPy and CuPy have none).
     """
     name = backends.resolve(backend, x.is_cuda)
     tensors = [t for state0, weights, _ in directions for t in (*state0, *weights)]
@@ -255,10 +263,9 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
         return [torch_loop.layer(cell, x, state0, weights, reverse=reverse, batch_sizes=batch_sizes, **opts)
                 for state0, weights, reverse in directions]
     dtype = x.dtype
-    if torch.bfloat16 in (x.dtype, *(t.dtype for t in tensors if t is not None)):
+    if torch.bfloat16 in (x.dtype, *(t.dtype for t in tensors if t is not None)) and not _native(
+            cell, tensors, len(directions[0][0]), len(directions), name):
         up = lambda t: None if t is None else t.float()
-        if name == "triton":
-            opts = dict(opts, io_dtype="bfloat16")
         if opts.get("teacher") is not None:
             opts = dict(opts, teacher=opts["teacher"].float())
         outs = run_layers(cell, x.float(), [([up(s) for s in state0], [up(w) for w in weights], reverse)

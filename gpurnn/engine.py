@@ -5,7 +5,10 @@
 
 x: (T, B, I); state0: tuple of (B, ·) arrays, one per carried state of the cell;
 weights: dict of arrays named as in `cells.WEIGHT_NAMES[cell]`, absent biases as None.
-float16 data is computed and carried in float32 and cast back on return.
+The fused kernels keep float16/bfloat16 data in its dtype in memory (x, the projection, outputs
+and everything saved for backward) and carry and accumulate in float32 on chip; the xp loop
+computes and carries float16 in float32 and casts back on return. The fused path also takes
+torch tensors (arrays.TorchArrays): the torch front end's way to keep bfloat16 and GEMM in torch.
 
 Steps 1 and 4 of the data flow (input projection, weight gradients) are GEMMs
 over all T*B rows inside the cells; this module runs the time loop (step 2
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import cells
-from .arrays import compute_dtype, get_xp, torch_matmul, xp_matmul
+from .arrays import astype, compute_dtype, dtype_name, get_xp, is_tensor, torch_matmul, xp_matmul
 from .buffers import Allocations
 
 
@@ -44,22 +47,21 @@ def _padding(xp, sizes, B, device):
 
 
 def _cast(a, dtype):
-    return a if a is None or a.dtype == dtype else a.astype(dtype)
+    return a if a is None else astype(a, dtype, copy=False)
 
 
 def _time_order(a, reverse):
     return a[::-1] if reverse else a
 
 
-def _to_compute(xp, a, cdt, reverse):
-    """Time-ordered, contiguous, compute-dtype copy or view of a (T, B, ·) array.
+def _to_compute(a, cdt, reverse):
+    """Time-ordered, contiguous, compute-dtype copy or view of a (T, B, ·) array."""
+    return astype(a, cdt, copy=False, reverse=reverse)
 
-    A reversed array is always copied: ascontiguousarray keeps the negative stride of a
-    length-1 axis, which torch.from_numpy (the kernels' zero-copy view) rejects.
-    """
-    if reverse:
-        return a[::-1].astype(cdt, order="C", copy=True)
-    return xp.ascontiguousarray(a, dtype=cdt)
+
+def fused(backend, weights):
+    """Whether the Triton kernels run a layer: a projection (w_hr) runs the xp loop."""
+    return backend == "triton" and weights.get("w_hr") is None
 
 
 def step_loop(c, sizes):
@@ -78,8 +80,7 @@ def back_loop(c, sizes):
         c.back_step(t, sizes[t])
 
 
-def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backend="numpy",
-            io_dtype=None, gemm="xp", **opts):
+def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backend="numpy", gemm="xp", **opts):
     """Run the recurrence over x; returns (y (T, B, ·), final state tuple, saved).
 
     batch_sizes: active rows per step (non-increasing, as in a PackedSequence);
@@ -87,8 +88,6 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
     reverse: process t = T-1 .. 0 (the backward direction of a bidirectional layer).
     backend: "numpy" or "cupy" run the xp loop (the xp follows the arrays); "triton" the fused kernels
     (a projection, w_hr: the xp loop).
-    io_dtype: the dtype the kernels hold weights in (default x's; "bfloat16" for bf16 data upcast
-    to float32 by the caller, as NumPy and CuPy have no bfloat16).
     gemm: "xp" (NumPy's or CuPy's matmul), "torch" (torch's, on zero-copy views of NumPy
     arrays: callers inside torch keep one BLAS thread pool in the process) or "auto" (NumPy
     data: whichever of the two times faster for the layer's shape on this machine,
@@ -98,17 +97,16 @@ def forward(cell, x, state0, weights, *, batch_sizes=None, reverse=False, backen
     what only backward needs.
     """
     return forward_directions(cell, x, [(state0, weights, reverse)], batch_sizes=batch_sizes,
-                              backend=backend, io_dtype=io_dtype, gemm=gemm, **opts)[0]
+                              backend=backend, gemm=gemm, **opts)[0]
 
 
-def forward_directions(cell, x, directions, *, batch_sizes=None, backend="numpy", io_dtype=None,
-                       gemm="xp", **opts):
+def forward_directions(cell, x, directions, *, batch_sizes=None, backend="numpy", gemm="xp", **opts):
     """`forward` for each (state0, weights, reverse) of `directions` over the same x, as a list.
     The fused kernels run a bidirectional layer's two directions in one launch."""
     started = [_start_forward(cell, x, state0, weights, reverse, batch_sizes, backend, gemm, opts)
                for state0, weights, reverse in directions]
     started_cells = [c for c, _ in started]
-    io_dtype = io_dtype or x.dtype.name
+    io_dtype = dtype_name(x.dtype)   # the kernels hold W and round h for the dot in it
     if started[0][1].fused:
         cells.kernels(cell).forward(started_cells, [run.sizes for _, run in started], io_dtype=io_dtype)
     else:
@@ -134,7 +132,7 @@ def _matmul(gemm, x, w):
     """The GEMM function for a gemm option (see forward), for a layer on x with weights w."""
     if gemm not in ("xp", "torch", "auto"):
         raise ValueError(f"gemm: expected 'xp', 'torch' or 'auto', got {gemm!r}")
-    if gemm == "torch":
+    if gemm == "torch" and not is_tensor(x):
         return torch_matmul
     if gemm == "auto" and isinstance(x, np.ndarray):
         from .cpu import gemm as route   # gpurnn.cpu builds on the engine's arrays, not the other way
@@ -144,20 +142,22 @@ def _matmul(gemm, x, w):
 
 def _start_forward(cell, x, state0, weights, reverse, batch_sizes, backend, gemm, opts):
     xp = get_xp(x)
-    cdt = compute_dtype(x.dtype)
+    run_fused = fused(backend, weights)
+    if is_tensor(x) and not run_fused:
+        raise TypeError("the xp loop runs on NumPy or CuPy arrays, got torch tensors (arrays.tensor_to_xp)")
+    cdt = compute_dtype(x.dtype, run_fused)
     T, B = x.shape[:2]
     w = {k: _cast(v, cdt) for k, v in weights.items()}
     if opts.get("teacher") is not None:
-        opts = dict(opts, teacher=_to_compute(xp, opts["teacher"], cdt, reverse))
+        opts = dict(opts, teacher=_to_compute(opts["teacher"], cdt, reverse))
     sizes = [B] * T if batch_sizes is None else [int(n) for n in batch_sizes]
     sizes = _time_order(sizes, reverse)
-    fused = backend == "triton" and w.get("w_hr") is None   # a projection (w_hr): the xp loop
-    c = cells.get(cell).make(xp, w, _matmul(gemm, x, w), opts, fused)
+    c = cells.get(cell).make(xp, w, _matmul(gemm, x, w), opts, run_fused)
     # With packed rows, buffers start zeroed: rows past their length are never written by a
     # step, and the weight GEMMs multiply them by zero gradients (0 * garbage may be NaN).
     alloc = Allocations(xp, zero=batch_sizes is not None)
-    c.begin_forward(_to_compute(xp, x, cdt, reverse), tuple(s.astype(cdt, copy=False) for s in state0), alloc)
-    return c, _Run(x.dtype, sizes, batch_sizes, reverse, fused, alloc, [s.shape for s in state0],
+    c.begin_forward(_to_compute(x, cdt, reverse), tuple(astype(s, cdt, copy=False) for s in state0), alloc)
+    return c, _Run(x.dtype, sizes, batch_sizes, reverse, run_fused, alloc, [s.shape for s in state0],
                    opts.get("for_backward", True))
 
 
@@ -166,12 +166,12 @@ def _finish_forward(name, c, run, io_dtype):
     y = c.outputs()
     if run.batch_sizes is not None:   # rows past their length output zeros
         mask = _padding(c.xp, tuple(run.sizes), y.shape[1], str(getattr(y, "device", "cpu")))
-        y = c.xp.where(mask[:, :, None], 0, y).astype(y.dtype, copy=False)
-    y = _time_order(y, run.reverse)
+        y = c.xp.where(mask[:, :, None], 0, y)
     saved = Saved(c, name, dtype, run.sizes if run.batch_sizes is not None else None, run.reverse, run.state_shapes,
                   run.fused, io_dtype, run.for_backward)
     run.alloc.bind(c)   # the buffers go back to the pool with the cell; only copies are returned
-    return y.astype(dtype), tuple(s.astype(dtype) for s in c.final()), saved
+    # a copy (y from `where` is one already)
+    return astype(y, dtype, copy=run.batch_sizes is None, reverse=run.reverse), tuple(astype(s, dtype) for s in c.final()), saved
 
 
 def backward(saved, dy, dstate):
@@ -203,8 +203,8 @@ def _start_backward(saved, dy, dstate):
     cdt = c.x.dtype
     T, B = c.x.shape[:2]
     y_shape = c.outputs().shape
-    dy = xp.zeros(y_shape, cdt) if dy is None else _to_compute(xp, dy, cdt, reverse)
-    dstate = tuple(xp.zeros(shape, cdt) if d is None else d.astype(cdt, order="C", copy=True)   # carried in place
+    dy = xp.zeros(y_shape, cdt) if dy is None else _to_compute(dy, cdt, reverse)
+    dstate = tuple(xp.zeros(shape, cdt) if d is None else astype(d, cdt)   # a copy: carried in place
                    for d, shape in zip(dstate, saved.state_shapes))
     if saved.backward_buffers is not None:   # a second backward (retain_graph) replaces them
         saved.backward_buffers.release()
@@ -221,6 +221,6 @@ def _start_backward(saved, dy, dstate):
 
 def _finish_backward(saved):
     dx, dstate0, grads = saved.cell.finish_backward()
-    dx = _time_order(dx, saved.reverse).astype(saved.dtype)
+    dx = astype(dx, saved.dtype, reverse=saved.reverse)
     grads = {k: _cast(v, saved.dtype) for k, v in grads.items()}
-    return dx, tuple(d.astype(saved.dtype) for d in dstate0), grads
+    return dx, tuple(astype(d, saved.dtype) for d in dstate0), grads

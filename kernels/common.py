@@ -79,11 +79,11 @@ buffers). fp32 data: tl.dot in IEEE fp32 (TF32 only with GPURNN_FP32_PRECISION=t
 or tf32x3, see dot_precision).
 fp16/bf16 data (`io_dtype`): W is held on chip in that dtype and h is
 rounded to it before each tl.dot (accumulating in fp32), as cuDNN does;
-this halves the registers W needs. The engine's buffers stay in its compute
-dtype (float32 for fp16/bf16); what programs exchange is in the io dtype: h
-(bitwise what the dot reads anyway) and, in the backward, each slice's share of
-dh, rounded to fp16/bf16 before the P shares are summed in fp32 (an fp16 share
-above 65504 would be inf), so split and single mode differ in the last bits.
+this halves the registers W needs. Every buffer in memory is in the data's dtype
+too (gx, the saved activations, their gradients, what programs exchange): loads
+widen to ACC, stores round. In the backward each slice's share of dh is rounded
+to fp16/bf16 before the P shares are summed in fp32 (an fp16 share above 65504
+would be inf), so split and single mode differ in the last bits.
 """
 import functools
 import os
@@ -93,7 +93,7 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from gpurnn.backends import interpreting
+from gpurnn.backends import fp32_precision, interpreting
 
 # ----------------------------------------------------------------------------- device code
 
@@ -381,21 +381,9 @@ def dot_dtype(io_dtype, acc):
     return _DOT.get(name, acc)
 
 
-FP32_PRECISIONS = ("ieee", "tf32x3", "tf32")
-
-
 def dot_precision(dot):
-    """tl.dot input_precision for fp32 operands: GPURNN_FP32_PRECISION, default "ieee" (exact fp32 FMA).
-
-    "tf32x3" (three TF32 tensor-core products, ~fp32 accurate) and "tf32" (10-bit
-    mantissa, what cuDNN uses for fp32 RNNs under torch's default allow_tf32) are opt-in.
-    """
-    if dot != tl.float32:
-        return "ieee"
-    value = os.environ.get("GPURNN_FP32_PRECISION", "ieee")
-    if value not in FP32_PRECISIONS:
-        raise ValueError(f"GPURNN_FP32_PRECISION: expected one of {FP32_PRECISIONS}, got {value!r}")
-    return value
+    """tl.dot input_precision: gpurnn.backends.fp32_precision() for fp32 operands, else "ieee"."""
+    return fp32_precision() if dot == tl.float32 else "ieee"
 
 
 def device_limits(device):
@@ -662,31 +650,23 @@ def run_windows(cfg, T, launch_window, reverse=False):
         launch_window(T - 1 - i if reverse else i, 1)
 
 
-def exchange_dtype(io_dtype, like):
-    """The dtype programs exchange h and dh shares in: the io dtype for fp16/bf16 data, else like's."""
-    import torch
-
-    name = None if io_dtype is None else str(io_dtype).replace("torch.", "")
-    return getattr(torch, name) if name in _DOT else like.dtype
-
-
-def partials_workspace(cfg, B, like, io_dtype=None):
-    """(2, P, B, HP) shares of dh for split/stepwise backward, in exchange_dtype; a dummy in single mode."""
+def partials_workspace(cfg, B, like):
+    """(2, P, B, HP) shares of dh for split/stepwise backward, in like's (the buffers') dtype; a dummy
+    in single mode."""
     import torch
 
     shape = (2, cfg.P, B, cfg.HP) if cfg.mode != "single" else (1,)
-    return torch.empty(shape, dtype=exchange_dtype(io_dtype, like), device=like.device)
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
-def exchange_buffer(cfg, h, io_dtype=None):
+def exchange_buffer(cfg, h):
     """(2, B, H) h of the last two steps for the forward's split/stepwise exchange (load_exchange), in
-    exchange_dtype, h_0 (h[0] of the (T+1, B, H) states) in buffer 0; a dummy in single mode."""
+    the buffers' dtype, h_0 (h[0] of the (T+1, B, H) states) in buffer 0; a dummy in single mode."""
     import torch
 
-    dtype = exchange_dtype(io_dtype, h)
     if cfg.mode == "single":
-        return torch.empty(1, dtype=dtype, device=h.device)
-    x = torch.empty((2, *h.shape[1:]), dtype=dtype, device=h.device)
+        return torch.empty(1, dtype=h.dtype, device=h.device)
+    x = torch.empty((2, *h.shape[1:]), dtype=h.dtype, device=h.device)
     x[0].copy_(h[0])   # on the device, in stream order: no host synchronisation
     return x
 
@@ -756,11 +736,7 @@ def dtype_constexprs(dtype):
 
 
 def buffer_ptr(dtype):
-    """Pointer type of the engine's buffers for a data dtype (fp16/bf16 compute in fp32)."""
-    return "*fp64" if dtype == "float64" else "*fp32"
-
-
-def exchange_ptr(dtype):
-    """Pointer type of the exchange buffers (exchange_dtype) for a data dtype name."""
-    return {"float16": "*fp16", "bfloat16": "*bf16"}.get(dtype, buffer_ptr(dtype))
+    """Pointer type of the engine's buffers (and the exchange buffers) for a data dtype name: the
+    data's own (gpurnn.arrays.compute_dtype with the kernels)."""
+    return {"float16": "*fp16", "bfloat16": "*bf16", "float64": "*fp64"}.get(dtype, "*fp32")
 

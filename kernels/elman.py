@@ -150,7 +150,7 @@ def forward(cs, sizes_list, io_dtype=None):
     if T == 0:
         return
     t = cm.as_tensor
-    plan = cm.direction_plan(cfg, [[t(c.gx), t(c.h), cm.exchange_buffer(cfg, t(c.h), io_dtype),
+    plan = cm.direction_plan(cfg, [[t(c.gx), t(c.h), cm.exchange_buffer(cfg, t(c.h)),
                                      t(c.w["w_hh"]).contiguous(), cm.sizes_tensor(sizes, h),
                                      cm.barrier_counters(cfg, B, h)] for c, sizes in zip(cs, sizes_list)])
     cm.run_windows(cfg, T, lambda t0, n: cm.launch_directions(
@@ -164,7 +164,7 @@ def backward(cs, sizes_list, io_dtype=None):
         return
     t = cm.as_tensor
     plan = cm.direction_plan(cfg, [[t(c.dy), t(c.h), t(c.dz), t(c.dh), t(c.w["w_hh"]).contiguous(),
-                                     cm.partials_workspace(cfg, B, h, io_dtype), cm.sizes_tensor(sizes, h),
+                                     cm.partials_workspace(cfg, B, h), cm.sizes_tensor(sizes, h),
                                      cm.barrier_counters(cfg, B, h)] for c, sizes in zip(cs, sizes_list)])
     # T+1 iterations t = T-1 .. -1 (see _bwd_kernel)
     cm.run_windows(cfg, T + 1, lambda t0, n: cm.launch_directions(
@@ -173,11 +173,11 @@ def backward(cs, sizes_list, io_dtype=None):
 
 def compile_targets(hidden_size, dtype, arch=None):
     """(name, jit_fn, signature, constexprs) for every config the launchers use at this size and dtype."""
-    ptr, xptr = cm.buffer_ptr(dtype), cm.exchange_ptr(dtype)
+    ptr = cm.buffer_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
-    sigs = dict(fwd=dict(p_gx=ptr, p_h=ptr, p_x=xptr, p_w=ptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64",
+    sigs = dict(fwd=dict(p_gx=ptr, p_h=ptr, p_x=ptr, p_w=ptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64",
                          t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32", nonlin="i32"),
-                bwd=dict(p_dy=ptr, p_h=ptr, p_dz=ptr, p_dh=ptr, p_w=ptr, p_ws=xptr, p_sizes="*i32", p_bar="*i32",
+                bwd=dict(p_dy=ptr, p_h=ptr, p_dz=ptr, p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32",
                          p_doff="*i64", T="i32", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32",
                          nonlin="i32"))
     kernels = dict(fwd=_fwd_kernel, bwd=_bwd_kernel)

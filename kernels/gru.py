@@ -7,7 +7,6 @@ CPU counterpart: gpurnn/cells/gru.py (the maths and the buffers these kernels ru
 # hn:    (T, B, H)    W_hn h_{t-1} + b_hn, the part r multiplies (active rows)
 # h:     (T+1, B, H)  h[0] = state0; h[t+1] written at step t (rows past their length hold h[t])
 # w_hh:  (3H, H)      b_hn: (H,) (zeros without bias)   sizes: (T,) int32 active rows per step
-# k_new, k_z, k_r: (T, B, H)  d n_pre/d h_t, d z_pre/d h_t, d r_pre/d n_pre (gpurnn/cells/gru.py, GRU.begin_backward)
 # dy: (T, B, H)   dgh: (T, B, 3H) grads of W_hh h + b_hh   dnew: (T, B, H) grad of the input part of n_pre
 # dh: (B, H)      carried gradient: dh_T on entry, dh_0 (= d state0) on exit
 # ws: (2, P, B, HP) each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
@@ -94,10 +93,11 @@ def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_x, p_w, p_bhn, p_sizes, p_bar, p_dof
 
 
 @triton.jit
-def _bwd_point(t, b_dh, p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_sizes, rows, j0, B, H,
+def _bwd_point(t, b_dh, p_dy, p_gates, p_hn, p_h, p_dgh, p_dnew, p_sizes, rows, j0, B, H,
                S: tl.constexpr, ACC: tl.constexpr):
     """Step t's pointwise part: returns (dh_t, dh_t * z_t, dgh_t (BB, S, 4)); rows past their length
-    get zero gradients (written) and keep dh."""
+    get zero gradients (written) and keep dh. The coefficients come from what the forward saved:
+    d n_pre/d h_t = (1-z)(1-n^2), d z_pre/d h_t = (h_{t-1} - n) z(1-z), d r_pre/d n_pre = hn r(1-r)."""
     n = tl.load(p_sizes + t)
     active = rows < n
     cols = j0 + tl.arange(0, S)
@@ -105,24 +105,27 @@ def _bwd_point(t, b_dh, p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_size
     step = t.to(tl.int64) * B * H
     off2 = rows[:, None] * H + cols[None, :]
     b_dh += tl.load(p_dy + step + off2, mask=ok2, other=0.0).to(ACC)
-    dnew = b_dh * tl.load(p_knew + step + off2, mask=ok2, other=0.0).to(ACC)
     p_g3, m3 = cm.gate_tile(p_gates + 3 * step, rows, active, H, j0, S, 4, 3)
     b_g = tl.load(p_g3, mask=m3, other=0.0).to(ACC)   # r, z, n
-    k_r = tl.load(p_kr + step + off2, mask=ok2, other=0.0).to(ACC)
-    k_z = tl.load(p_kz + step + off2, mask=ok2, other=0.0).to(ACC)
+    r, z, new = cm.gate(b_g, 0), cm.gate(b_g, 1), cm.gate(b_g, 2)
+    hn = tl.load(p_hn + step + off2, mask=ok2, other=0.0).to(ACC)
+    h_prev = tl.load(p_h + step + off2, mask=ok2, other=0.0).to(ACC)
+    dnew = tl.where(ok2, b_dh * (1 - z) * (1 - new * new), 0.0)   # rows past their length: zero
+    k_r = hn * r * (1 - r)
+    k_z = (h_prev - new) * z * (1 - z)
     # d(W_hh h + b_hh) per gate: r <- dnew * k_r, z <- dh * k_z, n <- dnew * r
     g = tl.arange(0, 4)[None, None, :]
-    coef = tl.where(g == 0, k_r[:, :, None], tl.where(g == 1, k_z[:, :, None], cm.gate(b_g, 0)[:, :, None]))
+    coef = tl.where(g == 0, k_r[:, :, None], tl.where(g == 1, k_z[:, :, None], r[:, :, None]))
     b_d = tl.where(g == 1, b_dh[:, :, None], dnew[:, :, None]) * coef
     b_d = tl.where(m3, b_d, 0.0)
     p_d3, valid3 = cm.gate_tile(p_dgh + 3 * step, rows, rows < B, H, j0, S, 4, 3)
     tl.store(p_d3, b_d, mask=valid3)
     tl.store(p_dnew + step + off2, dnew, mask=(rows < B)[:, None] & (cols < H)[None, :])
-    return b_dh, b_dh * cm.gate(b_g, 1), b_d
+    return b_dh, b_dh * z, b_d
 
 
 @triton.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
-def _bwd_kernel(p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_dh, p_w, p_ws, p_sizes, p_bar, p_doff,
+def _bwd_kernel(p_dy, p_gates, p_hn, p_h, p_dgh, p_dnew, p_dh, p_w, p_ws, p_sizes, p_bar, p_doff,
                 T, t_start, n_steps, B, H, tile0,
                 BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr,
@@ -137,16 +140,15 @@ def _bwd_kernel(p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_dh, p_w, p_w
     if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
         p_dy = cm.for_direction(p_dy, p_doff, 0)
         p_gates = cm.for_direction(p_gates, p_doff, 1)
-        p_knew = cm.for_direction(p_knew, p_doff, 2)
-        p_kz = cm.for_direction(p_kz, p_doff, 3)
-        p_kr = cm.for_direction(p_kr, p_doff, 4)
-        p_dgh = cm.for_direction(p_dgh, p_doff, 5)
-        p_dnew = cm.for_direction(p_dnew, p_doff, 6)
-        p_dh = cm.for_direction(p_dh, p_doff, 7)
-        p_w = cm.for_direction(p_w, p_doff, 8)
-        p_ws = cm.for_direction(p_ws, p_doff, 9)
-        p_sizes = cm.for_direction(p_sizes, p_doff, 10)
-        p_bar = cm.for_direction(p_bar, p_doff, 11)
+        p_hn = cm.for_direction(p_hn, p_doff, 2)
+        p_h = cm.for_direction(p_h, p_doff, 3)
+        p_dgh = cm.for_direction(p_dgh, p_doff, 4)
+        p_dnew = cm.for_direction(p_dnew, p_doff, 5)
+        p_dh = cm.for_direction(p_dh, p_doff, 6)
+        p_w = cm.for_direction(p_w, p_doff, 7)
+        p_ws = cm.for_direction(p_ws, p_doff, 8)
+        p_sizes = cm.for_direction(p_sizes, p_doff, 9)
+        p_bar = cm.for_direction(p_bar, p_doff, 10)
     rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
@@ -168,7 +170,7 @@ def _bwd_kernel(p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew, p_dh, p_w, p_w
             b_new = cm.next_step_product(b_prod, p_ws, t, rows, cols, B, H, HP, P, S, SINGLE, ACC)
             b_dh = tl.where((rows < tl.load(p_sizes + t + 1))[:, None], b_new + b_keep, b_dh)
         if t >= 0:
-            b_dh, b_keep, b_d = _bwd_point(t, b_dh, p_dy, p_gates, p_knew, p_kz, p_kr, p_dgh, p_dnew,
+            b_dh, b_keep, b_d = _bwd_point(t, b_dh, p_dy, p_gates, p_hn, p_h, p_dgh, p_dnew,
                                            p_sizes, rows, j0, B, H, S, ACC)
             # (BB, S, 4) -> (BB, S*4): column s*4 + g, the W tile's column order
             b_d2 = tl.reshape(b_d, (BB, S * 4))
@@ -192,7 +194,7 @@ def forward(cs, sizes_list, io_dtype=None):
     if T == 0:
         return
     t = cm.as_tensor
-    plan = cm.direction_plan(cfg, [[t(c.gx), t(c.gates), t(c.hn), t(c.h), cm.exchange_buffer(cfg, t(c.h), io_dtype),
+    plan = cm.direction_plan(cfg, [[t(c.gx), t(c.gates), t(c.hn), t(c.h), cm.exchange_buffer(cfg, t(c.h)),
                                      t(c.w["w_hh"]).contiguous(),
                                      h.new_zeros(H) if c.b_hn is None else t(c.b_hn).contiguous(),
                                      cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)]
@@ -206,8 +208,8 @@ def backward(cs, sizes_list, io_dtype=None):
     if T == 0:
         return
     t = cm.as_tensor
-    plan = cm.direction_plan(cfg, [[t(c.dy), t(c.gates), t(c.k_new), t(c.k_z), t(c.k_r), t(c.dgh), t(c.dnew),
-                                     t(c.dh), t(c.w["w_hh"]).contiguous(), cm.partials_workspace(cfg, B, h, io_dtype),
+    plan = cm.direction_plan(cfg, [[t(c.dy), t(c.gates), t(c.hn), t(c.h), t(c.dgh), t(c.dnew),
+                                     t(c.dh), t(c.w["w_hh"]).contiguous(), cm.partials_workspace(cfg, B, h),
                                      cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)]
                                     for c, sizes in zip(cs, sizes_list)])
     # T+1 iterations t = T-1 .. -1 (see _bwd_kernel)
@@ -217,12 +219,12 @@ def backward(cs, sizes_list, io_dtype=None):
 
 def compile_targets(hidden_size, dtype, arch=None):
     """(name, jit_fn, signature, constexprs) for every config the launchers use at this size and dtype."""
-    ptr, xptr = cm.buffer_ptr(dtype), cm.exchange_ptr(dtype)
+    ptr = cm.buffer_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
-    sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_hn=ptr, p_h=ptr, p_x=xptr, p_w=ptr, p_bhn=ptr, p_sizes="*i32",
+    sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_hn=ptr, p_h=ptr, p_x=ptr, p_w=ptr, p_bhn=ptr, p_sizes="*i32",
                          p_bar="*i32", p_doff="*i64", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32"),
-                bwd=dict(p_dy=ptr, p_gates=ptr, p_knew=ptr, p_kz=ptr, p_kr=ptr, p_dgh=ptr, p_dnew=ptr,
-                         p_dh=ptr, p_w=ptr, p_ws=xptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64", T="i32",
+                bwd=dict(p_dy=ptr, p_gates=ptr, p_hn=ptr, p_h=ptr, p_dgh=ptr, p_dnew=ptr,
+                         p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64", T="i32",
                          t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32"))
     kernels = dict(fwd=_fwd_kernel, bwd=_bwd_kernel)
     return [t for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d, arch)

@@ -203,7 +203,7 @@ def forward(cs, sizes_list, io_dtype=None):
         return
     t = cm.as_tensor
     plan = cm.direction_plan(cfg, [[t(c.gx), t(c.gates), t(c.h), t(c.c), t(c.tanh_c),
-                                     cm.exchange_buffer(cfg, t(c.h), io_dtype), t(c.w["w_hh"]).contiguous(),
+                                     cm.exchange_buffer(cfg, t(c.h)), t(c.w["w_hh"]).contiguous(),
                                      cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)]
                                     for c, sizes in zip(cs, sizes_list)])
     cm.run_windows(cfg, T, lambda t0, n: cm.launch_directions(_fwd_kernel, cfg, B, plan, t0, n, B, H, **consts))
@@ -216,7 +216,7 @@ def backward(cs, sizes_list, io_dtype=None):
         return
     t = cm.as_tensor
     plan = cm.direction_plan(cfg, [[t(c.dy), t(c.gates), t(c.c), t(c.tanh_c), t(c.dgates), t(c.dh), t(c.dc),
-                                     t(c.w["w_hh"]).contiguous(), cm.partials_workspace(cfg, B, h, io_dtype),
+                                     t(c.w["w_hh"]).contiguous(), cm.partials_workspace(cfg, B, h),
                                      cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)]
                                     for c, sizes in zip(cs, sizes_list)])
     # T+1 iterations t = T-1 .. -1 (see _bwd_kernel)
@@ -226,12 +226,12 @@ def backward(cs, sizes_list, io_dtype=None):
 
 def compile_targets(hidden_size, dtype, arch=None):
     """(name, jit_fn, signature, constexprs) for every config the launchers use at this size and dtype."""
-    ptr, xptr = cm.buffer_ptr(dtype), cm.exchange_ptr(dtype)
+    ptr = cm.buffer_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
-    sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_h=ptr, p_c=ptr, p_tc=ptr, p_x=xptr, p_w=ptr, p_sizes="*i32",
+    sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_h=ptr, p_c=ptr, p_tc=ptr, p_x=ptr, p_w=ptr, p_sizes="*i32",
                          p_bar="*i32", p_doff="*i64", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32"),
                 bwd=dict(p_dy=ptr, p_gates=ptr, p_c=ptr, p_tc=ptr, p_dgates=ptr, p_dh=ptr, p_dc=ptr,
-                         p_w=ptr, p_ws=xptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64", T="i32", t_start="i32",
+                         p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64", T="i32", t_start="i32",
                          n_steps="i32", tile0="i32", B="i32", H="i32"))
     kernels = dict(fwd=_fwd_kernel, bwd=_bwd_kernel)
     return [t for d in ("fwd", "bwd") for cfg in cm.compile_configs(hidden_size, dtype, GP, d, arch)

@@ -17,17 +17,17 @@ from gpurnn import engine
 
 # Kernels vs the xp loop on the same data. Both compute in the compute dtype;
 # they differ in the tanh formula and the summation order of the dot, so
-# float64 agrees to a few ulps times T, float32 to ~100 ulps after T steps
-# of BPTT; float16 data is computed in float32 by both and rounded on return,
-# so results differ by at most one float16 ulp (2^-10 relative) plus the fp32 noise.
+# float64 agrees to a few ulps times T, float32 to ~100 ulps after T steps of BPTT.
 TOL = {np.float64: dict(rtol=1e-12, atol=1e-12),
-       np.float32: dict(rtol=1e-5, atol=1e-5),
-       np.float16: dict(rtol=2e-3, atol=1e-5)}
-# W held in fp16 and h rounded to fp16 before each tl.dot (io_dtype="float16"),
-# against the fp32 loop on the same fp16 data: each pre-activation is off by
-# ~2^-11 * sum|w h| ~ 5e-4 and the contractive recurrence does not amplify it;
-# 1e-2 leaves headroom while a wrong gate, mask or step is an O(1) error.
-TOL_FP16_DOT = dict(rtol=1e-2, atol=1e-2)
+       np.float32: dict(rtol=1e-5, atol=1e-5)}
+# float16 data: the kernels keep every buffer in fp16 (the projection, saved activations and
+# their gradients are rounded to 2^-11 relative when stored) and, with io_dtype="float16", hold W
+# in fp16 and round h before each tl.dot; the xp loop computes fp16 data in fp32 and rounds only
+# on return. Each pre-activation is then off by ~2^-11 * (|gx| + sum|w h|) ~ 5e-4 and the
+# contractive recurrence does not amplify it; the weight gradients sum T*B products of rounded
+# factors (atol is relative to the largest entry). 1e-2 leaves headroom while a wrong gate,
+# mask or step is an O(1) error.
+TOL_HALF = dict(rtol=1e-2, atol=1e-2)
 
 
 def weight_shapes(cell, I, H, proj=0, O=None):

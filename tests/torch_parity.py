@@ -22,7 +22,9 @@ def outputs_and_grads(module, inp, hx):
     y_data = y.data if packed else y
     finals = list(hn) if isinstance(hn, tuple) else [hn]
     gen = torch.Generator().manual_seed(1)
-    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in [y_data] + finals)
+    # drawn in float64 whatever the dtype, so that modules of different dtypes get the same projection
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)).sum()
+               for t in [y_data] + finals)
     loss.backward()
     got = {"output": y_data, **{f"final{i}": f for i, f in enumerate(finals)},
            "d_input": (x.data if packed else x).grad}

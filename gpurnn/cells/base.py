@@ -25,11 +25,13 @@ rows [:n]; the engine holds the state of rows [n:] (forward) and the carried
 gradient of those rows passes through untouched (backward).
 
 Shapes: x (T, B, I); gate pre-activations (T, B, G*H) with torch's gate order.
-Everything here runs in the compute dtype (float32 for float16 inputs).
+Everything here runs in the compute dtype (arrays.compute_dtype): the xp loops in float32
+for float16 data; the kernels' buffers in the data's dtype, float16 and bfloat16 included,
+on NumPy or CuPy arrays or torch tensors (arrays.TorchArrays).
 """
 import functools
 
-from ..arrays import transposed_copy
+from ..arrays import astype, sum_rows, transposed_copy
 
 NONLINEARITIES = ("tanh", "relu")
 OUTPUT_ACTIVATIONS = ("identity", "tanh", "sigmoid", "softmax")
@@ -91,17 +93,13 @@ class FeatureMajorCell(Cell):
         return self.h_rows[1:]
 
 
-def sum_rows(a):
-    return a.reshape(-1, a.shape[-1]).sum(axis=0)
-
-
 def bias_grads(dz, has_bias):
     """b_ih and b_hh get the same gradient, as separate arrays: torch may keep a returned
     gradient as .grad without copying and accumulate into it in place later."""
     if not has_bias:
         return {"b_ih": None, "b_hh": None}
     db = sum_rows(dz)
-    return {"b_ih": db, "b_hh": db.copy()}
+    return {"b_ih": db, "b_hh": astype(db, db.dtype)}
 
 
 def sigmoid_(xp, a):
@@ -123,7 +121,7 @@ def phi_grad_from_output(xp, h, nonlinearity):
     """phi'(z) expressed through h = phi(z), for all steps at once."""
     if nonlinearity == "tanh":
         return 1 - h * h
-    return (h > 0).astype(h.dtype)
+    return astype(h > 0, h.dtype)
 
 
 def add_bias(a, b):

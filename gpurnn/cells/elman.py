@@ -3,6 +3,8 @@
 
     x (T, B, I)   gx (T, B, H) W_ih x + biases   h (T+1, B, H) h_0..h_T   dz (T, B, H) dL/d pre-activation
 """
+import functools
+
 from .base import Cell, bias_grads, add_bias, phi_, phi_grad_from_output
 
 WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh")
@@ -45,9 +47,13 @@ class Elman(Cell):
 
     def begin_backward(self, dy, dstate, alloc):
         self.dy = dy
-        self.phi_grad = phi_grad_from_output(self.xp, self.h[1:], self.nonlinearity)
         self.dz = alloc(self.gx.shape, self.x.dtype)
         self.dh = dstate[0]
+
+    @functools.cached_property
+    def phi_grad(self):
+        """phi' at every step, for the xp loop's back_step (the kernels derive it from h)."""
+        return phi_grad_from_output(self.xp, self.h[1:], self.nonlinearity)
 
     def back_step(self, t, n):
         dh = self.dh[:n]

@@ -62,10 +62,6 @@ class GRU(Cell):
     def begin_backward(self, dy, dstate, alloc):
         H, g = self.H, self.gates
         T, B = g.shape[:2]
-        r, z, new = g[..., :H], g[..., H:2 * H], g[..., 2 * H:]
-        self.k_new = (1 - z) * (1 - new * new)           # d n_pre / d h_t
-        self.k_z = (self.h[:-1] - new) * z * (1 - z)     # d z_pre / d h_t
-        self.k_r = self.hn * r * (1 - r)                 # d r_pre / d n_pre
         self.dy = dy
         self.dh = dstate[0]
         self.dgh = alloc((T, B, 3 * H), g.dtype)         # grads of W_hh h + b_hh

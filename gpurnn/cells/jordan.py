@@ -3,6 +3,8 @@ the xp loop and the kernels (kernels/jordan.py).
 
     x (T, B, I)   hid (T, B, H)   y (T, B, O)   s (T+1, B, O) s_1..s_{T+1}   decay (O,)
 """
+import functools
+
 from .base import Cell, phi_, phi_grad_from_output, sigmoid_, sum_rows
 
 WEIGHT_NAMES = ("w_ih", "w_sh", "b_h", "w_ho", "b_o", "decay")
@@ -72,14 +74,25 @@ class Jordan(Cell):
         return (self.s[-1],)
 
     def begin_backward(self, dy, dstate, alloc):
-        xp, y, act = self.xp, self.y, self.output_activation
+        y = self.y
         self.dy = dy
         self.ds = dstate[0]
-        self.phi_grad = phi_grad_from_output(xp, self.hid, self.nonlinearity)
-        self.act_grad = {"tanh": lambda: 1 - y * y, "sigmoid": lambda: y * (1 - y)}.get(act, lambda: None)()
         self.da = alloc(y.shape, y.dtype)
         self.dz = alloc(self.hid.shape, y.dtype)
-        self.tmp = xp.empty(self.ds.shape, y.dtype)
+
+    # What the xp loop's back_step reads; the kernels derive it in the step instead.
+    @functools.cached_property
+    def phi_grad(self):
+        return phi_grad_from_output(self.xp, self.hid, self.nonlinearity)
+
+    @functools.cached_property
+    def act_grad(self):
+        y = self.y
+        return {"tanh": lambda: 1 - y * y, "sigmoid": lambda: y * (1 - y)}.get(self.output_activation, lambda: None)()
+
+    @functools.cached_property
+    def tmp(self):
+        return self.xp.empty(self.ds.shape, self.y.dtype)
 
     def back_step(self, t, n):
         xp, w = self.xp, self.w

@@ -73,7 +73,7 @@ def test_h96_split_exchange_matches_engine(cell, io_dtype, monkeypatch, nan_empt
     """H=96 (a multiple of 32, not a power of two) in slices of 32: P=3 programs exchange h and the
     backward's shares through buffers in the io dtype (fp16 here), over B=17 (a short second tile),
     packed and reversed."""
-    from kernel_cases import TOL_FP16_DOT, with_io_dtype
+    from kernel_cases import TOL_HALF, with_io_dtype
 
     monkeypatch.setenv("GPURNN_SLICE", "32")
     with_io_dtype(monkeypatch, cell, io_dtype)
@@ -81,7 +81,7 @@ def test_h96_split_exchange_matches_engine(cell, io_dtype, monkeypatch, nan_empt
     case = make_case(cell, T, B, 96, seed=6)
     sizes = packed_sizes(T, B)
     got = run(case, "triton", batch_sizes=sizes, reverse=True)
-    tol = TOL_FP16_DOT if io_dtype else TOL[np.float32]
+    tol = TOL_HALF if io_dtype else TOL[np.float32]
     assert_all_close(got, run(case, "numpy", batch_sizes=sizes, reverse=True), **tol)
 
 
