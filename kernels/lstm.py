@@ -172,6 +172,7 @@ def _bwd_kernel(p_dy, p_gates, p_c, p_tc, p_dgates, p_dh, p_dc, p_w, p_ws, p_siz
             b_d = b_coef * tl.where(is_o, b_dh[:, :, None], b_dc[:, :, None])
             b_dc = tl.where((rows < n)[:, None], b_dc * b_f, b_dc)   # inactive rows keep dc
             # (BB, S, 4) -> (BB, S*4): column s*4 + g, the W tile's column order
+            b_d = b_d.to(p_dgates.dtype.element_ty)   # rounded once: what is stored is what the dot reads
             b_prod = tl.dot(cm.pin(tl.reshape(b_d, (BB, S * 4))).to(DOT), tl.trans(b_w),
                             input_precision=PREC, out_dtype=ACC)
             if not SINGLE:
