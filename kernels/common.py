@@ -132,6 +132,16 @@ def gate(a3, k: tl.constexpr):
 
 
 @triton.jit
+def split_gates(a3):
+    """The four (BB, S) gates of a (BB, S, 4) tile, by tl.split (no reduction over the gate axis)."""
+    a4 = tl.reshape(a3, (a3.shape[0], a3.shape[1], 2, 2))   # [.., x, y] = gate 2x + y
+    even, odd = tl.split(a4)                                 # y = 0: gates 0, 2; y = 1: gates 1, 3
+    g0, g2 = tl.split(even)
+    g1, g3 = tl.split(odd)
+    return g0, g1, g2, g3
+
+
+@triton.jit
 def pin(x):
     """x, unchanged (x + 0 over an axis of two), as the output of a reduction.
 

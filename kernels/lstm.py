@@ -49,10 +49,11 @@ def _fwd_step(t, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_x, p_bar, ro
     is_g = tl.arange(0, 4)[None, None, :] == 2
     scale = tl.where(is_g, 1.0, 0.5)
     b_a = scale * cm.tanh(scale * b_a) + tl.where(is_g, 0.0, 0.5)
-    c_new = cm.gate(b_a, 1) * b_c + cm.gate(b_a, 0) * cm.gate(b_a, 2)
+    g_i, g_f, g_g, g_o = cm.split_gates(b_a)
+    c_new = g_f * b_c + g_i * g_g
     tc = cm.tanh(c_new)
     b_c = tl.where(active[:, None], c_new, b_c)
-    b_h = tl.where(active[:, None], cm.gate(b_a, 3) * tc, b_h)
+    b_h = tl.where(active[:, None], g_o * tc, b_h)
     cm.publish(p_h, p_x, p_bar, t, b_h, rows, cols, B, H, SINGLE, SYNC)
     off2 = rows[:, None] * H + cols[None, :]
     p_g3, m3 = cm.gate_tile(p_gates + 4 * step, rows, active, H, j0, S, 4, 4)
@@ -118,7 +119,7 @@ def _coef(a, c_prev, tc):
     """(coef (BB, S, 4), o tanh'(c_t), f) from the gates a (i, f, g, o), c_{t-1} and tanh(c_t):
     coef = d pre-activation / d(dc | dc | dc | dh) = (g i' | c_{t-1} f' | i g' | tanh(c_t) o'),
     sigmoid' = s (1 - s), tanh' = 1 - g^2. Rows loaded as zeros (inactive) get coef 0 and f 0."""
-    i, f, g, o = cm.gate(a, 0), cm.gate(a, 1), cm.gate(a, 2), cm.gate(a, 3)
+    i, f, g, o = cm.split_gates(a)
     k = tl.arange(0, 4)[None, None, :]
     slope = tl.where(k == 2, 1.0 - a * a, a * (1.0 - a))
     factor = tl.where(k == 0, g[:, :, None], tl.where(k == 1, c_prev[:, :, None],
