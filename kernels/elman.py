@@ -38,7 +38,7 @@ def _fwd_step(t, n, b_gx, b_h, b_w, p_h, p_x, p_bar, rows, cols, B, H, nonlin,
     else:
         b_full = cm.load_exchange(p_x, t, rows, B, H, HP, DOT)
     b_z = cm.kdot(b_full, b_w, NK, PREC, ACC) + b_gx
-    b_h = tl.where(active[:, None], cm.activation(b_z, nonlin), b_h)
+    b_h = tl.where(active[:, None], cm.activation(b_z, nonlin, DOT), b_h)
     cm.publish(p_h, p_x, p_bar, t, b_h, rows, cols, B, H, SINGLE, SYNC)
     return b_h
 

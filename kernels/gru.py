@@ -47,9 +47,9 @@ def _fwd_step(t, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_x, p_bar, rows,
     # W_hh h for all gates of the slice: (BB, S, 4), gate 3 is zero padding
     b_a = tl.reshape(cm.kdot(b_full, b_w, NK, PREC, ACC), (rows.shape[0], S, 4))
     b_pre = b_a + b_gx   # r and z pre-activations (gates 0, 1)
-    r, z = cm.sigmoid(cm.gate(b_pre, 0)), cm.sigmoid(cm.gate(b_pre, 1))
+    r, z = cm.sigmoid(cm.gate(b_pre, 0), DOT), cm.sigmoid(cm.gate(b_pre, 1), DOT)
     hn = cm.gate(b_a, 2) + b_bhn[None, :]
-    new = cm.tanh(cm.gate(b_gx, 2) + r * hn)
+    new = cm.tanh(cm.gate(b_gx, 2) + r * hn, DOT)
     b_h = tl.where(active[:, None], (b_h - new) * z + new, b_h)
     cm.publish(p_h, p_x, p_bar, t, b_h, rows, cols, B, H, SINGLE, SYNC)
     off2 = rows[:, None] * H + cols[None, :]

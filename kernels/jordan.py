@@ -34,12 +34,12 @@ OUTPUT_ACTIVATION_KIND = {"identity": 0, "tanh": 1, "sigmoid": 2, "softmax": 3}
 
 
 @triton.jit
-def _output_activation(a, o_ok, ACT: tl.constexpr):
+def _output_activation(a, o_ok, ACT: tl.constexpr, DOT: tl.constexpr):
     """g(a) over the O columns of a (BB, OP) tile; zero in the padding columns."""
     if ACT == 1:
-        a = cm.tanh(a)
+        a = cm.tanh(a, DOT)
     elif ACT == 2:
-        a = cm.sigmoid(a)
+        a = cm.sigmoid(a, DOT)
     elif ACT == 3:
         a = tl.where(o_ok[None, :], a, float("-inf"))
         a = tl.exp(a - tl.max(a, axis=1)[:, None])
@@ -58,14 +58,15 @@ def _fwd_hidden(t, b_s, b_wsh, b_who, p_gx, p_hid, p_sizes, rows, j0, B, H, nonl
     b_z = tl.dot(b_s.to(DOT), b_wsh, input_precision=PREC, out_dtype=ACC)
     b_z += cm.load_rows(p_gx + step, rows, cols, H, active, col_ok, ACC)
     ok = active[:, None] & col_ok[None, :]
-    b_h = tl.where(ok, cm.activation(b_z, nonlin), 0.0)
+    b_h = tl.where(ok, cm.activation(b_z, nonlin, DOT), 0.0)
     tl.store(p_hid + step + rows[:, None] * H + cols[None, :], b_h, mask=ok)
     return tl.dot(b_h.to(DOT), b_who, input_precision=PREC, out_dtype=ACC)
 
 
 @triton.jit
 def _fwd_output(t, b_s, b_pre, b_bo, b_decay, p_y, p_s, p_teacher, p_sizes, rows, B, O, writer,
-                OP: tl.constexpr, ACT: tl.constexpr, HAS_TEACHER: tl.constexpr, ACC: tl.constexpr):
+                OP: tl.constexpr, ACT: tl.constexpr, HAS_TEACHER: tl.constexpr, ACC: tl.constexpr,
+                DOT: tl.constexpr):
     """Finish step t: y_t = g(b_pre + b_o), s_{t+1} = decay s_t + (y_t or teacher_t); returns s_{t+1}."""
     active = rows < tl.load(p_sizes + t)
     ocols = tl.arange(0, OP)
@@ -73,7 +74,7 @@ def _fwd_output(t, b_s, b_pre, b_bo, b_decay, p_y, p_s, p_teacher, p_sizes, rows
     step = t.to(tl.int64) * B * O
     off = rows[:, None] * O + ocols[None, :]
     ok = active[:, None] & o_ok[None, :]
-    b_y = _output_activation(b_pre + b_bo[None, :], o_ok, ACT)
+    b_y = _output_activation(b_pre + b_bo[None, :], o_ok, ACT, DOT)
     tl.store(p_y + step + off, b_y, mask=ok & writer)
     if HAS_TEACHER:   # teacher forcing: the state takes the target, and no gradient flows back into y
         b_y = tl.load(p_teacher + step + off, mask=ok, other=0.0).to(ACC)
@@ -120,7 +121,7 @@ def _fwd_kernel(p_gx, p_hid, p_y, p_s, p_teacher, p_wsh, p_who, p_bo, p_decay, p
             if not SINGLE:
                 b_pre = cm.sum_partials(p_ws, t - 1, rows, ocols, B, OP, OP, P, OP, ACC)
             b_s = _fwd_output(t - 1, b_s, b_pre, b_bo, b_decay, p_y, p_s, p_teacher, p_sizes, rows, B, O,
-                              writer, OP, ACT, HAS_TEACHER, ACC)
+                              writer, OP, ACT, HAS_TEACHER, ACC, DOT)
         if t < T:
             b_pre = _fwd_hidden(t, b_s, b_wsh, b_who, p_gx, p_hid, p_sizes, rows, j0, B, H, nonlin,
                                 S, ACC, DOT, PREC)

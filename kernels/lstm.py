@@ -48,10 +48,10 @@ def _fwd_step(t, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_x, p_bar, ro
     # sigmoid(a) = 0.5 tanh(0.5 a) + 0.5 and tanh(a) = 1 tanh(1 a) + 0: one transcendental for all gates
     is_g = tl.arange(0, 4)[None, None, :] == 2
     scale = tl.where(is_g, 1.0, 0.5)
-    b_a = scale * cm.tanh(scale * b_a) + tl.where(is_g, 0.0, 0.5)
+    b_a = scale * cm.tanh(scale * b_a, DOT) + tl.where(is_g, 0.0, 0.5)
     g_i, g_f, g_g, g_o = cm.split_gates(b_a)
     c_new = g_f * b_c + g_i * g_g
-    tc = cm.tanh(c_new)
+    tc = cm.tanh(c_new, DOT)
     b_c = tl.where(active[:, None], c_new, b_c)
     b_h = tl.where(active[:, None], g_o * tc, b_h)
     cm.publish(p_h, p_x, p_bar, t, b_h, rows, cols, B, H, SINGLE, SYNC)

@@ -6,13 +6,15 @@ tested is the bf16 data path (tensors, torch GEMMs, bf16 buffers, loads and stor
 with the bf16 tl.dot is GPU-only: the interpreter's bf16 dot gives wrong results
 (profiling/gpu_check.py runs it against cuDNN on the GPU).
 """
+import json
+
 import numpy as np
 import pytest
 import torch
 
 import gpurnn.nn as gnn
 from gpurnn import engine
-from kernel_cases import make_case, packed_sizes, with_io_dtype
+from kernel_cases import make_case, packed_sizes, run_uninterpreted, with_io_dtype
 from torch_parity import outputs_and_grads
 
 CELLS = ["elman", "lstm", "gru", "jordan"]
@@ -69,3 +71,26 @@ def test_module_half_matches_float64(cell, dtype, monkeypatch):
         assert got[key].dtype == dtype, key
         err = (got[key].double() - want[key]).norm() / want[key].norm()
         assert err <= REL[dtype], f"{key}: relative error {err:.2e} > {REL[dtype]:.2e}"
+
+
+def test_hardware_tanh_for_bf16_forward_only(tmp_path):
+    """Compiled (not interpreted): the bf16 forward kernels take the hardware's tanh (tanh.approx.f32,
+    one instruction, error below bf16's rounding); fp16 and fp32 keep the exact formula (ex2, div)."""
+    code = """
+import json, importlib, compile_check as cc
+out = {}
+for cell in ("elman", "lstm", "gru", "jordan"):
+    mod = importlib.import_module("gpurnn.kernels." + cell)
+    for dtype in ("bfloat16", "float16", "float32"):
+        for name, fn, sig, consts in mod.compile_targets(64, dtype, 90):
+            if name in (cell + "_fwd", cell + "_bwd"):
+                k, _, _ = cc.build(fn, sig, consts, 90, dict(B=16, H=64, O=16, nonlin=0))
+                out[name + " " + dtype] = k.asm["ptx"].count("tanh.approx.f32")
+print(json.dumps(out))
+"""
+    out = run_uninterpreted(code, tmp_path)
+    assert out.returncode == 0, out.stderr
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(counts) == 24
+    for key, n in counts.items():
+        assert (n > 0) == key.endswith("_fwd bfloat16"), (key, n)
