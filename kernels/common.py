@@ -484,6 +484,11 @@ def warps_for(HP, elem_bytes, direction):
     whose (BB, HP) share of dh needs the 255 registers of 8 warps (16 spilled
     20-96 B).
     """
+    forced = os.environ.get("GPURNN_WARPS")   # for timing alternatives on a GPU (gpu_check.py)
+    if forced:
+        if forced not in ("2", "4", "8", "16"):
+            raise ValueError(f"GPURNN_WARPS: expected one of 2, 4, 8, 16, got {forced!r}")
+        return int(forced)
     if tensor_cores(elem_bytes):
         return NUM_WARPS
     return 16 if direction == "fwd" or HP <= 512 else 8
@@ -498,7 +503,7 @@ def split_k(HP, elem_bytes, direction):
     The backward's dot has N = HP: chunking its K would hold NK (BB, HP) partial sums (spilled KBs)."""
     if direction == "bwd":
         return 1
-    nk = (1 if HP <= 256 else NUM_WARPS) if tensor_cores(elem_bytes) else 2
+    nk = (1 if HP <= 256 else warps_for(HP, elem_bytes, direction)) if tensor_cores(elem_bytes) else 2
     return max(1, min(nk, HP // 16))
 
 

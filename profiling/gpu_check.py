@@ -310,6 +310,13 @@ def main(argv=None):
                     # torch.compile of the loop would take most of the time limit here
                     "--providers", "gpurnn-triton,gpurnn-cupy,torch.nn,loop,floor,floor-grid"]
         rows.append(("bench headline (lstm bf16 T=1024)", *run_bench(headline, 150), 0.0))
+        # 4 warps issue 22% fewer instructions a step than 8 at H=768 (profiling/static_cost.py) but
+        # hide less latency: which is faster only a GPU can say
+        with env(GPURNN_WARPS=4):
+            rows.append(("bench headline, 4 warps (lstm bf16 H=768)", *run_bench(
+                ["--device", "cuda", "--cells", "lstm", "--dtype", "bfloat16", "--batch", "16", "--steps", "1024",
+                 "--hidden", "768", "--name", "headline-warps4", "--out", str(out_dir),
+                 "--providers", "gpurnn-triton,torch.nn"], 60), 0.0))
     others = [name for name, _ in check_list(engine_backend) if name != SMOKE]
     deadline = start + (BUDGET_S - 60 if not args.no_bench else BUDGET_S * (20 if args.dry_run else 1))
     rows += run_checks(others, deadline, engine_backend, args.dry_run)

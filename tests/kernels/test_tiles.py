@@ -90,3 +90,15 @@ def test_w_budget_follows_the_chip_and_never_drops_below_the_default():
     assert cm.w_budget(cm.SHARED_BYTES[90]) == 128 * 1024       # 227 KB - 64 KB -> 128 KB
     assert cm.w_budget(cm.SHARED_BYTES[80]) == 64 * 1024        # 163 KB - 64 KB -> 64 KB
     assert cm.w_budget(64 * 1024) == cm.w_budget(48 * 1024) == cm.W_BUDGET_BYTES   # small chips (sm_75)
+
+
+def test_forced_warps_set_the_dot_chunks_too(monkeypatch):
+    """GPURNN_WARPS (gpu_check times 4 warps against 8): the forward's K chunks follow the warps, so no
+    warp repeats another's MMAs (common.split_k)."""
+    assert (cm.tile_config(768, 16, 4, 2).num_warps, cm.tile_config(768, 16, 4, 2).nk) == (8, 8)
+    monkeypatch.setenv("GPURNN_WARPS", "4")
+    cfg = cm.tile_config(768, 16, 4, 2)
+    assert (cfg.num_warps, cfg.nk, cm.tile_config(768, 16, 4, 2, "bwd").num_warps) == (4, 4, 4)
+    monkeypatch.setenv("GPURNN_WARPS", "3")
+    with pytest.raises(ValueError, match="GPURNN_WARPS: expected one of 2, 4, 8, 16, got '3'"):
+        cm.tile_config(768, 16, 4, 2)
