@@ -13,14 +13,20 @@ def test_wheel_maps_kernels_under_gpurnn(tmp_path):
     wheel = next(tmp_path.glob("gpurnn-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "gpurnn/kernels/__init__.py" in names
-    assert "gpurnn/cpu/step.c" in names   # the compiled LSTM step's source, built on first use
+    assert "gpurnn/cpu/step.c" in names   # the compiled LSTM step's source (a build at first use)
+    assert any(n.startswith("gpurnn/cpu/_step.") for n in names)   # and the step itself, prebuilt
     assert not any(n.startswith("kernels/") for n in names)
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
-    code = "import gpurnn.kernels, gpurnn.nn; print(gpurnn.kernels.__file__)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target)},
+    code = ("import gpurnn.kernels, gpurnn.nn; from gpurnn.cpu import build; "
+            "print(gpurnn.kernels.__file__); print(build.describe())")
+    # no compiler where it is installed: the prebuilt step runs
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path,
+                         env={"PYTHONPATH": str(target), "CC": "false", "GPURNN_CACHE_DIR": str(tmp_path / "cache")},
                          capture_output=True, text=True, check=True)
-    assert out.stdout.strip().startswith(str(target))
+    where, step = out.stdout.strip().splitlines()
+    assert where.startswith(str(target))
+    assert step == "compiled (gpurnn/cpu/step.c, prebuilt with the package)"
 
 
 def test_this_install_imports_kernels_from_the_checkout():

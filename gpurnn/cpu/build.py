@@ -1,20 +1,24 @@
-"""Builds, caches and loads the compiled LSTM step (step.c) for the numpy backend, on first use.
+"""Finds, or builds, caches and loads, the compiled LSTM step (step.c) for the numpy backend.
 
 The NumPy LSTM loop is bound by the per-call cost of a dozen ufuncs a step, not by
 arithmetic; one C pass over the gates does the same work in a fraction of the time
-(profiling/results/cpu/engine_vs_torch.md). It needs a C compiler and glibc's vector maths
-library (libmvec, x86-64 Linux): without them, or with GPURNN_CPU_KERNEL=0, the LSTM runs
-the NumPy loop, which gives the same results to float32 rounding. `status()` says which.
+(profiling/results/cpu/engine_vs_torch.md). step.c is plain C with no library calls.
 
-The library is compiled once per machine into GPURNN_CACHE_DIR (default
-~/.cache/gpurnn; where that cannot be written, into a temporary directory for this process
-only) with -march=native: the file name hashes the source, the compiler command, the CPU's
-feature flags and the C library's version, so a cache shared between machines never runs
-code built for another.
+Where it comes from, in order:
+1. prebuilt: setup.py compiles it into the package (gpurnn/cpu/_step*.so, .pyd on Windows)
+   when the wheel is built, so installing from a wheel needs no compiler;
+2. built here at first use (Linux, a C compiler) where the install had none, into
+   GPURNN_CACHE_DIR (default ~/.cache/gpurnn; where that cannot be written, into a temporary
+   directory for this process only), named by a hash of the source and the compiler command;
+3. else the NumPy loop, which gives the same results to float32 rounding.
+GPURNN_CPU_KERNEL=0 runs the NumPy loop, =build skips the prebuilt library (tests, benchmarks).
+`status()` says which runs. Both builds use the same flags: one copy of the loops per vector
+width (AVX-512, AVX2, baseline x86-64), picked when the library loads.
 """
 import ctypes
 import functools
 import hashlib
+import importlib.util
 import os
 import platform
 import shlex
@@ -24,19 +28,10 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("step.c")
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared",
-         "-Wl,-z,defs"]   # a symbol libmvec lacks fails the build, not the load
-LIBS = ["-lmvec", "-lm"]
-
-
-def _machine_identity():
-    """What code built with -march=native depends on: the CPU's feature flags and the C library."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        cpu = platform.processor() + platform.machine()
-    return cpu + " ".join(platform.libc_ver())
+FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared",
+         "-Wl,-z,defs"]   # an undefined symbol fails the build, not the load
+LIBS = []
+CHOICES = ("1", "0", "build")   # GPURNN_CPU_KERNEL: prebuilt else build, off, build only
 
 
 def _cache_dir():
@@ -66,8 +61,7 @@ def _build(directory):
     cc = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]
     if cc[0] is None:
         raise OSError("no C compiler found (set CC, or install gcc)")
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(cc + FLAGS + LIBS).encode(),
-                                     _machine_identity().encode()])).hexdigest()[:16]
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(cc + FLAGS + LIBS).encode()])).hexdigest()[:16]
     target = directory / f"cpu_step-{key}.so"   # the name predates the gpurnn/cpu package
     if not target.exists():
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".so")
@@ -82,21 +76,50 @@ def _build(directory):
     return target
 
 
+def prebuilt():
+    """Path of the step compiled with the package (setup.py), or None."""
+    spec = importlib.util.find_spec(f"{__package__}._step")
+    return spec.origin if spec is not None and spec.origin else None
+
+
+def _open(path):
+    lib = ctypes.CDLL(str(path))   # stays mapped after its file is removed
+    ptr, long = ctypes.c_void_p, ctypes.c_long
+    lib.lstm_forward_step.argtypes = [ptr, ptr, ptr, long, ptr, long, long]
+    lib.lstm_backward_step.argtypes = [ptr, ptr, ptr, ptr, ptr, long, long]
+    lib.tanh_array.argtypes = [ptr, ptr, long]
+    lib.lstm_forward_step.restype = lib.lstm_backward_step.restype = lib.tanh_array.restype = None
+    lib.step_source_hash.restype = ctypes.c_char_p
+    return lib
+
+
+def source_hash():
+    """The hash setup.py builds the prebuilt library with (step_source_hash in step.c)."""
+    return "h" + hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+
+
 @functools.cache
 def _load():
-    """(library, None) or (None, why it is not usable)."""
-    if os.environ.get("GPURNN_CPU_KERNEL", "1") == "0":
+    """(library, where it came from) or (None, why the NumPy loop runs)."""
+    choice = os.environ.get("GPURNN_CPU_KERNEL", "1")
+    if choice not in CHOICES:
+        return None, f"GPURNN_CPU_KERNEL: expected one of {CHOICES}, got {choice!r}"
+    if choice == "0":
         return None, "disabled by GPURNN_CPU_KERNEL=0"
+    path = prebuilt() if choice == "1" else None
+    if path is not None:
+        try:
+            lib = _open(path)
+        except (OSError, AttributeError) as err:
+            return None, f"loading the prebuilt {Path(path).name} failed: {err}"
+        if lib.step_source_hash().decode() == source_hash():
+            return lib, "prebuilt with the package"
+        # step.c changed since the install (an editable checkout): build the current one instead
     if platform.system() != "Linux":
-        return None, f"needs glibc's libmvec (Linux), this is {platform.system()}"
+        return None, f"not prebuilt in this install, and built at first use only on Linux (this is {platform.system()})"
     directory, temporary = _cache_dir()
     try:
-        path = _build(directory)
-        lib = ctypes.CDLL(str(path))   # stays mapped after its file is removed
-        ptr, long = ctypes.c_void_p, ctypes.c_long
-        lib.lstm_forward_step.argtypes = [ptr, ptr, ptr, long, ptr, long, long]
-        lib.lstm_backward_step.argtypes = [ptr, ptr, ptr, ptr, ptr, long, long]
-        lib.lstm_forward_step.restype = lib.lstm_backward_step.restype = None
+        lib = _open(_build(directory))
     except subprocess.CalledProcessError as err:
         return None, f"compiling {SOURCE.name} failed: {_compiler_error(err)}"
     except subprocess.TimeoutExpired as err:
@@ -106,20 +129,21 @@ def _load():
     finally:
         if temporary:
             shutil.rmtree(directory, ignore_errors=True)
-    return lib, None
+    return lib, "built here at first use"
 
 
 def library():
-    """The loaded cpu_step library, or None where it cannot be built or is disabled."""
+    """The loaded step library, or None where there is none or it is disabled."""
     return _load()[0]
 
 
 def status():
     """None when the compiled step is in use, else why the NumPy loop runs instead."""
-    return _load()[1]
+    lib, said = _load()
+    return None if lib is not None else said
 
 
 def describe():
     """Which LSTM step runs on the CPU, in words (for `gpurnn info` and benchmark headers)."""
-    why = status()
-    return "compiled (gpurnn/cpu/step.c)" if why is None else f"the NumPy loop ({why})"
+    lib, said = _load()
+    return f"compiled (gpurnn/cpu/step.c, {said})" if lib is not None else f"the NumPy loop ({said})"

@@ -2,21 +2,76 @@
 
    The NumPy loop spends most of a step on a dozen ufunc calls over small arrays; here each
    step is one pass over the gates, with the operations of gpurnn/cells/lstm.py's LSTMLoop in the same
-   order (only tanh differs: glibc's vector tanhf, not NumPy's). Every array is row-major,
+   order (only tanh differs: tanh_f below, not NumPy's). Every array is row-major,
    one row per batch row b < n (the active rows of a packed step), gates (o | f | i | g).
 
-   Built by build.py with -ffp-contract=off (no a*b+c fused: the same rounding as NumPy's
-   separate operations); tanhf is glibc's vector version (libmvec).
+   Plain C with no library calls, so any compiler builds it and vectorises its loops: shipped
+   prebuilt in the wheel (setup.py), or built at first use by build.py. Compiled with
+   -ffp-contract=off (no a*b+c fused: the same rounding as NumPy's separate operations).
 */
-__attribute__((simd("notinbranch"), const, nothrow)) extern float tanhf(float);
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+/* One copy per vector width, picked at load time: the library runs on any x86-64 at full width. */
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+#ifdef _WIN32
+#define EXPORT __declspec(dllexport)
+#else
+#define EXPORT
+#endif
+
+/* tanh in float32 to 1.3 ulp (checked against float64 over [-12, 12] in tests/cpu/test_lstm_step.py),
+   branch-free so that loops over it vectorise. |x| < 0.625: x + x u P(u), u = x^2 (a fit of
+   tanh(x)/x - 1). Otherwise 1 - 2 / (e^{2|x|} + 1) with the sign of x, where e^y = 2^n e^r,
+   n = round(y / ln 2), r = y - n ln 2 (ln 2 in two parts, the first exact in n ln2_hi), e^r a
+   degree-7 fit on |r| <= ln 2 / 2, and 2^n put together in the exponent bits; |x| >= 9 gives +-1,
+   NaN gives NaN. */
+static inline float tanh_f(float x)
+{
+    float a = x < 0 ? -x : x;
+    a = a > 9.0f ? 9.0f : a;   /* NaN stays NaN */
+    float y = 2.0f * a;
+    float n = (y * 1.44269504f + 12582912.0f) - 12582912.0f;   /* round to nearest: 1.5 * 2^23 */
+    float r = (y - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+    float p = 1.9826496187e-04f;
+    p = p * r + 1.3946020784e-03f;
+    p = p * r + 8.3334299754e-03f;
+    p = p * r + 4.1666270285e-02f;
+    p = p * r + 1.6666666164e-01f;
+    p = p * r + 5.0000000781e-01f;
+    float e = (p * r * r + r) + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    float big = 1.0f - 2.0f / (e * scale + 1.0f);
+    float u = x * x;
+    float q = -0.0056919857f;
+    q = q * u + 0.0206262918f;
+    q = q * u - 0.0537353188f;
+    q = q * u + 0.1333138135f;
+    q = q * u - 0.3333327921f;
+    float small = x + x * (u * q);
+    return a < 0.625f ? small : (x < 0 ? -big : big);
+}
 
 /* a: (n, 4H) pre-activations, the sigmoid columns pre-scaled by 1/2, W_hh h added.
    c: (n, H) the cell state, updated to c_t.  m: rows of H, ldm apart, receive o*tanh(c_t).
    kf: (n, 2H) receives K = o*(1 - tanh(c_t)^2) and F = f, and a the coefficients of dL/da:
    (tanh(c_t) o' | c_{t-1} f' | g i' | i (1 - g^2)), s' = s (1 - s). Inference passes scratch
    for kf: one loop for both, so that the compiler vectorises both alike and their h agree
-   bit for bit (libmvec's vector and scalar tanhf differ in the last bit). */
-void lstm_forward_step(float *restrict a, float *restrict c, float *restrict m, long ldm, float *restrict kf,
+   bit for bit (a vectorised and a scalar remainder loop may round differently). */
+/* y = tanh_f(x) elementwise: what the tests check tanh_f's accuracy on. */
+EXPORT VECTOR_CLONES void tanh_array(const float *restrict x, float *restrict y, long n)
+{
+    for (long k = 0; k < n; k++)
+        y[k] = tanh_f(x[k]);
+}
+
+EXPORT VECTOR_CLONES void lstm_forward_step(float *restrict a, float *restrict c, float *restrict m, long ldm, float *restrict kf,
                        long H, long n)
 {
     for (long b = 0; b < n; b++) {
@@ -24,9 +79,9 @@ void lstm_forward_step(float *restrict a, float *restrict c, float *restrict m, 
         float *restrict cr = c + b * H, *restrict mr = m + b * ldm;
         float *restrict kr = kf + b * 2 * H, *restrict fr = kr + H;
         for (long r = 0; r < H; r++) {
-            float o = 0.5f * tanhf(ao[r]) + 0.5f, f = 0.5f * tanhf(af[r]) + 0.5f;
-            float i = 0.5f * tanhf(ai[r]) + 0.5f, g = tanhf(ag[r]);
-            float ig = i * g, fc = f * cr[r], cn = fc + ig, tc = tanhf(cn), mo = o * tc;
+            float o = 0.5f * tanh_f(ao[r]) + 0.5f, f = 0.5f * tanh_f(af[r]) + 0.5f;
+            float i = 0.5f * tanh_f(ai[r]) + 0.5f, g = tanh_f(ag[r]);
+            float ig = i * g, fc = f * cr[r], cn = fc + ig, tc = tanh_f(cn), mo = o * tc;
             cr[r] = cn;
             mr[r] = mo;
             kr[r] = o - mo * tc;
@@ -42,7 +97,7 @@ void lstm_forward_step(float *restrict a, float *restrict c, float *restrict m, 
 /* d: (n, 4H) the coefficients lstm_forward_step left in a, replaced by dL/da.
    kf: (n, 2H) as lstm_forward_step wrote it.  dc: (n, H) dL/dc_t in, dL/dc_{t-1} out.
    dL/dm_t: g1 (n, H), plus g2 (n, H) when given (the carried dh and dy[t]). */
-void lstm_backward_step(float *restrict d, const float *restrict kf, float *restrict dc,
+EXPORT VECTOR_CLONES void lstm_backward_step(float *restrict d, const float *restrict kf, float *restrict dc,
                         const float *restrict g1, const float *restrict g2, long H, long n)
 {
     for (long b = 0; b < n; b++) {
@@ -61,3 +116,30 @@ void lstm_backward_step(float *restrict d, const float *restrict kf, float *rest
         }
     }
 }
+
+/* The hash of this file the library was built from (setup.py passes it; build.py compares it with
+   the file now, so that an install whose step.c has changed since does not run stale code). */
+#define STRINGIFY(x) #x
+#define STRING(x) STRINGIFY(x)
+#ifndef GPURNN_SOURCE_HASH
+#define GPURNN_SOURCE_HASH none
+#endif
+EXPORT const char *step_source_hash(void)
+{
+    return STRING(GPURNN_SOURCE_HASH);
+}
+
+#ifdef GPURNN_EXTENSION
+/* setup.py ships this file compiled as a Python extension module; build.py loads it with ctypes.
+   Importing it also works: an empty module. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+static struct PyModuleDef step_module = {PyModuleDef_HEAD_INIT, "_step",
+                                         "The compiled LSTM step: gpurnn.cpu.build loads it with ctypes.", -1};
+
+PyMODINIT_FUNC PyInit__step(void)
+{
+    return PyModule_Create(&step_module);
+}
+#endif

@@ -33,8 +33,10 @@ def compiled():
 
 @pytest.fixture
 def fresh_build(monkeypatch, tmp_path):
-    """The build with an empty cache and the load redone under this test's environment."""
+    """The build at first use (not the prebuilt library) with an empty cache, the load redone under
+    this test's environment."""
     monkeypatch.setenv("GPURNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GPURNN_CPU_KERNEL", "build")
     build._load.cache_clear()
     yield
     monkeypatch.undo()
@@ -59,10 +61,56 @@ def arrays_of(result):
     return [result]
 
 
-@pytest.mark.skipif(not CAN_BUILD, reason="needs Linux (libmvec) and a C compiler")
-def test_the_compiled_step_builds_here():
+@pytest.mark.skipif(not CAN_BUILD, reason="needs Linux and a C compiler")
+def test_the_compiled_step_builds_here(fresh_build):
     assert build.status() is None
     assert build.library() is not None
+    assert build.describe() == "compiled (gpurnn/cpu/step.c, built here at first use)"
+
+
+def test_this_install_has_the_step_prebuilt():
+    """setup.py compiles it on install (`pip install -e .` here, CI included): no compiler at run time."""
+    assert build.prebuilt() is not None, "gpurnn/cpu/_step was not built on install"
+    assert build.describe() == "compiled (gpurnn/cpu/step.c, prebuilt with the package)"
+
+
+@pytest.mark.parametrize("where", ["prebuilt", "build"])
+def test_tanh_is_within_1_5_ulp(where, monkeypatch, fresh_build):
+    """step.c's own tanh (no libm vector library) against float64, over [-12, 12] and tiny values."""
+    if where == "prebuilt":
+        monkeypatch.setenv("GPURNN_CPU_KERNEL", "1")
+        build._load.cache_clear()
+    elif not CAN_BUILD:
+        pytest.skip("needs Linux and a C compiler")
+    lib = build.library()
+    assert lib is not None, build.status()
+    tiny = np.geomspace(1e-30, 1, 20001, dtype=np.float32)
+    x = np.concatenate([np.linspace(-12, 12, 400_001, dtype=np.float32), tiny, -tiny, [0, np.inf, -np.inf]])
+    x = x.astype(np.float32)
+    y = np.empty_like(x)
+    lib.tanh_array(x.ctypes.data, y.ctypes.data, x.size)
+    ref = np.tanh(x.astype(np.float64))
+    ulps = np.abs(y - ref) / np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+    assert ulps.max() <= 1.5, (x[ulps.argmax()], y[ulps.argmax()], ref[ulps.argmax()])
+    nan = np.full(19, np.nan, np.float32)   # vector loop and remainder
+    lib.tanh_array(nan.ctypes.data, y.ctypes.data, nan.size)
+    assert np.isnan(y[:nan.size]).all()
+
+
+@pytest.mark.skipif(not CAN_BUILD, reason="needs Linux and a C compiler")
+def test_a_stale_prebuilt_step_is_not_run(monkeypatch, fresh_build):
+    """An install whose step.c changed since its library was built (an editable checkout) builds the
+    current source instead of running the old code."""
+    monkeypatch.setenv("GPURNN_CPU_KERNEL", "1")
+    monkeypatch.setattr(build, "source_hash", lambda: "h-edited-since")
+    build._load.cache_clear()
+    assert build.describe() == "compiled (gpurnn/cpu/step.c, built here at first use)"
+
+
+def test_a_bad_choice_is_reported(monkeypatch, fresh_build):
+    monkeypatch.setenv("GPURNN_CPU_KERNEL", "yes")
+    assert build.library() is None
+    assert build.status() == "GPURNN_CPU_KERNEL: expected one of ('1', '0', 'build'), got 'yes'"
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
@@ -133,7 +181,7 @@ def test_a_failing_compiler_is_reported_and_the_numpy_loop_runs(monkeypatch, fre
     np.testing.assert_allclose(y, ref(torch.from_numpy(x))[0].detach().numpy(), atol=1e-5)
 
 
-@pytest.mark.skipif(not CAN_BUILD, reason="needs Linux (libmvec) and a C compiler")
+@pytest.mark.skipif(not CAN_BUILD, reason="needs Linux and a C compiler")
 def test_the_build_is_cached_per_source_and_flags(monkeypatch, fresh_build, tmp_path):
     assert build.library() is not None
     built = sorted(tmp_path.iterdir())
@@ -148,7 +196,7 @@ def test_the_build_is_cached_per_source_and_flags(monkeypatch, fresh_build, tmp_
     assert len(list(tmp_path.iterdir())) == 2   # other flags: another library
 
 
-@pytest.mark.skipif(not CAN_BUILD, reason="needs Linux (libmvec) and a C compiler")
+@pytest.mark.skipif(not CAN_BUILD, reason="needs Linux and a C compiler")
 def test_an_unwritable_cache_builds_for_this_process_only(monkeypatch, fresh_build, tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("")
