@@ -7,14 +7,18 @@
 
    Plain C with no library calls, so any compiler builds it and vectorises its loops: shipped
    prebuilt in the wheel (setup.py), or built at first use by build.py. Compiled with
-   -ffp-contract=off (no a*b+c fused: the same rounding as NumPy's separate operations).
+   -ffp-contract=fast: a*b+c fused where the CPU has FMA (results then differ from NumPy's
+   separate operations in the last bits). On a 2-core AVX-512 Xeon, a forward+backward step at
+   B=32, H=128 (array copies included) took 34 us, against 44 us unfused and 38 us with glibc's
+   vector tanhf (libmvec, the build before this one).
 */
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
-/* One copy per vector width, picked at load time: the library runs on any x86-64 at full width. */
-#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+/* One copy per x86-64 level (v4: AVX-512, v3: AVX2 and FMA), picked by the CPU's features at load
+   time: the library runs on any x86-64, at full width where it can. */
+#define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define VECTOR_CLONES
 #endif
