@@ -189,9 +189,14 @@ def kdot(a, b, NK: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
         M: tl.constexpr = a.shape[0]
         K: tl.constexpr = a.shape[1]
         N: tl.constexpr = b.shape[1]
-        a3 = tl.permute(tl.reshape(a, (M, NK, K // NK)), (1, 2, 0))   # (NK, K/NK, M)
-        b3 = tl.permute(tl.reshape(b, (NK, K // NK, N)), (0, 2, 1))   # (NK, N, K/NK)
-        out = tl.trans(tl.sum(tl.dot(b3, a3, input_precision=PREC, out_dtype=ACC), axis=0))
+        if a.dtype.primitive_bitwidth == 16 or PREC != "ieee":   # tensor cores: see above
+            a3 = tl.permute(tl.reshape(a, (M, NK, K // NK)), (1, 2, 0))   # (NK, K/NK, M)
+            b3 = tl.permute(tl.reshape(b, (NK, K // NK, N)), (0, 2, 1))   # (NK, N, K/NK)
+            out = tl.trans(tl.sum(tl.dot(b3, a3, input_precision=PREC, out_dtype=ACC), axis=0))
+        else:
+            a3 = tl.permute(tl.reshape(a, (M, NK, K // NK)), (1, 0, 2))   # (NK, M, K/NK)
+            b3 = tl.reshape(b, (NK, K // NK, N))
+            out = tl.sum(tl.dot(a3, b3, input_precision=PREC, out_dtype=ACC), axis=0)
     return out
 
 
@@ -485,7 +490,8 @@ def warps_for(HP, elem_bytes, direction):
     thread's share of the loop (8 spilled 250-420 B in the backward at H=256
     and 168 B in the LSTM forward at H=128), except the backward at HP > 512,
     whose (BB, HP) share of dh needs the 255 registers of 8 warps (16 spilled
-    20-96 B).
+    20-96 B), and the forward at HP <= 64 (16 spilled 352-432 B in the LSTM forward at H=64
+    once it read its gates by tl.split; 8: none, and 28% fewer instructions a step).
     """
     forced = os.environ.get("GPURNN_WARPS")   # for timing alternatives on a GPU (gpu_check.py)
     if forced:
@@ -494,7 +500,9 @@ def warps_for(HP, elem_bytes, direction):
         return int(forced)
     if tensor_cores(elem_bytes):
         return NUM_WARPS
-    return 16 if direction == "fwd" or HP <= 512 else 8
+    if direction == "fwd":
+        return 8 if HP <= 64 else 16
+    return 16 if HP <= 512 else 8
 
 
 def split_k(HP, elem_bytes, direction):
