@@ -54,9 +54,9 @@ a program holds W_BUDGET_BYTES of W, or on a GPU up to what its shared memory al
 
 Backward across slices. A slice's gate gradients d (BB, S*GP) give its share
 d @ tile^T (BB, HP) of every unit's dh_{t-1}; in split/stepwise mode each
-program stores its share (`store_partial`, a (2, P, B, HP) workspace, buffer
+program stores its share (`store_partial`, a (2, B, HP/S, P, S) workspace, buffer
 t % 2 so a fast program never overwrites what a slow one still reads) and,
-after the barrier, sums the P shares of its own units in slice order
+after the barrier, sums the P shares of its own units in a fixed order
 (`sum_partials`): deterministic, no atomics. In single mode the share is the
 whole product and stays in registers.
 
@@ -278,24 +278,31 @@ def gate_tile(p, rows, row_ok, H, j0, S: tl.constexpr, GP: tl.constexpr, G: tl.c
 
 
 @triton.jit
-def store_partial(p_ws, b_prod, t, pid_s, rows, B, N, HP: tl.constexpr, P: tl.constexpr):
-    """This slice's (BB, HP) share of dh_{t-1} into the (2, P, B, HP) workspace (in its dtype), buffer t % 2:
-    the N real columns only."""
+def store_partial(p_ws, b_prod, t, pid_s, rows, B, N, HP: tl.constexpr, P: tl.constexpr, S: tl.constexpr):
+    """This slice's (BB, HP) share of dh_{t-1} into the (2, B, HP/S, P, S) workspace (in its dtype), buffer
+    t % 2: the N real columns only. Laid out so that the P shares of one slice's S columns are
+    contiguous for the program that sums them (sum_partials)."""
     k = tl.arange(0, HP)
-    base = ((t % 2) * P + pid_s).to(tl.int64) * B * HP
-    tl.store(p_ws + base + rows[:, None] * HP + k[None, :], b_prod, mask=(rows < B)[:, None] & (k < N)[None, :])
+    row = ((t % 2) * B + rows).to(tl.int64) * (HP * P)
+    off = (k // S) * (P * S) + pid_s * S + k % S
+    tl.store(p_ws + row[:, None] + off[None, :], b_prod, mask=(rows < B)[:, None] & (k < N)[None, :])
 
 
 @triton.jit
 def sum_partials(p_ws, t, rows, cols, B, N, HP: tl.constexpr, P: tl.constexpr, S: tl.constexpr,
                  ACC: tl.constexpr):
-    """(BB, S) sum over the P slices' shares of step t, in slice order (deterministic); 0 past column N."""
-    ok = (rows < B)[:, None] & (cols < N)[None, :]
-    off = rows[:, None] * HP + cols[None, :]
+    """(BB, S) sum over the P slices' shares of step t, in a fixed order (deterministic); 0 past column N.
+    This slice's P shares lie contiguous (store_partial): loaded up to 32 shares at a time."""
+    PC: tl.constexpr = 32 if P >= 32 else 16 if P >= 16 else 8 if P >= 8 else 4 if P >= 4 else 2
+    row = ((t % 2) * B + rows).to(tl.int64) * (HP * P)
+    col = (cols // S) * (P * S) + cols % S
+    ok = (rows < B)[:, None, None] & (cols < N)[None, None, :]
     acc = tl.zeros((rows.shape[0], S), ACC)
-    for p in range(P):
-        base = ((t % 2) * P + p).to(tl.int64) * B * HP
-        acc += tl.load(p_ws + base + off, mask=ok, other=0.0, cache_modifier=".cg").to(ACC)
+    for p0 in tl.static_range(0, P, PC):
+        p = p0 + tl.arange(0, PC)
+        share = tl.load(p_ws + row[:, None, None] + (p * S)[None, :, None] + col[None, None, :],
+                        mask=ok & (p < P)[None, :, None], other=0.0, cache_modifier=".cg")
+        acc += tl.sum(share.to(ACC), axis=1)
     return acc
 
 
@@ -689,11 +696,11 @@ def run_windows(cfg, T, launch_window, reverse=False):
 
 
 def partials_workspace(cfg, B, like):
-    """(2, P, B, HP) shares of dh for split/stepwise backward, in like's (the buffers') dtype; a dummy
+    """(2, B, HP/S, P, S) shares of dh for split/stepwise backward (store_partial), in like's (the buffers') dtype; a dummy
     in single mode."""
     import torch
 
-    shape = (2, cfg.P, B, cfg.HP) if cfg.mode != "single" else (1,)
+    shape = (2, B, cfg.HP // cfg.S, cfg.P, cfg.S) if cfg.mode != "single" else (1,)
     return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 

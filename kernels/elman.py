@@ -7,7 +7,7 @@ CPU counterpart: gpurnn/cells/elman.py (the maths and the buffers these kernels 
 # w_hh: (H, H)    sizes: (T,) int32 active rows per step (a prefix)
 # dy: (T, B, H)   dz: (T, B, H) pre-activation gradient, written for active rows
 # dh: (B, H)      carried gradient: dh_T on entry, dh_0 (= d state0) on exit
-# ws: (2, P, B, HP) each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
+# ws: (2, B, HP/S, P, S) each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
 
 Layout, modes and precision: see kernels/common.py.
 """
@@ -123,7 +123,7 @@ def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, p_doff, T, t_s
             b_dz = tl.where(active[:, None], b_dh * cm.activation_grad_from_output(b_y, nonlin), 0.0)
             b_prod = tl.dot(cm.pin(b_dz).to(DOT), tl.trans(b_w), input_precision=PREC, out_dtype=ACC)
             if not SINGLE:
-                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, H, HP, P)
+                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, H, HP, P, S)
             if SYNC:
                 cm.arrive(p_bar)
             tl.store(p_dz + t.to(tl.int64) * B * H + rows[:, None] * H + cols[None, :], b_dz,

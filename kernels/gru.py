@@ -9,7 +9,7 @@ CPU counterpart: gpurnn/cells/gru.py (the maths and the buffers these kernels ru
 # w_hh:  (3H, H)      b_hn: (H,) (zeros without bias)   sizes: (T,) int32 active rows per step
 # dy: (T, B, H)   dgh: (T, B, 3H) grads of W_hh h + b_hh   dnew: (T, B, H) grad of the input part of n_pre
 # dh: (B, H)      carried gradient: dh_T on entry, dh_0 (= d state0) on exit
-# ws: (2, P, B, HP) each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
+# ws: (2, B, HP/S, P, S) each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
 
 The W tile has a 4th, all-zero gate column (GP = 4: tl.reshape needs a power
 of two), so a program holds 4/3 of the W it needs. Layout, modes and precision: see kernels/common.py.
@@ -176,7 +176,7 @@ def _bwd_kernel(p_dy, p_gates, p_hn, p_h, p_dgh, p_dnew, p_dh, p_w, p_ws, p_size
             b_d2 = tl.reshape(b_d, (BB, S * 4))
             b_prod = tl.dot(cm.pin(b_d2).to(DOT), tl.trans(b_w), input_precision=PREC, out_dtype=ACC)
             if not SINGLE:
-                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, H, HP, P)
+                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, H, HP, P, S)
         if SYNC:
             cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
     tl.store(p_dh + off2, b_dh, mask=ok2)

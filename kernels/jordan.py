@@ -9,7 +9,7 @@ CPU counterpart: gpurnn/cells/jordan.py (the maths and the buffers these kernels
 # w_sh: (H, O)   w_ho: (O, H)   b_o, decay: (O,)   teacher: (T, B, O) or absent   sizes: (T,) int32
 # dy: (T, B, O)   da: (T, B, O) grad of W_ho h_t + b_o   dz: (T, B, H) grad of W_sh s_t + gx_t
 # ds: (B, O)      carried gradient: ds_{T+1} on entry, ds_1 (= d state0) on exit
-# ws: (2, P, B, OP) each hidden slice's share of y_t's pre-activation (forward) or of ds (backward)
+# ws: (2, B, 1, P, OP) each hidden slice's share of y_t's pre-activation (forward) or of ds (backward)
 
 Two GEMMs per step, with a reduction over H between them: a program owns a
 batch tile and a slice of S hidden units, holding W_sh[slice, :]^T (OP, S) and
@@ -126,7 +126,7 @@ def _fwd_kernel(p_gx, p_hid, p_y, p_s, p_teacher, p_wsh, p_who, p_bo, p_decay, p
             b_pre = _fwd_hidden(t, b_s, b_wsh, b_who, p_gx, p_hid, p_sizes, rows, j0, B, H, nonlin,
                                 S, ACC, DOT, PREC)
             if not SINGLE:
-                cm.store_partial(p_ws, b_pre, t, pid_s, rows, B, OP, OP, P)
+                cm.store_partial(p_ws, b_pre, t, pid_s, rows, B, OP, OP, P, OP)
         if SYNC:
             cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
 
@@ -198,7 +198,7 @@ def _bwd_kernel(p_dy, p_y, p_hid, p_da, p_dz, p_ds_in, p_ds_out, p_wsh, p_who, p
                      mask=(rows < B)[:, None] & col_ok[None, :])
             b_prod = tl.dot(cm.pin(b_dz).to(DOT), tl.trans(b_wsh), input_precision=PREC, out_dtype=ACC)
             if not SINGLE:
-                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, OP, OP, P)
+                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, OP, OP, P, OP)
         if SYNC:
             cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
     tl.store(p_ds_out + rows[:, None] * O + ocols[None, :], b_ds,
@@ -260,8 +260,8 @@ def _setup(c, io_dtype, direction):
 
 
 def _workspace(cfg, B, OP, like):
-    """(2, P, B, OP) shares for split/stepwise; a dummy in single mode."""
-    return like.new_empty((2, cfg.P, B, OP) if cfg.mode != "single" else (1,))
+    """(2, B, 1, P, OP) shares for split/stepwise (common.store_partial with S = OP); a dummy in single mode."""
+    return like.new_empty((2, B, 1, cfg.P, OP) if cfg.mode != "single" else (1,))
 
 
 def forward(cs, sizes_list, io_dtype=None):

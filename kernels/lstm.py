@@ -8,7 +8,7 @@ CPU counterparts: gpurnn/cells/lstm.py (the maths and the buffers these kernels 
 # tanh_c: (T, B, H)   tanh(c_t) (active rows)
 # w_hh:  (4H, H)      sizes: (T,) int32 active rows per step (a prefix)
 # dy: (T, B, H)  dgates: (T, B, 4H)  dh, dc: (B, H) carried (dstate_T in, dstate_0 out)
-# ws: (2, P, B, HP)   each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
+# ws: (2, B, HP/S, P, S) each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
 
 proj_size > 0 (W_hr) is not fused: the engine runs its xp loop for it.
 Layout, modes and precision: see kernels/common.py.
@@ -177,7 +177,7 @@ def _bwd_kernel(p_dy, p_gates, p_c, p_tc, p_dgates, p_dh, p_dc, p_w, p_ws, p_siz
             b_prod = tl.dot(cm.pin(tl.reshape(b_d, (BB, S * 4))).to(DOT), tl.trans(b_w),
                             input_precision=PREC, out_dtype=ACC)
             if not SINGLE:
-                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, H, HP, P)
+                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, H, HP, P, S)
             if SYNC:
                 cm.arrive(p_bar)
             p_d3, m3 = cm.gate_tile(p_dgates + 4 * t.to(tl.int64) * B * H, rows, rows < n, H, j0, S, 4, 4)
