@@ -61,9 +61,9 @@ after the barrier, sums the P shares of its own units in a fixed order
 whole product and stays in registers.
 
 Registers (ptxas -v, profiling/results/compile_check.md, compiled with 16-byte aligned
-pointers as Triton specialises them at launch). Three things keep every config free
-of spills up to H=512 (and fp32 to 1024; the GRU backward at H=768 fp16/bf16 spills
-24 B on sm_90; the measured thresholds below predate the aligned compiles):
+pointers as Triton specialises them at launch). Three things keep the cell configs free
+of spills (all but the LSTM backward at fp32 H=512 on sm_80 and H=256 stepwise, 8-24 B;
+the measured thresholds below predate the aligned compiles):
   * `maxnreg`: a launch gets the register file of a whole SM (`Config.maxnreg`).
     Without it ptxas sometimes settles on 32-40 registers and spills (fp32
     Elman forward H=128: 32 registers, 12.6 KB; with the cap: 255, 4.8 KB,
@@ -530,8 +530,7 @@ def tile_config(H, B, GP, elem_bytes, direction="fwd", budget=W_BUDGET_BYTES):
     forward ("fwd") or backward ("bwd") kernel (B does not change them: every program takes BB rows).
 
     The slice S halves until the W a program holds fits `budget` bytes (w_budget), in both
-    directions: a smaller backward S would remove the last spills (16-48 B, fp16/bf16
-    backward at H >= 768 on sm_80 only) but double P, and LSTM H=768 at B=16 would
+    directions: a smaller backward S would double P, and LSTM H=768 at B=16 would
     then exceed the SM count and fall back to stepwise.
     GPURNN_SLICE=<S> forces a slice width (tests run the split path at small H).
     The mode is "single" or "split"; choose_config may demote "split" to "stepwise".
