@@ -2,6 +2,7 @@
 import contextlib
 import functools
 import sys
+import threading
 
 import numpy as np
 
@@ -26,7 +27,7 @@ def get_xp(array):
         return cp
     if is_tensor(array):
         return torch_arrays(array.device)
-    raise TypeError(f"expected a numpy.ndarray or cupy.ndarray, got {type(array).__name__}")
+    raise TypeError(f"expected a numpy.ndarray, cupy.ndarray or torch.Tensor, got {type(array).__name__}")
 
 
 def is_tensor(a):
@@ -67,9 +68,10 @@ def astype(a, dtype, copy=True, reverse=False):
     if is_tensor(a):
         import torch
 
-        if reverse:
-            return a.flip(0).to(dtype)   # flip copies
-        return a.to(dtype, memory_format=torch.contiguous_format, copy=copy)
+        if copy and not reverse:
+            return torch.empty_like(a, dtype=dtype, memory_format=torch.contiguous_format).copy_(a)
+        # flip copies, in a's strides; .to keeps them too: only .contiguous() makes C order
+        return (a.flip(0) if reverse else a).to(dtype).contiguous()
     if reverse:   # ascontiguousarray keeps the negative stride of a length-1 axis: always copy
         return a[::-1].astype(dtype, order="C", copy=True)
     return a.astype(dtype, order="C", copy=copy)
@@ -207,20 +209,43 @@ def device_scope(device):
         yield
 
 
+_TF32 = {"lock": threading.Lock(), "scopes": 0, "before": None}
+
+
+def _tf32_flag():
+    """(name, value when on, value when off) of torch's CUDA float32 GEMM precision setting: torch
+    >= 2.9's fp32_precision (reading the legacy allow_tf32 raises once the new API was used)."""
+    import torch
+
+    flags = torch.backends.cuda.matmul
+    if hasattr(flags, "fp32_precision"):
+        return flags, "fp32_precision", "tf32", "ieee"
+    return flags, "allow_tf32", True, False
+
+
 @contextlib.contextmanager
 def gemm_precision():
     """torch's CUDA float32 GEMMs in TF32 exactly when GPURNN_FP32_PRECISION=tf32 (tf32x3 asks for
-    ~fp32 accuracy), whatever torch.backends.cuda.matmul.allow_tf32 says outside."""
-    import torch
-
+    ~fp32 accuracy), whatever the caller's setting outside. The setting is process-wide: nested and
+    concurrent scopes (threads) share one switch, made by the first to enter and undone by the last
+    to leave, and only where it differs."""
     from .backends import fp32_precision
 
-    flags = torch.backends.cuda.matmul
-    before, flags.allow_tf32 = flags.allow_tf32, fp32_precision() == "tf32"
+    flags, name, on, off = _tf32_flag()
+    want = on if fp32_precision() == "tf32" else off
+    with _TF32["lock"]:
+        if _TF32["scopes"] == 0:
+            _TF32["before"] = getattr(flags, name)
+            if _TF32["before"] != want:
+                setattr(flags, name, want)
+        _TF32["scopes"] += 1
     try:
         yield
     finally:
-        flags.allow_tf32 = before
+        with _TF32["lock"]:
+            _TF32["scopes"] -= 1
+            if _TF32["scopes"] == 0 and getattr(flags, name) != _TF32["before"]:
+                setattr(flags, name, _TF32["before"])
 
 
 @contextlib.contextmanager

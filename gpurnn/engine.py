@@ -50,15 +50,6 @@ def _cast(a, dtype):
     return a if a is None else astype(a, dtype, copy=False)
 
 
-def _time_order(a, reverse):
-    return a[::-1] if reverse else a
-
-
-def _to_compute(a, cdt, reverse):
-    """Time-ordered, contiguous, compute-dtype copy or view of a (T, B, ·) array."""
-    return astype(a, cdt, copy=False, reverse=reverse)
-
-
 def fused(backend, weights):
     """Whether the Triton kernels run a layer: a projection (w_hr) runs the xp loop."""
     return backend == "triton" and weights.get("w_hr") is None
@@ -149,14 +140,14 @@ def _start_forward(cell, x, state0, weights, reverse, batch_sizes, backend, gemm
     T, B = x.shape[:2]
     w = {k: _cast(v, cdt) for k, v in weights.items()}
     if opts.get("teacher") is not None:
-        opts = dict(opts, teacher=_to_compute(opts["teacher"], cdt, reverse))
+        opts = dict(opts, teacher=astype(opts["teacher"], cdt, copy=False, reverse=reverse))
     sizes = [B] * T if batch_sizes is None else [int(n) for n in batch_sizes]
-    sizes = _time_order(sizes, reverse)
+    sizes = sizes[::-1] if reverse else sizes
     c = cells.get(cell).make(xp, w, _matmul(gemm, x, w), opts, run_fused)
     # With packed rows, buffers start zeroed: rows past their length are never written by a
     # step, and the weight GEMMs multiply them by zero gradients (0 * garbage may be NaN).
     alloc = Allocations(xp, zero=batch_sizes is not None)
-    c.begin_forward(_to_compute(x, cdt, reverse), tuple(astype(s, cdt, copy=False) for s in state0), alloc)
+    c.begin_forward(astype(x, cdt, copy=False, reverse=reverse), tuple(astype(s, cdt, copy=False) for s in state0), alloc)
     return c, _Run(x.dtype, sizes, batch_sizes, reverse, run_fused, alloc, [s.shape for s in state0],
                    opts.get("for_backward", True))
 
@@ -203,7 +194,7 @@ def _start_backward(saved, dy, dstate):
     cdt = c.x.dtype
     T, B = c.x.shape[:2]
     y_shape = c.outputs().shape
-    dy = xp.zeros(y_shape, cdt) if dy is None else _to_compute(dy, cdt, reverse)
+    dy = xp.zeros(y_shape, cdt) if dy is None else astype(dy, cdt, copy=False, reverse=reverse)
     dstate = tuple(xp.zeros(shape, cdt) if d is None else astype(d, cdt)   # a copy: carried in place
                    for d, shape in zip(dstate, saved.state_shapes))
     if saved.backward_buffers is not None:   # a second backward (retain_graph) replaces them

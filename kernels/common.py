@@ -62,8 +62,8 @@ whole product and stays in registers.
 
 Registers (ptxas -v, profiling/results/compile_check.md, compiled with 16-byte aligned
 pointers as Triton specialises them at launch). Three things keep the cell configs free
-of spills (all but the LSTM backward at fp32 H=512 on sm_80 and H=256 stepwise, 8-24 B;
-the measured thresholds below predate the aligned compiles):
+of spills (all but the LSTM backward at fp32 H=512 on sm_80 and H=256 stepwise, 8-24 B, and
+the Jordan forward at fp32 H=64, 2.5 KB; the measured thresholds below predate the aligned compiles):
   * `maxnreg`: a launch gets the register file of a whole SM (`Config.maxnreg`).
     Without it ptxas sometimes settles on 32-40 registers and spills (fp32
     Elman forward H=128: 32 registers, 12.6 KB; with the cap: 255, 4.8 KB,
@@ -293,7 +293,10 @@ def sum_partials(p_ws, t, rows, cols, B, N, HP: tl.constexpr, P: tl.constexpr, S
                  ACC: tl.constexpr):
     """(BB, S) sum over the P slices' shares of step t, in a fixed order (deterministic); 0 past column N.
     This slice's P shares lie contiguous (store_partial): loaded up to 32 shares at a time."""
-    PC: tl.constexpr = 32 if P >= 32 else 16 if P >= 16 else 8 if P >= 8 else 4 if P >= 4 else 2
+    # shares per load: up to 32, and at most 4096 values per load (Jordan's S is all O outputs)
+    CAP: tl.constexpr = 4096 // (rows.shape[0] * S)
+    PC: tl.constexpr = (32 if P >= 32 and CAP >= 32 else 16 if P >= 16 and CAP >= 16 else
+                        8 if P >= 8 and CAP >= 8 else 4 if P >= 4 and CAP >= 4 else 2 if CAP >= 2 else 1)
     row = ((t % 2) * B + rows).to(tl.int64) * (HP * P)
     col = (cols // S) * (P * S) + cols % S
     ok = (rows < B)[:, None, None] & (cols < N)[None, None, :]

@@ -10,14 +10,17 @@ from gpurnn import arrays
 @pytest.mark.parametrize("outside", [False, True])
 def test_gemm_precision_follows_the_option_not_torch(precision, inside, outside, monkeypatch):
     monkeypatch.setenv("GPURNN_FP32_PRECISION", precision)
-    flags = torch.backends.cuda.matmul
-    before, flags.allow_tf32 = flags.allow_tf32, outside
+    flags, name, on, off = arrays._tf32_flag()
+    before = getattr(flags, name)
+    setattr(flags, name, on if outside else off)
     try:
         with arrays.gemm_precision():
-            assert flags.allow_tf32 is inside
-        assert flags.allow_tf32 is outside
+            with arrays.gemm_precision():   # nested: one switch
+                assert getattr(flags, name) == (on if inside else off)
+            assert getattr(flags, name) == (on if inside else off)
+        assert getattr(flags, name) == (on if outside else off)
     finally:
-        flags.allow_tf32 = before
+        setattr(flags, name, before)
 
 
 def test_gemm_precision_rejects_an_unknown_option(monkeypatch):
@@ -39,13 +42,15 @@ def test_sum_rows_of_half_data_accumulates_in_float32(make):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_astype_copies_contiguous_and_reverses_time(make, reverse):
     base = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
-    a = make(base)[:, :, ::2] if make is np.asarray else make(base)[:, :, 0::2]
-    got = arrays.astype(a, a.dtype, reverse=reverse)
-    want = base[:, :, ::2][::-1] if reverse else base[:, :, ::2]
-    np.testing.assert_array_equal(np.asarray(got), want)
-    assert (got.flags.c_contiguous if make is np.asarray else got.is_contiguous())
-    got[...] = -1   # a copy: the source is untouched
-    np.testing.assert_array_equal(np.asarray(a), base[:, :, ::2])
+    for view in (lambda b: b[:, :, ::2], lambda b: b.swapaxes(0, 1)):   # strided, and dense but permuted
+        a = view(make(base))
+        want = view(base)[::-1] if reverse else view(base)
+        for copy in (True, False):
+            got = arrays.astype(a, a.dtype, copy=copy, reverse=reverse)
+            np.testing.assert_array_equal(np.asarray(got), want)
+            assert (got.flags.c_contiguous if make is np.asarray else got.is_contiguous())
+        got[...] = -1   # a copy: the source is untouched
+        np.testing.assert_array_equal(np.asarray(a), view(base))
 
 
 @pytest.mark.parametrize("dtype, fused, want", [

@@ -88,7 +88,11 @@ class Jordan(Cell):
     @functools.cached_property
     def act_grad(self):
         y = self.y
-        return {"tanh": lambda: 1 - y * y, "sigmoid": lambda: y * (1 - y)}.get(self.output_activation, lambda: None)()
+        if self.output_activation == "tanh":
+            return 1 - y * y
+        if self.output_activation == "sigmoid":
+            return y * (1 - y)
+        return None
 
     @functools.cached_property
     def tmp(self):

@@ -27,6 +27,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from ..checks import check_choice
+
 SOURCE = Path(__file__).with_name("step.c")
 FLAGS = ["-O3", "-ffp-contract=fast", "-fno-math-errno", "-fPIC", "-shared",
          "-Wl,-z,defs"]   # an undefined symbol fails the build, not the load
@@ -61,7 +63,10 @@ def _build(directory):
     cc = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]
     if cc[0] is None:
         raise OSError("no C compiler found (set CC, or install gcc)")
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(cc + FLAGS + LIBS).encode()])).hexdigest()[:16]
+    # a cache shared between machines (a cluster's home directory) keeps one library per kind of machine
+    machine = " ".join([platform.machine(), *platform.libc_ver()])
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(cc + FLAGS + LIBS).encode(),
+                                     machine.encode()])).hexdigest()[:16]
     target = directory / f"cpu_step-{key}.so"   # the name predates the gpurnn/cpu package
     if not target.exists():
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".so")
@@ -94,7 +99,8 @@ def _open(path):
 
 
 def source_hash():
-    """The hash setup.py builds the prebuilt library with (step_source_hash in step.c)."""
+    """The hash setup.py builds the prebuilt library with (step_source_hash in step.c; setup.py
+    computes it the same way, as it cannot import the package it builds)."""
     return "h" + hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
 
 
@@ -102,8 +108,7 @@ def source_hash():
 def _load():
     """(library, where it came from) or (None, why the NumPy loop runs)."""
     choice = os.environ.get("GPURNN_CPU_KERNEL", "1")
-    if choice not in CHOICES:
-        return None, f"GPURNN_CPU_KERNEL: expected one of {CHOICES}, got {choice!r}"
+    check_choice("GPURNN_CPU_KERNEL", choice, CHOICES)
     if choice == "0":
         return None, "disabled by GPURNN_CPU_KERNEL=0"
     path = prebuilt() if choice == "1" else None
@@ -116,7 +121,8 @@ def _load():
             return lib, "prebuilt with the package"
         # step.c changed since the install (an editable checkout): build the current one instead
     if platform.system() != "Linux":
-        return None, f"not prebuilt in this install, and built at first use only on Linux (this is {platform.system()})"
+        return None, (f"{'stale' if path else 'not'} prebuilt in this install, and built at first use only on "
+                      f"Linux (this is {platform.system()})")
     directory, temporary = _cache_dir()
     try:
         lib = _open(_build(directory))

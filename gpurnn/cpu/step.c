@@ -12,15 +12,24 @@
    B=32, H=128 (array copies included) took 34 us, against 44 us unfused and 38 us with glibc's
    vector tanhf (libmvec, the build before this one).
 */
+#ifdef GPURNN_EXTENSION   /* Python.h comes before any standard header */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#endif
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-/* One copy per x86-64 level (v4: AVX-512, v3: AVX2 and FMA), picked by the CPU's features at load
-   time: the library runs on any x86-64, at full width where it can. */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && defined(__GLIBC__)
+/* One copy per x86-64 level (v4: AVX-512, v3: AVX2 and FMA), picked by the CPU's features when the
+   library loads (an ifunc: glibc; level names: GCC 12): it runs on any x86-64, at full width where it can. */
 #define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define VECTOR_CLONES
+#endif
+#ifdef _MSC_VER
+#define restrict __restrict
 #endif
 #ifdef _WIN32
 #define EXPORT __declspec(dllexport)
@@ -33,7 +42,7 @@
    tanh(x)/x - 1). Otherwise 1 - 2 / (e^{2|x|} + 1) with the sign of x, where e^y = 2^n e^r,
    n = round(y / ln 2), r = y - n ln 2 (ln 2 in two parts, the first exact in n ln2_hi), e^r a
    degree-7 fit on |r| <= ln 2 / 2, and 2^n put together in the exponent bits; |x| >= 9 gives +-1,
-   NaN gives NaN. */
+   +-0 gives +-0 and NaN gives NaN. */
 static inline float tanh_f(float x)
 {
     float a = x < 0 ? -x : x;
@@ -59,6 +68,8 @@ static inline float tanh_f(float x)
     q = q * u + 0.1333138135f;
     q = q * u - 0.3333327921f;
     float small = x + x * (u * q);
+    big = a >= 9.0f ? 1.0f : big;  /* tanh(9) rounds to 1 in float32; NaN stays NaN */
+    small = x == 0 ? x : small;    /* -0 stays -0 (-0 + +0 would be +0) */
     return a < 0.625f ? small : (x < 0 ? -big : big);
 }
 
@@ -136,9 +147,6 @@ EXPORT const char *step_source_hash(void)
 #ifdef GPURNN_EXTENSION
 /* setup.py ships this file compiled as a Python extension module; build.py loads it with ctypes.
    Importing it also works: an empty module. */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-
 static struct PyModuleDef step_module = {PyModuleDef_HEAD_INIT, "_step",
                                          "The compiled LSTM step: gpurnn.cpu.build loads it with ctypes.", -1};
 

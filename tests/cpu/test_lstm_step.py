@@ -74,6 +74,12 @@ def test_this_install_has_the_step_prebuilt():
     assert build.describe() == "compiled (gpurnn/cpu/step.c, prebuilt with the package)"
 
 
+def lib_tanh(lib, value):
+    x, y = np.full(1, value, np.float32), np.empty(1, np.float32)
+    lib.tanh_array(x.ctypes.data, y.ctypes.data, 1)
+    return y[0]
+
+
 @pytest.mark.parametrize("where", ["prebuilt", "build"])
 def test_tanh_is_within_1_5_ulp(where, monkeypatch, fresh_build):
     """step.c's own tanh (no libm vector library) against float64, over [-12, 12] and tiny values."""
@@ -92,6 +98,7 @@ def test_tanh_is_within_1_5_ulp(where, monkeypatch, fresh_build):
     ref = np.tanh(x.astype(np.float64))
     ulps = np.abs(y - ref) / np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
     assert ulps.max() <= 1.5, (x[ulps.argmax()], y[ulps.argmax()], ref[ulps.argmax()])
+    assert y[x.size - 2:].tolist() == [1, -1] and np.signbit(lib_tanh(lib, np.float32(-0.0)))
     nan = np.full(19, np.nan, np.float32)   # vector loop and remainder
     lib.tanh_array(nan.ctypes.data, y.ctypes.data, nan.size)
     assert np.isnan(y[:nan.size]).all()
@@ -107,10 +114,10 @@ def test_a_stale_prebuilt_step_is_not_run(monkeypatch, fresh_build):
     assert build.describe() == "compiled (gpurnn/cpu/step.c, built here at first use)"
 
 
-def test_a_bad_choice_is_reported(monkeypatch, fresh_build):
+def test_a_bad_choice_is_an_error(monkeypatch, fresh_build):
     monkeypatch.setenv("GPURNN_CPU_KERNEL", "yes")
-    assert build.library() is None
-    assert build.status() == "GPURNN_CPU_KERNEL: expected one of ('1', '0', 'build'), got 'yes'"
+    with pytest.raises(ValueError, match=r"GPURNN_CPU_KERNEL: expected one of \('1', '0', 'build'\), got 'yes'"):
+        build.library()
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
