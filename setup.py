@@ -9,15 +9,16 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 # as gpurnn/cpu/build.py's (step.c says why)
-GCC_FLAGS = ["-O3", "-ffp-contract=fast", "-fno-math-errno"]
+GCC_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
 MSVC_FLAGS = ["/O2", "/fp:precise", "/std:c11"]
 
 
 class BuildStep(build_ext):
     def build_extensions(self):
-        flags = MSVC_FLAGS if self.compiler.compiler_type == "msvc" else GCC_FLAGS
+        msvc = self.compiler.compiler_type == "msvc"
         for ext in self.extensions:
-            ext.extra_compile_args = flags
+            ext.extra_compile_args = MSVC_FLAGS if msvc else GCC_FLAGS
+            ext.libraries = [] if msvc else ["m"]   # fmaf, where a CPU has no FMA instruction
         super().build_extensions()
 
 
