@@ -19,18 +19,17 @@ same results to float32 rounding (tests/cpu/test_gemm_route.py).
 """
 import os
 import statistics
-import threading
 import time
 
 import numpy as np
 
 from ..arrays import torch_matmul, xp_matmul
+from . import timed
 
 ROUTES = {"torch": torch_matmul, "numpy": xp_matmul}
 REPEATS = 3
 STEPS = 16   # steps of the timed replica (a projection over STEPS steps, then STEPS step GEMMs)
 _chosen = {}     # layer shape class -> (route, {route: median seconds})
-_lock = threading.Lock()
 
 
 def forced():
@@ -41,13 +40,9 @@ def forced():
     return None if value == "auto" else value
 
 
-def _pow2(n):
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
 def shape_class(B, I, K, N, dtype):
     """A layer's GEMMs: batch B, input width I, recurrent width K, gate width N (= gates x hidden)."""
-    return _pow2(B), _pow2(I), _pow2(K), _pow2(N), np.dtype(dtype).str
+    return timed.pow2(B), timed.pow2(I), timed.pow2(K), timed.pow2(N), np.dtype(dtype).str
 
 
 def time_routes(B, I, K, N, dtype, repeats=REPEATS):
@@ -80,12 +75,7 @@ def route(B, I, K, N, dtype):
     if name is not None:
         return name
     key = shape_class(B, I, K, N, dtype)
-    if key not in _chosen:
-        with _lock:
-            if key not in _chosen:
-                times = time_routes(*key[:4], dtype)
-                _chosen[key] = (min(times, key=times.get), times)
-    return _chosen[key][0]
+    return timed.decide(_chosen, key, lambda: time_routes(*key[:4], dtype))
 
 
 def matmul_for(x, w):
@@ -104,14 +94,11 @@ def chosen():
 
 def describe():
     """One line for `python -m gpurnn info` and benchmark headers."""
-    name = forced()
-    if name is not None:
-        return f"{name} (forced by GPURNN_GEMM)"
-    if not _chosen:
-        return "auto: torch or NumPy's BLAS per layer shape, whichever times faster on first use"
-    return "auto, timed per layer shape (B, I, K, N): " + "; ".join(
-        f"{key[:4]} {route} ({', '.join(f'{r} {t * 1e3:.2f} ms' for r, t in times.items())})"
-        for key, (route, times) in sorted(_chosen.items()))
+    return timed.describe(
+        _chosen, forced(), "GPURNN_GEMM",
+        "auto: torch or NumPy's BLAS per layer shape, whichever times faster on first use",
+        "auto, timed per layer shape (B, I, K, N)",
+        lambda key, route, times: f"{key[:4]} {route} ({', '.join(f'{r} {t * 1e3:.2f} ms' for r, t in times.items())})")
 
 
 def report(shapes=((32, 64, 128, 512), (32, 128, 128, 384))):

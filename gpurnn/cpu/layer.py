@@ -17,16 +17,15 @@ forces a route ("auto", the default, times them).
 """
 import os
 import statistics
-import threading
 import time
 
 import torch
 
+from . import timed
 _OPS = {"lstm": torch._VF.lstm, "gru": torch._VF.gru}
 REPEATS = 3
 TIME_STEPS = 32   # the timing runs on the first steps only: per-step costs decide, and it stays cheap
 _chosen = {}     # layer shape class -> (route, {route: median seconds})
-_lock = threading.Lock()
 
 
 def forced():
@@ -74,14 +73,10 @@ def torch_layers(cell, x, directions, opts):
     return [(ys[d], *finals[d]) for d in range(n_dirs)]
 
 
-def _pow2(n):
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
 def shape_class(cell, x, directions, opts, for_backward):
     T, B, I = x.shape
     H = directions[0][0][0].shape[-1]
-    return (cell, opts.get("nonlinearity", "tanh"), min(_pow2(T), TIME_STEPS), _pow2(B), _pow2(I), H,
+    return (cell, opts.get("nonlinearity", "tanh"), min(timed.pow2(T), TIME_STEPS), timed.pow2(B), timed.pow2(I), H,
             len(directions), for_backward, str(x.dtype))
 
 
@@ -116,14 +111,9 @@ def route(cell, x, directions, opts, for_backward, run_engine):
     if key not in _chosen and torch._C._current_graph_task_id() != -1:
         # called from inside a backward (a checkpoint's recomputation): no nested timing backward
         return "engine"
-    if key not in _chosen:
-        with _lock:
-            if key not in _chosen:
-                times = {"engine": _time(run_engine, x, directions, for_backward),
-                         "torch": _time(lambda xs, ds: torch_layers(cell, xs, ds, opts), x, directions,
-                                        for_backward)}
-                _chosen[key] = (min(times, key=times.get), times)
-    return _chosen[key][0]
+    return timed.decide(_chosen, key, lambda: {
+        "engine": _time(run_engine, x, directions, for_backward),
+        "torch": _time(lambda xs, ds: torch_layers(cell, xs, ds, opts), x, directions, for_backward)})
 
 
 def chosen():
@@ -132,13 +122,10 @@ def chosen():
 
 def describe():
     """One line for benchmark headers."""
-    name = forced()
-    if name is not None:
-        return f"{name} (forced by GPURNN_CPU_LAYER)"
-    if not _chosen:
-        return "auto: the engine or torch's fused op per layer shape, whichever times faster on first use"
-    return "auto, timed per layer shape: " + "; ".join(
-        f"{key[0]} T~{key[2]} B~{key[3]} H={key[5]} {'fwd+bwd' if key[7] else 'fwd'}: {r} "
-        f"({', '.join(f'{k} {t * 1e3:.1f} ms' for k, t in times.items())})"
-        for key, (r, times) in sorted(_chosen.items(), key=lambda kv: str(kv[0])))
+    return timed.describe(
+        _chosen, forced(), "GPURNN_CPU_LAYER",
+        "auto: the engine or torch's fused op per layer shape, whichever times faster on first use",
+        "auto, timed per layer shape",
+        lambda key, r, times: f"{key[0]} T~{key[2]} B~{key[3]} H={key[5]} {'fwd+bwd' if key[7] else 'fwd'}: {r} "
+                              f"({', '.join(f'{k} {t * 1e3:.1f} ms' for k, t in times.items())})")
 

@@ -1,0 +1,33 @@
+"""What the CPU's two timed route choices share (gemm.py: torch's or NumPy's BLAS; layer.py: the
+engine or torch's fused op): shape classes rounded to powers of two, a per-process cache of each
+class's decision (the faster route by timing, made once under a lock), and its one-line description."""
+import threading
+
+_lock = threading.RLock()   # re-entered: timing a layer route makes the layer's GEMM route decision
+
+
+def pow2(n):
+    """The least power of two >= n (1 for n <= 1)."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def decide(cache, key, time_routes):
+    """The route cached for key, else the fastest of time_routes() ({route: seconds}), cached with its
+    times: cache[key] = (route, times)."""
+    if key not in cache:
+        with _lock:
+            if key not in cache:
+                times = time_routes()
+                cache[key] = (min(times, key=times.get), times)
+    return cache[key][0]
+
+
+def describe(cache, forced, variable, untimed, label, entry):
+    """One line: the route `variable` forces, what "auto" will do (`untimed`) before any decision,
+    or `label` and entry(key, route, times) for each decision so far."""
+    if forced is not None:
+        return f"{forced} (forced by {variable})"
+    if not cache:
+        return untimed
+    return f"{label}: " + "; ".join(entry(key, route, times)
+                                    for key, (route, times) in sorted(cache.items()))
