@@ -51,10 +51,15 @@ so one tl.dot gives all gates of the slice, `tl.reshape` to (BB, S, GP) and
 `gate` picks one. S, warps and NK are chosen per direction (`tile_config(direction)`):
 a program holds W_BUDGET_BYTES of W, or on a GPU up to what its shared memory allows
 (`device_tile`, `w_budget`) where that makes the layer single mode or keeps P within the SMs.
+In split/stepwise mode the hidden dimension of the dots (the forward's K, the backward's N)
+is not padded to HP but runs in two power-of-two parts, HP/2 and a tail (`k_tail`: 768 = 512
++ 256), where that is shorter: W tile, h and the shares come as (part 1, part 2) tuples
+(`load_w_fwd`, `load_exchange`, `kdot`, `share_dh`), so no MMA, load or exchange is spent on
+padding (LSTM H=768 bf16: 192 MMAs a step, the tile's minimum, against 256 padded to 1024).
 
 Backward across slices. A slice's gate gradients d (BB, S*GP) give its share
-d @ tile^T (BB, HP) of every unit's dh_{t-1}; in split/stepwise mode each
-program stores its share (`store_partial`, a (2, B, HP/S, P, S) workspace, buffer
+d @ tile^T of every unit's dh_{t-1}; in split/stepwise mode each
+program stores its share (`share_dh`, `store_partial`: a (2, B, P, P, S) workspace, buffer
 t % 2 so a fast program never overwrites what a slow one still reads) and,
 after the barrier, sums the P shares of its own units in a fixed order
 (`sum_partials`): deterministic, no atomics. In single mode the share is the
@@ -170,9 +175,10 @@ def pin(x):
 
 
 @triton.jit
-def kdot(a, b, NK: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
-    """a (M, K) @ b (K, N) with K split in NK chunks: one batched tl.dot (chunks on separate warps)
-    and a sum over the chunks.
+def kdot(a, b, NK: tl.constexpr, K2: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """a @ b with K in two parts (Config.k2) and each part split in NK chunks: a = (a1 (M, K1), a2 (M, K2)),
+    b = (b1 (K1, N), b2 (K2, N)), the second parts unused where K2 == 0. The chunks of both parts are
+    batched tl.dots (chunks on separate warps) into one accumulator, then summed over the chunks.
 
     A plain tl.dot splits N over the warps, so each warp holds all of a: at
     K=512 that is 128 registers per thread in fp16, and the fp32 FMA dot holds
@@ -180,24 +186,41 @@ def kdot(a, b, NK: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     4.8 KB spilled even with maxnreg). Chunks put a K/NK slice of a on each warp
     group, at the price of NK partial sums through shared memory per step.
     The chunks compute (b^T a^T)^T: with N (S*4 = 32 at H=768) the MMA's M and M (BB = 16) its N,
-    the LSTM forward at H=768 bf16 issued 3424 warp instructions a step against 4160 for a b
-    (profiling/static_cost.py), with the same 256 MMAs.
+    the LSTM forward at H=768 bf16 (then padded to K = 1024) issued 3424 warp instructions a step
+    against 4160 for a b (profiling/static_cost.py), with the same MMAs. Both K parts share the
+    accumulator, so the chunks are summed once (two sums: 4688 instructions a step, one: 3248).
     """
     if NK == 1:
-        out = tl.dot(a, b, input_precision=PREC, out_dtype=ACC)
+        out = tl.dot(a[0], b[0], input_precision=PREC, out_dtype=ACC)
+        if K2 > 0:
+            out = tl.dot(a[1], b[1], acc=out, input_precision=PREC)
     else:
-        M: tl.constexpr = a.shape[0]
-        K: tl.constexpr = a.shape[1]
-        N: tl.constexpr = b.shape[1]
-        if a.dtype.primitive_bitwidth == 16 or PREC != "ieee":   # tensor cores: see above
-            a3 = tl.permute(tl.reshape(a, (M, NK, K // NK)), (1, 2, 0))   # (NK, K/NK, M)
-            b3 = tl.permute(tl.reshape(b, (NK, K // NK, N)), (0, 2, 1))   # (NK, N, K/NK)
-            out = tl.trans(tl.sum(tl.dot(b3, a3, input_precision=PREC, out_dtype=ACC), axis=0))
-        else:
-            a3 = tl.permute(tl.reshape(a, (M, NK, K // NK)), (1, 0, 2))   # (NK, M, K/NK)
-            b3 = tl.reshape(b, (NK, K // NK, N))
-            out = tl.sum(tl.dot(a3, b3, input_precision=PREC, out_dtype=ACC), axis=0)
+        TC: tl.constexpr = a[0].dtype.primitive_bitwidth == 16 or PREC != "ieee"   # tensor cores: see above
+        lhs, rhs = _chunks(a[0], b[0], NK, TC)
+        out = tl.dot(lhs, rhs, input_precision=PREC, out_dtype=ACC)
+        if K2 > 0:
+            lhs, rhs = _chunks(a[1], b[1], NK, TC)
+            out = tl.dot(lhs, rhs, acc=out, input_precision=PREC)
+        out = tl.sum(out, axis=0)
+        if TC:
+            out = tl.trans(out)
     return out
+
+
+@triton.jit
+def _chunks(a, b, NK: tl.constexpr, TC: tl.constexpr):
+    """a (M, K) @ b (K, N) as the operands of a batched dot over NK chunks of K: (b3 (NK, N, K/NK),
+    a3 (NK, K/NK, M)) on tensor cores (TC: its sum over chunks is (a b)^T), else (a3 (NK, M, K/NK), b3)."""
+    M: tl.constexpr = a.shape[0]
+    K: tl.constexpr = a.shape[1]
+    N: tl.constexpr = b.shape[1]
+    if TC:
+        lhs = tl.permute(tl.reshape(b, (NK, K // NK, N)), (0, 2, 1))   # (NK, N, K/NK)
+        rhs = tl.permute(tl.reshape(a, (M, NK, K // NK)), (1, 2, 0))   # (NK, K/NK, M)
+    else:
+        lhs = tl.permute(tl.reshape(a, (M, NK, K // NK)), (1, 0, 2))   # (NK, M, K/NK)
+        rhs = tl.reshape(b, (NK, K // NK, N))
+    return lhs, rhs
 
 
 @triton.jit
@@ -208,14 +231,22 @@ def load_rows(p, rows, cols, stride, row_ok, col_ok, ACC: tl.constexpr):
 
 
 @triton.jit
-def load_exchange(p_x, t, rows, B, H, HP: tl.constexpr, DOT: tl.constexpr):
-    """(BB, HP) h_t of a batch tile, written by every slice's program (split/stepwise), from the
+def load_exchange(p_x, t, rows, B, H, K1: tl.constexpr, K2: tl.constexpr, DOT: tl.constexpr):
+    """h_t of a batch tile, written by every slice's program (split/stepwise), as the forward dot's K
+    parts (`k_parts`: (BB, K1) and (BB, K2) at column K1; the first again where K2 == 0), from the
     (2, B, H) exchange buffer in DOT (the io dtype: h is rounded to it before the dot anyway),
     buffer t % 2 (`store_exchange`; h_0 by `exchange_buffer`). .cg reads from L2, where the other
     SMs' stores land."""
-    k = tl.arange(0, HP)
-    return tl.load(p_x + (t % 2).to(tl.int64) * B * H + rows[:, None] * H + k[None, :],
-                   mask=(rows < B)[:, None] & (k < H)[None, :], other=0.0, cache_modifier=".cg").to(DOT)
+    p = p_x + (t % 2).to(tl.int64) * B * H + rows[:, None] * H
+    k = tl.arange(0, K1)
+    h1 = tl.load(p + k[None, :], mask=(rows < B)[:, None] & (k < H)[None, :], other=0.0,
+                 cache_modifier=".cg").to(DOT)
+    h2 = h1
+    if K2 > 0:
+        k2 = K1 + tl.arange(0, K2)
+        h2 = tl.load(p + k2[None, :], mask=(rows < B)[:, None] & (k2 < H)[None, :], other=0.0,
+                     cache_modifier=".cg").to(DOT)
+    return h1, h2
 
 
 @triton.jit
@@ -240,26 +271,48 @@ def publish(p_h, p_x, p_bar, t, b_h, rows, cols, B, H, SINGLE: tl.constexpr, SYN
 
 
 @triton.jit
-def next_step_product(b_prod, p_ws, t, rows, cols, B, H, HP: tl.constexpr, P: tl.constexpr,
-                      S: tl.constexpr, SINGLE: tl.constexpr, ACC: tl.constexpr):
+def next_step_product(b_prod, p_ws, t, rows, cols, B, H, P: tl.constexpr, S: tl.constexpr,
+                      SINGLE: tl.constexpr, ACC: tl.constexpr):
     """This slice's columns of d_{t+1} W_hh: the program's own product in single mode, else the
     slices' shares summed in a fixed order (deterministic, no atomics)."""
     if SINGLE:
         return b_prod
-    return sum_partials(p_ws, t + 1, rows, cols, B, H, HP, P, S, ACC)
+    return sum_partials(p_ws, t + 1, rows, cols, B, H, P, P, S, ACC)
 
 
 @triton.jit
-def load_w_fwd(p_w, H, K, j0, HP: tl.constexpr, S: tl.constexpr, GP: tl.constexpr,
+def share_dh(p_ws, b_d, b_w, t, pid_s, rows, B, H, P: tl.constexpr, S: tl.constexpr, K2: tl.constexpr,
+             SINGLE: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """This slice's share b_d @ W_tile^T of dh_{t-1}, from its gate gradients b_d (BB, S*GP) in the dot dtype
+    and its W tile in K parts (`load_w_fwd`): single mode returns the (BB, K1) product (all of dh), split and
+    stepwise store each part's share (`store_partial`; what they return is not used)."""
+    b_prod = tl.dot(b_d, tl.trans(b_w[0]), input_precision=PREC, out_dtype=ACC)
+    if not SINGLE:
+        store_partial(p_ws, b_prod, 0, t, pid_s, rows, B, H, P, P, S)
+        if K2 > 0:
+            b_tail = tl.dot(b_d, tl.trans(b_w[1]), input_precision=PREC, out_dtype=ACC)
+            store_partial(p_ws, b_tail, b_w[0].shape[0], t, pid_s, rows, B, H, P, P, S)
+    return b_prod
+
+
+@triton.jit
+def load_w_fwd(p_w, H, K, j0, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, GP: tl.constexpr,
                G: tl.constexpr, DOT: tl.constexpr):
-    """(HP, S*GP) tile: [k, s*GP + g] = W[g*H + j0 + s, k] of a (G*H, K) weight, zero padded."""
-    k = tl.arange(0, HP)
+    """The W tile [k, s*GP + g] = W[g*H + j0 + s, k] of a (G*H, K) weight, zero padded, in the K parts of
+    the dot (`k_parts`): rows k < K1 (K1, S*GP) and K1 <= k < K1 + K2 (K2, S*GP) (the first again where
+    K2 == 0)."""
     col = tl.arange(0, S * GP)
     s, g = col // GP, col % GP
     j = j0 + s
-    ok = (k[:, None] < K) & ((j < H) & (g < G))[None, :]
-    p = p_w + (g * H + j)[None, :] * K + k[:, None]
-    return tl.load(p, mask=ok, other=0.0).to(DOT)
+    col_ok = ((j < H) & (g < G))[None, :]
+    k = tl.arange(0, K1)
+    w1 = tl.load(p_w + (g * H + j)[None, :] * K + k[:, None], mask=(k[:, None] < K) & col_ok, other=0.0).to(DOT)
+    w2 = w1
+    if K2 > 0:
+        k2 = K1 + tl.arange(0, K2)
+        w2 = tl.load(p_w + (g * H + j)[None, :] * K + k2[:, None], mask=(k2[:, None] < K) & col_ok,
+                     other=0.0).to(DOT)
+    return w1, w2
 
 
 @triton.jit
@@ -278,18 +331,18 @@ def gate_tile(p, rows, row_ok, H, j0, S: tl.constexpr, GP: tl.constexpr, G: tl.c
 
 
 @triton.jit
-def store_partial(p_ws, b_prod, t, pid_s, rows, B, N, HP: tl.constexpr, P: tl.constexpr, S: tl.constexpr):
-    """This slice's (BB, HP) share of dh_{t-1} into the (2, B, HP/S, P, S) workspace (in its dtype), buffer
-    t % 2: the N real columns only. Laid out so that the P shares of one slice's S columns are
-    contiguous for the program that sums them (sum_partials)."""
-    k = tl.arange(0, HP)
-    row = ((t % 2) * B + rows).to(tl.int64) * (HP * P)
+def store_partial(p_ws, b_prod, k0, t, pid_s, rows, B, N, NS: tl.constexpr, P: tl.constexpr, S: tl.constexpr):
+    """This slice's share of dh_{t-1} for columns k0 .. k0 + K (b_prod (BB, K)) into the (2, B, NS, P, S)
+    workspace (in its dtype; NS slices of S columns), buffer t % 2: the N real columns only. Laid out so
+    that the P shares of one slice's S columns are contiguous for the program that sums them (sum_partials)."""
+    k = k0 + tl.arange(0, b_prod.shape[1])
+    row = ((t % 2) * B + rows).to(tl.int64) * (NS * P * S)
     off = (k // S) * (P * S) + pid_s * S + k % S
     tl.store(p_ws + row[:, None] + off[None, :], b_prod, mask=(rows < B)[:, None] & (k < N)[None, :])
 
 
 @triton.jit
-def sum_partials(p_ws, t, rows, cols, B, N, HP: tl.constexpr, P: tl.constexpr, S: tl.constexpr,
+def sum_partials(p_ws, t, rows, cols, B, N, NS: tl.constexpr, P: tl.constexpr, S: tl.constexpr,
                  ACC: tl.constexpr):
     """(BB, S) sum over the P slices' shares of step t, in a fixed order (deterministic); 0 past column N.
     This slice's P shares lie contiguous (store_partial): loaded up to 32 shares at a time."""
@@ -297,7 +350,7 @@ def sum_partials(p_ws, t, rows, cols, B, N, HP: tl.constexpr, P: tl.constexpr, S
     CAP: tl.constexpr = 4096 // (rows.shape[0] * S)
     PC: tl.constexpr = (32 if P >= 32 and CAP >= 32 else 16 if P >= 16 and CAP >= 16 else
                         8 if P >= 8 and CAP >= 8 else 4 if P >= 4 and CAP >= 4 else 2 if CAP >= 2 else 1)
-    row = ((t % 2) * B + rows).to(tl.int64) * (HP * P)
+    row = ((t % 2) * B + rows).to(tl.int64) * (NS * P * S)
     col = (cols // S) * (P * S) + cols % S
     ok = (rows < B)[:, None, None] & (cols < N)[None, None, :]
     acc = tl.zeros((rows.shape[0], S), ACC)
@@ -459,6 +512,12 @@ class Config:
     nk: int = 1      # chunks of the forward dot's K (kdot); 1 in the backward
     tiles: int = 0   # batch tiles per launch (0: all of them)
     dirs_fit: bool = False   # split mode: both directions' grids resident together (one launch)
+    k2: int = 0      # the power-of-two tail of the forward dot's K after its first HP/2 (k_tail); 0: K = HP
+
+    @property
+    def k1(self):
+        """The first part of the forward dot's K (and of the backward's N): HP, or HP/2 where a tail k2 follows."""
+        return self.HP // 2 if self.k2 else self.HP
 
     def groups(self, B):
         """(grid, tile0) of each launch that together cover all batch tiles: one launch, or
@@ -549,8 +608,18 @@ def tile_config(H, B, GP, elem_bytes, direction="fwd", budget=W_BUDGET_BYTES):
         S = HP
         while S > s_min and HP * GP * S * elem_bytes > budget:
             S //= 2
+    single, nk = S >= H, split_k(HP, elem_bytes, direction)
     return Config(BB, HP, S, triton.cdiv(H, S), warps_for(HP, elem_bytes, direction),
-                  "single" if S >= H else "split", split_k(HP, elem_bytes, direction))
+                  "single" if single else "split", nk, k2=0 if single else k_tail(H, HP, nk))
+
+
+def k_tail(H, HP, nk):
+    """The K tail of a split program's dot over the hidden units: the dot runs K = H as HP/2 plus a
+    power of two, at least 16 per chunk of the nk (tl.dot's minimum), where that is less than HP, so
+    padding to HP costs no MMAs, loads or exchange (768 = 512 + 256, 96 = 64 + 32); else 0 (K = HP).
+    Single mode keeps K = HP: its h is one (BB, HP) carry, and Triton cannot slice a tensor."""
+    tail = max(16 * nk, triton.next_power_of_2(max(1, H - HP // 2)))
+    return tail if HP // 2 + tail < HP else 0
 
 
 def choose_config(H, B, GP, elem_bytes, device, direction="fwd", budget=None):
@@ -698,11 +767,11 @@ def run_windows(cfg, T, launch_window, reverse=False):
 
 
 def partials_workspace(cfg, B, like):
-    """(2, B, HP/S, P, S) shares of dh for split/stepwise backward (store_partial), in like's (the buffers') dtype; a dummy
+    """(2, B, P, P, S) shares of dh for split/stepwise backward (store_partial), in like's (the buffers') dtype; a dummy
     in single mode."""
     import torch
 
-    shape = (2, B, cfg.HP // cfg.S, cfg.P, cfg.S) if cfg.mode != "single" else (1,)
+    shape = (2, B, cfg.P, cfg.P, cfg.S) if cfg.mode != "single" else (1,)
     return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
@@ -751,7 +820,7 @@ def compile_configs(hidden_size, dtype, GP, direction="fwd", arch=None):
 
 def kernel_consts(cfg, direction, acc, dot, prec):
     """A cell kernel's constexprs for a config (the forward also takes NK, the chunks of its dot's K)."""
-    consts = dict(BB=cfg.BB, HP=cfg.HP, S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
+    consts = dict(BB=cfg.BB, K1=cfg.k1, K2=cfg.k2, S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
                   SYNC=cfg.mode == "split", ACC=acc, DOT=dot, PREC=prec)
     return dict(consts, NK=cfg.nk) if direction == "fwd" else consts
 

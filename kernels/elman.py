@@ -7,7 +7,7 @@ CPU counterpart: gpurnn/cells/elman.py (the maths and the buffers these kernels 
 # w_hh: (H, H)    sizes: (T,) int32 active rows per step (a prefix)
 # dy: (T, B, H)   dz: (T, B, H) pre-activation gradient, written for active rows
 # dh: (B, H)      carried gradient: dh_T on entry, dh_0 (= d state0) on exit
-# ws: (2, B, HP/S, P, S) each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
+# ws: (2, B, P, P, S) each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
 
 Layout, modes and precision: see kernels/common.py.
 """
@@ -28,16 +28,16 @@ def _fwd_stream(t, ok, p_gx, p_sizes, rows, cols, B, H, ACC: tl.constexpr):
 
 @triton.jit
 def _fwd_step(t, n, b_gx, b_h, b_w, p_h, p_x, p_bar, rows, cols, B, H, nonlin,
-              HP: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr, NK: tl.constexpr,
+              K1: tl.constexpr, K2: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr, NK: tl.constexpr,
               ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Step t for one (batch tile, hidden slice): b_h (BB, S) is h_t of the slice, returns h_{t+1};
     arrives at the barrier once h_{t+1} is stored."""
     active = rows < n
     if SINGLE:
-        b_full = b_h.to(DOT)
+        b_full = (b_h.to(DOT), b_h.to(DOT))   # (K parts: K2 = 0 here)
     else:
-        b_full = cm.load_exchange(p_x, t, rows, B, H, HP, DOT)
-    b_z = cm.kdot(b_full, b_w, NK, PREC, ACC) + b_gx
+        b_full = cm.load_exchange(p_x, t, rows, B, H, K1, K2, DOT)
+    b_z = cm.kdot(b_full, b_w, NK, K2, PREC, ACC) + b_gx
     b_h = tl.where(active[:, None], cm.activation(b_z, nonlin, DOT), b_h)
     cm.publish(p_h, p_x, p_bar, t, b_h, rows, cols, B, H, SINGLE, SYNC)
     return b_h
@@ -45,7 +45,7 @@ def _fwd_step(t, n, b_gx, b_h, b_w, p_h, p_x, p_bar, rows, cols, B, H, nonlin,
 
 @triton.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
 def _fwd_kernel(p_gx, p_h, p_x, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, nonlin, tile0,
-                BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
+                BB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
@@ -60,12 +60,12 @@ def _fwd_kernel(p_gx, p_h, p_x, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
     p_bar += tile0 + pid_b
-    b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 1, 1, DOT)   # (HP, S), on chip for all steps
+    b_w = cm.load_w_fwd(p_w, H, H, j0, K1, K2, S, 1, 1, DOT)   # (K, S) in K parts, on chip for all steps
     b_h = cm.load_rows(p_h + t_start.to(tl.int64) * B * H, rows, cols, H, rows < B, cols < H, ACC)
     n, b_gx = _fwd_stream(t_start, t_start >= 0, p_gx, p_sizes, rows, cols, B, H, ACC)
     for i in range(n_steps):
         b_h = _fwd_step(t_start + i, n, b_gx, b_h, b_w, p_h, p_x, p_bar, rows, cols, B, H, nonlin,
-                        HP, SINGLE, SYNC, NK, ACC, DOT, PREC)
+                        K1, K2, SINGLE, SYNC, NK, ACC, DOT, PREC)
         n, b_gx = _fwd_stream(t_start + i + 1, i + 1 < n_steps, p_gx, p_sizes, rows, cols, B, H, ACC)
         if SYNC:
             cm.wait(p_bar, (i + 1) * P)
@@ -83,7 +83,7 @@ def _bwd_stream(t, p_dy, p_h, p_sizes, rows, cols, B, H, ACC: tl.constexpr):
 
 @triton.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
 def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, p_doff, T, t_start, n_steps, B, H, nonlin, tile0,
-                BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
+                BB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Iterations t = t_start, t_start-1, ...: carry in dh_t from step t+1's shares (t+1 < T), then step t
@@ -108,22 +108,21 @@ def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, p_doff, T, t_s
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
     p_bar += tile0 + pid_b
-    b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 1, 1, DOT)   # (HP, S): W_hh[slice, :]^T, on chip
+    b_w = cm.load_w_fwd(p_w, H, H, j0, K1, K2, S, 1, 1, DOT)   # (K, S) parts: W_hh[slice, :]^T, on chip
     b_dh = cm.load_rows(p_dh, rows, cols, H, rows < B, cols < H, ACC)
-    b_prod = tl.zeros((BB, HP), ACC)
+    b_prod = tl.zeros((BB, K1), ACC)
     n, b_dy, b_y = _bwd_stream(t_start, p_dy, p_h, p_sizes, rows, cols, B, H, ACC)
     for i in range(n_steps):
         t = t_start - i
         if t + 1 < T:   # rows active at t+1 take dz_{t+1} W_hh; the others pass dh through
-            b_new = cm.next_step_product(b_prod, p_ws, t, rows, cols, B, H, HP, P, S, SINGLE, ACC)
+            b_new = cm.next_step_product(b_prod, p_ws, t, rows, cols, B, H, P, S, SINGLE, ACC)
             b_dh = tl.where((rows < tl.load(p_sizes + t + 1))[:, None], b_new, b_dh)
         if t >= 0:
             active = rows < n
             b_dh += b_dy
             b_dz = tl.where(active[:, None], b_dh * cm.activation_grad_from_output(b_y, nonlin), 0.0)
-            b_prod = tl.dot(cm.pin(b_dz).to(DOT), tl.trans(b_w), input_precision=PREC, out_dtype=ACC)
-            if not SINGLE:
-                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, H, HP, P, S)
+            b_op = cm.pin(b_dz).to(DOT)
+            b_prod = cm.share_dh(p_ws, b_op, b_w, t, pid_s, rows, B, H, P, S, K2, SINGLE, PREC, ACC)
             if SYNC:
                 cm.arrive(p_bar)
             tl.store(p_dz + t.to(tl.int64) * B * H + rows[:, None] * H + cols[None, :], b_dz,

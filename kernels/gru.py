@@ -9,7 +9,7 @@ CPU counterpart: gpurnn/cells/gru.py (the maths and the buffers these kernels ru
 # w_hh:  (3H, H)      b_hn: (H,) (zeros without bias)   sizes: (T,) int32 active rows per step
 # dy: (T, B, H)   dgh: (T, B, 3H) grads of W_hh h + b_hh   dnew: (T, B, H) grad of the input part of n_pre
 # dh: (B, H)      carried gradient: dh_T on entry, dh_0 (= d state0) on exit
-# ws: (2, B, HP/S, P, S) each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
+# ws: (2, B, P, P, S) each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
 
 The W tile has a 4th, all-zero gate column (GP = 4: tl.reshape needs a power
 of two), so a program holds 4/3 of the W it needs. Layout, modes and precision: see kernels/common.py.
@@ -32,8 +32,8 @@ def _fwd_stream(t, ok, p_gx, p_sizes, rows, j0, B, H, S: tl.constexpr, ACC: tl.c
 
 @triton.jit
 def _fwd_step(t, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_x, p_bar, rows, j0, B, H,
-              HP: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr, NK: tl.constexpr,
-              ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+              K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr,
+              NK: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Step t for one (batch tile, hidden slice): b_h (BB, S) is h_t of the slice, returns h_{t+1}; arrives
     at the barrier once h_{t+1} is stored, then stores what only backward reads."""
     active = rows < n
@@ -41,11 +41,11 @@ def _fwd_step(t, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_x, p_bar, rows,
     ok2 = (rows < B)[:, None] & (cols < H)[None, :]
     step = t.to(tl.int64) * B * H
     if SINGLE:
-        b_full = b_h.to(DOT)
+        b_full = (b_h.to(DOT), b_h.to(DOT))   # (K parts: K2 = 0 here)
     else:
-        b_full = cm.load_exchange(p_x, t, rows, B, H, HP, DOT)
+        b_full = cm.load_exchange(p_x, t, rows, B, H, K1, K2, DOT)
     # W_hh h for all gates of the slice: (BB, S, 4), gate 3 is zero padding
-    b_a = tl.reshape(cm.kdot(b_full, b_w, NK, PREC, ACC), (rows.shape[0], S, 4))
+    b_a = tl.reshape(cm.kdot(b_full, b_w, NK, K2, PREC, ACC), (rows.shape[0], S, 4))
     b_pre = b_a + b_gx   # r and z pre-activations (gates 0, 1)
     r, z = cm.sigmoid(cm.gate(b_pre, 0), DOT), cm.sigmoid(cm.gate(b_pre, 1), DOT)
     hn = cm.gate(b_a, 2) + b_bhn[None, :]
@@ -62,7 +62,7 @@ def _fwd_step(t, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_x, p_bar, rows,
 
 @triton.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
 def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_x, p_w, p_bhn, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, tile0,
-                BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
+                BB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
@@ -80,13 +80,13 @@ def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_x, p_w, p_bhn, p_sizes, p_bar, p_dof
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
     p_bar += tile0 + pid_b
-    b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 4, 3, DOT)   # (HP, S*4), on chip for all steps
+    b_w = cm.load_w_fwd(p_w, H, H, j0, K1, K2, S, 4, 3, DOT)   # (K, S*4) in K parts, on chip for all steps
     b_bhn = tl.load(p_bhn + cols, mask=cols < H, other=0.0).to(ACC)
     b_h = cm.load_rows(p_h + t_start.to(tl.int64) * B * H, rows, cols, H, rows < B, cols < H, ACC)
     n, b_gx = _fwd_stream(t_start, t_start >= 0, p_gx, p_sizes, rows, j0, B, H, S, ACC)
     for i in range(n_steps):
         b_h = _fwd_step(t_start + i, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_x, p_bar,
-                        rows, j0, B, H, HP, S, SINGLE, SYNC, NK, ACC, DOT, PREC)
+                        rows, j0, B, H, K1, K2, S, SINGLE, SYNC, NK, ACC, DOT, PREC)
         n, b_gx = _fwd_stream(t_start + i + 1, i + 1 < n_steps, p_gx, p_sizes, rows, j0, B, H, S, ACC)
         if SYNC:
             cm.wait(p_bar, (i + 1) * P)
@@ -127,7 +127,7 @@ def _bwd_point(t, b_dh, p_dy, p_gates, p_hn, p_h, p_dgh, p_dnew, p_sizes, rows, 
 @triton.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
 def _bwd_kernel(p_dy, p_gates, p_hn, p_h, p_dgh, p_dnew, p_dh, p_w, p_ws, p_sizes, p_bar, p_doff,
                 T, t_start, n_steps, B, H, tile0,
-                BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
+                BB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Iterations t = t_start, t_start-1, ...: carry in dh_t = dgh_{t+1} W_hh (summed shares) +
@@ -152,7 +152,7 @@ def _bwd_kernel(p_dy, p_gates, p_hn, p_h, p_dgh, p_dnew, p_dh, p_w, p_ws, p_size
     rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
-    b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 4, 3, DOT)   # (HP, S*4): the slice's gate rows^T, on chip
+    b_w = cm.load_w_fwd(p_w, H, H, j0, K1, K2, S, 4, 3, DOT)   # (K, S*4) parts: the slice's gate rows^T, on chip
     ok2 = (rows < B)[:, None] & (cols < H)[None, :]
     off2 = rows[:, None] * H + cols[None, :]
     b_dh = tl.load(p_dh + off2, mask=ok2, other=0.0).to(ACC)
@@ -163,20 +163,19 @@ def _bwd_kernel(p_dy, p_gates, p_hn, p_h, p_dgh, p_dnew, p_dh, p_w, p_ws, p_size
         b_keep = b_dh * tl.load(p_z + rows[:, None] * 3 * H + cols[None, :],
                                 mask=(rows < tl.load(p_sizes + t_start + 1))[:, None] & (cols < H)[None, :],
                                 other=0.0).to(ACC)
-    b_prod = tl.zeros((BB, HP), ACC)
+    b_prod = tl.zeros((BB, K1), ACC)
     for i in range(n_steps):
         t = t_start - i
         if t + 1 < T:   # rows active at t+1 take their new dh; the others pass dh through
-            b_new = cm.next_step_product(b_prod, p_ws, t, rows, cols, B, H, HP, P, S, SINGLE, ACC)
+            b_new = cm.next_step_product(b_prod, p_ws, t, rows, cols, B, H, P, S, SINGLE, ACC)
             b_dh = tl.where((rows < tl.load(p_sizes + t + 1))[:, None], b_new + b_keep, b_dh)
         if t >= 0:
             b_dh, b_keep, b_d = _bwd_point(t, b_dh, p_dy, p_gates, p_hn, p_h, p_dgh, p_dnew,
                                            p_sizes, rows, j0, B, H, S, ACC)
             # (BB, S, 4) -> (BB, S*4): column s*4 + g, the W tile's column order
             b_d2 = tl.reshape(b_d, (BB, S * 4))
-            b_prod = tl.dot(cm.pin(b_d2).to(DOT), tl.trans(b_w), input_precision=PREC, out_dtype=ACC)
-            if not SINGLE:
-                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, H, HP, P, S)
+            b_op = cm.pin(b_d2).to(DOT)
+            b_prod = cm.share_dh(p_ws, b_op, b_w, t, pid_s, rows, B, H, P, S, K2, SINGLE, PREC, ACC)
         if SYNC:
             cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
     tl.store(p_dh + off2, b_dh, mask=ok2)

@@ -119,14 +119,14 @@ def _fwd_kernel(p_gx, p_hid, p_y, p_s, p_teacher, p_wsh, p_who, p_bo, p_decay, p
         t = t_start + i
         if t >= 1:
             if not SINGLE:
-                b_pre = cm.sum_partials(p_ws, t - 1, rows, ocols, B, OP, OP, P, OP, ACC)
+                b_pre = cm.sum_partials(p_ws, t - 1, rows, ocols, B, OP, 1, P, OP, ACC)
             b_s = _fwd_output(t - 1, b_s, b_pre, b_bo, b_decay, p_y, p_s, p_teacher, p_sizes, rows, B, O,
                               writer, OP, ACT, HAS_TEACHER, ACC, DOT)
         if t < T:
             b_pre = _fwd_hidden(t, b_s, b_wsh, b_who, p_gx, p_hid, p_sizes, rows, j0, B, H, nonlin,
                                 S, ACC, DOT, PREC)
             if not SINGLE:
-                cm.store_partial(p_ws, b_pre, t, pid_s, rows, B, OP, OP, P, OP)
+                cm.store_partial(p_ws, b_pre, 0, t, pid_s, rows, B, OP, 1, P, OP)
         if SYNC:
             cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
 
@@ -183,7 +183,7 @@ def _bwd_kernel(p_dy, p_y, p_hid, p_da, p_dz, p_ds_in, p_ds_out, p_wsh, p_who, p
         t = t_start - i
         if t + 1 < T:   # rows active at t+1 take their new ds; the others pass ds through
             if not SINGLE:
-                b_prod = cm.sum_partials(p_ws, t + 1, rows, ocols, B, OP, OP, P, OP, ACC)
+                b_prod = cm.sum_partials(p_ws, t + 1, rows, ocols, B, OP, 1, P, OP, ACC)
             b_ds = tl.where((rows < tl.load(p_sizes + t + 1))[:, None], b_decay[None, :] * b_ds + b_prod, b_ds)
         if t >= 0:
             b_da = _bwd_output(t, b_ds, p_dy, p_y, p_da, p_sizes, rows, B, O, writer, OP, ACT, HAS_TEACHER, ACC)
@@ -198,7 +198,7 @@ def _bwd_kernel(p_dy, p_y, p_hid, p_da, p_dz, p_ds_in, p_ds_out, p_wsh, p_who, p
                      mask=(rows < B)[:, None] & col_ok[None, :])
             b_prod = tl.dot(cm.pin(b_dz).to(DOT), tl.trans(b_wsh), input_precision=PREC, out_dtype=ACC)
             if not SINGLE:
-                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, OP, OP, P, OP)
+                cm.store_partial(p_ws, b_prod, 0, t, pid_s, rows, B, OP, 1, P, OP)
         if SYNC:
             cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
     tl.store(p_ds_out + rows[:, None] * O + ocols[None, :], b_ds,

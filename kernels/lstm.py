@@ -8,7 +8,7 @@ CPU counterparts: gpurnn/cells/lstm.py (the maths and the buffers these kernels 
 # tanh_c: (T, B, H)   tanh(c_t) (active rows)
 # w_hh:  (4H, H)      sizes: (T,) int32 active rows per step (a prefix)
 # dy: (T, B, H)  dgates: (T, B, 4H)  dh, dc: (B, H) carried (dstate_T in, dstate_0 out)
-# ws: (2, B, HP/S, P, S) each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
+# ws: (2, B, P, P, S) each slice's share of dh_{t-1} (split/stepwise backward, see common.py)
 
 proj_size > 0 (W_hr) is not fused: the engine runs its xp loop for it.
 Layout, modes and precision: see kernels/common.py.
@@ -32,8 +32,8 @@ def _fwd_stream(t, ok, p_gx, p_sizes, rows, j0, B, H, S: tl.constexpr, ACC: tl.c
 
 @triton.jit
 def _fwd_step(t, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_x, p_bar, rows, j0, B, H,
-              HP: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr, NK: tl.constexpr,
-              ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+              K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr,
+              NK: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Step t for one (batch tile, hidden slice): (h_t, c_t) of the slice -> (h_{t+1}, c_{t+1}); arrives at
     the barrier once h_{t+1} is stored, then stores what only backward reads."""
     active = rows < n
@@ -41,10 +41,10 @@ def _fwd_step(t, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_x, p_bar, ro
     ok2 = (rows < B)[:, None] & (cols < H)[None, :]
     step = t.to(tl.int64) * B * H
     if SINGLE:
-        b_full = b_h.to(DOT)
+        b_full = (b_h.to(DOT), b_h.to(DOT))   # (K parts: K2 = 0 here)
     else:
-        b_full = cm.load_exchange(p_x, t, rows, B, H, HP, DOT)
-    b_a = tl.reshape(cm.kdot(b_full, b_w, NK, PREC, ACC), (rows.shape[0], S, 4)) + b_gx
+        b_full = cm.load_exchange(p_x, t, rows, B, H, K1, K2, DOT)
+    b_a = tl.reshape(cm.kdot(b_full, b_w, NK, K2, PREC, ACC), (rows.shape[0], S, 4)) + b_gx
     # sigmoid(a) = 0.5 tanh(0.5 a) + 0.5 and tanh(a) = 1 tanh(1 a) + 0: one transcendental for all gates
     is_g = tl.arange(0, 4)[None, None, :] == 2
     scale = tl.where(is_g, 1.0, 0.5)
@@ -65,7 +65,7 @@ def _fwd_step(t, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_x, p_bar, ro
 
 @triton.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
 def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_x, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, tile0,
-                BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
+                BB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
@@ -83,14 +83,14 @@ def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_x, p_w, p_sizes, p_bar, p_doff,
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
     p_bar += tile0 + pid_b
-    b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 4, 4, DOT)   # (HP, S*4), on chip for all steps
+    b_w = cm.load_w_fwd(p_w, H, H, j0, K1, K2, S, 4, 4, DOT)   # (K, S*4) in K parts, on chip for all steps
     start = t_start.to(tl.int64) * B * H
     b_h = cm.load_rows(p_h + start, rows, cols, H, rows < B, cols < H, ACC)
     b_c = cm.load_rows(p_c + start, rows, cols, H, rows < B, cols < H, ACC)
     n, b_gx = _fwd_stream(t_start, t_start >= 0, p_gx, p_sizes, rows, j0, B, H, S, ACC)
     for i in range(n_steps):
         b_h, b_c = _fwd_step(t_start + i, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_x, p_bar,
-                             rows, j0, B, H, HP, S, SINGLE, SYNC, NK, ACC, DOT, PREC)
+                             rows, j0, B, H, K1, K2, S, SINGLE, SYNC, NK, ACC, DOT, PREC)
         n, b_gx = _fwd_stream(t_start + i + 1, i + 1 < n_steps, p_gx, p_sizes, rows, j0, B, H, S, ACC)
         if SYNC:
             cm.wait(p_bar, (i + 1) * P)
@@ -130,7 +130,7 @@ def _coef(a, c_prev, tc):
 @triton.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
 def _bwd_kernel(p_dy, p_gates, p_c, p_tc, p_dgates, p_dh, p_dc, p_w, p_ws, p_sizes, p_bar, p_doff,
                 T, t_start, n_steps, B, H, tile0,
-                BB: tl.constexpr, HP: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
+                BB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Iterations t = t_start, t_start-1, ...: carry in dh_t from step t+1's shares (t+1 < T), then step t
@@ -153,18 +153,18 @@ def _bwd_kernel(p_dy, p_gates, p_c, p_tc, p_dgates, p_dh, p_dc, p_w, p_ws, p_siz
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
     p_bar += tile0 + pid_b
-    b_w = cm.load_w_fwd(p_w, H, H, j0, HP, S, 4, 4, DOT)   # (HP, S*4): the slice's gate rows^T, on chip
+    b_w = cm.load_w_fwd(p_w, H, H, j0, K1, K2, S, 4, 4, DOT)   # (K, S*4) parts: the slice's gate rows^T, on chip
     ok2 = (rows < B)[:, None] & (cols < H)[None, :]
     off2 = rows[:, None] * H + cols[None, :]
     b_dh = tl.load(p_dh + off2, mask=ok2, other=0.0).to(ACC)
     b_dc = tl.load(p_dc + off2, mask=ok2, other=0.0).to(ACC)
-    b_prod = tl.zeros((BB, HP), ACC)
+    b_prod = tl.zeros((BB, K1), ACC)
     n, b_dy, b_a, b_cp, b_tc = _bwd_stream(t_start, p_dy, p_gates, p_c, p_tc, p_sizes, rows, j0, B, H, S, ACC)
     is_o = tl.arange(0, 4)[None, None, :] == 3
     for i in range(n_steps):
         t = t_start - i
         if t + 1 < T:   # rows active at t+1 take dgates_{t+1} W_hh; the others pass dh through
-            b_new = cm.next_step_product(b_prod, p_ws, t, rows, cols, B, H, HP, P, S, SINGLE, ACC)
+            b_new = cm.next_step_product(b_prod, p_ws, t, rows, cols, B, H, P, S, SINGLE, ACC)
             b_dh = tl.where((rows < tl.load(p_sizes + t + 1))[:, None], b_new, b_dh)
         if t >= 0:
             b_coef, b_odt, b_f = _coef(b_a, b_cp, b_tc)
@@ -174,10 +174,8 @@ def _bwd_kernel(p_dy, p_gates, p_c, p_tc, p_dgates, p_dh, p_dc, p_w, p_ws, p_siz
             b_dc = tl.where((rows < n)[:, None], b_dc * b_f, b_dc)   # inactive rows keep dc
             # (BB, S, 4) -> (BB, S*4): column s*4 + g, the W tile's column order
             b_d = b_d.to(p_dgates.dtype.element_ty)   # rounded once: what is stored is what the dot reads
-            b_prod = tl.dot(cm.pin(tl.reshape(b_d, (BB, S * 4))).to(DOT), tl.trans(b_w),
-                            input_precision=PREC, out_dtype=ACC)
-            if not SINGLE:
-                cm.store_partial(p_ws, b_prod, t, pid_s, rows, B, H, HP, P, S)
+            b_op = cm.pin(tl.reshape(b_d, (BB, S * 4))).to(DOT)
+            b_prod = cm.share_dh(p_ws, b_op, b_w, t, pid_s, rows, B, H, P, S, K2, SINGLE, PREC, ACC)
             if SYNC:
                 cm.arrive(p_bar)
             p_d3, m3 = cm.gate_tile(p_dgates + 4 * t.to(tl.int64) * B * H, rows, rows < n, H, j0, S, 4, 4)

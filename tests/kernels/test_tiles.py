@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gpurnn.kernels import common as cm
-from kernel_cases import (TOL, assert_all_close, launches, make_case, nan_empty,  # noqa: F401
+from kernel_cases import (TOL, assert_all_close, forced_split_k, launches, make_case, nan_empty,  # noqa: F401
                           packed_sizes, run, split_hidden)
 
 CELLS = {"elman": {}, "lstm": {}, "gru": {}, "jordan": {"O": 6}}
@@ -83,6 +83,33 @@ def test_h96_split_exchange_matches_engine(cell, io_dtype, monkeypatch, nan_empt
     got = run(case, "triton", batch_sizes=sizes, reverse=True)
     tol = TOL_HALF if io_dtype else TOL[np.float32]
     assert_all_close(got, run(case, "numpy", batch_sizes=sizes, reverse=True), **tol)
+
+
+@pytest.mark.parametrize("cell", ["elman", "lstm", "gru"])
+@pytest.mark.parametrize("io_dtype", [None, "float16"], ids=["fp32", "fp16"])
+def test_k_tail_in_chunks_matches_engine(cell, io_dtype, monkeypatch, forced_split_k, nan_empty):
+    """H=96 split in slices of 32: the dots run K = 64 + 32 (no padding to 128), the forward's in two
+    chunks per part (one accumulator for both parts), and match the engine."""
+    from kernel_cases import TOL_HALF, with_io_dtype
+
+    monkeypatch.setenv("GPURNN_SLICE", "32")
+    with_io_dtype(monkeypatch, cell, io_dtype)
+    nks = forced_split_k(2)
+    cfg = cm.tile_config(96, 17, 4, 4)
+    assert (cfg.mode, cfg.k1, cfg.k2, cfg.nk) == ("split", 64, 32, 2)
+    case = make_case(cell, 4, 17, 96, seed=8)
+    tol = TOL_HALF if io_dtype else TOL[np.float32]
+    assert_all_close(run(case, "triton", reverse=True), run(case, "numpy", reverse=True), **tol)
+    assert set(nks) == {2}
+
+
+def test_k_tail_only_where_it_saves_padding():
+    """K = HP/2 + a power-of-two tail of at least 16 per chunk, only where that is under HP."""
+    assert [cm.k_tail(H, HP, 1) for H, HP in [(768, 1024), (96, 128), (40, 64), (100, 128), (1024, 1024)]] == \
+        [256, 32, 16, 0, 0]
+    assert cm.k_tail(768, 1024, 8) == 256 and cm.k_tail(520, 1024, 8) == 128 and cm.k_tail(80, 128, 2) == 32
+    single = cm.tile_config(48, 16, 4, 2)            # 32 + 16 would do, but h is one (BB, HP) carry
+    assert (single.mode, single.k2) == ("single", 0)
 
 
 def test_w_budget_follows_the_chip_and_never_drops_below_the_default():
