@@ -30,7 +30,9 @@ recompiles), so one kernel serves three modes (`Config.mode`):
             buffer in L2 (`load_exchange`) and meets the others at a grid
             barrier after each step (`publish`/`arrive`, then `wait`).  GPU only (all programs must
             be resident: grid <= SM count; a spin would hang the interpreter).
-            A larger grid runs in groups of batch tiles, one launch each
+            Where 16-row tiles x P exceed the SMs, tiles take 32 rows (and
+            wider slices) if that brings the grid within them (`batch_tile`);
+            a grid still larger runs in groups of batch tiles, one launch each
             (`Config.groups`; the kernels take the group's first tile, tile0).
   "stepwise" P > 1, one launch per step (n_steps=1): the same kernel and
             step body; the launch boundary is the barrier.  The fallback when
@@ -67,8 +69,9 @@ whole product and stays in registers.
 
 Registers (ptxas -v, profiling/results/compile_check.md, compiled with 16-byte aligned
 pointers as Triton specialises them at launch). Three things keep the cell configs free
-of spills (all but the LSTM backward at fp32 H=512 on sm_80 and H=256 stepwise, 8-24 B, and
-the Jordan forward at fp32 H=64, 2.5 KB; the measured thresholds below predate the aligned compiles):
+of spills (all but the LSTM backward at fp32 H=512 on sm_80 and H=256 stepwise, 8-24 B, the
+Jordan forward at fp32 H=64, 2.5 KB, and the 32-row fp16/bf16 backwards of `batch_tile`, 8-128 B;
+the measured thresholds below predate the aligned compiles):
   * `maxnreg`: a launch gets the register file of a whole SM (`Config.maxnreg`).
     Without it ptxas sometimes settles on 32-40 registers and spills (fp32
     Elman forward H=128: 32 registers, 12.6 KB; with the cap: 255, 4.8 KB,
@@ -100,6 +103,8 @@ import triton
 import triton.language as tl
 
 from gpurnn.backends import fp32_precision, interpreting
+
+from . import graphs
 
 # ----------------------------------------------------------------------------- device code
 
@@ -432,6 +437,8 @@ REGISTERS_PER_SM = 64 * 1024   # 32-bit registers, sm_80 and sm_90
 # Batch rows per program: tl.dot's minimum. Per-step latency, not throughput, bounds a recurrence,
 # so more programs with fewer rows each (up to the SM count) beat fewer, fuller ones.
 BB = 16
+WIDE_TILE_BYTES = 96 * 1024      # the largest W tile batch_tile gives 32 rows
+COMPILED_BATCHES = (16, 32, 64)   # batch sizes whose configs compile_configs lists (batch_tile)
 
 
 def as_tensor(a):
@@ -609,8 +616,16 @@ def tile_config(H, B, GP, elem_bytes, direction="fwd", budget=W_BUDGET_BYTES):
         while S > s_min and HP * GP * S * elem_bytes > budget:
             S //= 2
     single, nk = S >= H, split_k(HP, elem_bytes, direction)
-    return Config(BB, HP, S, triton.cdiv(H, S), warps_for(HP, elem_bytes, direction),
+    return Config(batch_rows(), HP, S, triton.cdiv(H, S), warps_for(HP, elem_bytes, direction),
                   "single" if single else "split", nk, k2=0 if single else k_tail(H, HP, nk))
+
+
+def batch_rows():
+    """BB, or GPURNN_BATCH_ROWS=16|32 (tests run batch_tile's 32-row tiles under the interpreter)."""
+    forced = os.environ.get("GPURNN_BATCH_ROWS")
+    if forced and forced not in ("16", "32"):
+        raise ValueError(f"GPURNN_BATCH_ROWS: expected 16 or 32, got {forced!r}")
+    return int(forced) if forced else BB
 
 
 def k_tail(H, HP, nk):
@@ -647,19 +662,48 @@ def choose_config(H, B, GP, elem_bytes, device, direction="fwd", budget=None):
 
 
 def device_tile(H, B, GP, elem_bytes, direction, sms, shared_bytes):
-    """tile_config for a GPU with `sms` SMs and `shared_bytes` of shared memory per block.
+    """tile_config for a GPU with `sms` SMs and `shared_bytes` of shared memory per block, for B rows.
 
     W_BUDGET_BYTES per program, unless the chip's budget (w_budget) makes the whole W fit one
     program (single mode: no exchange, no barrier) or brings P within the SM count (no stepwise
     fallback). Not for the tensor-core backward: it holds W^T in registers, and twice the tile
     spilled there (400 B at LSTM H=768 bf16 on sm_90; profiling/static_cost.py). The larger tile
-    is not taken otherwise: it spilled in the fp32 forward at H=128 (1.5 KB).
+    is not taken otherwise: it spilled in the fp32 forward at H=128 (1.5 KB). A split grid then
+    gets its batch rows (`batch_tile`).
     """
     cfg = tile_config(H, B, GP, elem_bytes, direction)
-    if cfg.mode == "single" or (direction == "bwd" and tensor_cores(elem_bytes)):
+    if cfg.mode == "single":
         return cfg
-    big = tile_config(H, B, GP, elem_bytes, direction, w_budget(shared_bytes))
-    return big if big.mode == "single" or cfg.P > sms else cfg
+    budget = w_budget(shared_bytes)
+    if not (direction == "bwd" and tensor_cores(elem_bytes)):
+        big = tile_config(H, B, GP, elem_bytes, direction, budget)
+        if big.mode == "single":
+            return big
+        cfg = big if cfg.P > sms else cfg
+    if elem_bytes != 2 or shared_bytes < min(SHARED_BYTES.values()):
+        # 32-row tiles stage twice the rows in shared memory and registers: measured (compile_check)
+        # for fp16/bf16 on sm_80 and sm_90 only; fp32 spilled 500-660 B (backward, H=512) and
+        # went over sm_80's shared memory (Elman forward, H=1024)
+        return cfg
+    return batch_tile(cfg, H, B, GP, elem_bytes, sms, budget)
+
+
+def batch_tile(cfg, H, B, GP, elem_bytes, sms, budget):
+    """A split config with 32 batch rows per program where 16-row tiles x P exceed the SMs: with
+    slices twice as wide (half the P) if that makes the whole batch one persistent launch, else
+    with the same slices (half the launches `place` groups the tiles in); only where the W tile
+    stays within the chip's budget (w_budget) and WIDE_TILE_BYTES. Measured with ptxas
+    (static_cost.py, LSTM bf16 sm_90): 32 rows x 16 units spill 0 / 112 B forward / backward at
+    H=768 (a 96 KB tile), 400 / 464 B at H=1024 (128 KB); 64 rows spilled 72 B to 1.5 KB, so 32 is
+    the most. LSTM H=768 bf16 on an H100: B=32 as 1 x 96 programs, B=64 as 2 x 48, each one launch
+    (16-row tiles: 2 and 4 launches one after the other)."""
+    if cfg.mode != "split" or cfg.BB != BB or cfg.P > sms or triton.cdiv(B, cfg.BB) * cfg.P <= sms:
+        return cfg   # nothing to gain (P > sms runs stepwise: every tile in each step's launch)
+    wide = [replace(cfg, BB=2 * BB, S=S, P=triton.cdiv(H, S)) for S in (cfg.S, 2 * cfg.S)
+            if (cfg.k1 + cfg.k2) * GP * S * elem_bytes <= WIDE_TILE_BYTES
+            and cfg.HP * GP * S * elem_bytes <= budget]
+    fits = [w for w in wide if triton.cdiv(B, w.BB) * w.P <= sms]
+    return (fits or wide or [cfg])[0]
 
 
 def place(cfg, B, sms):
@@ -677,8 +721,12 @@ def place(cfg, B, sms):
 
 
 def launch(kernel, grid, *args, **kwargs):
-    """Every kernel launch goes through here, so tests can count launches."""
-    kernel[grid](*args, **kwargs)
+    """Every kernel launch goes through here, so tests can count launches (and graphs can record them)."""
+    calls = graphs.recording()
+    if calls is None:
+        kernel[grid](*args, **kwargs)
+    else:
+        calls.append((kernel, grid, args, kwargs))
 
 
 def launch_tiles(kernel, cfg, B, *args, directions=1, **kwargs):
@@ -758,12 +806,17 @@ def launch_directions(kernel, cfg, B, plan, *args, **kwargs):
 
 
 def run_windows(cfg, T, launch_window, reverse=False):
-    """Call launch_window(t_start, n_steps) once for the whole sequence, or once per step (stepwise)."""
+    """Call launch_window(t_start, n_steps) once for the whole sequence, or once per step (stepwise:
+    on a GPU recorded, then launched or replayed as a CUDA graph, kernels/graphs.py)."""
     if cfg.mode != "stepwise":
         launch_window(T - 1 if reverse else 0, T)
         return
-    for i in range(T):
-        launch_window(T - 1 - i if reverse else i, 1)
+    starts = [T - 1 - i if reverse else i for i in range(T)]
+    if interpreting():
+        for t in starts:
+            launch_window(t, 1)
+        return
+    graphs.run(graphs.record(lambda: [launch_window(t, 1) for t in starts]))
 
 
 def partials_workspace(cfg, B, like):
@@ -811,11 +864,14 @@ def setup(c, H, GP, io_dtype, direction):
 
 def compile_configs(hidden_size, dtype, GP, direction="fwd", arch=None):
     """The tile configs a launcher picks on a GPU of this arch (80, 90: ARCH_SMS, SHARED_BYTES; None:
-    tile_config's default budget) for this size, dtype and direction (any B: the tile is BB rows)."""
+    tile_config's default budget) for this size, dtype and direction, at every B in COMPILED_BATCHES
+    (batch_tile)."""
     acc, dot, _ = dtype_constexprs(dtype)
     if arch is None:
         return [tile_config(hidden_size, BB, GP, w_elem_bytes(dot), direction)]
-    return [device_tile(hidden_size, BB, GP, w_elem_bytes(dot), direction, ARCH_SMS[arch], SHARED_BYTES[arch])]
+    configs = [device_tile(hidden_size, B, GP, w_elem_bytes(dot), direction, ARCH_SMS[arch], SHARED_BYTES[arch])
+               for B in COMPILED_BATCHES]
+    return list(dict.fromkeys(configs))   # distinct, in order
 
 
 def kernel_consts(cfg, direction, acc, dot, prec):

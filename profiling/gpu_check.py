@@ -140,20 +140,42 @@ def parity(kind, dtype_name, T, B, H, engine_backend, env_vars=None, lengths=Non
     return ok, f"err {e_ours:.1e} (torch {e_ref:.1e}, engine {e_eng:.1e}, limit {limit:.1e}){engine_note}"
 
 
+def repeated_runs(m, x, n):
+    """n forward+backward runs of module m on x: [output and every parameter's gradient] of each."""
+    runs = []
+    for _ in range(n):
+        m.zero_grad()
+        y, _ = m(x)
+        y.square().sum().backward()
+        runs.append([y.detach().clone()] + [p.grad.clone() for p in m.parameters()])
+    return runs
+
+
 def determinism():
     import gpurnn.nn as gnn
 
     torch.manual_seed(0)
     m = gnn.LSTM(32, 256, device=DEVICE, backend="triton")
-    x = torch.randn(64, 16, 32, device=DEVICE)
-    runs = []
-    for _ in range(2):
-        m.zero_grad()
-        y, _ = m(x)
-        y.square().sum().backward()
-        runs.append([y.detach().clone()] + [p.grad.clone() for p in m.parameters()])
+    runs = repeated_runs(m, torch.randn(64, 16, 32, device=DEVICE), 2)
     ok = all(torch.equal(a, b) for a, b in zip(*runs))
     return ok, "two runs bitwise equal" if ok else "runs differ"
+
+
+def stepwise_graphs():
+    """The stepwise path three times with the same input: launched, then captured and replayed as a
+    CUDA graph, then replayed (kernels/graphs.py); every run bitwise equal, and a graph captured."""
+    import gpurnn.nn as gnn
+    from gpurnn.kernels import graphs
+
+    graphs.clear()
+    with env(GPURNN_SLICE=16, GPURNN_STEPWISE=1):
+        torch.manual_seed(0)
+        m = gnn.LSTM(16, 48, device=DEVICE, backend="triton")
+        runs = repeated_runs(m, torch.randn(33, 5, 16, device=DEVICE), 3)
+    equal = all(torch.equal(a, b) for run in runs[1:] for a, b in zip(runs[0], run))
+    captured = len(graphs._graphs)
+    # --dry-run: the interpreter launches each step, no graph
+    return equal and (captured > 0 or DEVICE != "cuda"), f"runs bitwise equal: {equal}; graphs captured: {captured}"
 
 
 def launch_counts():
@@ -192,6 +214,7 @@ def check_list(engine_backend):
                     lambda k=kind: parity(k, "float32", 33, 17, 100, engine_backend,
                                           {"GPURNN_SLICE": 16, "GPURNN_STEPWISE": 1}, bidirectional=True)))
     out.append(("determinism lstm H=256", determinism))
+    out.append(("stepwise as a CUDA graph, replayed", stepwise_graphs))
     out.append(("launches independent of T", launch_counts))
     for dt in ("bfloat16", "float32"):
         out.append((f"lstm {dt} T=64 B=16 H=768", lambda d=dt: parity("lstm", d, 64, 16, 768, engine_backend)))

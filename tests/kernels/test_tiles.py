@@ -46,13 +46,47 @@ def _config_on_gpu(monkeypatch, H, B, sms, dtype_bytes=2):
 
 
 def test_large_batch_runs_split_in_groups(monkeypatch):
-    """LSTM bf16 H=768 at B=64: 4 tiles x P slices exceed 132 SMs; P alone fits, so groups."""
-    cfg = _config_on_gpu(monkeypatch, 768, 64, 132)
-    assert cfg.mode == "split" and cfg.P * 4 > 132
+    """LSTM bf16 H=1024 at B=64: 2 tiles of 32 rows x P slices exceed 132 SMs, and wider slices would
+    take a W tile over WIDE_TILE_BYTES; P alone fits, so groups."""
+    cfg = _config_on_gpu(monkeypatch, 1024, 64, 132)
+    assert cfg.mode == "split" and (cfg.BB, cfg.S) == (32, 8) and cfg.P * 2 > 132
     assert cfg.tiles == 132 // cfg.P >= 1
     groups = cfg.groups(64)
-    assert [t0 for _, t0 in groups] == list(range(0, 4, cfg.tiles))
+    assert [t0 for _, t0 in groups] == list(range(0, 2, cfg.tiles))
     assert all(grid[0] * grid[1] <= 132 for grid, _ in groups)
+
+
+@pytest.mark.parametrize("B, tile, P", [(16, (16, 8), 96), (32, (32, 8), 96), (64, (32, 16), 48)])
+def test_batch_tile_makes_the_batch_one_launch(B, tile, P, monkeypatch):
+    """LSTM bf16 H=768 on 132 SMs: 16-row tiles while they fit, then 32 rows, then also twice the units."""
+    cfg = _config_on_gpu(monkeypatch, 768, B, 132)
+    assert (cfg.mode, (cfg.BB, cfg.S), cfg.P, cfg.tiles) == ("split", tile, P, 0)
+    assert len(cfg.groups(B)) == 1
+
+
+def test_batch_tile_leaves_stepwise_and_small_grids_alone(monkeypatch):
+    stepwise = _config_on_gpu(monkeypatch, 768, 64, 40)              # P = 48 > 40 SMs: a launch per step
+    assert (stepwise.mode, stepwise.BB) == ("stepwise", 16)
+    assert _config_on_gpu(monkeypatch, 128, 64, 132).BB == 16        # single mode
+    monkeypatch.setenv("GPURNN_BATCH_ROWS", "48")
+    with pytest.raises(ValueError, match="GPURNN_BATCH_ROWS: expected 16 or 32, got '48'"):
+        cm.tile_config(64, 16, 4, 2)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("hidden", ["single", "split"])
+def test_32_row_tiles_match_engine(cell, hidden, monkeypatch, nan_empty):
+    """batch_tile's 32-row tiles (GPURNN_BATCH_ROWS=32): B=35 as a full and a short tile, packed and
+    reversed, one launch, and split in slices of 16 with the K tail (H=40 = 32 + 16)."""
+    monkeypatch.setenv("GPURNN_BATCH_ROWS", "32")
+    if hidden == "split":
+        monkeypatch.setenv("GPURNN_SLICE", "16")
+    T, B = 4, 35
+    case = make_case(cell, T, B, 40, seed=9, **CELLS[cell])
+    sizes = packed_sizes(T, B)
+    got = run(case, "triton", batch_sizes=sizes, reverse=True)
+    assert_all_close(got, run(case, "numpy", batch_sizes=sizes, reverse=True), **TOL[np.float32])
+    assert cm.tile_config(40, B, 4, 4).BB == 32
 
 
 def test_split_grid_that_fits_is_one_launch(monkeypatch):
