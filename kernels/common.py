@@ -31,7 +31,7 @@ recompiles), so one kernel serves three modes (`Config.mode`):
             barrier after each step (`publish`/`arrive`, then `wait`).  GPU only (all programs must
             be resident: grid <= SM count; a spin would hang the interpreter).
             Where 16-row tiles x P exceed the SMs, tiles take 32 rows (and
-            wider slices) if that brings the grid within them (`batch_tile`);
+            wider slices) if that brings the grid within them (`device_tiles`);
             a grid still larger runs in groups of batch tiles, one launch each
             (`Config.groups`; the kernels take the group's first tile, tile0).
   "stepwise" P > 1, one launch per step (n_steps=1): the same kernel and
@@ -70,13 +70,13 @@ whole product and stays in registers.
 Registers (ptxas -v, profiling/results/compile_check.md, compiled with 16-byte aligned
 pointers as Triton specialises them at launch). Three things keep the cell configs free
 of spills (all but the LSTM backward at fp32 H=512 on sm_80 and H=256 stepwise, 8-24 B, the
-Jordan forward at fp32 H=64, 2.5 KB, and the 32-row fp16/bf16 backwards of `batch_tile`, 8-128 B;
+Jordan forward at fp32 H=64, 2.5 KB, and 32-row fp16/bf16 configs of `device_tiles`, 8-320 B;
 the measured thresholds below predate the aligned compiles):
   * `maxnreg`: a launch gets the register file of a whole SM (`Config.maxnreg`).
     Without it ptxas sometimes settles on 32-40 registers and spills (fp32
     Elman forward H=128: 32 registers, 12.6 KB; with the cap: 255, 4.8 KB,
     which kdot removes; fp32 Elman backward H=64 at 16 warps: 40, 16 B -> 68, 0).
-  * `kdot`: the forward's K (= HP) is split over warps in NK chunks, so no
+  * `kdot`: the forward's K (HP, or its two parts) is split over warps in NK chunks, so no
     thread holds all of h for its columns (Config.nk).
   * `pin`: the backward's dot operand is cut off from the loop-carried dh (see pin).
 `tile_config` picks S, warps and NK per direction; the thresholds are
@@ -198,14 +198,14 @@ def kdot(a, b, NK: tl.constexpr, K2: tl.constexpr, PREC: tl.constexpr, ACC: tl.c
     if NK == 1:
         out = tl.dot(a[0], b[0], input_precision=PREC, out_dtype=ACC)
         if K2 > 0:
-            out = tl.dot(a[1], b[1], acc=out, input_precision=PREC)
+            out = tl.dot(a[1], b[1], acc=out, input_precision=PREC, out_dtype=ACC)
     else:
         TC: tl.constexpr = a[0].dtype.primitive_bitwidth == 16 or PREC != "ieee"   # tensor cores: see above
         lhs, rhs = _chunks(a[0], b[0], NK, TC)
         out = tl.dot(lhs, rhs, input_precision=PREC, out_dtype=ACC)
         if K2 > 0:
             lhs, rhs = _chunks(a[1], b[1], NK, TC)
-            out = tl.dot(lhs, rhs, acc=out, input_precision=PREC)
+            out = tl.dot(lhs, rhs, acc=out, input_precision=PREC, out_dtype=ACC)
         out = tl.sum(out, axis=0)
         if TC:
             out = tl.trans(out)
@@ -238,7 +238,7 @@ def load_rows(p, rows, cols, stride, row_ok, col_ok, ACC: tl.constexpr):
 @triton.jit
 def load_exchange(p_x, t, rows, B, H, K1: tl.constexpr, K2: tl.constexpr, DOT: tl.constexpr):
     """h_t of a batch tile, written by every slice's program (split/stepwise), as the forward dot's K
-    parts (`k_parts`: (BB, K1) and (BB, K2) at column K1; the first again where K2 == 0), from the
+    parts (`k_tail`: (BB, K1) and (BB, K2) at column K1; the first again where K2 == 0), from the
     (2, B, H) exchange buffer in DOT (the io dtype: h is rounded to it before the dot anyway),
     buffer t % 2 (`store_exchange`; h_0 by `exchange_buffer`). .cg reads from L2, where the other
     SMs' stores land."""
@@ -304,7 +304,7 @@ def share_dh(p_ws, b_d, b_w, t, pid_s, rows, B, H, P: tl.constexpr, S: tl.conste
 def load_w_fwd(p_w, H, K, j0, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, GP: tl.constexpr,
                G: tl.constexpr, DOT: tl.constexpr):
     """The W tile [k, s*GP + g] = W[g*H + j0 + s, k] of a (G*H, K) weight, zero padded, in the K parts of
-    the dot (`k_parts`): rows k < K1 (K1, S*GP) and K1 <= k < K1 + K2 (K2, S*GP) (the first again where
+    the dot (`k_tail`): rows k < K1 (K1, S*GP) and K1 <= k < K1 + K2 (K2, S*GP) (the first again where
     K2 == 0)."""
     col = tl.arange(0, S * GP)
     s, g = col // GP, col % GP
@@ -437,8 +437,7 @@ REGISTERS_PER_SM = 64 * 1024   # 32-bit registers, sm_80 and sm_90
 # Batch rows per program: tl.dot's minimum. Per-step latency, not throughput, bounds a recurrence,
 # so more programs with fewer rows each (up to the SM count) beat fewer, fuller ones.
 BB = 16
-WIDE_TILE_BYTES = 96 * 1024      # the largest W tile batch_tile gives 32 rows
-COMPILED_BATCHES = (16, 32, 64)   # batch sizes whose configs compile_configs lists (batch_tile)
+WIDE_TILE_BYTES = 96 * 1024      # the largest W tile device_tiles gives 32 rows
 
 
 def as_tensor(a):
@@ -519,7 +518,7 @@ class Config:
     nk: int = 1      # chunks of the forward dot's K (kdot); 1 in the backward
     tiles: int = 0   # batch tiles per launch (0: all of them)
     dirs_fit: bool = False   # split mode: both directions' grids resident together (one launch)
-    k2: int = 0      # the power-of-two tail of the forward dot's K after its first HP/2 (k_tail); 0: K = HP
+    k2: int = 0      # the power-of-two tail of the hidden dimension after its first HP/2 (k_tail); 0: HP
 
     @property
     def k1(self):
@@ -621,7 +620,7 @@ def tile_config(H, B, GP, elem_bytes, direction="fwd", budget=W_BUDGET_BYTES):
 
 
 def batch_rows():
-    """BB, or GPURNN_BATCH_ROWS=16|32 (tests run batch_tile's 32-row tiles under the interpreter)."""
+    """BB, or GPURNN_BATCH_ROWS=16|32 (tests run device_tiles' 32-row tiles under the interpreter)."""
     forced = os.environ.get("GPURNN_BATCH_ROWS")
     if forced and forced not in ("16", "32"):
         raise ValueError(f"GPURNN_BATCH_ROWS: expected 16 or 32, got {forced!r}")
@@ -662,48 +661,48 @@ def choose_config(H, B, GP, elem_bytes, device, direction="fwd", budget=None):
 
 
 def device_tile(H, B, GP, elem_bytes, direction, sms, shared_bytes):
-    """tile_config for a GPU with `sms` SMs and `shared_bytes` of shared memory per block, for B rows.
+    """tile_config for a GPU with `sms` SMs and `shared_bytes` of shared memory per block, for B rows:
+    the first of `device_tiles` whose grid fits the SMs (16 rows, then 32 with the same slices, then
+    32 with slices twice as wide), else the 32-row one with the same slices (half the groups of
+    tiles `place` launches one after the other), else the 16-row one."""
+    cfg, *wide = device_tiles(H, GP, elem_bytes, direction, sms, shared_bytes)
+    fits = [c for c in [cfg] + wide if triton.cdiv(B, c.BB) * c.P <= sms]
+    return (fits or wide or [cfg])[0]
+
+
+def device_tiles(H, GP, elem_bytes, direction, sms, shared_bytes):
+    """Every config `device_tile` may give a layer of this size on this chip, whatever its B.
 
     W_BUDGET_BYTES per program, unless the chip's budget (w_budget) makes the whole W fit one
     program (single mode: no exchange, no barrier) or brings P within the SM count (no stepwise
     fallback). Not for the tensor-core backward: it holds W^T in registers, and twice the tile
-    spilled there (400 B at LSTM H=768 bf16 on sm_90; profiling/static_cost.py). The larger tile
-    is not taken otherwise: it spilled in the fp32 forward at H=128 (1.5 KB). A split grid then
-    gets its batch rows (`batch_tile`).
+    spilled there (400 B at LSTM H=768 bf16 on sm_90, 16 rows; profiling/static_cost.py). The larger
+    tile is not taken otherwise: it spilled in the fp32 forward at H=128 (1.5 KB).
+
+    A split config whose P fits the SMs then has 32-row variants for batches whose 16-row tiles do
+    not: with the same slices, and with slices twice as wide (half the P) where W stays within
+    the budget and WIDE_TILE_BYTES and P stays above 1. Measured with ptxas (static_cost.py,
+    LSTM bf16 sm_90): 32 rows x 16 units spill 0 / 112 B forward / backward at H=768 (a 96 KB tile),
+    400 / 464 B at H=1024 (128 KB); 64 rows spilled 72 B to 1.5 KB, so 32 is the most. LSTM H=768
+    bf16 on an H100: B=32 as 1 x 96 programs, B=64 as 2 x 48, each one launch (16-row tiles: 2 and
+    4 launches one after the other). fp16/bf16 only, on chips with an A100's shared memory or more
+    (the ones compile_check checks): fp32 32-row tiles spilled 500-660 B (backward, H=512) and
+    one went over sm_80's shared memory (Elman forward, H=1024).
     """
-    cfg = tile_config(H, B, GP, elem_bytes, direction)
+    cfg = tile_config(H, BB, GP, elem_bytes, direction)
     if cfg.mode == "single":
-        return cfg
+        return [cfg]
     budget = w_budget(shared_bytes)
     if not (direction == "bwd" and tensor_cores(elem_bytes)):
-        big = tile_config(H, B, GP, elem_bytes, direction, budget)
+        big = tile_config(H, BB, GP, elem_bytes, direction, budget)
         if big.mode == "single":
-            return big
+            return [big]
         cfg = big if cfg.P > sms else cfg
-    if elem_bytes != 2 or shared_bytes < min(SHARED_BYTES.values()):
-        # 32-row tiles stage twice the rows in shared memory and registers: measured (compile_check)
-        # for fp16/bf16 on sm_80 and sm_90 only; fp32 spilled 500-660 B (backward, H=512) and
-        # went over sm_80's shared memory (Elman forward, H=1024)
-        return cfg
-    return batch_tile(cfg, H, B, GP, elem_bytes, sms, budget)
-
-
-def batch_tile(cfg, H, B, GP, elem_bytes, sms, budget):
-    """A split config with 32 batch rows per program where 16-row tiles x P exceed the SMs: with
-    slices twice as wide (half the P) if that makes the whole batch one persistent launch, else
-    with the same slices (half the launches `place` groups the tiles in); only where the W tile
-    stays within the chip's budget (w_budget) and WIDE_TILE_BYTES. Measured with ptxas
-    (static_cost.py, LSTM bf16 sm_90): 32 rows x 16 units spill 0 / 112 B forward / backward at
-    H=768 (a 96 KB tile), 400 / 464 B at H=1024 (128 KB); 64 rows spilled 72 B to 1.5 KB, so 32 is
-    the most. LSTM H=768 bf16 on an H100: B=32 as 1 x 96 programs, B=64 as 2 x 48, each one launch
-    (16-row tiles: 2 and 4 launches one after the other)."""
-    if cfg.mode != "split" or cfg.BB != BB or cfg.P > sms or triton.cdiv(B, cfg.BB) * cfg.P <= sms:
-        return cfg   # nothing to gain (P > sms runs stepwise: every tile in each step's launch)
-    wide = [replace(cfg, BB=2 * BB, S=S, P=triton.cdiv(H, S)) for S in (cfg.S, 2 * cfg.S)
-            if (cfg.k1 + cfg.k2) * GP * S * elem_bytes <= WIDE_TILE_BYTES
-            and cfg.HP * GP * S * elem_bytes <= budget]
-    fits = [w for w in wide if triton.cdiv(B, w.BB) * w.P <= sms]
-    return (fits or wide or [cfg])[0]
+    if elem_bytes != 2 or shared_bytes < min(SHARED_BYTES.values()) or cfg.BB != BB or cfg.P > sms:
+        return [cfg]   # (P > sms runs stepwise: every tile in each step's launch anyway)
+    return [cfg] + [replace(cfg, BB=2 * BB, S=S, P=triton.cdiv(H, S)) for S in (cfg.S, 2 * cfg.S)
+                    if S < H and (cfg.k1 + cfg.k2) * GP * S * elem_bytes <= WIDE_TILE_BYTES
+                    and cfg.HP * GP * S * elem_bytes <= budget]
 
 
 def place(cfg, B, sms):
@@ -864,14 +863,11 @@ def setup(c, H, GP, io_dtype, direction):
 
 def compile_configs(hidden_size, dtype, GP, direction="fwd", arch=None):
     """The tile configs a launcher picks on a GPU of this arch (80, 90: ARCH_SMS, SHARED_BYTES; None:
-    tile_config's default budget) for this size, dtype and direction, at every B in COMPILED_BATCHES
-    (batch_tile)."""
+    tile_config's default budget) for this size, dtype and direction, whatever B (device_tiles)."""
     acc, dot, _ = dtype_constexprs(dtype)
     if arch is None:
         return [tile_config(hidden_size, BB, GP, w_elem_bytes(dot), direction)]
-    configs = [device_tile(hidden_size, B, GP, w_elem_bytes(dot), direction, ARCH_SMS[arch], SHARED_BYTES[arch])
-               for B in COMPILED_BATCHES]
-    return list(dict.fromkeys(configs))   # distinct, in order
+    return device_tiles(hidden_size, GP, w_elem_bytes(dot), direction, ARCH_SMS[arch], SHARED_BYTES[arch])
 
 
 def kernel_consts(cfg, direction, acc, dot, prec):

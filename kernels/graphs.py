@@ -15,13 +15,16 @@ cached per value); other calls just launch. GPURNN_CUDA_GRAPHS=0 turns graphs of
 import collections
 import os
 import threading
+import warnings
 
 MAX_GRAPHS = 16   # captured graphs kept per process (least recently used dropped)
+MAX_SEEN = 64     # argument sets launched once and remembered, waiting for a second call
 
 _local = threading.local()
 _lock = threading.Lock()
 _graphs = collections.OrderedDict()   # key -> captured torch.cuda.CUDAGraph
 _seen = collections.OrderedDict()     # keys launched once, captured if they come again
+_failed = []                          # a capture that failed: graphs are off for the process
 
 
 def usable(calls):
@@ -30,7 +33,7 @@ def usable(calls):
     device = _device(calls)
     if len(calls) < 2 or device is None or device.type != "cuda":
         return False
-    if os.environ.get("GPURNN_CUDA_GRAPHS", "1") == "0":
+    if os.environ.get("GPURNN_CUDA_GRAPHS", "1") == "0" or _failed:
         return False
     import torch
 
@@ -66,24 +69,26 @@ def run(calls):
         if graph is not None:
             _graphs.move_to_end(key)
         elif not _seen.pop(key, False):   # first time: launch, and remember the key
-            _keep(_seen, key, True)
+            _keep(_seen, key, True, MAX_SEEN)
             graph = False
+    if graph is None:   # second time: capture
+        graph = _capture(calls)
+        if graph is not False:
+            with _lock:
+                _keep(_graphs, key, graph, MAX_GRAPHS)
     if graph is False:
         for call in calls:
             _launch(*call)
-        return
-    if graph is None:   # second time: capture
-        graph = _capture(calls)
-        with _lock:
-            _keep(_graphs, key, graph)
-    graph.replay()
+    else:
+        graph.replay()
 
 
 def clear():
-    """Drop every captured graph and every remembered key."""
+    """Drop every captured graph, every remembered key and a failed capture."""
     with _lock:
         _graphs.clear()
         _seen.clear()
+        _failed.clear()
 
 
 def _device(calls):
@@ -97,9 +102,9 @@ def _arg(a):
     return a
 
 
-def _keep(cache, key, value):
+def _keep(cache, key, value, most):
     cache[key] = value
-    while len(cache) > MAX_GRAPHS:
+    while len(cache) > most:
         cache.popitem(last=False)
 
 
@@ -109,13 +114,13 @@ def _launch(kernel, grid, args, kwargs):
 
 def _capture(calls):
     """The launches captured as a CUDA graph on a side stream (capture runs nothing; the kernels
-    were compiled by the first, direct run)."""
+    were compiled by the first, direct run). False where capture fails: a warning, and graphs are
+    off for the rest of the process (the launches then run one by one, as without graphs)."""
     import torch
 
     graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream(_device(calls))
     try:
-        with torch.cuda.stream(stream):
+        with torch.cuda.stream(torch.cuda.Stream(_device(calls))):
             graph.capture_begin(capture_error_mode="thread_local")
             try:
                 for call in calls:
@@ -123,6 +128,9 @@ def _capture(calls):
             finally:
                 graph.capture_end()
     except RuntimeError as err:
-        raise RuntimeError(f"capturing a stepwise layer's {len(calls)} launches as a CUDA graph failed "
-                           f"({err}); GPURNN_CUDA_GRAPHS=0 launches them one by one") from err
+        _failed.append(err)
+        warnings.warn(f"gpurnn: capturing a stepwise layer's {len(calls)} launches as a CUDA graph failed "
+                      f"({err}); they run one launch per step from now on (GPURNN_CUDA_GRAPHS=0 skips the "
+                      f"attempt)", RuntimeWarning, stacklevel=2)
+        return False
     return graph

@@ -96,8 +96,37 @@ def test_no_graph_where_it_does_not_apply(why, fake_cuda, monkeypatch):
     assert len(kernel.launched) == 3 * T and not fake_cuda
 
 
-def test_interpreter_launches_each_step_unrecorded(fake_cuda):
+def test_interpreter_launches_each_step_unrecorded(fake_cuda, monkeypatch):
+    monkeypatch.setattr(cm, "interpreting", lambda: True)
     kernel = FakeKernel()
     for _ in range(2):
         _steps(kernel, FakeTensor(4096))
     assert len(kernel.launched) == 6 and not fake_cuda and graphs.recording() is None
+
+
+def test_a_failed_capture_warns_and_launches_from_then_on(monkeypatch):
+    """A capture the driver refuses: a warning, the call still runs (launch by launch), and graphs stay
+    off for the process."""
+    import contextlib
+
+    class RefusedGraph:
+        def capture_begin(self, **kwargs):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+        def capture_end(self):
+            pass
+
+    graphs.clear()
+    monkeypatch.delenv("GPURNN_CUDA_GRAPHS", raising=False)
+    monkeypatch.setattr(cm, "interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", RefusedGraph)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    kernel, buffer = FakeKernel(), FakeTensor(4096)
+    _steps(kernel, buffer)
+    with pytest.warns(RuntimeWarning, match="capturing a stepwise layer's 3 launches as a CUDA graph failed"):
+        _steps(kernel, buffer)
+    _steps(kernel, buffer)
+    assert len(kernel.launched) == 9
+    graphs.clear()

@@ -57,17 +57,19 @@ def test_large_batch_runs_split_in_groups(monkeypatch):
 
 
 @pytest.mark.parametrize("B, tile, P", [(16, (16, 8), 96), (32, (32, 8), 96), (64, (32, 16), 48)])
-def test_batch_tile_makes_the_batch_one_launch(B, tile, P, monkeypatch):
+def test_32_row_tiles_make_the_batch_one_launch(B, tile, P, monkeypatch):
     """LSTM bf16 H=768 on 132 SMs: 16-row tiles while they fit, then 32 rows, then also twice the units."""
     cfg = _config_on_gpu(monkeypatch, 768, B, 132)
     assert (cfg.mode, (cfg.BB, cfg.S), cfg.P, cfg.tiles) == ("split", tile, P, 0)
     assert len(cfg.groups(B)) == 1
 
 
-def test_batch_tile_leaves_stepwise_and_small_grids_alone(monkeypatch):
+def test_32_row_tiles_leave_stepwise_and_small_grids_alone(monkeypatch):
     stepwise = _config_on_gpu(monkeypatch, 768, 64, 40)              # P = 48 > 40 SMs: a launch per step
     assert (stepwise.mode, stepwise.BB) == ("stepwise", 16)
     assert _config_on_gpu(monkeypatch, 128, 64, 132).BB == 16        # single mode
+    # twice the slice only where P stays above 1 (the tensor-core backward at H=96 is split in 2)
+    assert [c.P for c in cm.device_tiles(96, 4, 2, "bwd", 132, cm.SHARED_BYTES[90])] == [2, 2]
     monkeypatch.setenv("GPURNN_BATCH_ROWS", "48")
     with pytest.raises(ValueError, match="GPURNN_BATCH_ROWS: expected 16 or 32, got '48'"):
         cm.tile_config(64, 16, 4, 2)
@@ -76,8 +78,8 @@ def test_batch_tile_leaves_stepwise_and_small_grids_alone(monkeypatch):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("hidden", ["single", "split"])
 def test_32_row_tiles_match_engine(cell, hidden, monkeypatch, nan_empty):
-    """batch_tile's 32-row tiles (GPURNN_BATCH_ROWS=32): B=35 as a full and a short tile, packed and
-    reversed, one launch, and split in slices of 16 with the K tail (H=40 = 32 + 16)."""
+    """device_tiles' 32-row tiles (GPURNN_BATCH_ROWS=32): B=35 as a full and a short tile, packed and
+    reversed, one launch, and split in slices of 16 (the backward with a K tail: H=40 = 32 + 16)."""
     monkeypatch.setenv("GPURNN_BATCH_ROWS", "32")
     if hidden == "split":
         monkeypatch.setenv("GPURNN_SLICE", "16")
@@ -87,6 +89,16 @@ def test_32_row_tiles_match_engine(cell, hidden, monkeypatch, nan_empty):
     got = run(case, "triton", batch_sizes=sizes, reverse=True)
     assert_all_close(got, run(case, "numpy", batch_sizes=sizes, reverse=True), **TOL[np.float32])
     assert cm.tile_config(40, B, 4, 4).BB == 32
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_compile_configs_hold_every_config_a_batch_gets(arch):
+    """compile_check compiles what runs: the config device_tile gives any B is in compile_configs."""
+    for H in (384, 512, 640, 768, 1024):
+        for direction in ("fwd", "bwd"):
+            compiled = cm.compile_configs(H, "bfloat16", 4, direction, arch)
+            for B in (1, 16, 33, 64, 96, 128, 200, 1024):
+                assert cm.device_tile(H, B, 4, 2, direction, cm.ARCH_SMS[arch], cm.SHARED_BYTES[arch]) in compiled
 
 
 def test_split_grid_that_fits_is_one_launch(monkeypatch):
@@ -120,19 +132,20 @@ def test_h96_split_exchange_matches_engine(cell, io_dtype, monkeypatch, nan_empt
 
 
 @pytest.mark.parametrize("cell", ["elman", "lstm", "gru"])
-@pytest.mark.parametrize("io_dtype", [None, "float16"], ids=["fp32", "fp16"])
-def test_k_tail_in_chunks_matches_engine(cell, io_dtype, monkeypatch, forced_split_k, nan_empty):
-    """H=96 split in slices of 32: the dots run K = 64 + 32 (no padding to 128), the forward's in two
-    chunks per part (one accumulator for both parts), and match the engine."""
+@pytest.mark.parametrize("H, dtype", [(96, "float32"), (96, "float16"), (80, "float32"), (96, "float64")])
+def test_k_tail_in_chunks_matches_engine(cell, H, dtype, monkeypatch, forced_split_k, nan_empty):
+    """Split in slices of 32, the dots run K = 64 + 32 (no padding to 128), the forward's in two
+    chunks per part (one accumulator for both parts), and match the engine; at H=80 the tail's
+    last 16 rows are masked (64 + 32 > 80: W and h past H read as zeros)."""
     from kernel_cases import TOL_HALF, with_io_dtype
 
     monkeypatch.setenv("GPURNN_SLICE", "32")
-    with_io_dtype(monkeypatch, cell, io_dtype)
+    with_io_dtype(monkeypatch, cell, "float16" if dtype == "float16" else None)
     nks = forced_split_k(2)
-    cfg = cm.tile_config(96, 17, 4, 4)
+    cfg = cm.tile_config(H, 17, 4, 4)
     assert (cfg.mode, cfg.k1, cfg.k2, cfg.nk) == ("split", 64, 32, 2)
-    case = make_case(cell, 4, 17, 96, seed=8)
-    tol = TOL_HALF if io_dtype else TOL[np.float32]
+    case = make_case(cell, 4, 17, H, seed=8, dtype=np.float64 if dtype == "float64" else np.float32)
+    tol = TOL_HALF if dtype == "float16" else TOL[np.float64 if dtype == "float64" else np.float32]
     assert_all_close(run(case, "triton", reverse=True), run(case, "numpy", reverse=True), **tol)
     assert set(nks) == {2}
 
