@@ -662,12 +662,12 @@ def choose_config(H, B, GP, elem_bytes, device, direction="fwd", budget=None):
 
 def device_tile(H, B, GP, elem_bytes, direction, sms, shared_bytes):
     """tile_config for a GPU with `sms` SMs and `shared_bytes` of shared memory per block, for B rows:
-    the first of `device_tiles` whose grid fits the SMs (16 rows, then 32 with the same slices, then
-    32 with slices twice as wide), else the 32-row one with the same slices (half the groups of
-    tiles `place` launches one after the other), else the 16-row one."""
-    cfg, *wide = device_tiles(H, GP, elem_bytes, direction, sms, shared_bytes)
-    fits = [c for c in [cfg] + wide if triton.cdiv(B, c.BB) * c.P <= sms]
-    return (fits or wide or [cfg])[0]
+    of `device_tiles` (16 rows, then 32 with the same slices, then 32 with slices twice as wide) the
+    first with the fewest launches one after the other (`place`'s groups of batch tiles)."""
+    def launches(cfg):
+        return triton.cdiv(triton.cdiv(B, cfg.BB), max(1, sms // cfg.P))
+
+    return min(device_tiles(H, GP, elem_bytes, direction, sms, shared_bytes), key=launches)
 
 
 def device_tiles(H, GP, elem_bytes, direction, sms, shared_bytes):
