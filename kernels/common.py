@@ -255,6 +255,18 @@ def load_exchange(p_x, t, rows, B, H, K1: tl.constexpr, K2: tl.constexpr, DOT: t
 
 
 @triton.jit
+def full_h(b_h, p_x, t, rows, B, H, K1: tl.constexpr, K2: tl.constexpr, SINGLE: tl.constexpr, DOT: tl.constexpr):
+    """h_t of the batch tile in the forward dot's K parts, in DOT: the program's own carry in single mode
+    (one part, K = HP), else read from the exchange buffer (`load_exchange`)."""
+    if SINGLE:
+        b_dot = b_h.to(DOT)
+        b_full = (b_dot, b_dot)
+    else:
+        b_full = load_exchange(p_x, t, rows, B, H, K1, K2, DOT)
+    return b_full
+
+
+@triton.jit
 def store_exchange(p_x, t, b_h, rows, cols, B, H):
     """This slice's h_t (BB, S) into exchange buffer t % 2, in the buffer's dtype. A buffer is rewritten
     two steps later, after a barrier every reader of it has passed."""

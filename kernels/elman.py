@@ -33,10 +33,7 @@ def _fwd_step(t, n, b_gx, b_h, b_w, p_h, p_x, p_bar, rows, cols, B, H, nonlin,
     """Step t for one (batch tile, hidden slice): b_h (BB, S) is h_t of the slice, returns h_{t+1};
     arrives at the barrier once h_{t+1} is stored."""
     active = rows < n
-    if SINGLE:
-        b_full = (b_h.to(DOT), b_h.to(DOT))   # (K parts: K2 = 0 here)
-    else:
-        b_full = cm.load_exchange(p_x, t, rows, B, H, K1, K2, DOT)
+    b_full = cm.full_h(b_h, p_x, t, rows, B, H, K1, K2, SINGLE, DOT)
     b_z = cm.kdot(b_full, b_w, NK, K2, PREC, ACC) + b_gx
     b_h = tl.where(active[:, None], cm.activation(b_z, nonlin, DOT), b_h)
     cm.publish(p_h, p_x, p_bar, t, b_h, rows, cols, B, H, SINGLE, SYNC)

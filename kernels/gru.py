@@ -40,10 +40,7 @@ def _fwd_step(t, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_x, p_bar, rows,
     cols = j0 + tl.arange(0, S)
     ok2 = (rows < B)[:, None] & (cols < H)[None, :]
     step = t.to(tl.int64) * B * H
-    if SINGLE:
-        b_full = (b_h.to(DOT), b_h.to(DOT))   # (K parts: K2 = 0 here)
-    else:
-        b_full = cm.load_exchange(p_x, t, rows, B, H, K1, K2, DOT)
+    b_full = cm.full_h(b_h, p_x, t, rows, B, H, K1, K2, SINGLE, DOT)
     # W_hh h for all gates of the slice: (BB, S, 4), gate 3 is zero padding
     b_a = tl.reshape(cm.kdot(b_full, b_w, NK, K2, PREC, ACC), (rows.shape[0], S, 4))
     b_pre = b_a + b_gx   # r and z pre-activations (gates 0, 1)

@@ -40,10 +40,7 @@ def _fwd_step(t, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_x, p_bar, ro
     cols = j0 + tl.arange(0, S)
     ok2 = (rows < B)[:, None] & (cols < H)[None, :]
     step = t.to(tl.int64) * B * H
-    if SINGLE:
-        b_full = (b_h.to(DOT), b_h.to(DOT))   # (K parts: K2 = 0 here)
-    else:
-        b_full = cm.load_exchange(p_x, t, rows, B, H, K1, K2, DOT)
+    b_full = cm.full_h(b_h, p_x, t, rows, B, H, K1, K2, SINGLE, DOT)
     b_a = tl.reshape(cm.kdot(b_full, b_w, NK, K2, PREC, ACC), (rows.shape[0], S, 4)) + b_gx
     # sigmoid(a) = 0.5 tanh(0.5 a) + 0.5 and tanh(a) = 1 tanh(1 a) + 0: one transcendental for all gates
     is_g = tl.arange(0, 4)[None, None, :] == 2
