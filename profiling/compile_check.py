@@ -81,6 +81,7 @@ def build(fn, signature, constexprs, arch, ints):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from triton.experimental.gluon._runtime import GluonASTSource
 
     triton.knobs.nvidia.dump_ptxas_log = True
     consts = dict(constexprs)
@@ -88,7 +89,8 @@ def build(fn, signature, constexprs, arch, ints):
     sig = dict(signature, **{k: "constexpr" for k in consts})
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        k = triton.compile(ASTSource(fn, sig, consts, runtime_attrs(fn, signature, ints)),
+        source = GluonASTSource if fn.is_gluon() else ASTSource
+        k = triton.compile(source(fn, sig, consts, runtime_attrs(fn, signature, ints)),
                            target=GPUTarget("cuda", arch, 32), options=options)
     registers, spill = _ptxas_report(log.getvalue()) or _ptxas_report(_run_ptxas(k.asm["ptx"], arch))
     return k, registers, spill

@@ -180,11 +180,8 @@ def stepwise_graphs():
 
 def launch_counts():
     import gpurnn.nn as gnn
-    from gpurnn.kernels import common
 
-    names, real = [], common.launch
-    common.launch = lambda kernel, grid, *a, **k: (names.append(kernel.fn.__name__), real(kernel, grid, *a, **k))
-    try:
+    with launched_kernels() as names:
         counts = []
         m = gnn.LSTM(16, 64, device=DEVICE, backend="triton")
         for T in (8, 64):
@@ -192,9 +189,62 @@ def launch_counts():
             y, _ = m(torch.randn(T, 4, 16, device=DEVICE))
             y.sum().backward()
             counts.append(len(names))
+    return counts[0] == counts[1], f"launches at T=8: {counts[0]}, T=64: {counts[1]}"
+
+
+@contextlib.contextmanager
+def launched_kernels():
+    """The names of the kernels launched inside the block (common.launch), as a list filled in as they run."""
+    from gpurnn.kernels import common
+
+    names, real = [], common.launch
+    common.launch = lambda kernel, grid, *a, **k: (names.append(kernel.fn.__name__), real(kernel, grid, *a, **k))
+    try:
+        yield names
     finally:
         common.launch = real
-    return counts[0] == counts[1], f"launches at T=8: {counts[0]}, T=64: {counts[1]}"
+
+
+def gluon_parity(T, B, H, engine_backend, env_vars=None, **options):
+    """parity of the LSTM in bf16 with GPURNN_GLUON=1 (kernels/gluon.py), which must have launched both
+    Gluon kernels: otherwise the Triton ones ran and the check would prove nothing."""
+    with launched_kernels() as names:
+        ok, note = parity("lstm", "bfloat16", T, B, H, engine_backend, dict(env_vars or {}, GPURNN_GLUON=1),
+                          **options)
+    ran = sorted({n for n in names if n.endswith("_gluon")})
+    if DEVICE == "cuda" and ran != ["_bwd_gluon", "_fwd_gluon"]:   # --dry-run: no Gluon off the GPU
+        return False, f"Gluon kernels launched: {ran or 'none'}; {note}"
+    return ok, f"{note}; launched {', '.join(ran) or 'no Gluon kernel'}"
+
+
+def gluon_determinism():
+    """Two runs of the Gluon kernels (headline tile) bitwise equal."""
+    import gpurnn.nn as gnn
+
+    with env(GPURNN_GLUON=1):
+        torch.manual_seed(0)
+        m = gnn.LSTM(32, 768, device=DEVICE, backend="triton", dtype=torch.bfloat16)
+        x = torch.randn(64, 16, 32, device=DEVICE, dtype=torch.bfloat16)
+        runs = repeated_runs(m, x, 2)
+    ok = all(torch.equal(a, b) for a, b in zip(*runs))
+    return ok, "two runs bitwise equal" if ok else "runs differ"
+
+
+def gluon_checks(engine_backend):
+    """The Gluon kernels (opt-in, GPURNN_GLUON=1; never run before a GPU) against float64 torch.nn: the
+    headline tile, the K tail (H=300: 256 + 128) with B=17 and both directions in one launch, packed,
+    stepwise (no barrier), 32-row forward tiles (B=64), and determinism."""
+    return [
+        ("gluon lstm bfloat16 T=64 B=16 H=768", lambda: gluon_parity(64, 16, 768, engine_backend)),
+        ("gluon lstm bfloat16 T=33 B=17 H=300 bidir", lambda: gluon_parity(33, 17, 300, engine_backend,
+                                                                            bidirectional=True)),
+        ("gluon lstm bfloat16 T=33 B=5 H=300 packed bidir",
+         lambda: gluon_parity(33, 5, 300, engine_backend, lengths=[33, 20, 33, 7, 1], bidirectional=True)),
+        ("gluon lstm bfloat16 T=33 B=17 H=300 stepwise",
+         lambda: gluon_parity(33, 17, 300, engine_backend, {"GPURNN_STEPWISE": 1})),
+        ("gluon lstm bfloat16 T=64 B=64 H=768 (32-row forward)", lambda: gluon_parity(64, 64, 768, engine_backend)),
+        ("gluon determinism lstm bfloat16 H=768", gluon_determinism),
+    ]
 
 
 def check_list(engine_backend):
@@ -220,6 +270,7 @@ def check_list(engine_backend):
         out.append((f"lstm {dt} T=64 B=16 H=768", lambda d=dt: parity("lstm", d, 64, 16, 768, engine_backend)))
     out.append(("lstm bfloat16 T=64 B=64 H=768, 32-row tiles (common.device_tiles)",
                 lambda: parity("lstm", "bfloat16", 64, 64, 768, engine_backend)))
+    out += gluon_checks(engine_backend)
     for kind in ("rnn_tanh", "lstm", "gru"):
         out.append((f"{kind} float32 split H=100 B=35, one batch tile per launch",
                     lambda k=kind: parity(k, "float32", 33, 35, 100, engine_backend,
@@ -341,6 +392,12 @@ def main(argv=None):
             rows.append(("bench headline, 4 warps (lstm bf16 H=768)", *run_bench(
                 ["--device", "cuda", "--cells", "lstm", "--dtype", "bfloat16", "--batch", "16", "--steps", "1024",
                  "--hidden", "768", "--name", "headline-warps4", "--out", str(out_dir),
+                 "--providers", "gpurnn-triton,torch.nn"], 60), 0.0))
+        # the Gluon kernels (kernels/gluon.py: W in registers, no staging) against Triton's, same run
+        with env(GPURNN_GLUON=1):
+            rows.append(("bench headline, Gluon kernels (lstm bf16 H=768)", *run_bench(
+                ["--device", "cuda", "--cells", "lstm", "--dtype", "bfloat16", "--batch", "16,64", "--steps", "1024",
+                 "--hidden", "768", "--name", "headline-gluon", "--out", str(out_dir),
                  "--providers", "gpurnn-triton,torch.nn"], 60), 0.0))
     others = [name for name, _ in check_list(engine_backend) if name != SMOKE]
     deadline = start + (BUDGET_S - 60 if not args.no_bench else BUDGET_S * (20 if args.dry_run else 1))

@@ -50,8 +50,8 @@ BATCH = (16, 64)
 DTYPES = ("bfloat16", "float32")
 SMS = cm.ARCH_SMS   # the SM counts the launcher sees: H100 SXM (sm_90) and A100 (sm_80)
 DEFAULT_OUT = HERE / "results" / "static_cost.md"
-KEYS = ("cell", "direction", "H", "B", "dtype", "arch", "mode", "programs", "sms", "warps", "regs",
-        "spill_bytes", "smem_bytes", "mma_per_step", "mma_min_per_step", "smem_read_bytes_per_step",
+KEYS = ("cell", "direction", "H", "B", "dtype", "arch", "mode", "kernel", "programs", "sms", "warps", "regs",
+        "spill_bytes", "smem_bytes", "w_tile_bytes", "mma_per_step", "mma_min_per_step", "smem_read_bytes_per_step",
         "global_load_bytes_per_step", "global_store_bytes_per_step", "exchange_bytes_per_step")
 # functions (kernels/common.py) whose memory traffic is the exchange between programs
 EXCHANGE = {"load_exchange", "store_exchange", "store_partial", "sum_partials"}
@@ -193,6 +193,13 @@ def kernel_module(cell):
     return importlib.import_module(f"gpurnn.kernels.{cell}")
 
 
+def w_tile_bytes(cfg, G, H, dtype):
+    """Bytes of the W a program holds: its units' G gate rows over the dot's K (the real H split in parts,
+    or HP), in the dtype W is held in."""
+    K = cfg.k1 + cfg.k2 if cfg.mode != "single" else cfg.HP
+    return K * G * min(cfg.S, H) * cm.w_elem_bytes(cm.dtype_constexprs(dtype)[1])
+
+
 def mma_min(cfg, G, H, B, direction):
     """m16n8k16 MMAs a program's real tile needs per step (M rows, N and K rounded to the MMA shape)."""
     units = min(cfg.S, H)
@@ -205,8 +212,9 @@ def mma_min(cfg, G, H, B, direction):
 def compile_job(job):
     """Compile one (cell, direction, H, dtype, arch, mode, batch rows, slice) kernel as its launcher runs it
     and read its time loop."""
-    cell, direction, H, dtype, arch, mode, BB, S = job
-    name = f"{cell}_{direction}" + ("_stepwise" if mode == "stepwise" else "")
+    cell, direction, H, dtype, arch, mode, BB, S, kernel = job
+    name = f"{cell}_{direction}" + ("_gluon" if kernel == "gluon" else "")
+    name += "_stepwise" if mode == "stepwise" else ""
     _, fn, signature, consts = next(t for t in kernel_module(cell).compile_targets(H, dtype, arch)
                                     if t[0] == name and (t[3]["BB"], t[3]["S"]) == (BB, S))
     k, regs, spill = compile_check.build(fn, signature, consts, arch, dict(B=16, H=H, nonlin=0))
@@ -222,18 +230,31 @@ def plan(cell, direction, H, B, dtype, arch):
     return cm.place(cfg, B, SMS[arch]), mod.G
 
 
+def kernels(cell, direction, cfg, dtype):
+    """The kernels a launcher may run for this config: Triton's, and the Gluon one where the cell has one
+    and it fits (kernels/gluon.py; opt-in with GPURNN_GLUON=1)."""
+    from gpurnn.kernels import gluon
+
+    mod = kernel_module(cell)
+    fits = hasattr(mod, f"_{direction}_gluon") and gluon.fits(cfg, direction,
+                                                               cm.w_elem_bytes(cm.dtype_constexprs(dtype)[1]), mod.GP)
+    return ("triton", "gluon") if fits else ("triton",)
+
+
 def rows(cells, hidden, batch, dtypes, archs, jobs):
-    """One report row per config, with the launch plan and the compiled kernel's per-step counts."""
+    """One report row per config and kernel, with the launch plan and the compiled kernel's per-step counts."""
     wanted = [(c, d, H, B, dt, a) for c in cells for d in ("fwd", "bwd") for H in hidden for B in batch
               for dt in dtypes for a in archs]
     plans = {w: plan(*w) for w in wanted}
-    key = {w: (*w[:3], *w[4:], plans[w][0].mode, plans[w][0].BB, plans[w][0].S) for w in wanted}
+    wanted = [(*w, k) for w in wanted for k in kernels(w[0], w[1], plans[w][0], w[4])]
+    plans = {w: plans[w[:-1]] for w in wanted}
+    key = {w: (*w[:3], *w[4:6], plans[w][0].mode, plans[w][0].BB, plans[w][0].S, w[6]) for w in wanted}
     todo = sorted(set(key.values()))
     with ProcessPoolExecutor(jobs) as pool:
         costs = dict(pool.map(compile_job, todo))
     out = []
     for w in wanted:
-        c, d, H, B, dt, a = w
+        c, d, H, B, dt, a, kernel = w
         cfg, G = plans[w]
         cost = costs[key[w]]
         tiles = -(-B // cfg.BB)
@@ -241,9 +262,9 @@ def rows(cells, hidden, batch, dtypes, archs, jobs):
         programs = per_launch * cfg.P
         tensor = cost["mma"] > 0
         out.append(dict(
-            cell=c, direction=d, H=H, B=B, dtype=dt, arch=f"sm_{a}", mode=cfg.mode, programs=programs,
-            sms=SMS[a], warps=cost["warps"], regs=cost["regs"], spill_bytes=cost["spill"],
-            smem_bytes=cost["smem"], mma_per_step=round(cost["mma"]),
+            cell=c, direction=d, H=H, B=B, dtype=dt, arch=f"sm_{a}", mode=cfg.mode, kernel=kernel,
+            programs=programs, sms=SMS[a], warps=cost["warps"], regs=cost["regs"], spill_bytes=cost["spill"],
+            smem_bytes=cost["smem"], w_tile_bytes=w_tile_bytes(cfg, G, H, dt), mma_per_step=round(cost["mma"]),
             mma_min_per_step=mma_min(cfg, G, H, B, d) if tensor else 0,
             smem_read_bytes_per_step=round(cost["smem_read"]),
             global_load_bytes_per_step=round(cost["load"]), global_store_bytes_per_step=round(cost["store"]),
@@ -255,15 +276,15 @@ def rows(cells, hidden, batch, dtypes, archs, jobs):
 
 
 def write_table(table, path, title):
-    cols = ["cell", "direction", "H", "B", "dtype", "arch", "mode", "tile", "launches", "programs", "sms", "warps",
-            "regs", "spill_bytes", "smem_bytes", "instr_per_step", "mma_per_step", "mma_min_per_step",
-            "smem_read_bytes_per_step", "smem_write", "global_load_bytes_per_step",
+    cols = ["cell", "direction", "H", "B", "dtype", "arch", "mode", "kernel", "tile", "launches", "programs", "sms",
+            "warps", "regs", "spill_bytes", "smem_bytes", "w_tile_bytes", "instr_per_step", "mma_per_step",
+            "mma_min_per_step", "smem_read_bytes_per_step", "smem_write", "global_load_bytes_per_step",
             "global_store_bytes_per_step", "exchange_per_program", "exchange_bytes_per_step"]
     short = dict(instr_per_step="instr", mma_per_step="mma", mma_min_per_step="mma min",
                  smem_read_bytes_per_step="smem read B", smem_write="smem write B",
                  global_load_bytes_per_step="global load B", global_store_bytes_per_step="global store B",
                  exchange_per_program="exchange B / program", exchange_bytes_per_step="exchange B (grid)",
-                 spill_bytes="spill B", smem_bytes="smem B")
+                 spill_bytes="spill B", smem_bytes="smem B", w_tile_bytes="W tile B")
     lines = [f"# {title}", "",
              "Generated by `python profiling/static_cost.py` from the SASS of each kernel compiled as it "
              "runs (no GPU). Per program and per step of the time loop unless marked grid; "

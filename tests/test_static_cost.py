@@ -97,8 +97,10 @@ def report(tmp_path_factory):
 
 def test_report_rows_from_real_compiles(report):
     rows, table = report
-    assert len(rows) == 4                                  # 2 H x fwd/bwd
+    assert len(rows) == 6                                  # 2 H x fwd/bwd, and H=768's split tile in Gluon
     assert all(tuple(r) == static_cost.KEYS for r in rows)
+    gluon = {r["direction"]: r for r in rows if r["kernel"] == "gluon"}
+    rows = [r for r in rows if r["kernel"] == "triton"]
     by = {(r["H"], r["direction"]): r for r in rows}
     for r in rows:
         assert r["arch"] == "sm_90" and r["sms"] == 132 and r["regs"] > 0
@@ -110,4 +112,15 @@ def test_report_rows_from_real_compiles(report):
     assert split["mode"] == "split" and split["programs"] > 1
     # every program reads at least the real h of its batch tile in bf16 from the others
     assert split["exchange_bytes_per_step"] >= split["programs"] * 16 * 768 * 2
-    assert table.count("| lstm |") == 4
+    assert table.count("| lstm |") == 6
+    # the Gluon kernels at the headline tile: every MMA once, no spill, W in registers (the forward's
+    # shared memory holds only its K-chunk sums), less shared memory read a step than the W tile
+    assert set(gluon) == {"fwd", "bwd"}
+    for d, r in gluon.items():
+        triton = by[(768, d)]
+        assert (r["H"], r["mode"], r["programs"]) == (768, "split", triton["programs"])
+        assert r["mma_per_step"] == r["mma_min_per_step"] and r["spill_bytes"] == 0
+        assert r["smem_read_bytes_per_step"] <= r["w_tile_bytes"] == 768 * 8 * 4 * 2
+        assert r["smem_read_bytes_per_step"] < triton["smem_read_bytes_per_step"]
+        assert r["exchange_bytes_per_step"] == triton["exchange_bytes_per_step"]
+    assert gluon["fwd"]["smem_bytes"] < gluon["fwd"]["w_tile_bytes"]
