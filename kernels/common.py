@@ -67,6 +67,12 @@ after the barrier, sums the P shares of its own units in a fixed order
 (`sum_partials`): deterministic, no atomics. In single mode the share is the
 whole product and stays in registers.
 
+Gluon. Triton keeps the forward's W in shared memory (read back every step) and stages h and
+the K-chunk sums through it; kernels/gluon.py has the helpers of Gluon versions of a cell's
+split/stepwise fp16/bf16 kernels (kernels/lstm.py: _fwd_gluon, _bwd_gluon) that hold W in
+registers in the MMA's operand layout. Opt-in (GPURNN_GLUON=1) and GPU only: Gluon has no
+interpreter, so the Triton kernels above remain the reference the tests run.
+
 Registers (ptxas -v, profiling/results/compile_check.md, compiled with 16-byte aligned
 pointers as Triton specialises them at launch). Three things keep the cell configs free
 of spills (all but the LSTM backward at fp32 H=512 on sm_80 and H=256 stepwise, 8-24 B, the
