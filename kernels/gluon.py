@@ -25,6 +25,7 @@ Layouts, for BB batch rows, S units of GP gates, NK K chunks and NW warps:
 """
 import os
 
+import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
@@ -57,6 +58,12 @@ def share_layout(BB, PC, S, NW):
     tb = max(1, min(32, BB // NW))
     tp = 32 // tb
     return gl.BlockedLayout([1, max(1, PC // tp), S], [tb, tp, 1], [NW, 1, 1], [2, 1, 0])
+
+
+@gluon.constexpr_function
+def share_chunk(P):
+    """Shares a load in sum_partials: up to 32, a power of two (a tensor's shape), masked past P."""
+    return min(32, triton.next_power_of_2(P))
 
 
 @gluon.jit
@@ -207,20 +214,22 @@ def enabled():
 
 
 def fits(cfg, direction, elem_bytes, GP):
-    """Whether a Gluon kernel runs this config: split or stepwise, fp16/bf16 W (mma v2), the forward's
-    K chunks one per warp (mma_layout) and at least 16 deep, batch tiles of whole MMAs.
-
-    The backward only with 16-row tiles and at most 64 gate columns (S*GP; LSTM H >= 512), where it
-    cuts the shared-memory traffic and spills nothing (static_cost.py, sm_90): with wider slices every
-    warp reads the whole (BB, S*GP) gate gradient operand, and at LSTM H=128-256 it issued 35-57% more
-    instructions a step than Triton's kernel; with 32 rows its per-element share addresses spilled
-    264-732 B (H=96-768)."""
+    """Whether a Gluon kernel runs this config: split or stepwise, fp16/bf16 W (mma v2), batch tiles of
+    whole MMAs, and where it spills nothing or little (compile_check.py, static_cost.py; sm_90):
+      * forward: the K chunks one per warp (mma_layout), each at least 16 deep, and the chunks'
+        accumulators (NK, BB, S*GP) at most 64 fp32 registers a thread (32 rows x 32 units spilled
+        216-404 B at LSTM H=264-384);
+      * backward: 16-row tiles of at most 64 gate columns (S*GP; LSTM H >= 257 at the default
+        slices). With wider slices every warp reads the whole (BB, S*GP) gate-gradient operand, and
+        at LSTM H=128-256 it issued 35-57% more instructions a step than Triton's kernel; with 32
+        rows its per-element share addresses spilled 264-732 B (H=96-768)."""
     if cfg.mode == "single" or elem_bytes != 2 or cfg.BB % 16:
         return False
     if direction == "bwd":
         return cfg.BB == 16 and cfg.S * GP <= 64
     chunks = [cfg.k1] + ([cfg.k2] if cfg.k2 else [])
-    return cfg.nk == cfg.num_warps and all(k % cfg.nk == 0 and k // cfg.nk >= 16 for k in chunks)
+    return (cfg.nk == cfg.num_warps and all(k % cfg.nk == 0 and k // cfg.nk >= 16 for k in chunks)
+            and cfg.BB * cfg.S * GP <= 64 * 32)
 
 
 def applies(cfg, direction, elem_bytes, GP, device):

@@ -297,7 +297,7 @@ def _bwd_gluon(p_dy, p_gates, p_c, p_tc, p_dgates, p_dh, p_dc, p_w, p_ws, p_size
     l_d: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     l_w: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
     L3: gl.constexpr = gl.SliceLayout(0, gk.sum_layout(2, BB, S, 4, NW))
-    PC: gl.constexpr = 32 if P >= 32 else P   # shares a load (P is a power of two below 32)
+    PC: gl.constexpr = gk.share_chunk(P)
     LS: gl.constexpr = gk.share_layout(BB, PC, S, NW)
     if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
         p_dy = gk.for_direction(p_dy, p_doff, 0)
@@ -339,7 +339,7 @@ def _bwd_gluon(p_dy, p_gates, p_c, p_tc, p_dgates, p_dh, p_dc, p_w, p_ws, p_size
             factor = gl.where(g3 == 0, gl.expand_dims(g_g, 2), gl.where(g3 == 1, gl.expand_dims(b_cp, 2),
                               gl.where(g3 == 2, gl.expand_dims(g_i, 2), gl.expand_dims(b_tc, 2))))
             b_dh += b_dy
-            b_dc += b_dh * gk.gate(b_a, 3) * (1.0 - b_tc * b_tc)
+            b_dc += b_dh * (gk.gate(b_a, 3) * (1.0 - b_tc * b_tc))   # as _coef's o tanh'(c_t)
             b_d = slope * factor * gl.where(g3 == 3, gl.expand_dims(b_dh, 2), gl.expand_dims(b_dc, 2))
             b_d = b_d.to(p_dgates.dtype.element_ty)   # rounded once: what is stored is what the dot reads
             b_dc = gl.where(r2 < n, b_dc * g_f, b_dc)   # inactive rows keep dc

@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-HIDDEN = (64, 128, 256, 512, 768, 1024)
+HIDDEN = (64, 128, 256, 300, 512, 768, 1024)   # 300: P not a power of two, K = 256 + 128
 DTYPES = ("float32", "float16", "bfloat16")
 ARCHS = (80, 90)
 

@@ -85,3 +85,22 @@ def test_compile_targets_list_the_gluon_kernels_where_they_fit():
     names = {t[0] for t in lstm.compile_targets(768, "bfloat16", 90)}
     assert {"lstm_fwd_gluon", "lstm_bwd_gluon", "lstm_fwd_gluon_2dirs", "lstm_fwd_gluon_stepwise"} <= names
     assert not any("gluon" in t[0] for t in lstm.compile_targets(768, "float32", 90))
+
+
+def test_compiles_where_the_slices_are_not_a_power_of_two(tmp_path):
+    """LSTM H=300 bf16 on sm_90: P = 19 slices (the backward sums its shares in masked chunks of 32) and
+    the forward's K = 256 + 128; both Gluon kernels compile for it without spilling, and the forward's
+    32 x 32 tile is left to Triton."""
+    from kernel_cases import run_uninterpreted
+
+    code = ("import compile_check\nfrom gpurnn.kernels import lstm\n"
+            "for name, fn, sig, consts in lstm.compile_targets(300, 'bfloat16', 90):\n"
+            "    if name in ('lstm_fwd_gluon', 'lstm_bwd_gluon'):\n"
+            "        k, regs, spill = compile_check.build(fn, sig, consts, 90, dict(B=16, H=300))\n"
+            "        print(name, consts['BB'], consts['S'], consts['P'], consts['K1'], consts['K2'], spill)\n")
+    out = run_uninterpreted(code, tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = sorted(tuple(line.split()) for line in out.stdout.splitlines())
+    assert rows == [("lstm_bwd_gluon", "16", "16", "19", "256", "64", "0"),   # the backward's N: 256 + 64
+                    ("lstm_fwd_gluon", "16", "16", "19", "256", "128", "0"),
+                    ("lstm_fwd_gluon", "32", "16", "19", "256", "128", "0")]
