@@ -75,8 +75,8 @@ interpreter, so the Triton kernels above remain the reference the tests run.
 
 Registers (ptxas -v, profiling/results/compile_check.md, compiled with 16-byte aligned
 pointers as Triton specialises them at launch). Three things keep the cell configs free
-of spills (all but the LSTM backward at fp32 H=512 on sm_80 and H=256 stepwise, 8-24 B, the
-Jordan forward at fp32 H=64, 2.5 KB, and 32-row fp16/bf16 configs of `device_tiles`, 8-320 B;
+of spills (all but the fp32 backward with 16 warps at H=256-512, 8-116 B, the Jordan forward at
+fp32 H=64, 2.5 KB, and 32-row fp16/bf16 configs of `device_tiles`, 8-320 B;
 the measured thresholds below predate the aligned compiles):
   * `maxnreg`: a launch gets the register file of a whole SM (`Config.maxnreg`).
     Without it ptxas sometimes settles on 32-40 registers and spills (fp32
@@ -456,6 +456,10 @@ REGISTERS_PER_SM = 64 * 1024   # 32-bit registers, sm_80 and sm_90
 # so more programs with fewer rows each (up to the SM count) beat fewer, fuller ones.
 BB = 16
 WIDE_TILE_BYTES = 96 * 1024      # the largest W tile device_tiles gives 32 rows
+# the most rows x gate columns (BB * S*GP) device_tiles gives a 32-row program: the forward's K-chunk
+# accumulators are then 64 fp32 registers a thread at 8 warps (32 x 32 LSTM units spilled 2.5 KB
+# forward, 32 x 64 units 2.7 KB backward)
+WIDE_TILE_OUTPUTS = 2048
 
 
 def as_tensor(a):
@@ -699,7 +703,8 @@ def device_tiles(H, GP, elem_bytes, direction, sms, shared_bytes):
 
     A split config whose P fits the SMs then has 32-row variants for batches whose 16-row tiles do
     not: with the same slices, and with slices twice as wide (half the P) where W stays within
-    the budget and WIDE_TILE_BYTES and P stays above 1. Measured with ptxas (static_cost.py,
+    the budget, WIDE_TILE_BYTES and WIDE_TILE_OUTPUTS and P stays above 1 (at LSTM H=300 the K tail
+    made a 32 x 32 tile fit 96 KB; its forward spilled 2.5 KB). Measured with ptxas (static_cost.py,
     LSTM bf16 sm_90): 32 rows x 16 units spill 0 / 112 B forward / backward at H=768 (a 96 KB tile),
     400 / 464 B at H=1024 (128 KB); 64 rows spilled 72 B to 1.5 KB, so 32 is the most. LSTM H=768
     bf16 on an H100: B=32 as 1 x 96 programs, B=64 as 2 x 48, each one launch (16-row tiles: 2 and
@@ -720,6 +725,7 @@ def device_tiles(H, GP, elem_bytes, direction, sms, shared_bytes):
         return [cfg]   # (P > sms runs stepwise: every tile in each step's launch anyway)
     return [cfg] + [replace(cfg, BB=2 * BB, S=S, P=triton.cdiv(H, S)) for S in (cfg.S, 2 * cfg.S)
                     if S < H and (cfg.k1 + cfg.k2) * GP * S * elem_bytes <= WIDE_TILE_BYTES
+                    and 2 * BB * S * GP <= WIDE_TILE_OUTPUTS
                     and cfg.HP * GP * S * elem_bytes <= budget]
 
 

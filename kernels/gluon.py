@@ -31,7 +31,7 @@ from triton.experimental.gluon import language as gl
 
 from gpurnn.backends import interpreting
 
-from .common import SPIN_LIMIT
+from .common import SPIN_LIMIT, WIDE_TILE_OUTPUTS
 
 
 @gluon.constexpr_function
@@ -217,8 +217,8 @@ def fits(cfg, direction, elem_bytes, GP):
     """Whether a Gluon kernel runs this config: split or stepwise, fp16/bf16 W (mma v2), batch tiles of
     whole MMAs, and where it spills nothing or little (compile_check.py, static_cost.py; sm_90):
       * forward: the K chunks one per warp (mma_layout), each at least 16 deep, and the chunks'
-        accumulators (NK, BB, S*GP) at most 64 fp32 registers a thread (32 rows x 32 units spilled
-        216-404 B at LSTM H=264-384);
+        accumulators (NK, BB, S*GP) at most 64 fp32 registers a thread (common.WIDE_TILE_OUTPUTS;
+        32 rows x 32 units spilled 216-404 B at LSTM H=264-384);
       * backward: 16-row tiles of at most 64 gate columns (S*GP; LSTM H >= 257 at the default
         slices). With wider slices every warp reads the whole (BB, S*GP) gate-gradient operand, and
         at LSTM H=128-256 it issued 35-57% more instructions a step than Triton's kernel; with 32
@@ -229,7 +229,7 @@ def fits(cfg, direction, elem_bytes, GP):
         return cfg.BB == 16 and cfg.S * GP <= 64
     chunks = [cfg.k1] + ([cfg.k2] if cfg.k2 else [])
     return (cfg.nk == cfg.num_warps and all(k % cfg.nk == 0 and k // cfg.nk >= 16 for k in chunks)
-            and cfg.BB * cfg.S * GP <= 64 * 32)
+            and cfg.BB * cfg.S * GP <= WIDE_TILE_OUTPUTS)
 
 
 def applies(cfg, direction, elem_bytes, GP, device):

@@ -16,6 +16,15 @@ from kernel_cases import (TOL, assert_all_close, forced_split_k, launches, make_
 CELLS = {"elman": {}, "lstm": {}, "gru": {}, "jordan": {"O": 6}}
 
 
+def test_32_row_tiles_keep_their_accumulators_within_the_registers():
+    """LSTM bf16 H=300: K = 256 + 128 makes 32 rows x 32 units a 96 KB W tile (within WIDE_TILE_BYTES),
+    but its forward spilled 2.5 KB (compile_check): 32 rows take twice the units only up to
+    WIDE_TILE_OUTPUTS rows x gate columns."""
+    tiles = cm.device_tiles(300, 4, 2, "fwd", 132, cm.SHARED_BYTES[90])
+    assert [(c.BB, c.S) for c in tiles] == [(16, 16), (32, 16)]
+    assert all(c.BB * c.S * 4 <= cm.WIDE_TILE_OUTPUTS for c in tiles)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("hidden", ["single", "split"])
 def test_one_tile_per_launch_matches_engine(cell, hidden, monkeypatch, launches, nan_empty):
@@ -70,8 +79,9 @@ def test_32_row_tiles_leave_stepwise_and_small_grids_alone(monkeypatch):
     stepwise = _config_on_gpu(monkeypatch, 768, 64, 40)              # P = 48 > 40 SMs: a launch per step
     assert (stepwise.mode, stepwise.BB) == ("stepwise", 16)
     assert _config_on_gpu(monkeypatch, 128, 64, 132).BB == 16        # single mode
-    # twice the slice only where P stays above 1 (the tensor-core backward at H=96 is split in 2)
-    assert [c.P for c in cm.device_tiles(96, 4, 2, "bwd", 132, cm.SHARED_BYTES[90])] == [2, 2]
+    # the tensor-core backward at H=96 is split in 2 slices of 64 units: no twice the slice (P would be 1),
+    # and no 32 rows (32 x 64 units x 4 gates is over WIDE_TILE_OUTPUTS; it spilled 2.7 KB)
+    assert [(c.BB, c.P) for c in cm.device_tiles(96, 4, 2, "bwd", 132, cm.SHARED_BYTES[90])] == [(16, 2)]
     monkeypatch.setenv("GPURNN_BATCH_ROWS", "48")
     with pytest.raises(ValueError, match="GPURNN_BATCH_ROWS: expected 16 or 32, got '48'"):
         cm.tile_config(64, 16, 4, 2)
