@@ -69,9 +69,10 @@ whole product and stays in registers.
 
 Gluon. Triton keeps the forward's W in shared memory (read back every step) and stages h and
 the K-chunk sums through it; kernels/gluon.py has the helpers of Gluon versions of a cell's
-split/stepwise fp16/bf16 kernels (kernels/lstm.py: _fwd_gluon, _bwd_gluon) that hold W in
-registers in the MMA's operand layout. Opt-in (GPURNN_GLUON=1) and GPU only: Gluon has no
-interpreter, so the Triton kernels above remain the reference the tests run.
+split/stepwise fp16/bf16 kernels (kernels/lstm_gluon.py, the cell module's GLUON) that hold W in
+registers in the MMA's operand layout. Opt-in (GPURNN_GLUON=1, `gluon_applies`) and GPU only:
+Gluon has no interpreter, so the Triton kernels above remain the reference the tests run; a
+Triton without Gluon runs them only.
 
 Registers (ptxas -v, profiling/results/compile_check.md, compiled with 16-byte aligned
 pointers as Triton specialises them at launch). Three things keep the cell configs free
@@ -727,6 +728,41 @@ def device_tiles(H, GP, elem_bytes, direction, sms, shared_bytes):
                     if S < H and (cfg.k1 + cfg.k2) * GP * S * elem_bytes <= WIDE_TILE_BYTES
                     and 2 * BB * S * GP <= WIDE_TILE_OUTPUTS
                     and cfg.HP * GP * S * elem_bytes <= budget]
+
+
+def gluon_enabled():
+    """GPURNN_GLUON=1 asks for the Gluon kernels where they apply (default 0: not yet run on a GPU)."""
+    value = os.environ.get("GPURNN_GLUON", "0")
+    if value not in ("0", "1"):
+        raise ValueError(f"GPURNN_GLUON: expected 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def gluon_fits(cfg, direction, elem_bytes, GP):
+    """Whether a cell's Gluon kernel (kernels/gluon.py) runs this config: split or stepwise, fp16/bf16 W
+    (mma v2), batch tiles of whole MMAs, and where it spills nothing or little (compile_check.py,
+    static_cost.py; sm_90):
+      * forward: the K chunks one per warp (mma_layout), each at least 16 deep, and the chunks'
+        accumulators (NK, BB, S*GP) at most 64 fp32 registers a thread (WIDE_TILE_OUTPUTS;
+        32 rows x 32 units spilled 216-404 B at LSTM H=264-384);
+      * backward: 16-row tiles of at most 64 gate columns (S*GP; LSTM H >= 257 at the default
+        slices). With wider slices every warp reads the whole (BB, S*GP) gate-gradient operand, and
+        at LSTM H=128-256 it issued 35-57% more instructions a step than Triton's kernel; with 32
+        rows its per-element share addresses spilled 264-732 B (H=96-768)."""
+    if cfg.mode == "single" or elem_bytes != 2 or cfg.BB % 16:
+        return False
+    if direction == "bwd":
+        return cfg.BB == 16 and cfg.S * GP <= 64
+    chunks = [cfg.k1] + ([cfg.k2] if cfg.k2 else [])
+    return (cfg.nk == cfg.num_warps and all(k % cfg.nk == 0 and k // cfg.nk >= 16 for k in chunks)
+            and cfg.BB * cfg.S * GP <= WIDE_TILE_OUTPUTS)
+
+
+def gluon_applies(cfg, direction, elem_bytes, GP, device):
+    """Whether a launcher runs a cell's Gluon kernel (kernels/gluon.py): asked for (`gluon_enabled`), on a
+    CUDA device (Gluon has no interpreter), and the config `gluon_fits`."""
+    return (gluon_enabled() and device.type == "cuda" and not interpreting()
+            and gluon_fits(cfg, direction, elem_bytes, GP))
 
 
 def place(cfg, B, sms):

@@ -12,7 +12,7 @@ What Triton 3.6 cannot be made to do, and Gluon can (profiling/static_cost.py, L
   * in the backward, store each program's shares from the MMA's accumulator layout, and sum the P
     shares of a slice mostly within a thread (Triton's layout changes read 84 KB a step).
 
-Gluon has no interpreter: these kernels run only on a GPU (`applies`), and they are checked there by
+Gluon has no interpreter: these kernels run only on a GPU (common.gluon_applies), and they are checked there by
 profiling/gpu_check.py against torch and the Triton kernels. Off the GPU they are compiled
 (compile_check.py, static_cost.py) but never run, so they stay opt-in (GPURNN_GLUON=1) until a
 GPU run has shown them correct and faster.
@@ -23,15 +23,11 @@ Layouts, for BB batch rows, S units of GP gates, NK K chunks and NW warps:
                    chunks split over the lanes left once every (row, unit) has one;
   share_layout     (BB, PC, S): PC shares of a slice's S columns, summed within a thread and a warp.
 """
-import os
-
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-from gpurnn.backends import interpreting
-
-from .common import SPIN_LIMIT, WIDE_TILE_OUTPUTS
+from .common import SPIN_LIMIT
 
 
 @gluon.constexpr_function
@@ -200,40 +196,3 @@ def wait(p_bar, target):
     if (count - target) < 0:
         trap(count)
     gl.thread_barrier()
-
-
-# ----------------------------------------------------------------------------- host code
-
-
-def enabled():
-    """GPURNN_GLUON=1 asks for the Gluon kernels where they apply (default 0: not yet run on a GPU)."""
-    value = os.environ.get("GPURNN_GLUON", "0")
-    if value not in ("0", "1"):
-        raise ValueError(f"GPURNN_GLUON: expected 0 or 1, got {value!r}")
-    return value == "1"
-
-
-def fits(cfg, direction, elem_bytes, GP):
-    """Whether a Gluon kernel runs this config: split or stepwise, fp16/bf16 W (mma v2), batch tiles of
-    whole MMAs, and where it spills nothing or little (compile_check.py, static_cost.py; sm_90):
-      * forward: the K chunks one per warp (mma_layout), each at least 16 deep, and the chunks'
-        accumulators (NK, BB, S*GP) at most 64 fp32 registers a thread (common.WIDE_TILE_OUTPUTS;
-        32 rows x 32 units spilled 216-404 B at LSTM H=264-384);
-      * backward: 16-row tiles of at most 64 gate columns (S*GP; LSTM H >= 257 at the default
-        slices). With wider slices every warp reads the whole (BB, S*GP) gate-gradient operand, and
-        at LSTM H=128-256 it issued 35-57% more instructions a step than Triton's kernel; with 32
-        rows its per-element share addresses spilled 264-732 B (H=96-768)."""
-    if cfg.mode == "single" or elem_bytes != 2 or cfg.BB % 16:
-        return False
-    if direction == "bwd":
-        return cfg.BB == 16 and cfg.S * GP <= 64
-    chunks = [cfg.k1] + ([cfg.k2] if cfg.k2 else [])
-    return (cfg.nk == cfg.num_warps and all(k % cfg.nk == 0 and k // cfg.nk >= 16 for k in chunks)
-            and cfg.BB * cfg.S * GP <= WIDE_TILE_OUTPUTS)
-
-
-def applies(cfg, direction, elem_bytes, GP, device):
-    """Whether a launcher runs the Gluon kernel: asked for (`enabled`), on a CUDA device (Gluon has no
-    interpreter), and the config `fits`."""
-    return (enabled() and device.type == "cuda" and not interpreting()
-            and fits(cfg, direction, elem_bytes, GP))

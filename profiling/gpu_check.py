@@ -242,7 +242,8 @@ def gluon_checks(engine_backend):
          lambda: gluon_parity(33, 5, 300, engine_backend, lengths=[33, 20, 33, 7, 1], bidirectional=True)),
         ("gluon lstm bfloat16 T=33 B=17 H=300 stepwise",
          lambda: gluon_parity(33, 17, 300, engine_backend, {"GPURNN_STEPWISE": 1})),
-        ("gluon lstm bfloat16 T=64 B=64 H=768 (32-row forward)",   # the 32-row backward stays Triton's (gluon.fits)
+        # the 32-row backward stays Triton's (common.gluon_fits)
+        ("gluon lstm bfloat16 T=64 B=64 H=768 (32-row forward)",
          lambda: gluon_parity(64, 64, 768, engine_backend, expect=("_fwd_gluon",))),
         ("gluon determinism lstm bfloat16 H=768", gluon_determinism),
     ]

@@ -233,11 +233,9 @@ def plan(cell, direction, H, B, dtype, arch):
 def kernels(cell, direction, cfg, dtype):
     """The kernels a launcher may run for this config: Triton's, and the Gluon one where the cell has one
     and it fits (kernels/gluon.py; opt-in with GPURNN_GLUON=1)."""
-    from gpurnn.kernels import gluon
-
     mod = kernel_module(cell)
-    fits = hasattr(mod, f"_{direction}_gluon") and gluon.fits(cfg, direction,
-                                                               cm.w_elem_bytes(cm.dtype_constexprs(dtype)[1]), mod.GP)
+    elem_bytes = cm.w_elem_bytes(cm.dtype_constexprs(dtype)[1])
+    fits = getattr(mod, "GLUON", None) is not None and cm.gluon_fits(cfg, direction, elem_bytes, mod.GP)
     return ("triton", "gluon") if fits else ("triton",)
 
 

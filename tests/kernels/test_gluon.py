@@ -1,15 +1,16 @@
-"""The Gluon kernels (kernels/gluon.py): where they apply, and that off the GPU the Triton kernels run.
+"""The Gluon kernels (kernels/gluon.py, lstm_gluon.py): where they apply, and that off the GPU the Triton
+kernels run.
 
 Gluon has no interpreter, so their numbers are checked on a GPU only (profiling/gpu_check.py,
 `gluon_checks`); here they are compiled (tests/test_static_cost.py, profiling/compile_check.py).
 """
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from gpurnn.kernels import common as cm
-from gpurnn.kernels import gluon as gk
 from gpurnn.kernels import lstm
 from kernel_cases import assert_bitwise_equal, launches, make_case, packed_sizes, run  # noqa: F401
 
@@ -19,7 +20,7 @@ HEADLINE = cm.Config(BB=16, HP=1024, S=8, P=96, num_warps=8, mode="split", nk=8,
 
 @pytest.mark.parametrize("direction", ["fwd", "bwd"])
 def test_headline_tile_fits_both_directions(direction):
-    assert gk.fits(HEADLINE, direction, 2, lstm.GP)
+    assert cm.gluon_fits(HEADLINE, direction, 2, lstm.GP)
 
 
 @pytest.mark.parametrize("change, direction", [
@@ -31,16 +32,16 @@ def test_headline_tile_fits_both_directions(direction):
 def test_configs_it_does_not_take(change, direction):
     from dataclasses import replace
 
-    assert not gk.fits(replace(HEADLINE, **change), direction, 2, lstm.GP)
+    assert not cm.gluon_fits(replace(HEADLINE, **change), direction, 2, lstm.GP)
 
 
 def test_not_for_fp32_or_fp64():
-    assert not gk.fits(HEADLINE, "fwd", 4, lstm.GP) and not gk.fits(HEADLINE, "bwd", 8, lstm.GP)
+    assert not cm.gluon_fits(HEADLINE, "fwd", 4, lstm.GP) and not cm.gluon_fits(HEADLINE, "bwd", 8, lstm.GP)
 
 
 def test_forward_k_chunks_below_16_do_not_fit():
     """K = 64 + 32 over 8 warps would give chunks of 8 and 4: below the MMA's k16."""
-    assert not gk.fits(cm.Config(BB=16, HP=128, S=16, P=6, num_warps=8, mode="split", nk=8, k2=32), "fwd", 2, 4)
+    assert not cm.gluon_fits(cm.Config(BB=16, HP=128, S=16, P=6, num_warps=8, mode="split", nk=8, k2=32), "fwd", 2, 4)
 
 
 @pytest.mark.parametrize("value, expected", [(None, False), ("0", False), ("1", True)])
@@ -49,25 +50,25 @@ def test_opt_in_by_environment(value, expected, monkeypatch):
         monkeypatch.delenv("GPURNN_GLUON", raising=False)
     else:
         monkeypatch.setenv("GPURNN_GLUON", value)
-    assert gk.enabled() is expected
+    assert cm.gluon_enabled() is expected
 
 
 def test_bad_environment_value_is_an_error(monkeypatch):
     monkeypatch.setenv("GPURNN_GLUON", "yes")
     with pytest.raises(ValueError, match=r"GPURNN_GLUON: expected 0 or 1, got 'yes'"):
-        gk.enabled()
+        cm.gluon_enabled()
 
 
 def test_applies_only_on_a_gpu_outside_the_interpreter(monkeypatch):
     monkeypatch.setenv("GPURNN_GLUON", "1")
-    monkeypatch.setattr(gk, "interpreting", lambda: False)
-    assert gk.applies(HEADLINE, "fwd", 2, lstm.GP, CUDA)
-    assert not gk.applies(HEADLINE, "fwd", 2, lstm.GP, SimpleNamespace(type="cpu"))
-    monkeypatch.setattr(gk, "interpreting", lambda: True)
-    assert not gk.applies(HEADLINE, "fwd", 2, lstm.GP, CUDA)
+    monkeypatch.setattr(cm, "interpreting", lambda: False)
+    assert cm.gluon_applies(HEADLINE, "fwd", 2, lstm.GP, CUDA)
+    assert not cm.gluon_applies(HEADLINE, "fwd", 2, lstm.GP, SimpleNamespace(type="cpu"))
+    monkeypatch.setattr(cm, "interpreting", lambda: True)
+    assert not cm.gluon_applies(HEADLINE, "fwd", 2, lstm.GP, CUDA)
     monkeypatch.setenv("GPURNN_GLUON", "0")
-    monkeypatch.setattr(gk, "interpreting", lambda: False)
-    assert not gk.applies(HEADLINE, "fwd", 2, lstm.GP, CUDA)
+    monkeypatch.setattr(cm, "interpreting", lambda: False)
+    assert not cm.gluon_applies(HEADLINE, "fwd", 2, lstm.GP, CUDA)
 
 
 def test_asked_for_under_the_interpreter_the_triton_kernels_run(monkeypatch, launches):
@@ -104,3 +105,23 @@ def test_compiles_where_the_slices_are_not_a_power_of_two(tmp_path):
     assert rows == [("lstm_bwd_gluon", "16", "16", "19", "256", "64", "0"),   # the backward's N: 256 + 64
                     ("lstm_fwd_gluon", "16", "16", "19", "256", "128", "0"),
                     ("lstm_fwd_gluon", "32", "16", "19", "256", "128", "0")]
+
+
+def test_a_triton_without_gluon_runs_the_triton_kernels(tmp_path):
+    """Where the Gluon API the kernels use cannot be imported (Tritons before 3.6 lack parts of it; here its
+    mma_v2 module is hidden), the LSTM module still imports, lists no Gluon targets and runs its Triton
+    kernels, even when asked for Gluon."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['triton.experimental.gluon.language.nvidia.ampere'] = None\n"
+            "import numpy as np\nfrom gpurnn.kernels import lstm\nassert lstm.GLUON is None\n"
+            "assert not any('gluon' in t[0] for t in lstm.compile_targets(768, 'bfloat16', 90))\n"
+            "from kernel_cases import make_case, run\n"
+            "out = run(make_case('lstm', 3, 4, 24, dtype=np.float16), 'triton')\n"
+            "print(sorted(out))\n")
+    env = dict(os.environ, GPURNN_GLUON="1", GPURNN_SLICE="16", PYTHONPATH=str(Path(__file__).parents[1]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "h" in out.stdout
