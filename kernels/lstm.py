@@ -19,7 +19,7 @@ import triton.language as tl
 
 from . import common as cm
 
-try:   # the Gluon variants (opt-in, GPU only): a Triton without Gluon (before 3.6) runs the kernels below
+try:   # the Gluon variants (opt-in, GPU only); a Triton without the Gluon API they use runs the kernels below
     from . import lstm_gluon as GLUON
 except ImportError:
     GLUON = None

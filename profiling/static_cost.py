@@ -14,6 +14,9 @@ loop (the kernel's outermost loop) is read. Per program and per step it reports:
                      (fp32 in IEEE, the default);
   smem_read/write    shared-memory bytes (LDS: width x 32 lanes; LDSM: 128 B per 8x8 matrix);
   global load/store  streaming bytes (LDG/STG/LDGSTS: width x 32 lanes), per program;
+  kernel             triton, or gluon for a cell's Gluon variant where common.gluon_fits (opt-in
+                     on the GPU with GPURNN_GLUON=1): each gets its own row;
+  w_tile_bytes       the W a program holds (the issue's bound on shared memory read a step);
   exchange           bytes read or written for other programs (lines in load_exchange,
                      store_exchange, store_partial, sum_partials),
                      separate from streaming data; the grid
