@@ -69,7 +69,7 @@ def torch_layers(cell, x, directions, opts):
                                 else torch._VF.rnn_relu)
         y, h = op(x, states[0], params, *args)
         finals = [(h[d],) for d in range(n_dirs)]
-    ys = y.chunk(n_dirs, dim=-1)
+    ys = y.chunk(n_dirs, dim=-1) if n_dirs > 1 else [y]   # not a view of y alone: the caller may write into it
     return [(ys[d], *finals[d]) for d in range(n_dirs)]
 
 

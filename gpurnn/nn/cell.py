@@ -4,8 +4,8 @@ import torch
 
 from .. import backends
 from ..autograd import run_layer
-from ..checks import check_choice, check_same_device
-from .common import TORCH_NAMES, autocast, autocast_dtype, check_tensor
+from ..checks import check_choice
+from .common import TORCH_NAMES, DeviceMismatch, autocast, autocast_dtype, check_tensor
 from .rnn import _EngineForward
 
 _DTYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16",
@@ -49,10 +49,21 @@ class _CellForward:
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh] + ([None] if is_lstm else [])
         dtype = autocast_dtype(kind, x.device)
         x, hx, weights = autocast(x, dtype), [autocast(h, dtype) for h in hx], [autocast(w, dtype) for w in weights]
-        opts = {"nonlinearity": self.nonlinearity} if self._cell == "elman" else {}
-        _, *state = run_layer(self._cell, x.unsqueeze(0).contiguous(), hx, weights, backend=self.backend, **opts)
+        if x.numel() == 0 or any(h.numel() == 0 for h in hx):   # empty: torch's own step, its shapes and strides
+            state = self._torch_step(x, hx, weights[:4])
+        else:
+            opts = {"nonlinearity": self.nonlinearity} if self._cell == "elman" else {}
+            _, *state = run_layer(self._cell, x.unsqueeze(0).contiguous(), hx, weights, backend=self.backend, **opts)
         state = [s if batched else s.squeeze(0) for s in state]
         return tuple(state) if is_lstm else state[0]
+
+    def _torch_step(self, x, hx, weights):
+        if self._cell == "lstm":
+            return list(torch.lstm_cell(x, tuple(hx), *weights))
+        if self._cell == "gru":
+            return [torch.gru_cell(x, hx[0], *weights)]
+        step = torch.rnn_tanh_cell if self.nonlinearity == "tanh" else torch.rnn_relu_cell
+        return [step(x, hx[0], *weights)]
 
     def _check_step_args(self, x, hx):
         """What torch's step functions (_VF.*_cell) check, with their messages."""
@@ -67,7 +78,10 @@ class _CellForward:
             if t.dtype != self.weight_ih.dtype and not torch.is_autocast_enabled(t.device.type):
                 raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got "
                                    f"{_DTYPE_NAMES.get(t.dtype, t.dtype)} and {_DTYPE_NAMES.get(self.weight_ih.dtype)}")
-            check_same_device("input", t.device, "the module's parameters", self.weight_ih.device)
+        # torch's cell ops' device check, with its words: the input against the first tensor elsewhere
+        odd = next((t.device for t in hx + [self.weight_ih] if t.device != x.device), None)
+        if odd is not None:
+            raise DeviceMismatch(f"Tensor on device {x.device} is not on the expected device {odd}!")
 
 
 class RNNCell(_CellForward, torch.nn.RNNCell):

@@ -2,7 +2,7 @@
 get it, tensor checks, and the packed-sequence index."""
 import torch
 
-from ..checks import check_same_device, check_same_dtype
+from ..checks import check_same_dtype
 
 TORCH_NAMES = {"elman": "RNN", "lstm": "LSTM", "gru": "GRU"}   # as torch.nn's messages name them
 
@@ -17,10 +17,32 @@ def check_tensor(name, t):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
 
 
+class DeviceMismatch(ValueError, RuntimeError):
+    """torch.nn's RuntimeError for tensors on different devices, with its words (torch's own tests match
+    them); also a ValueError, as gpurnn's other checks of bad input."""
+
+
+class DtypeMismatch(TypeError, RuntimeError):
+    """A tensor whose dtype differs from the input's: torch.nn raises a RuntimeError (from its matmul),
+    gpurnn's checks a TypeError that names the argument; this is both."""
+
+
 def check_tensor_like(name, t, x):
     check_tensor(name, t)
-    check_same_dtype(name, t.dtype, "input", x.dtype)
-    check_same_device(name, t.device, "input", x.device)
+    try:
+        check_same_dtype(name, t.dtype, "input", x.dtype)
+    except TypeError as err:
+        raise DtypeMismatch(str(err)) from None
+    if t.device != x.device:
+        raise DeviceMismatch(f"Input and hidden tensors are not at the same device, found input tensor at "
+                             f"{x.device} and hidden tensor at {t.device}")
+
+
+def check_parameter_device(x, weight):
+    """torch.nn's check that the input is on the parameters' device, with its words."""
+    if x.device != weight.device:
+        raise DeviceMismatch(f"Input and parameter tensors are not at the same device, found input tensor at "
+                             f"{x.device} and parameter tensor at {weight.device}")
 
 
 # The modules whose aten ops autocast to the lower precision, as torch.nn's do: on the CPU

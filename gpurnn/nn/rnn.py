@@ -7,8 +7,9 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .. import backends, cells
 from ..autograd import run_layers
-from ..checks import check_choice, check_floating, check_same_device, check_steps
-from .common import TORCH_NAMES, autocast, autocast_dtype, check_tensor, check_tensor_like, packed_index
+from ..checks import check_choice, check_floating, check_steps
+from .common import (TORCH_NAMES, autocast, autocast_dtype, check_parameter_device, check_tensor,
+                     check_tensor_like, packed_index)
 
 
 class _EngineForward:
@@ -45,21 +46,23 @@ class _EngineForward:
             batch = x.shape[1]
             check_steps(x.shape[0])
         check_floating("input", x.dtype, x.is_floating_point())
-        check_same_device("input", x.device, "the module's parameters", self.weight_ih_l0.device)
-        x = x.contiguous()
+        check_parameter_device(x, self.weight_ih_l0)
+        # autocast casts input and hidden state alike before they are compared (a carried state may be
+        # in the autocast dtype already)
+        dtype = autocast_dtype(TORCH_NAMES[self._cell], x.device)
+        x = autocast(x, dtype).contiguous()
         layers_dirs = self.num_layers * (2 if self.bidirectional else 1)
         if hx is None:
             hx = [x.new_zeros(layers_dirs, batch, out_size)]
             if is_lstm:
                 hx.append(x.new_zeros(layers_dirs, batch, self.hidden_size))
         else:
+            hx = [autocast(h, dtype) for h in hx]
             for name, h in zip(["h_0", "c_0"] if is_lstm else ["hx"], hx):
                 check_tensor_like(name, h, x)
             if sorted_idx is not None:
                 hx = [h.index_select(1, sorted_idx) for h in hx]
 
-        dtype = autocast_dtype(TORCH_NAMES[self._cell], x.device)
-        x, hx = autocast(x, dtype), [autocast(h, dtype) for h in hx]
         y, finals = self._run_stack(x, hx, batch_sizes, dtype)
         finals = [f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f) for f in finals]
         if unsorted_idx is not None:

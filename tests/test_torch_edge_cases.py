@@ -1,0 +1,95 @@
+"""Behaviours where gpurnn.nn once differed from torch.nn (found by a differential probe), each against torch.nn."""
+import warnings
+
+import pytest
+import torch
+
+import gpurnn.nn as gnn
+
+
+def _pair(name, *args, **kwargs):
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, name)(*args, **kwargs)
+    mine = getattr(gnn, name)(*args, **kwargs)
+    mine.load_state_dict(ref.state_dict())
+    return ref, mine
+
+
+@pytest.mark.parametrize("route", ["engine", "torch"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+@pytest.mark.parametrize("name", ["RNN", "GRU"])
+def test_output_can_be_written_in_place(name, batch_first, route, monkeypatch):
+    """torch.nn's one-direction output is not a view of a multi-output op: `y += 1` works, and so does
+    backward through it (torch's LSTM refuses at backward, so the LSTM is left out)."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", route)
+    x = torch.randn(5, 2, 3)
+    grads = []
+    for m in _pair(name, 3, 4, batch_first=batch_first):
+        m.zero_grad()
+        y, _ = m(x)
+        y += 1
+        torch.relu_(y)
+        y.sum().backward()
+        grads.append(m.weight_hh_l0.grad)
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM"])   # the modules torch autocasts on the CPU
+def test_autocast_carries_the_state_from_step_to_step(name):
+    """Truncated BPTT under autocast: the state returned in bf16 goes back in with an fp32 input."""
+    results = []
+    for m in _pair(name, 3, 4):
+        torch.manual_seed(1)
+        h = None
+        for _ in range(2):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y, h = m(torch.randn(5, 2, 3), h)
+        results.append((y.dtype, y.float()))
+    assert results[1][0] == results[0][0] == torch.bfloat16
+    torch.testing.assert_close(results[1][1], results[0][1], atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("input_size, hidden_size, batch", [(10, 0, 3), (0, 4, 3), (3, 4, 0)],
+                         ids=["no-hidden", "no-input", "no-batch"])
+@pytest.mark.parametrize("name", ["RNNCell", "GRUCell", "LSTMCell"])
+def test_cells_with_an_empty_dimension(name, input_size, hidden_size, batch):
+    """torch's own test_RNN_cell_forward_zero_hidden_size, and more: shapes, strides, and gradients."""
+    x = torch.randn(batch, input_size, requires_grad=True)
+    outs = []
+    for m in _pair(name, input_size, hidden_size):
+        out = m(x)
+        out = out if isinstance(out, tuple) else (out,)
+        outs.append([(tuple(o.shape), o.stride()) for o in out])
+        sum(o.sum() for o in out).backward()
+    assert outs[1] == outs[0]
+
+
+def test_hidden_state_on_another_device_raises_torchs_error():
+    for m in _pair("GRU", 3, 4):
+        with pytest.raises(RuntimeError, match="Input and hidden tensors are not at the same device, found input "
+                                               "tensor at cpu and hidden tensor at meta"):
+            m(torch.randn(5, 2, 3), torch.zeros(1, 2, 4, device="meta"))
+
+
+def test_parameters_on_another_device_raise_torchs_error():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for cls in (torch.nn.LSTM, gnn.LSTM):
+            with pytest.raises(RuntimeError, match="Input and parameter tensors are not at the same device, found "
+                                                   "input tensor at cpu and parameter tensor at meta"):
+                cls(3, 4, device="meta")(torch.randn(5, 2, 3))
+
+
+def test_a_cells_hidden_state_on_another_device_raises_torchs_error():
+    for m in _pair("GRUCell", 3, 4):
+        with pytest.raises(RuntimeError, match="Tensor on device cpu is not on the expected device meta!"):
+            m(torch.randn(2, 3), torch.zeros(2, 4, device="meta"))
+
+
+def test_hidden_state_of_another_dtype_is_a_runtime_error_as_in_torch():
+    """torch raises its matmul's RuntimeError; gpurnn's TypeError names the argument and is a RuntimeError too."""
+    for m in _pair("GRU", 3, 4):
+        with pytest.raises(RuntimeError):
+            m(torch.randn(5, 2, 3), torch.zeros(1, 2, 4, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"hx: expected dtype torch.float32 \(the dtype of input\), got torch.float64"):
+        gnn.GRU(3, 4)(torch.randn(5, 2, 3), torch.zeros(1, 2, 4, dtype=torch.float64))
