@@ -93,3 +93,21 @@ def test_hidden_state_of_another_dtype_is_a_runtime_error_as_in_torch():
             m(torch.randn(5, 2, 3), torch.zeros(1, 2, 4, dtype=torch.float64))
     with pytest.raises(TypeError, match=r"hx: expected dtype torch.float32 \(the dtype of input\), got torch.float64"):
         gnn.GRU(3, 4)(torch.randn(5, 2, 3), torch.zeros(1, 2, 4, dtype=torch.float64))
+
+
+def test_rnn_keeps_the_nonlinearity_it_was_built_with():
+    """torch.nn.RNN dispatches on `mode`, set by its constructor: changing `nonlinearity` later changes nothing."""
+    x = torch.randn(5, 2, 3)
+    outs = []
+    for m in _pair("RNN", 3, 4, nonlinearity="tanh"):
+        m.nonlinearity = "relu"
+        outs.append(m(x)[0])
+    torch.testing.assert_close(outs[1], outs[0])
+
+
+@pytest.mark.parametrize("name", ["RNN", "GRU"])
+def test_packed_input_with_a_2d_hidden_state_names_the_expected_size(name):
+    x = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(5, 2, 3), [5, 3])
+    for m in _pair(name, 3, 4):
+        with pytest.raises(RuntimeError, match=r"^Expected hidden size \(1, 2, 4\), got \[2, 4\]$"):
+            m(x, torch.zeros(2, 4))

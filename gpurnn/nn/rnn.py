@@ -106,7 +106,9 @@ class _EngineForward:
             for h in hx:
                 check_tensor("hx", h)
             want = 3 if batched else 2
-            if any(h.dim() != want for h in hx):
+            # as torch.nn, only a tensor input's hx is checked for its number of dimensions here; a packed
+            # input's goes to check_forward_args (its message names the expected size)
+            if not isinstance(input, PackedSequence) and any(h.dim() != want for h in hx):
                 kind = "batched 3-D" if batched else "unbatched 2-D"
                 if is_lstm:
                     raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
@@ -169,7 +171,8 @@ class RNN(_EngineForward, torch.nn.RNN):
         self._init_backend(backend)
 
     def _opts(self):
-        return {"nonlinearity": self.nonlinearity}
+        # torch.nn.RNN dispatches on the mode its constructor set, not on `nonlinearity` changed later
+        return {"nonlinearity": "relu" if self.mode == "RNN_RELU" else "tanh"}
 
 
 class LSTM(_EngineForward, torch.nn.LSTM):
