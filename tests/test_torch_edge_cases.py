@@ -111,3 +111,20 @@ def test_packed_input_with_a_2d_hidden_state_names_the_expected_size(name):
     for m in _pair(name, 3, 4):
         with pytest.raises(RuntimeError, match=r"^Expected hidden size \(1, 2, 4\), got \[2, 4\]$"):
             m(x, torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one-way", "bidir"])
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+def test_dropout_on_packed_input_draws_torchs_masks(name, bidirectional):
+    """torch.nn applies dropout between layers to the packed rows: the same seed, the same outputs and
+    gradients (and the same random numbers drawn after)."""
+    x = torch.randn(5, 3, 3)
+    results = []
+    for m in _pair(name, 3, 4, num_layers=3, dropout=0.5, bidirectional=bidirectional):
+        torch.manual_seed(1)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, [5, 2, 4], enforce_sorted=False)
+        y, _ = m(packed)
+        y.data.sum().backward()
+        results.append((y.data, m.weight_ih_l0.grad, torch.rand(1)))
+    for got, want in zip(*results[::-1]):
+        torch.testing.assert_close(got, want)

@@ -63,7 +63,7 @@ class _EngineForward:
             if sorted_idx is not None:
                 hx = [h.index_select(1, sorted_idx) for h in hx]
 
-        y, finals = self._run_stack(x, hx, batch_sizes, dtype)
+        y, finals = self._run_stack(x, hx, batch_sizes, dtype, index if packed else None)
         finals = [f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f) for f in finals]
         if unsorted_idx is not None:
             finals = [f.index_select(1, unsorted_idx) for f in finals]
@@ -121,7 +121,8 @@ class _EngineForward:
             self.check_input(x, batch_sizes)
         return x, batch_sizes, sorted_idx, unsorted_idx, batched, hx
 
-    def _run_stack(self, x, hx, batch_sizes, autocast_dtype=None):
+    def _run_stack(self, x, hx, batch_sizes, autocast_dtype=None, packed_rows=None):
+        """The layers on x (T, B, ·) padded; packed_rows: the padded rows a packed input has (packed_index)."""
         dirs = 2 if self.bidirectional else 1
         finals = [[] for _ in hx]
         for layer in range(self.num_layers):
@@ -145,8 +146,17 @@ class _EngineForward:
                     f.append(s)
             x = torch.cat(outs, -1) if dirs == 2 else outs[0]
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = torch.nn.functional.dropout(x, self.dropout, training=True)
+                x = self._dropout(x, packed_rows)
         return x, finals
+
+    def _dropout(self, x, rows):
+        """torch.nn's dropout between layers; for a packed input on its packed rows only, as torch.nn
+        does, so that the same seed draws the same masks."""
+        if rows is None:
+            return torch.nn.functional.dropout(x, self.dropout, training=True)
+        flat = x.reshape(-1, x.shape[-1])
+        kept = torch.nn.functional.dropout(flat.index_select(0, rows), self.dropout, training=True)
+        return torch.zeros_like(flat).index_copy(0, rows, kept).view_as(x)
 
     def _weight_shapes(self, layer, input_size):
         """The shapes _weight_names' parameters must have (torch.nn's layout)."""
