@@ -128,3 +128,13 @@ def test_dropout_on_packed_input_draws_torchs_masks(name, bidirectional):
         results.append((y.data, m.weight_ih_l0.grad, torch.rand(1)))
     for got, want in zip(*results[::-1]):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name, hx_of", [("LSTM", lambda h: (h, h, h)), ("LSTMCell", lambda h: (h, h, h))],
+                         ids=["LSTM", "LSTMCell"])
+def test_three_hidden_states_raise_torchs_runtime_error(name, hx_of):
+    x, h = (torch.randn(5, 2, 3), torch.zeros(1, 2, 4)) if name == "LSTM" else (torch.randn(2, 3), torch.zeros(2, 4))
+    op = "lstm" if name == "LSTM" else "lstm_cell"
+    for m in _pair(name, 3, 4):
+        with pytest.raises(RuntimeError, match=f"{op} expects two hidden states"):
+            m(x, hx_of(h))

@@ -5,7 +5,7 @@ import torch
 from .. import backends
 from ..autograd import run_layer
 from ..checks import check_choice
-from .common import TORCH_NAMES, DeviceMismatch, autocast, autocast_dtype, check_tensor
+from .common import TORCH_NAMES, DeviceMismatch, RuntimeTypeError, autocast, autocast_dtype, check_tensor
 from .rnn import _EngineForward
 
 _DTYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16",
@@ -32,7 +32,8 @@ class _CellForward:
             raise ValueError(f"{kind}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
             if is_lstm and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                raise TypeError(f"hx: expected a tuple (h_0, c_0) of two tensors, got a {type(hx).__name__}")
+                raise RuntimeTypeError(f"lstm_cell expects two hidden states; hx: expected a tuple (h_0, c_0) of "
+                                       f"two tensors, got a {type(hx).__name__}")
             for idx, h in enumerate(hx if is_lstm else [hx]):
                 check_tensor("hx", h)
                 if h.dim() not in (1, 2):

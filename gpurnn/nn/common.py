@@ -22,9 +22,10 @@ class DeviceMismatch(ValueError, RuntimeError):
     them); also a ValueError, as gpurnn's other checks of bad input."""
 
 
-class DtypeMismatch(TypeError, RuntimeError):
-    """A tensor whose dtype differs from the input's: torch.nn raises a RuntimeError (from its matmul),
-    gpurnn's checks a TypeError that names the argument; this is both."""
+class RuntimeTypeError(TypeError, RuntimeError):
+    """An argument of the wrong type where torch.nn raises a RuntimeError (a hidden state whose dtype differs
+    from the input's: from its matmul; an LSTM hx that is not two tensors: "lstm expects two hidden
+    states"); gpurnn's checks raise a TypeError that names the argument: this is both."""
 
 
 def check_tensor_like(name, t, x):
@@ -32,7 +33,7 @@ def check_tensor_like(name, t, x):
     try:
         check_same_dtype(name, t.dtype, "input", x.dtype)
     except TypeError as err:
-        raise DtypeMismatch(str(err)) from None
+        raise RuntimeTypeError(str(err)) from None
     if t.device != x.device:
         raise DeviceMismatch(f"Input and hidden tensors are not at the same device, found input tensor at "
                              f"{x.device} and hidden tensor at {t.device}")

@@ -8,7 +8,7 @@ from torch.nn.utils.rnn import PackedSequence
 from .. import backends, cells
 from ..autograd import run_layers
 from ..checks import check_choice, check_floating, check_steps
-from .common import (TORCH_NAMES, autocast, autocast_dtype, check_parameter_device, check_tensor,
+from .common import (TORCH_NAMES, RuntimeTypeError, autocast, autocast_dtype, check_parameter_device, check_tensor,
                      check_tensor_like, packed_index)
 
 
@@ -84,7 +84,8 @@ class _EngineForward:
         is_lstm = self._cell == "lstm"
         if is_lstm and hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
             got = f"a {type(hx).__name__}" + (f" of {len(hx)}" if isinstance(hx, (tuple, list)) else "")
-            raise TypeError(f"hx: expected a tuple (h_0, c_0) of two tensors, got {got}")
+            raise RuntimeTypeError(f"lstm expects two hidden states; hx: expected a tuple (h_0, c_0) of two "
+                                   f"tensors, got {got}")
         if isinstance(input, PackedSequence):
             x, batch_sizes, sorted_idx, unsorted_idx = input
             if len(batch_sizes) and int(batch_sizes.min()) < 1:
