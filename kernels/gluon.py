@@ -1,5 +1,7 @@
-"""Gluon (Triton's explicit-layout dialect) versions of common.py's device helpers, for the split/stepwise
-fp16/bf16 kernels where Triton's own layouts cost shared-memory traffic every step.
+"""Device helpers and layouts for Gluon (Triton's explicit-layout dialect) versions of the split/stepwise
+fp16/bf16 kernels, where Triton's own layouts cost shared-memory traffic every step. Gluon kernels call
+common.py's elementwise and barrier helpers (tanh, for_direction, arrive, wait) as they are; what is here
+sets layouts.
 
 What Triton 3.6 cannot be made to do, and Gluon can (profiling/static_cost.py, LSTM H=768 B=16 bf16 sm_90):
   * keep W in registers in the MMA's operand layout for all steps. Triton keeps the forward's W in
@@ -27,7 +29,6 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-from .common import SPIN_LIMIT
 
 
 @gluon.constexpr_function
@@ -80,28 +81,10 @@ def idx2(n0: gl.constexpr, n1: gl.constexpr, layout: gl.constexpr):
 
 
 @gluon.jit
-def tanh(x, DOT: gl.constexpr):
-    """common.tanh: the hardware's for bf16 data (HW_TANH), else the odd form that never overflows."""
-    if DOT == gl.bfloat16:
-        return gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=gl.float32,
-                                         is_pure=True, pack=1)
-    e = gl.exp(-2.0 * gl.abs(x))
-    y = (1.0 - e) / (1.0 + e)
-    return gl.where(x < 0, -y, y)
-
-
-@gluon.jit
 def gate(a3, k: gl.constexpr):
     """Gate k of a (BB, S, GP) tile whose gate axis is within each thread (sum_layout): register-only."""
     g = gl.arange(0, a3.shape[2], layout=gl.SliceLayout(0, gl.SliceLayout(1, a3.type.layout)))
     return gl.sum(gl.where(gl.expand_dims(gl.expand_dims(g, 0), 1) == k, a3, 0.0), axis=2)
-
-
-@gluon.jit
-def for_direction(p, p_doff, k):
-    """common.for_direction."""
-    U: gl.constexpr = 16 // (p.dtype.element_ty.primitive_bitwidth // 8)
-    return p + gl.program_id(2).to(gl.int64) * (gl.load(p_doff + k) * U)
 
 
 @gluon.jit
@@ -170,29 +153,3 @@ def sum_partials(p_ws, t, rows0, pid_s, B, N, BB: gl.constexpr, P: gl.constexpr,
         share = gl.load(p_ws + row + (p0 + p) * S + s, mask=ok & (p0 + p < P), other=0.0, cache_modifier=".cg")
         acc += gl.sum(share.to(gl.float32), axis=1)
     return acc
-
-
-@gluon.jit
-def arrive(p_bar):
-    """common.arrive."""
-    gl.thread_barrier()
-    gl.atomic_add(p_bar, 1, sem="release", scope="gpu")
-
-
-@gluon.jit
-def trap(x):
-    """common.trap."""
-    gl.inline_asm_elementwise("trap;", "=r,r", [x], dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
-def wait(p_bar, target):
-    """common.wait: wrap-safe compare, bounded spin that traps."""
-    count = gl.atomic_add(p_bar, 0, sem="acquire", scope="gpu")
-    polls = 0
-    while ((count - target) < 0) & (polls < SPIN_LIMIT):
-        count = gl.atomic_add(p_bar, 0, sem="acquire", scope="gpu")
-        polls += 1
-    if (count - target) < 0:
-        trap(count)
-    gl.thread_barrier()

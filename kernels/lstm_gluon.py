@@ -7,6 +7,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
+from . import common as cm
 from . import gluon as gk
 
 
@@ -38,15 +39,15 @@ def _fwd_gluon(p_gx, p_gates, p_h, p_c, p_tc, p_x, p_w, p_sizes, p_bar, p_doff, 
     L4: gl.constexpr = gk.sum_layout(NK, BB, S, 4, NW)
     L3: gl.constexpr = gl.SliceLayout(0, L4)
     if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
-        p_gx = gk.for_direction(p_gx, p_doff, 0)
-        p_gates = gk.for_direction(p_gates, p_doff, 1)
-        p_h = gk.for_direction(p_h, p_doff, 2)
-        p_c = gk.for_direction(p_c, p_doff, 3)
-        p_tc = gk.for_direction(p_tc, p_doff, 4)
-        p_x = gk.for_direction(p_x, p_doff, 5)
-        p_w = gk.for_direction(p_w, p_doff, 6)
-        p_sizes = gk.for_direction(p_sizes, p_doff, 7)
-        p_bar = gk.for_direction(p_bar, p_doff, 8)
+        p_gx = cm.for_direction(p_gx, p_doff, 0)
+        p_gates = cm.for_direction(p_gates, p_doff, 1)
+        p_h = cm.for_direction(p_h, p_doff, 2)
+        p_c = cm.for_direction(p_c, p_doff, 3)
+        p_tc = cm.for_direction(p_tc, p_doff, 4)
+        p_x = cm.for_direction(p_x, p_doff, 5)
+        p_w = cm.for_direction(p_w, p_doff, 6)
+        p_sizes = cm.for_direction(p_sizes, p_doff, 7)
+        p_bar = cm.for_direction(p_bar, p_doff, 8)
     pid_b, pid_s = gl.program_id(0), gl.program_id(1)
     rows0 = (tile0 + pid_b) * BB
     j0 = pid_s * S
@@ -75,9 +76,9 @@ def _fwd_gluon(p_gx, p_gates, p_h, p_c, p_tc, p_x, p_w, p_sizes, p_bar, p_doff, 
         red.store(acc)
         gl.thread_barrier()
         b_a = gl.sum(red.reshape([NK, BB, S, 4]).load(L4), axis=0) + b_gx
-        b_a = scale * gk.tanh(scale * b_a, DOT) + shift
+        b_a = scale * cm.tanh(scale * b_a, DOT) + shift
         c_new = gk.gate(b_a, 1) * b_c + gk.gate(b_a, 0) * gk.gate(b_a, 2)
-        tc = gk.tanh(c_new, DOT)
+        tc = cm.tanh(c_new, DOT)
         active = r2 < n
         b_c = gl.where(active, c_new, b_c)
         b_h = gl.where(active, gk.gate(b_a, 3) * tc, b_h)
@@ -85,7 +86,7 @@ def _fwd_gluon(p_gx, p_gates, p_h, p_c, p_tc, p_x, p_w, p_sizes, p_bar, p_doff, 
         gl.store(p_h + step + B * H + off2, b_h, mask=ok2)
         gk.store_exchange(p_x, t + 1, b_h, off2, ok2, B, H)
         if SYNC:
-            gk.arrive(p_bar)
+            cm.arrive(p_bar)
         gl.store(p_gates + 4 * step + off3, b_a, mask=ok3 & gl.expand_dims(active, 2))
         gl.store(p_tc + step + off2, tc, mask=ok2 & active)
         gl.store(p_c + step + B * H + off2, b_c, mask=ok2)
@@ -94,7 +95,7 @@ def _fwd_gluon(p_gx, p_gates, p_h, p_c, p_tc, p_x, p_w, p_sizes, p_bar, p_doff, 
         b_gx = gl.load(p_gx + 4 * (step + B * H) + off3, mask=ok3 & (gl.expand_dims(r2, 2) < n),
                        other=0.0).to(ACC)
         if SYNC:
-            gk.wait(p_bar, (i + 1) * P)
+            cm.wait(p_bar, (i + 1) * P)
         else:
             gl.thread_barrier()   # every warp has read `red` before the next step writes it
 
@@ -115,17 +116,17 @@ def _bwd_gluon(p_dy, p_gates, p_c, p_tc, p_dgates, p_dh, p_dc, p_w, p_ws, p_size
     PC: gl.constexpr = gk.share_chunk(P)
     LS: gl.constexpr = gk.share_layout(BB, PC, S, NW)
     if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
-        p_dy = gk.for_direction(p_dy, p_doff, 0)
-        p_gates = gk.for_direction(p_gates, p_doff, 1)
-        p_c = gk.for_direction(p_c, p_doff, 2)
-        p_tc = gk.for_direction(p_tc, p_doff, 3)
-        p_dgates = gk.for_direction(p_dgates, p_doff, 4)
-        p_dh = gk.for_direction(p_dh, p_doff, 5)
-        p_dc = gk.for_direction(p_dc, p_doff, 6)
-        p_w = gk.for_direction(p_w, p_doff, 7)
-        p_ws = gk.for_direction(p_ws, p_doff, 8)
-        p_sizes = gk.for_direction(p_sizes, p_doff, 9)
-        p_bar = gk.for_direction(p_bar, p_doff, 10)
+        p_dy = cm.for_direction(p_dy, p_doff, 0)
+        p_gates = cm.for_direction(p_gates, p_doff, 1)
+        p_c = cm.for_direction(p_c, p_doff, 2)
+        p_tc = cm.for_direction(p_tc, p_doff, 3)
+        p_dgates = cm.for_direction(p_dgates, p_doff, 4)
+        p_dh = cm.for_direction(p_dh, p_doff, 5)
+        p_dc = cm.for_direction(p_dc, p_doff, 6)
+        p_w = cm.for_direction(p_w, p_doff, 7)
+        p_ws = cm.for_direction(p_ws, p_doff, 8)
+        p_sizes = cm.for_direction(p_sizes, p_doff, 9)
+        p_bar = cm.for_direction(p_bar, p_doff, 10)
     pid_b, pid_s = gl.program_id(0), gl.program_id(1)
     rows0 = (tile0 + pid_b) * BB
     j0 = pid_s * S
@@ -166,15 +167,15 @@ def _bwd_gluon(p_dy, p_gates, p_c, p_tc, p_dgates, p_dh, p_dc, p_w, p_ws, p_size
                 gk.store_partial(p_ws, mma_v2(b_op, w2, gl.zeros([BB, K2], ACC, mma)), K1, t, pid_s, rows0, B, H,
                                  P, S)
             if SYNC:
-                gk.arrive(p_bar)
+                cm.arrive(p_bar)
             gl.store(p_dgates + 4 * t.to(gl.int64) * B * H + off3, b_d, mask=ok3 & gl.expand_dims(r2 < n, 2))
         else:
             if SYNC:
-                gk.arrive(p_bar)
+                cm.arrive(p_bar)
         n, b_dy, b_a, b_cp, b_tc = _bwd_gluon_stream(t - 1, p_dy, p_gates, p_c, p_tc, p_sizes, off2, ok2, off3,
                                                      ok3, r2, B, H, ACC)
         if SYNC:
-            gk.wait(p_bar, (i + 1) * P)
+            cm.wait(p_bar, (i + 1) * P)
         else:
             gl.thread_barrier()   # every warp has read d_smem before the next step writes it
     gl.store(p_dh + off2, b_dh, mask=ok2)
