@@ -138,3 +138,16 @@ def test_three_hidden_states_raise_torchs_runtime_error(name, hx_of):
     for m in _pair(name, 3, 4):
         with pytest.raises(RuntimeError, match=f"{op} expects two hidden states"):
             m(x, hx_of(h))
+
+
+@pytest.mark.parametrize("where", ["input", "hx"])
+@pytest.mark.parametrize("name", ["RNN", "GRU"])
+def test_a_list_instead_of_a_tensor_is_torchs_attribute_error(name, where):
+    """torch.nn fails on `.dim()` of a list (AttributeError); gpurnn's error names the argument and is one too."""
+    x, h = torch.randn(5, 2, 3), torch.zeros(1, 2, 4)
+    args = (x.tolist(), None) if where == "input" else (x, h.tolist())
+    for m in _pair(name, 3, 4):
+        with pytest.raises(AttributeError):
+            m(*args)
+    with pytest.raises(TypeError, match=f"{where}: expected a"):
+        getattr(gnn, name)(3, 4)(*args)

@@ -12,9 +12,14 @@ def packed_index(batch_sizes, batch):
     return torch.cat([t * batch + torch.arange(int(n)) for t, n in enumerate(batch_sizes)])
 
 
+class NotATensor(TypeError, AttributeError):
+    """A non-tensor where a tensor goes: torch.nn fails on it with an AttributeError (`'list' object has no
+    attribute 'dim'`); gpurnn's TypeError names the argument: this is both."""
+
+
 def check_tensor(name, t):
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        raise NotATensor(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
 
 
 class DeviceMismatch(ValueError, RuntimeError):

@@ -8,8 +8,8 @@ from torch.nn.utils.rnn import PackedSequence
 from .. import backends, cells
 from ..autograd import run_layers
 from ..checks import check_choice, check_floating, check_steps
-from .common import (TORCH_NAMES, RuntimeTypeError, autocast, autocast_dtype, check_parameter_device, check_tensor,
-                     check_tensor_like, packed_index)
+from .common import (TORCH_NAMES, NotATensor, RuntimeTypeError, autocast, autocast_dtype, check_parameter_device,
+                     check_tensor, check_tensor_like, packed_index)
 
 
 class _EngineForward:
@@ -93,7 +93,7 @@ class _EngineForward:
             batched = True
         else:
             if not isinstance(input, torch.Tensor):
-                raise TypeError(f"input: expected a tensor or a PackedSequence, got {type(input).__name__}")
+                raise NotATensor(f"input: expected a tensor or a PackedSequence, got {type(input).__name__}")
             if input.dim() not in (2, 3):
                 tensor = " tensor" if self._cell == "elman" else ""
                 raise ValueError(f"{TORCH_NAMES[self._cell]}: Expected input to be 2D or 3D, got "
