@@ -140,6 +140,42 @@ def test_three_hidden_states_raise_torchs_runtime_error(name, hx_of):
             m(x, hx_of(h))
 
 
+# (module, input shape, hx, what torch.nn raises or that it runs): where torch.nn reads hx[0] and hx[1] (an LSTM's
+# tensor input, a cell's unbatched one), one tensor is an IndexError and a bare tensor is indexed as the pair (which
+# the LSTM's op then refuses)
+_SHORT_HX = [
+    ("LSTM", (5, 2, 3), lambda: (torch.zeros(1, 2, 4),), IndexError),
+    ("LSTM", (5, 3), lambda: (torch.zeros(1, 4),), IndexError),
+    ("LSTM", (5, 2, 3), lambda: torch.zeros(1, 2, 4), IndexError),
+    ("LSTM", (5, 2, 3), lambda: torch.zeros(2, 2, 4), "hx and cx should also be 3-D but got \\(2-D, 2-D\\)"),
+    ("LSTM", (5, 2, 3), lambda: torch.zeros(2, 1, 2, 4), TypeError),
+    ("LSTMCell", (3,), lambda: (torch.zeros(4),), IndexError),
+    ("LSTMCell", (3,), lambda: torch.zeros(4), "Expected hx\\[0\\] to be 1D or 2D, got 0D"),
+    ("LSTMCell", (3,), lambda: torch.zeros(2, 4), None),
+    ("LSTMCell", (2, 3), lambda: torch.zeros(2, 2, 4), TypeError),
+]
+
+
+@pytest.mark.parametrize("name, shape, hx_of, raises", _SHORT_HX, ids=[f"{c[0]}-{i}" for i, c in enumerate(_SHORT_HX)])
+def test_an_lstm_hx_that_is_not_a_pair_is_read_as_torch_reads_it(name, shape, hx_of, raises):
+    x = torch.randn(*shape)
+    results = []
+    for m in _pair(name, 3, 4):
+        if raises is None:
+            results.append(m(x, hx_of()))
+        elif isinstance(raises, str):
+            with pytest.raises(RuntimeError if name == "LSTM" else ValueError, match=raises):
+                m(x, hx_of())
+        else:
+            with pytest.raises(raises):
+                m(x, hx_of())
+    for got, want in zip(*results[::-1]):
+        torch.testing.assert_close(got, want)
+    if raises in (IndexError, TypeError):
+        with pytest.raises(TypeError, match="hx: expected a tuple"):   # gpurnn's error names hx
+            getattr(gnn, name)(3, 4)(x, hx_of())
+
+
 @pytest.mark.parametrize("where", ["input", "hx"])
 @pytest.mark.parametrize("name", ["RNN", "GRU"])
 def test_a_list_instead_of_a_tensor_is_torchs_attribute_error(name, where):

@@ -5,7 +5,7 @@ import torch
 from .. import backends
 from ..autograd import run_layer
 from ..checks import check_choice
-from .common import TORCH_NAMES, DeviceMismatch, RuntimeTypeError, autocast, autocast_dtype, check_tensor
+from .common import TORCH_NAMES, DeviceMismatch, autocast, autocast_dtype, check_tensor, lstm_pair
 from .rnn import _EngineForward
 
 _DTYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16",
@@ -31,10 +31,8 @@ class _CellForward:
         if input.dim() not in (1, 2):
             raise ValueError(f"{kind}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
-            if is_lstm and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                raise RuntimeTypeError(f"lstm_cell expects two hidden states; hx: expected a tuple (h_0, c_0) of "
-                                       f"two tensors, got a {type(hx).__name__}")
-            for idx, h in enumerate(hx if is_lstm else [hx]):
+            hx = lstm_pair(hx, "lstm_cell", input.dim() == 1) if is_lstm else [hx]
+            for idx, h in enumerate(hx):
                 check_tensor("hx", h)
                 if h.dim() not in (1, 2):
                     what = f"hx[{idx}]" if is_lstm else "hidden"
@@ -45,7 +43,7 @@ class _CellForward:
             zeros = x.new_zeros(x.size(0), self.hidden_size)
             hx = [zeros, zeros] if is_lstm else [zeros]
         else:
-            hx = [h if batched else h.unsqueeze(0) for h in (hx if is_lstm else [hx])]
+            hx = [h if batched else h.unsqueeze(0) for h in hx]
         self._check_step_args(x, hx)
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh] + ([None] if is_lstm else [])
         dtype = autocast_dtype(kind, x.device)

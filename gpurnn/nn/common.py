@@ -33,6 +33,27 @@ class RuntimeTypeError(TypeError, RuntimeError):
     states"); gpurnn's checks raise a TypeError that names the argument: this is both."""
 
 
+class IndexTypeError(TypeError, IndexError):
+    """An LSTM hx of fewer than two tensors where torch.nn reads hx[0] and hx[1]: torch fails with an IndexError;
+    gpurnn's TypeError names hx: this is both."""
+
+
+def lstm_pair(hx, op, indexed):
+    """An LSTM's hx as [h_0, c_0], as torch.nn takes it. indexed: torch.nn reads hx[0] and hx[1] here (tensor
+    input to the LSTM, unbatched input to the cell), so a bare tensor of two or more rows is the pair, and
+    fewer than two is an IndexError; elsewhere torch's op `op` needs exactly two tensors."""
+    if isinstance(hx, (tuple, list)) and len(hx) == 2:
+        return list(hx)
+    is_tensor = isinstance(hx, torch.Tensor)
+    if indexed and is_tensor and hx.dim() and len(hx) >= 2:
+        return [hx[0], hx[1]]
+    count = f" of {len(hx)}" if isinstance(hx, (tuple, list)) or (is_tensor and hx.dim()) else ""
+    short = indexed and (is_tensor or (isinstance(hx, (tuple, list)) and len(hx) < 2))
+    raise (IndexTypeError if short else RuntimeTypeError)(
+        f"{op} expects two hidden states; hx: expected a tuple (h_0, c_0) of two tensors, "
+        f"got a {type(hx).__name__}{count}")
+
+
 def check_tensor_like(name, t, x):
     check_tensor(name, t)
     try:

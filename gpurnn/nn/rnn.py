@@ -8,8 +8,8 @@ from torch.nn.utils.rnn import PackedSequence
 from .. import backends, cells
 from ..autograd import run_layers
 from ..checks import check_choice, check_floating, check_steps
-from .common import (TORCH_NAMES, NotATensor, RuntimeTypeError, autocast, autocast_dtype, check_parameter_device,
-                     check_tensor, check_tensor_like, packed_index)
+from .common import (TORCH_NAMES, NotATensor, autocast, autocast_dtype, check_parameter_device,
+                     check_tensor, check_tensor_like, lstm_pair, packed_index)
 
 
 class _EngineForward:
@@ -82,10 +82,6 @@ class _EngineForward:
         """torch.nn's checks, with its exception types and messages, in its order:
         (x, batch_sizes, sorted_idx, unsorted_idx, batched, [h_0(, c_0)] or None)."""
         is_lstm = self._cell == "lstm"
-        if is_lstm and hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-            got = f"a {type(hx).__name__}" + (f" of {len(hx)}" if isinstance(hx, (tuple, list)) else "")
-            raise RuntimeTypeError(f"lstm expects two hidden states; hx: expected a tuple (h_0, c_0) of two "
-                                   f"tensors, got {got}")
         if isinstance(input, PackedSequence):
             x, batch_sizes, sorted_idx, unsorted_idx = input
             if len(batch_sizes) and int(batch_sizes.min()) < 1:
@@ -103,7 +99,8 @@ class _EngineForward:
             if not batched:
                 x = input.unsqueeze(0 if self.batch_first else 1)
         if hx is not None:
-            hx = list(hx) if is_lstm else [hx]
+            given = hx
+            hx = lstm_pair(hx, "lstm", not isinstance(input, PackedSequence)) if is_lstm else [hx]
             for h in hx:
                 check_tensor("hx", h)
             want = 3 if batched else 2
@@ -115,6 +112,8 @@ class _EngineForward:
                     raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
                                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
                 raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx[0].dim()}-D tensor")
+            if is_lstm and isinstance(given, torch.Tensor):   # torch.nn indexed it for the check above; its op
+                lstm_pair(given, "lstm", indexed=False)         # takes only a tuple
             if not batched:
                 hx = [h.unsqueeze(1) for h in hx]
             self.check_forward_args(x, tuple(hx) if is_lstm else hx[0], batch_sizes)
