@@ -1,5 +1,7 @@
 """Under torch.autocast the modules give the dtypes torch.nn's give, and the values of the cast
-computation (CPU: bfloat16 and float16 data are computed in float32 and rounded on return)."""
+computation (CPU: bfloat16 and float16 data are computed in float32 and rounded on return). Where torch.nn
+mixes precisions inside one op (GRU, LSTMCell, GRUCell and the projected LSTM on the CPU), they give torch.nn's
+own results."""
 import pytest
 import torch
 
@@ -36,3 +38,36 @@ def test_jordan_and_gradients_work_under_autocast():
     assert y.dtype == torch.float32 and lstm_y.dtype == torch.bfloat16
     (y.sum() + lstm_y.float().sum()).backward()
     assert x.grad.dtype == torch.float32 and x.grad.abs().sum() > 0
+
+
+# (module, its arguments, input dtype, hx dtype or None): torch runs the GEMMs inside these ops in bfloat16 and
+# returns the state in hx's dtype (a projected LSTM: c_n unrounded in c_0's dtype)
+_MIXED = [("GRU", {}, torch.bfloat16, torch.float32), ("GRU", {}, torch.float32, torch.bfloat16),
+          ("GRU", {}, torch.float32, None), ("LSTMCell", {}, torch.float32, None),
+          ("LSTMCell", {}, torch.bfloat16, torch.float32), ("GRUCell", {}, torch.float32, torch.bfloat16),
+          ("LSTM", {"proj_size": 3}, torch.float32, None), ("LSTM", {"proj_size": 3}, torch.bfloat16, torch.float32)]
+
+
+@pytest.mark.parametrize("kind, kwargs, x_dtype, hx_dtype", _MIXED, ids=[f"{c[0]}{len(c[1])}-{i}" for i, c in
+                                                                         enumerate(_MIXED)])
+def test_mixed_precision_inside_the_op_is_torchs(kind, kwargs, x_dtype, hx_dtype):
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, kind)(4, 5, **kwargs)
+    mine = getattr(gnn, kind)(4, 5, **kwargs)
+    mine.load_state_dict(ref.state_dict())
+    cell = "Cell" in kind
+    x = torch.randn(*((2, 4) if cell else (3, 2, 4)), dtype=x_dtype)
+    hx = None
+    if hx_dtype is not None:
+        h = torch.randn(*((2,) if cell else (1, 2)), kwargs.get("proj_size", 5), dtype=hx_dtype)
+        c = torch.randn(*h.shape[:-1], 5, dtype=hx_dtype)
+        hx = (h, c) if "LSTM" in kind else h
+    results = []
+    for m in (ref, mine):
+        with torch.autocast("cpu", torch.bfloat16):
+            out = _outputs(m(x, hx))
+        sum(t.float().sum() for t in out).backward()
+        results.append(out + [m.weight_hh_l0.grad if not cell else m.weight_hh.grad])
+    for got, want in zip(*results[::-1]):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -5,7 +5,8 @@ import torch
 from .. import backends
 from ..autograd import run_layer
 from ..checks import check_choice
-from .common import TORCH_NAMES, DeviceMismatch, autocast, autocast_dtype, check_tensor, lstm_pair
+from .common import (TORCH_NAMES, DeviceMismatch, autocast, autocast_dtype, autocast_inside, check_tensor,
+                     lstm_pair)
 from .rnn import _EngineForward
 
 _DTYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16",
@@ -28,6 +29,8 @@ class _CellForward:
 
     def forward(self, input, hx=None):
         is_lstm, kind = self._cell == "lstm", TORCH_NAMES[self._cell] + "Cell"
+        if isinstance(input, torch.Tensor) and autocast_inside(kind, input.device):
+            return super().forward(input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"{kind}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:

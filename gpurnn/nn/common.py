@@ -85,6 +85,16 @@ def autocast_dtype(kind, device):
     return None
 
 
+def autocast_inside(kind, device, proj=False):
+    """Whether torch.nn's `kind` module runs a mixed precision of its own under autocast on `device` now, which
+    the engine has no mode for: where autocast does not cast the op (GRU and the LSTM/GRU cells on the CPU),
+    torch still runs the GEMMs inside it in the autocast dtype and returns the state in hx's dtype; the CPU LSTM
+    with projections returns c_n unrounded, in c_0's dtype. The modules then run torch.nn's own forward."""
+    if not torch.is_autocast_enabled(device.type):
+        return False
+    return kind not in AUTOCAST.get(device.type, ()) or (proj and device.type == "cpu")
+
+
 def autocast(t, dtype):
     """t cast as autocast casts an op's inputs: floating tensors other than float64."""
     if t is None or dtype is None or not t.is_floating_point() or t.dtype == torch.float64:

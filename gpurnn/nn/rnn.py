@@ -8,7 +8,7 @@ from torch.nn.utils.rnn import PackedSequence
 from .. import backends, cells
 from ..autograd import run_layers
 from ..checks import check_choice, check_floating, check_steps
-from .common import (TORCH_NAMES, NotATensor, autocast, autocast_dtype, check_parameter_device,
+from .common import (TORCH_NAMES, NotATensor, autocast, autocast_dtype, autocast_inside, check_parameter_device,
                      check_tensor, check_tensor_like, lstm_pair, packed_index)
 
 
@@ -34,6 +34,9 @@ class _EngineForward:
     def forward(self, input, hx=None):
         is_lstm = self._cell == "lstm"
         packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
+        if isinstance(data, torch.Tensor) and autocast_inside(TORCH_NAMES[self._cell], data.device, self.proj_size):
+            return super().forward(input, hx)
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         x, batch_sizes, sorted_idx, unsorted_idx, batched, hx = self._checked_inputs(input, hx)
         if packed:
