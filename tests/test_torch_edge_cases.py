@@ -187,3 +187,26 @@ def test_a_list_instead_of_a_tensor_is_torchs_attribute_error(name, where):
             m(*args)
     with pytest.raises(TypeError, match=f"{where}: expected a"):
         getattr(gnn, name)(3, 4)(*args)
+
+
+class _Stack(torch.nn.Module):
+    def __init__(self, nn):
+        super().__init__()
+        self.rnn, self.cell = nn.LSTM(3, 4, batch_first=True), nn.GRUCell(4, 4)
+
+    def forward(self, x):
+        y, (h, c) = self.rnn(x)
+        return self.cell(y[:, -1], h[0]) + c.sum()
+
+
+def test_fx_symbolic_trace_records_the_modules_as_torch_nns():
+    """fx keeps torch.nn's modules as call_module nodes (their forward is not traced); gpurnn's are the same."""
+    torch.manual_seed(0)
+    ref, mine = _Stack(torch.nn), _Stack(gnn)
+    mine.load_state_dict(ref.state_dict())
+    graphs = [torch.fx.symbolic_trace(m) for m in (ref, mine)]
+    ops = [[(n.op, str(n.target)) for n in g.graph.nodes] for g in graphs]
+    assert ops[1] == ops[0] and ("call_module", "rnn") in ops[1] and ("call_module", "cell") in ops[1]
+    assert isinstance(graphs[1].rnn, gnn.LSTM)
+    x = torch.randn(2, 5, 3)
+    torch.testing.assert_close(graphs[1](x), ref(x))

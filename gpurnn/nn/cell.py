@@ -6,7 +6,7 @@ from .. import backends
 from ..autograd import run_layer
 from ..checks import check_choice
 from .common import (TORCH_NAMES, DeviceMismatch, autocast, autocast_dtype, autocast_inside, check_tensor,
-                     lstm_pair)
+                     fx_call, lstm_pair)
 from .rnn import _EngineForward
 
 _DTYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16",
@@ -28,6 +28,9 @@ class _CellForward:
     __prepare_scriptable__ = _EngineForward.__prepare_scriptable__
 
     def forward(self, input, hx=None):
+        traced = fx_call(self, input, hx)
+        if traced is not None:
+            return traced
         is_lstm, kind = self._cell == "lstm", TORCH_NAMES[self._cell] + "Cell"
         if isinstance(input, torch.Tensor) and autocast_inside(kind, input.device):
             return super().forward(input, hx)

@@ -12,6 +12,15 @@ def packed_index(batch_sizes, batch):
     return torch.cat([t * batch + torch.arange(int(n)) for t, n in enumerate(batch_sizes)])
 
 
+def fx_call(module, input, hx):
+    """Under torch.fx.symbolic_trace: the module as one call_module node, as fx records torch.nn's own modules
+    (it traces into modules from elsewhere, and the engine cannot run on proxies); else None."""
+    proxy = next((a for a in (input, hx) if isinstance(a, torch.fx.Proxy)), None)
+    if proxy is None:
+        return None
+    return proxy.tracer.create_proxy("call_module", proxy.tracer.path_of_module(module), (input, hx), {})
+
+
 class NotATensor(TypeError, AttributeError):
     """A non-tensor where a tensor goes: torch.nn fails on it with an AttributeError (`'list' object has no
     attribute 'dim'`); gpurnn's TypeError names the argument: this is both."""

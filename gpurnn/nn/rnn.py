@@ -9,7 +9,7 @@ from .. import backends, cells
 from ..autograd import run_layers
 from ..checks import check_choice, check_floating, check_steps
 from .common import (TORCH_NAMES, NotATensor, autocast, autocast_dtype, autocast_inside, check_parameter_device,
-                     check_tensor, check_tensor_like, lstm_pair, packed_index)
+                     check_tensor, check_tensor_like, fx_call, lstm_pair, packed_index)
 
 
 class _EngineForward:
@@ -32,6 +32,9 @@ class _EngineForward:
         return {}
 
     def forward(self, input, hx=None):
+        traced = fx_call(self, input, hx)
+        if traced is not None:
+            return traced
         is_lstm = self._cell == "lstm"
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
