@@ -92,9 +92,34 @@ def test_a_traced_model_saves_and_loads(tmp_path):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
-def test_torchscript_says_to_use_compile_or_export():
-    with pytest.raises(RuntimeError, match="TorchScript.*torch.compile.*torch.export"):
-        torch.jit.script(gnn.LSTM(3, 4))
+class _Scriptable(torch.nn.Module):
+    def __init__(self, nn):
+        super().__init__()
+        self.rnn = nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True)
+        self.cell = nn.GRUCell(8, 4)
+
+    def forward(self, x):
+        y, (h, c) = self.rnn(x)
+        return self.cell(y[:, -1], h[0]) + c.sum()
+
+
+def test_torchscript_scripts_torch_nns_module_on_the_same_parameters(tmp_path):
+    """TorchScript cannot run the engine: the scripted model is torch.nn's, on our parameters."""
+    torch.manual_seed(0)
+    ref, mine = _Scriptable(torch.nn), _Scriptable(gnn)
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 5, 3)
+    weight = mine.rnn.weight_ih_l0
+    with pytest.warns(UserWarning, match="scripted as torch.nn.LSTM"):
+        scripted = torch.jit.script(mine)
+    torch.testing.assert_close(scripted(x), torch.jit.script(ref)(x), atol=0, rtol=0)
+    scripted(x).sum().backward()
+    ref(x).sum().backward()
+    torch.testing.assert_close(mine.rnn.weight_hh_l1_reverse.grad, ref.rnn.weight_hh_l1_reverse.grad)
+    # torch.jit.script puts the scriptable module into the parent: torch.nn's, on the same parameters
+    assert type(mine.rnn) is torch.nn.LSTM and mine.rnn.weight_ih_l0 is weight
+    scripted.save(tmp_path / "scripted.pt")
+    torch.testing.assert_close(torch.jit.load(tmp_path / "scripted.pt")(x), ref(x))
 
 
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])

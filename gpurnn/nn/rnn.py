@@ -2,6 +2,8 @@
 initialisation, state_dict, checks and messages) whose forward runs the gpurnn engine, a
 layer at a time (autograd.run_layers: one kernel launch for both directions under "triton");
 layers, dropout and packing are composed here with ordinary torch ops."""
+import warnings
+
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
@@ -25,8 +27,16 @@ class _EngineForward:
         """A no-op: gpurnn reads the parameters where they are."""
 
     def __prepare_scriptable__(self):
-        raise RuntimeError(f"gpurnn.nn.{type(self).__name__}: TorchScript (torch.jit.script) is not supported; "
-                           "use torch.compile or torch.export, which trace gpurnn's layers as custom ops")
+        """torch.jit.script compiles torch.nn's own module in this one's place, on the same parameters:
+        TorchScript cannot run the engine (torch.compile and torch.export do). torch puts what this returns
+        into the parent module too, hence the warning."""
+        base = next(c for c in type(self).__mro__ if c.__module__ == "torch.nn.modules.rnn")
+        warnings.warn(f"torch.jit.script: gpurnn.nn.{type(self).__name__} is scripted as torch.nn.{base.__name__} "
+                      f"on the same parameters, and torch replaces it by that module in its parent too "
+                      f"(TorchScript cannot run gpurnn's engine; torch.compile and torch.export can)", stacklevel=2)
+        twin = base.__new__(base)
+        twin.__dict__ = dict(self.__dict__)
+        return twin
 
     def _opts(self):
         return {}
