@@ -42,6 +42,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import triton
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import compile_check   # noqa: E402  (profiling/ is not a package)
@@ -108,11 +110,26 @@ def _functions(path):
     return [(n.lineno, n.end_lineno, n.name) for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
 
 
+def local_source(path):
+    """The file a line-info path names, in this checkout, or None. Triton caches compiled kernels by their
+    source, not its path, so a kernel compiled before in another checkout (a CI clone) names that checkout's
+    kernels/ and triton/ files: the same sources, found here by their path below those folders."""
+    if os.path.exists(path):
+        return path
+    for marker, root in (("/kernels/", os.path.dirname(cm.__file__)), ("/triton/", os.path.dirname(triton.__file__))):
+        if marker in path:
+            local = os.path.join(root, path.rsplit(marker, 1)[1])
+            if os.path.exists(local):
+                return local
+    return None
+
+
 def function_at(where):
     """The innermost function around a (file, line), or None."""
-    if where is None or not os.path.exists(where[0]):
+    path = where and local_source(where[0])
+    if path is None:
         return None
-    inside = [(last - first, name) for first, last, name in _functions(where[0]) if first <= where[1] <= last]
+    inside = [(last - first, name) for first, last, name in _functions(path) if first <= where[1] <= last]
     return min(inside)[1] if inside else None
 
 

@@ -124,3 +124,12 @@ def test_report_rows_from_real_compiles(report):
         assert r["smem_read_bytes_per_step"] < triton["smem_read_bytes_per_step"]
         assert r["exchange_bytes_per_step"] == triton["exchange_bytes_per_step"]
     assert gluon["fwd"]["smem_bytes"] < gluon["fwd"]["w_tile_bytes"]
+
+
+def test_line_info_from_another_checkout_is_read_in_this_one():
+    """Triton's cache keys kernels by source, so a cubin compiled in a CI clone names the clone's files."""
+    path, line = _line_in(cm.kdot)
+    elsewhere = "/no/such/clone/kernels/" + Path(path).name
+    assert static_cost.local_source(elsewhere) == path
+    assert static_cost.function_at((elsewhere, line)) == static_cost.function_at((path, line)) == "kdot"
+    assert static_cost.function_at(("/no/such/file.py", line)) is None

@@ -210,3 +210,94 @@ def test_fx_symbolic_trace_records_the_modules_as_torch_nns():
     assert isinstance(graphs[1].rnn, gnn.LSTM)
     x = torch.randn(2, 5, 3)
     torch.testing.assert_close(graphs[1](x), ref(x))
+
+
+def test_functional_call_with_parameters_of_another_dtype_runs_as_torch_nn():
+    """torch.nn refreshes _flat_weights at every call, and its input check reads them (meta-learning)."""
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    outs = [torch.func.functional_call(m, {k: v.double() for k, v in m.named_parameters()}, (x,))[0]
+            for m in _pair("GRU", 3, 4)]
+    torch.testing.assert_close(outs[1], outs[0])
+
+
+class _Counted(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, w):
+        self.calls += 1
+        return w * 1.5
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_parametrized_weights_are_evaluated_as_often_as_in_torch_nn(name):
+    """A parametrization with state (spectral_norm's power iteration) must see the calls torch.nn makes."""
+    counts, outs = [], []
+    for m in _pair(name, 3, 4, num_layers=2):
+        hooks = {n: _Counted() for n in ("weight_ih_l0", "weight_hh_l1")}
+        for n, p in hooks.items():
+            torch.nn.utils.parametrize.register_parametrization(m, n, p)
+        outs.append(m(torch.ones(5, 2, 3))[0])
+        counts.append({n: p.calls for n, p in hooks.items()})
+    assert counts[1] == counts[0]
+    torch.testing.assert_close(outs[1], outs[0])
+
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"])
+def test_meta_tensors_give_torch_nns_shapes(name):
+    shape = (2, 3) if "Cell" in name else (5, 2, 3)
+    results = []
+    for m in (getattr(torch.nn, name)(3, 4, device="meta"), getattr(gnn, name)(3, 4, device="meta")):
+        out = m(torch.randn(*shape, device="meta", requires_grad=True))
+        results.append([t.shape for t in torch.utils._pytree.tree_leaves(out)])
+    assert results[1] == results[0]
+
+
+# Unusual hidden sizes, one per test, so that no other test has timed the CPU route of the layer shape already.
+def _fresh_gru_pair(hidden):
+    return _pair("GRU", 5, hidden)
+
+
+def test_no_route_timing_where_saved_tensor_hooks_are_disabled(monkeypatch):
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    x = torch.randn(9, 3, 5, requires_grad=True)
+    outs = []
+    for m in _fresh_gru_pair(11):
+        with torch.autograd.graph.disable_saved_tensors_hooks("no saved-tensor hooks here"):
+            outs.append(m(x)[0])
+    torch.testing.assert_close(outs[1], outs[0])
+
+
+def test_a_flop_counter_sees_what_it_sees_of_torch_nn(monkeypatch):
+    """The first call of a layer shape times the routes: under a dispatch mode it must not (the mode would count
+    the timing runs); it runs torch's op, as torch.nn does."""
+    from torch.utils.flop_counter import FlopCounterMode
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    x = torch.randn(9, 3, 5, requires_grad=True)
+    flops = []
+    for m in _fresh_gru_pair(13):
+        with FlopCounterMode(display=False) as counter:
+            m(x)[0].sum().backward()
+        flops.append(counter.get_total_flops())
+    assert flops[1] == flops[0] > 0
+
+
+def test_fake_tensor_mode_runs_as_torch_nn(monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    shapes = []
+    for m in _fresh_gru_pair(15):
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            shapes.append(m(torch.randn(9, 3, 5))[0].shape)
+    assert shapes[1] == shapes[0] == (9, 3, 15)
+
+
+def test_a_weight_of_the_wrong_shape_is_torchs_runtime_error():
+    x = torch.randn(5, 2, 3)
+    for m in _pair("GRU", 3, 4):
+        m.weight_hh_l0 = torch.nn.Parameter(torch.randn(12, 5))
+        with pytest.raises(RuntimeError):
+            m(x)
+    with pytest.raises(ValueError, match=r"weight_hh_l0: expected shape \(12, 4\), got \(12, 5\)"):
+        m(x)

@@ -20,6 +20,8 @@ import statistics
 import time
 
 import torch
+from torch._subclasses import fake_tensor
+from torch.utils import _python_dispatch as python_dispatch
 
 from . import timed
 _OPS = {"lstm": torch._VF.lstm, "gru": torch._VF.gru}
@@ -101,6 +103,14 @@ def _time(run, x, directions, for_backward):
     return statistics.median(runs)
 
 
+def _timing_unseen(x):
+    """Whether timing runs here would stay unseen: not under a dispatch mode (a flop counter, fake
+    tensors), not on meta or fake tensors, not where saved-tensor hooks are disabled (the timing
+    installs its own)."""
+    return not (python_dispatch.is_in_torch_dispatch_mode() or x.is_meta or fake_tensor.is_fake(x)
+                or not torch._C._autograd._saved_tensors_hooks_is_enabled())
+
+
 def route(cell, x, directions, opts, for_backward, run_engine):
     """"torch" or "engine" for this layer: forced, or the faster by timing once per shape class.
     run_engine(x, directions) runs the layer on the engine."""
@@ -111,6 +121,8 @@ def route(cell, x, directions, opts, for_backward, run_engine):
     if key not in _chosen and torch._C._current_graph_task_id() != -1:
         # called from inside a backward (a checkpoint's recomputation): no nested timing backward
         return "engine"
+    if key not in _chosen and not _timing_unseen(x):
+        return "torch"   # what torch.nn would run, and what the caller's mode or hooks expect to see
     return timed.decide(_chosen, key, lambda: {
         "engine": _time(run_engine, x, directions, for_backward),
         "torch": _time(lambda xs, ds: torch_layers(cell, xs, ds, opts), x, directions, for_backward)})

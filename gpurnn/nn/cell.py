@@ -5,8 +5,8 @@ import torch
 from .. import backends
 from ..autograd import run_layer
 from ..checks import check_choice
-from .common import (TORCH_NAMES, DeviceMismatch, autocast, autocast_dtype, autocast_inside, check_tensor,
-                     fx_call, lstm_pair)
+from .common import (TORCH_NAMES, RuntimeValueError, autocast, autocast_dtype, autocast_enabled, autocast_inside,
+                     check_tensor, fx_call, lstm_pair)
 from .rnn import _EngineForward
 
 _DTYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16",
@@ -80,13 +80,13 @@ class _CellForward:
             if h.size(1) != self.hidden_size:
                 raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}")
         for t in [x] + hx:
-            if t.dtype != self.weight_ih.dtype and not torch.is_autocast_enabled(t.device.type):
+            if t.dtype != self.weight_ih.dtype and not autocast_enabled(t.device):
                 raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got "
                                    f"{_DTYPE_NAMES.get(t.dtype, t.dtype)} and {_DTYPE_NAMES.get(self.weight_ih.dtype)}")
         # torch's cell ops' device check, with its words: the input against the first tensor elsewhere
         odd = next((t.device for t in hx + [self.weight_ih] if t.device != x.device), None)
         if odd is not None:
-            raise DeviceMismatch(f"Tensor on device {x.device} is not on the expected device {odd}!")
+            raise RuntimeValueError(f"Tensor on device {x.device} is not on the expected device {odd}!")
 
 
 class RNNCell(_CellForward, torch.nn.RNNCell):

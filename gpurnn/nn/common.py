@@ -31,9 +31,10 @@ def check_tensor(name, t):
         raise NotATensor(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
 
 
-class DeviceMismatch(ValueError, RuntimeError):
-    """torch.nn's RuntimeError for tensors on different devices, with its words (torch's own tests match
-    them); also a ValueError, as gpurnn's other checks of bad input."""
+class RuntimeValueError(ValueError, RuntimeError):
+    """Bad input where torch.nn raises a RuntimeError (tensors on different devices: with its words, which
+    torch's own tests match; a weight of the wrong shape: from its matmul); also a ValueError, as gpurnn's
+    other checks of bad input."""
 
 
 class RuntimeTypeError(TypeError, RuntimeError):
@@ -70,14 +71,14 @@ def check_tensor_like(name, t, x):
     except TypeError as err:
         raise RuntimeTypeError(str(err)) from None
     if t.device != x.device:
-        raise DeviceMismatch(f"Input and hidden tensors are not at the same device, found input tensor at "
+        raise RuntimeValueError(f"Input and hidden tensors are not at the same device, found input tensor at "
                              f"{x.device} and hidden tensor at {t.device}")
 
 
 def check_parameter_device(x, weight):
     """torch.nn's check that the input is on the parameters' device, with its words."""
     if x.device != weight.device:
-        raise DeviceMismatch(f"Input and parameter tensors are not at the same device, found input tensor at "
+        raise RuntimeValueError(f"Input and parameter tensors are not at the same device, found input tensor at "
                              f"{x.device} and parameter tensor at {weight.device}")
 
 
@@ -87,9 +88,14 @@ AUTOCAST = {"cpu": ("RNN", "LSTM", "RNNCell"),
             "cuda": ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")}
 
 
+def autocast_enabled(device):
+    """Whether autocast is on for `device` (a device without autocast, as meta, has it off)."""
+    return torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)
+
+
 def autocast_dtype(kind, device):
     """The dtype autocast gives torch.nn's `kind` module on `device` now, or None."""
-    if kind in AUTOCAST.get(device.type, ()) and torch.is_autocast_enabled(device.type):
+    if kind in AUTOCAST.get(device.type, ()) and autocast_enabled(device):
         return torch.get_autocast_dtype(device.type)
     return None
 
@@ -99,7 +105,7 @@ def autocast_inside(kind, device, proj=False):
     the engine has no mode for: where autocast does not cast the op (GRU and the LSTM/GRU cells on the CPU),
     torch still runs the GEMMs inside it in the autocast dtype and returns the state in hx's dtype; the CPU LSTM
     with projections returns c_n unrounded, in c_0's dtype. The modules then run torch.nn's own forward."""
-    if not torch.is_autocast_enabled(device.type):
+    if not autocast_enabled(device):
         return False
     return kind not in AUTOCAST.get(device.type, ()) or (proj and device.type == "cpu")
 

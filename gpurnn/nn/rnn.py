@@ -10,8 +10,8 @@ from torch.nn.utils.rnn import PackedSequence
 from .. import backends, cells
 from ..autograd import run_layers
 from ..checks import check_choice, check_floating, check_steps
-from .common import (TORCH_NAMES, NotATensor, autocast, autocast_dtype, autocast_inside, check_parameter_device,
-                     check_tensor, check_tensor_like, fx_call, lstm_pair, packed_index)
+from .common import (TORCH_NAMES, NotATensor, RuntimeValueError, autocast, autocast_dtype, autocast_inside,
+                     check_parameter_device, check_tensor, check_tensor_like, fx_call, lstm_pair, packed_index)
 
 
 class _EngineForward:
@@ -50,6 +50,9 @@ class _EngineForward:
         data = input.data if packed else input
         if isinstance(data, torch.Tensor) and autocast_inside(TORCH_NAMES[self._cell], data.device, self.proj_size):
             return super().forward(input, hx)
+        # as torch.nn: the weights as they are now (parametrizations, torch.func.functional_call), evaluated
+        # once per call, and the checks read these
+        self._update_flat_weights()
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         x, batch_sizes, sorted_idx, unsorted_idx, batched, hx = self._checked_inputs(input, hx)
         if packed:
@@ -62,7 +65,7 @@ class _EngineForward:
             batch = x.shape[1]
             check_steps(x.shape[0])
         check_floating("input", x.dtype, x.is_floating_point())
-        check_parameter_device(x, self.weight_ih_l0)
+        check_parameter_device(x, self._flat_weights[0])
         # autocast casts input and hidden state alike before they are compared (a carried state may be
         # in the autocast dtype already)
         dtype = autocast_dtype(TORCH_NAMES[self._cell], x.device)
@@ -141,16 +144,16 @@ class _EngineForward:
         """The layers on x (T, B, ·) padded; packed_rows: the padded rows a packed input has (packed_index)."""
         dirs = 2 if self.bidirectional else 1
         finals = [[] for _ in hx]
+        flat = dict(zip(self._flat_weights_names, self._flat_weights))
         for layer in range(self.num_layers):
             directions = []
             for d in range(dirs):
                 k = layer * dirs + d
                 names = self._weight_names(layer, "_reverse" if d else "")
-                weights = [self._parameters.get(n) if n in self._parameters else getattr(self, n, None)
-                           for n in names]
+                weights = [flat.get(n) for n in names]
                 for name, w, shape in zip(names, weights, self._weight_shapes(layer, x.shape[-1])):
                     if w is not None and w.shape != shape:
-                        raise ValueError(f"{name}: expected shape {shape}, got {tuple(w.shape)}")
+                        raise RuntimeValueError(f"{name}: expected shape {shape}, got {tuple(w.shape)}")
                 if autocast_dtype is not None:
                     weights = [autocast(w, autocast_dtype) for w in weights]
                 directions.append(([h[k] for h in hx], weights, bool(d)))
