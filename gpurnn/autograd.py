@@ -166,14 +166,15 @@ def _(handle, *args):
 def _setup_context(ctx, inputs, output):
     x, slots, (teacher, cell, n_state, reverses, batch_sizes, backend, options, _) = \
         inputs[0], inputs[1:1 + N_IN], inputs[1 + N_IN:]
-    # The engine's backward reads x and the weights through zero-copy views: they are saved, so
-    # torch's version counter rejects an in-place change before backward, as torch.nn does, and
-    # saved-tensor hooks (checkpointing, offloading) see them. The initial states and biases are
-    # copied by forward and not read by backward (a bias changed in place after forward still
-    # gets its gradient, as in torch.nn); they are kept here for the paths that rerun the layer
-    # (double backward, a lost tape), which check that they have not changed.
+    # The engine's backward reads x and the weights through zero-copy views, and torch.nn's ops
+    # save the initial states: they are saved, so torch's version counter rejects an in-place
+    # change before backward, as torch.nn does, and saved-tensor hooks (checkpointing,
+    # offloading) see them. The biases are copied by forward and not read by backward (a bias
+    # changed in place after forward still gets its gradient, as in torch.nn's RNN and GRU);
+    # they are kept here for the paths that rerun the layer (double backward, a lost tape),
+    # which check that they have not changed.
     names = ([None] * STATES + list(cells.WEIGHT_NAMES[cell]) + [None] * SLOT)[:SLOT] * DIRS
-    ctx.saved_at = [i for i, (t, n) in enumerate(zip(slots, names)) if t is not None and n and n not in BIASES]
+    ctx.saved_at = [i for i, (t, n) in enumerate(zip(slots, names)) if t is not None and n not in BIASES]
     ctx.save_for_backward(output[-1], x, *[slots[i] for i in ctx.saved_at])
     ctx.unsaved = {i: (t, t._version) for i, t in enumerate(slots) if t is not None and i not in ctx.saved_at}
     ctx.args = (teacher, cell, n_state, reverses, batch_sizes, backend, options)

@@ -301,3 +301,16 @@ def test_a_weight_of_the_wrong_shape_is_torchs_runtime_error():
             m(x)
     with pytest.raises(ValueError, match=r"weight_hh_l0: expected shape \(12, 4\), got \(12, 5\)"):
         m(x)
+
+
+@pytest.mark.parametrize("route", ["engine", "torch"])
+@pytest.mark.parametrize("name", ["GRU", "LSTM"])
+def test_an_initial_state_changed_in_place_before_backward_is_torchs_error(name, route, monkeypatch):
+    """torch.nn's ops save h0 (and c0): changing it in place after forward fails at backward."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", route)
+    for m in _pair(name, 3, 4):
+        states = [torch.zeros(1, 2, 4) for _ in range(2 if name == "LSTM" else 1)]
+        y, _ = m(torch.randn(5, 2, 3), tuple(states) if name == "LSTM" else states[0])
+        states[-1].add_(1)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()

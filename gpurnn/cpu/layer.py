@@ -61,7 +61,10 @@ def torch_layers(cell, x, directions, opts):
         if cell == "lstm" and weights[4] is not None:
             params.append(weights[4])
     has_biases = directions[0][1][2] is not None
-    states = [torch.stack([state0[k] for state0, _, _ in directions]) for k in range(len(directions[0][0]))]
+    # one direction: a view of the caller's state, whose in-place change before backward torch's op then
+    # rejects, as in torch.nn (a stack would copy it)
+    states = [torch.stack([state0[k] for state0, _, _ in directions]) if n_dirs == 2 else directions[0][0][k][None]
+              for k in range(len(directions[0][0]))]
     args = (has_biases, 1, 0.0, torch.is_grad_enabled(), n_dirs == 2, False)
     if cell == "lstm":
         y, h, c = _OPS["lstm"](x, tuple(states), params, *args)
