@@ -72,14 +72,14 @@ def check_tensor_like(name, t, x):
         raise RuntimeTypeError(str(err)) from None
     if t.device != x.device:
         raise RuntimeValueError(f"Input and hidden tensors are not at the same device, found input tensor at "
-                             f"{x.device} and hidden tensor at {t.device}")
+                                f"{x.device} and hidden tensor at {t.device}")
 
 
 def check_parameter_device(x, weight):
     """torch.nn's check that the input is on the parameters' device, with its words."""
     if x.device != weight.device:
         raise RuntimeValueError(f"Input and parameter tensors are not at the same device, found input tensor at "
-                             f"{x.device} and parameter tensor at {weight.device}")
+                                f"{x.device} and parameter tensor at {weight.device}")
 
 
 # The modules whose aten ops autocast to the lower precision, as torch.nn's do: on the CPU
