@@ -142,9 +142,10 @@ def xp_to_tensor(array):
 
     if isinstance(array, torch.Tensor):
         return array
-    if isinstance(array, np.ndarray):
-        return torch.from_numpy(array)
-    return torch.from_dlpack(array)
+    t = torch.from_numpy(array) if isinstance(array, np.ndarray) else torch.from_dlpack(array)
+    if t.numel() == 0:   # an empty array's strides may be 0; torch's empty tensors have contiguous ones
+        t = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    return t
 
 
 def transposed_copy(a, out=None):

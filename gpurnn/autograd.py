@@ -17,6 +17,7 @@ ops (torch_loop.py) instead, so that the gradient is itself a graph.
 import itertools
 import weakref
 
+import numpy as np
 import torch
 
 from . import backends, cells, engine, torch_loop
@@ -91,8 +92,9 @@ def _engine_forward(x, tensors, teacher, cell, n_state, reverses, batch_sizes, b
     """[engine.Saved of each direction], [y, *state_T of each direction] as tensors."""
     opts = _parse_options(options)
     native = _native(cell, tensors, n_state, len(reverses), backend)
-    # autocast off: the engine's GEMMs through torch must keep the dtype
-    with device_scope(x.device), torch.autocast(x.device.type, enabled=False):
+    # autocast off: the engine's GEMMs through torch must keep the dtype; NumPy's floating-point warnings off,
+    # as torch's ops give none (inf and NaN propagate as in torch.nn)
+    with device_scope(x.device), torch.autocast(x.device.type, enabled=False), np.errstate(all="ignore"):
         to_xp = lambda t: None if t is None else tensor_to_xp(t, native)
         directions = [(tuple(map(to_xp, g[:n_state])), dict(zip(cells.WEIGHT_NAMES[cell], map(to_xp, g[n_state:]))),
                        reverse == "r") for g, reverse in zip(_groups(tensors, len(reverses)), reverses)]
@@ -142,7 +144,7 @@ def layer_backward_op(handle, *args):
     grads, k = _unpack_outputs(grads, n_state, len(reverses)), 1 + n_state
     to_xp = lambda t: None if t is None else tensor_to_xp(t.contiguous(), saved[0].fused)
     no_grad = cells.no_grad(cell)
-    with device_scope(x.device), torch.autocast(x.device.type, enabled=False):
+    with device_scope(x.device), torch.autocast(x.device.type, enabled=False), np.errstate(all="ignore"):
         results = engine.backward_directions([(s, to_xp(grads[i * k]), tuple(map(to_xp, grads[i * k + 1:(i + 1) * k])))
                                               for i, s in enumerate(saved)])
         dxs, out = [xp_to_tensor(dx) for dx, _, _ in results], []

@@ -144,13 +144,13 @@ def tanh(x, DOT: tl.constexpr = tl.float32):
 @triton.jit
 def activation(x, kind, DOT: tl.constexpr = tl.float32):
     """kind 0: tanh, 1: relu (NONLINEARITY_KIND); kind may be a runtime value (one compile serves both)."""
-    return tl.where(kind == 0, tanh(x, DOT), tl.maximum(x, 0.0))
+    return tl.where(kind == 0, tanh(x, DOT), tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL))
 
 
 @triton.jit
 def activation_grad_from_output(y, kind):
     """phi'(z) through y = phi(z)."""
-    return tl.where(kind == 0, 1.0 - y * y, tl.where(y > 0, 1.0, 0.0))
+    return tl.where(kind == 0, 1.0 - y * y, tl.where(y <= 0, 0.0, 1.0))   # NaN passes, as in torch
 
 
 @triton.jit

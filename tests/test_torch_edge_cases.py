@@ -314,3 +314,63 @@ def test_an_initial_state_changed_in_place_before_backward_is_torchs_error(name,
         states[-1].add_(1)
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             y.sum().backward()
+
+
+@pytest.mark.parametrize("route", ["engine", "torch"])
+@pytest.mark.parametrize("name", ["RNN", "RNNCell"])
+def test_relu_passes_the_gradient_where_its_output_is_nan(name, route, monkeypatch):
+    """torch's relu backward zeroes the gradient where the output is <= 0, so a NaN output passes it."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", route)
+    x = torch.tensor([[float("nan"), 1.0], [0.5, -1.0]])
+    x = x if "Cell" in name else x[:, None]
+    grads = []
+    for m in _pair(name, 2, 3, nonlinearity="relu"):
+        out = m(x)
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+        grads.append([p.grad for p in m.parameters()])
+    for got, want in zip(*grads[::-1]):
+        torch.testing.assert_close(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM", "RNNCell"])
+def test_inf_input_gives_no_numpy_warning(name, monkeypatch):
+    """torch's ops warn of nothing on inf and NaN; the engine's NumPy calls must not either."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
+    monkeypatch.setenv("GPURNN_GEMM", "numpy")
+    x = torch.full((3, 2) if "Cell" in name else (3, 2, 2), float("inf"))
+    m = getattr(gnn, name)(2, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = m(x)
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+
+
+def test_the_hidden_state_device_is_checked_before_the_parameters_as_in_torch():
+    x, h = torch.randn(5, 2, 3, device="meta"), torch.zeros(1, 2, 4)
+    for m in _pair("GRU", 3, 4):
+        with pytest.raises(RuntimeError, match="Input and hidden tensors are not at the same device"):
+            m(x, h)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.complex64, torch.int8])
+def test_a_cells_input_dtype_error_has_torchs_words(dtype, bias):
+    """torch's step runs addmm with biases and mm without: their messages name dtypes differently."""
+    messages = []
+    for m in _pair("GRUCell", 3, 4, bias=bias):
+        with pytest.raises(RuntimeError) as err:
+            m(torch.ones(2, 3, dtype=dtype))
+        messages.append(str(err.value))
+    assert messages[1] == messages[0]
+
+
+@pytest.mark.parametrize("route", ["engine", "torch"])
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+def test_an_empty_batch_gives_torchs_strides(name, route, monkeypatch):
+    monkeypatch.setenv("GPURNN_CPU_LAYER", route)
+    x = torch.randn(4, 0, 2)
+    strides = []
+    for m in _pair(name, 2, 3):
+        y, h = m(x)
+        strides.append([t.stride() for t in (y, *(h if isinstance(h, tuple) else (h,)))])
+    assert strides[1] == strides[0]

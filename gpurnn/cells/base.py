@@ -121,7 +121,7 @@ def phi_grad_from_output(xp, h, nonlinearity):
     """phi'(z) expressed through h = phi(z), for all steps at once."""
     if nonlinearity == "tanh":
         return 1 - h * h
-    return astype(h > 0, h.dtype)
+    return astype(~(h <= 0), h.dtype)   # NaN passes the gradient through, as torch's threshold_backward
 
 
 def add_bias(a, b):

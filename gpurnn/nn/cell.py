@@ -9,9 +9,13 @@ from .common import (TORCH_NAMES, RuntimeValueError, autocast, autocast_dtype, a
                      check_tensor, fx_call, lstm_pair)
 from .rnn import _EngineForward
 
-_DTYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16",
-                torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
-                torch.bool: "Bool"}   # as torch's messages name them
+# dtypes as torch's matmul errors name them: (addmm's scalar type, mm's C++ type)
+_DTYPE_NAMES = {torch.float64: ("Double", "double"), torch.float32: ("Float", "float"),
+                torch.float16: ("Half", "c10::Half"), torch.bfloat16: ("BFloat16", "c10::BFloat16"),
+                torch.complex64: ("ComplexFloat", "c10::complex<float>"),
+                torch.complex128: ("ComplexDouble", "c10::complex<double>"), torch.int64: ("Long", "long int"),
+                torch.int32: ("Int", "int"), torch.int16: ("Short", "short int"), torch.int8: ("Char", "signed char"),
+                torch.uint8: ("Byte", "unsigned char"), torch.bool: ("Bool", "bool")}
 
 
 class _CellForward:
@@ -81,8 +85,10 @@ class _CellForward:
                 raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}")
         for t in [x] + hx:
             if t.dtype != self.weight_ih.dtype and not autocast_enabled(t.device):
-                raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got "
-                                   f"{_DTYPE_NAMES.get(t.dtype, t.dtype)} and {_DTYPE_NAMES.get(self.weight_ih.dtype)}")
+                got, want = (_DTYPE_NAMES.get(d, (str(d),) * 2) for d in (t.dtype, self.weight_ih.dtype))
+                if self.bias:   # torch's step runs addmm with a bias, mm without
+                    raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {got[0]} and {want[0]}")
+                raise RuntimeError(f"expected m1 and m2 to have the same dtype, but got: {got[1]} != {want[1]}")
         # torch's cell ops' device check, with its words: the input against the first tensor elsewhere
         odd = next((t.device for t in hx + [self.weight_ih] if t.device != x.device), None)
         if odd is not None:

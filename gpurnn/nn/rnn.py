@@ -65,7 +65,6 @@ class _EngineForward:
             batch = x.shape[1]
             check_steps(x.shape[0])
         check_floating("input", x.dtype, x.is_floating_point())
-        check_parameter_device(x, self._flat_weights[0])
         # autocast casts input and hidden state alike before they are compared (a carried state may be
         # in the autocast dtype already)
         dtype = autocast_dtype(TORCH_NAMES[self._cell], x.device)
@@ -81,9 +80,11 @@ class _EngineForward:
                 check_tensor_like(name, h, x)
             if sorted_idx is not None:
                 hx = [h.index_select(1, sorted_idx) for h in hx]
+        check_parameter_device(x, self._flat_weights[0])   # after the hidden state's, as torch's op checks
 
         y, finals = self._run_stack(x, hx, batch_sizes, dtype, index if packed else None)
-        finals = [f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f) for f in finals]
+        # (one layer: a view, but an empty one's would have a 0 stride where torch's has a contiguous one)
+        finals = [f[0].unsqueeze(0) if len(f) == 1 and f[0].numel() else torch.stack(f) for f in finals]
         if unsorted_idx is not None:
             finals = [f.index_select(1, unsorted_idx) for f in finals]
         hidden = tuple(finals) if is_lstm else finals[0]

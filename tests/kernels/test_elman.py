@@ -119,3 +119,14 @@ def test_module_packed_matches_torch():
                              enforce_sorted=False)
     h = torch.randn(2, 4, 20, generator=g)
     assert_same(outputs_and_grads(ref, x, h), outputs_and_grads(mine, x, h), torch.float32)
+
+
+def test_relu_nan_as_torch(nan_empty):
+    """A NaN pre-activation: relu keeps the NaN (torch.relu) and its backward passes the gradient (torch's
+    threshold_backward zeroes it only where the output is <= 0), in the kernel as in the NumPy loop."""
+    case = make_case("elman", 3, 2, 16)
+    case["x"][0, 0, :] = np.nan
+    got, ref = run(case, "triton", nonlinearity="relu"), run(case, "numpy", nonlinearity="relu")
+    assert np.isnan(ref["y"][:, 0]).all() and np.isfinite(ref["d_b_hh"]).all()
+    for key in ref:
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-5, equal_nan=True, err_msg=key)
