@@ -19,6 +19,7 @@ import weakref
 
 import numpy as np
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from . import backends, cells, engine, torch_loop
 from .arrays import device_scope, tensor_to_xp, xp_to_tensor
@@ -206,7 +207,8 @@ def _backward(ctx, *grads):
         found = _differentiable_backward(ctx, x, slots, grads[:-1])
     else:
         handle, x, slots = _inputs(ctx, rerun=False)
-        if not torch.compiler.is_compiling() and int(handle) not in _TAPES:
+        traced = torch.compiler.is_compiling() or is_fake(handle)   # a traced backward has no tape to find
+        if not traced and int(handle) not in _TAPES:
             _inputs(ctx, rerun=True)   # the op reruns the forward: the unsaved inputs must be as they were
         found = torch.ops.gpurnn.layer_backward(handle, *grads[:-1], x, *slots, *ctx.args)
         found = [None if t is None or g.numel() == 0 and t.numel() else g for t, g in zip([x, *slots], found)]

@@ -374,3 +374,58 @@ def test_an_empty_batch_gives_torchs_strides(name, route, monkeypatch):
         y, h = m(x)
         strides.append([t.stride() for t in (y, *(h if isinstance(h, tuple) else (h,)))])
     assert strides[1] == strides[0]
+
+
+class _Wrapper:
+    """An object that is not a tensor but overrides torch's functions (as in torch's test_overrides)."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __getattr__(self, name):
+        return getattr(self.t, name)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        unwrap = lambda a: a.t if isinstance(a, _Wrapper) else type(a)(map(unwrap, a)) if isinstance(a, (list, tuple)) else a
+        return func(*unwrap(args), **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRUCell"])
+def test_an_input_overriding_torch_functions_runs_as_in_torch_nn(name):
+    x = torch.randn(5, 2, 3) if "Cell" not in name else torch.randn(2, 3)
+    outs = [m(_Wrapper(x)) for m in _pair(name, 3, 4)]
+    for got, want in zip(torch.utils._pytree.tree_leaves(outs[1]), torch.utils._pytree.tree_leaves(outs[0])):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+def test_per_sample_gradients_through_expanded_weights_match_torch_nn(name):
+    from torch.nn.utils._per_sample_grad import call_for_per_sample_grads
+    x = torch.randn(4, 5, 2, dtype=torch.float64)   # (torch's float32 LSTM runs oneDNN, which ExpandedWeight lacks)
+    grads = []
+    for m in _pair(name, 2, 3, batch_first=True, dtype=torch.float64):
+        call_for_per_sample_grads(m, batch_size=4, loss_reduction="sum")(x)[0].sum().backward()
+        grads.append([p.grad_sample for p in m.parameters()])
+    for got, want in zip(*grads[::-1]):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("route", ["engine", "auto"])
+@pytest.mark.parametrize("name", ["RNNCell", "LSTM"])
+def test_aot_autograd_of_functional_call_matches_torch_nn(name, route, dynamic, monkeypatch):
+    """functorch's aot_function traces forward and backward on fake tensors (torch's TestEagerFusionModuleInfo):
+    no route timing, and the backward finds no tape on a fake handle."""
+    from functorch.compile import aot_function, nop
+    monkeypatch.setenv("GPURNN_CPU_LAYER", route)
+    x = torch.randn(5 if "Cell" in name else (3, 2), requires_grad=True)
+    results = []
+    for m in _pair(name, *((5, 10) if "Cell" in name else (2, 3, 2))):
+        m(x)[0].sum().backward()   # an eager call first: the auto route times and keeps its choice
+        f = aot_function(lambda p, x: torch.func.functional_call(m, p, (x,))[0], nop, dynamic=dynamic)
+        params = dict(m.named_parameters())
+        out = f(params, x)
+        results.append([out, *torch.autograd.grad(out.sum(), list(params.values()))])
+    for got, want in zip(*results[::-1]):
+        torch.testing.assert_close(got, want)

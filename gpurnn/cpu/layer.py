@@ -107,9 +107,9 @@ def _time(run, x, directions, for_backward):
 
 
 def _timing_unseen(x):
-    """Whether timing runs here would stay unseen: not under a dispatch mode (a flop counter, fake
-    tensors), not on meta or fake tensors, not where saved-tensor hooks are disabled (the timing
-    installs its own)."""
+    """Whether the engine and timing runs here would stay unseen: not under a dispatch mode (a flop
+    counter, fake tensors, a tracer), not on meta or fake tensors (symbolic shapes), not where
+    saved-tensor hooks are disabled (the timing installs its own)."""
     return not (python_dispatch.is_in_torch_dispatch_mode() or x.is_meta or fake_tensor.is_fake(x)
                 or not torch._C._autograd._saved_tensors_hooks_is_enabled())
 
@@ -120,12 +120,12 @@ def route(cell, x, directions, opts, for_backward, run_engine):
     name = forced()
     if name is not None:
         return name
+    if not _timing_unseen(x):
+        return "torch"   # what torch.nn would run, and what the caller's mode, tracer or hooks expect to see
     key = shape_class(cell, x, directions, opts, for_backward)
     if key not in _chosen and torch._C._current_graph_task_id() != -1:
         # called from inside a backward (a checkpoint's recomputation): no nested timing backward
         return "engine"
-    if key not in _chosen and not _timing_unseen(x):
-        return "torch"   # what torch.nn would run, and what the caller's mode or hooks expect to see
     return timed.decide(_chosen, key, lambda: {
         "engine": _time(run_engine, x, directions, for_backward),
         "torch": _time(lambda xs, ds: torch_layers(cell, xs, ds, opts), x, directions, for_backward)})

@@ -6,7 +6,7 @@ from .. import backends
 from ..autograd import run_layer
 from ..checks import check_choice
 from .common import (TORCH_NAMES, RuntimeValueError, autocast, autocast_dtype, autocast_enabled, autocast_inside,
-                     check_tensor, fx_call, lstm_pair)
+                     check_tensor, fx_call, lstm_pair, overridden)
 from .rnn import _EngineForward
 
 # dtypes as torch's matmul errors name them: (addmm's scalar type, mm's C++ type)
@@ -36,7 +36,8 @@ class _CellForward:
         if traced is not None:
             return traced
         is_lstm, kind = self._cell == "lstm", TORCH_NAMES[self._cell] + "Cell"
-        if isinstance(input, torch.Tensor) and autocast_inside(kind, input.device):
+        if isinstance(input, torch.Tensor) and autocast_inside(kind, input.device) or overridden(
+                input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
             return super().forward(input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"{kind}: Expected input to be 1D or 2D, got {input.dim()}D instead")

@@ -21,6 +21,16 @@ def fx_call(module, input, hx):
     return proxy.tracer.create_proxy("call_module", proxy.tracer.path_of_module(module), (input, hx), {})
 
 
+def overridden(*args):
+    """Whether an argument or weight overrides torch's functions (__torch_function__: a wrapper, a tensor
+    subclass such as ExpandedWeight for per-sample gradients): the module then runs torch.nn's own forward,
+    so that the override sees the ops torch.nn calls. Tuples (an LSTM's hx) count by their items."""
+    if torch.compiler.is_compiling():   # dynamo and export trace the engine's custom op (their tensors override)
+        return False
+    flat = [a for arg in args for a in (arg if isinstance(arg, (tuple, list)) else (arg,)) if a is not None]
+    return torch.overrides.has_torch_function(flat)
+
+
 class NotATensor(TypeError, AttributeError):
     """A non-tensor where a tensor goes: torch.nn fails on it with an AttributeError (`'list' object has no
     attribute 'dim'`); gpurnn's TypeError names the argument: this is both."""
