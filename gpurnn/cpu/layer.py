@@ -124,8 +124,9 @@ def route(cell, x, directions, opts, for_backward, run_engine):
         return "torch"   # what torch.nn would run, and what the caller's mode, tracer or hooks expect to see
     key = shape_class(cell, x, directions, opts, for_backward)
     if key not in _chosen and torch._C._current_graph_task_id() != -1:
-        # called from inside a backward (a checkpoint's recomputation): no nested timing backward
-        return "engine"
+        # called from inside a backward (a checkpoint's recomputation): no nested timing backward; torch's op,
+        # as the forward ran if it was not timed either (under a dispatch mode)
+        return "torch"
     return timed.decide(_chosen, key, lambda: {
         "engine": _time(run_engine, x, directions, for_backward),
         "torch": _time(lambda xs, ds: torch_layers(cell, xs, ds, opts), x, directions, for_backward)})

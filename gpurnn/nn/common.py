@@ -21,6 +21,9 @@ def fx_call(module, input, hx):
     return proxy.tracer.create_proxy("call_module", proxy.tracer.path_of_module(module), (input, hx), {})
 
 
+_DISABLED = torch._C._disabled_torch_function_impl   # what Parameter and FakeTensor have: no override
+
+
 def overridden(*args):
     """Whether an argument or weight overrides torch's functions (__torch_function__: a wrapper, a tensor
     subclass such as ExpandedWeight for per-sample gradients): the module then runs torch.nn's own forward,
@@ -28,7 +31,10 @@ def overridden(*args):
     if torch.compiler.is_compiling():   # dynamo and export trace the engine's custom op (their tensors override)
         return False
     flat = [a for arg in args for a in (arg if isinstance(arg, (tuple, list)) else (arg,)) if a is not None]
-    return torch.overrides.has_torch_function(flat)
+    # the arguments' own types only: torch.overrides.has_torch_function is also true under any torch function
+    # mode, and torch.set_default_device or `with torch.device(...)` installs one
+    return any(type(a) is not torch.Tensor and getattr(type(a), "__torch_function__", _DISABLED) is not _DISABLED
+               for a in flat)
 
 
 class NotATensor(TypeError, AttributeError):
