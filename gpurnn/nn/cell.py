@@ -36,9 +36,9 @@ class _CellForward:
         if traced is not None:
             return traced
         is_lstm, kind = self._cell == "lstm", TORCH_NAMES[self._cell] + "Cell"
-        if isinstance(input, torch.Tensor) and autocast_inside(kind, input.device) or overridden(
-                input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
-            return super().forward(input, hx)
+        mixed = isinstance(input, torch.Tensor) and autocast_inside(kind, input.device)
+        if mixed or overridden(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
+            return super().forward(input, hx)   # torch.nn's own step (see autocast_inside, overridden)
         if input.dim() not in (1, 2):
             raise ValueError(f"{kind}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
