@@ -15,6 +15,7 @@ handle), backward reruns the engine's forward first. Double backward (create_gra
 ops (torch_loop.py) instead, so that the gradient is itself a graph.
 """
 import itertools
+import sys
 import weakref
 
 import numpy as np
@@ -250,6 +251,15 @@ def _differentiable_backward(ctx, x, slots, grads):
 layer_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def recorded_for_torch():
+    """Whether this call is being recorded into a graph that runs without Python, where only torch's own ops
+    exist: torch.jit.trace (TorchScript, as libtorch loads it) and torch.onnx.export (either exporter). Layers
+    then run as torch ops (torch.nn's modules: their own forward, as under torch.jit.script; the rest: the torch
+    loop); torch.compile and torch.export record the engine's custom op."""
+    onnx = sys.modules.get("torch.onnx")   # not imported: no export runs (and its first import costs 20 ms)
+    return torch.jit.is_tracing() or (onnx is not None and onnx.is_in_onnx_export())
+
+
 def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts):
     """x (T, B, I) tensor and [(state0, weights, reverse)] -> [(y, *state_T)] of each direction,
     differentiable. A bidirectional layer's directions go in one call: under "triton" one kernel
@@ -261,10 +271,11 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
     name = backends.resolve(backend, x.is_cuda)
     tensors = [t for state0, weights, _ in directions for t in (*state0, *weights)]
     compiling = torch.compiler.is_compiling()   # dynamo's frames look like a functorch transform
-    if not compiling and (torch._C._functorch.peek_interpreter_stack() is not None or
-                          any(_is_dual(t) for t in [x, *tensors])):
+    if recorded_for_torch() or not compiling and (torch._C._functorch.peek_interpreter_stack() is not None or
+                                                  any(_is_dual(t) for t in [x, *tensors])):
         # Under torch.func (grad, jacrev, vmap, ...) and forward-mode AD: torch 2.13's custom ops
-        # support neither, so the layer runs as the plain torch loop, which both understand.
+        # support neither, so the layer runs as the plain torch loop, which both understand; so does
+        # a graph recorded for TorchScript or ONNX.
         return [torch_loop.layer(cell, x, state0, weights, reverse=reverse, batch_sizes=batch_sizes, **opts)
                 for state0, weights, reverse in directions]
     dtype = x.dtype
@@ -277,16 +288,14 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
                                             for state0, weights, reverse in directions],
                           backend=name, batch_sizes=batch_sizes, **opts)
         return [tuple(t.to(dtype) for t in out) for out in outs]
-    # A traced graph (torch.jit.trace) must not depend on whether the trace ran with autograd on.
-    for_backward = torch.jit.is_tracing() or (torch.is_grad_enabled() and
-                                              any(t is not None and t.requires_grad for t in [x, *tensors]))
+    for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [x, *tensors])
     if name == "numpy" and x.shape[0] == 1 and not for_backward and not compiling and dtype != torch.float16:
         # One step without gradient (autoregressive generation): the engine's fixed cost per call
         # (custom op dispatch, array views, buffers) is several times the step itself, so it runs
         # as the torch loop (profiling/results/cpu/single_step.md).
         return [torch_loop.layer(cell, x, state0, weights, reverse=reverse, batch_sizes=batch_sizes, **opts)
                 for state0, weights, reverse in directions]
-    if name == "numpy" and not compiling and not torch.jit.is_tracing():
+    if name == "numpy" and not compiling:
         from .cpu import layer as cpu_layer   # the engine or torch's fused op, timed per layer shape
         if cpu_layer.applies(cell, x, directions, batch_sizes, opts) and cpu_layer.route(
                 cell, x, directions, opts, for_backward,

@@ -82,16 +82,6 @@ def test_export_round_trip(tmp_path):
     torch.testing.assert_close(h, h_ref, atol=0, rtol=0)
 
 
-def test_a_traced_model_saves_and_loads(tmp_path):
-    m = gnn.LSTM(3, 4, bidirectional=True, backend="numpy")
-    x = torch.randn(5, 2, 3)
-    torch.jit.trace(m, (x,)).save(tmp_path / "traced.pt")
-    y, (h, c) = torch.jit.load(tmp_path / "traced.pt")(x)
-    y_ref, (h_ref, c_ref) = m(x)
-    for a, b in ((y, y_ref), (h, h_ref), (c, c_ref)):
-        torch.testing.assert_close(a, b, atol=0, rtol=0)
-
-
 class _Scriptable(torch.nn.Module):
     def __init__(self, nn):
         super().__init__()

@@ -113,6 +113,26 @@ def test_packed_input_with_a_2d_hidden_state_names_the_expected_size(name):
             m(x, torch.zeros(2, 4))
 
 
+@pytest.mark.parametrize("hx_batch, raises", [(5, None), (2, "out of DATA bounds")], ids=["larger", "smaller"])
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+def test_an_unsorted_packed_inputs_hx_rows_are_selected_before_the_checks(name, hx_batch, raises):
+    """torch.nn picks a packed input's rows of hx (sorted_indices) first: a larger hx runs on those rows,
+    a smaller one fails in that selection."""
+    x = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(4, 3, 3), [2, 4, 3], enforce_sorted=False)
+    h = torch.randn(1, hx_batch, 4)
+    hx = (h, h + 1) if name == "LSTM" else h
+    results = []
+    for m in _pair(name, 3, 4):
+        if raises:
+            with pytest.raises(RuntimeError, match=raises):
+                m(x, hx)
+        else:
+            y, hidden = m(x, hx)
+            results.append((y.data, hidden))
+    for got, want in zip(*results[::-1]):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["one-way", "bidir"])
 @pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
 def test_dropout_on_packed_input_draws_torchs_masks(name, bidirectional):
@@ -153,6 +173,10 @@ _SHORT_HX = [
     ("LSTMCell", (3,), lambda: torch.zeros(4), "Expected hx\\[0\\] to be 1D or 2D, got 0D"),
     ("LSTMCell", (3,), lambda: torch.zeros(2, 4), None),
     ("LSTMCell", (2, 3), lambda: torch.zeros(2, 2, 4), TypeError),
+    # unbatched input: torch.nn passes only hx[0] and hx[1] on, so a longer tuple and a stacked tensor run
+    ("LSTM", (5, 3), lambda: torch.linspace(-1, 1, 8).view(2, 1, 4), None),
+    ("LSTM", (5, 3), lambda: (torch.full((1, 4), 0.5), torch.full((1, 4), -0.5), torch.ones(1, 4)), None),
+    ("LSTMCell", (3,), lambda: (torch.full((4,), 0.5), torch.full((4,), -0.5), torch.ones(4)), None),
 ]
 
 

@@ -3,7 +3,7 @@ checks and messages) whose step runs the gpurnn engine, as a sequence of length 
 import torch
 
 from .. import backends
-from ..autograd import run_layer
+from ..autograd import recorded_for_torch, run_layer
 from ..checks import check_choice
 from .common import (TORCH_NAMES, RuntimeValueError, autocast, autocast_dtype, autocast_enabled, autocast_inside,
                      check_tensor, fx_call, lstm_pair, overridden)
@@ -37,8 +37,9 @@ class _CellForward:
             return traced
         is_lstm, kind = self._cell == "lstm", TORCH_NAMES[self._cell] + "Cell"
         mixed = isinstance(input, torch.Tensor) and autocast_inside(kind, input.device)
-        if mixed or overridden(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
-            return super().forward(input, hx)   # torch.nn's own step (see autocast_inside, overridden)
+        weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
+        if mixed or recorded_for_torch() or overridden(input, hx, *weights):
+            return super().forward(input, hx)   # torch.nn's own step (autocast_inside, recorded_for_torch, overridden)
         if input.dim() not in (1, 2):
             raise ValueError(f"{kind}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
@@ -56,7 +57,7 @@ class _CellForward:
         else:
             hx = [h if batched else h.unsqueeze(0) for h in hx]
         self._check_step_args(x, hx)
-        weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh] + ([None] if is_lstm else [])
+        weights += [None] if is_lstm else []
         dtype = autocast_dtype(kind, x.device)
         x, hx, weights = autocast(x, dtype), [autocast(h, dtype) for h in hx], [autocast(w, dtype) for w in weights]
         if x.numel() == 0 or any(h.numel() == 0 for h in hx):   # empty: torch's own step, its shapes and strides

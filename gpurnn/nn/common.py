@@ -64,12 +64,14 @@ class IndexTypeError(TypeError, IndexError):
     gpurnn's TypeError names hx: this is both."""
 
 
-def lstm_pair(hx, op, indexed):
+def lstm_pair(hx, op, indexed, rebuilt=None):
     """An LSTM's hx as [h_0, c_0], as torch.nn takes it. indexed: torch.nn reads hx[0] and hx[1] here (tensor
     input to the LSTM, unbatched input to the cell), so a bare tensor of two or more rows is the pair, and
-    fewer than two is an IndexError; elsewhere torch's op `op` needs exactly two tensors."""
-    if isinstance(hx, (tuple, list)) and len(hx) == 2:
-        return list(hx)
+    fewer than two is an IndexError; rebuilt (default: indexed): torch.nn then passes only those two on (unbatched
+    input), so a longer tuple serves too; elsewhere torch's op `op` needs exactly two tensors."""
+    rebuilt = indexed if rebuilt is None else rebuilt
+    if isinstance(hx, (tuple, list)) and (len(hx) == 2 or rebuilt and len(hx) > 2):
+        return [hx[0], hx[1]]
     is_tensor = isinstance(hx, torch.Tensor)
     if indexed and is_tensor and hx.dim() and len(hx) >= 2:
         return [hx[0], hx[1]]

@@ -8,7 +8,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import backends, cells
-from ..autograd import run_layers
+from ..autograd import recorded_for_torch, run_layers
 from ..checks import check_choice, check_floating, check_steps
 from .common import (TORCH_NAMES, NotATensor, RuntimeValueError, autocast, autocast_dtype, autocast_inside,
                      check_parameter_device, check_tensor, check_tensor_like, fx_call, lstm_pair, overridden,
@@ -54,7 +54,7 @@ class _EngineForward:
         # as torch.nn: the weights as they are now (parametrizations, torch.func.functional_call), evaluated
         # once per call, and the checks read these
         self._update_flat_weights()
-        if overridden(data, hx, self._flat_weights):
+        if overridden(data, hx, self._flat_weights) or recorded_for_torch():
             return super().forward(input, hx)
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         x, batch_sizes, sorted_idx, unsorted_idx, batched, hx = self._checked_inputs(input, hx)
@@ -81,8 +81,6 @@ class _EngineForward:
             hx = [autocast(h, dtype) for h in hx]
             for name, h in zip(["h_0", "c_0"] if is_lstm else ["hx"], hx):
                 check_tensor_like(name, h, x)
-            if sorted_idx is not None:
-                hx = [h.index_select(1, sorted_idx) for h in hx]
         check_parameter_device(x, self._flat_weights[0])   # after the hidden state's, as torch's op checks
 
         y, finals = self._run_stack(x, hx, batch_sizes, dtype, index if packed else None)
@@ -123,7 +121,7 @@ class _EngineForward:
                 x = input.unsqueeze(0 if self.batch_first else 1)
         if hx is not None:
             given = hx
-            hx = lstm_pair(hx, "lstm", not isinstance(input, PackedSequence)) if is_lstm else [hx]
+            hx = lstm_pair(hx, "lstm", not isinstance(input, PackedSequence), not batched) if is_lstm else [hx]
             for h in hx:
                 check_tensor("hx", h)
             want = 3 if batched else 2
@@ -135,10 +133,12 @@ class _EngineForward:
                     raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
                                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
                 raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx[0].dim()}-D tensor")
-            if is_lstm and isinstance(given, torch.Tensor):   # torch.nn indexed it for the check above; its op
-                lstm_pair(given, "lstm", indexed=False)         # takes only a tuple
+            if is_lstm and batched and isinstance(given, torch.Tensor):   # torch.nn indexed it for the check
+                lstm_pair(given, "lstm", indexed=False)                     # above; its op takes only a tuple
             if not batched:
                 hx = [h.unsqueeze(1) for h in hx]
+            if sorted_idx is not None:   # a packed input's rows, in its order; torch.nn selects them before checking
+                hx = [h.index_select(1, sorted_idx) for h in hx]
             self.check_forward_args(x, tuple(hx) if is_lstm else hx[0], batch_sizes)
         else:
             self.check_input(x, batch_sizes)
