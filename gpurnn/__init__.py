@@ -4,8 +4,29 @@
 when first used.
 """
 import importlib
+import importlib.util
+import pathlib
+import sys
 
-from .backends import available_backends, backend_status
+
+def _checkout_kernels():
+    """Run from a checkout (PYTHONPATH=the repo root, nothing installed: the GPU check does so), kernels/ sits
+    beside gpurnn/, where installs map it to gpurnn.kernels (pyproject's package-dir). Load it under that name
+    then; only beside this project's pyproject.toml, never an unrelated `kernels` beside an install."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    init = root / "kernels" / "__init__.py"
+    name = f"{__name__}.kernels"
+    if not (root / "pyproject.toml").is_file() or not init.is_file() or importlib.util.find_spec(name):
+        return
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+    sys.modules[name] = module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    globals()["kernels"] = module   # as the import system sets a submodule on its parent
+
+
+_checkout_kernels()
+
+from .backends import available_backends, backend_status  # noqa: E402  (after the kernels are importable)
 
 __version__ = "0.1.0"
 __all__ = ["available_backends", "backend_status", "functional", "nn", "info", "__version__"]

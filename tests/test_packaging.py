@@ -33,3 +33,18 @@ def test_this_install_imports_kernels_from_the_checkout():
     out = subprocess.run([sys.executable, "-c", "import gpurnn.kernels; print(gpurnn.kernels.__file__)"],
                          cwd="/", capture_output=True, text=True, check=True)
     assert pathlib.Path(out.stdout.strip()) == ROOT / "kernels" / "__init__.py"
+
+
+def test_a_checkout_on_pythonpath_imports_kernels_as_gpurnn_kernels(tmp_path):
+    """As the GPU check runs (PYTHONPATH=the repo root, nothing installed): -S leaves out site's .pth files, so
+    the editable install's finder cannot map gpurnn.kernels; the packages come from PYTHONPATH alone."""
+    site = next(p for p in sys.path if p.endswith("site-packages") and pathlib.Path(p, "numpy").is_dir())
+    code = ("import sys, gpurnn, gpurnn.kernels.common; from gpurnn import kernels; "
+            "print(kernels.__file__); print(gpurnn.kernels.common.__file__); "
+            "print(not any('editable' in type(f).__module__ for f in sys.meta_path))")
+    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PYTHONPATH": f"{ROOT}:{site}"}, check=True)
+    init, common, no_editable_finder = out.stdout.split()
+    assert pathlib.Path(init) == ROOT / "kernels" / "__init__.py"
+    assert pathlib.Path(common) == ROOT / "kernels" / "common.py"
+    assert no_editable_finder == "True"
