@@ -105,6 +105,15 @@ def test_rnn_keeps_the_nonlinearity_it_was_built_with():
     torch.testing.assert_close(outs[1], outs[0])
 
 
+@pytest.mark.parametrize("when", ["built", "set later"])
+def test_a_cell_with_an_unknown_nonlinearity_raises_torchs_error_at_forward(when):
+    """torch.nn.RNNCell takes any nonlinearity when built and refuses it at forward; the engine once ran relu."""
+    for m in _pair("RNNCell", 3, 4, **({"nonlinearity": "gelu"} if when == "built" else {})):
+        m.nonlinearity = "gelu"
+        with pytest.raises(RuntimeError, match="^Unknown nonlinearity: gelu$"):
+            m(torch.randn(2, 3))
+
+
 @pytest.mark.parametrize("name", ["RNN", "GRU"])
 def test_packed_input_with_a_2d_hidden_state_names_the_expected_size(name):
     x = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(5, 2, 3), [5, 3])

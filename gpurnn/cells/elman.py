@@ -5,7 +5,8 @@
 """
 import functools
 
-from .base import Cell, bias_grads, add_bias, phi_, phi_grad_from_output
+from ..checks import check_choice
+from .base import NONLINEARITIES, Cell, bias_grads, add_bias, phi_, phi_grad_from_output
 
 WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh")
 GATES = 1   # blocks of rows in the input and recurrent weights
@@ -21,6 +22,7 @@ class Elman(Cell):
 
     def __init__(self, xp, w, matmul, nonlinearity="tanh"):
         super().__init__(xp, w, matmul)
+        check_choice("nonlinearity", nonlinearity, NONLINEARITIES)   # phi_ takes anything else for relu
         self.nonlinearity = nonlinearity
 
     def begin_forward(self, x, state0, alloc):

@@ -4,6 +4,7 @@ import torch
 
 from .. import backends
 from ..autograd import recorded_for_torch, run_layer
+from ..cells import NONLINEARITIES
 from ..checks import check_choice
 from .common import (TORCH_NAMES, RuntimeValueError, autocast, autocast_dtype, autocast_enabled, autocast_inside,
                      check_tensor, fx_call, lstm_pair, overridden)
@@ -49,6 +50,8 @@ class _CellForward:
                 if h.dim() not in (1, 2):
                     what = f"hx[{idx}]" if is_lstm else "hidden"
                     raise ValueError(f"{kind}: Expected {what} to be 1D or 2D, got {h.dim()}D instead")
+        if self._cell == "elman" and self.nonlinearity not in NONLINEARITIES:   # torch.nn checks it only here
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         if hx is None:
