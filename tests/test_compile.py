@@ -37,6 +37,19 @@ def test_compile_fullgraph_equals_eager(case):
         torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
 
 
+def test_compile_needs_no_autocast_availability_query(monkeypatch):
+    """Dynamo before torch 2.13 cannot trace torch.amp.is_autocast_available: calling it under torch.compile broke
+    the graph (fullgraph failed on torch 2.11). Here it raises when called, as an untraceable call would."""
+    def untraceable(device_type):
+        raise RuntimeError("is_autocast_available called")
+    m = gnn.GRU(3, 4, backend="numpy")
+    x = torch.randn(5, 2, 3)
+    eager = m(x)[0]
+    monkeypatch.setattr(torch.amp, "is_autocast_available", untraceable)
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(m, fullgraph=True)(x)[0], eager)
+
+
 @pytest.mark.parametrize("make,shape", [(lambda: gnn.LSTMCell(3, 4, dtype=torch.float64, backend="numpy"), (2, 3)),
                                         (lambda: gnn.JordanRNN(3, 4, 2, dtype=torch.float64, backend="numpy"), (5, 2, 3))],
                          ids=["lstm_cell", "jordan"])

@@ -107,8 +107,10 @@ AUTOCAST = {"cpu": ("RNN", "LSTM", "RNNCell"),
 
 
 def autocast_enabled(device):
-    """Whether autocast is on for `device` (a device without autocast, as meta, has it off)."""
-    return torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)
+    """Whether autocast is on for `device` (a device without autocast, as meta, has it off). Under torch.compile
+    the device is a real one, and dynamo before torch 2.13 cannot trace is_autocast_available (a graph break)."""
+    available = torch.compiler.is_compiling() or torch.amp.is_autocast_available(device.type)
+    return available and torch.is_autocast_enabled(device.type)
 
 
 def autocast_dtype(kind, device):
