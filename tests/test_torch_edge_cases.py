@@ -210,13 +210,14 @@ def test_an_lstm_hx_that_is_not_a_pair_is_read_as_torch_reads_it(name, shape, hx
 
 
 @pytest.mark.parametrize("where", ["input", "hx"])
-@pytest.mark.parametrize("name", ["RNN", "GRU"])
+@pytest.mark.parametrize("name", ["RNN", "GRU", "GRUCell"])
 def test_a_list_instead_of_a_tensor_is_torchs_attribute_error(name, where):
-    """torch.nn fails on `.dim()` of a list (AttributeError); gpurnn's error names the argument and is one too."""
-    x, h = torch.randn(5, 2, 3), torch.zeros(1, 2, 4)
+    """torch.nn fails on `.dim()` of a list (AttributeError); gpurnn's error names the argument, is one too,
+    and says torch.nn's words."""
+    x, h = (torch.randn(2, 3), torch.zeros(2, 4)) if "Cell" in name else (torch.randn(5, 2, 3), torch.zeros(1, 2, 4))
     args = (x.tolist(), None) if where == "input" else (x, h.tolist())
     for m in _pair(name, 3, 4):
-        with pytest.raises(AttributeError):
+        with pytest.raises(AttributeError, match="'list' object has no attribute 'dim'"):
             m(*args)
     with pytest.raises(TypeError, match=f"{where}: expected a"):
         getattr(gnn, name)(3, 4)(*args)

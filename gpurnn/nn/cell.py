@@ -41,12 +41,13 @@ class _CellForward:
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
         if mixed or recorded_for_torch() or overridden(input, hx, *weights):
             return super().forward(input, hx)   # torch.nn's own step (autocast_inside, recorded_for_torch, overridden)
+        check_tensor("input", input, torch_words=True)
         if input.dim() not in (1, 2):
             raise ValueError(f"{kind}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
             hx = lstm_pair(hx, "lstm_cell", input.dim() == 1) if is_lstm else [hx]
             for idx, h in enumerate(hx):
-                check_tensor("hx", h)
+                check_tensor("hx", h, torch_words=True)
                 if h.dim() not in (1, 2):
                     what = f"hx[{idx}]" if is_lstm else "hidden"
                     raise ValueError(f"{kind}: Expected {what} to be 1D or 2D, got {h.dim()}D instead")

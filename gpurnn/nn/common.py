@@ -39,12 +39,18 @@ def overridden(*args):
 
 class NotATensor(TypeError, AttributeError):
     """A non-tensor where a tensor goes: torch.nn fails on it with an AttributeError (`'list' object has no
-    attribute 'dim'`); gpurnn's TypeError names the argument: this is both."""
+    attribute 'dim'`); gpurnn's TypeError names the argument: this is both, and its message ends with torch.nn's
+    (torch_words), which tests written for torch.nn look for."""
+
+    def __init__(self, name, expected, obj, torch_words=False):
+        kind = type(obj).__name__
+        words = f" ('{kind}' object has no attribute 'dim', in torch.nn's words)" if torch_words else ""
+        super().__init__(f"{name}: expected {expected}, got {kind}{words}")
 
 
-def check_tensor(name, t):
+def check_tensor(name, t, torch_words=False):
     if not isinstance(t, torch.Tensor):
-        raise NotATensor(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        raise NotATensor(name, "a torch.Tensor", t, torch_words)
 
 
 class RuntimeValueError(ValueError, RuntimeError):

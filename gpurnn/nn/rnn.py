@@ -110,7 +110,7 @@ class _EngineForward:
             batched = True
         else:
             if not isinstance(input, torch.Tensor):
-                raise NotATensor(f"input: expected a tensor or a PackedSequence, got {type(input).__name__}")
+                raise NotATensor("input", "a tensor or a PackedSequence", input, torch_words=True)
             if input.dim() not in (2, 3):
                 tensor = " tensor" if self._cell == "elman" else ""
                 raise ValueError(f"{TORCH_NAMES[self._cell]}: Expected input to be 2D or 3D, got "
@@ -123,7 +123,7 @@ class _EngineForward:
             given = hx
             hx = lstm_pair(hx, "lstm", not isinstance(input, PackedSequence), not batched) if is_lstm else [hx]
             for h in hx:
-                check_tensor("hx", h)
+                check_tensor("hx", h, torch_words=True)
             want = 3 if batched else 2
             # as torch.nn, only a tensor input's hx is checked for its number of dimensions here; a packed
             # input's goes to check_forward_args (its message names the expected size)
