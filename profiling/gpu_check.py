@@ -318,20 +318,36 @@ def isolated(cmd, timeout):
         return "FAIL", f"exit {out.returncode}: {err[:160]}"
 
 
-def run_checks(names, deadline, engine_backend, dry_run):
-    rows = []
+class Report:
+    """The results so far, rewritten to OUT/<gpu name>/gpu_check.{csv,md} after each one, so that what ran is
+    on disk (and comes back) even if the run is killed before its end."""
+
+    def __init__(self, out_dir):
+        self.out_dir, self.rows = out_dir, []
+
+    def add(self, name, status, note, seconds=0.0):
+        self.rows.append((name, status, note, seconds))
+        with open(self.out_dir / "gpu_check.csv", "w", newline="") as f:
+            csv.writer(f).writerows([("check", "status", "note", "seconds")] + self.rows)
+        (self.out_dir / "gpu_check.md").write_text(f"# gpu_check on {device_name()}\n\n{self.table()}\n")
+
+    def table(self):
+        return "\n".join(["| check | status | note |", "|---|---|---|"] +
+                         [f"| {n} | {s} | {note} |" for n, s, note, _ in self.rows])
+
+
+def run_checks(names, deadline, engine_backend, dry_run, report):
     for name in names:
         left = deadline - time.perf_counter()
         if left < 5:
-            rows.append((name, "SKIP", "out of time", 0.0))
+            report.add(name, "SKIP", "out of time")
             continue
         limit = min(left, SMOKE_S if name == SMOKE else CHECK_S) * (20 if dry_run else 1)   # interpreter: slow
         cmd = [sys.executable, str(Path(__file__).resolve()), "--one", name, "--engine", engine_backend]
         t0 = time.perf_counter()
         status, note = isolated(cmd + (["--dry-run"] if dry_run else []), limit)
-        rows.append((name, status, note, time.perf_counter() - t0))
-        print(f"{status:4s} {name}: {note} ({rows[-1][3]:.1f} s)", flush=True)
-    return rows
+        report.add(name, status, note, time.perf_counter() - t0)
+        print(f"{status:4s} {name}: {note} ({report.rows[-1][3]:.1f} s)", flush=True)
 
 
 def run_bench(args_list, timeout):
@@ -381,39 +397,37 @@ def main(argv=None):
           flush=True)
     # Order: a smoke test, the headline benchmark, then every other check (each in its own
     # process with a time limit), then the quick sweep with what time is left.
-    rows = run_checks([SMOKE], start + SMOKE_S + 5, engine_backend, args.dry_run)
+    report = Report(out_dir)
+    run_checks([SMOKE], start + SMOKE_S + 5, engine_backend, args.dry_run, report)
     if not args.no_bench:
         headline = ["--device", "cuda", "--cells", "lstm", "--dtype", "bfloat16", "--batch", "16,64",
                     "--steps", "1024", "--hidden", "128,256,768", "--name", "headline", "--out", str(out_dir),
                     # torch.compile of the loop would take most of the time limit here
                     "--providers", "gpurnn-triton,gpurnn-cupy,torch.nn,loop,floor,floor-grid"]
-        rows.append(("bench headline (lstm bf16 T=1024)", *run_bench(headline, 150), 0.0))
+        report.add("bench headline (lstm bf16 T=1024)", *run_bench(headline, 150))
         # 4 warps issue 22% fewer instructions a step than 8 at H=768 (profiling/static_cost.py) but
         # hide less latency: which is faster only a GPU can say
         with env(GPURNN_WARPS=4):
-            rows.append(("bench headline, 4 warps (lstm bf16 H=768)", *run_bench(
+            report.add("bench headline, 4 warps (lstm bf16 H=768)", *run_bench(
                 ["--device", "cuda", "--cells", "lstm", "--dtype", "bfloat16", "--batch", "16", "--steps", "1024",
                  "--hidden", "768", "--name", "headline-warps4", "--out", str(out_dir),
-                 "--providers", "gpurnn-triton,torch.nn"], 60), 0.0))
+                 "--providers", "gpurnn-triton,torch.nn"], 60))
         # the Gluon kernels (kernels/gluon.py: W in registers, no staging) against Triton's, same run
         with env(GPURNN_GLUON=1):
-            rows.append(("bench headline, Gluon kernels (lstm bf16 H=768)", *run_bench(
+            report.add("bench headline, Gluon kernels (lstm bf16 H=768)", *run_bench(
                 ["--device", "cuda", "--cells", "lstm", "--dtype", "bfloat16", "--batch", "16,64", "--steps", "1024",
                  "--hidden", "768", "--name", "headline-gluon", "--out", str(out_dir),
-                 "--providers", "gpurnn-triton,torch.nn"], 60), 0.0))
+                 "--providers", "gpurnn-triton,torch.nn"], 60))
     others = [name for name, _ in check_list(engine_backend) if name != SMOKE]
     deadline = start + (BUDGET_S - 60 if not args.no_bench else BUDGET_S * (20 if args.dry_run else 1))
-    rows += run_checks(others, deadline, engine_backend, args.dry_run)
+    run_checks(others, deadline, engine_backend, args.dry_run, report)
     if not args.no_bench:
         left = BUDGET_S - (time.perf_counter() - start)
-        rows.append(("bench --quick", *run_bench(["--quick", "--device", "cuda", "--out", str(out_dir)], left), 0.0))
-    with open(out_dir / "gpu_check.csv", "w", newline="") as f:
-        csv.writer(f).writerows([("check", "status", "note", "seconds")] + rows)
-    table = ["| check | status | note |", "|---|---|---|"] + [f"| {n} | {s} | {note} |" for n, s, note, _ in rows]
-    (out_dir / "gpu_check.md").write_text(f"# gpu_check on {device_name()}\n\n" + "\n".join(table) + "\n")
-    failed = sum(s in ("FAIL", "HANG") for _, s, _, _ in rows)
-    print("\n" + "\n".join(table))
-    print(f"gpu_check: {len(rows)} checks, {failed} failed, {time.perf_counter() - start:.0f} s; results in {out_dir}")
+        report.add("bench --quick", *run_bench(["--quick", "--device", "cuda", "--out", str(out_dir)], left))
+    failed = sum(s in ("FAIL", "HANG") for _, s, _, _ in report.rows)
+    print("\n" + report.table())
+    print(f"gpu_check: {len(report.rows)} checks, {failed} failed, {time.perf_counter() - start:.0f} s; "
+          f"results in {out_dir}")
     return 1 if failed else 0
 
 
