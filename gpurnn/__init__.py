@@ -11,13 +11,14 @@ import sys
 
 def _checkout_kernels():
     """Run from a checkout (PYTHONPATH=the repo root, nothing installed: the GPU check does so), kernels/ sits
-    beside gpurnn/, where installs map it to gpurnn.kernels (pyproject's package-dir). Load it under that name
-    then; only beside this project's pyproject.toml, never an unrelated `kernels` beside an install."""
+    beside gpurnn/, where installs map it to gpurnn.kernels (pyproject's package-dir). Load that one under the
+    name, also where another checkout is installed in editable mode; only beside this project's pyproject.toml,
+    never an unrelated `kernels` beside an install."""
     root = pathlib.Path(__file__).resolve().parent.parent
-    init = root / "kernels" / "__init__.py"
-    name = f"{__name__}.kernels"
-    if not (root / "pyproject.toml").is_file() or not init.is_file() or importlib.util.find_spec(name):
+    init, project = root / "kernels" / "__init__.py", root / "pyproject.toml"
+    if not init.is_file() or not project.is_file() or 'name = "gpurnn"' not in project.read_text():
         return
+    name = f"{__name__}.kernels"
     spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
     sys.modules[name] = module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -251,13 +251,17 @@ def _differentiable_backward(ctx, x, slots, grads):
 layer_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def recorded_for_torch():
+def recorded_for_torch(x):
     """Whether this call is being recorded into a graph that runs without Python, where only torch's own ops
     exist: torch.jit.trace (TorchScript, as libtorch loads it) and torch.onnx.export (either exporter). Layers
     then run as torch ops (torch.nn's modules: their own forward, as under torch.jit.script; the rest: the torch
     loop); torch.compile and torch.export record the engine's custom op."""
-    onnx = sys.modules.get("torch.onnx")   # not imported: no export runs (and its first import costs 20 ms)
-    return torch.jit.is_tracing() or (onnx is not None and onnx.is_in_onnx_export())
+    if torch.jit.is_tracing():   # this thread's trace (the TorchScript ONNX exporter traces too)
+        return True
+    # the dynamo ONNX exporter: its flags are process-wide, so the input (x) must be one it traces, fake; torch.onnx
+    # not imported means no export runs (and its first import costs 20 ms)
+    onnx = sys.modules.get("torch.onnx")
+    return torch.compiler.is_exporting() and onnx is not None and onnx.is_in_onnx_export() and is_fake(x)
 
 
 def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts):
@@ -271,7 +275,7 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
     name = backends.resolve(backend, x.is_cuda)
     tensors = [t for state0, weights, _ in directions for t in (*state0, *weights)]
     compiling = torch.compiler.is_compiling()   # dynamo's frames look like a functorch transform
-    if recorded_for_torch() or not compiling and (torch._C._functorch.peek_interpreter_stack() is not None or
+    if recorded_for_torch(x) or not compiling and (torch._C._functorch.peek_interpreter_stack() is not None or
                                                   any(_is_dual(t) for t in [x, *tensors])):
         # Under torch.func (grad, jacrev, vmap, ...) and forward-mode AD: torch 2.13's custom ops
         # support neither, so the layer runs as the plain torch loop, which both understand; so does

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import csv
 import importlib.util
+import io
 import json
 import os
 import re
@@ -327,9 +328,13 @@ class Report:
 
     def add(self, name, status, note, seconds=0.0):
         self.rows.append((name, status, note, seconds))
-        with open(self.out_dir / "gpu_check.csv", "w", newline="") as f:
-            csv.writer(f).writerows([("check", "status", "note", "seconds")] + self.rows)
-        (self.out_dir / "gpu_check.md").write_text(f"# gpu_check on {device_name()}\n\n{self.table()}\n")
+        lines = io.StringIO()
+        csv.writer(lines).writerows([("check", "status", "note", "seconds")] + self.rows)
+        for file, text in (("gpu_check.csv", lines.getvalue()),
+                           ("gpu_check.md", f"# gpu_check on {device_name()}\n\n{self.table()}\n")):
+            tmp = self.out_dir / (file + ".tmp")   # written whole, then renamed: a kill leaves the last full one
+            tmp.write_text(text)
+            tmp.replace(self.out_dir / file)
 
     def table(self):
         return "\n".join(["| check | status | note |", "|---|---|---|"] +

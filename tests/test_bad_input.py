@@ -85,6 +85,12 @@ def test_jordan_forward_errors():
         m(X.double())
     with raises(TypeError, "s0", "torch.float32", "torch.float64"):
         m(X, s0=torch.zeros(2, 3, dtype=torch.float64))
+    m.nonlinearity = "gelu"   # set after construction: the engine once ran relu for anything but tanh
+    with raises(ValueError, "nonlinearity", "'gelu'"):
+        m(X)
+    m.nonlinearity, m.output_activation = "tanh", "relu"
+    with raises(ValueError, "output_activation", "'relu'"):
+        m(X)
 
 
 def test_explicit_unavailable_backend_says_why():

@@ -50,6 +50,17 @@ def test_compile_needs_no_autocast_availability_query(monkeypatch):
     torch.testing.assert_close(torch.compile(m, fullgraph=True)(x)[0], eager)
 
 
+@pytest.mark.parametrize("name", ["GRU", "GRUCell"])
+def test_compile_on_the_meta_device_gives_torch_nns_shapes(name):
+    """Meta has no autocast (torch.is_autocast_enabled("meta") raises), also under torch.compile."""
+    ref, mine = (getattr(nn, name)(3, 4, device="meta") for nn in (torch.nn, gnn))
+    x = torch.randn(5, 2, 3, device="meta") if name == "GRU" else torch.randn(2, 3, device="meta")
+    torch._dynamo.reset()
+    got, want = torch.compile(mine, backend="eager")(x), ref(x)
+    for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+        assert a.shape == b.shape and a.device.type == "meta"
+
+
 @pytest.mark.parametrize("make,shape", [(lambda: gnn.LSTMCell(3, 4, dtype=torch.float64, backend="numpy"), (2, 3)),
                                         (lambda: gnn.JordanRNN(3, 4, 2, dtype=torch.float64, backend="numpy"), (5, 2, 3))],
                          ids=["lstm_cell", "jordan"])

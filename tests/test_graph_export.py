@@ -4,6 +4,7 @@ own forward, the Jordan network the torch loop; nothing recorded names a gpurnn 
 import io
 import subprocess
 import sys
+import threading
 import warnings
 
 import onnx
@@ -118,3 +119,28 @@ def test_an_onnx_export_runs_in_onnxruntime(name, args, kwargs, shape, dynamo):
     assert len(got) == len(want)
     for g, w in zip(got, want):
         torch.testing.assert_close(torch.from_numpy(g), w, atol=1e-5, rtol=1e-5)
+
+
+def test_an_onnx_export_in_another_thread_leaves_this_threads_modules_on_the_engine(monkeypatch):
+    """The dynamo exporter's flags are process-wide: only the thread that exports records torch.nn's forward."""
+    started, release = threading.Event(), threading.Event()
+
+    class Blocking(torch.nn.Module):
+        def forward(self, x):
+            started.set()
+            release.wait(60)
+            return x * 2
+
+    exporter = threading.Thread(target=_onnx, args=(Blocking(), torch.randn(2), True))
+    exporter.start()
+    try:
+        assert started.wait(60)
+        assert torch.onnx.is_in_onnx_export()   # the other thread is inside its export
+        calls = []
+        monkeypatch.setattr(torch.nn.LSTM, "forward", lambda *args: calls.append(args))
+        _, mine = _twins("LSTM", 3, 4)
+        mine(torch.randn(5, 2, 3))
+        assert calls == []
+    finally:
+        release.set()
+        exporter.join()

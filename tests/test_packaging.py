@@ -1,5 +1,6 @@
 """kernels/ ships as gpurnn.kernels (never as a top-level `kernels`), in wheels and editable installs."""
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -48,3 +49,15 @@ def test_a_checkout_on_pythonpath_imports_kernels_as_gpurnn_kernels(tmp_path):
     assert pathlib.Path(init) == ROOT / "kernels" / "__init__.py"
     assert pathlib.Path(common) == ROOT / "kernels" / "common.py"
     assert no_editable_finder == "True"
+
+
+def test_another_checkout_on_pythonpath_uses_its_own_kernels(tmp_path):
+    """Beside this install's editable finder (which maps gpurnn.kernels to this checkout), a second checkout put
+    first on PYTHONPATH imports its own kernels/, not this one's."""
+    for part in ("gpurnn", "kernels"):
+        shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    code = "import gpurnn.kernels.lstm as k; print(k.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert pathlib.Path(out.stdout.strip()) == tmp_path / "kernels" / "lstm.py"

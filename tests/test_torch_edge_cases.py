@@ -142,6 +142,32 @@ def test_an_unsorted_packed_inputs_hx_rows_are_selected_before_the_checks(name, 
         torch.testing.assert_close(got, want)
 
 
+_PACKED_LSTM_HX = [(False, lambda h: (h, h + 1, h), None), (False, lambda h: torch.stack([h, h + 1]), None),
+                   (False, lambda h: (h,), IndexError), (True, lambda h: (h, h + 1, h), RuntimeError),
+                   (True, lambda h: torch.stack([h, h + 1]), TypeError)]
+
+
+@pytest.mark.parametrize("enforce_sorted, hx_of, raises", _PACKED_LSTM_HX,
+                         ids=["unsorted-3-tuple", "unsorted-stacked", "unsorted-1-tuple", "sorted-3-tuple",
+                              "sorted-stacked"])
+def test_a_packed_lstm_input_reads_hx_as_torch_nn_does(enforce_sorted, hx_of, raises):
+    """To select an unsorted packed input's rows torch.nn reads hx[0] and hx[1] and passes only those on; a sorted
+    one's hx goes to its op as it is, which takes exactly two tensors."""
+    x = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(4, 3, 3), [4, 3, 2] if enforce_sorted else [2, 4, 3],
+                                                enforce_sorted=enforce_sorted)
+    h = torch.linspace(-1, 1, 12).view(1, 3, 4)
+    results = []
+    for m in _pair("LSTM", 3, 4):
+        if raises:
+            with pytest.raises(raises):
+                m(x, hx_of(h))
+        else:
+            y, hidden = m(x, hx_of(h))
+            results.append((y.data, hidden))
+    for got, want in zip(*results[::-1]):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["one-way", "bidir"])
 @pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
 def test_dropout_on_packed_input_draws_torchs_masks(name, bidirectional):

@@ -5,7 +5,8 @@ the xp loop and the kernels (kernels/jordan.py).
 """
 import functools
 
-from .base import Cell, phi_, phi_grad_from_output, sigmoid_, sum_rows
+from ..checks import check_choice
+from .base import NONLINEARITIES, OUTPUT_ACTIVATIONS, Cell, phi_, phi_grad_from_output, sigmoid_, sum_rows
 
 WEIGHT_NAMES = ("w_ih", "w_sh", "b_h", "w_ho", "b_o", "decay")
 GATES = 1   # blocks of rows in the input and recurrent weights
@@ -27,6 +28,8 @@ class Jordan(Cell):
 
     def __init__(self, xp, w, matmul, nonlinearity="tanh", output_activation="identity", teacher=None):
         super().__init__(xp, w, matmul)
+        check_choice("nonlinearity", nonlinearity, NONLINEARITIES)   # phi_ takes anything else for relu
+        check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
         self.nonlinearity, self.output_activation, self.teacher = nonlinearity, output_activation, teacher
 
     def begin_forward(self, x, state0, alloc):

@@ -39,7 +39,7 @@ class _CellForward:
         is_lstm, kind = self._cell == "lstm", TORCH_NAMES[self._cell] + "Cell"
         mixed = isinstance(input, torch.Tensor) and autocast_inside(kind, input.device)
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
-        if mixed or recorded_for_torch() or overridden(input, hx, *weights):
+        if mixed or recorded_for_torch(input) or overridden(input, hx, *weights):
             return super().forward(input, hx)   # torch.nn's own step (autocast_inside, recorded_for_torch, overridden)
         check_tensor("input", input, torch_words=True)
         if input.dim() not in (1, 2):

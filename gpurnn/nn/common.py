@@ -113,9 +113,12 @@ AUTOCAST = {"cpu": ("RNN", "LSTM", "RNNCell"),
 
 
 def autocast_enabled(device):
-    """Whether autocast is on for `device` (a device without autocast, as meta, has it off). Under torch.compile
-    the device is a real one, and dynamo before torch 2.13 cannot trace is_autocast_available (a graph break)."""
-    available = torch.compiler.is_compiling() or torch.amp.is_autocast_available(device.type)
+    """Whether autocast is on for `device` (a device without autocast, as meta, has it off). Dynamo before
+    torch 2.13 cannot trace is_autocast_available (a graph break), so under torch.compile only meta is ruled out."""
+    if torch.compiler.is_compiling():
+        available = device.type != "meta"
+    else:
+        available = torch.amp.is_autocast_available(device.type)
     return available and torch.is_autocast_enabled(device.type)
 
 

@@ -54,7 +54,7 @@ class _EngineForward:
         # as torch.nn: the weights as they are now (parametrizations, torch.func.functional_call), evaluated
         # once per call, and the checks read these
         self._update_flat_weights()
-        if overridden(data, hx, self._flat_weights) or recorded_for_torch():
+        if overridden(data, hx, self._flat_weights) or recorded_for_torch(data):
             return super().forward(input, hx)
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         x, batch_sizes, sorted_idx, unsorted_idx, batched, hx = self._checked_inputs(input, hx)
@@ -120,21 +120,25 @@ class _EngineForward:
             if not batched:
                 x = input.unsqueeze(0 if self.batch_first else 1)
         if hx is not None:
-            given = hx
-            hx = lstm_pair(hx, "lstm", not isinstance(input, PackedSequence), not batched) if is_lstm else [hx]
+            given, packed = hx, isinstance(input, PackedSequence)
+            # torch.nn reads an LSTM's hx[0] and hx[1] for a tensor input's dimension check and to select an unsorted
+            # packed input's rows; it passes only those two on for an unbatched or unsorted packed input
+            reads_pair = not packed or sorted_idx is not None
+            passes_pair = sorted_idx is not None if packed else not batched
+            hx = lstm_pair(hx, "lstm", reads_pair, passes_pair) if is_lstm else [hx]
             for h in hx:
                 check_tensor("hx", h, torch_words=True)
             want = 3 if batched else 2
             # as torch.nn, only a tensor input's hx is checked for its number of dimensions here; a packed
             # input's goes to check_forward_args (its message names the expected size)
-            if not isinstance(input, PackedSequence) and any(h.dim() != want for h in hx):
+            if not packed and any(h.dim() != want for h in hx):
                 kind = "batched 3-D" if batched else "unbatched 2-D"
                 if is_lstm:
                     raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
                                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
                 raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx[0].dim()}-D tensor")
-            if is_lstm and batched and isinstance(given, torch.Tensor):   # torch.nn indexed it for the check
-                lstm_pair(given, "lstm", indexed=False)                     # above; its op takes only a tuple
+            if is_lstm and not passes_pair and isinstance(given, torch.Tensor):   # indexed for the check above;
+                lstm_pair(given, "lstm", indexed=False)                             # torch's op takes only a tuple
             if not batched:
                 hx = [h.unsqueeze(1) for h in hx]
             if sorted_idx is not None:   # a packed input's rows, in its order; torch.nn selects them before checking
