@@ -4,6 +4,7 @@ whose forward runs the gpurnn engine; JordanRNN is gpurnn's own.
 
     rnn.py     RNN, LSTM, GRU           cell.py   RNNCell, LSTMCell, GRUCell
     jordan.py  JordanRNN                common.py what they share (autocast, checks)
+    convert.py to_torch_nn: torch.nn's modules in their place, on the same parameters
 The layer itself, as a custom op with autograd, is gpurnn/autograd.py.
 """
 import torch
@@ -11,6 +12,7 @@ import torch
 from .. import dynamo
 from ..autograd import run_layer, run_layers  # noqa: F401  (part of the API)
 from .cell import GRUCell, LSTMCell, RNNCell
+from .convert import to_torch_nn  # noqa: F401  (part of the API)
 from .common import AUTOCAST  # noqa: F401  (which modules autocast, per device)
 from .jordan import JordanRNN
 from .rnn import GRU, LSTM, RNN

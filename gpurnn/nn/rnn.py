@@ -13,6 +13,7 @@ from ..checks import check_choice, check_floating, check_steps
 from .common import (TORCH_NAMES, NotATensor, RuntimeValueError, autocast, autocast_dtype, autocast_inside,
                      check_parameter_device, check_tensor, check_tensor_like, fx_call, lstm_pair, overridden,
                      packed_index)
+from .convert import torch_twin
 
 
 class _EngineForward:
@@ -31,12 +32,11 @@ class _EngineForward:
         """torch.jit.script compiles torch.nn's own module in this one's place, on the same parameters:
         TorchScript cannot run the engine (torch.compile and torch.export do). torch puts what this returns
         into the parent module too, hence the warning."""
-        base = next(c for c in type(self).__mro__ if c.__module__ == "torch.nn.modules.rnn")
-        warnings.warn(f"torch.jit.script: gpurnn.nn.{type(self).__name__} is scripted as torch.nn.{base.__name__} "
-                      f"on the same parameters, and torch replaces it by that module in its parent too "
-                      f"(TorchScript cannot run gpurnn's engine; torch.compile and torch.export can)", stacklevel=2)
-        twin = base.__new__(base)
-        twin.__dict__ = dict(self.__dict__)
+        twin = torch_twin(self)
+        warnings.warn(f"torch.jit.script: gpurnn.nn.{type(self).__name__} is scripted as torch.nn."
+                      f"{type(twin).__name__} on the same parameters, and torch replaces it by that module in its "
+                      f"parent too (TorchScript cannot run gpurnn's engine; torch.compile and torch.export can; "
+                      f"gpurnn.nn.to_torch_nn converts a model)", stacklevel=2)
         return twin
 
     def _opts(self):
