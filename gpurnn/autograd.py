@@ -179,16 +179,28 @@ def _setup_context(ctx, inputs, output):
     # which check that they have not changed.
     names = ([None] * STATES + list(cells.WEIGHT_NAMES[cell]) + [None] * SLOT)[:SLOT] * DIRS
     ctx.saved_at = [i for i, (t, n) in enumerate(zip(slots, names)) if t is not None and n not in BIASES]
-    ctx.save_for_backward(output[-1], x, *[slots[i] for i in ctx.saved_at])
+    outputs = [output[d * (1 + STATES)] for d in range(len(reverses))] if _saves_output(x, cell, batch_sizes,
+                                                                                          slots) else []
+    ctx.save_for_backward(output[-1], x, *[slots[i] for i in ctx.saved_at], *outputs)
     ctx.unsaved = {i: (t, t._version) for i, t in enumerate(slots) if t is not None and i not in ctx.saved_at}
     ctx.args = (teacher, cell, n_state, reverses, batch_sizes, backend, options)
     ctx.set_materialize_grads(False)   # an unused output's gradient is None (see _unreached)
 
 
+def _saves_output(x, cell, batch_sizes, slots):
+    """Whether torch.nn's op for this layer saves its output y for backward, so that changing y in place before
+    backward is its error too: oneDNN's CPU LSTM in float32, neither packed nor projected, while
+    torch.backends.mkldnn is on; its RNN and GRU save no output. (oneDNN's bfloat16 LSTM saves y too; here bfloat16
+    runs as float32 and returns a converted copy, which is not matched.)"""
+    return (cell == "lstm" and x.device.type == "cpu" and x.dtype == torch.float32 and batch_sizes is None
+            and x.numel() > 0 and slots[STATES + cells.WEIGHT_NAMES[cell].index("w_hr")] is None
+            and torch._C._get_mkldnn_enabled())
+
+
 def _inputs(ctx, rerun):
     """(handle, x, the N_IN slots) for backward; rerun: the caller reruns the layer on them, so the
     tensors kept outside autograd's saved tensors must not have changed since forward."""
-    handle, x, *saved = ctx.saved_tensors   # raises if x or a weight was modified in place since forward
+    handle, x, *saved = ctx.saved_tensors   # raises if x, a weight or a saved y was changed in place since forward
     slots = [None] * N_IN
     for i, t in zip(ctx.saved_at, saved):
         slots[i] = t

@@ -376,6 +376,35 @@ def test_an_initial_state_changed_in_place_before_backward_is_torchs_error(name,
             y.sum().backward()
 
 
+_OUTPUT_IN_PLACE = [("LSTM", {}), ("LSTM", {"num_layers": 2, "batch_first": True}), ("LSTM", {"bidirectional": True}),
+                    ("LSTM", {"proj_size": 2}), ("LSTM", {"dtype": torch.float64}), ("LSTM", {"packed": True}),
+                    ("GRU", {}), ("RNN", {"num_layers": 2})]
+
+
+@pytest.mark.parametrize("route", ["engine", "torch"])
+@pytest.mark.parametrize("name, kwargs", _OUTPUT_IN_PLACE, ids=[f"{n}-{'-'.join(k) or 'plain'}" for n, k in
+                                                                 _OUTPUT_IN_PLACE])
+def test_an_output_changed_in_place_before_backward_fails_where_torch_nn_fails(name, kwargs, route, monkeypatch):
+    """oneDNN's CPU LSTM saves its output y (float32, one direction, neither packed nor projected): changing y in
+    place before backward is an error there; elsewhere, and for the RNN and GRU, it runs."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", route)
+    kwargs = dict(kwargs)
+    packed, dtype = kwargs.pop("packed", False), kwargs.get("dtype", torch.float32)
+    x = torch.randn(5, 2, 3, dtype=dtype, requires_grad=True)
+    outcomes = []
+    for m in _pair(name, 3, 4, **kwargs):
+        y, _ = m(torch.nn.utils.rnn.pack_padded_sequence(x, [5, 3]) if packed else x)
+        y = y.data if packed else y
+        y.add_(1)
+        try:
+            y.sum().backward()
+            outcomes.append("runs")
+        except RuntimeError as err:
+            assert "modified by an inplace operation" in str(err)
+            outcomes.append("raises")
+    assert outcomes[1] == outcomes[0]
+
+
 @pytest.mark.parametrize("route", ["engine", "torch"])
 @pytest.mark.parametrize("name", ["RNN", "RNNCell"])
 def test_relu_passes_the_gradient_where_its_output_is_nan(name, route, monkeypatch):
