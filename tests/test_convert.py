@@ -58,3 +58,16 @@ def test_quantize_dynamic_of_a_converted_model_is_torch_nns():
     assert [type(m) for m in q_mine.modules()] == [type(m) for m in q_ref.modules()]
     x = torch.randn(5, 2, 3)
     torch.testing.assert_close(q_mine(x)[0], q_ref(x)[0], atol=0, rtol=0)
+
+
+def test_a_shared_module_stays_shared_and_a_parametrized_one_converts():
+    """model.modules() lists a shared module once: every place that holds it gets the same twin. A parametrized
+    module's class (ParametrizedGRU) is a subclass made by torch: its twin keeps the parametrization."""
+    lstm, gru = gnn.LSTM(3, 4), gnn.GRU(3, 4)
+    torch.nn.utils.parametrizations.weight_norm(gru, "weight_hh_l0")
+    model = gnn.to_torch_nn(torch.nn.ModuleDict({"a": torch.nn.Sequential(lstm, lstm), "b": lstm, "c": gru}))
+    assert model["a"][0] is model["a"][1] is model["b"] and type(model["b"]) is torch.nn.LSTM
+    assert isinstance(model["c"], torch.nn.GRU) and type(model["c"]).__name__ == "ParametrizedGRU"
+    assert torch.nn.utils.parametrize.type_before_parametrizations(model["c"]) is torch.nn.GRU
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(model["c"](x)[0], gru(x)[0])

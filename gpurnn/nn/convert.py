@@ -9,11 +9,13 @@ import torch
 def torch_twin(module):
     """torch.nn's module of gpurnn `module`'s class (RNN ... GRUCell) holding the same parameters, buffers and
     settings (not copies), or None for a module that has no twin (JordanRNN, torch's own)."""
-    if not type(module).__module__.startswith("gpurnn."):
+    cls = type(module)
+    ours = next((c for c in cls.__mro__ if c.__module__.startswith("gpurnn.")), None)
+    base = next((c for c in cls.__mro__ if c.__module__ == "torch.nn.modules.rnn"), None)
+    if ours is None or base is None:
         return None
-    base = next((c for c in type(module).__mro__ if c.__module__ == "torch.nn.modules.rnn"), None)
-    if base is None:
-        return None
+    if cls is not ours:   # a parametrized module's class (ParametrizedLSTM) subclasses ours: rebase its members
+        base = type(cls.__name__, (base,), {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")})
     twin = base.__new__(base)
     twin.__dict__ = dict(module.__dict__)
     return twin
@@ -29,9 +31,11 @@ def to_torch_nn(model, inplace=False):
     twin = torch_twin(model)
     if twin is not None:
         return twin
+    twins = {}   # one twin for a module held in several places, as the model shares it
     for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            twin = torch_twin(child)
-            if twin is not None:
-                setattr(parent, name, twin)
+        for name, child in list(parent._modules.items()):
+            if child is not None and id(child) not in twins:
+                twins[id(child)] = torch_twin(child)
+            if child is not None and twins[id(child)] is not None:
+                setattr(parent, name, twins[id(child)])
     return model
