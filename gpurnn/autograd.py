@@ -179,9 +179,9 @@ def _setup_context(ctx, inputs, output):
     # which check that they have not changed.
     names = ([None] * STATES + list(cells.WEIGHT_NAMES[cell]) + [None] * SLOT)[:SLOT] * DIRS
     ctx.saved_at = [i for i, (t, n) in enumerate(zip(slots, names)) if t is not None and n not in BIASES]
-    outputs = [output[d * (1 + STATES)] for d in range(len(reverses))] if _saves_output(x, cell, batch_sizes,
-                                                                                          slots) else []
-    ctx.save_for_backward(output[-1], x, *[slots[i] for i in ctx.saved_at], *outputs)
+    saves_y = _saves_output(x, cell, batch_sizes, slots)
+    ys = [output[d * (1 + STATES)] for d in range(len(reverses))] if saves_y else []
+    ctx.save_for_backward(output[-1], x, *[slots[i] for i in ctx.saved_at], *ys)
     ctx.unsaved = {i: (t, t._version) for i, t in enumerate(slots) if t is not None and i not in ctx.saved_at}
     ctx.args = (teacher, cell, n_state, reverses, batch_sizes, backend, options)
     ctx.set_materialize_grads(False)   # an unused output's gradient is None (see _unreached)
