@@ -49,12 +49,13 @@ class _EngineForward:
         is_lstm = self._cell == "lstm"
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
-        if isinstance(data, torch.Tensor) and autocast_inside(TORCH_NAMES[self._cell], data.device, self.proj_size):
-            return super().forward(input, hx)
+        if isinstance(data, torch.Tensor) and (autocast_inside(TORCH_NAMES[self._cell], data.device, self.proj_size)
+                                               or recorded_for_torch(data)):
+            return super().forward(input, hx)   # (torch.nn's forward reads the weights itself)
         # as torch.nn: the weights as they are now (parametrizations, torch.func.functional_call), evaluated
         # once per call, and the checks read these
         self._update_flat_weights()
-        if overridden(data, hx, self._flat_weights) or recorded_for_torch(data):
+        if overridden(data, hx, self._flat_weights):
             return super().forward(input, hx)
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         x, batch_sizes, sorted_idx, unsorted_idx, batched, hx = self._checked_inputs(input, hx)
@@ -102,8 +103,8 @@ class _EngineForward:
     def _checked_inputs(self, input, hx):
         """torch.nn's checks, with its exception types and messages, in its order:
         (x, batch_sizes, sorted_idx, unsorted_idx, batched, [h_0(, c_0)] or None)."""
-        is_lstm = self._cell == "lstm"
-        if isinstance(input, PackedSequence):
+        is_lstm, packed = self._cell == "lstm", isinstance(input, PackedSequence)
+        if packed:
             x, batch_sizes, sorted_idx, unsorted_idx = input
             if len(batch_sizes) and int(batch_sizes.min()) < 1:
                 raise ValueError(f"batch_sizes: expected every entry >= 1, got {batch_sizes.tolist()}")
@@ -120,7 +121,7 @@ class _EngineForward:
             if not batched:
                 x = input.unsqueeze(0 if self.batch_first else 1)
         if hx is not None:
-            given, packed = hx, isinstance(input, PackedSequence)
+            given = hx
             # torch.nn reads an LSTM's hx[0] and hx[1] for a tensor input's dimension check and to select an unsorted
             # packed input's rows; it passes only those two on for an unbatched or unsorted packed input
             reads_pair = not packed or sorted_idx is not None
