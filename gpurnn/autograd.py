@@ -2,8 +2,8 @@
 ops gpurnn::layer and gpurnn::layer_backward over the engine, and run_layers/run_layer, which
 the modules of gpurnn.nn compose into stacks.
 
-Custom ops (torch.library) with fake implementations let torch.compile(fullgraph=True) and
-torch.export trace through a layer without a graph break; their autograd registration serves
+Custom ops (torch.library) with fake implementations let torch.compile(fullgraph=True) trace
+through a layer without a graph break (torch.export records torch's own ops: recorded_for_torch); their autograd registration serves
 eager autograd. Under torch.func transforms and forward-mode AD, which custom ops do not
 support in torch 2.13, the layer runs as torch_loop's plain torch loop instead (slower, exact).
 
@@ -15,7 +15,6 @@ handle), backward reruns the engine's forward first. Double backward (create_gra
 ops (torch_loop.py) instead, so that the gradient is itself a graph.
 """
 import itertools
-import sys
 import weakref
 
 import numpy as np
@@ -264,16 +263,16 @@ layer_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def recorded_for_torch(x):
-    """Whether this call is being recorded into a graph that runs without Python, where only torch's own ops
-    exist: torch.jit.trace (TorchScript, as libtorch loads it) and torch.onnx.export (either exporter). Layers
-    then run as torch ops (torch.nn's modules: their own forward, as under torch.jit.script; the rest: the torch
-    loop); torch.compile and torch.export record the engine's custom op."""
-    if torch.jit.is_tracing():   # this thread's trace (the TorchScript ONNX exporter traces too)
+    """Whether this call is being recorded into a program that may run where gpurnn is absent, with torch's own
+    ops only: torch.jit.trace (TorchScript, as libtorch loads it, and the TorchScript ONNX exporter) and
+    torch.export (AOTInductor, ExecuTorch and a process without gpurnn load its programs; the dynamo ONNX exporter
+    uses it). Layers then run as torch ops (torch.nn's modules: their own forward, as under torch.jit.script; the
+    rest: the torch loop), so the program is torch.nn's; torch.compile records the engine's custom op."""
+    if torch.jit.is_tracing():   # this thread's trace
         return True
-    # the dynamo ONNX exporter: its flags are process-wide, so the input (x) must be one it traces, fake; torch.onnx
-    # not imported means no export runs (and its first import costs 20 ms)
-    onnx = sys.modules.get("torch.onnx")
-    return torch.compiler.is_exporting() and onnx is not None and onnx.is_in_onnx_export() and is_fake(x)
+    # torch.export's flag is process-wide: the input (x) must also be one it traces, fake, or dynamo must be tracing
+    # this code (a strict export; dynamo cannot call is_fake)
+    return torch.compiler.is_exporting() and (torch.compiler.is_dynamo_compiling() or is_fake(x))
 
 
 def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts):

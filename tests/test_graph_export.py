@@ -1,5 +1,6 @@
-"""Graphs that run without Python hold torch's own ops: torch.jit.trace (TorchScript, as libtorch loads it) and
-torch.onnx.export (both exporters; the graphs run here in onnxruntime). gpurnn's torch.nn twins record torch.nn's
+"""Graphs that may run without gpurnn hold torch's own ops: torch.jit.trace (TorchScript, as libtorch loads it),
+torch.export (AOTInductor, ExecuTorch, a process without gpurnn) and torch.onnx.export (both exporters; the graphs
+run here in onnxruntime). gpurnn's torch.nn twins record torch.nn's
 own forward, the Jordan network the torch loop; nothing recorded names a gpurnn op."""
 import io
 import subprocess
@@ -64,6 +65,71 @@ def test_a_traced_model_runs_where_gpurnn_is_not_imported(tmp_path):
     cell_out, jordan_y = torch.load(tmp_path / "out.pt")
     torch.testing.assert_close(cell_out, ref(x)[0], atol=0, rtol=0)   # torch.nn's forward, recorded
     torch.testing.assert_close(jordan_y, mine(x)[1])                   # the torch loop, against the engine
+
+
+def _called(program):
+    return [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("name, args, kwargs, shape", [
+    ("LSTM", (3, 4), {"num_layers": 2, "bidirectional": True, "proj_size": 2}, (5, 2, 3)),
+    ("GRU", (3, 4), {"batch_first": True}, (2, 5, 3)),
+    ("RNN", (3, 4), {"nonlinearity": "relu"}, (5, 3)),
+    ("LSTMCell", (3, 4), {}, (2, 3)),
+    ("GRUCell", (3, 4), {"bias": False}, (3,))])
+def test_torch_export_records_torch_nns_program(name, args, kwargs, shape, strict):
+    ref, mine = _twins(name, *args, **kwargs)
+    x = torch.randn(shape)
+    program = torch.export.export(mine, (x,), strict=strict)
+    assert _called(program) == _called(torch.export.export(ref, (x,), strict=strict))
+    for got, want in zip(_leaves(program.module()(x)), _leaves(ref(x))):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_an_exported_model_runs_where_gpurnn_is_not_imported(tmp_path):
+    """torch.export's programs are saved to run elsewhere (AOTInductor, ExecuTorch): they name no gpurnn op."""
+    torch.manual_seed(0)
+    ref, mine = _Model(torch.nn), _Model(gnn)
+    ref.load_state_dict(mine.state_dict())
+    x = torch.randn(2, 5, 3)
+    program = torch.export.export(mine, (x,))
+    assert not any("gpurnn" in op for op in _called(program))
+    torch.export.save(program, tmp_path / "model.pt2")
+    torch.save(x, tmp_path / "x.pt")
+    code = ("import sys, torch\n"
+            "out = torch.export.load(sys.argv[1]).module()(torch.load(sys.argv[2]))\n"
+            "assert not any(m.startswith('gpurnn') for m in sys.modules)\n"
+            "torch.save(out, sys.argv[3])\n")
+    subprocess.run([sys.executable, "-c", code, *(str(tmp_path / f) for f in ("model.pt2", "x.pt", "out.pt"))],
+                   check=True)
+    cell_out, jordan_y = torch.load(tmp_path / "out.pt")
+    torch.testing.assert_close(cell_out, ref(x)[0], atol=0, rtol=0)   # torch.nn's forward, recorded
+    torch.testing.assert_close(jordan_y, mine(x)[1])                   # the torch loop, against the engine
+
+
+def test_a_torch_export_in_another_thread_leaves_this_threads_modules_on_the_engine(monkeypatch):
+    """torch.export's flag is process-wide: only the thread that exports records torch.nn's forward."""
+    started, release = threading.Event(), threading.Event()
+
+    class Blocking(torch.nn.Module):
+        def forward(self, x):
+            started.set()
+            release.wait(60)
+            return x * 2
+
+    exporter = threading.Thread(target=torch.export.export, args=(Blocking(), (torch.randn(2),)))
+    exporter.start()
+    try:
+        assert started.wait(60) and torch.compiler.is_exporting()
+        calls = []
+        monkeypatch.setattr(torch.nn.GRU, "forward", lambda *args: calls.append(args))
+        _, mine = _twins("GRU", 3, 4)
+        mine(torch.randn(5, 2, 3))
+        assert calls == []
+    finally:
+        release.set()
+        exporter.join()
 
 
 @pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])

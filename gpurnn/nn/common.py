@@ -28,7 +28,7 @@ def overridden(*args):
     """Whether an argument or weight overrides torch's functions (__torch_function__: a wrapper, a tensor
     subclass such as ExpandedWeight for per-sample gradients): the module then runs torch.nn's own forward,
     so that the override sees the ops torch.nn calls. Tuples (an LSTM's hx) count by their items."""
-    if torch.compiler.is_compiling():   # dynamo and export trace the engine's custom op (their tensors override)
+    if torch.compiler.is_compiling():   # dynamo traces the engine's custom op (its tensors override)
         return False
     flat = [a for arg in args for a in (arg if isinstance(arg, (tuple, list)) else (arg,)) if a is not None]
     # the arguments' own types only: torch.overrides.has_torch_function is also true under any torch function

@@ -30,12 +30,12 @@ class _EngineForward:
 
     def __prepare_scriptable__(self):
         """torch.jit.script compiles torch.nn's own module in this one's place, on the same parameters:
-        TorchScript cannot run the engine (torch.compile and torch.export do). torch puts what this returns
+        TorchScript cannot run the engine (torch.compile does). torch puts what this returns
         into the parent module too, hence the warning."""
         twin = torch_twin(self)
         warnings.warn(f"torch.jit.script: gpurnn.nn.{type(self).__name__} is scripted as torch.nn."
                       f"{type(twin).__name__} on the same parameters, and torch replaces it by that module in its "
-                      f"parent too (TorchScript cannot run gpurnn's engine; torch.compile and torch.export can; "
+                      f"parent too (TorchScript cannot run gpurnn's engine; torch.compile can; "
                       f"gpurnn.nn.to_torch_nn converts a model)", stacklevel=2)
         return twin
 
