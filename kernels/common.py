@@ -77,7 +77,7 @@ Triton without Gluon runs them only.
 Registers (ptxas -v, profiling/results/compile_check.md, compiled with 16-byte aligned
 pointers as Triton specialises them at launch). Three things keep the cell configs free
 of spills (all but the fp32 backward with 16 warps at H=256-512, 8-116 B, the Jordan forward at
-fp32 H=64, 2.5 KB, and 32-row fp16/bf16 configs of `device_tiles`, 8-320 B;
+fp32 H=64, 2.5 KB, and 32-row configs of `device_tiles`: fp16/bf16 8-320 B, fp32 8-144 B;
 the measured thresholds below predate the aligned compiles):
   * `maxnreg`: a launch gets the register file of a whole SM (`Config.maxnreg`).
     Without it ptxas sometimes settles on 32-40 registers and spills (fp32
@@ -709,9 +709,8 @@ def device_tiles(H, GP, elem_bytes, direction, sms, shared_bytes):
     LSTM bf16 sm_90): 32 rows x 16 units spill 0 / 112 B forward / backward at H=768 (a 96 KB tile),
     400 / 464 B at H=1024 (128 KB); 64 rows spilled 72 B to 1.5 KB, so 32 is the most. LSTM H=768
     bf16 on an H100: B=32 as 1 x 96 programs, B=64 as 2 x 48, each one launch (16-row tiles: 2 and
-    4 launches one after the other). fp16/bf16 only, on chips with an A100's shared memory or more
-    (the ones compile_check checks): fp32 32-row tiles spilled 500-660 B (backward, H=512) and
-    one went over sm_80's shared memory (Elman forward, H=1024).
+    4 launches one after the other). fp16/bf16 on chips with an A100's shared memory or more (the
+    ones compile_check checks); fp32 (FMA dots) with the same slices only, where fp32_wide_rows_fit.
     """
     cfg = tile_config(H, BB, GP, elem_bytes, direction)
     if cfg.mode == "single":
@@ -722,12 +721,27 @@ def device_tiles(H, GP, elem_bytes, direction, sms, shared_bytes):
         if big.mode == "single":
             return [big]
         cfg = big if cfg.P > sms else cfg
-    if elem_bytes != 2 or shared_bytes < min(SHARED_BYTES.values()) or cfg.BB != BB or cfg.P > sms:
+    if cfg.BB != BB or cfg.P > sms:
         return [cfg]   # (P > sms runs stepwise: every tile in each step's launch anyway)
+    if elem_bytes == 4 and not tensor_cores(elem_bytes):
+        return [cfg] + ([replace(cfg, BB=2 * BB)] if fp32_wide_rows_fit(cfg, GP, shared_bytes) else [])
+    if elem_bytes != 2 or shared_bytes < min(SHARED_BYTES.values()):
+        return [cfg]
     return [cfg] + [replace(cfg, BB=2 * BB, S=S, P=triton.cdiv(H, S)) for S in (cfg.S, 2 * cfg.S)
                     if S < H and (cfg.k1 + cfg.k2) * GP * S * elem_bytes <= WIDE_TILE_BYTES
                     and 2 * BB * S * GP <= WIDE_TILE_OUTPUTS
                     and cfg.HP * GP * S * elem_bytes <= budget]
+
+
+def fp32_wide_rows_fit(cfg, GP, shared_bytes):
+    """Whether an fp32 split config (FMA dots, IEEE) may also run 32-row tiles with the same slices: where
+    its backward has 8 warps (HP > 512, warps_for; at 16 warps' 128 registers 32 rows spilled 0.4-1.4 KB,
+    H=256-512) and the forward's W tile plus its (32, K1) fp32 staging fit the chip's shared memory (LSTM
+    and GRU at H=1024: 256 KB, over sm_90's 227). Measured with ptxas (sm_90): no spills at H=768 (LSTM,
+    GRU, Elman, both directions), the Elman backward 144 B at H=1024; LSTM/GRU H=768 at B=64 on an H100
+    then run 2 launches of 96 programs instead of 4, Elman H=768-1024 one instead of 2."""
+    w_tile = (cfg.k1 + cfg.k2) * GP * cfg.S * 4
+    return cfg.HP > 512 and w_tile + 2 * BB * cfg.k1 * 4 <= shared_bytes
 
 
 def gluon_enabled():

@@ -271,8 +271,9 @@ def check_list(engine_backend):
     out.append(("launches independent of T", launch_counts))
     for dt in ("bfloat16", "float32"):
         out.append((f"lstm {dt} T=64 B=16 H=768", lambda d=dt: parity("lstm", d, 64, 16, 768, engine_backend)))
-    out.append(("lstm bfloat16 T=64 B=64 H=768, 32-row tiles (common.device_tiles)",
-                lambda: parity("lstm", "bfloat16", 64, 64, 768, engine_backend)))
+    for dt in ("bfloat16", "float32"):
+        out.append((f"lstm {dt} T=64 B=64 H=768, 32-row tiles (common.device_tiles)",
+                    lambda d=dt: parity("lstm", d, 64, 64, 768, engine_backend)))
     out += gluon_checks(engine_backend)
     for kind in ("rnn_tanh", "lstm", "gru"):
         out.append((f"{kind} float32 split H=100 B=35, one batch tile per launch",

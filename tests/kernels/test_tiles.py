@@ -75,6 +75,22 @@ def test_32_row_tiles_make_the_batch_one_launch(B, tile, P, launches, monkeypatc
     assert len(cfg.groups(B)) == launches
 
 
+@pytest.mark.parametrize("GP, H, B, tile, launches", [(4, 768, 64, (32, 8), 2), (1, 1024, 64, (32, 16), 1),
+                                                   (4, 768, 16, (16, 8), 1), (4, 1024, 64, (16, 8), 4),
+                                                   (4, 512, 128, (16, 8), 4)])
+def test_fp32_takes_32_row_tiles_where_they_fit(GP, H, B, tile, launches, monkeypatch):
+    """fp32 (FMA dots) on 132 SMs: 32 rows with the same slices (fp32_wide_rows_fit) halve the launches of
+    LSTM/GRU H=768 at B=64 (4 -> 2) and make Elman H=1024's one; not at LSTM H=1024 (the forward's W and
+    staging exceed the shared memory) nor at H=512 (its 16-warp backward spilled)."""
+    monkeypatch.setattr(cm, "interpreting", lambda: False)
+    monkeypatch.setattr(cm, "device_limits", lambda device: (132, cm.SHARED_BYTES[90]))
+    for direction in ("fwd", "bwd"):
+        cfg = cm.choose_config(H, B, GP, 4, SimpleNamespace(type="cuda"), direction)
+        assert (cfg.mode, (cfg.BB, cfg.S), len(cfg.groups(B))) == ("split", tile, launches)
+    monkeypatch.setenv("GPURNN_FP32_PRECISION", "tf32")   # tensor cores: another layout, not measured
+    assert all(c.BB == 16 for c in cm.device_tiles(H, GP, 4, "fwd", 132, cm.SHARED_BYTES[90]))
+
+
 def test_32_row_tiles_leave_stepwise_and_small_grids_alone(monkeypatch):
     stepwise = _config_on_gpu(monkeypatch, 768, 64, 40)              # P = 48 > 40 SMs: a launch per step
     assert (stepwise.mode, stepwise.BB) == ("stepwise", 16)
@@ -104,13 +120,16 @@ def test_32_row_tiles_match_engine(cell, hidden, monkeypatch, nan_empty):
 
 
 @pytest.mark.parametrize("arch", [80, 90])
-def test_compile_configs_hold_every_config_a_batch_gets(arch):
+@pytest.mark.parametrize("dtype, elem_bytes", [("bfloat16", 2), ("float32", 4)])
+def test_compile_configs_hold_every_config_a_batch_gets(arch, dtype, elem_bytes):
     """compile_check compiles what runs: the config device_tile gives any B is in compile_configs."""
     for H in (384, 512, 640, 768, 1024):
-        for direction in ("fwd", "bwd"):
-            compiled = cm.compile_configs(H, "bfloat16", 4, direction, arch)
-            for B in (1, 16, 33, 64, 96, 128, 200, 1024):
-                assert cm.device_tile(H, B, 4, 2, direction, cm.ARCH_SMS[arch], cm.SHARED_BYTES[arch]) in compiled
+        for GP in (1, 4):
+            for direction in ("fwd", "bwd"):
+                compiled = cm.compile_configs(H, dtype, GP, direction, arch)
+                for B in (1, 16, 33, 64, 96, 128, 200, 1024):
+                    assert cm.device_tile(H, B, GP, elem_bytes, direction, cm.ARCH_SMS[arch],
+                                          cm.SHARED_BYTES[arch]) in compiled
 
 
 def test_split_grid_that_fits_is_one_launch(monkeypatch):
