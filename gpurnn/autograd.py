@@ -3,9 +3,10 @@ ops gpurnn::layer and gpurnn::layer_backward over the engine, and run_layers/run
 the modules of gpurnn.nn compose into stacks.
 
 Custom ops (torch.library) with fake implementations let torch.compile(fullgraph=True) trace
-through a layer without a graph break (torch.export records torch's own ops: recorded_for_torch); their autograd registration serves
-eager autograd. Under torch.func transforms and forward-mode AD, which custom ops do not
-support in torch 2.13, the layer runs as torch_loop's plain torch loop instead (slower, exact).
+through a layer without a graph break (torch.export records torch's own ops: recorded_for_torch);
+their autograd registration serves eager autograd. Under torch.func transforms and forward-mode
+AD, which custom ops do not support in torch 2.13, the layer runs as torch_loop's plain torch loop
+instead (slower, exact).
 
 The engine keeps what backward needs (its tape, engine.Saved) in NumPy/CuPy buffers that no
 tensor can carry: the forward op files it under a key and returns the key as a small tensor,
