@@ -272,8 +272,10 @@ def recorded_for_torch(x):
     if torch.jit.is_tracing():   # this thread's trace
         return True
     # torch.export's flag is process-wide: the input (x) must also be one it traces, fake, or dynamo must be tracing
-    # this code (a strict export; dynamo cannot call is_fake)
-    return torch.compiler.is_exporting() and (torch.compiler.is_dynamo_compiling() or is_fake(x))
+    # this code (a strict export; dynamo cannot call is_fake). The flag is read, not torch.compiler.is_exporting():
+    # torch 2.11's dynamo folds that call to True under every torch.compile.
+    exporting = getattr(torch.compiler, "_is_exporting_flag", False)
+    return exporting and (torch.compiler.is_dynamo_compiling() or is_fake(x))
 
 
 def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts):

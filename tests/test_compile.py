@@ -2,9 +2,11 @@
 implementation), against eager; torch.func transforms against torch.nn. (torch.export: test_graph_export.)"""
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call, grad, jacrev, vmap
 
 import gpurnn.nn as gnn
+from gpurnn.autograd import recorded_for_torch
 
 CASES = {"lstm": ("LSTM", {}), "gru_bidirectional": ("GRU", {"bidirectional": True}),
          "rnn_2layers": ("RNN", {"num_layers": 2}), "lstm_proj": ("LSTM", {"proj_size": 2})}
@@ -45,6 +47,20 @@ def test_compile_needs_no_autocast_availability_query(monkeypatch):
     monkeypatch.setattr(torch.amp, "is_autocast_available", untraceable)
     torch._dynamo.reset()
     torch.testing.assert_close(torch.compile(m, fullgraph=True)(x)[0], eager)
+
+
+def test_the_export_check_reads_torch_exports_flag(monkeypatch):
+    """torch 2.11's dynamo folds torch.compiler.is_exporting() to True under every torch.compile (torch.compile
+    then recorded torch.nn's ops there): recorded_for_torch reads torch.export's flag instead of calling it."""
+    def folded():
+        raise RuntimeError("is_exporting called")
+    x = torch.randn(2)
+    fake = FakeTensorMode().from_tensor(x)
+    monkeypatch.setattr(torch.compiler, "is_exporting", folded)
+    assert not recorded_for_torch(x)
+    monkeypatch.setattr(torch.compiler, "_is_exporting_flag", True)   # as torch.export sets it
+    assert not recorded_for_torch(x)   # a real tensor: another thread exports
+    assert recorded_for_torch(fake)
 
 
 @pytest.mark.parametrize("name", ["GRU", "GRUCell"])
