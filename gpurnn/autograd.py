@@ -182,6 +182,8 @@ def _setup_context(ctx, inputs, output):
     saves_y = _saves_output(x, cell, batch_sizes, slots)
     ys = [output[d * (1 + STATES)] for d in range(len(reverses))] if saves_y else []
     ctx.save_for_backward(output[-1], x, *[slots[i] for i in ctx.saved_at], *ys)
+    # what the tape reads, weakly (saved-tensor hooks may offload x): see _backward
+    ctx.read = [(weakref.ref(t), t._version) for t in (x, *[slots[i] for i in ctx.saved_at])]
     ctx.unsaved = {i: (t, t._version) for i, t in enumerate(slots) if t is not None and i not in ctx.saved_at}
     ctx.args = (teacher, cell, n_state, reverses, batch_sizes, backend, options)
     ctx.set_materialize_grads(False)   # an unused output's gradient is None (see _unreached)
@@ -220,6 +222,11 @@ def _backward(ctx, *grads):
         found = _differentiable_backward(ctx, x, slots, grads[:-1])
     else:
         handle, x, slots = _inputs(ctx, rerun=False)
+        # The tape reads x and the weights through zero-copy views: one changed in place since forward (possible
+        # only under torch.autograd.graph.allow_mutation_on_saved_tensors, which gives backward a copy of the
+        # original; elsewhere _inputs raised) makes it wrong, and the op reruns the forward on the copies.
+        if any(ref() is not None and ref()._version != version for ref, version in ctx.read):
+            _TAPES.pop(int(handle), None)
         traced = torch.compiler.is_compiling() or is_fake(handle)   # a traced backward has no tape to find
         if not traced and int(handle) not in _TAPES:
             _inputs(ctx, rerun=True)   # the op reruns the forward: the unsaved inputs must be as they were

@@ -376,6 +376,29 @@ def test_an_initial_state_changed_in_place_before_backward_is_torchs_error(name,
             y.sum().backward()
 
 
+@pytest.mark.parametrize("changed", ["weight_hh", "input", "bias_ih"])
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU", "GRUCell"])
+def test_inputs_changed_in_place_where_autograd_keeps_a_copy_get_the_gradients_of_the_call(name, changed):
+    """Under torch.autograd.graph.allow_mutation_on_saved_tensors, autograd keeps a copy of a saved tensor changed
+    in place before backward, and backward differentiates the call as it was made (the engine's tape reads the
+    changed memory: the layer is rerun on the copies)."""
+    def grads(mutate):
+        torch.manual_seed(0)
+        m = getattr(gnn, name)(3, 4)
+        x = torch.randn(*([5] if "Cell" not in name else []), 2, 3, requires_grad=True)
+        with torch.autograd.graph.allow_mutation_on_saved_tensors():
+            out = m(x)
+            loss = (out[0] if isinstance(out, tuple) else out).square().sum()
+            if mutate:
+                with torch.no_grad():
+                    (x if changed == "input" else getattr(m, changed + ("" if "Cell" in name else "_l0"))).mul_(3)
+            loss.backward()
+        return [x.grad] + [p.grad for p in m.parameters()]
+
+    for got, want in zip(grads(True), grads(False)):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
 _OUTPUT_IN_PLACE = [("LSTM", {}), ("LSTM", {"num_layers": 2, "batch_first": True}), ("LSTM", {"bidirectional": True}),
                     ("LSTM", {"proj_size": 2}), ("LSTM", {"dtype": torch.float64}), ("LSTM", {"packed": True}),
                     ("GRU", {}), ("RNN", {"num_layers": 2})]
