@@ -69,6 +69,12 @@ def test_constructor_errors(make, words):
         make()
 
 
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int32])
+def test_jordan_takes_a_floating_dtype(dtype):
+    with raises(TypeError, "dtype", "floating", str(dtype)):
+        gnn.JordanRNN(4, 5, 3, dtype=dtype)
+
+
 def test_jordan_forward_errors():
     m = gnn.JordanRNN(4, 5, 3)
     with raises(ValueError, "x", "4 input features", "got 2"):

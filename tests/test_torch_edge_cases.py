@@ -399,6 +399,22 @@ def test_inputs_changed_in_place_where_autograd_keeps_a_copy_get_the_gradients_o
         torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"])
+def test_complex_modules_run_as_torch_nns(name):
+    """torch.nn runs complex modules on the CPU (the engine is real: its gradients were silently wrong)."""
+    outs = []
+    for m in _pair(name, 3, 4, dtype=torch.complex64):
+        torch.manual_seed(1)
+        x = torch.randn(*([5] if "Cell" not in name else []), 2, 3, dtype=torch.complex64, requires_grad=True)
+        h = torch.randn(*([1] if "Cell" not in name else []), 2, 4, dtype=torch.complex64, requires_grad=True)
+        out = m(x, (h, h) if "LSTM" in name else h)
+        y = out[0] if isinstance(out, tuple) else out
+        y.abs().sum().backward()
+        outs.append([y, x.grad, h.grad] + [p.grad for p in m.parameters()])
+    for got, want in zip(outs[1], outs[0]):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
 _OUTPUT_IN_PLACE = [("LSTM", {}), ("LSTM", {"num_layers": 2, "batch_first": True}), ("LSTM", {"bidirectional": True}),
                     ("LSTM", {"proj_size": 2}), ("LSTM", {"dtype": torch.float64}), ("LSTM", {"packed": True}),
                     ("GRU", {}), ("RNN", {"num_layers": 2})]

@@ -7,7 +7,7 @@ from ..autograd import recorded_for_torch, run_layer
 from ..cells import NONLINEARITIES
 from ..checks import check_choice
 from .common import (TORCH_NAMES, RuntimeValueError, autocast, autocast_dtype, autocast_enabled, autocast_inside,
-                     check_tensor, fx_call, lstm_pair, overridden)
+                     check_tensor, complex_call, fx_call, lstm_pair, overridden)
 from .rnn import _EngineForward
 
 # dtypes as torch's matmul errors name them: (addmm's scalar type, mm's C++ type)
@@ -39,8 +39,8 @@ class _CellForward:
         is_lstm, kind = self._cell == "lstm", TORCH_NAMES[self._cell] + "Cell"
         mixed = isinstance(input, torch.Tensor) and autocast_inside(kind, input.device)
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
-        if mixed or recorded_for_torch(input) or overridden(input, hx, *weights):
-            return super().forward(input, hx)   # torch.nn's own step (autocast_inside, recorded_for_torch, overridden)
+        if mixed or recorded_for_torch(input) or overridden(input, hx, *weights) or complex_call(input, weights):
+            return super().forward(input, hx)   # torch.nn's own step (see each condition)
         check_tensor("input", input, torch_words=True)
         if input.dim() not in (1, 2):
             raise ValueError(f"{kind}: Expected input to be 1D or 2D, got {input.dim()}D instead")

@@ -30,6 +30,8 @@ class JordanRNN(torch.nn.Module):
         check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
         check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
         check_choice("backend", backend, backends.CHOICES)
+        if dtype is not None:
+            check_floating("dtype", dtype, isinstance(dtype, torch.dtype) and dtype.is_floating_point)
         kw = {"device": device, "dtype": dtype}
         if not isinstance(decay, (int, float, list, tuple, torch.Tensor)) or isinstance(decay, bool):
             raise TypeError(f"decay: expected a number or a tensor of {output_size} values, got {type(decay).__name__}")

@@ -11,8 +11,8 @@ from .. import backends, cells
 from ..autograd import recorded_for_torch, run_layers
 from ..checks import check_choice, check_floating, check_steps
 from .common import (TORCH_NAMES, NotATensor, RuntimeValueError, autocast, autocast_dtype, autocast_inside,
-                     check_parameter_device, check_tensor, check_tensor_like, fx_call, lstm_pair, overridden,
-                     packed_index)
+                     check_parameter_device, check_tensor, check_tensor_like, complex_call, fx_call, lstm_pair,
+                     overridden, packed_index)
 from .convert import torch_twin
 
 
@@ -55,7 +55,7 @@ class _EngineForward:
         # as torch.nn: the weights as they are now (parametrizations, torch.func.functional_call), evaluated
         # once per call, and the checks read these
         self._update_flat_weights()
-        if overridden(data, hx, self._flat_weights):
+        if overridden(data, hx, self._flat_weights) or complex_call(data, self._flat_weights):
             return super().forward(input, hx)
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         x, batch_sizes, sorted_idx, unsorted_idx, batched, hx = self._checked_inputs(input, hx)
