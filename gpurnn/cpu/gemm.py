@@ -14,8 +14,9 @@ which spin after each call, fight torch's thread pool. Choosing per GEMM shape i
 picked NumPy for two of fourteen shapes on a Xeon and made the LSTM's forward+backward twice
 as slow (profiling/results/cpu/engine_vs_torch_xeon*.md).
 
-GPURNN_GEMM=torch|numpy forces a route ("auto", the default, times them). Both routes give the
-same results to float32 rounding (tests/cpu/test_gemm_route.py).
+GPURNN_GEMM=torch|numpy forces a route ("auto", the default, times them; torch's route under
+torch.use_deterministic_algorithms). Both routes give the same results to float32 rounding
+(tests/cpu/test_gemm_route.py).
 """
 import os
 import statistics
@@ -74,6 +75,8 @@ def route(B, I, K, N, dtype):
     name = forced()
     if name is not None:
         return name
+    if timed.deterministic():
+        return "torch"
     key = shape_class(B, I, K, N, dtype)
     return timed.decide(_chosen, key, lambda: time_routes(*key[:4], dtype))
 

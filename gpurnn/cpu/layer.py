@@ -13,7 +13,7 @@ rounding.
 Where torch's op applies: Elman (tanh, relu), LSTM (projection included) and GRU; float32 and
 float64; one direction or a (forward, reverse) pair; unpacked input; all biases present or all
 absent. Jordan, packed sequences and the rest stay on the engine. GPURNN_CPU_LAYER=engine|torch
-forces a route ("auto", the default, times them).
+forces a route ("auto", the default, times them; torch's op under torch.use_deterministic_algorithms).
 """
 import os
 import statistics
@@ -88,13 +88,14 @@ def shape_class(cell, x, directions, opts, for_backward):
 def _time(run, x, directions, for_backward):
     """Median seconds of run(x, directions) (and a backward of its outputs' sum) on detached copies
     of the first TIME_STEPS steps. Identity saved-tensor hooks shadow the caller's (which must not
-    see these copies: offloading, counting)."""
+    see these copies: offloading, counting), and anomaly mode is off."""
     def copy(t):
         return None if t is None else t.detach().clone().requires_grad_(for_backward)
     xs = copy(x[:TIME_STEPS])
     dirs = [([copy(s) for s in state0], [copy(w) for w in weights], r) for state0, weights, r in directions]
     runs = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+    # anomaly mode off: NaN in the caller's data must not fail the timing's own backward (torch.nn's forward runs)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t), torch.autograd.set_detect_anomaly(False):
         for k in range(REPEATS + 1):   # the first run warms up
             t0 = time.perf_counter()
             with torch.set_grad_enabled(for_backward):
@@ -120,6 +121,8 @@ def route(cell, x, directions, opts, for_backward, run_engine):
     name = forced()
     if name is not None:
         return name
+    if timed.deterministic():
+        return "torch"   # torch.nn's own op: the same results in every process
     if not _timing_unseen(x):
         return "torch"   # what torch.nn would run, and what the caller's mode, tracer or hooks expect to see
     key = shape_class(cell, x, directions, opts, for_backward)

@@ -1,6 +1,8 @@
 """What the CPU's two timed route choices share (gemm.py: torch's or NumPy's BLAS; layer.py: the
 engine or torch's fused op): shape classes rounded to powers of two, a per-process cache of each
-class's decision (the faster route by timing, made once under a lock), and its one-line description."""
+class's decision (the faster route by timing, made once under a lock; torch's route where torch's deterministic
+algorithms are on), and its one-line description."""
+import sys
 import threading
 
 _lock = threading.RLock()   # re-entered: timing a layer route makes the layer's GEMM route decision
@@ -9,6 +11,14 @@ _lock = threading.RLock()   # re-entered: timing a layer route makes the layer's
 def pow2(n):
     """The least power of two >= n (1 for n <= 1)."""
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+def deterministic():
+    """Whether torch.use_deterministic_algorithms is on: the routes are then fixed (torch's), not timed, since a
+    timed choice may differ from one process to the next and the routes round differently. Under the torch front
+    end only (a NumPy caller has not imported torch: nothing to honour)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.are_deterministic_algorithms_enabled()
 
 
 def decide(cache, key, time_routes):

@@ -96,3 +96,13 @@ def test_bad_route_names_the_variable(monkeypatch):
     monkeypatch.setenv("GPURNN_GEMM", "mkl")
     with pytest.raises(ValueError, match=r"GPURNN_GEMM: expected 'auto' or one of .*got 'mkl'"):
         gemm.forced()
+
+
+def test_deterministic_algorithms_fix_the_route_to_torch(monkeypatch, fresh_routes):
+    """A timed choice may differ between processes: under torch.use_deterministic_algorithms, torch's, untimed."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert gemm.route(32, 64, 128, 512, np.float32) == "torch"
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert fresh_routes == []

@@ -139,3 +139,34 @@ def test_no_timing_inside_a_backward(monkeypatch, fresh):
     checkpoint(lambda t: ours(t)[0], x, use_reentrant=True).sum().backward()
     assert fresh == [False, False] * 2                 # timed in the no-grad forward only
     assert x.grad is not None
+
+
+@pytest.fixture
+def deterministic():
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_deterministic_algorithms_fix_the_route_to_torch_nns_op(case, monkeypatch, fresh, deterministic):
+    """A timed choice may differ from one process to the next (and the routes round differently): under
+    torch.use_deterministic_algorithms the layer takes torch's op, untimed, and gives torch.nn's results bitwise."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    ref, ours = _pair(*CASES[case])
+    x = torch.randn(7, 3, 6)
+    for r, g in zip(_outputs(ref, x), _outputs(ours, x)):
+        torch.testing.assert_close(g, r, rtol=0, atol=0)
+    assert fresh == []
+
+
+def test_the_timing_backward_does_not_trip_anomaly_mode(monkeypatch, fresh):
+    """torch.nn's forward of input holding NaN runs under detect_anomaly; the first call's timing (a backward on
+    copies) must not raise there."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    ref, ours = _pair("LSTM", {})
+    x = torch.randn(7, 3, 6)
+    x[2, 1, 0] = float("nan")
+    with torch.autograd.detect_anomaly():
+        got, want = ours(x)[0], ref(x)[0]
+    assert fresh and torch.equal(got.isnan(), want.isnan())
