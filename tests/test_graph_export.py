@@ -46,21 +46,27 @@ class _Model(torch.nn.Module):
         return self.cell(y[:, -1], None) + c.sum(), self.jordan(y)[0]
 
 
-def test_a_traced_model_runs_where_gpurnn_is_not_imported(tmp_path):
+_RECORDERS = {   # how a model is recorded and saved, and how a process without gpurnn loads it
+    "trace": (lambda m, x, path: torch.jit.trace(m, (x,)).save(path), "torch.jit.load(sys.argv[1])"),
+    "export": (lambda m, x, path: torch.export.save(torch.export.export(m, (x,)), path),
+               "torch.export.load(sys.argv[1]).module()")}
+
+
+@pytest.mark.parametrize("how", _RECORDERS)
+def test_a_recorded_model_runs_where_gpurnn_is_not_imported(how, tmp_path):
+    """torch.jit.trace (libtorch) and torch.export (AOTInductor, ExecuTorch) record programs to run elsewhere."""
     torch.manual_seed(0)
     ref, mine = _Model(torch.nn), _Model(gnn)
     ref.load_state_dict(mine.state_dict())
     x = torch.randn(2, 5, 3)
-    traced = torch.jit.trace(mine, (x,))
-    kinds = {n.kind() for n in traced.inlined_graph.nodes()}
-    assert not any(k.startswith("gpurnn") for k in kinds), kinds
-    traced.save(tmp_path / "traced.pt")
+    record, load = _RECORDERS[how]
+    record(mine, x, tmp_path / "model")
     torch.save(x, tmp_path / "x.pt")
     code = ("import sys, torch\n"
-            "out = torch.jit.load(sys.argv[1])(torch.load(sys.argv[2]))\n"
+            f"out = {load}(torch.load(sys.argv[2]))\n"
             "assert not any(m.startswith('gpurnn') for m in sys.modules)\n"
             "torch.save(out, sys.argv[3])\n")
-    subprocess.run([sys.executable, "-c", code, *(str(tmp_path / f) for f in ("traced.pt", "x.pt", "out.pt"))],
+    subprocess.run([sys.executable, "-c", code, *(str(tmp_path / f) for f in ("model", "x.pt", "out.pt"))],
                    check=True)
     cell_out, jordan_y = torch.load(tmp_path / "out.pt")
     torch.testing.assert_close(cell_out, ref(x)[0], atol=0, rtol=0)   # torch.nn's forward, recorded
@@ -85,51 +91,6 @@ def test_torch_export_records_torch_nns_program(name, args, kwargs, shape, stric
     assert _called(program) == _called(torch.export.export(ref, (x,), strict=strict))
     for got, want in zip(_leaves(program.module()(x)), _leaves(ref(x))):
         torch.testing.assert_close(got, want, atol=0, rtol=0)
-
-
-def test_an_exported_model_runs_where_gpurnn_is_not_imported(tmp_path):
-    """torch.export's programs are saved to run elsewhere (AOTInductor, ExecuTorch): they name no gpurnn op."""
-    torch.manual_seed(0)
-    ref, mine = _Model(torch.nn), _Model(gnn)
-    ref.load_state_dict(mine.state_dict())
-    x = torch.randn(2, 5, 3)
-    program = torch.export.export(mine, (x,))
-    assert not any("gpurnn" in op for op in _called(program))
-    torch.export.save(program, tmp_path / "model.pt2")
-    torch.save(x, tmp_path / "x.pt")
-    code = ("import sys, torch\n"
-            "out = torch.export.load(sys.argv[1]).module()(torch.load(sys.argv[2]))\n"
-            "assert not any(m.startswith('gpurnn') for m in sys.modules)\n"
-            "torch.save(out, sys.argv[3])\n")
-    subprocess.run([sys.executable, "-c", code, *(str(tmp_path / f) for f in ("model.pt2", "x.pt", "out.pt"))],
-                   check=True)
-    cell_out, jordan_y = torch.load(tmp_path / "out.pt")
-    torch.testing.assert_close(cell_out, ref(x)[0], atol=0, rtol=0)   # torch.nn's forward, recorded
-    torch.testing.assert_close(jordan_y, mine(x)[1])                   # the torch loop, against the engine
-
-
-def test_a_torch_export_in_another_thread_leaves_this_threads_modules_on_the_engine(monkeypatch):
-    """torch.export's flag is process-wide: only the thread that exports records torch.nn's forward."""
-    started, release = threading.Event(), threading.Event()
-
-    class Blocking(torch.nn.Module):
-        def forward(self, x):
-            started.set()
-            release.wait(60)
-            return x * 2
-
-    exporter = threading.Thread(target=torch.export.export, args=(Blocking(), (torch.randn(2),)))
-    exporter.start()
-    try:
-        assert started.wait(60) and torch.compiler.is_exporting()
-        calls = []
-        monkeypatch.setattr(torch.nn.GRU, "forward", lambda *args: calls.append(args))
-        _, mine = _twins("GRU", 3, 4)
-        mine(torch.randn(5, 2, 3))
-        assert calls == []
-    finally:
-        release.set()
-        exporter.join()
 
 
 @pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
@@ -187,8 +148,13 @@ def test_an_onnx_export_runs_in_onnxruntime(name, args, kwargs, shape, dynamo):
         torch.testing.assert_close(torch.from_numpy(g), w, atol=1e-5, rtol=1e-5)
 
 
-def test_an_onnx_export_in_another_thread_leaves_this_threads_modules_on_the_engine(monkeypatch):
-    """The dynamo exporter's flags are process-wide: only the thread that exports records torch.nn's forward."""
+_EXPORTERS = {"torch.export": (lambda m, x: torch.export.export(m, (x,)), torch.compiler.is_exporting),
+              "onnx dynamo": (lambda m, x: _onnx(m, x, True), torch.onnx.is_in_onnx_export)}
+
+
+@pytest.mark.parametrize("exporter", _EXPORTERS)
+def test_an_export_in_another_thread_leaves_this_threads_modules_on_the_engine(exporter, monkeypatch):
+    """The exporters' flags are process-wide: only the thread that exports records torch.nn's forward."""
     started, release = threading.Event(), threading.Event()
 
     class Blocking(torch.nn.Module):
@@ -197,11 +163,11 @@ def test_an_onnx_export_in_another_thread_leaves_this_threads_modules_on_the_eng
             release.wait(60)
             return x * 2
 
-    exporter = threading.Thread(target=_onnx, args=(Blocking(), torch.randn(2), True))
-    exporter.start()
+    export, exporting = _EXPORTERS[exporter]
+    thread = threading.Thread(target=export, args=(Blocking(), torch.randn(2)))
+    thread.start()
     try:
-        assert started.wait(60)
-        assert torch.onnx.is_in_onnx_export()   # the other thread is inside its export
+        assert started.wait(60) and exporting()   # the other thread is inside its export
         calls = []
         monkeypatch.setattr(torch.nn.LSTM, "forward", lambda *args: calls.append(args))
         _, mine = _twins("LSTM", 3, 4)
@@ -209,4 +175,4 @@ def test_an_onnx_export_in_another_thread_leaves_this_threads_modules_on_the_eng
         assert calls == []
     finally:
         release.set()
-        exporter.join()
+        thread.join()
