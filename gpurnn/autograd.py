@@ -178,12 +178,18 @@ def _setup_context(ctx, inputs, output):
     # they are kept here for the paths that rerun the layer (double backward, a lost tape),
     # which check that they have not changed.
     names = ([None] * STATES + list(cells.WEIGHT_NAMES[cell]) + [None] * SLOT)[:SLOT] * DIRS
-    ctx.saved_at = [i for i, (t, n) in enumerate(zip(slots, names)) if t is not None and n not in BIASES]
+    # Under torch.autograd.graph.allow_mutation_on_saved_tensors the biases are saved too: autograd then keeps a
+    # copy of one changed in place (an optimizer step before backward), which the rerun (_backward) needs.
+    keep_biases = torch.autograd.graph._allow_mutation_on_saved_tensors_enabled
+    ctx.saved_at = [i for i, (t, n) in enumerate(zip(slots, names))
+                    if t is not None and (n not in BIASES or keep_biases)]
     saves_y = _saves_output(x, cell, batch_sizes, slots)
     ys = [output[d * (1 + STATES)] for d in range(len(reverses))] if saves_y else []
     ctx.save_for_backward(output[-1], x, *[slots[i] for i in ctx.saved_at], *ys)
-    # what the tape reads, weakly (saved-tensor hooks may offload x): see _backward
-    ctx.read = [(weakref.ref(t), t._version) for t in (x, *[slots[i] for i in ctx.saved_at])]
+    # what the tape reads, weakly (saved-tensor hooks may offload x), as the tensors that own the memory (x may be
+    # a view the module made; a view shares its base's version): see _backward
+    ctx.read = [(weakref.ref(t if t._base is None else t._base), t._version)
+                for t in (x, *[slots[i] for i in ctx.saved_at])]
     ctx.unsaved = {i: (t, t._version) for i, t in enumerate(slots) if t is not None and i not in ctx.saved_at}
     ctx.args = (teacher, cell, n_state, reverses, batch_sizes, backend, options)
     ctx.set_materialize_grads(False)   # an unused output's gradient is None (see _unreached)
@@ -300,7 +306,7 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
                                                   any(_is_dual(t) for t in [x, *tensors])):
         # Under torch.func (grad, jacrev, vmap, ...) and forward-mode AD: torch 2.13's custom ops
         # support neither, so the layer runs as the plain torch loop, which both understand; so does
-        # a graph recorded for TorchScript or ONNX.
+        # a program recorded for TorchScript, torch.export or ONNX.
         return [torch_loop.layer(cell, x, state0, weights, reverse=reverse, batch_sizes=batch_sizes, **opts)
                 for state0, weights, reverse in directions]
     dtype = x.dtype

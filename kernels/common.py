@@ -738,7 +738,8 @@ def fp32_wide_rows_fit(cfg, GP, shared_bytes):
     its backward has 8 warps (HP > 512, warps_for; at 16 warps' 128 registers 32 rows spilled 0.4-1.4 KB,
     H=256-512) and the forward's W tile plus its (32, K1) fp32 staging fit the chip's shared memory (LSTM
     and GRU at H=1024: 256 KB, over sm_90's 227). Measured with ptxas (sm_90): no spills at H=768 (LSTM,
-    GRU, Elman, both directions), the Elman backward 144 B at H=1024; LSTM/GRU H=768 at B=64 on an H100
+    GRU, Elman, both directions; 8 B in the LSTM/GRU forward's stepwise variant, which runs only where P
+    exceeds the SMs), the Elman backward 144 B at H=1024; LSTM/GRU H=768 at B=64 on an H100
     then run 2 launches of 96 programs instead of 4, Elman H=768-1024 one instead of 2."""
     w_tile = (cfg.k1 + cfg.k2) * GP * cfg.S * 4
     return cfg.HP > 512 and w_tile + 2 * BB * cfg.k1 * 4 <= shared_bytes

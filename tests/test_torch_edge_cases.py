@@ -376,22 +376,26 @@ def test_an_initial_state_changed_in_place_before_backward_is_torchs_error(name,
             y.sum().backward()
 
 
-@pytest.mark.parametrize("changed", ["weight_hh", "input", "bias_ih"])
-@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU", "GRUCell"])
-def test_inputs_changed_in_place_where_autograd_keeps_a_copy_get_the_gradients_of_the_call(name, changed):
+@pytest.mark.parametrize("changed", ["weight_hh", "input", "bias_ih", "every parameter"])
+@pytest.mark.parametrize("name, shape", [("RNN", (5, 2, 3)), ("RNN", (5, 3)), ("LSTM", (5, 2, 3)), ("GRU", (5, 2, 3)),
+                                         ("RNNCell", (2, 3)), ("RNNCell", (3,)), ("GRUCell", (2, 3))])
+def test_inputs_changed_in_place_where_autograd_keeps_a_copy_get_the_gradients_of_the_call(name, shape, changed):
     """Under torch.autograd.graph.allow_mutation_on_saved_tensors, autograd keeps a copy of a saved tensor changed
-    in place before backward, and backward differentiates the call as it was made (the engine's tape reads the
-    changed memory: the layer is rerun on the copies)."""
+    in place before backward (an optimizer step, say), and backward differentiates the call as it was made (the
+    engine's tape reads the changed memory: the layer is rerun on the copies). Unbatched input: the module's view."""
     def grads(mutate):
         torch.manual_seed(0)
         m = getattr(gnn, name)(3, 4)
-        x = torch.randn(*([5] if "Cell" not in name else []), 2, 3, requires_grad=True)
+        x = torch.randn(shape, requires_grad=True)
         with torch.autograd.graph.allow_mutation_on_saved_tensors():
             out = m(x)
             loss = (out[0] if isinstance(out, tuple) else out).square().sum()
             if mutate:
+                changes = ([x] if changed == "input" else list(m.parameters()) if changed == "every parameter"
+                           else [getattr(m, changed + ("" if "Cell" in name else "_l0"))])
                 with torch.no_grad():
-                    (x if changed == "input" else getattr(m, changed + ("" if "Cell" in name else "_l0"))).mul_(3)
+                    for t in changes:
+                        t.mul_(3)
             loss.backward()
         return [x.grad] + [p.grad for p in m.parameters()]
 

@@ -88,14 +88,13 @@ def shape_class(cell, x, directions, opts, for_backward):
 def _time(run, x, directions, for_backward):
     """Median seconds of run(x, directions) (and a backward of its outputs' sum) on detached copies
     of the first TIME_STEPS steps. Identity saved-tensor hooks shadow the caller's (which must not
-    see these copies: offloading, counting), and anomaly mode is off."""
+    see these copies: offloading, counting)."""
     def copy(t):
         return None if t is None else t.detach().clone().requires_grad_(for_backward)
     xs = copy(x[:TIME_STEPS])
     dirs = [([copy(s) for s in state0], [copy(w) for w in weights], r) for state0, weights, r in directions]
     runs = []
-    # anomaly mode off: NaN in the caller's data must not fail the timing's own backward (torch.nn's forward runs)
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t), torch.autograd.set_detect_anomaly(False):
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         for k in range(REPEATS + 1):   # the first run warms up
             t0 = time.perf_counter()
             with torch.set_grad_enabled(for_backward):
@@ -110,9 +109,11 @@ def _time(run, x, directions, for_backward):
 def _timing_unseen(x):
     """Whether the engine and timing runs here would stay unseen: not under a dispatch mode (a flop
     counter, fake tensors, a tracer), not on meta or fake tensors (symbolic shapes), not where
-    saved-tensor hooks are disabled (the timing installs its own)."""
+    saved-tensor hooks are disabled (the timing installs its own), not in anomaly mode (a NaN in
+    the caller's data would fail the timing's backward inside forward; the mode is process-wide,
+    so it cannot be switched off for the timing alone)."""
     return not (python_dispatch.is_in_torch_dispatch_mode() or x.is_meta or fake_tensor.is_fake(x)
-                or not torch._C._autograd._saved_tensors_hooks_is_enabled())
+                or not torch._C._autograd._saved_tensors_hooks_is_enabled() or torch.is_anomaly_enabled())
 
 
 def route(cell, x, directions, opts, for_backward, run_engine):

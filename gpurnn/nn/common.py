@@ -24,7 +24,8 @@ def fx_call(module, input, hx):
 def complex_call(data, weights):
     """Whether a call has complex data or weights: torch.nn's modules run complex numbers on the CPU, and the engine
     is real (its gradients would be silently wrong), so the module runs torch.nn's own forward (which also gives
-    torch's errors for mixed real and complex). After `overridden`: ExpandedWeight cannot answer is_complex."""
+    torch's errors for complex data with real weights). After `overridden`: ExpandedWeight cannot answer
+    is_complex."""
     return any(isinstance(t, torch.Tensor) and t.is_complex() for t in (data, *weights))
 
 

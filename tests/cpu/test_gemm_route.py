@@ -100,9 +100,11 @@ def test_bad_route_names_the_variable(monkeypatch):
 
 def test_deterministic_algorithms_fix_the_route_to_torch(monkeypatch, fresh_routes):
     """A timed choice may differ between processes: under torch.use_deterministic_algorithms, torch's, untimed."""
+    monkeypatch.setenv("GPURNN_GEMM", "auto")
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True)
     try:
         assert gemm.route(32, 64, 128, 512, np.float32) == "torch"
     finally:
-        torch.use_deterministic_algorithms(False)
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
     assert fresh_routes == []
