@@ -185,11 +185,11 @@ def _setup_context(ctx, inputs, output):
                     if t is not None and (n not in BIASES or keep_biases)]
     saves_y = _saves_output(x, cell, batch_sizes, slots)
     ys = [output[d * (1 + STATES)] for d in range(len(reverses))] if saves_y else []
-    ctx.save_for_backward(output[-1], x, *[slots[i] for i in ctx.saved_at], *ys)
+    read = [x, *[slots[i] for i in ctx.saved_at]]
+    ctx.save_for_backward(output[-1], *read, *ys)
     # what the tape reads, weakly (saved-tensor hooks may offload x), as the tensors that own the memory (x may be
     # a view the module made; a view shares its base's version): see _backward
-    ctx.read = [(weakref.ref(t if t._base is None else t._base), t._version)
-                for t in (x, *[slots[i] for i in ctx.saved_at])]
+    ctx.read = [(weakref.ref(t if t._base is None else t._base), t._version) for t in read]
     ctx.unsaved = {i: (t, t._version) for i, t in enumerate(slots) if t is not None and i not in ctx.saved_at}
     ctx.args = (teacher, cell, n_state, reverses, batch_sizes, backend, options)
     ctx.set_materialize_grads(False)   # an unused output's gradient is None (see _unreached)
