@@ -26,8 +26,8 @@ recompiles), so one kernel serves three modes (`Config.mode`):
             in registers) and the carry never leaves the chip; one launch
             runs all T steps.  Default whenever W fits.
   "split"   P > 1, one launch; every program holds its W slice for all T
-            steps, reads the full h_t of its batch tile from an exchange
-            buffer in L2 (`load_exchange`) and meets the others at a grid
+            steps, reads the full h_t of its batch tile from the layer's
+            states in L2 (`load_exchange`) and meets the others at a grid
             barrier after each step (`publish`/`arrive`, then `wait`).  GPU only (all programs must
             be resident: grid <= SM count; a spin would hang the interpreter).
             Where 16-row tiles x P exceed the SMs, tiles take 32 rows (and
@@ -243,13 +243,13 @@ def load_rows(p, rows, cols, stride, row_ok, col_ok, ACC: tl.constexpr):
 
 
 @triton.jit
-def load_exchange(p_x, t, rows, B, H, K1: tl.constexpr, K2: tl.constexpr, DOT: tl.constexpr):
+def load_exchange(p_h, t, rows, B, H, K1: tl.constexpr, K2: tl.constexpr, DOT: tl.constexpr):
     """h_t of a batch tile, written by every slice's program (split/stepwise), as the forward dot's K
-    parts (`k_tail`: (BB, K1) and (BB, K2) at column K1; the first again where K2 == 0), from the
-    (2, B, H) exchange buffer in DOT (the io dtype: h is rounded to it before the dot anyway),
-    buffer t % 2 (`store_exchange`; h_0 by `exchange_buffer`). .cg reads from L2, where the other
-    SMs' stores land."""
-    p = p_x + (t % 2).to(tl.int64) * B * H + rows[:, None] * H
+    parts (`k_tail`: (BB, K1) and (BB, K2) at column K1; the first again where K2 == 0), in DOT, read
+    from the layer's (T+1, B, H) states, which each program writes for its output anyway (`publish`;
+    in the io dtype, to which h is rounded before the dot anyway): the exchange costs no store of its own.
+    .cg reads from L2, where the other SMs' stores land."""
+    p = p_h + t.to(tl.int64) * B * H + rows[:, None] * H
     k = tl.arange(0, K1)
     h1 = tl.load(p + k[None, :], mask=(rows < B)[:, None] & (k < H)[None, :], other=0.0,
                  cache_modifier=".cg").to(DOT)
@@ -262,34 +262,24 @@ def load_exchange(p_x, t, rows, B, H, K1: tl.constexpr, K2: tl.constexpr, DOT: t
 
 
 @triton.jit
-def full_h(b_h, p_x, t, rows, B, H, K1: tl.constexpr, K2: tl.constexpr, SINGLE: tl.constexpr, DOT: tl.constexpr):
+def full_h(b_h, p_h, t, rows, B, H, K1: tl.constexpr, K2: tl.constexpr, SINGLE: tl.constexpr, DOT: tl.constexpr):
     """h_t of the batch tile in the forward dot's K parts, in DOT: the program's own carry in single mode
-    (one part, K = HP), else read from the exchange buffer (`load_exchange`)."""
+    (one part, K = HP), else read from the states every slice's program wrote (`load_exchange`)."""
     if SINGLE:
         b_dot = b_h.to(DOT)
         b_full = (b_dot, b_dot)
     else:
-        b_full = load_exchange(p_x, t, rows, B, H, K1, K2, DOT)
+        b_full = load_exchange(p_h, t, rows, B, H, K1, K2, DOT)
     return b_full
 
 
 @triton.jit
-def store_exchange(p_x, t, b_h, rows, cols, B, H):
-    """This slice's h_t (BB, S) into exchange buffer t % 2, in the buffer's dtype. A buffer is rewritten
-    two steps later, after a barrier every reader of it has passed."""
-    tl.store(p_x + (t % 2).to(tl.int64) * B * H + rows[:, None] * H + cols[None, :], b_h,
-             mask=(rows < B)[:, None] & (cols < H)[None, :])
-
-
-@triton.jit
-def publish(p_h, p_x, p_bar, t, b_h, rows, cols, B, H, SINGLE: tl.constexpr, SYNC: tl.constexpr):
-    """What the other programs wait for, first: this slice's h_{t+1} into the (T+1, B, H) states
-    (the layer's output), into the exchange buffer (split/stepwise), then the barrier arrival.
-    The step's other stores follow it, outside the barrier's release."""
+def publish(p_h, p_bar, t, b_h, rows, cols, B, H, SYNC: tl.constexpr):
+    """What the other programs wait for, first: this slice's h_{t+1} into the (T+1, B, H) states (the
+    layer's output, which split/stepwise programs read h from: `load_exchange`), then the barrier
+    arrival. The step's other stores follow it, outside the barrier's release."""
     tl.store(p_h + (t + 1).to(tl.int64) * B * H + rows[:, None] * H + cols[None, :], b_h,
              mask=(rows < B)[:, None] & (cols < H)[None, :])
-    if not SINGLE:
-        store_exchange(p_x, t + 1, b_h, rows, cols, B, H)
     if SYNC:
         arrive(p_bar)
 
@@ -902,18 +892,6 @@ def partials_workspace(cfg, B, like):
     return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
-def exchange_buffer(cfg, h):
-    """(2, B, H) h of the last two steps for the forward's split/stepwise exchange (load_exchange), in
-    the buffers' dtype, h_0 (h[0] of the (T+1, B, H) states) in buffer 0; a dummy in single mode."""
-    import torch
-
-    if cfg.mode == "single":
-        return torch.empty(1, dtype=h.dtype, device=h.device)
-    x = torch.empty((2, *h.shape[1:]), dtype=h.dtype, device=h.device)
-    x[0].copy_(h[0])   # on the device, in stream order: no host synchronisation
-    return x
-
-
 def barrier_counters(cfg, B, like):
     """One zeroed arrival counter per batch tile for grid_barrier (unused outside split mode)."""
     import torch
@@ -979,7 +957,7 @@ def dtype_constexprs(dtype):
 
 
 def buffer_ptr(dtype):
-    """Pointer type of the engine's buffers (and the exchange buffers) for a data dtype name: the
+    """Pointer type of the engine's buffers (and the backward's shares) for a data dtype name: the
     data's own (gpurnn.arrays.compute_dtype with the kernels)."""
     return {"float16": "*fp16", "bfloat16": "*bf16", "float64": "*fp64"}.get(dtype, "*fp32")
 

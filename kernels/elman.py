@@ -27,21 +27,21 @@ def _fwd_stream(t, ok, p_gx, p_sizes, rows, cols, B, H, ACC: tl.constexpr):
 
 
 @triton.jit
-def _fwd_step(t, n, b_gx, b_h, b_w, p_h, p_x, p_bar, rows, cols, B, H, nonlin,
+def _fwd_step(t, n, b_gx, b_h, b_w, p_h, p_bar, rows, cols, B, H, nonlin,
               K1: tl.constexpr, K2: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr, NK: tl.constexpr,
               ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Step t for one (batch tile, hidden slice): b_h (BB, S) is h_t of the slice, returns h_{t+1};
     arrives at the barrier once h_{t+1} is stored."""
     active = rows < n
-    b_full = cm.full_h(b_h, p_x, t, rows, B, H, K1, K2, SINGLE, DOT)
+    b_full = cm.full_h(b_h, p_h, t, rows, B, H, K1, K2, SINGLE, DOT)
     b_z = cm.kdot(b_full, b_w, NK, K2, PREC, ACC) + b_gx
     b_h = tl.where(active[:, None], cm.activation(b_z, nonlin, DOT), b_h)
-    cm.publish(p_h, p_x, p_bar, t, b_h, rows, cols, B, H, SINGLE, SYNC)
+    cm.publish(p_h, p_bar, t, b_h, rows, cols, B, H, SYNC)
     return b_h
 
 
 @triton.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
-def _fwd_kernel(p_gx, p_h, p_x, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, nonlin, tile0,
+def _fwd_kernel(p_gx, p_h, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, nonlin, tile0,
                 BB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
@@ -49,10 +49,9 @@ def _fwd_kernel(p_gx, p_h, p_x, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B
     if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
         p_gx = cm.for_direction(p_gx, p_doff, 0)
         p_h = cm.for_direction(p_h, p_doff, 1)
-        p_x = cm.for_direction(p_x, p_doff, 2)
-        p_w = cm.for_direction(p_w, p_doff, 3)
-        p_sizes = cm.for_direction(p_sizes, p_doff, 4)
-        p_bar = cm.for_direction(p_bar, p_doff, 5)
+        p_w = cm.for_direction(p_w, p_doff, 2)
+        p_sizes = cm.for_direction(p_sizes, p_doff, 3)
+        p_bar = cm.for_direction(p_bar, p_doff, 4)
     rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
@@ -61,7 +60,7 @@ def _fwd_kernel(p_gx, p_h, p_x, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B
     b_h = cm.load_rows(p_h + t_start.to(tl.int64) * B * H, rows, cols, H, rows < B, cols < H, ACC)
     n, b_gx = _fwd_stream(t_start, t_start >= 0, p_gx, p_sizes, rows, cols, B, H, ACC)
     for i in range(n_steps):
-        b_h = _fwd_step(t_start + i, n, b_gx, b_h, b_w, p_h, p_x, p_bar, rows, cols, B, H, nonlin,
+        b_h = _fwd_step(t_start + i, n, b_gx, b_h, b_w, p_h, p_bar, rows, cols, B, H, nonlin,
                         K1, K2, SINGLE, SYNC, NK, ACC, DOT, PREC)
         n, b_gx = _fwd_stream(t_start + i + 1, i + 1 < n_steps, p_gx, p_sizes, rows, cols, B, H, ACC)
         if SYNC:
@@ -146,7 +145,7 @@ def forward(cs, sizes_list, io_dtype=None):
     if T == 0:
         return
     t = cm.as_tensor
-    plan = cm.direction_plan(cfg, [[t(c.gx), t(c.h), cm.exchange_buffer(cfg, t(c.h)),
+    plan = cm.direction_plan(cfg, [[t(c.gx), t(c.h),
                                      t(c.w["w_hh"]).contiguous(), cm.sizes_tensor(sizes, h),
                                      cm.barrier_counters(cfg, B, h)] for c, sizes in zip(cs, sizes_list)])
     cm.run_windows(cfg, T, lambda t0, n: cm.launch_directions(
@@ -171,7 +170,7 @@ def compile_targets(hidden_size, dtype, arch=None):
     """(name, jit_fn, signature, constexprs) for every config the launchers use at this size and dtype."""
     ptr = cm.buffer_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
-    sigs = dict(fwd=dict(p_gx=ptr, p_h=ptr, p_x=ptr, p_w=ptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64",
+    sigs = dict(fwd=dict(p_gx=ptr, p_h=ptr, p_w=ptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64",
                          t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32", nonlin="i32"),
                 bwd=dict(p_dy=ptr, p_h=ptr, p_dz=ptr, p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32",
                          p_doff="*i64", T="i32", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32",

@@ -7,7 +7,7 @@ What Triton 3.6 cannot be made to do, and Gluon can (profiling/static_cost.py, L
   * keep W in registers in the MMA's operand layout for all steps. Triton keeps the forward's W in
     shared memory and reads it back (ldmatrix, 48 KB a step); here W is a loop-invariant register
     operand (48 registers a thread at that tile) and the kernel's shared memory is 16 KB, not 64;
-  * load h from the exchange buffer straight into the MMA's operand layout (each warp its own K chunk),
+  * load h from the states straight into the MMA's operand layout (each warp its own K chunk),
     instead of staging it through shared memory (24 KB a step);
   * sum the K chunks of the warps through one (NK, BB, S*GP) fp32 buffer read once (16 KB), where
     Triton's reduction read 32 KB;
@@ -112,21 +112,15 @@ def load_wt(p_w, H, j0, k0, KC: gl.constexpr, S: gl.constexpr, GP: gl.constexpr,
 
 
 @gluon.jit
-def load_exchange(p_x, t, rows0, B, H, k0, KC: gl.constexpr, NK: gl.constexpr, BB: gl.constexpr,
+def load_exchange(p_h, t, rows0, B, H, k0, KC: gl.constexpr, NK: gl.constexpr, BB: gl.constexpr,
                   layout: gl.constexpr):
     """common.load_exchange's columns k0 .. k0 + NK*KC of h_t as (NK, BB, KC) chunks, straight into
     `layout` (the MMA's A operand: no staging in shared memory)."""
     c, r, kk = idx3(NK, BB, KC, layout)
     k = k0 + c * KC + kk
     rows = rows0 + r
-    return gl.load(p_x + (t % 2).to(gl.int64) * B * H + rows * H + k, mask=(rows < B) & (k < H), other=0.0,
+    return gl.load(p_h + t.to(gl.int64) * B * H + rows * H + k, mask=(rows < B) & (k < H), other=0.0,
                    cache_modifier=".cg")
-
-
-@gluon.jit
-def store_exchange(p_x, t, b_h, off2, ok2, B, H):
-    """common.store_exchange (off2: rows * H + cols)."""
-    gl.store(p_x + (t % 2).to(gl.int64) * B * H + off2, b_h, mask=ok2)
 
 
 @gluon.jit

@@ -31,7 +31,7 @@ def _fwd_stream(t, ok, p_gx, p_sizes, rows, j0, B, H, S: tl.constexpr, ACC: tl.c
 
 
 @triton.jit
-def _fwd_step(t, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_x, p_bar, rows, j0, B, H,
+def _fwd_step(t, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_bar, rows, j0, B, H,
               K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr,
               NK: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Step t for one (batch tile, hidden slice): b_h (BB, S) is h_t of the slice, returns h_{t+1}; arrives
@@ -40,7 +40,7 @@ def _fwd_step(t, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_x, p_bar, rows,
     cols = j0 + tl.arange(0, S)
     ok2 = (rows < B)[:, None] & (cols < H)[None, :]
     step = t.to(tl.int64) * B * H
-    b_full = cm.full_h(b_h, p_x, t, rows, B, H, K1, K2, SINGLE, DOT)
+    b_full = cm.full_h(b_h, p_h, t, rows, B, H, K1, K2, SINGLE, DOT)
     # W_hh h for all gates of the slice: (BB, S, 4), gate 3 is zero padding
     b_a = tl.reshape(cm.kdot(b_full, b_w, NK, K2, PREC, ACC), (rows.shape[0], S, 4))
     b_pre = b_a + b_gx   # r and z pre-activations (gates 0, 1)
@@ -48,7 +48,7 @@ def _fwd_step(t, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_x, p_bar, rows,
     hn = cm.gate(b_a, 2) + b_bhn[None, :]
     new = cm.tanh(cm.gate(b_gx, 2) + r * hn, DOT)
     b_h = tl.where(active[:, None], (b_h - new) * z + new, b_h)
-    cm.publish(p_h, p_x, p_bar, t, b_h, rows, cols, B, H, SINGLE, SYNC)
+    cm.publish(p_h, p_bar, t, b_h, rows, cols, B, H, SYNC)
     off2 = rows[:, None] * H + cols[None, :]
     g = tl.arange(0, 4)[None, None, :]
     p_g3, m3 = cm.gate_tile(p_gates + 3 * step, rows, active, H, j0, S, 4, 3)
@@ -58,7 +58,7 @@ def _fwd_step(t, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_x, p_bar, rows,
 
 
 @triton.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
-def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_x, p_w, p_bhn, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, tile0,
+def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_w, p_bhn, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, tile0,
                 BB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
@@ -68,11 +68,10 @@ def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_x, p_w, p_bhn, p_sizes, p_bar, p_dof
         p_gates = cm.for_direction(p_gates, p_doff, 1)
         p_hn = cm.for_direction(p_hn, p_doff, 2)
         p_h = cm.for_direction(p_h, p_doff, 3)
-        p_x = cm.for_direction(p_x, p_doff, 4)
-        p_w = cm.for_direction(p_w, p_doff, 5)
-        p_bhn = cm.for_direction(p_bhn, p_doff, 6)
-        p_sizes = cm.for_direction(p_sizes, p_doff, 7)
-        p_bar = cm.for_direction(p_bar, p_doff, 8)
+        p_w = cm.for_direction(p_w, p_doff, 4)
+        p_bhn = cm.for_direction(p_bhn, p_doff, 5)
+        p_sizes = cm.for_direction(p_sizes, p_doff, 6)
+        p_bar = cm.for_direction(p_bar, p_doff, 7)
     rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
@@ -82,7 +81,7 @@ def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_x, p_w, p_bhn, p_sizes, p_bar, p_dof
     b_h = cm.load_rows(p_h + t_start.to(tl.int64) * B * H, rows, cols, H, rows < B, cols < H, ACC)
     n, b_gx = _fwd_stream(t_start, t_start >= 0, p_gx, p_sizes, rows, j0, B, H, S, ACC)
     for i in range(n_steps):
-        b_h = _fwd_step(t_start + i, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_x, p_bar,
+        b_h = _fwd_step(t_start + i, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_bar,
                         rows, j0, B, H, K1, K2, S, SINGLE, SYNC, NK, ACC, DOT, PREC)
         n, b_gx = _fwd_stream(t_start + i + 1, i + 1 < n_steps, p_gx, p_sizes, rows, j0, B, H, S, ACC)
         if SYNC:
@@ -190,7 +189,7 @@ def forward(cs, sizes_list, io_dtype=None):
     if T == 0:
         return
     t = cm.as_tensor
-    plan = cm.direction_plan(cfg, [[t(c.gx), t(c.gates), t(c.hn), t(c.h), cm.exchange_buffer(cfg, t(c.h)),
+    plan = cm.direction_plan(cfg, [[t(c.gx), t(c.gates), t(c.hn), t(c.h),
                                      t(c.w["w_hh"]).contiguous(),
                                      h.new_zeros(H) if c.b_hn is None else t(c.b_hn).contiguous(),
                                      cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)]
@@ -217,7 +216,7 @@ def compile_targets(hidden_size, dtype, arch=None):
     """(name, jit_fn, signature, constexprs) for every config the launchers use at this size and dtype."""
     ptr = cm.buffer_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
-    sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_hn=ptr, p_h=ptr, p_x=ptr, p_w=ptr, p_bhn=ptr, p_sizes="*i32",
+    sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_hn=ptr, p_h=ptr, p_w=ptr, p_bhn=ptr, p_sizes="*i32",
                          p_bar="*i32", p_doff="*i64", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32"),
                 bwd=dict(p_dy=ptr, p_gates=ptr, p_hn=ptr, p_h=ptr, p_dgh=ptr, p_dnew=ptr,
                          p_dh=ptr, p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64", T="i32",

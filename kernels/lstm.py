@@ -36,7 +36,7 @@ def _fwd_stream(t, ok, p_gx, p_sizes, rows, j0, B, H, S: tl.constexpr, ACC: tl.c
 
 
 @triton.jit
-def _fwd_step(t, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_x, p_bar, rows, j0, B, H,
+def _fwd_step(t, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_bar, rows, j0, B, H,
               K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr,
               NK: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Step t for one (batch tile, hidden slice): (h_t, c_t) of the slice -> (h_{t+1}, c_{t+1}); arrives at
@@ -45,7 +45,7 @@ def _fwd_step(t, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_x, p_bar, ro
     cols = j0 + tl.arange(0, S)
     ok2 = (rows < B)[:, None] & (cols < H)[None, :]
     step = t.to(tl.int64) * B * H
-    b_full = cm.full_h(b_h, p_x, t, rows, B, H, K1, K2, SINGLE, DOT)
+    b_full = cm.full_h(b_h, p_h, t, rows, B, H, K1, K2, SINGLE, DOT)
     b_a = tl.reshape(cm.kdot(b_full, b_w, NK, K2, PREC, ACC), (rows.shape[0], S, 4)) + b_gx
     # sigmoid(a) = 0.5 tanh(0.5 a) + 0.5 and tanh(a) = 1 tanh(1 a) + 0: one transcendental for all gates
     is_g = tl.arange(0, 4)[None, None, :] == 2
@@ -56,7 +56,7 @@ def _fwd_step(t, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_x, p_bar, ro
     tc = cm.tanh(c_new, DOT)
     b_c = tl.where(active[:, None], c_new, b_c)
     b_h = tl.where(active[:, None], g_o * tc, b_h)
-    cm.publish(p_h, p_x, p_bar, t, b_h, rows, cols, B, H, SINGLE, SYNC)
+    cm.publish(p_h, p_bar, t, b_h, rows, cols, B, H, SYNC)
     off2 = rows[:, None] * H + cols[None, :]
     p_g3, m3 = cm.gate_tile(p_gates + 4 * step, rows, active, H, j0, S, 4, 4)
     tl.store(p_g3, b_a, mask=m3)
@@ -66,7 +66,7 @@ def _fwd_step(t, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_x, p_bar, ro
 
 
 @triton.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
-def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_x, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, tile0,
+def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, tile0,
                 BB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
                 SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
@@ -77,10 +77,9 @@ def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_x, p_w, p_sizes, p_bar, p_doff,
         p_h = cm.for_direction(p_h, p_doff, 2)
         p_c = cm.for_direction(p_c, p_doff, 3)
         p_tc = cm.for_direction(p_tc, p_doff, 4)
-        p_x = cm.for_direction(p_x, p_doff, 5)
-        p_w = cm.for_direction(p_w, p_doff, 6)
-        p_sizes = cm.for_direction(p_sizes, p_doff, 7)
-        p_bar = cm.for_direction(p_bar, p_doff, 8)
+        p_w = cm.for_direction(p_w, p_doff, 5)
+        p_sizes = cm.for_direction(p_sizes, p_doff, 6)
+        p_bar = cm.for_direction(p_bar, p_doff, 7)
     rows = (tile0 + pid_b) * BB + tl.arange(0, BB)
     j0 = pid_s * S
     cols = j0 + tl.arange(0, S)
@@ -91,7 +90,7 @@ def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_x, p_w, p_sizes, p_bar, p_doff,
     b_c = cm.load_rows(p_c + start, rows, cols, H, rows < B, cols < H, ACC)
     n, b_gx = _fwd_stream(t_start, t_start >= 0, p_gx, p_sizes, rows, j0, B, H, S, ACC)
     for i in range(n_steps):
-        b_h, b_c = _fwd_step(t_start + i, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_x, p_bar,
+        b_h, b_c = _fwd_step(t_start + i, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_bar,
                              rows, j0, B, H, K1, K2, S, SINGLE, SYNC, NK, ACC, DOT, PREC)
         n, b_gx = _fwd_stream(t_start + i + 1, i + 1 < n_steps, p_gx, p_sizes, rows, j0, B, H, S, ACC)
         if SYNC:
@@ -205,7 +204,7 @@ def forward(cs, sizes_list, io_dtype=None):
         return
     t = cm.as_tensor
     plan = cm.direction_plan(cfg, [[t(c.gx), t(c.gates), t(c.h), t(c.c), t(c.tanh_c),
-                                     cm.exchange_buffer(cfg, t(c.h)), t(c.w["w_hh"]).contiguous(),
+                                     t(c.w["w_hh"]).contiguous(),
                                      cm.sizes_tensor(sizes, h), cm.barrier_counters(cfg, B, h)]
                                     for c, sizes in zip(cs, sizes_list)])
     gluon = GLUON and cm.gluon_applies(cfg, "fwd", cm.w_elem_bytes(consts["DOT"]), GP, h.device)
@@ -234,7 +233,7 @@ def compile_targets(hidden_size, dtype, arch=None):
     """(name, jit_fn, signature, constexprs) for every config the launchers use at this size and dtype."""
     ptr = cm.buffer_ptr(dtype)
     acc, dot, prec = cm.dtype_constexprs(dtype)
-    sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_h=ptr, p_c=ptr, p_tc=ptr, p_x=ptr, p_w=ptr, p_sizes="*i32",
+    sigs = dict(fwd=dict(p_gx=ptr, p_gates=ptr, p_h=ptr, p_c=ptr, p_tc=ptr, p_w=ptr, p_sizes="*i32",
                          p_bar="*i32", p_doff="*i64", t_start="i32", n_steps="i32", tile0="i32", B="i32", H="i32"),
                 bwd=dict(p_dy=ptr, p_gates=ptr, p_c=ptr, p_tc=ptr, p_dgates=ptr, p_dh=ptr, p_dc=ptr,
                          p_w=ptr, p_ws=ptr, p_sizes="*i32", p_bar="*i32", p_doff="*i64", T="i32", t_start="i32",

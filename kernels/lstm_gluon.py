@@ -26,11 +26,11 @@ def _gluon_tiles(rows0, j0, B, H, BB: gl.constexpr, S: gl.constexpr, L3: gl.cons
 
 
 @gluon.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
-def _fwd_gluon(p_gx, p_gates, p_h, p_c, p_tc, p_x, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, tile0,
+def _fwd_gluon(p_gx, p_gates, p_h, p_c, p_tc, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, tile0,
                BB: gl.constexpr, K1: gl.constexpr, K2: gl.constexpr, S: gl.constexpr, P: gl.constexpr,
                SINGLE: gl.constexpr, SYNC: gl.constexpr, DIRS: gl.constexpr, NK: gl.constexpr,
                ACC: gl.constexpr, DOT: gl.constexpr, PREC: gl.constexpr):
-    """_fwd_kernel (split/stepwise): h_t from the exchange straight into the MMA's A operand, the NK
+    """_fwd_kernel (split/stepwise): h_t from the states straight into the MMA's A operand, the NK
     chunks' sums through one shared buffer, W in registers for all steps."""
     NW: gl.constexpr = gl.num_warps()
     mma: gl.constexpr = gk.mma_layout(NK)
@@ -44,10 +44,9 @@ def _fwd_gluon(p_gx, p_gates, p_h, p_c, p_tc, p_x, p_w, p_sizes, p_bar, p_doff, 
         p_h = cm.for_direction(p_h, p_doff, 2)
         p_c = cm.for_direction(p_c, p_doff, 3)
         p_tc = cm.for_direction(p_tc, p_doff, 4)
-        p_x = cm.for_direction(p_x, p_doff, 5)
-        p_w = cm.for_direction(p_w, p_doff, 6)
-        p_sizes = cm.for_direction(p_sizes, p_doff, 7)
-        p_bar = cm.for_direction(p_bar, p_doff, 8)
+        p_w = cm.for_direction(p_w, p_doff, 5)
+        p_sizes = cm.for_direction(p_sizes, p_doff, 6)
+        p_bar = cm.for_direction(p_bar, p_doff, 7)
     pid_b, pid_s = gl.program_id(0), gl.program_id(1)
     rows0 = (tile0 + pid_b) * BB
     j0 = pid_s * S
@@ -70,9 +69,9 @@ def _fwd_gluon(p_gx, p_gates, p_h, p_c, p_tc, p_x, p_w, p_sizes, p_bar, p_doff, 
         t = t_start + i
         step = t.to(gl.int64) * B * H
         acc = gl.zeros([NK, BB, S * 4], ACC, mma)
-        acc = mma_v2(gk.load_exchange(p_x, t, rows0, B, H, 0, K1 // NK, NK, BB, l_h).to(DOT), w1, acc)
+        acc = mma_v2(gk.load_exchange(p_h, t, rows0, B, H, 0, K1 // NK, NK, BB, l_h).to(DOT), w1, acc)
         if K2 > 0:
-            acc = mma_v2(gk.load_exchange(p_x, t, rows0, B, H, K1, K2 // NK, NK, BB, l_h).to(DOT), w2, acc)
+            acc = mma_v2(gk.load_exchange(p_h, t, rows0, B, H, K1, K2 // NK, NK, BB, l_h).to(DOT), w2, acc)
         red.store(acc)
         gl.thread_barrier()
         b_a = gl.sum(red.reshape([NK, BB, S, 4]).load(L4), axis=0) + b_gx
@@ -84,7 +83,6 @@ def _fwd_gluon(p_gx, p_gates, p_h, p_c, p_tc, p_x, p_w, p_sizes, p_bar, p_doff, 
         b_h = gl.where(active, gk.gate(b_a, 3) * tc, b_h)
         # what the other programs wait for first (common.publish), then the arrival, then the rest
         gl.store(p_h + step + B * H + off2, b_h, mask=ok2)
-        gk.store_exchange(p_x, t + 1, b_h, off2, ok2, B, H)
         if SYNC:
             cm.arrive(p_bar)
         gl.store(p_gates + 4 * step + off3, b_a, mask=ok3 & gl.expand_dims(active, 2))

@@ -18,9 +18,10 @@ loop (the kernel's outermost loop) is read. Per program and per step it reports:
                      on the GPU with GPURNN_GLUON=1): each gets its own row;
   w_tile_bytes       the W a program holds (the issue's bound on shared memory read a step);
   exchange           bytes read or written for other programs (lines in load_exchange,
-                     store_exchange, store_partial, sum_partials),
-                     separate from streaming data; the grid
-                     total is per program x programs. The barrier's counter is not counted.
+                     store_partial, sum_partials), separate from streaming data; the grid
+                     total is per program x programs. The forward's h is read from the
+                     states each program stores as its output (counted there, as a store), so
+                     only its reads are exchange. The barrier's counter is not counted.
 
 Counts are static: every instruction of the loop body once (both sides of a branch), a
 nested loop times its trip count (sum_partials: P; the barrier's spin: one poll), every
@@ -59,7 +60,7 @@ KEYS = ("cell", "direction", "H", "B", "dtype", "arch", "mode", "kernel", "progr
         "spill_bytes", "smem_bytes", "w_tile_bytes", "mma_per_step", "mma_min_per_step", "smem_read_bytes_per_step",
         "global_load_bytes_per_step", "global_store_bytes_per_step", "exchange_bytes_per_step")
 # functions (kernels/common.py) whose memory traffic is the exchange between programs
-EXCHANGE = {"load_exchange", "store_exchange", "store_partial", "sum_partials"}
+EXCHANGE = {"load_exchange", "store_partial", "sum_partials"}
 SYNC = {"grid_barrier", "arrive", "wait", "trap"}   # the barrier: synchronisation, counted nowhere
 LANES = 32
 
