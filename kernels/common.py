@@ -446,7 +446,8 @@ REGISTERS_PER_SM = 64 * 1024   # 32-bit registers, sm_80 and sm_90
 # Batch rows per program: tl.dot's minimum. Per-step latency, not throughput, bounds a recurrence,
 # so more programs with fewer rows each (up to the SM count) beat fewer, fuller ones.
 BB = 16
-WIDE_TILE_BYTES = 96 * 1024      # the largest W tile device_tiles gives 32 rows
+# the largest W tile device_tiles gives 32 rows: LSTM/GRU H=1024 bf16 in 32 rows x 16 units (spilling, see device_tiles)
+WIDE_TILE_BYTES = 128 * 1024
 # the most rows x gate columns (BB * S*GP) device_tiles gives a 32-row program: the forward's K-chunk
 # accumulators are then 64 fp32 registers a thread at 8 warps (32 x 32 LSTM units spilled 2.5 KB
 # forward, 32 x 64 units 2.7 KB backward)
@@ -697,9 +698,12 @@ def device_tiles(H, GP, elem_bytes, direction, sms, shared_bytes):
     the budget, WIDE_TILE_BYTES and WIDE_TILE_OUTPUTS and P stays above 1 (at LSTM H=300 the K tail
     made a 32 x 32 tile fit 96 KB; its forward spilled 2.5 KB). Measured with ptxas (static_cost.py,
     LSTM bf16 sm_90): 32 rows x 16 units spill 0 / 112 B forward / backward at H=768 (a 96 KB tile),
-    400 / 464 B at H=1024 (128 KB); 64 rows spilled 72 B to 1.5 KB, so 32 is the most. LSTM H=768
-    bf16 on an H100: B=32 as 1 x 96 programs, B=64 as 2 x 48, each one launch (16-row tiles: 2 and
-    4 launches one after the other). fp16/bf16 on chips with an A100's shared memory or more (the
+    384 / 464 B at H=1024 (128 KB; GRU 520 / 632 B, the opt-in Gluon forward none); 64 rows spilled
+    72 B to 1.5 KB, so 32 is the most. `device_tile` takes a wider tile only where it saves launches:
+    LSTM H=768 bf16 on an H100 runs B=32 as 1 x 96 programs and B=64 as 2 x 48, each one launch
+    (16-row tiles: 2 and 4 launches one after the other); LSTM/GRU H=1024 runs B=64 as 2 x 64
+    programs of 32 x 16, one launch where 32 x 8 took 2 of 128 (whether its spills cost less than
+    the second launch's T steps only a GPU can say; gpu_check runs it). fp16/bf16 on chips with an A100's shared memory or more (the
     ones compile_check checks); fp32 (FMA dots) with the same slices only, where fp32_wide_rows_fit.
     """
     cfg = tile_config(H, BB, GP, elem_bytes, direction)

@@ -274,6 +274,8 @@ def check_list(engine_backend):
     for dt in ("bfloat16", "float32"):
         out.append((f"lstm {dt} T=64 B=64 H=768, 32-row tiles (common.device_tiles)",
                     lambda d=dt: parity("lstm", d, 64, 64, 768, engine_backend)))
+    out.append(("lstm bfloat16 T=64 B=64 H=1024, 32 rows x 16 units, one launch",
+                lambda: parity("lstm", "bfloat16", 64, 64, 1024, engine_backend)))
     out += gluon_checks(engine_backend)
     for kind in ("rnn_tanh", "lstm", "gru"):
         out.append((f"{kind} float32 split H=100 B=35, one batch tile per launch",

@@ -55,14 +55,25 @@ def _config_on_gpu(monkeypatch, H, B, sms, dtype_bytes=2):
 
 
 def test_large_batch_runs_split_in_groups(monkeypatch):
-    """LSTM bf16 H=1024 at B=64: 2 tiles of 32 rows x P slices exceed 132 SMs, and wider slices would
+    """LSTM bf16 H=1024 at B=128: 4 tiles of 32 rows x P slices exceed 132 SMs, and wider slices would
     take a W tile over WIDE_TILE_BYTES; P alone fits, so groups."""
-    cfg = _config_on_gpu(monkeypatch, 1024, 64, 132)
-    assert cfg.mode == "split" and (cfg.BB, cfg.S) == (32, 8) and cfg.P * 2 > 132
+    cfg = _config_on_gpu(monkeypatch, 1024, 128, 132)
+    assert cfg.mode == "split" and (cfg.BB, cfg.S) == (32, 16) and cfg.P * 4 > 132
     assert cfg.tiles == 132 // cfg.P >= 1
-    groups = cfg.groups(64)
-    assert [t0 for _, t0 in groups] == list(range(0, 2, cfg.tiles))
+    groups = cfg.groups(128)
+    assert [t0 for _, t0 in groups] == list(range(0, 4, cfg.tiles))
     assert all(grid[0] * grid[1] <= 132 for grid, _ in groups)
+
+
+@pytest.mark.parametrize("B, tile, P", [(32, (32, 8), 128), (64, (32, 16), 64)])
+def test_h1024_batch_of_64_is_one_launch(B, tile, P, monkeypatch):
+    """LSTM bf16 H=1024 on 132 SMs: B=32 as one tile of 32 rows x 8 units (128 programs); B=64 as 2 tiles
+    of 32 rows x 16 units (a 128 KB W tile, 2 x 64 programs), one launch where 8 units took 2."""
+    for direction in ("fwd", "bwd"):
+        monkeypatch.setattr(cm, "interpreting", lambda: False)
+        monkeypatch.setattr(cm, "device_limits", lambda device: (132, cm.SHARED_BYTES[90]))
+        cfg = cm.choose_config(1024, B, 4, 2, SimpleNamespace(type="cuda"), direction)
+        assert (cfg.mode, (cfg.BB, cfg.S), cfg.P, len(cfg.groups(B))) == ("split", tile, P, 1)
 
 
 @pytest.mark.parametrize("B, tile, P, launches", [(16, (16, 8), 96, 1), (32, (32, 8), 96, 1), (64, (32, 16), 48, 1),
