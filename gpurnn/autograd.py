@@ -11,7 +11,9 @@ instead (slower, exact).
 The engine keeps what backward needs (its tape, engine.Saved) in NumPy/CuPy buffers that no
 tensor can carry: the forward op files it under a key and returns the key as a small tensor,
 the handle, which autograd saves for backward like any tensor; the tape is dropped when the
-handle is freed. Where the tape is gone (a saved-tensor hook or a compiled graph copied the
+handle is freed. The handle lives on x's device, so a saved-tensor hook that moves saved tensors
+off the GPU (torch.autograd.graph.save_on_cpu) or drops them (checkpointing) frees the tape too,
+as torch.nn's workspace would be. Where the tape is gone (a hook or a compiled graph copied the
 handle), backward reruns the engine's forward first. Double backward (create_graph) reruns the layer in torch
 ops (torch_loop.py) instead, so that the gradient is itself a graph.
 """
@@ -115,7 +117,8 @@ def layer_op(x, *args):
     saved, outs = _engine_forward(x, _unpack(slots, cell, n_state, len(reverses)), teacher, cell, n_state, reverses,
                                   batch_sizes, backend, options, for_backward)
     key = next(_KEYS)
-    handle = torch.tensor(key)
+    handle = torch.full((), key, dtype=torch.int64, device=x.device)   # a fill: no copy from the host
+    handle.gpurnn_key = key   # read back without a device read, as long as this very tensor reaches backward
     if for_backward:
         _TAPES[key] = saved
         weakref.finalize(handle, _TAPES.pop, key, None)
@@ -129,7 +132,14 @@ def _(x, *args):
     # y_t has the size of the first state for every cell (h; Jordan's s and y are both O wide)
     for g in _groups(_unpack(slots, cell, n_state, len(reverses)), len(reverses)):
         outs += [x.new_empty(x.shape[:2] + g[0].shape[-1:])] + [s.new_empty(s.shape) for s in g[:n_state]]
-    return (*_pack_outputs(outs, x, n_state), torch.empty((), dtype=torch.int64))
+    return (*_pack_outputs(outs, x, n_state), x.new_empty((), dtype=torch.int64))
+
+
+def _key(handle):
+    """The key of the handle's tape: the attribute set where it was made; a copy (a saved-tensor hook's, a
+    compiled graph's) holds it only as its value, which on a GPU is read back with a synchronisation."""
+    key = getattr(handle, "gpurnn_key", None)
+    return int(handle) if key is None else key
 
 
 @torch.library.custom_op("gpurnn::layer_backward", mutates_args=(), schema=(
@@ -140,7 +150,7 @@ def layer_backward_op(handle, *args):
     grads, x, slots = args[:N_OUT], args[N_OUT], args[N_OUT + 1:N_OUT + 1 + N_IN]
     teacher, cell, n_state, reverses, batch_sizes, backend, options = args[N_OUT + 1 + N_IN:]
     tensors = _unpack(slots, cell, n_state, len(reverses))
-    saved = _TAPES.get(int(handle))
+    saved = _TAPES.get(_key(handle))
     if saved is None:   # a compiled graph copied the handle, or the tape is gone: rerun the forward
         saved, _ = _engine_forward(x, tensors, teacher, cell, n_state, reverses, batch_sizes, backend, options, True)
     grads, k = _unpack_outputs(grads, n_state, len(reverses)), 1 + n_state
@@ -232,9 +242,9 @@ def _backward(ctx, *grads):
         # only under torch.autograd.graph.allow_mutation_on_saved_tensors, which gives backward a copy of the
         # original; elsewhere _inputs raised) makes it wrong, and the op reruns the forward on the copies.
         if any(ref() is not None and ref()._version != version for ref, version in ctx.read):
-            _TAPES.pop(int(handle), None)
+            _TAPES.pop(_key(handle), None)
         traced = torch.compiler.is_compiling() or is_fake(handle)   # a traced backward has no tape to find
-        if not traced and int(handle) not in _TAPES:
+        if not traced and _key(handle) not in _TAPES:
             _inputs(ctx, rerun=True)   # the op reruns the forward: the unsaved inputs must be as they were
         found = torch.ops.gpurnn.layer_backward(handle, *grads[:-1], x, *slots, *ctx.args)
         found = [None if t is None or g.numel() == 0 and t.numel() else g for t, g in zip([x, *slots], found)]

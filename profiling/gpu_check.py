@@ -162,6 +162,35 @@ def determinism():
     return ok, "two runs bitwise equal" if ok else "runs differ"
 
 
+def offloaded_tape():
+    """Under torch.autograd.graph.save_on_cpu the layer's tape leaves the GPU with the saved tensors (its handle
+    is copied to the host, which frees the tape; backward reruns the forward): far less GPU memory held after
+    the forward, and bitwise the same gradients."""
+    import contextlib
+
+    import gpurnn.nn as gnn
+
+    gpu = DEVICE == "cuda"   # --dry-run: the gradients only (save_on_cpu keeps CPU tensors where they are)
+    torch.manual_seed(0)
+    m = gnn.LSTM(32, 256 if gpu else 32, device=DEVICE, backend="triton")
+    x = torch.randn(256 if gpu else 8, 16, 32, device=DEVICE)
+    allocated = torch.cuda.memory_allocated if gpu else lambda: 0
+
+    def held_and_grads(hooks):
+        base = allocated()
+        with hooks:
+            y, _ = m(x)
+        held = allocated() - base
+        m.zero_grad()
+        y.square().sum().backward()
+        return held, [p.grad.clone() for p in m.parameters()]
+
+    (plain, grads), (offloaded, off_grads) = (held_and_grads(contextlib.nullcontext()),
+                                              held_and_grads(torch.autograd.graph.save_on_cpu()))
+    ok = (offloaded < plain / 2 or not gpu) and all(torch.equal(a, b) for a, b in zip(grads, off_grads))
+    return ok, f"GPU memory held after forward: {plain / 2**20:.1f} MiB, {offloaded / 2**20:.1f} under save_on_cpu"
+
+
 def stepwise_graphs():
     """The stepwise path three times with the same input: launched, then captured and replayed as a
     CUDA graph, then replayed (kernels/graphs.py); every run bitwise equal, and a graph captured."""
@@ -267,6 +296,7 @@ def check_list(engine_backend):
                     lambda k=kind: parity(k, "float32", 33, 17, 100, engine_backend,
                                           {"GPURNN_SLICE": 16, "GPURNN_STEPWISE": 1}, bidirectional=True)))
     out.append(("determinism lstm H=256", determinism))
+    out.append(("save_on_cpu frees the tape", offloaded_tape))
     out.append(("stepwise as a CUDA graph, replayed", stepwise_graphs))
     out.append(("launches independent of T", launch_counts))
     for dt in ("bfloat16", "float32"):

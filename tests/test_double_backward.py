@@ -150,6 +150,29 @@ def test_a_lost_tape_reruns_the_forward_or_refuses_a_changed_bias():
         y.sum().backward()
 
 
+def test_backward_finds_the_tape_without_reading_the_handle(monkeypatch):
+    """The handle (on x's device, so that an offloading hook frees the tape) carries its key as an attribute:
+    backward finds the tape without reading the handle's value (on a GPU, a synchronisation) and reruns
+    nothing, even when that value no longer names the tape."""
+    import gpurnn.autograd as ga
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(I, H, dtype=torch.float64)
+    mine = gnn.GRU(I, H, dtype=torch.float64, backend="numpy")
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    forwards = []
+    engine_forward = ga._engine_forward
+    monkeypatch.setattr(ga, "_engine_forward", lambda *a: forwards.append(1) or engine_forward(*a))
+    y, _ = mine(x)
+    handle = y.grad_fn.saved_tensors[0]
+    assert handle.dtype == torch.int64 and handle.device == x.device and ga._TAPES.get(handle.gpurnn_key)
+    handle.data.fill_(-1)            # a value no tape has, behind autograd's version check
+    y.sum().backward()
+    assert len(forwards) == 1
+    ref(x)[0].sum().backward()
+    torch.testing.assert_close(mine.weight_hh_l0.grad, ref.weight_hh_l0.grad, atol=1e-12, rtol=1e-12)
+
+
 def test_the_input_is_freed_after_backward_as_with_torch_nn():
     import gc
     import weakref
