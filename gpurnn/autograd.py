@@ -330,10 +330,11 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
                           backend=name, batch_sizes=batch_sizes, **opts)
         return [tuple(t.to(dtype) for t in out) for out in outs]
     for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [x, *tensors])
-    if name == "numpy" and x.shape[0] == 1 and not for_backward and not compiling and dtype != torch.float16:
-        # One step without gradient (autoregressive generation): the engine's fixed cost per call
-        # (custom op dispatch, array views, buffers) is several times the step itself, so it runs
-        # as the torch loop (profiling/results/cpu/single_step.md).
+    if name == "numpy" and x.shape[0] == 1 and not compiling and dtype != torch.float16:
+        # One step (autoregressive generation, a decoder stepped by hand): the engine's fixed cost per call
+        # (custom op dispatch, array views, buffers, its tape) is several times the step itself, and torch's
+        # fused op's too, so it runs as the torch loop, with gradient or without: the same bits either way, as
+        # torch.nn gives (profiling/results/cpu/single_step_intel_xeon.md).
         return [torch_loop.layer(cell, x, state0, weights, reverse=reverse, batch_sizes=batch_sizes, **opts)
                 for state0, weights, reverse in directions]
     if name == "numpy" and not compiling:
@@ -361,8 +362,10 @@ def _engine_layers(cell, x, directions, name, batch_sizes, opts, for_backward):
 
 
 def _is_dual(t):
-    """A forward-mode AD dual tensor (torch.autograd.forward_ad)."""
-    return t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+    """A forward-mode AD dual tensor (torch.autograd.forward_ad: none outside its dual_level, so the common
+    case costs no unpack_dual, a few microseconds a tensor)."""
+    forward_ad = torch.autograd.forward_ad
+    return t is not None and forward_ad._current_level >= 0 and forward_ad.unpack_dual(t).tangent is not None
 
 
 def run_layer(cell, x, state0, weights, *, backend="auto", batch_sizes=None, reverse=False, **opts):

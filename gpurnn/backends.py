@@ -75,6 +75,13 @@ def available_backends():
     return [name for name in ("triton", "cupy", "numpy") if status[name] is None]
 
 
+def runs_numpy(backend, on_gpu):
+    """Whether `resolve` gives "numpy" (the CPU engine) for these arguments; without its errors."""
+    if backend == "auto":
+        backend = os.environ.get("GPURNN_BACKEND", "auto")
+    return not on_gpu and backend in ("auto", "numpy")
+
+
 def resolve(backend, on_gpu):
     """The backend that runs data living on the GPU (on_gpu) or on the CPU."""
     check_choice("backend", backend, CHOICES)

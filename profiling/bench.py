@@ -9,7 +9,7 @@ measured in the same run: torch.nn for RNN/LSTM/GRU, the loop for Jordan.
     python profiling/bench.py --quick                        # small set, < 5 minutes
     python profiling/bench.py --device cuda --cells lstm --hidden 256,768 --steps 1024
     python profiling/bench.py --preset engine-vs-torch       # issue 2's CPU table
-    python profiling/bench.py --preset single-step           # T=1 B=1 no-grad calls (issue 14)
+    python profiling/bench.py --preset single-step           # T=1 B=1 calls, without and with gradient (issue 14)
 
 See profiling/README.md for what each column means.
 """
@@ -51,10 +51,10 @@ PRESETS = {
                         "providers": ("gpurnn-numpy", "torch.nn"), "modes": ("fwdbwd",),
                         "name": "engine_vs_torch", "repeats": 31, "budget_s": 120.0,
                         "required_ratio": 1.5, "target_ratio": 1.0},
-    # Issue 14: one step without gradient (autoregressive generation), per-call overhead.
+    # Issue 14: one step (autoregressive generation; with autograd, a decoder stepped by hand), per-call overhead.
     "single-step": {"device": "cpu", "cells": ("rnn", "lstm", "gru"), "batch": (1,), "steps": (1,),
                     "hidden": (128,), "input": 128, "dtype": ("float32",),
-                    "providers": ("gpurnn-numpy", "torch.nn"), "modes": ("fwd",),
+                    "providers": ("gpurnn-numpy", "torch.nn"), "modes": ("fwd", "fwdbwd"),
                     "name": "single_step", "repeats": 301, "budget_s": 60.0,
                     "required_ratio": 1.5, "target_ratio": 1.0},
 }

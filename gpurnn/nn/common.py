@@ -123,7 +123,9 @@ AUTOCAST = {"cpu": ("RNN", "LSTM", "RNNCell"),
 def autocast_enabled(device):
     """Whether autocast is on for `device` (a device without autocast, as meta, has it off). Dynamo before
     torch 2.13 cannot trace is_autocast_available (a graph break), so under torch.compile only meta is ruled out."""
-    if torch.compiler.is_compiling():
+    if device.type in ("cpu", "cuda"):   # the common case, without the lookups below
+        available = True
+    elif torch.compiler.is_compiling():
         available = device.type != "meta"
     else:
         available = torch.amp.is_autocast_available(device.type)
