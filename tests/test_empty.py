@@ -11,23 +11,27 @@ NAMES = {"elman": "rnn", "lstm": "lstm", "gru": "gru", "jordan": "jordan"}   # t
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("kw", [{}, {"bidirectional": True, "num_layers": 2}], ids=["plain", "bidir2"])
+@pytest.mark.parametrize("kw", [{}, {"bidirectional": True, "num_layers": 2}, {"batch_first": True}],
+                         ids=["plain", "bidir2", "batch_first"])
+@pytest.mark.parametrize("steps", [3, 1])
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
-def test_empty_batch_like_torch(kind, kw, dtype):
+def test_empty_batch_like_torch(kind, steps, kw, dtype):
+    """Also the outputs' strides (an empty tensor's are free: torch's are contiguous), at T=1 too, where a step
+    runs as the torch loop (LSTM) or torch.nn's own call."""
     torch.manual_seed(0)
     ref = getattr(torch.nn, kind)(4, 5, dtype=dtype, **kw)
     mine = getattr(gnn, kind)(4, 5, dtype=dtype, backend="numpy", **kw)
     mine.load_state_dict(ref.state_dict())
-    x = torch.randn(3, 0, 4, dtype=dtype)
+    x = torch.randn(0, steps, 4, dtype=dtype) if kw.get("batch_first") else torch.randn(steps, 0, 4, dtype=dtype)
     outs = []
     for m in (ref, mine):
         y, h = m(x)
         (y.sum() + sum(t.sum() for t in (h if isinstance(h, tuple) else (h,)))).backward()
         outs.append((y, h, [p.grad for p in m.parameters()]))
     (y_ref, h_ref, g_ref), (y, h, g) = outs
-    assert y.shape == y_ref.shape and y.dtype == y_ref.dtype
+    assert (y.shape, y.stride(), y.dtype) == (y_ref.shape, y_ref.stride(), y_ref.dtype)
     for a, b in zip(h if isinstance(h, tuple) else (h,), h_ref if isinstance(h_ref, tuple) else (h_ref,)):
-        assert a.shape == b.shape
+        assert (a.shape, a.stride()) == (b.shape, b.stride())
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b)
 
