@@ -2,6 +2,7 @@
 get it, tensor checks, and the packed-sequence index."""
 import torch
 
+from .. import backends
 from ..checks import check_same_dtype
 
 TORCH_NAMES = {"elman": "RNN", "lstm": "LSTM", "gru": "GRU"}   # as torch.nn's messages name them
@@ -19,6 +20,16 @@ def fx_call(module, input, hx):
     if proxy is None:
         return None
     return proxy.tracer.create_proxy("call_module", proxy.tracer.path_of_module(module), (input, hx), {})
+
+
+def torch_steps_here(x, backend):
+    """Whether a single step (a cell, a layer at T=1) on x goes to torch's own step op: data for the CPU engine in
+    float32 or float64, outside torch.compile, torch.func and forward-mode AD (which run the layer as before).
+    There the engine's fixed cost per call is several times a step, and torch's step op gives torch.nn's bits
+    (profiling/results/cpu/single_step_intel_xeon.md)."""
+    return (x.dtype in (torch.float32, torch.float64) and backends.runs_numpy(backend, x.is_cuda)
+            and not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is None
+            and torch.autograd.forward_ad._current_level < 0)
 
 
 def complex_call(data, weights):

@@ -12,7 +12,7 @@ from ..autograd import recorded_for_torch, run_layers
 from ..checks import check_choice, check_floating, check_steps
 from .common import (TORCH_NAMES, NotATensor, RuntimeValueError, autocast, autocast_dtype, autocast_inside,
                      check_parameter_device, check_tensor, check_tensor_like, complex_call, fx_call, lstm_pair,
-                     overridden, packed_index)
+                     overridden, packed_index, torch_steps_here)
 from .convert import torch_twin
 
 
@@ -50,7 +50,7 @@ class _EngineForward:
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
         if isinstance(data, torch.Tensor) and (autocast_inside(TORCH_NAMES[self._cell], data.device, self.proj_size)
-                                               or recorded_for_torch(data) or self._torch_single_step(input)):
+                                               or recorded_for_torch(data) or self._torch_single_step(input, hx)):
             return super().forward(input, hx)   # (torch.nn's forward reads the weights itself)
         # as torch.nn: the weights as they are now (parametrizations, torch.func.functional_call), evaluated
         # once per call, and the checks read these
@@ -100,19 +100,18 @@ class _EngineForward:
             hidden = tuple(h.squeeze(1) for h in hidden) if is_lstm else hidden.squeeze(1)
         return y, hidden
 
-    def _torch_single_step(self, input):
-        """Whether this call is one step (T=1) of an Elman or GRU layer for the CPU engine, in float32 or float64:
-        torch.nn's own forward then runs it, in about half the time of gpurnn's checks and the torch loop
-        (Intel Xeon: 1.7x torch.nn's time without gradient, profiling/results/cpu/single_step_intel_xeon.md).
-        An LSTM's step stays gpurnn's torch loop (autograd.run_layers), faster than torch.nn's there. Not under
-        torch.compile, torch.func or forward-mode AD, which run the layer as before."""
+    def _torch_single_step(self, input, hx):
+        """Whether this call is one well-formed step (T=1) of an Elman or GRU layer that `torch_steps_here`: torch.nn's
+        own forward then runs it, in about half the time of gpurnn's checks and the torch loop (Intel Xeon: 1.7x
+        torch.nn's time without gradient). An LSTM's step stays gpurnn's torch loop (autograd.run_layers), faster
+        than torch.nn's there. A hidden state of another type, dtype or device goes through gpurnn's checks,
+        whose messages name it."""
         if self._cell == "lstm" or isinstance(input, PackedSequence) or input.dim() not in (2, 3):
             return False
         steps = input.shape[1 if self.batch_first and input.dim() == 3 else 0]
-        return (steps == 1 and input.dtype in (torch.float32, torch.float64)
-                and backends.runs_numpy(self.backend, input.is_cuda) and not torch.compiler.is_compiling()
-                and torch._C._functorch.peek_interpreter_stack() is None
-                and torch.autograd.forward_ad._current_level < 0)
+        return (steps == 1 and input.dtype == self.weight_ih_l0.dtype
+                and (hx is None or isinstance(hx, torch.Tensor) and (hx.dtype, hx.device) == (input.dtype, input.device))
+                and torch_steps_here(input, self.backend))
 
     def _checked_inputs(self, input, hx):
         """torch.nn's checks, with its exception types and messages, in its order:
