@@ -52,7 +52,8 @@ PRESETS = {
                         "name": "engine_vs_torch", "repeats": 31, "budget_s": 120.0,
                         "required_ratio": 1.5, "target_ratio": 1.0},
     # Issue 14: one step (autoregressive generation; with autograd, a decoder stepped by hand), per-call overhead.
-    "single-step": {"device": "cpu", "cells": ("rnn", "lstm", "gru"), "batch": (1,), "steps": (1,),
+    "single-step": {"device": "cpu", "cells": ("rnn", "lstm", "gru", "rnncell", "lstmcell", "grucell"),
+                    "batch": (1,), "steps": (1,),
                     "hidden": (128,), "input": 128, "dtype": ("float32",),
                     "providers": ("gpurnn-numpy", "torch.nn"), "modes": ("fwd", "fwdbwd"),
                     "name": "single_step", "repeats": 301, "budget_s": 60.0,
@@ -83,7 +84,7 @@ def parser():
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")
     p.add_argument("--preset", choices=tuple(PRESETS), help="a fixed table (its values fill unset options)")
     p.add_argument("--quick", action="store_true", help="a small set that runs in under 5 minutes")
-    p.add_argument("--cells", type=_names(providers.CELLS), default=providers.CELLS)
+    p.add_argument("--cells", type=_names(providers.CELLS + tuple(providers.STEP_CELLS)), default=providers.CELLS)
     p.add_argument("--batch", type=_ints, help=f"B values (default {FULL['batch']})")
     p.add_argument("--steps", type=_ints, help=f"T values (default {FULL['steps']})")
     p.add_argument("--hidden", type=_ints, help=f"H values (default {FULL['hidden']})")

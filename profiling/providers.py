@@ -1,6 +1,7 @@
 """What bench.py times: for one configuration, each provider's forward and forward+backward.
 
-Providers (one layer, one direction, x: (T, B, I), zero initial state):
+Providers (one layer, one direction, x: (T, B, I), zero initial state; the cell modules, `STEP_CELLS`,
+take x[0] and run T=1 only, as gpurnn.nn's and torch.nn's modules):
   gpurnn-numpy   gpurnn.nn modules, backend="numpy" (CPU)
   gpurnn-cupy    gpurnn.nn modules, backend="cupy" (GPU)
   gpurnn-triton  gpurnn.nn modules, backend="triton" (GPU)
@@ -26,7 +27,8 @@ def sibling(name):
 
 
 CELLS = ("rnn", "lstm", "gru", "jordan")
-GATES = {"rnn": 1, "lstm": 4, "gru": 3, "jordan": 1}
+STEP_CELLS = {"rnncell": "RNNCell", "lstmcell": "LSTMCell", "grucell": "GRUCell"}   # torch.nn's cell modules
+GATES = {"rnn": 1, "lstm": 4, "gru": 3, "jordan": 1, "rnncell": 1, "lstmcell": 4, "grucell": 3}
 GPURNN = {"gpurnn-numpy": "numpy", "gpurnn-cupy": "cupy", "gpurnn-triton": "triton"}
 PROVIDERS = {
     "cpu": ("gpurnn-numpy", "torch.nn", "loop", "compile"),
@@ -60,6 +62,8 @@ def unavailable(provider, cfg):
         return f"{provider} does not run on device {cfg.device}"
     if provider == "torch.nn" and cfg.cell == "jordan":
         return "torch.nn has no Jordan network"
+    if cfg.cell in STEP_CELLS and (cfg.steps != 1 or provider not in ("torch.nn", *GPURNN)):
+        return f"{cfg.cell} is a cell module: one step (T=1), torch.nn and gpurnn only"
     if provider in GPURNN:
         from gpurnn.backends import backend_status
         return backend_status()[GPURNN[provider]]
@@ -136,8 +140,8 @@ def reference_module(cfg, seed=0):
     if cfg.cell == "jordan":
         from gpurnn.nn import JordanRNN
         return JordanRNN(cfg.input, cfg.hidden, cfg.output, backend="auto", **kw)
-    cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cfg.cell]
-    return cls(cfg.input, cfg.hidden, **kw)
+    cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}.get(cfg.cell)
+    return (cls or getattr(torch.nn, STEP_CELLS[cfg.cell]))(cfg.input, cfg.hidden, **kw)
 
 
 def _gpurnn_module(cfg, ref, backend):
@@ -147,7 +151,8 @@ def _gpurnn_module(cfg, ref, backend):
     if cfg.cell == "jordan":
         m = gnn.JordanRNN(cfg.input, cfg.hidden, cfg.output, **kw)
     else:
-        m = {"rnn": gnn.RNN, "lstm": gnn.LSTM, "gru": gnn.GRU}[cfg.cell](cfg.input, cfg.hidden, **kw)
+        cls = {"rnn": gnn.RNN, "lstm": gnn.LSTM, "gru": gnn.GRU}.get(cfg.cell)
+        m = (cls or getattr(gnn, STEP_CELLS[cfg.cell]))(cfg.input, cfg.hidden, **kw)
     m.load_state_dict(ref.state_dict())
     return m
 
@@ -225,10 +230,11 @@ def build(provider, cfg, seed=0):
     x = torch.randn(cfg.steps, cfg.batch, cfg.input, device=cfg.device, dtype=DTYPES[cfg.dtype],
                     generator=gen).requires_grad_(True)
     out_size = cfg.output if cfg.cell == "jordan" else cfg.hidden
-    if provider in GPURNN:
-        m = _gpurnn_module(cfg, ref, GPURNN[provider])
+    m = _gpurnn_module(cfg, ref, GPURNN[provider]) if provider in GPURNN else ref if provider == "torch.nn" else None
+    if m is not None and cfg.cell in STEP_CELLS:   # one step: h of x[0] (an LSTMCell's (h, c): h) as (1, B, H)
+        return Runner(lambda x: (lambda out: out[0] if isinstance(out, tuple) else out)(m(x[0]))[None], x,
+                      m.parameters(), out_size)
+    if m is not None:
         return Runner(lambda x: m(x)[0], x, m.parameters(), out_size)
-    if provider == "torch.nn":
-        return Runner(lambda x: ref(x)[0], x, ref.parameters(), out_size)
     step = _compiled_step(cfg.cell) if provider == "compile" else STEPS[cfg.cell]
     return Runner(lambda x: loop_forward(cfg.cell, ref, x, step), x, ref.parameters(), out_size)
