@@ -5,6 +5,7 @@ what it wrote: CSV, markdown and PNGs exist, and every ratio is the row's time
 over the baseline's time of the same configuration in the same run.
 """
 import csv
+import dataclasses
 import math
 import os
 import subprocess
@@ -88,6 +89,18 @@ def test_engine_vs_torch_preset_is_issue_2s_table():
         ("cpu", ("rnn", "lstm", "gru"), (32,), (128,), (128,), 64)
     assert (args.providers, args.modes, args.name) == (("gpurnn-numpy", "torch.nn"), ("fwdbwd",), "engine_vs_torch")
     assert bench.parse_args(["--preset", "engine-vs-torch", "--steps", "16"]).steps == (16,)
+
+
+@pytest.mark.parametrize("cell", ["rnncell", "lstmcell", "grucell"])
+def test_cell_modules_run_one_step_on_torch_nn_and_gpurnn(cell):
+    cfg = providers.Config(cell, 3, 1, 6, 4, 6, "float64", "cpu")
+    runs = {p: providers.build(p, cfg) for p in ("torch.nn", "gpurnn-numpy")}
+    outs = {p: r.fwd() for p, r in runs.items()}
+    assert outs["torch.nn"].shape == (1, 3, 6)
+    torch.testing.assert_close(outs["gpurnn-numpy"], outs["torch.nn"], rtol=1e-12, atol=1e-12)
+    runs["gpurnn-numpy"].fwdbwd()
+    assert runs["gpurnn-numpy"].x.grad.shape == (1, 3, 4)
+    assert providers.unavailable("loop", cfg) and providers.unavailable("torch.nn", dataclasses.replace(cfg, steps=2))
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
