@@ -456,6 +456,12 @@ def main(argv=None):
                 ["--device", "cuda", "--cells", "lstm", "--dtype", "bfloat16", "--batch", "16,64", "--steps", "1024",
                  "--hidden", "768", "--name", "headline-gluon", "--out", str(out_dir),
                  "--providers", "gpurnn-triton,torch.nn"], 60))
+        # single steps (T=1 layers, the cell modules): on the CPU they run torch's step op (nn.common.torch_steps_here)
+        # because the engine's fixed cost per call is several times a step; whether the GPU should too, this says
+        report.add("bench single steps (B=1 H=128)", *run_bench(
+            ["--device", "cuda", "--cells", "rnn,lstm,gru,rnncell,lstmcell,grucell", "--batch", "1", "--steps", "1",
+             "--hidden", "128", "--input", "128", "--name", "single-step", "--out", str(out_dir),
+             "--providers", "gpurnn-triton,torch.nn"], 30))
     others = [name for name, _ in check_list(engine_backend) if name != SMOKE]
     deadline = start + (BUDGET_S - 60 if not args.no_bench else BUDGET_S * (20 if args.dry_run else 1))
     run_checks(others, deadline, engine_backend, args.dry_run, report)
