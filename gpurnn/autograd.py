@@ -12,9 +12,9 @@ The engine keeps what backward needs (its tape, engine.Saved) in NumPy/CuPy buff
 tensor can carry: the forward op files it under a key and returns the key as a small tensor,
 the handle, which autograd saves for backward like any tensor; the tape is dropped when the
 handle is freed. The handle lives on x's device, so a saved-tensor hook that moves saved tensors
-off the GPU (torch.autograd.graph.save_on_cpu) or drops them (checkpointing) frees the tape too,
-as torch.nn's workspace would be. Where the tape is gone (a hook or a compiled graph copied the
-handle), backward reruns the engine's forward first. Double backward (create_graph) reruns the layer in torch
+off the GPU (torch.autograd.graph.save_on_cpu) or drops them (checkpointing) frees the tape too
+(torch.nn's cuDNN reserve space would move to the host instead). Where the tape is gone (a hook or
+a compiled graph copied the handle), backward reruns the engine's forward first. Double backward (create_graph) reruns the layer in torch
 ops (torch_loop.py) instead, so that the gradient is itself a graph.
 """
 import itertools
@@ -241,10 +241,11 @@ def _backward(ctx, *grads):
         # The tape reads x and the weights through zero-copy views: one changed in place since forward (possible
         # only under torch.autograd.graph.allow_mutation_on_saved_tensors, which gives backward a copy of the
         # original; elsewhere _inputs raised) makes it wrong, and the op reruns the forward on the copies.
-        if any(ref() is not None and ref()._version != version for ref, version in ctx.read):
-            _TAPES.pop(_key(handle), None)
         traced = torch.compiler.is_compiling() or is_fake(handle)   # a traced backward has no tape to find
-        if not traced and _key(handle) not in _TAPES:
+        key = None if traced else _key(handle)
+        if any(ref() is not None and ref()._version != version for ref, version in ctx.read):
+            _TAPES.pop(key, None)
+        if not traced and key not in _TAPES:
             _inputs(ctx, rerun=True)   # the op reruns the forward: the unsaved inputs must be as they were
         found = torch.ops.gpurnn.layer_backward(handle, *grads[:-1], x, *slots, *ctx.args)
         found = [None if t is None or g.numel() == 0 and t.numel() else g for t, g in zip([x, *slots], found)]

@@ -77,7 +77,8 @@ Triton without Gluon runs them only.
 Registers (ptxas -v, profiling/results/compile_check.md, compiled with 16-byte aligned
 pointers as Triton specialises them at launch). Three things keep the cell configs free
 of spills (all but the fp32 backward with 16 warps at H=256-512, 8-116 B, the Jordan forward at
-fp32 H=64, 2.5 KB, and 32-row configs of `device_tiles`: fp16/bf16 8-320 B, fp32 8-144 B;
+fp32 H=64, 2.5 KB, and 32-row configs of `device_tiles`: fp16/bf16 8-304 B, 360-632 B with 128 KB W
+tiles, fp32 8-144 B;
 the measured thresholds below predate the aligned compiles):
   * `maxnreg`: a launch gets the register file of a whole SM (`Config.maxnreg`).
     Without it ptxas sometimes settles on 32-40 registers and spills (fp32
@@ -703,8 +704,10 @@ def device_tiles(H, GP, elem_bytes, direction, sms, shared_bytes):
     LSTM H=768 bf16 on an H100 runs B=32 as 1 x 96 programs and B=64 as 2 x 48, each one launch
     (16-row tiles: 2 and 4 launches one after the other); LSTM/GRU H=1024 runs B=64 as 2 x 64
     programs of 32 x 16, one launch where 32 x 8 took 2 of 128 (whether its spills cost less than
-    the second launch's T steps only a GPU can say; gpu_check runs it). fp16/bf16 on chips with an A100's shared memory or more (the
-    ones compile_check checks); fp32 (FMA dots) with the same slices only, where fp32_wide_rows_fit.
+    the second launch's T steps only a GPU can say; gpu_check runs it). The 128 KB tiles also serve
+    larger batches: LSTM/GRU H=1024 at B=128-256 (32 x 16), Elman H=1024 from B=256 (32 x 64, 328-400 B).
+    fp16/bf16 on chips with an A100's shared memory or more (the ones compile_check checks); fp32 (FMA
+    dots) with the same slices only, where fp32_wide_rows_fit.
     """
     cfg = tile_config(H, BB, GP, elem_bytes, direction)
     if cfg.mode == "single":

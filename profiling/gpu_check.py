@@ -461,7 +461,7 @@ def main(argv=None):
         report.add("bench single steps (B=1 H=128)", *run_bench(
             ["--device", "cuda", "--cells", "rnn,lstm,gru,rnncell,lstmcell,grucell", "--batch", "1", "--steps", "1",
              "--hidden", "128", "--input", "128", "--name", "single-step", "--out", str(out_dir),
-             "--providers", "gpurnn-triton,torch.nn"], 30))
+             "--providers", "gpurnn-triton,torch.nn", "--budget-s", "20"], 45))
     others = [name for name, _ in check_list(engine_backend) if name != SMOKE]
     deadline = start + (BUDGET_S - 60 if not args.no_bench else BUDGET_S * (20 if args.dry_run else 1))
     run_checks(others, deadline, engine_backend, args.dry_run, report)

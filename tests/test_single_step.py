@@ -48,3 +48,26 @@ def test_an_elman_or_gru_step_is_torch_nn_s_own_call(monkeypatch):
     gnn.GRU(4, 5)(torch.randn(2, 3, 4))
     gnn.LSTM(4, 5)(torch.randn(1, 3, 4))
     assert calls == ["gru", "lstm"]
+
+
+@pytest.mark.parametrize("name, shape", [("GRUCell", (3, 4)), ("LSTMCell", (3, 4)), ("RNN", (1, 3, 4)), ("GRU", (1, 3, 4))])
+def test_a_random_parametrization_is_drawn_as_often_as_by_torch_nn(name, shape):
+    """Weight dropout as a parametrization: each read of the weight draws anew, so a step must read it as often as
+    torch.nn does to use the same weights."""
+    import torch.nn.utils.parametrize as parametrize
+
+    class Drop(torch.nn.Module):
+        def forward(self, w):
+            return torch.nn.functional.dropout(w, 0.5, training=True)
+
+    ref, mine = getattr(torch.nn, name)(4, 5), getattr(gnn, name)(4, 5)
+    mine.load_state_dict(ref.state_dict())
+    for m in (ref, mine):
+        parametrize.register_parametrization(m, "weight_ih" if "Cell" in name else "weight_ih_l0", Drop())
+    x = torch.randn(shape)
+    outs = []
+    for m in (ref, mine):
+        torch.manual_seed(1)
+        outs.append(torch.utils._pytree.tree_leaves(m(x)))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a)

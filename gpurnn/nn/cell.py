@@ -1,6 +1,6 @@
 """gpurnn.nn.RNNCell, LSTMCell and GRUCell: torch.nn's cell modules (same API, state_dict,
-checks and messages) whose step runs the gpurnn engine, as a sequence of length 1; for the CPU engine
-torch's own step op (common.torch_steps_here)."""
+checks and messages) whose step runs the gpurnn engine, as a sequence of length 1; where the CPU engine
+would run it, torch's own step op (common.torch_steps_here: a whole torch.nn call where well formed)."""
 import torch
 
 from .. import backends
@@ -8,7 +8,7 @@ from ..autograd import recorded_for_torch, run_layer
 from ..cells import NONLINEARITIES
 from ..checks import check_choice
 from .common import (TORCH_NAMES, RuntimeValueError, autocast, autocast_dtype, autocast_enabled, autocast_inside,
-                     check_tensor, complex_call, fx_call, lstm_pair, overridden, torch_steps_here)
+                     check_tensor, complex_call, fx_call, lstm_pair, overridden, torch_nn_steps, torch_steps_here)
 from .rnn import _EngineForward
 
 # dtypes as torch's matmul errors name them: (addmm's scalar type, mm's C++ type)
@@ -22,7 +22,7 @@ _DTYPE_NAMES = {torch.float64: ("Double", "double"), torch.float32: ("Float", "f
 
 class _CellForward:
     """forward() shared by RNNCell, LSTMCell and GRUCell: torch.nn's checks and messages, then one
-    step of the engine (a sequence of length 1)."""
+    step of the engine (a sequence of length 1) or torch's step op (see the module's docstring)."""
 
     _cell = None
 
@@ -77,18 +77,12 @@ class _CellForward:
         return tuple(state) if is_lstm else state[0]
 
     def _torch_nn_step(self, input, hx):
-        """Whether torch.nn's own forward runs this call: a well-formed step (input and hidden state of the
-        weights' dtype, on one device) that `torch_steps_here`; gpurnn's checks and torch's step op took 1.5-2.6x
-        its time on an Intel Xeon. Anything else goes through gpurnn's checks, whose messages name the argument."""
-        if input.dim() not in (1, 2) or input.dtype != self.weight_ih.dtype:
+        """`torch_nn_steps` for a cell: hx None, a tensor, or an LSTMCell's (h, c) tuple."""
+        if input.dim() not in (1, 2) or self._cell == "lstm" and hx is not None and not (
+                isinstance(hx, tuple) and len(hx) == 2):
             return False
-        if hx is not None:
-            if self._cell == "lstm" and not (isinstance(hx, tuple) and len(hx) == 2):
-                return False
-            states = hx if self._cell == "lstm" else (hx,)
-            if not all(isinstance(h, torch.Tensor) and (h.dtype, h.device) == (input.dtype, input.device) for h in states):
-                return False
-        return torch_steps_here(input, self.backend)
+        states = () if hx is None else hx if self._cell == "lstm" else (hx,)
+        return torch_nn_steps(self, input, states, "weight_ih")
 
     def _torch_step(self, x, hx, weights):
         if self._cell == "lstm":

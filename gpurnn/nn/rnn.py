@@ -12,7 +12,7 @@ from ..autograd import recorded_for_torch, run_layers
 from ..checks import check_choice, check_floating, check_steps
 from .common import (TORCH_NAMES, NotATensor, RuntimeValueError, autocast, autocast_dtype, autocast_inside,
                      check_parameter_device, check_tensor, check_tensor_like, complex_call, fx_call, lstm_pair,
-                     overridden, packed_index, torch_steps_here)
+                     overridden, packed_index, torch_nn_steps)
 from .convert import torch_twin
 
 
@@ -101,17 +101,12 @@ class _EngineForward:
         return y, hidden
 
     def _torch_single_step(self, input, hx):
-        """Whether this call is one well-formed step (T=1) of an Elman or GRU layer that `torch_steps_here`: torch.nn's
-        own forward then runs it, in about half the time of gpurnn's checks and the torch loop (Intel Xeon: 1.7x
-        torch.nn's time without gradient). An LSTM's step stays gpurnn's torch loop (autograd.run_layers), faster
-        than torch.nn's there. A hidden state of another type, dtype or device goes through gpurnn's checks,
-        whose messages name it."""
+        """`torch_nn_steps` for one step (T=1) of an Elman or GRU layer (about half the time of gpurnn's checks and
+        the torch loop). An LSTM's step stays gpurnn's torch loop (autograd.run_layers), faster than torch.nn's."""
         if self._cell == "lstm" or isinstance(input, PackedSequence) or input.dim() not in (2, 3):
             return False
         steps = input.shape[1 if self.batch_first and input.dim() == 3 else 0]
-        return (steps == 1 and input.dtype == self.weight_ih_l0.dtype
-                and (hx is None or isinstance(hx, torch.Tensor) and (hx.dtype, hx.device) == (input.dtype, input.device))
-                and torch_steps_here(input, self.backend))
+        return steps == 1 and torch_nn_steps(self, input, () if hx is None else (hx,), "weight_ih_l0")
 
     def _checked_inputs(self, input, hx):
         """torch.nn's checks, with its exception types and messages, in its order:
