@@ -14,8 +14,9 @@ the handle, which autograd saves for backward like any tensor; the tape is dropp
 handle is freed. The handle lives on x's device, so a saved-tensor hook that moves saved tensors
 off the GPU (torch.autograd.graph.save_on_cpu) or drops them (checkpointing) frees the tape too
 (torch.nn's cuDNN reserve space would move to the host instead). Where the tape is gone (a hook or
-a compiled graph copied the handle), backward reruns the engine's forward first. Double backward (create_graph) reruns the layer in torch
-ops (torch_loop.py) instead, so that the gradient is itself a graph.
+a compiled graph copied the handle), backward reruns the engine's forward first. Double backward
+(create_graph) reruns the layer in torch ops (torch_loop.py) instead, so that the gradient is itself
+a graph.
 """
 import itertools
 import weakref
