@@ -319,8 +319,7 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
         # Under torch.func (grad, jacrev, vmap, ...) and forward-mode AD: torch 2.13's custom ops
         # support neither, so the layer runs as the plain torch loop, which both understand; so does
         # a program recorded for TorchScript, torch.export or ONNX.
-        return [torch_loop.layer(cell, x, state0, weights, reverse=reverse, batch_sizes=batch_sizes, **opts)
-                for state0, weights, reverse in directions]
+        return _torch_loop_layers(cell, x, directions, batch_sizes, opts)
     dtype = x.dtype
     if torch.bfloat16 in (x.dtype, *(t.dtype for t in tensors if t is not None)) and not _native(
             cell, tensors, len(directions[0][0]), len(directions), name):
@@ -337,8 +336,7 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
         # (custom op dispatch, array views, buffers, its tape) is several times the step itself, and torch's
         # fused op's too, so it runs as the torch loop, with gradient or without: the same bits either way, as
         # torch.nn gives (profiling/results/cpu/single_step_intel_xeon.md).
-        return [torch_loop.layer(cell, x, state0, weights, reverse=reverse, batch_sizes=batch_sizes, **opts)
-                for state0, weights, reverse in directions]
+        return _torch_loop_layers(cell, x, directions, batch_sizes, opts)
     if name == "numpy" and not compiling:
         from .cpu import layer as cpu_layer   # the engine or torch's fused op, timed per layer shape
         if cpu_layer.applies(cell, x, directions, batch_sizes, opts) and cpu_layer.route(
@@ -361,6 +359,12 @@ def _engine_layers(cell, x, directions, name, batch_sizes, opts, for_backward):
                                     _options(opts), for_backward)
     flat, k = _unpack_outputs(packed[:-1], n_state, n_dirs), 1 + n_state
     return [tuple(flat[i * k:(i + 1) * k]) for i in range(n_dirs)]
+
+
+def _torch_loop_layers(cell, x, directions, batch_sizes, opts):
+    """[(y, *state_T)] of each direction as the plain torch loop (torch_loop.py)."""
+    return [torch_loop.layer(cell, x, state0, weights, reverse=reverse, batch_sizes=batch_sizes, **opts)
+            for state0, weights, reverse in directions]
 
 
 def _is_dual(t):

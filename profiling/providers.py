@@ -28,6 +28,7 @@ def sibling(name):
 
 CELLS = ("rnn", "lstm", "gru", "jordan")
 STEP_CELLS = {"rnncell": "RNNCell", "lstmcell": "LSTMCell", "grucell": "GRUCell"}   # torch.nn's cell modules
+MODULES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU", **STEP_CELLS}   # class names in torch.nn and gpurnn.nn
 GATES = {"rnn": 1, "lstm": 4, "gru": 3, "jordan": 1, "rnncell": 1, "lstmcell": 4, "grucell": 3}
 GPURNN = {"gpurnn-numpy": "numpy", "gpurnn-cupy": "cupy", "gpurnn-triton": "triton"}
 PROVIDERS = {
@@ -140,8 +141,7 @@ def reference_module(cfg, seed=0):
     if cfg.cell == "jordan":
         from gpurnn.nn import JordanRNN
         return JordanRNN(cfg.input, cfg.hidden, cfg.output, backend="auto", **kw)
-    cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}.get(cfg.cell)
-    return (cls or getattr(torch.nn, STEP_CELLS[cfg.cell]))(cfg.input, cfg.hidden, **kw)
+    return getattr(torch.nn, MODULES[cfg.cell])(cfg.input, cfg.hidden, **kw)
 
 
 def _gpurnn_module(cfg, ref, backend):
@@ -151,8 +151,7 @@ def _gpurnn_module(cfg, ref, backend):
     if cfg.cell == "jordan":
         m = gnn.JordanRNN(cfg.input, cfg.hidden, cfg.output, **kw)
     else:
-        cls = {"rnn": gnn.RNN, "lstm": gnn.LSTM, "gru": gnn.GRU}.get(cfg.cell)
-        m = (cls or getattr(gnn, STEP_CELLS[cfg.cell]))(cfg.input, cfg.hidden, **kw)
+        m = getattr(gnn, MODULES[cfg.cell])(cfg.input, cfg.hidden, **kw)
     m.load_state_dict(ref.state_dict())
     return m
 
@@ -174,6 +173,14 @@ class Runner:
             p.grad = None
         self.x.grad = None
         self.fn(self.x).backward(self.dy)
+
+
+def _output(cell, m, x):
+    """A module's output sequence (T, B, H); a cell module's one step on x[0] as (1, B, H) (an LSTMCell's h)."""
+    if cell not in STEP_CELLS:
+        return m(x)[0]
+    out = m(x[0])
+    return (out[0] if isinstance(out, tuple) else out)[None]
 
 
 _COMPILED = {}
@@ -231,10 +238,7 @@ def build(provider, cfg, seed=0):
                     generator=gen).requires_grad_(True)
     out_size = cfg.output if cfg.cell == "jordan" else cfg.hidden
     m = _gpurnn_module(cfg, ref, GPURNN[provider]) if provider in GPURNN else ref if provider == "torch.nn" else None
-    if m is not None and cfg.cell in STEP_CELLS:   # one step: h of x[0] (an LSTMCell's (h, c): h) as (1, B, H)
-        return Runner(lambda x: (lambda out: out[0] if isinstance(out, tuple) else out)(m(x[0]))[None], x,
-                      m.parameters(), out_size)
     if m is not None:
-        return Runner(lambda x: m(x)[0], x, m.parameters(), out_size)
+        return Runner(lambda x: _output(cfg.cell, m, x), x, m.parameters(), out_size)
     step = _compiled_step(cfg.cell) if provider == "compile" else STEPS[cfg.cell]
     return Runner(lambda x: loop_forward(cfg.cell, ref, x, step), x, ref.parameters(), out_size)
