@@ -78,7 +78,7 @@ Registers (ptxas -v, profiling/results/compile_check.md, compiled with 16-byte a
 pointers as Triton specialises them at launch). Three things keep the cell configs free
 of spills (all but the fp32 backward with 16 warps at H=256-512, 8-116 B, the Jordan forward at
 fp32 H=64, 2.5 KB, and 32-row configs of `device_tiles`: fp16/bf16 8-304 B, 360-632 B with 128 KB W
-tiles, fp32 8-144 B;
+tiles, fp32 (and its 64-row configs) 8-132 B;
 the measured thresholds below predate the aligned compiles):
   * `maxnreg`: a launch gets the register file of a whole SM (`Config.maxnreg`).
     Without it ptxas sometimes settles on 32-40 registers and spills (fp32
@@ -237,6 +237,38 @@ def _chunks(a, b, NK: tl.constexpr, TC: tl.constexpr):
 
 
 @triton.jit
+def row_block(x, blk, RB: tl.constexpr):
+    """Rows blk*RB .. blk*RB + RB - 1 of x (R, N): x as (R/RB, RB, N), summed over the blocks with all but
+    block blk zeroed."""
+    x3 = tl.reshape(x, (x.shape[0] // RB, RB, x.shape[1]))
+    return tl.sum(tl.where((tl.arange(0, x.shape[0] // RB) == blk)[:, None, None], x3, 0), axis=0)
+
+
+@triton.jit
+def h_dot_w(b_h, b_w, p_h, t, rows, B, H, K1: tl.constexpr, K2: tl.constexpr, SINGLE: tl.constexpr,
+            NK: tl.constexpr, RB: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr):
+    """h_t W_tile of the batch tile (`full_h`, `kdot`), as dots of RB rows each (Config.rb): an fp32 FMA dot
+    stages its (rows, K1) operand in shared memory beside W, so wide tiles run it in blocks of 32 or 16.
+    The blocks are a loop, not unrolled: unrolled, Triton read W into registers once for all of them (the
+    same value twice), and the 64-row LSTM forward spilled 6.6 KB at H=768 (ptxas, sm_90). A short last
+    tile's empty blocks run too: skipping them (an if in the loop) spilled 0.3-8 KB."""
+    BB: tl.constexpr = rows.shape[0]
+    N: tl.constexpr = b_w[0].shape[1]
+    if RB == BB:
+        out = kdot(full_h(b_h, p_h, t, rows, B, H, K1, K2, SINGLE, DOT), b_w, NK, K2, PREC, ACC)
+    else:
+        tl.static_assert(not SINGLE, "row blocks: split and stepwise modes only (h read from the states)")
+        out3 = tl.zeros((BB // RB, RB, N), ACC)
+        first = tl.min(rows)   # the tile's rows are contiguous
+        for blk in range(BB // RB):
+            rows_b = first + blk * RB + tl.arange(0, RB)
+            part = kdot(full_h(b_h, p_h, t, rows_b, B, H, K1, K2, SINGLE, DOT), b_w, NK, K2, PREC, ACC)
+            out3 = tl.where((tl.arange(0, BB // RB) == blk)[:, None, None], part[None, :, :], out3)
+        out = tl.reshape(out3, (BB, N))
+    return out
+
+
+@triton.jit
 def load_rows(p, rows, cols, stride, row_ok, col_ok, ACC: tl.constexpr):
     """(len(rows), len(cols)) tile of a row-major matrix, zero where masked, in ACC."""
     mask = row_ok[:, None] & col_ok[None, :]
@@ -297,10 +329,18 @@ def next_step_product(b_prod, p_ws, t, rows, cols, B, H, P: tl.constexpr, S: tl.
 
 @triton.jit
 def share_dh(p_ws, b_d, b_w, t, pid_s, rows, B, H, P: tl.constexpr, S: tl.constexpr, K2: tl.constexpr,
-             SINGLE: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+             SINGLE: tl.constexpr, RB: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """This slice's share b_d @ W_tile^T of dh_{t-1}, from its gate gradients b_d (BB, S*GP) in the dot dtype
     and its W tile in K parts (`load_w_fwd`): single mode returns the (BB, K1) product (all of dh), split and
-    stepwise store each part's share (`store_partial`; what they return is not used)."""
+    stepwise store each part's share (`store_partial`; what they return is not used), in blocks of RB rows
+    (Config.rb: a 64-row fp32 share of (64, H) would not fit the registers)."""
+    if RB < rows.shape[0]:   # a loop, as in h_dot_w (unrolled: 2.9 KB spilled, LSTM H=768, 64 rows)
+        tl.static_assert(not SINGLE, "row blocks: split and stepwise modes only")
+        first = tl.min(rows)   # the tile's rows are contiguous
+        for blk in range(rows.shape[0] // RB):
+            share_dh(p_ws, row_block(b_d, blk, RB), b_w, t, pid_s, first + blk * RB + tl.arange(0, RB), B, H, P, S,
+                     K2, SINGLE, RB, PREC, ACC)
+        return tl.zeros((rows.shape[0], b_w[0].shape[0]), ACC)
     b_prod = tl.dot(b_d, tl.trans(b_w[0]), input_precision=PREC, out_dtype=ACC)
     if not SINGLE:
         store_partial(p_ws, b_prod, 0, t, pid_s, rows, B, H, P, P, S)
@@ -448,6 +488,7 @@ REGISTERS_PER_SM = 64 * 1024   # 32-bit registers, sm_80 and sm_90
 # so more programs with fewer rows each (up to the SM count) beat fewer, fuller ones.
 BB = 16
 # the largest W tile device_tiles gives 32 rows: LSTM/GRU H=1024 bf16 in 32 rows x 16 units (spilling, see device_tiles)
+FP32_SHARE_BYTES = 64 * 1024   # the fp32 backward's share of dh per dot at most (fp32_wide_tiles)
 WIDE_TILE_BYTES = 128 * 1024
 # the most rows x gate columns (BB * S*GP) device_tiles gives a 32-row program: the forward's K-chunk
 # accumulators are then 64 fp32 registers a thread at 8 warps (32 x 32 LSTM units spilled 2.5 KB
@@ -534,6 +575,7 @@ class Config:
     tiles: int = 0   # batch tiles per launch (0: all of them)
     dirs_fit: bool = False   # split mode: both directions' grids resident together (one launch)
     k2: int = 0      # the power-of-two tail of the hidden dimension after its first HP/2 (k_tail); 0: HP
+    rb: int = 0      # rows per dot: BB runs as dots of rb rows (h_dot_w, share_dh; fp32 64-row tiles); 0: BB
 
     @property
     def k1(self):
@@ -630,16 +672,25 @@ def tile_config(H, B, GP, elem_bytes, direction="fwd", budget=W_BUDGET_BYTES):
         while S > s_min and HP * GP * S * elem_bytes > budget:
             S //= 2
     single, nk = S >= H, split_k(HP, elem_bytes, direction)
-    return Config(batch_rows(), HP, S, triton.cdiv(H, S), warps_for(HP, elem_bytes, direction),
-                  "single" if single else "split", nk, k2=0 if single else k_tail(H, HP, nk))
+    rows, block = batch_rows()
+    return Config(rows, HP, S, triton.cdiv(H, S), warps_for(HP, elem_bytes, direction),
+                  "single" if single else "split", nk, k2=0 if single else k_tail(H, HP, nk),
+                  rb=0 if single else block)
+
+
+BATCH_ROWS = ("16", "32", "32/16", "64/16", "64/32")
 
 
 def batch_rows():
-    """BB, or GPURNN_BATCH_ROWS=16|32 (tests run device_tiles' 32-row tiles under the interpreter)."""
+    """(BB, rb): BB rows in dots of BB, or GPURNN_BATCH_ROWS=ROWS[/BLOCK], one of BATCH_ROWS: ROWS rows in dots
+    of BLOCK (tests run device_tiles' wider tiles under the interpreter; single mode runs dots of ROWS)."""
     forced = os.environ.get("GPURNN_BATCH_ROWS")
-    if forced and forced not in ("16", "32"):
-        raise ValueError(f"GPURNN_BATCH_ROWS: expected 16 or 32, got {forced!r}")
-    return int(forced) if forced else BB
+    if not forced:
+        return BB, 0
+    if forced not in BATCH_ROWS:
+        raise ValueError(f"GPURNN_BATCH_ROWS: expected one of {', '.join(BATCH_ROWS)}, got {forced!r}")
+    rows, _, block = forced.partition("/")
+    return int(rows), int(block or 0)
 
 
 def k_tail(H, HP, nk):
@@ -707,7 +758,7 @@ def device_tiles(H, GP, elem_bytes, direction, sms, shared_bytes):
     the second launch's T steps only a GPU can say; gpu_check runs it). The 128 KB tiles also serve
     larger batches: LSTM/GRU H=1024 at B=128-256 (32 x 16), Elman H=1024 from B=256 (32 x 64, 328-400 B).
     fp16/bf16 on chips with an A100's shared memory or more (the ones compile_check checks); fp32 (FMA
-    dots) with the same slices only, where fp32_wide_rows_fit.
+    dots) with the same slices only, in 32 and 64 rows (fp32_wide_tiles).
     """
     cfg = tile_config(H, BB, GP, elem_bytes, direction)
     if cfg.mode == "single":
@@ -721,7 +772,7 @@ def device_tiles(H, GP, elem_bytes, direction, sms, shared_bytes):
     if cfg.BB != BB or cfg.P > sms:
         return [cfg]   # (P > sms runs stepwise: every tile in each step's launch anyway)
     if elem_bytes == 4 and not tensor_cores(elem_bytes):
-        return [cfg] + ([replace(cfg, BB=2 * BB)] if fp32_wide_rows_fit(cfg, GP, shared_bytes) else [])
+        return [cfg] + fp32_wide_tiles(cfg, GP, direction, shared_bytes)
     if elem_bytes != 2 or shared_bytes < min(SHARED_BYTES.values()):
         return [cfg]
     return [cfg] + [replace(cfg, BB=2 * BB, S=S, P=triton.cdiv(H, S)) for S in (cfg.S, 2 * cfg.S)
@@ -730,16 +781,29 @@ def device_tiles(H, GP, elem_bytes, direction, sms, shared_bytes):
                     and cfg.HP * GP * S * elem_bytes <= budget]
 
 
-def fp32_wide_rows_fit(cfg, GP, shared_bytes):
-    """Whether an fp32 split config (FMA dots, IEEE) may also run 32-row tiles with the same slices: where
-    its backward has 8 warps (HP > 512, warps_for; at 16 warps' 128 registers 32 rows spilled 0.4-1.4 KB,
-    H=256-512) and the forward's W tile plus its (32, K1) fp32 staging fit the chip's shared memory (LSTM
-    and GRU at H=1024: 256 KB, over sm_90's 227). Measured with ptxas (sm_90): no spills at H=768 (LSTM,
-    GRU, Elman, both directions; 8 B in the LSTM/GRU forward's stepwise variant, which runs only where P
-    exceeds the SMs), the Elman backward 144 B at H=1024; LSTM/GRU H=768 at B=64 on an H100
-    then run 2 launches of 96 programs instead of 4, Elman H=768-1024 one instead of 2."""
+def fp32_wide_tiles(cfg, GP, direction, shared_bytes):
+    """The 32- and 64-row variants of an fp32 split config (FMA dots, IEEE) with the same slices, for HP >= 512.
+    Their dots may take `rb` rows at a time (Config.rb; h_dot_w, share_dh), at no extra arithmetic (an FMA
+    dot's work is rows x K x N however it is cut):
+    - the forward stages its (rows, K1) operand in shared memory beside the W tile: blocks of 32 rows
+      where that fits, else 16 (LSTM/GRU H=1024: 128 + 128 KB with 32, over sm_90's 227);
+    - the backward holds its share of dh, (rows, K1), in registers: 32 rows in one dot where it has 8 warps
+      (HP > 512, warps_for) and the share is within FP32_SHARE_BYTES, else in blocks of 16 (one 32-row
+      dot at 16 warps' 128 registers spilled 0.4-1.4 KB at H=256-512); 64 rows in blocks of 16 (of 32:
+      64 B spilled at H=768).
+    ptxas (sm_90, LSTM/GRU/Elman at H=512, 768 and 1024): no spills, except 56 B in the GRU forward with
+    32 rows at H=768 (as before) and 16 B in the Elman backward with 64 at H=1024. On an H100 LSTM/GRU
+    H=512-1024 at B=64 then run one launch (before: 2 at H=512 and 768, 4 at H=1024)."""
+    if cfg.HP < 512:
+        return []
     w_tile = (cfg.k1 + cfg.k2) * GP * cfg.S * 4
-    return cfg.HP > 512 and w_tile + 2 * BB * cfg.k1 * 4 <= shared_bytes
+    if direction == "fwd":
+        block = next((b for b in (2 * BB, BB) if w_tile + b * cfg.k1 * 4 <= shared_bytes), None)
+        blocks = {2 * BB: block, 4 * BB: block}
+    else:
+        whole = cfg.num_warps == 8 and 2 * BB * cfg.k1 * 4 <= FP32_SHARE_BYTES
+        blocks = {2 * BB: 2 * BB if whole else BB, 4 * BB: BB}
+    return [replace(cfg, BB=rows, rb=0 if b == rows else b) for rows, b in blocks.items() if b]
 
 
 def gluon_enabled():
@@ -932,7 +996,8 @@ def compile_configs(hidden_size, dtype, GP, direction="fwd", arch=None):
 
 def kernel_consts(cfg, direction, acc, dot, prec):
     """A cell kernel's constexprs for a config (the forward also takes NK, the chunks of its dot's K)."""
-    consts = dict(BB=cfg.BB, K1=cfg.k1, K2=cfg.k2, S=cfg.S, P=cfg.P, SINGLE=cfg.mode == "single",
+    consts = dict(BB=cfg.BB, RB=cfg.rb or cfg.BB, K1=cfg.k1, K2=cfg.k2, S=cfg.S, P=cfg.P,
+                  SINGLE=cfg.mode == "single",
                   SYNC=cfg.mode == "split", ACC=acc, DOT=dot, PREC=prec)
     return dict(consts, NK=cfg.nk) if direction == "fwd" else consts
 

@@ -29,12 +29,11 @@ def _fwd_stream(t, ok, p_gx, p_sizes, rows, cols, B, H, ACC: tl.constexpr):
 @triton.jit
 def _fwd_step(t, n, b_gx, b_h, b_w, p_h, p_bar, rows, cols, B, H, nonlin,
               K1: tl.constexpr, K2: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr, NK: tl.constexpr,
-              ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+              RB: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Step t for one (batch tile, hidden slice): b_h (BB, S) is h_t of the slice, returns h_{t+1};
     arrives at the barrier once h_{t+1} is stored."""
     active = rows < n
-    b_full = cm.full_h(b_h, p_h, t, rows, B, H, K1, K2, SINGLE, DOT)
-    b_z = cm.kdot(b_full, b_w, NK, K2, PREC, ACC) + b_gx
+    b_z = cm.h_dot_w(b_h, b_w, p_h, t, rows, B, H, K1, K2, SINGLE, NK, RB, PREC, ACC, DOT) + b_gx
     b_h = tl.where(active[:, None], cm.activation(b_z, nonlin, DOT), b_h)
     cm.publish(p_h, p_bar, t, b_h, rows, cols, B, H, SYNC)
     return b_h
@@ -42,8 +41,8 @@ def _fwd_step(t, n, b_gx, b_h, b_w, p_h, p_bar, rows, cols, B, H, nonlin,
 
 @triton.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
 def _fwd_kernel(p_gx, p_h, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, nonlin, tile0,
-                BB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
-                SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
+                BB: tl.constexpr, RB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr,
+                P: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
     if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
@@ -61,7 +60,7 @@ def _fwd_kernel(p_gx, p_h, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, 
     n, b_gx = _fwd_stream(t_start, t_start >= 0, p_gx, p_sizes, rows, cols, B, H, ACC)
     for i in range(n_steps):
         b_h = _fwd_step(t_start + i, n, b_gx, b_h, b_w, p_h, p_bar, rows, cols, B, H, nonlin,
-                        K1, K2, SINGLE, SYNC, NK, ACC, DOT, PREC)
+                        K1, K2, SINGLE, SYNC, NK, RB, ACC, DOT, PREC)
         n, b_gx = _fwd_stream(t_start + i + 1, i + 1 < n_steps, p_gx, p_sizes, rows, cols, B, H, ACC)
         if SYNC:
             cm.wait(p_bar, (i + 1) * P)
@@ -79,8 +78,8 @@ def _bwd_stream(t, p_dy, p_h, p_sizes, rows, cols, B, H, ACC: tl.constexpr):
 
 @triton.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
 def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, p_doff, T, t_start, n_steps, B, H, nonlin, tile0,
-                BB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
-                SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr,
+                BB: tl.constexpr, RB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr,
+                P: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Iterations t = t_start, t_start-1, ...: carry in dh_t from step t+1's shares (t+1 < T), then step t
     (t >= 0): dh_t += dy_t, dz_t = dh_t * phi'(z_t) for the active rows, and its share of
@@ -118,7 +117,7 @@ def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, p_doff, T, t_s
             b_dh += b_dy
             b_dz = tl.where(active[:, None], b_dh * cm.activation_grad_from_output(b_y, nonlin), 0.0)
             b_op = cm.pin(b_dz).to(DOT)
-            b_prod = cm.share_dh(p_ws, b_op, b_w, t, pid_s, rows, B, H, P, S, K2, SINGLE, PREC, ACC)
+            b_prod = cm.share_dh(p_ws, b_op, b_w, t, pid_s, rows, B, H, P, S, K2, SINGLE, RB, PREC, ACC)
             if SYNC:
                 cm.arrive(p_bar)
             tl.store(p_dz + t.to(tl.int64) * B * H + rows[:, None] * H + cols[None, :], b_dz,

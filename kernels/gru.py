@@ -33,16 +33,16 @@ def _fwd_stream(t, ok, p_gx, p_sizes, rows, j0, B, H, S: tl.constexpr, ACC: tl.c
 @triton.jit
 def _fwd_step(t, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_bar, rows, j0, B, H,
               K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr,
-              NK: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+              NK: tl.constexpr, RB: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Step t for one (batch tile, hidden slice): b_h (BB, S) is h_t of the slice, returns h_{t+1}; arrives
     at the barrier once h_{t+1} is stored, then stores what only backward reads."""
     active = rows < n
     cols = j0 + tl.arange(0, S)
     ok2 = (rows < B)[:, None] & (cols < H)[None, :]
     step = t.to(tl.int64) * B * H
-    b_full = cm.full_h(b_h, p_h, t, rows, B, H, K1, K2, SINGLE, DOT)
     # W_hh h for all gates of the slice: (BB, S, 4), gate 3 is zero padding
-    b_a = tl.reshape(cm.kdot(b_full, b_w, NK, K2, PREC, ACC), (rows.shape[0], S, 4))
+    b_hw = cm.h_dot_w(b_h, b_w, p_h, t, rows, B, H, K1, K2, SINGLE, NK, RB, PREC, ACC, DOT)
+    b_a = tl.reshape(b_hw, (rows.shape[0], S, 4))
     b_pre = b_a + b_gx   # r and z pre-activations (gates 0, 1)
     r, z = cm.sigmoid(cm.gate(b_pre, 0), DOT), cm.sigmoid(cm.gate(b_pre, 1), DOT)
     hn = cm.gate(b_a, 2) + b_bhn[None, :]
@@ -59,8 +59,8 @@ def _fwd_step(t, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_bar, rows, j0, 
 
 @triton.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
 def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_w, p_bhn, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, tile0,
-                BB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
-                SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
+                BB: tl.constexpr, RB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr,
+                P: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
     if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
@@ -82,7 +82,7 @@ def _fwd_kernel(p_gx, p_gates, p_hn, p_h, p_w, p_bhn, p_sizes, p_bar, p_doff, t_
     n, b_gx = _fwd_stream(t_start, t_start >= 0, p_gx, p_sizes, rows, j0, B, H, S, ACC)
     for i in range(n_steps):
         b_h = _fwd_step(t_start + i, n, b_gx, b_h, b_w, b_bhn, p_gates, p_hn, p_h, p_bar,
-                        rows, j0, B, H, K1, K2, S, SINGLE, SYNC, NK, ACC, DOT, PREC)
+                        rows, j0, B, H, K1, K2, S, SINGLE, SYNC, NK, RB, ACC, DOT, PREC)
         n, b_gx = _fwd_stream(t_start + i + 1, i + 1 < n_steps, p_gx, p_sizes, rows, j0, B, H, S, ACC)
         if SYNC:
             cm.wait(p_bar, (i + 1) * P)
@@ -123,8 +123,8 @@ def _bwd_point(t, b_dh, p_dy, p_gates, p_hn, p_h, p_dgh, p_dnew, p_sizes, rows, 
 @triton.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
 def _bwd_kernel(p_dy, p_gates, p_hn, p_h, p_dgh, p_dnew, p_dh, p_w, p_ws, p_sizes, p_bar, p_doff,
                 T, t_start, n_steps, B, H, tile0,
-                BB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
-                SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr,
+                BB: tl.constexpr, RB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr,
+                P: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Iterations t = t_start, t_start-1, ...: carry in dh_t = dgh_{t+1} W_hh (summed shares) +
     dh_{t+1} z_{t+1} (t+1 < T), then step t (t >= 0) and its share of dgh_t W_hh
@@ -171,7 +171,7 @@ def _bwd_kernel(p_dy, p_gates, p_hn, p_h, p_dgh, p_dnew, p_dh, p_w, p_ws, p_size
             # (BB, S, 4) -> (BB, S*4): column s*4 + g, the W tile's column order
             b_d2 = tl.reshape(b_d, (BB, S * 4))
             b_op = cm.pin(b_d2).to(DOT)
-            b_prod = cm.share_dh(p_ws, b_op, b_w, t, pid_s, rows, B, H, P, S, K2, SINGLE, PREC, ACC)
+            b_prod = cm.share_dh(p_ws, b_op, b_w, t, pid_s, rows, B, H, P, S, K2, SINGLE, RB, PREC, ACC)
         if SYNC:
             cm.grid_barrier(p_bar + tile0 + pid_b, (i + 1) * P)
     tl.store(p_dh + off2, b_dh, mask=ok2)

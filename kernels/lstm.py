@@ -38,15 +38,15 @@ def _fwd_stream(t, ok, p_gx, p_sizes, rows, j0, B, H, S: tl.constexpr, ACC: tl.c
 @triton.jit
 def _fwd_step(t, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_bar, rows, j0, B, H,
               K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr,
-              NK: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+              NK: tl.constexpr, RB: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Step t for one (batch tile, hidden slice): (h_t, c_t) of the slice -> (h_{t+1}, c_{t+1}); arrives at
     the barrier once h_{t+1} is stored, then stores what only backward reads."""
     active = rows < n
     cols = j0 + tl.arange(0, S)
     ok2 = (rows < B)[:, None] & (cols < H)[None, :]
     step = t.to(tl.int64) * B * H
-    b_full = cm.full_h(b_h, p_h, t, rows, B, H, K1, K2, SINGLE, DOT)
-    b_a = tl.reshape(cm.kdot(b_full, b_w, NK, K2, PREC, ACC), (rows.shape[0], S, 4)) + b_gx
+    b_hw = cm.h_dot_w(b_h, b_w, p_h, t, rows, B, H, K1, K2, SINGLE, NK, RB, PREC, ACC, DOT)
+    b_a = tl.reshape(b_hw, (rows.shape[0], S, 4)) + b_gx
     # sigmoid(a) = 0.5 tanh(0.5 a) + 0.5 and tanh(a) = 1 tanh(1 a) + 0: one transcendental for all gates
     is_g = tl.arange(0, 4)[None, None, :] == 2
     scale = tl.where(is_g, 1.0, 0.5)
@@ -67,8 +67,8 @@ def _fwd_step(t, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_bar, rows, j
 
 @triton.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
 def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, tile0,
-                BB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
-                SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
+                BB: tl.constexpr, RB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr,
+                P: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr, NK: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
     if DIRS > 1:   # both directions of a layer in this launch (cm.direction_plan)
@@ -91,7 +91,7 @@ def _fwd_kernel(p_gx, p_gates, p_h, p_c, p_tc, p_w, p_sizes, p_bar, p_doff, t_st
     n, b_gx = _fwd_stream(t_start, t_start >= 0, p_gx, p_sizes, rows, j0, B, H, S, ACC)
     for i in range(n_steps):
         b_h, b_c = _fwd_step(t_start + i, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_bar,
-                             rows, j0, B, H, K1, K2, S, SINGLE, SYNC, NK, ACC, DOT, PREC)
+                             rows, j0, B, H, K1, K2, S, SINGLE, SYNC, NK, RB, ACC, DOT, PREC)
         n, b_gx = _fwd_stream(t_start + i + 1, i + 1 < n_steps, p_gx, p_sizes, rows, j0, B, H, S, ACC)
         if SYNC:
             cm.wait(p_bar, (i + 1) * P)
@@ -131,8 +131,8 @@ def _coef(a, c_prev, tc):
 @triton.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
 def _bwd_kernel(p_dy, p_gates, p_c, p_tc, p_dgates, p_dh, p_dc, p_w, p_ws, p_sizes, p_bar, p_doff,
                 T, t_start, n_steps, B, H, tile0,
-                BB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
-                SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr,
+                BB: tl.constexpr, RB: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S: tl.constexpr,
+                P: tl.constexpr, SINGLE: tl.constexpr, SYNC: tl.constexpr, DIRS: tl.constexpr,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """Iterations t = t_start, t_start-1, ...: carry in dh_t from step t+1's shares (t+1 < T), then step t
     (t >= 0) and its share of dh_{t-1} = dgates_t W_hh (see elman._bwd_kernel; T+1 iterations in all).
@@ -176,7 +176,7 @@ def _bwd_kernel(p_dy, p_gates, p_c, p_tc, p_dgates, p_dh, p_dc, p_w, p_ws, p_siz
             # (BB, S, 4) -> (BB, S*4): column s*4 + g, the W tile's column order
             b_d = b_d.to(p_dgates.dtype.element_ty)   # rounded once: what is stored is what the dot reads
             b_op = cm.pin(tl.reshape(b_d, (BB, S * 4))).to(DOT)
-            b_prod = cm.share_dh(p_ws, b_op, b_w, t, pid_s, rows, B, H, P, S, K2, SINGLE, PREC, ACC)
+            b_prod = cm.share_dh(p_ws, b_op, b_w, t, pid_s, rows, B, H, P, S, K2, SINGLE, RB, PREC, ACC)
             if SYNC:
                 cm.arrive(p_bar)
             p_d3, m3 = cm.gate_tile(p_dgates + 4 * t.to(tl.int64) * B * H, rows, rows < n, H, j0, S, 4, 4)

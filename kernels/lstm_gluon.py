@@ -27,7 +27,7 @@ def _gluon_tiles(rows0, j0, B, H, BB: gl.constexpr, S: gl.constexpr, L3: gl.cons
 
 @gluon.jit(do_not_specialize=["t_start", "n_steps", "tile0"])
 def _fwd_gluon(p_gx, p_gates, p_h, p_c, p_tc, p_w, p_sizes, p_bar, p_doff, t_start, n_steps, B, H, tile0,
-               BB: gl.constexpr, K1: gl.constexpr, K2: gl.constexpr, S: gl.constexpr, P: gl.constexpr,
+               BB: gl.constexpr, RB: gl.constexpr, K1: gl.constexpr, K2: gl.constexpr, S: gl.constexpr, P: gl.constexpr,
                SINGLE: gl.constexpr, SYNC: gl.constexpr, DIRS: gl.constexpr, NK: gl.constexpr,
                ACC: gl.constexpr, DOT: gl.constexpr, PREC: gl.constexpr):
     """_fwd_kernel (split/stepwise): h_t from the states straight into the MMA's A operand, the NK
@@ -101,7 +101,7 @@ def _fwd_gluon(p_gx, p_gates, p_h, p_c, p_tc, p_w, p_sizes, p_bar, p_doff, t_sta
 @gluon.jit(do_not_specialize=["T", "t_start", "n_steps", "tile0"])
 def _bwd_gluon(p_dy, p_gates, p_c, p_tc, p_dgates, p_dh, p_dc, p_w, p_ws, p_sizes, p_bar, p_doff,
                T, t_start, n_steps, B, H, tile0,
-               BB: gl.constexpr, K1: gl.constexpr, K2: gl.constexpr, S: gl.constexpr, P: gl.constexpr,
+               BB: gl.constexpr, RB: gl.constexpr, K1: gl.constexpr, K2: gl.constexpr, S: gl.constexpr, P: gl.constexpr,
                SINGLE: gl.constexpr, SYNC: gl.constexpr, DIRS: gl.constexpr,
                ACC: gl.constexpr, DOT: gl.constexpr, PREC: gl.constexpr):
     """_bwd_kernel (split/stepwise): the gate gradients through shared memory into the MMA's A operand

@@ -102,6 +102,7 @@ def compile_one(job):
     name, fn, signature, constexprs = importlib.import_module(mod_name).compile_targets(hidden, dtype, arch)[index]
     consts = dict(constexprs)
     config = " ".join([f"{k}={v}" for k, v in consts.items() if k in ("BB", "S", "P", "NK")]
+                      + ([f"RB={consts['RB']}"] if consts.get("RB", consts.get("BB")) != consts.get("BB") else [])
                       + ([f"K={consts['K1']}+{consts['K2']}"] if consts.get("K2") else [])
                       + [f"{k.replace('num_', '')}={consts[k]}" for k in ("num_warps", "maxnreg") if k in consts]
                       + (["cooperative"] if consts.get("launch_cooperative_grid") else []))

@@ -301,9 +301,11 @@ def check_list(engine_backend):
     out.append(("launches independent of T", launch_counts))
     for dt in ("bfloat16", "float32"):
         out.append((f"lstm {dt} T=64 B=16 H=768", lambda d=dt: parity("lstm", d, 64, 16, 768, engine_backend)))
-    for dt in ("bfloat16", "float32"):
-        out.append((f"lstm {dt} T=64 B=64 H=768, 32-row tiles (common.device_tiles)",
+    for dt in ("bfloat16", "float32"):   # bf16: 2 x 48 programs of 32 rows; fp32: 96 of 64 rows in 32-row dots
+        out.append((f"lstm {dt} T=64 B=64 H=768, one launch (common.device_tiles)",
                     lambda d=dt: parity("lstm", d, 64, 64, 768, engine_backend)))
+    out.append(("gru float32 T=64 B=64 H=1024, 64 rows in 16-row dots, one launch",
+                lambda: parity("gru", "float32", 64, 64, 1024, engine_backend)))
     out.append(("lstm bfloat16 T=64 B=64 H=1024, 32 rows x 16 units, one launch",
                 lambda: parity("lstm", "bfloat16", 64, 64, 1024, engine_backend)))
     out += gluon_checks(engine_backend)

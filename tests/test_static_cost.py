@@ -69,6 +69,14 @@ def test_barrier_spin_counts_one_poll_and_no_bytes():
     assert cost["instr"] == 4 * (9 + 2)
 
 
+def test_row_block_loop_runs_once_per_block():
+    """The loop over a wide fp32 tile's row blocks (Config.rb) runs BB / RB times a step."""
+    cost = static_cost.time_loop_cost(_listing(_line_in(cm.kdot), _line_in(cm.h_dot_w, "out3 = tl.where")),
+                                      warps=4, P=2, blocks=4)
+    assert cost["load"] == 4 * 32 * 2 + 4 * 4 * 32 * 8   # the body's load, and the nested one 4 times
+    assert cost["instr"] == 4 * (9 + 4 * 2)
+
+
 def test_a_nested_loop_of_unknown_trip_count_is_an_error():
     with pytest.raises(ValueError, match="unknown trip count"):
         static_cost.time_loop_cost(_listing(_line_in(cm.kdot), _line_in(cm.kdot)), warps=4, P=2)

@@ -86,18 +86,21 @@ def test_32_row_tiles_make_the_batch_one_launch(B, tile, P, launches, monkeypatc
     assert len(cfg.groups(B)) == launches
 
 
-@pytest.mark.parametrize("GP, H, B, tile, launches", [(4, 768, 64, (32, 8), 2), (1, 1024, 64, (32, 16), 1),
-                                                   (4, 768, 16, (16, 8), 1), (4, 1024, 64, (16, 8), 4),
-                                                   (4, 512, 128, (16, 8), 4)])
-def test_fp32_takes_32_row_tiles_where_they_fit(GP, H, B, tile, launches, monkeypatch):
-    """fp32 (FMA dots) on 132 SMs: 32 rows with the same slices (fp32_wide_rows_fit) halve the launches of
-    LSTM/GRU H=768 at B=64 (4 -> 2) and make Elman H=1024's one; not at LSTM H=1024 (the forward's W and
-    staging exceed the shared memory) nor at H=512 (its 16-warp backward spilled)."""
+@pytest.mark.parametrize("GP, H, B, tile, launches, blocks", [
+    (4, 768, 64, (64, 8), 1, (32, 16)), (4, 1024, 64, (64, 8), 1, (16, 16)), (4, 1024, 32, (32, 8), 1, (16, 16)),
+    (4, 768, 32, (32, 8), 1, (32, 32)), (1, 1024, 64, (32, 16), 1, (32, 16)), (1, 1024, 128, (64, 16), 1, (32, 16)),
+    (4, 768, 16, (16, 8), 1, (16, 16)), (4, 512, 64, (32, 8), 1, (32, 16)), (4, 512, 128, (64, 8), 1, (32, 16))])
+def test_fp32_takes_wide_tiles_where_their_dots_fit(GP, H, B, tile, launches, blocks, monkeypatch):
+    """fp32 (FMA dots) on 132 SMs: 32 and 64 rows with the same slices (fp32_wide_tiles) make LSTM/GRU H=512-1024
+    at B=64 one launch (before: 2, 2 and 4 at H=512, 768, 1024; H=512 at B=128: 4), the dots in blocks
+    (forward, backward rows per dot: Config.rb) where a whole tile's operand would not fit, and in the
+    backward's 16 warps at H=512 (one 32-row dot spilled there)."""
     monkeypatch.setattr(cm, "interpreting", lambda: False)
     monkeypatch.setattr(cm, "device_limits", lambda device: (132, cm.SHARED_BYTES[90]))
-    for direction in ("fwd", "bwd"):
+    for direction, block in zip(("fwd", "bwd"), blocks):
         cfg = cm.choose_config(H, B, GP, 4, SimpleNamespace(type="cuda"), direction)
-        assert (cfg.mode, (cfg.BB, cfg.S), len(cfg.groups(B))) == ("split", tile, launches)
+        assert (cfg.mode, (cfg.BB, cfg.S), len(cfg.groups(B)), cfg.rb or cfg.BB) == ("split", tile, launches, block)
+    assert all(c.BB == 16 for c in cm.device_tiles(256, GP, 4, "fwd", 132, cm.SHARED_BYTES[90]))   # not measured
     monkeypatch.setenv("GPURNN_FP32_PRECISION", "tf32")   # tensor cores: another layout, not measured
     assert all(c.BB == 16 for c in cm.device_tiles(H, GP, 4, "fwd", 132, cm.SHARED_BYTES[90]))
 
@@ -110,7 +113,7 @@ def test_32_row_tiles_leave_stepwise_and_small_grids_alone(monkeypatch):
     # and no 32 rows (32 x 64 units x 4 gates is over WIDE_TILE_OUTPUTS; it spilled 2.7 KB)
     assert [(c.BB, c.P) for c in cm.device_tiles(96, 4, 2, "bwd", 132, cm.SHARED_BYTES[90])] == [(16, 2)]
     monkeypatch.setenv("GPURNN_BATCH_ROWS", "48")
-    with pytest.raises(ValueError, match="GPURNN_BATCH_ROWS: expected 16 or 32, got '48'"):
+    with pytest.raises(ValueError, match="GPURNN_BATCH_ROWS: expected one of 16, 32, 32/16, 64/16, 64/32, got '48'"):
         cm.tile_config(64, 16, 4, 2)
 
 
@@ -128,6 +131,23 @@ def test_32_row_tiles_match_engine(cell, hidden, monkeypatch, nan_empty):
     got = run(case, "triton", batch_sizes=sizes, reverse=True)
     assert_all_close(got, run(case, "numpy", batch_sizes=sizes, reverse=True), **TOL[np.float32])
     assert cm.tile_config(40, B, 4, 4).BB == 32
+
+
+@pytest.mark.parametrize("cell", ["elman", "lstm", "gru"])
+@pytest.mark.parametrize("rows", ["64/16", "32/16"])
+def test_row_blocks_match_engine(cell, rows, monkeypatch, nan_empty):
+    """Tiles whose dots run in blocks of rows (Config.rb; fp32 64-row tiles on a GPU): B=35 as one tile with
+    a short and an empty block (64/16) or two tiles (32/16), packed and reversed, split in slices of 16
+    with a K tail (H=40 = 32 + 16)."""
+    monkeypatch.setenv("GPURNN_BATCH_ROWS", rows)
+    monkeypatch.setenv("GPURNN_SLICE", "16")
+    T, B = 4, 35
+    case = make_case(cell, T, B, 40, seed=11)
+    sizes = packed_sizes(T, B)
+    got = run(case, "triton", batch_sizes=sizes, reverse=True)
+    assert_all_close(got, run(case, "numpy", batch_sizes=sizes, reverse=True), **TOL[np.float32])
+    cfg = cm.tile_config(40, B, 4, 4)
+    assert (cfg.BB, cfg.rb) == tuple(map(int, rows.split("/")))
 
 
 @pytest.mark.parametrize("arch", [80, 90])
