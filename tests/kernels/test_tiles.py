@@ -105,6 +105,18 @@ def test_fp32_takes_wide_tiles_where_their_dots_fit(GP, H, B, tile, launches, bl
     assert all(c.BB == 16 for c in cm.device_tiles(H, GP, 4, "fwd", 132, cm.SHARED_BYTES[90]))
 
 
+@pytest.mark.parametrize("elem_bytes", [2, 4])
+def test_every_layer_up_to_h1024_and_b64_is_one_launch_on_an_h100(elem_bytes):
+    """The issue's bar: LSTM, GRU and Elman, bf16 or fp32, H <= 1024 and B <= 64, on 132 SMs with sm_90's shared
+    memory: one persistent launch per layer and direction, never one per step."""
+    for GP in (1, 4):
+        for H in [*range(8, 1025, 8), 100, 300]:
+            for B in (1, 17, 32, 48, 64):
+                for direction in ("fwd", "bwd"):
+                    cfg = cm.place(cm.device_tile(H, B, GP, elem_bytes, direction, 132, cm.SHARED_BYTES[90]), B, 132)
+                    assert cfg.mode != "stepwise" and len(cfg.groups(B)) == 1, (GP, H, B, direction, cfg)
+
+
 def test_32_row_tiles_leave_stepwise_and_small_grids_alone(monkeypatch):
     stepwise = _config_on_gpu(monkeypatch, 768, 64, 40)              # P = 48 > 40 SMs: a launch per step
     assert (stepwise.mode, stepwise.BB) == ("stepwise", 16)
