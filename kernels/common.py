@@ -31,7 +31,8 @@ recompiles), so one kernel serves three modes (`Config.mode`):
             barrier after each step (`publish`/`arrive`, then `wait`).  GPU only (all programs must
             be resident: grid <= SM count; a spin would hang the interpreter).
             Where 16-row tiles x P exceed the SMs, tiles take 32 rows (and
-            wider slices) if that brings the grid within them (`device_tiles`);
+            wider slices; fp32 also 64 rows, its dots in blocks of rows) if
+            that brings the grid within them (`device_tiles`);
             a grid still larger runs in groups of batch tiles, one launch each
             (`Config.groups`; the kernels take the group's first tile, tile0).
   "stepwise" P > 1, one launch per step (n_steps=1): the same kernel and
@@ -728,8 +729,8 @@ def choose_config(H, B, GP, elem_bytes, device, direction="fwd", budget=None):
 
 def device_tile(H, B, GP, elem_bytes, direction, sms, shared_bytes):
     """tile_config for a GPU with `sms` SMs and `shared_bytes` of shared memory per block, for B rows:
-    of `device_tiles` (16 rows, then 32 with the same slices, then 32 with slices twice as wide) the
-    first with the fewest launches one after the other (`place`'s groups of batch tiles)."""
+    of `device_tiles` (16 rows, then 32 with the same slices, then 32 with slices twice as wide or, in fp32,
+    64 rows) the first with the fewest launches one after the other (`place`'s groups of batch tiles)."""
     def launches(cfg):
         return triton.cdiv(triton.cdiv(B, cfg.BB), max(1, sms // cfg.P))
 
@@ -791,9 +792,10 @@ def fp32_wide_tiles(cfg, GP, direction, shared_bytes):
       (HP > 512, warps_for) and the share is within FP32_SHARE_BYTES, else in blocks of 16 (one 32-row
       dot at 16 warps' 128 registers spilled 0.4-1.4 KB at H=256-512); 64 rows in blocks of 16 (of 32:
       64 B spilled at H=768).
-    ptxas (sm_90, LSTM/GRU/Elman at H=512, 768 and 1024): no spills, except 56 B in the GRU forward with
-    32 rows at H=768 (as before) and 16 B in the Elman backward with 64 at H=1024. On an H100 LSTM/GRU
-    H=512-1024 at B=64 then run one launch (before: 2 at H=512 and 768, 4 at H=1024)."""
+    ptxas (sm_90, LSTM/GRU/Elman at H=512, 768 and 1024): no spills, except 56 B in the GRU forward and 8 B
+    in the LSTM's stepwise forward with 32 rows at H=768 (as before), and 16 B in the Elman backward with 64
+    at H=1024; at H=300 (HP=512) 8-132 B. On an H100 every LSTM/GRU/Elman layer with H <= 1024 and B <= 64
+    then runs one launch (before: fp32 LSTM/GRU at B=64 took 2 at H=272-768, 4 at H=1024)."""
     if cfg.HP < 512:
         return []
     w_tile = (cfg.k1 + cfg.k2) * GP * cfg.S * 4

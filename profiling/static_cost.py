@@ -167,7 +167,7 @@ def time_loop_cost(sass, warps, P, blocks=1):
             continue
         names = {function_at(i[3]) for i in body if lo <= i[0] <= hi} - {None}
         trip = (P if "sum_partials" in names else 1 if names & SYNC else
-                blocks if names & {"h_dot_w", "share_dh", "row_block"} else None)
+                blocks if blocks > 1 and names & {"h_dot_w", "share_dh", "row_block"} else None)
         if trip is None:
             raise ValueError(f"nested loop at {lo:#x}-{hi:#x} in {sorted(names)}: unknown trip count")
         trips[(lo, hi)] = trip

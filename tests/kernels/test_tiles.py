@@ -149,17 +149,18 @@ def test_32_row_tiles_match_engine(cell, hidden, monkeypatch, nan_empty):
 @pytest.mark.parametrize("rows", ["64/16", "32/16"])
 def test_row_blocks_match_engine(cell, rows, monkeypatch, nan_empty):
     """Tiles whose dots run in blocks of rows (Config.rb; fp32 64-row tiles on a GPU): B=35 as one tile with
-    a short and an empty block (64/16) or two tiles (32/16), packed and reversed, split in slices of 16
-    with a K tail (H=40 = 32 + 16)."""
+    a short and an empty block (64/16) or two tiles (32/16), packed and reversed, split in slices of 32
+    with a K tail in both directions (H=96 = 64 + 32)."""
     monkeypatch.setenv("GPURNN_BATCH_ROWS", rows)
-    monkeypatch.setenv("GPURNN_SLICE", "16")
+    monkeypatch.setenv("GPURNN_SLICE", "32")
     T, B = 4, 35
-    case = make_case(cell, T, B, 40, seed=11)
+    case = make_case(cell, T, B, 96, seed=11)
     sizes = packed_sizes(T, B)
     got = run(case, "triton", batch_sizes=sizes, reverse=True)
     assert_all_close(got, run(case, "numpy", batch_sizes=sizes, reverse=True), **TOL[np.float32])
-    cfg = cm.tile_config(40, B, 4, 4)
-    assert (cfg.BB, cfg.rb) == tuple(map(int, rows.split("/")))
+    for direction in ("fwd", "bwd"):
+        cfg = cm.tile_config(96, B, 4, 4, direction)
+        assert (cfg.BB, cfg.rb, cfg.k2 > 0) == (*map(int, rows.split("/")), True)
 
 
 @pytest.mark.parametrize("arch", [80, 90])
