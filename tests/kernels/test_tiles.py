@@ -146,11 +146,11 @@ def test_32_row_tiles_match_engine(cell, hidden, monkeypatch, nan_empty):
 
 
 @pytest.mark.parametrize("cell", ["elman", "lstm", "gru"])
-@pytest.mark.parametrize("rows", ["64/16", "32/16"])
+@pytest.mark.parametrize("rows", ["64/16", "64/32", "32/16"])
 def test_row_blocks_match_engine(cell, rows, monkeypatch, nan_empty):
     """Tiles whose dots run in blocks of rows (Config.rb; fp32 64-row tiles on a GPU): B=35 as one tile with
-    a short and an empty block (64/16) or two tiles (32/16), packed and reversed, split in slices of 32
-    with a K tail in both directions (H=96 = 64 + 32)."""
+    a short and an empty block (64/16; 64/32: a short one), or two tiles (32/16), packed and reversed,
+    split in slices of 32 with a K tail in both directions (H=96 = 64 + 32)."""
     monkeypatch.setenv("GPURNN_BATCH_ROWS", rows)
     monkeypatch.setenv("GPURNN_SLICE", "32")
     T, B = 4, 35
