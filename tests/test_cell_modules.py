@@ -1,4 +1,5 @@
 """gpurnn.nn.RNNCell/LSTMCell/GRUCell against torch.nn's: outputs, gradients, state_dict, errors."""
+import inspect
 import subprocess
 import sys
 
@@ -84,6 +85,24 @@ def test_same_error_as_torch(kind, case):
             m(*ERRORS[case](kind))
         errors.append((type(info.value), str(info.value)))
     assert errors[1] == errors[0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_constructor_signature_is_torchs(kind):
+    """torch.nn's parameters, in order, plus `backend`: torch.nn.utils.skip_init (which needs `device`) makes
+    the same uninitialised module as for torch.nn's cell."""
+    ours, theirs = getattr(gnn, kind), getattr(torch.nn, kind)
+    params = inspect.signature(ours).parameters
+    assert list(params)[:-1] == list(inspect.signature(theirs).parameters) and list(params)[-1] == "backend"
+    defaults = [p.default for p in inspect.signature(theirs).parameters.values()]
+    assert [p.default for p in params.values()][:-1] == defaults
+    made = torch.nn.utils.skip_init(ours, 3, 5, backend="numpy")
+    ref = torch.nn.utils.skip_init(theirs, 3, 5)
+    assert type(made) is ours and made.backend == "numpy"
+
+    def described(m):
+        return [(n, p.shape, p.dtype, p.device) for n, p in m.named_parameters()]
+    assert described(made) == described(ref)
 
 
 @pytest.mark.parametrize("kind", KINDS)

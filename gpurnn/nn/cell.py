@@ -113,10 +113,17 @@ class _CellForward:
             raise RuntimeValueError(f"Tensor on device {x.device} is not on the expected device {odd}!")
 
 
+# The cells spell out torch.nn's constructor signatures (plus `backend`), which tools read:
+# torch.nn.utils.skip_init needs a `device` parameter, configuration tools name the arguments.
+
 class RNNCell(_CellForward, torch.nn.RNNCell):
     """torch.nn.RNNCell on the gpurnn engine; extra argument `backend`."""
 
     _cell = "elman"
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None, *,
+                 backend="auto"):
+        super().__init__(input_size, hidden_size, bias, nonlinearity, device, dtype, backend=backend)
 
 
 class LSTMCell(_CellForward, torch.nn.LSTMCell):
@@ -124,8 +131,14 @@ class LSTMCell(_CellForward, torch.nn.LSTMCell):
 
     _cell = "lstm"
 
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, backend="auto"):
+        super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend)
+
 
 class GRUCell(_CellForward, torch.nn.GRUCell):
     """torch.nn.GRUCell on the gpurnn engine; extra argument `backend`."""
 
     _cell = "gru"
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, backend="auto"):
+        super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend)
