@@ -11,6 +11,7 @@ h_t flows through the state into later steps.)
 spectral radii of W_hh and for LSTM and GRU, and prints the fitted rate per step.
 """
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -55,6 +56,8 @@ def gradient_flow(model, x, state=None, loss_fn=None):
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         raise ValueError(f"x: expected a 3-D tensor (T, B, I), got {getattr(x, 'shape', type(x).__name__)}")
     time_dim = 1 if getattr(model, "batch_first", False) else 0
+    if x.shape[time_dim] == 0:
+        raise ValueError(f"x: expected at least one step, got shape {tuple(x.shape)}")
     loss_fn = loss_fn or _default_loss
     hidden = []
     for t in range(x.shape[time_dim]):
@@ -155,10 +158,16 @@ def run(args):
 
     from . import backends
 
-    check_choice("backend", args.backend, backends.CHOICES)
+    try:
+        check_choice("backend", args.backend, backends.CHOICES)
+    except ValueError as e:
+        raise SystemExit(f"--{e}") from None
     for name in ("steps", "hidden", "inputs", "batch"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name}: expected an integer >= 1, got {getattr(args, name)}")
+    folder = Path(args.out).resolve().parent
+    if not folder.is_dir():   # checked first: the plot is written after all the computation
+        raise SystemExit(f"--out: expected a file in an existing folder, got {args.out!r} (no folder {folder})")
     gen = torch.Generator().manual_seed(args.seed + 1)
     x = torch.randn(args.steps, args.batch, args.inputs, generator=gen)
     curves, rates = {}, {}

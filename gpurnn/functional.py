@@ -10,7 +10,7 @@ x: (T, B, I) in time-major order. Weights follow torch's names and shapes
 import numpy as np
 
 from . import backends, cells, engine
-from .arrays import array_scope, get_xp
+from .arrays import array_scope, get_xp, is_tensor
 from .checks import check_choice, check_floating, check_rank, check_same_dtype, check_shape, check_steps
 from .cells import NONLINEARITIES, OUTPUT_ACTIVATIONS
 
@@ -41,9 +41,9 @@ def _check_same_xp(name, a, xp):
 
 
 def _check_batch_sizes(batch_sizes, T, B):
-    kind = np.asarray(batch_sizes).dtype.kind if not hasattr(batch_sizes, "get") else "O"   # a CuPy array
-    if kind not in "iu":
-        raise TypeError(f"batch_sizes: expected a sequence of integers, got {batch_sizes!r}")
+    sizes = np.asarray(batch_sizes) if not hasattr(batch_sizes, "get") else None   # None: a CuPy array
+    if sizes is None or sizes.dtype.kind not in "iu" or sizes.ndim != 1:
+        raise TypeError(f"batch_sizes: expected a 1-D sequence of integers, got {batch_sizes!r}")
     sizes = [int(n) for n in batch_sizes]
     if len(sizes) != T or (T and (sizes[0] != B or sizes[-1] < 1 or
                                   any(b > a for a, b in zip(sizes, sizes[1:])))):
@@ -64,6 +64,8 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     """
     check_choice("cell", cell, tuple(CELLS))
     cell = CELLS[cell]
+    if is_tensor(x):   # get_xp takes tensors for the torch front end's fused path, not for this API
+        raise TypeError("x: expected a NumPy or CuPy array, got Tensor (gpurnn.nn's modules take tensors)")
     try:
         xp = get_xp(x)
     except TypeError:

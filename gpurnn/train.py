@@ -314,19 +314,35 @@ def _positive(value):
     return n
 
 
+def _non_negative(value):
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return n
+
+
+def _positive_float(value):
+    """A float > 0 (inf allowed): a clip norm of 0 zeroes every gradient, a negative one flips their sign."""
+    x = float(value)
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 (inf: no clipping), got {value}")
+    return x
+
+
 def add_arguments(parser):
     parser.add_argument("--tasks", type=_csv("tasks", TASKS), default=list(TASKS),
                         help="generated tasks to run (default: year,recall)")
     parser.add_argument("--cells", type=_csv("cells", tuple(CELLS)), default=None,
                         help="cells to compare (default: elman,lstm,gru; with --text: lstm)")
     parser.add_argument("--text", metavar="FILE", help="train a character language model on this text file instead")
-    parser.add_argument("--sample", type=int, default=0, metavar="N", help="with --text: print N generated characters")
+    parser.add_argument("--sample", type=_non_negative, default=0, metavar="N",
+                        help="with --text: print N generated characters")
     parser.add_argument("--hidden", type=_positive, default=64)
     parser.add_argument("--batch", type=_positive, default=32)
     parser.add_argument("--steps", type=_positive, default=None,
                         help=f"training steps per task and cell (default: {DEFAULT_STEPS})")
-    parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--clip", type=float, default=5.0, help="max global gradient norm")
+    parser.add_argument("--lr", type=_positive_float, default=1e-2)
+    parser.add_argument("--clip", type=_positive_float, default=5.0, help="max global gradient norm (inf: none)")
     parser.add_argument("--lag", type=_positive, default=50, help="recall task: steps between symbol and query")
     parser.add_argument("--bptt", type=_positive, default=100, help="--text: truncated BPTT chunk length")
     parser.add_argument("--eval-batch", type=_positive, default=1000)
@@ -338,6 +354,18 @@ def add_arguments(parser):
     parser.add_argument("--out", default="checkpoints", help="checkpoint folder ('' to save none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _char_text(args, world):
+    """The --text file as a CharText, checked up front: long enough, and for --batch streams in each of the
+    `world` processes' parts."""
+    text = Path(args.text).read_text(encoding="utf-8", errors="replace")
+    try:
+        chars = CharText(text)
+        CharText.streams(chars.train_ids[:len(chars.train_ids) // world], args.batch)
+    except ValueError as e:
+        raise SystemExit(f"--text {args.text!r}: {e}".replace(": batch:", ": --batch:")) from None
+    return chars
 
 
 def run(args):
@@ -356,7 +384,7 @@ def run(args):
     cells = args.cells or (["lstm"] if args.text else list(CELLS))
     rows = []
     if args.text:
-        text = CharText(Path(args.text).read_text(encoding="utf-8", errors="replace"))
+        text = _char_text(args, world)
         rows = [train_text(text, cell, args, device, rank, world) for cell in cells]
     else:
         for name in args.tasks:

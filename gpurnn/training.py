@@ -8,6 +8,7 @@
 - clipping by global norm with torch's convention (`clip_grad_norm_`).
 """
 import functools
+import numbers
 from collections import namedtuple
 
 import numpy as np
@@ -24,6 +25,9 @@ _LOGITS_PER_CHUNK = 1 << 22   # the xp path holds at most this many logits at a 
 
 def _check_loss_args(xp, h, weight, bias, targets, reduction):
     check_choice("reduction", reduction, REDUCTIONS)
+    for name, a in (("weight", weight), ("bias", bias), ("targets", targets)):
+        if not (hasattr(a, "dtype") and hasattr(a, "shape")) and (a is not None or name != "bias"):
+            raise TypeError(f"{name}: expected an array like h ({type(h).__name__}), got {type(a).__name__}")
     check_floating("h", h.dtype, xp.issubdtype(h.dtype, xp.floating))
     if h.ndim < 2:
         raise ValueError(f"h: expected shape (..., H) with at least 2 dims, got shape {tuple(h.shape)}")
@@ -133,7 +137,10 @@ def _torch_function():
     import torch
 
     class SequenceLoss(torch.autograd.Function):
-        """(h, weight, bias) -> loss; targets and options ride in `spec`."""
+        """(h, weight, bias) -> loss; targets and options ride in `spec`. What backward reads is saved with
+        save_for_backward, so torch frees it after backward unless the graph is retained, as for its own ops.
+        Once differentiable: a gradient taken with create_graph=True cannot be differentiated again (an error,
+        not a gradient silently cut off from the graph)."""
 
         @staticmethod
         def forward(ctx, spec, h, weight, bias):
@@ -142,16 +149,19 @@ def _torch_function():
             if backend == "triton":
                 return _triton_forward(ctx, h, weight, bias, targets, reduction, ignore_index)
             to_xp = lambda t: None if t is None else tensor_to_xp(t)
-            loss, ctx.saved = sequence_loss_forward(to_xp(h), to_xp(weight), to_xp(bias), to_xp(targets),
-                                                    reduction=reduction, ignore_index=ignore_index)
+            loss, saved = sequence_loss_forward(to_xp(h), to_xp(weight), to_xp(bias), to_xp(targets),
+                                                reduction=reduction, ignore_index=ignore_index)
+            arrays, ctx.rest = saved[:-2], saved[-2:]   # (count, reduction) are not arrays
+            ctx.save_for_backward(*(None if a is None else xp_to_tensor(a) for a in arrays))
             return xp_to_tensor(loss)
 
         @staticmethod
+        @torch.autograd.function.once_differentiable
         def backward(ctx, dloss):
             if ctx.spec[3] == "triton":
                 return (None,) + _triton_backward(ctx, dloss)
-            grads = sequence_loss_backward(ctx.saved, tensor_to_xp(dloss))
-            del ctx.saved
+            arrays = tuple(None if t is None else tensor_to_xp(t) for t in ctx.saved_tensors)
+            grads = sequence_loss_backward(arrays + ctx.rest, tensor_to_xp(dloss))
             return (None,) + tuple(None if g is None else xp_to_tensor(g) for g in grads)
 
     return SequenceLoss
@@ -164,7 +174,7 @@ def _triton_forward(ctx, h, weight, bias, targets, reduction, ignore_index):
     y = targets.reshape(-1).long()
     per_row, lse = kernel.forward(h2, weight, bias, y, ignore_index)
     valid = y != ignore_index
-    ctx.kernel_saved = (h2, weight, bias, y, lse, valid)
+    ctx.save_for_backward(h2, weight, bias, y, lse, valid)
     loss = per_row.sum()
     if reduction == "mean":
         loss = loss / valid.sum()
@@ -174,8 +184,7 @@ def _triton_forward(ctx, h, weight, bias, targets, reduction, ignore_index):
 def _triton_backward(ctx, dloss):
     from .kernels import loss as kernel
 
-    h2, weight, bias, y, lse, valid = ctx.kernel_saved
-    del ctx.kernel_saved
+    h2, weight, bias, y, lse, valid = ctx.saved_tensors
     row_grad = valid.to(lse.dtype) * dloss.to(lse.dtype)
     if ctx.spec[1] == "mean":
         row_grad = row_grad / valid.sum()
@@ -195,7 +204,7 @@ def sequence_loss(h, weight, bias, targets, *, reduction="sum", ignore_index=-10
     import torch
 
     for name, t in (("h", h), ("weight", weight), ("bias", bias), ("targets", targets)):
-        if t is not None and not isinstance(t, torch.Tensor):
+        if not isinstance(t, torch.Tensor) and (t is not None or name != "bias"):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if targets.is_floating_point() or targets.is_complex():
         raise TypeError(f"targets: expected an integer dtype, got {targets.dtype}")
@@ -298,8 +307,9 @@ def detach_state(state):
 
 def split_chunks(k, *sequences, dim=0):
     """Yield tuples of k-step slices (the last one may be shorter) of the given sequences."""
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k: expected an integer >= 1, got {k!r}")
+    k = int(k)
     T = sequences[0].shape[dim]
     for s in sequences[1:]:
         if s.shape[dim] != T:

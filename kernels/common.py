@@ -588,7 +588,7 @@ class Config:
         `tiles` tiles at a time (batch tiles are independent, so one group may run all its
         steps before the next starts)."""
         n = triton.cdiv(B, self.BB)
-        per = self.tiles or n
+        per = self.tiles or n or 1   # B=0: no tiles, no launch
         return [((min(per, n - t0), self.P), t0) for t0 in range(0, n, per)]
 
     @property

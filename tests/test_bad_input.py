@@ -159,8 +159,9 @@ def test_functional_errors():
 
 
 @pytest.mark.parametrize("x,words", [([[[0.0] * 4] * 2] * 6, ("x", "array", "list")), (None, ("x", "array", "NoneType")),
-                                     (np.array(1.0), ("x", "3-D", "0-D")), (np.float64(1.0), ("x", "array", "float64"))],
-                         ids=["list", "None", "0-d", "scalar"])
+                                     (np.array(1.0), ("x", "3-D", "0-D")), (np.float64(1.0), ("x", "array", "float64")),
+                                     (torch.zeros(6, 2, 4), ("x", "NumPy or CuPy array", "Tensor"))],
+                         ids=["list", "None", "0-d", "scalar", "tensor"])
 def test_functional_x_that_is_not_an_array(x, words):
     with raises((TypeError, ValueError), *words):
         F.forward("lstm", x, lstm_weights())
@@ -186,8 +187,8 @@ def test_functional_weights_and_gradients_that_are_not_arrays():
         F.backward(tape, None, (None, state[1].astype(np.float32)))
 
 
-@pytest.mark.parametrize("sizes", [[2.0, 2.0, 1.5, 1, 1, 1], "222111", [2, 2, 1, 1, 1, 0]],
-                         ids=["floats", "string", "zero"])
+@pytest.mark.parametrize("sizes", [[2.0, 2.0, 1.5, 1, 1, 1], "222111", [2, 2, 1, 1, 1, 0], [[2, 2, 1, 1, 1, 1]]],
+                         ids=["floats", "string", "zero", "2-d"])
 def test_functional_batch_sizes_of_the_wrong_kind(sizes):
     with raises((TypeError, ValueError), "batch_sizes"):
         F.forward("lstm", np.zeros((6, 2, 4)), lstm_weights(), batch_sizes=sizes)

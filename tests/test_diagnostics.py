@@ -107,3 +107,8 @@ def test_gradflow_command_writes_png_and_prints_rates(tmp_path, capsys):
     rates = [float(row.split(" x")[1].split()[0]) for row in rows]
     # the demo's tanh RNN at radius 0.5 is near-linear: its gradient shrinks at about 0.5 per step
     assert 0.3 < rates[0] < 0.6 and all(0 < r < 10 for r in rates)
+
+
+def test_gradient_flow_needs_a_step():
+    with pytest.raises(ValueError, match=r"x: expected at least one step, got shape \(0, 2, 3\)"):
+        gradient_flow(gnn.GRU(3, 4), torch.zeros(0, 2, 3))

@@ -2,6 +2,7 @@
 reproduce the reported accuracy in plain torch), the progress bar, --text/--sample, and
 the headline claim: LSTM >= 95% on the year task with the default settings."""
 import argparse
+import re
 
 import pytest
 import torch
@@ -107,11 +108,35 @@ def test_text_language_model_samples_and_saves(tmp_path, capsys):
     (["--cells", "lstm,cnn"], "expected a comma-separated subset of elman,lstm,gru, got 'lstm,cnn'"),
     (["--hidden", "0"], "expected an integer >= 1, got 0"),
     (["--backend", "fortran"], "invalid choice: 'fortran'"),
+    (["--clip", "0"], "--clip: expected a number > 0 (inf: no clipping), got 0"),   # 0 zeroes the gradients
+    (["--clip", "-1"], "--clip: expected a number > 0 (inf: no clipping), got -1"),  # < 0 flips them
+    (["--lr", "nan"], "--lr: expected a number > 0 (inf: no clipping), got nan"),
+    (["--sample", "-3"], "--sample: expected an integer >= 0, got -3"),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
         main(["train"] + argv)
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, batch, message", [
+    ("too short", 32, "text: expected at least 100 characters, got 9"),
+    ("a long enough line. " * 10, 500, "--batch: expected at most 94 streams for this text, got 500"),
+])
+def test_text_that_cannot_train_is_named_before_training(tmp_path, text, batch, message):
+    path = tmp_path / "t.txt"
+    path.write_text(text)
+    with pytest.raises(SystemExit, match=re.escape(f"--text {str(path)!r}: {message}")):
+        main(["train", "--text", str(path), "--batch", str(batch)])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backend", "foo"], "--backend: expected one of ('auto', 'numpy', 'cupy', 'triton'), got 'foo'"),
+    (["--out", "/no/such/folder/g.png"], "--out: expected a file in an existing folder, got '/no/such/folder/g.png'"),
+])
+def test_gradflow_names_bad_arguments_before_computing(argv, message):
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        main(["gradflow", "--steps", "3", "--hidden", "4"] + argv)
 
 
 def test_missing_text_file_is_named(tmp_path):

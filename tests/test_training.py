@@ -101,6 +101,24 @@ def test_sequence_loss_bfloat16_runs_in_float32():
     torch.testing.assert_close(got.float(), ref, rtol=1e-2, atol=0)   # bf16 has 8 mantissa bits
 
 
+def test_sequence_loss_backward_follows_torchs_graph_rules():
+    """As for torch's own ops: backward twice with retain_graph adds the gradients again, a second backward
+    without it is torch's error, gradcheck passes; the backward is once differentiable (create_graph)."""
+    h, w, b, y = loss_inputs(3, 2, 4, 6, True, True, torch.float64)
+    loss = sequence_loss(h, w, b, y, backend="numpy")
+    loss.backward(retain_graph=True)
+    first = h.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(h.grad, 2 * first)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        loss.backward()
+    assert torch.autograd.gradcheck(lambda *a: sequence_loss(*a, y, backend="numpy"), (h, w, b))
+    dloss = torch.ones((), dtype=torch.float64, requires_grad=True)
+    grad, = torch.autograd.grad(sequence_loss(h, w, b, y, backend="numpy"), h, dloss, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+
+
 @pytest.mark.parametrize("change, error, words", [
     (dict(y=torch.zeros(4, 2)), TypeError, ["targets", "integer", "float32"]),
     (dict(y=torch.zeros(4, 3, dtype=torch.long)), ValueError, ["targets", "(4, 2)", "(4, 3)"]),
@@ -109,6 +127,7 @@ def test_sequence_loss_bfloat16_runs_in_float32():
     (dict(w=torch.zeros(7, 5, dtype=torch.float64)), TypeError, ["weight", "float32", "float64"]),
     (dict(b=torch.zeros(6)), ValueError, ["bias", "(7,)", "(6,)"]),
     (dict(reduction="max"), ValueError, ["reduction", "'sum'", "'max'"]),
+    (dict(y=None), TypeError, ["targets", "torch.Tensor", "NoneType"]),
 ])
 def test_sequence_loss_rejects_bad_input_naming_it(change, error, words):
     args = dict(h=torch.zeros(4, 2, 5), w=torch.zeros(7, 5), b=torch.zeros(7),
@@ -118,6 +137,15 @@ def test_sequence_loss_rejects_bad_input_naming_it(change, error, words):
         sequence_loss(args["h"], args["w"], args["b"], args["y"], reduction=args["reduction"], backend="numpy")
     for word in words:
         assert word in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["weight", "targets"])
+def test_sequence_loss_forward_names_an_argument_that_is_not_an_array(name):
+    args = dict(h=np.zeros((4, 2, 5), np.float32), weight=np.zeros((7, 5), np.float32), bias=None,
+                targets=np.zeros((4, 2), np.int64))
+    args[name] = args[name].tolist()
+    with pytest.raises(TypeError, match=f"{name}: expected an array like h \\(ndarray\\), got list"):
+        sequence_loss_forward(**args)
 
 
 # ---------------------------------------------------------------- clipping
@@ -327,6 +355,7 @@ def test_split_chunks_checks_its_arguments():
         next(split_chunks(0, torch.zeros(3)))
     with pytest.raises(ValueError, match=r"expected the same length 3 along dim 0, got 2"):
         next(split_chunks(2, torch.zeros(3), torch.zeros(2)))
+    assert [c[0].tolist() for c in split_chunks(np.int64(2), torch.arange(3))] == [[0, 1], [2]]
 
 
 # ---------------------------------------------------------------- flat memory over a stream

@@ -39,7 +39,7 @@ class JordanRNN(torch.nn.Module):
         if decay.dim() > 1 or decay.numel() not in (1, output_size):
             raise ValueError(f"decay: expected a number or shape ({output_size},) (output_size), "
                              f"got shape {tuple(decay.shape)}")
-        decay = decay.expand(output_size).clone()
+        decay = decay.detach().expand(output_size).clone()   # a buffer: no autograd history (deepcopy needs that)
         check_unit_interval("decay", float(decay.min()), float(decay.max()))
         self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, output_size
         self.nonlinearity, self.output_activation = nonlinearity, output_activation
@@ -52,6 +52,14 @@ class JordanRNN(torch.nn.Module):
         self.bias_o = P(torch.empty(output_size, **kw)) if bias else None
         self.register_buffer("decay", decay)
         self.reset_parameters()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A loaded decay is checked as the constructor's is: outside [0, 1] the state grows without bound
+        (forward does not check it: that would read the buffer back from the device every call)."""
+        decay = state_dict.get(prefix + "decay")
+        if isinstance(decay, torch.Tensor) and decay.numel() and decay.device.type != "meta":
+            check_unit_interval(f"state_dict[{prefix + 'decay'!r}]", float(decay.min()), float(decay.max()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_parameters(self):
         bound = 1.0 / math.sqrt(self.hidden_size)

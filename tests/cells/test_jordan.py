@@ -93,3 +93,24 @@ def test_an_integer_decay_is_a_float_buffer():
     b = gnn.JordanRNN(4, 6, 3, decay=0.5)
     a.load_state_dict(b.state_dict())
     assert torch.equal(a.decay, torch.full((3,), 0.5))
+
+
+def test_a_loaded_decay_outside_the_unit_interval_is_refused():
+    """As the constructor refuses it: outside [0, 1] the state grows without bound (2: about 3e14 in 50 steps)."""
+    model = torch.nn.Sequential(gnn.JordanRNN(4, 6, 3))
+    state = model.state_dict()
+    state["0.decay"] = torch.tensor([0.5, 2.0, 0.1])
+    with pytest.raises(ValueError, match=r"state_dict\['0.decay'\]: expected values in \[0, 1\], got values in "
+                                         r"\[0.1.*, 2.0\]"):
+        model.load_state_dict(state)
+    state["0.decay"] = torch.tensor([0.5, 1.0, 0.0])
+    model.load_state_dict(state)
+    assert torch.equal(model[0].decay, state["0.decay"])
+
+
+def test_a_decay_given_with_autograd_history_becomes_a_plain_buffer():
+    import copy
+
+    model = gnn.JordanRNN(4, 6, 3, decay=torch.tensor(0.5, requires_grad=True) * 1)
+    assert model.decay.grad_fn is None and not model.decay.requires_grad
+    assert torch.equal(copy.deepcopy(model).decay, model.decay)   # deepcopy refuses non-leaf tensors

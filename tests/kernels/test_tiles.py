@@ -41,6 +41,17 @@ def test_one_tile_per_launch_matches_engine(cell, hidden, monkeypatch, launches,
     assert launches.count("_fwd_kernel") == 3 * windows
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("hidden", ["single", "split"])
+def test_an_empty_batch_launches_nothing(cell, hidden, monkeypatch, launches):
+    """B=0: no batch tile, so no launch (Config.groups), and the engine's empty outputs and zero gradients."""
+    if hidden == "split":
+        monkeypatch.setenv("GPURNN_SLICE", "16")
+    case = make_case(cell, 3, 0, 40, **CELLS[cell])
+    assert_all_close(run(case, "triton"), run(case, "numpy"), **TOL[np.float32])
+    assert launches.count("_fwd_kernel") == launches.count("_bwd_kernel") == 0
+
+
 @pytest.mark.parametrize("T", [8, 64])
 def test_grouped_launches_do_not_grow_with_T(T, monkeypatch, launches):
     monkeypatch.setenv("GPURNN_TILES", "2")
