@@ -1,10 +1,11 @@
 """`python -m gpurnn info`: versions, devices and which backends are usable here."""
 import importlib.metadata
+import os
 import platform
 
 from . import cpu
 from .cpu import gemm
-from .backends import backend_status
+from .backends import CHOICES, backend_status
 
 
 def _version(dist):
@@ -38,6 +39,11 @@ def info():
     lines.append("backends:")
     for name, reason in backend_status().items():
         lines.append(f"  {name:8s}{'usable' if reason is None else 'unavailable: ' + reason}")
+    chosen = os.environ.get("GPURNN_BACKEND")
+    if chosen is not None:   # what backend="auto" means in this process
+        ok = chosen in CHOICES
+        lines.append(f"  GPURNN_BACKEND={chosen!r}" + ("" if ok else f": not one of {CHOICES}, so every "
+                                                      "layer call with backend='auto' raises ValueError"))
     lines.append(f"LSTM step on the CPU (float32): {cpu.describe()}")
     if _version("torch"):   # the routes are the torch front end's
         lines.append(f"GEMM route on the CPU (torch front end): {gemm.describe()}")

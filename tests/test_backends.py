@@ -44,6 +44,14 @@ def test_functional_rejects_unknown_backend():
                                   {"w_ih": np.zeros((4, 3)), "w_hh": np.zeros((4, 4))}, backend="gpu")
 
 
+@pytest.mark.parametrize("value, says", [("numpy", "GPURNN_BACKEND='numpy'\n"),
+                                         ("gpu", "GPURNN_BACKEND='gpu': not one of ('auto', 'numpy', 'cupy', "
+                                                 "'triton'), so every layer call with backend='auto' raises")])
+def test_info_says_what_gpurnn_backend_sets(value, says, monkeypatch):
+    monkeypatch.setenv("GPURNN_BACKEND", value)
+    assert says in gpurnn.info() + "\n"   # gpurnn.info: the report as a string
+
+
 def test_info_command_and_import_without_side_effects():
     out = subprocess.run([sys.executable, "-m", "gpurnn", "info"], capture_output=True, text=True, check=True)
     assert "backends:" in out.stdout and "numpy   usable" in out.stdout
