@@ -322,10 +322,10 @@ def _non_negative(value):
 
 
 def _positive_float(value):
-    """A float > 0 (inf allowed): a clip norm of 0 zeroes every gradient, a negative one flips their sign."""
+    """A float > 0, inf included (a clip norm of 0 zeroes every gradient, a negative one flips their sign)."""
     x = float(value)
     if not x > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0 (inf: no clipping), got {value}")
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
     return x
 
 
