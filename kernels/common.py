@@ -999,8 +999,7 @@ def compile_configs(hidden_size, dtype, GP, direction="fwd", arch=None):
 def kernel_consts(cfg, direction, acc, dot, prec):
     """A cell kernel's constexprs for a config (the forward also takes NK, the chunks of its dot's K)."""
     consts = dict(BB=cfg.BB, RB=cfg.rb or cfg.BB, K1=cfg.k1, K2=cfg.k2, S=cfg.S, P=cfg.P,
-                  SINGLE=cfg.mode == "single",
-                  SYNC=cfg.mode == "split", ACC=acc, DOT=dot, PREC=prec)
+                  SINGLE=cfg.mode == "single", SYNC=cfg.mode == "split", ACC=acc, DOT=dot, PREC=prec)
     return dict(consts, NK=cfg.nk) if direction == "fwd" else consts
 
 
