@@ -307,18 +307,16 @@ def _csv(kind, choices):
     return parse
 
 
-def _positive(value):
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return n
+def _integer_at_least(low):
+    def parse(value):
+        n = int(value)
+        if n < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return n
+    return parse
 
 
-def _non_negative(value):
-    n = int(value)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return n
+_positive, _non_negative = _integer_at_least(1), _integer_at_least(0)
 
 
 def _positive_float(value):
