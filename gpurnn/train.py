@@ -313,6 +313,7 @@ def _integer_at_least(low):
         if n < low:
             raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
         return n
+    parse.__name__ = "int"   # argparse's word for a value that is no integer at all
     return parse
 
 
