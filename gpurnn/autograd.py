@@ -200,10 +200,16 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[-1], *read, *ys)
     # what the tape reads, weakly (saved-tensor hooks may offload x), as the tensors that own the memory (x may be
     # a view the module made; a view shares its base's version): see _backward
-    ctx.read = [(weakref.ref(t if t._base is None else t._base), t._version) for t in read]
-    ctx.unsaved = {i: (t, t._version) for i, t in enumerate(slots) if t is not None and i not in ctx.saved_at}
+    ctx.read = [(weakref.ref(t if t._base is None else t._base), _version(t)) for t in read]
+    ctx.unsaved = {i: (t, _version(t)) for i, t in enumerate(slots) if t is not None and i not in ctx.saved_at}
     ctx.args = (teacher, cell, n_state, reverses, batch_sizes, backend, options)
     ctx.set_materialize_grads(False)   # an unused output's gradient is None (see _unreached)
+
+
+def _version(t):
+    """t's version counter; None for an inference tensor, which has none: autograd then refuses to save it, with
+    torch.nn's message ("Inference tensors cannot be saved for backward ...")."""
+    return None if t.is_inference() else t._version
 
 
 def _saves_output(x, cell, batch_sizes, slots):

@@ -1,22 +1,47 @@
-"""Lets torch.compile trace gpurnn's modules.
+"""Lets torch.compile trace gpurnn's modules, and only them.
 
-Dynamo refuses to trace any torch.nn.RNN/GRU/LSTM instance, subclasses included, unless
-torch._dynamo.config.allow_rnn is set (its module wrapper checks isinstance). gpurnn's
-modules are such subclasses, and their layers are custom ops that trace cleanly, so
-gpurnn.nn sets the flag: at once if torch._dynamo is loaded, else the moment it loads (an
-import hook, so that importing gpurnn does not import dynamo, which takes seconds). The flag
-also lets torch.compile trace torch.nn's own RNN modules (their aten ops) in the same process.
+Dynamo refuses to wrap any torch.nn.RNN/GRU/LSTM instance, subclasses included, unless
+torch._dynamo.config.allow_rnn is set (VariableBuilder.wrap_module checks isinstance). gpurnn's
+modules are such subclasses, and their layers are custom ops that trace cleanly. torch.nn's own
+modules do not: with the flag set, a compiled torch.nn.GRU in training mode skipped its dropout
+between layers, and a compiled torch.nn.LSTM's backward failed on the CPU (torch 2.13). So the
+flag is not set for the process: wrap_module runs with it only while it wraps one of gpurnn's
+modules, and torch.nn's keep dynamo's graph break (they run eagerly, correctly). The wrapper goes
+in when torch._dynamo.variables.builder loads (an import hook, so that importing gpurnn does not
+import dynamo, which takes seconds). A torch whose dynamo has no VariableBuilder.wrap_module
+gets the flag for the whole process, as the only way left to compile gpurnn's modules.
 """
 import importlib.abc
 import importlib.util
 import sys
 
-CONFIG = "torch._dynamo.config"
+BUILDER = "torch._dynamo.variables.builder"
+_types = ()   # gpurnn's torch.nn.RNNBase subclasses
 
 
-class _SetWhenLoaded(importlib.abc.MetaPathFinder):
+def _admit(builder):
+    """Wrap builder.VariableBuilder.wrap_module so that it admits _types (once)."""
+    cls = getattr(builder, "VariableBuilder", None)
+    wrap = getattr(cls, "wrap_module", None)
+    config = builder.config
+    if wrap is None:
+        config.allow_rnn = True
+        return
+    if getattr(wrap, "admits_gpurnn", False):
+        return
+
+    def wrap_module(self, value):
+        if isinstance(value, _types) and not config.allow_rnn:
+            with config.patch(allow_rnn=True):
+                return wrap(self, value)
+        return wrap(self, value)
+    wrap_module.admits_gpurnn = True
+    cls.wrap_module = wrap_module
+
+
+class _AdmitWhenLoaded(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name != CONFIG:
+        if name != BUILDER:
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)   # the usual finders, without this one
@@ -24,14 +49,16 @@ class _SetWhenLoaded(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             load(module)
-            module.allow_rnn = True
+            _admit(module)
         spec.loader.exec_module = exec_module
         return spec
 
 
-def allow_rnn():
-    """Set torch._dynamo.config.allow_rnn now, or when torch._dynamo.config is first imported."""
-    if CONFIG in sys.modules:
-        sys.modules[CONFIG].allow_rnn = True
-    elif not any(isinstance(f, _SetWhenLoaded) for f in sys.meta_path):
-        sys.meta_path.insert(0, _SetWhenLoaded())
+def allow_rnn(types):
+    """Let dynamo wrap instances of `types` (torch.nn.RNNBase subclasses) now, or when its builder loads."""
+    global _types
+    _types = tuple(types)
+    if BUILDER in sys.modules:
+        _admit(sys.modules[BUILDER])
+    elif not any(isinstance(f, _AdmitWhenLoaded) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AdmitWhenLoaded())

@@ -36,6 +36,21 @@ def test_compile_fullgraph_equals_eager(case):
         torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
 
 
+def test_torch_nns_own_modules_keep_dynamos_graph_break():
+    """gpurnn.nn lets dynamo wrap its own modules only: with torch._dynamo.config.allow_rnn set for the process, a
+    compiled torch.nn.GRU in training skipped its dropout between layers and torch.nn.LSTM's backward failed."""
+    assert not torch._dynamo.config.allow_rnn
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(4, 4, num_layers=2, dropout=0.5).train()
+    x = torch.randn(5, 2, 4)
+    torch._dynamo.reset()
+    torch.manual_seed(1)
+    compiled = torch.compile(ref, backend="aot_eager")(x)[0]
+    torch.manual_seed(1)
+    torch.testing.assert_close(compiled, ref(x)[0], atol=0, rtol=0)   # dropout draws as eager does
+    torch.compile(torch.nn.LSTM(4, 4))(x)[0].sum().backward()
+
+
 def test_compile_needs_no_autocast_availability_query(monkeypatch):
     """Dynamo before torch 2.13 cannot trace torch.amp.is_autocast_available: calling it under torch.compile broke
     the graph (fullgraph failed on torch 2.11). Here it raises when called, as an untraceable call would."""

@@ -376,6 +376,23 @@ def test_an_initial_state_changed_in_place_before_backward_is_torchs_error(name,
             y.sum().backward()
 
 
+@pytest.mark.parametrize("inference", ["input", "h0"])
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+def test_an_inference_tensor_in_a_call_that_needs_grad_is_torchs_error(name, inference, monkeypatch):
+    """An inference tensor has no version counter: reading it raised "Inference tensors do not track version
+    counter" where torch.nn says that it cannot be saved for backward (and how to work around it)."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
+    with torch.inference_mode():
+        x, h = torch.randn(5, 2, 3), torch.zeros(1, 2, 4)
+    if inference == "input":
+        h = h.clone()
+    else:
+        x = x.clone()
+    for m in _pair(name, 3, 4):
+        with pytest.raises(RuntimeError, match="Inference tensors cannot be saved for backward"):
+            m(x, (h, h) if name == "LSTM" else h)
+
+
 @pytest.mark.parametrize("changed", ["weight_hh", "input", "bias_ih", "every parameter"])
 @pytest.mark.parametrize("name, shape", [("RNN", (5, 2, 3)), ("RNN", (5, 3)), ("LSTM", (5, 2, 3)), ("GRU", (5, 2, 3)),
                                          ("RNNCell", (2, 3)), ("RNNCell", (3,)), ("GRUCell", (2, 3))])

@@ -24,4 +24,4 @@ for _m in MODULES:
 # torch.load(weights_only=True), torch's default, unpickles only allowed classes: a whole saved
 # gpurnn model loads wherever gpurnn.nn has been imported.
 torch.serialization.add_safe_globals(list(MODULES))
-dynamo.allow_rnn()   # torch.compile traces gpurnn's modules (see gpurnn/dynamo.py)
+dynamo.allow_rnn((RNN, LSTM, GRU))   # torch.compile traces these, not torch.nn's own (see gpurnn/dynamo.py)
