@@ -200,6 +200,8 @@ def _start_backward(saved, dy, dstate):
     if saved.backward_buffers is not None:   # a second backward (retain_graph) replaces them
         saved.backward_buffers.release()
     alloc = Allocations(xp, zero=sizes is not None)   # zero gradient for rows past their length
+    if sizes is not None:
+        c.padding = _padding(xp, tuple(sizes), B, str(getattr(c.x, "device", "cpu")))
     sizes = [B] * T if sizes is None else sizes
     if c.spent:   # see cells/base.py's Cell.spent: each further backward costs a forward loop more
         c.rewind()

@@ -481,6 +481,39 @@ def test_relu_passes_the_gradient_where_its_output_is_nan(name, route, monkeypat
         torch.testing.assert_close(got, want, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_an_inf_state_in_a_sequence_that_has_ended_leaves_the_weight_gradient_finite(dtype, monkeypatch):
+    """Rows past their length hold their state, with no gradient: 0 * inf made dW_hh NaN where torch.nn, which
+    skips those rows, gives a finite gradient (relu of an inf input is an inf state)."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
+    x = torch.randn(3, 2, 2, dtype=dtype)
+    x[0, 1] = float("inf")   # the second sequence, of length 1
+    grads = []
+    for m in _pair("RNN", 2, 3, nonlinearity="relu", dtype=dtype):
+        y, _ = m(torch.nn.utils.rnn.pack_padded_sequence(x, [3, 1]))
+        y.data.sum().backward()
+        grads.append(m.weight_hh_l0.grad)
+    assert grads[0].isfinite().all()
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_an_inf_cell_state_gives_torchs_inf_gradient_not_nan(dtype, monkeypatch):
+    """d/df of f * c_{t-1} is c_{t-1} f (1 - f): computed as fc - f fc, an inf c_{t-1} made it NaN."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
+    x0 = torch.randn(3, 2, 2, dtype=dtype)
+    grads = []
+    for m in _pair("LSTM", 2, 3, dtype=dtype):
+        c0 = torch.zeros(1, 2, 3, dtype=dtype)
+        c0[0, 0, 0] = float("inf")
+        x = x0.clone().requires_grad_(True)
+        y, (_, c) = m(x, (torch.zeros(1, 2, 3, dtype=dtype), c0))
+        (y.sum() + c.sum()).backward()
+        grads.append(x.grad[-1, 0])   # the last step of the inf row: earlier ones are NaN in torch.nn too
+    assert grads[0].isinf().all()
+    torch.testing.assert_close(grads[1], grads[0])
+
+
 @pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM", "RNNCell"])
 def test_inf_input_gives_no_numpy_warning(name, monkeypatch):
     """torch's ops warn of nothing on inf and NaN; the engine's NumPy calls must not either."""

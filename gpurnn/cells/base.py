@@ -51,8 +51,15 @@ class Cell:
     def __init__(self, xp, w, matmul):
         self.xp, self.w, self.mm = xp, w, matmul
 
+    # (T, B) bool, rows past their length at each step, for the backward of a packed input (the engine sets it)
+    padding = None
+
     def outer(self, a, b):
-        """sum over all (t, b) rows of a^T b: a (T, B, M), b (T, B, K) -> (M, K), one GEMM."""
+        """sum over all (t, b) rows of a^T b: a (T, B, M), b (T, B, K) -> (M, K), one GEMM. Rows past their
+        length have a = 0 but hold their state in b; b's are zeroed, as torch.nn skips those rows: an inf
+        state (relu of an inf input) would otherwise make 0 * inf a NaN in the sum."""
+        if self.padding is not None:
+            b = self.xp.where(self.padding[:, :, None], 0, b)
         return self.mm(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]))
 
     def rows_matmul(self, a, w):

@@ -234,8 +234,8 @@ class LSTMLoop(GateOrder, FeatureMajorCell):
         xp.subtract(a[:2 * H], q, out=views[8])
         g *= ig                                    # i*(1 - g^2) = i - i*g*g
         xp.subtract(i, g, out=g)
-        s *= z                                     # (m, f*c_{t-1}, i*g) * (1 - (o, f, i))
-        xp.subtract(z, s, out=s)
+        xp.subtract(1, s, out=s)                   # (m, f*c_{t-1}, i*g) * (1 - (o, f, i)); not z - z*s, which is
+        s *= z                                     # NaN where c_{t-1} is inf (torch.nn's gradient: inf)
 
     @functools.cached_property
     def h_rows(self):

@@ -110,7 +110,7 @@ EXPORT VECTOR_CLONES void lstm_forward_step(float *restrict a, float *restrict c
             kr[r] = o - mo * tc;
             fr[r] = f;
             ao[r] = mo - o * mo;
-            af[r] = fc - f * fc;
+            af[r] = fc * (1.0f - f);   /* not fc - f*fc: NaN where c_{t-1} is inf (torch.nn's gradient: inf) */
             ai[r] = ig - i * ig;
             ag[r] = i - g * ig;
         }
