@@ -376,6 +376,40 @@ def test_an_initial_state_changed_in_place_before_backward_is_torchs_error(name,
             y.sum().backward()
 
 
+def _set_data(name, dtype):
+    return lambda m: setattr(getattr(m, name), "data", getattr(m, name).data.to(dtype))
+
+
+_CHANGED_AFTER_BUILD = {"weight_hh double": _set_data("weight_hh_l0", torch.float64),
+                        "bias bfloat16": _set_data("bias_ih_l1", torch.bfloat16),
+                        "dropout -0.5": lambda m: setattr(m, "dropout", -0.5),
+                        "dropout 1.5": lambda m: setattr(m, "dropout", 1.5),
+                        "bias False": lambda m: setattr(m, "bias", False),
+                        "num_layers 1": lambda m: setattr(m, "num_layers", 1),
+                        "bidirectional": lambda m: setattr(m, "bidirectional", True)}
+
+
+@pytest.mark.parametrize("change", _CHANGED_AFTER_BUILD)
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+def test_attributes_changed_after_construction_behave_as_in_torch_nn(name, change, monkeypatch):
+    """The engine read the weights by name and cast them to the input's dtype: it ran where torch.nn raises."""
+    if name == "LSTM" and change == "bias False":
+        pytest.skip("torch.nn's LSTM then runs on weights it misreads: its output is not reproducible")
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
+    x = torch.randn(5, 2, 3)
+    outcomes = []
+    for m in _pair(name, 3, 4, num_layers=2):
+        _CHANGED_AFTER_BUILD[change](m)
+        try:
+            outcomes.append(m(x)[0])
+        except Exception as e:   # compared below: the same type and message as torch.nn's
+            outcomes.append((type(e), str(e)))
+    if isinstance(outcomes[0], tuple):
+        assert outcomes[1] == outcomes[0]
+    else:
+        torch.testing.assert_close(outcomes[1], outcomes[0])
+
+
 @pytest.mark.parametrize("inference", ["input", "h0"])
 @pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
 def test_an_inference_tensor_in_a_call_that_needs_grad_is_torchs_error(name, inference, monkeypatch):
@@ -544,6 +578,19 @@ def test_a_cells_input_dtype_error_has_torchs_words(dtype, bias):
             m(torch.ones(2, 3, dtype=dtype))
         messages.append(str(err.value))
     assert messages[1] == messages[0]
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.int64])
+def test_an_lstm_cells_c_of_another_dtype_is_promoted_as_in_torch(dtype, batched, monkeypatch):
+    """torch's lstm_cell multiplies c by f without a dtype check: (h, c) come back in the promoted dtype."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
+    shape = (2, 4) if batched else (4,)
+    x, h, c = torch.randn(*shape[:-1], 3), torch.randn(shape), torch.randn(shape).to(dtype)
+    outs = [m(x, (h, c)) for m in _pair("LSTMCell", 3, 4)]
+    for got, want in zip(outs[1], outs[0]):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("route", ["engine", "torch"])

@@ -42,7 +42,9 @@ class _CellForward:
                                                 or self._torch_nn_step(input, hx)):
             return super().forward(input, hx)   # torch.nn's own step (see each condition)
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
-        if overridden(input, hx, *weights) or complex_call(input, weights):
+        # weights of more than one dtype (changed after construction): torch's step raises, the engine would cast
+        if (overridden(input, hx, *weights) or complex_call(input, weights)
+                or len({w.dtype for w in weights if w is not None}) > 1):
             return super().forward(input, hx)
         check_tensor("input", input, torch_words=True)
         if input.dim() not in (1, 2):
@@ -67,8 +69,10 @@ class _CellForward:
         weights += [None] if is_lstm else []
         dtype = autocast_dtype(kind, x.device)
         x, hx, weights = autocast(x, dtype), [autocast(h, dtype) for h in hx], [autocast(w, dtype) for w in weights]
-        # torch's own step: empty (its shapes and strides), or where `torch_steps_here` (the CPU engine)
-        if x.numel() == 0 or any(h.numel() == 0 for h in hx) or torch_steps_here(x, self.backend):
+        # torch's own step: empty (its shapes and strides), an LSTM's c of another dtype than h (torch promotes the
+        # step's results to it), or where `torch_steps_here` (the CPU engine)
+        if (x.numel() == 0 or any(h.numel() == 0 for h in hx) or hx[-1].dtype != hx[0].dtype
+                or torch_steps_here(x, self.backend)):
             state = self._torch_step(x, hx, weights[:4])
         else:
             opts = {"nonlinearity": self.nonlinearity} if self._cell == "elman" else {}
@@ -101,7 +105,7 @@ class _CellForward:
                 raise RuntimeError(f"Input batch size {x.size(0)} doesn't match hidden{i} batch size {h.size(0)}")
             if h.size(1) != self.hidden_size:
                 raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}")
-        for t in [x] + hx:
+        for t in (x, hx[0]):   # an LSTM's c meets no weight: torch promotes to its dtype
             if t.dtype != self.weight_ih.dtype and not autocast_enabled(t.device):
                 got, want = (_DTYPE_NAMES.get(d, (str(d),) * 2) for d in (t.dtype, self.weight_ih.dtype))
                 if self.bias:   # torch's step runs addmm with a bias, mm without

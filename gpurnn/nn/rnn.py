@@ -2,6 +2,8 @@
 initialisation, state_dict, checks and messages) whose forward runs the gpurnn engine, a
 layer at a time (autograd.run_layers: one kernel launch for both directions under "triton");
 layers, dropout and packing are composed here with ordinary torch ops."""
+import functools
+import numbers
 import warnings
 
 import torch
@@ -55,7 +57,8 @@ class _EngineForward:
         # as torch.nn: the weights as they are now (parametrizations, torch.func.functional_call), evaluated
         # once per call, and the checks read these
         self._update_flat_weights()
-        if overridden(data, hx, self._flat_weights) or complex_call(data, self._flat_weights):
+        if (overridden(data, hx, self._flat_weights) or complex_call(data, self._flat_weights)
+                or self._changed_since_built()):
             return super().forward(input, hx)
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         x, batch_sizes, sorted_idx, unsorted_idx, batched, hx = self._checked_inputs(input, hx)
@@ -99,6 +102,16 @@ class _EngineForward:
             y = y.squeeze(0 if self.batch_first else 1)
             hidden = tuple(h.squeeze(1) for h in hidden) if is_lstm else hidden.squeeze(1)
         return y, hidden
+
+    def _changed_since_built(self):
+        """Whether attributes or weights were changed after construction in a way the engine has no reading of:
+        weights of more than one dtype, a dropout outside [0, 1], or weights that num_layers, bidirectional,
+        bias and proj_size no longer name. torch.nn's own forward then raises (or runs) as it does."""
+        dropout = self.dropout
+        return (len({w.dtype for w in self._flat_weights if w is not None}) > 1
+                or not (isinstance(dropout, numbers.Real) and 0 <= dropout <= 1)
+                or self._flat_weights_names != _weight_names(self._cell, self.num_layers, self.bidirectional,
+                                                             self.bias, self.proj_size))
 
     def _torch_single_step(self, input, hx):
         """`torch_nn_steps` for one step (T=1) of an Elman or GRU layer (about half the time of gpurnn's checks and
@@ -205,6 +218,18 @@ class _EngineForward:
         names = [f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}",
                  f"bias_ih_l{layer}{suffix}", f"bias_hh_l{layer}{suffix}"]
         return names + ([f"weight_hr_l{layer}{suffix}"] if self._cell == "lstm" else [])
+
+
+@functools.lru_cache(maxsize=64)
+def _weight_names(cell, num_layers, bidirectional, bias, proj_size):
+    """torch.nn's _flat_weights_names for these attributes (see torch.nn.RNNBase.__init__)."""
+    names = []
+    for layer in range(num_layers):
+        for suffix in ("", "_reverse")[:1 + bool(bidirectional)]:
+            names += [f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}"]
+            names += [f"bias_ih_l{layer}{suffix}", f"bias_hh_l{layer}{suffix}"] if bias else []
+            names += [f"weight_hr_l{layer}{suffix}"] if cell == "lstm" and proj_size > 0 else []
+    return names
 
 
 class RNN(_EngineForward, torch.nn.RNN):
