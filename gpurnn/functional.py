@@ -71,7 +71,7 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     except TypeError:
         raise TypeError(f"x: expected a NumPy or CuPy array, got {type(x).__name__}") from None
     check_rank("x", x.shape, (3,))
-    check_floating("x", x.dtype, np.issubdtype(x.dtype, np.floating))
+    check_floating("x", x.dtype, x.dtype in (np.float16, np.float32, np.float64))   # no longdouble in the GEMMs
     check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
     check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
     names = cells.WEIGHT_NAMES[cell]
@@ -138,6 +138,8 @@ def backward(tape, dy=None, dstate=None):
     Returns (dx, dstate0 tuple, {weight name: grad}); absent biases get None; Jordan's decay
     is a fixed buffer and has no gradient.
     """
+    if not isinstance(tape, engine.Saved):
+        raise TypeError(f"tape: expected the tape gpurnn.functional.forward returned, got {type(tape).__name__}")
     n_state = len(tape.state_shapes)
     dstate = (None,) * n_state if dstate is None else tuple(dstate) if isinstance(dstate, (tuple, list)) else (dstate,)
     if len(dstate) != n_state:

@@ -122,6 +122,8 @@ def test_functional_errors():
         F.forward("lstm", np.zeros((6, 2, 3)), w)
     with raises(TypeError, "x", "floating", "int64"):
         F.forward("lstm", np.zeros((6, 2, 4), dtype=np.int64), w)
+    with raises(TypeError, "x", "floating", str(np.dtype(np.longdouble))):   # no BLAS GEMM for it
+        F.forward("lstm", np.zeros((6, 2, 4), dtype=np.longdouble), w)
     with raises(TypeError, "weights['w_hh']", "float64", "float32"):
         F.forward("lstm", x, dict(w, w_hh=w["w_hh"].astype(np.float32)))
     with raises(ValueError, "weights['b_ih']", "(20,)", "(19,)"):
@@ -177,6 +179,8 @@ def test_functional_weights_and_gradients_that_are_not_arrays():
     with raises(ValueError, "weights['w_hh']", "(0, 0)"):
         F.forward("rnn", x, {"w_ih": np.zeros((0, 4)), "w_hh": np.zeros((0, 0))})
     y, state, tape = F.forward("lstm", x, w)
+    with raises(TypeError, "tape", "forward returned", "tuple"):
+        F.backward((y, state), y)
     with raises(TypeError, "dy", "numpy array", "list"):
         F.backward(tape, y.tolist())
     with raises(TypeError, "dstate[0]", "numpy array", "list"):

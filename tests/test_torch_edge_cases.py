@@ -64,11 +64,16 @@ def test_cells_with_an_empty_dimension(name, input_size, hidden_size, batch):
     assert outs[1] == outs[0]
 
 
-def test_hidden_state_on_another_device_raises_torchs_error():
-    for m in _pair("GRU", 3, 4):
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+def test_hidden_state_on_another_device_raises_torchs_error(name):
+    h = torch.zeros(1, 2, 4, device="meta")
+    h = (h, h) if name == "LSTM" else h
+    for m in _pair(name, 3, 4):
         with pytest.raises(RuntimeError, match="Input and hidden tensors are not at the same device, found input "
                                                "tensor at cpu and hidden tensor at meta"):
-            m(torch.randn(5, 2, 3), torch.zeros(1, 2, 4, device="meta"))
+            m(torch.randn(5, 2, 3), h)
+        with pytest.raises(RuntimeError, match="^Tensor on device cpu is not on the expected device meta!$"):
+            m(torch.nn.utils.rnn.pack_padded_sequence(torch.randn(5, 2, 3), [5, 3]), h)
 
 
 def test_parameters_on_another_device_raise_torchs_error():
@@ -578,6 +583,15 @@ def test_a_cells_input_dtype_error_has_torchs_words(dtype, bias):
             m(torch.ones(2, 3, dtype=dtype))
         messages.append(str(err.value))
     assert messages[1] == messages[0]
+
+
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+def test_a_single_packed_step_with_a_permuted_h0_returns_a_contiguous_state(name):
+    x = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(1, 2, 3), [1, 1])
+    h0 = torch.randn(3, 2, 1).permute(2, 1, 0)
+    for m in _pair(name, 3, 3):
+        h = m(x, (h0, h0) if name == "LSTM" else h0)[1]
+        assert (h[0] if name == "LSTM" else h).is_contiguous()
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])

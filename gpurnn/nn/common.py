@@ -119,12 +119,15 @@ def lstm_pair(hx, op, indexed, rebuilt=None):
         f"got a {type(hx).__name__}{count}")
 
 
-def check_tensor_like(name, t, x):
+def check_tensor_like(name, t, x, packed=False):
+    """t of x's dtype and device; a device error in torch.nn's words (its packed op words it otherwise)."""
     check_tensor(name, t)
     try:
         check_same_dtype(name, t.dtype, "input", x.dtype)
     except TypeError as err:
         raise RuntimeTypeError(str(err)) from None
+    if t.device != x.device and packed:
+        raise RuntimeValueError(f"Tensor on device {x.device} is not on the expected device {t.device}!")
     if t.device != x.device:
         raise RuntimeValueError(f"Input and hidden tensors are not at the same device, found input tensor at "
                                 f"{x.device} and hidden tensor at {t.device}")

@@ -84,12 +84,13 @@ class _EngineForward:
         else:
             hx = [autocast(h, dtype) for h in hx]
             for name, h in zip(["h_0", "c_0"] if is_lstm else ["hx"], hx):
-                check_tensor_like(name, h, x)
+                check_tensor_like(name, h, x, packed)
         check_parameter_device(x, self._flat_weights[0])   # after the hidden state's, as torch's op checks
 
         y, finals = self._run_stack(x, hx, batch_sizes, dtype, index if packed else None)
-        # (one layer: a view, but an empty one's would have a 0 stride where torch's has a contiguous one)
-        finals = [f[0].unsqueeze(0) if len(f) == 1 and f[0].numel() else torch.stack(f) for f in finals]
+        # (one layer: a view, but an empty one's would have a 0 stride where torch's has a contiguous one; contiguous
+        # as torch's: a GRU's single packed step follows a permuted h_0's layout)
+        finals = [f[0].unsqueeze(0).contiguous() if len(f) == 1 and f[0].numel() else torch.stack(f) for f in finals]
         if unsorted_idx is not None:
             finals = [f.index_select(1, unsorted_idx) for f in finals]
         hidden = tuple(finals) if is_lstm else finals[0]
