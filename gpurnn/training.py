@@ -9,6 +9,7 @@
 """
 import functools
 import numbers
+import operator
 from collections import namedtuple
 
 import numpy as np
@@ -26,7 +27,7 @@ _LOGITS_PER_CHUNK = 1 << 22   # the xp path holds at most this many logits at a 
 def _check_loss_args(xp, h, weight, bias, targets, reduction):
     check_choice("reduction", reduction, REDUCTIONS)
     for name, a in (("weight", weight), ("bias", bias), ("targets", targets)):
-        if not (hasattr(a, "dtype") and hasattr(a, "shape")) and (a is not None or name != "bias"):
+        if not isinstance(a, xp.ndarray) and (a is not None or name != "bias"):
             raise TypeError(f"{name}: expected an array like h ({type(h).__name__}), got {type(a).__name__}")
     check_floating("h", h.dtype, xp.issubdtype(h.dtype, xp.floating))
     if h.ndim < 2:
@@ -40,6 +41,14 @@ def _check_loss_args(xp, h, weight, bias, targets, reduction):
     if not xp.issubdtype(targets.dtype, xp.integer):
         raise TypeError(f"targets: expected an integer dtype, got {targets.dtype}")
     check_shape("targets", targets.shape, h.shape[:-1])
+
+
+def _index(name, value):
+    """value as an int (a Python or NumPy integer, a 0-d integer tensor), else a TypeError naming it."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {value!r}") from None
 
 
 def _check_target_range(targets, vocab, ignore_index):
@@ -73,19 +82,17 @@ def sequence_loss_forward(h, weight, bias, targets, *, reduction="sum", ignore_i
     processed in chunks so at most ~4M logits exist at a time.
     """
     xp = get_xp(h)
+    ignore_index = _index("ignore_index", ignore_index)
     _check_loss_args(xp, h, weight, bias, targets, reduction)
     _check_target_range(targets, weight.shape[0], ignore_index)
-    cdt = compute_dtype(h.dtype)
-    H, V = h.shape[-1], weight.shape[0]
-    h2 = h.reshape(-1, H).astype(cdt, copy=False)
-    w = weight.astype(cdt, copy=False)
-    b = None if bias is None else bias.astype(cdt, copy=False)
     y = targets.reshape(-1)
     valid = y != ignore_index
     # Only rows with a target cost logits: padded batches or answers due at a few steps
     # (sequence classification) skip the rest entirely.
     rows = None if bool(valid.all()) else xp.nonzero(valid)[0]
-    hv, yv = (h2, y) if rows is None else (h2[rows], y[rows])
+    yv = y if rows is None else y[rows]
+    hv, w, b = _compute_arrays(h, weight, bias, rows)
+    V, cdt = w.shape[0], hv.dtype
     lse = xp.empty(hv.shape[0], cdt)
     loss = xp.zeros((), cdt)
     for r0, r1 in _row_chunks(hv.shape[0], V):
@@ -96,13 +103,22 @@ def sequence_loss_forward(h, weight, bias, targets, *, reduction="sum", ignore_i
     count = hv.shape[0]
     if reduction == "mean":
         loss = loss / cdt.type(count) if count else loss * cdt.type("nan")   # torch: nan for no targets
-    saved = (h, hv, rows, w, b, yv, lse, count, reduction)
+    saved = (h, weight, bias, rows, yv, lse, count, reduction)
     return xp.asarray(loss, dtype=h.dtype), saved
+
+
+def _compute_arrays(h, weight, bias, rows):
+    """(h's rows with a target (n, H), weight, bias) in the compute dtype (float16 widened)."""
+    cdt = compute_dtype(h.dtype)
+    h2 = h.reshape(int(np.prod(h.shape[:-1])), h.shape[-1]).astype(cdt, copy=False)   # (H may be 0)
+    return (h2 if rows is None else h2[rows], weight.astype(cdt, copy=False),
+            None if bias is None else bias.astype(cdt, copy=False))
 
 
 def sequence_loss_backward(saved, dloss=1.0):
     """(dh, dweight, dbias or None) of sequence_loss_forward, scaled by dloss (scalar or 0-d array)."""
-    h, hv, rows, w, b, yv, lse, count, reduction = saved
+    h, weight, bias, rows, yv, lse, count, reduction = saved
+    hv, w, b = _compute_arrays(h, weight, bias, rows)
     xp = get_xp(hv)
     scale = xp.asarray(dloss, dtype=hv.dtype)
     if reduction == "mean" and count:
@@ -123,7 +139,7 @@ def sequence_loss_backward(saved, dloss=1.0):
     if rows is None:
         dh = dhv
     else:
-        dh = xp.zeros((h.size // h.shape[-1], h.shape[-1]), hv.dtype)
+        dh = xp.zeros((int(np.prod(h.shape[:-1])), h.shape[-1]), hv.dtype)
         dh[rows] = dhv
     dtype = h.dtype
     return (dh.reshape(h.shape).astype(dtype), dw.astype(dtype),
@@ -138,9 +154,10 @@ def _torch_function():
 
     class SequenceLoss(torch.autograd.Function):
         """(h, weight, bias) -> loss; targets and options ride in `spec`. What backward reads is saved with
-        save_for_backward, so torch frees it after backward unless the graph is retained, as for its own ops.
-        Once differentiable: a gradient taken with create_graph=True cannot be differentiated again (an error,
-        not a gradient silently cut off from the graph)."""
+        save_for_backward, the inputs themselves included: torch frees it after backward unless the graph is
+        retained, and refuses a backward after an input was changed in place, as for its own ops. A gradient
+        taken with create_graph=True is that of torch's own ops on the saved inputs (`_torch_gradients`), so it
+        can be differentiated again (gradient penalties)."""
 
         @staticmethod
         def forward(ctx, spec, h, weight, bias):
@@ -151,13 +168,14 @@ def _torch_function():
             to_xp = lambda t: None if t is None else tensor_to_xp(t)
             loss, saved = sequence_loss_forward(to_xp(h), to_xp(weight), to_xp(bias), to_xp(targets),
                                                 reduction=reduction, ignore_index=ignore_index)
-            arrays, ctx.rest = saved[:-2], saved[-2:]   # (count, reduction) are not arrays
-            ctx.save_for_backward(*(None if a is None else xp_to_tensor(a) for a in arrays))
+            ctx.rest = saved[-2:]   # (count, reduction) are not arrays
+            ctx.save_for_backward(h, weight, bias, *(None if a is None else xp_to_tensor(a) for a in saved[3:-2]))
             return xp_to_tensor(loss)
 
         @staticmethod
-        @torch.autograd.function.once_differentiable
         def backward(ctx, dloss):
+            if torch.is_grad_enabled():   # create_graph=True
+                return (None,) + _torch_gradients(ctx.saved_tensors[:3], ctx.spec, dloss)
             if ctx.spec[3] == "triton":
                 return (None,) + _triton_backward(ctx, dloss)
             arrays = tuple(None if t is None else tensor_to_xp(t) for t in ctx.saved_tensors)
@@ -165,6 +183,21 @@ def _torch_function():
             return (None,) + tuple(None if g is None else xp_to_tensor(g) for g in grads)
 
     return SequenceLoss
+
+
+def _torch_gradients(inputs, spec, dloss):
+    """(dh, dweight, dbias) as a graph of torch's ops (cross_entropy of all the logits), for double backward."""
+    import torch
+
+    h, weight, bias = inputs
+    targets, reduction, ignore_index, _ = spec
+    logits = torch.nn.functional.linear(h, weight, bias).reshape(-1, weight.shape[0])
+    loss = torch.nn.functional.cross_entropy(logits, targets.reshape(-1).long(), reduction=reduction,
+                                             ignore_index=ignore_index)
+    wanted = [t for t in inputs if t is not None and t.requires_grad]
+    grads = iter(torch.autograd.grad(loss, wanted, dloss, create_graph=True))
+    dh, dw, db = (next(grads) if t is not None and t.requires_grad else None for t in inputs)
+    return None if dh is None else dh.reshape(targets.shape + h.shape[-1:]), dw, db
 
 
 def _triton_forward(ctx, h, weight, bias, targets, reduction, ignore_index):
@@ -206,6 +239,9 @@ def sequence_loss(h, weight, bias, targets, *, reduction="sum", ignore_index=-10
     for name, t in (("h", h), ("weight", weight), ("bias", bias), ("targets", targets)):
         if not isinstance(t, torch.Tensor) and (t is not None or name != "bias"):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if h.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"h: expected a tensor on the CPU or a CUDA GPU, got one on {h.device}")
+    ignore_index = _index("ignore_index", ignore_index)
     if targets.is_floating_point() or targets.is_complex():
         raise TypeError(f"targets: expected an integer dtype, got {targets.dtype}")
     name = backends.resolve(backend, h.is_cuda)

@@ -103,7 +103,8 @@ def test_sequence_loss_bfloat16_runs_in_float32():
 
 def test_sequence_loss_backward_follows_torchs_graph_rules():
     """As for torch's own ops: backward twice with retain_graph adds the gradients again, a second backward
-    without it is torch's error, gradcheck passes; the backward is once differentiable (create_graph)."""
+    without it is torch's error, gradcheck and gradgradcheck pass, and a gradient penalty (create_graph) is
+    cross_entropy's (it was silently left out: the gradient came back cut off from the graph)."""
     h, w, b, y = loss_inputs(3, 2, 4, 6, True, True, torch.float64)
     loss = sequence_loss(h, w, b, y, backend="numpy")
     loss.backward(retain_graph=True)
@@ -113,10 +114,34 @@ def test_sequence_loss_backward_follows_torchs_graph_rules():
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         loss.backward()
     assert torch.autograd.gradcheck(lambda *a: sequence_loss(*a, y, backend="numpy"), (h, w, b))
-    dloss = torch.ones((), dtype=torch.float64, requires_grad=True)
-    grad, = torch.autograd.grad(sequence_loss(h, w, b, y, backend="numpy"), h, dloss, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        grad.sum().backward()
+    assert torch.autograd.gradgradcheck(lambda *a: sequence_loss(*a, y, backend="numpy", reduction="mean"),
+                                        (h, w, b))
+    penalised = []
+    for loss_of in (lambda: sequence_loss(h, w, b, y, backend="numpy"),
+                    lambda: F.cross_entropy((h @ w.T + b).flatten(0, 1), y.flatten(), reduction="sum")):
+        w.grad = None
+        loss = loss_of()
+        grad, = torch.autograd.grad(loss, h, create_graph=True)
+        (loss + grad.pow(2).sum()).backward()
+        penalised.append(w.grad)
+    torch.testing.assert_close(penalised[0], penalised[1])
+
+
+@pytest.mark.parametrize("changed", ["h", "weight"])
+def test_sequence_loss_refuses_backward_after_an_input_changed_in_place(changed):
+    """Its inputs are saved as torch's ops save theirs (the backward read the changed values)."""
+    h, w, b, y = loss_inputs(3, 2, 4, 6, True, True, torch.float64)
+    loss = sequence_loss(h, w, b, y, backend="numpy")
+    with torch.no_grad():
+        (h if changed == "h" else w).mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_sequence_loss_with_no_hidden_units_is_the_bias_alone():
+    h, w, b, y = loss_inputs(3, 2, 0, 6, True, True, torch.float64)
+    want = F.cross_entropy(b.expand(6, 6), y.flatten(), reduction="sum")
+    torch.testing.assert_close(sequence_loss(h, w, b, y, backend="numpy"), want)
 
 
 @pytest.mark.parametrize("change, error, words", [
@@ -128,13 +153,17 @@ def test_sequence_loss_backward_follows_torchs_graph_rules():
     (dict(b=torch.zeros(6)), ValueError, ["bias", "(7,)", "(6,)"]),
     (dict(reduction="max"), ValueError, ["reduction", "'sum'", "'max'"]),
     (dict(y=None), TypeError, ["targets", "torch.Tensor", "NoneType"]),
+    (dict(ignore_index=None), TypeError, ["ignore_index", "integer", "None"]),
+    (dict(ignore_index=2.5), TypeError, ["ignore_index", "integer", "2.5"]),
+    (dict(h=torch.zeros(4, 2, 5, device="meta")), ValueError, ["h", "CPU", "meta"]),
 ])
 def test_sequence_loss_rejects_bad_input_naming_it(change, error, words):
     args = dict(h=torch.zeros(4, 2, 5), w=torch.zeros(7, 5), b=torch.zeros(7),
-                y=torch.zeros(4, 2, dtype=torch.long), reduction="sum")
+                y=torch.zeros(4, 2, dtype=torch.long), reduction="sum", ignore_index=-100)
     args.update(change)
     with pytest.raises(error) as info:
-        sequence_loss(args["h"], args["w"], args["b"], args["y"], reduction=args["reduction"], backend="numpy")
+        sequence_loss(args["h"], args["w"], args["b"], args["y"], reduction=args["reduction"],
+                      ignore_index=args["ignore_index"], backend="numpy")
     for word in words:
         assert word in str(info.value)
 

@@ -109,6 +109,20 @@ def test_torch_front_end_on_triton_equals_numpy_engine_and_torch(reduction):
             torch.testing.assert_close(mine, theirs, **TOL[torch.float64], msg=lambda m: f"{backend} {name}: {m}")
 
 
+def test_a_gradient_penalty_through_the_triton_loss_is_cross_entropys():
+    g = torch.Generator().manual_seed(6)
+    h = torch.randn(4, 2, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 7, (4, 2), generator=g)
+    penalised = []
+    for loss_of in (lambda: sequence_loss(h, w, None, y, backend="triton"),
+                    lambda: F.cross_entropy((h @ w.T).reshape(-1, 7), y.reshape(-1), reduction="sum")):
+        loss = loss_of()
+        grad, = torch.autograd.grad(loss, h, create_graph=True)
+        penalised.append(torch.autograd.grad(loss + grad.pow(2).sum(), w)[0])
+    torch.testing.assert_close(penalised[0], penalised[1], **TOL[torch.float64])
+
+
 def test_triton_front_end_checks_its_boundary():
     h, w = torch.zeros(4, 2, 5), torch.zeros(7, 5)
     with pytest.raises(ValueError, match=r"targets: expected values in \[0, 7\) or ignore_index=-100, got 9"):
