@@ -320,11 +320,15 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
     name = backends.resolve(backend, x.is_cuda)
     tensors = [t for state0, weights, _ in directions for t in (*state0, *weights)]
     compiling = torch.compiler.is_compiling()   # dynamo's frames look like a functorch transform
+    teacher = opts.get("teacher")
     if recorded_for_torch(x) or not compiling and (torch._C._functorch.peek_interpreter_stack() is not None or
-                                                  any(_is_dual(t) for t in [x, *tensors])):
+                                                  any(_is_dual(t) for t in [x, teacher, *tensors])):
         # Under torch.func (grad, jacrev, vmap, ...) and forward-mode AD: torch 2.13's custom ops
         # support neither, so the layer runs as the plain torch loop, which both understand; so does
         # a program recorded for TorchScript, torch.export or ONNX.
+        return _torch_loop_layers(cell, x, directions, batch_sizes, opts)
+    if teacher is not None and teacher.requires_grad and torch.is_grad_enabled():
+        # the engine's tape has no gradient for a Jordan teacher (in training, data); the torch loop has
         return _torch_loop_layers(cell, x, directions, batch_sizes, opts)
     dtype = x.dtype
     if torch.bfloat16 in (x.dtype, *(t.dtype for t in tensors if t is not None)) and not _native(

@@ -83,7 +83,6 @@ class JordanRNN(torch.nn.Module):
         if teacher is not None:
             check_tensor_like("teacher", teacher, x)
             check_shape("teacher", teacher.shape, tuple(x.shape[:-1]) + (self.output_size,))
-            teacher = teacher.detach()
         batched = x.dim() == 3
         time_dim = 1 if (self.batch_first and batched) else 0
         if not batched:

@@ -42,6 +42,21 @@ def test_matches_reference_loop(act, nonlinearity, bias, teacher, dtype):
         torch.testing.assert_close(mine, ref, atol=tol, rtol=tol)
 
 
+def test_a_teacher_that_requires_grad_gets_its_gradient():
+    """s_{t+1} = decay s_t + teacher_t: the gradient reaches the teacher (it was detached)."""
+    m = make("tanh")
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(7, 5, 4, generator=g, dtype=torch.float64)
+    tf = torch.randn(7, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for fn in (lambda: m(x, teacher=tf), lambda: jordan_reference(x, torch.zeros(5, 3, dtype=torch.float64),
+                                                                   *params(m), "tanh", "tanh", tf)):
+        y, s = fn()
+        grads.append(torch.autograd.grad(y.sum() + s.sum(), tf)[0])
+    assert grads[1].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-10, rtol=1e-10)
+
+
 def test_batch_first_unbatched_and_defaults():
     m = make("tanh", batch_first=True)
     x = torch.randn(2, 5, 4, dtype=torch.float64)
