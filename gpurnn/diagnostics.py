@@ -59,15 +59,16 @@ def gradient_flow(model, x, state=None, loss_fn=None):
     if x.shape[time_dim] == 0:
         raise ValueError(f"x: expected at least one step, got shape {tuple(x.shape)}")
     loss_fn = loss_fn or _default_loss
+    x = x.detach().requires_grad_()   # every h_t then has a gradient, also in a frozen model
     hidden = []
-    for t in range(x.shape[time_dim]):
-        _, state = model(x.narrow(time_dim, t, 1), state)
-        h = _hidden(state)
-        h.retain_grad()   # keep dL/dh_t when the one backward pass goes through it
-        hidden.append(h)
-    loss_fn(_top_layer(hidden[-1])).backward()
+    with torch.enable_grad():
+        for t in range(x.shape[time_dim]):
+            _, state = model(x.narrow(time_dim, t, 1), state)
+            hidden.append(_hidden(state))
+        # autograd.grad, not backward: the parameters' .grad (a training step's) stay as they are
+        grads = torch.autograd.grad(loss_fn(_top_layer(hidden[-1])), hidden, allow_unused=True)
     # the norm in float64: squaring float32 gradients below ~1e-19 would underflow to 0
-    return np.array([float(h.grad.double().norm()) if h.grad is not None else 0.0 for h in hidden])
+    return np.array([float(g.double().norm()) if g is not None else 0.0 for g in grads])
 
 
 def fit_rate(norms):

@@ -52,6 +52,21 @@ def test_gradient_flow_equals_independent_autograd(name, kw):
     assert got.shape == (T,) and np.all(got > 0)
 
 
+def test_gradient_flow_leaves_parameter_gradients_alone_and_runs_on_a_frozen_model():
+    """It ran loss.backward(): called between a training step's backward and its optimizer step, it added into
+    the parameters' .grad; a frozen model (or no_grad) failed in retain_grad."""
+    mine, _ = twins("GRU")
+    x = torch.randn(T, B, IN, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    expected = gradient_flow(mine, x)
+    for p in mine.parameters():
+        p.grad = torch.ones_like(p)
+    np.testing.assert_array_equal(gradient_flow(mine, x), expected)
+    assert all(torch.equal(p.grad, torch.ones_like(p)) for p in mine.parameters())
+    mine.requires_grad_(False)
+    with torch.no_grad():
+        np.testing.assert_allclose(gradient_flow(mine, x), expected, rtol=1e-12)
+
+
 def test_gradient_flow_of_jordan_state():
     """Jordan's carried state is s; the reference restarts the same module from s_t."""
     torch.manual_seed(0)
