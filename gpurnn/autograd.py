@@ -319,10 +319,9 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
     """
     name = backends.resolve(backend, x.is_cuda)
     tensors = [t for state0, weights, _ in directions for t in (*state0, *weights)]
-    compiling = torch.compiler.is_compiling()   # dynamo's frames look like a functorch transform
+    compiling = torch.compiler.is_compiling()
     teacher = opts.get("teacher")
-    if recorded_for_torch(x) or not compiling and (torch._C._functorch.peek_interpreter_stack() is not None or
-                                                  any(_is_dual(t) for t in [x, teacher, *tensors])):
+    if recorded_for_torch(x) or transformed():
         # Under torch.func (grad, jacrev, vmap, ...) and forward-mode AD: torch 2.13's custom ops
         # support neither, so the layer runs as the plain torch loop, which both understand; so does
         # a program recorded for TorchScript, torch.export or ONNX.
@@ -377,11 +376,17 @@ def _torch_loop_layers(cell, x, directions, batch_sizes, opts):
             for state0, weights, reverse in directions]
 
 
-def _is_dual(t):
-    """A forward-mode AD dual tensor (torch.autograd.forward_ad: none outside its dual_level, so the common
-    case costs no unpack_dual, a few microseconds a tensor)."""
-    forward_ad = torch.autograd.forward_ad
-    return t is not None and forward_ad._current_level >= 0 and forward_ad.unpack_dual(t).tangent is not None
+def transformed():
+    """Whether a torch.func transform (grad, jvp, vmap, ...) or forward-mode AD is active. Asked in plain Python
+    also while dynamo traces (below): dynamo traces a transform's body with the transform's real interpreter
+    level set, and there a traced custom op would meet its wrapped tensors (torch.compile of torch.func.grad
+    failed; of jvp, gave a zero tangent)."""
+    return (torch._C._functorch.maybe_current_level() is not None
+            or torch.autograd.forward_ad._current_level >= 0)
+
+
+# torch.compiler.assume_constant_result(transformed), without importing dynamo (seconds) with gpurnn
+transformed._dynamo_marked_constant = True
 
 
 def run_layer(cell, x, state0, weights, *, backend="auto", batch_sizes=None, reverse=False, **opts):

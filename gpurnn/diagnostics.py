@@ -161,14 +161,21 @@ def run(args):
 
     try:
         check_choice("backend", args.backend, backends.CHOICES)
+        backends.resolve(args.backend, False)   # the models run on the CPU
     except ValueError as e:
         raise SystemExit(f"--{e}") from None
+    except RuntimeError as e:
+        raise SystemExit(f"--backend {args.backend}: {e}") from None
     for name in ("steps", "hidden", "inputs", "batch"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name}: expected an integer >= 1, got {getattr(args, name)}")
-    folder = Path(args.out).resolve().parent
-    if not folder.is_dir():   # checked first: the plot is written after all the computation
-        raise SystemExit(f"--out: expected a file in an existing folder, got {args.out!r} (no folder {folder})")
+    # checked first: the plot is written after all the computation
+    out = Path(args.out)
+    if out.suffix.lower() != ".png" or out.is_dir():
+        raise SystemExit(f"--out: expected a .png file name, got {args.out!r}")
+    if not out.resolve().parent.is_dir():
+        raise SystemExit(f"--out: expected a file in an existing folder, got {args.out!r} "
+                         f"(no folder {out.resolve().parent})")
     gen = torch.Generator().manual_seed(args.seed + 1)
     x = torch.randn(args.steps, args.batch, args.inputs, generator=gen)
     curves, rates = {}, {}

@@ -136,11 +136,28 @@ def _distributed():
 def _device(args, rank):
     import torch
 
-    if args.device != "auto":
-        return torch.device(args.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", rank % torch.cuda.device_count())
-    return torch.device("cpu")
+    if args.device == "auto":
+        return torch.device("cuda", rank % torch.cuda.device_count()) if torch.cuda.is_available() else \
+            torch.device("cpu")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device: expected auto, cpu, cuda or cuda:N, got {args.device!r}")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and (device.index or 0) >= count:
+        raise SystemExit(f"--device {args.device}: this machine has {count} CUDA device(s)")
+    return device
+
+
+def _check_out(out):
+    """--out as a folder for the checkpoints, made now: a bad one fails before training, not after its first task."""
+    if out:
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SystemExit(f"--out: expected a folder for the checkpoints, got {out!r} ({e.strerror})") from None
 
 
 def _wrap(model, world, device):
@@ -307,11 +324,12 @@ def _csv(kind, choices):
     return parse
 
 
-def _integer_at_least(low):
+def _integer_at_least(low, high=None, why=""):
     def parse(value):
         n = int(value)
-        if n < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        if n < low or high is not None and n > high:
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]{why}"
+            raise argparse.ArgumentTypeError(f"expected an integer {bound}, got {value}")
         return n
     parse.__name__ = "int"   # argparse's word for a value that is no integer at all
     return parse
@@ -328,6 +346,14 @@ def _positive_float(value):
     return x
 
 
+def _positive_finite(value):
+    """A float > 0 and finite (a learning rate of inf makes every weight NaN)."""
+    x = _positive_float(value)
+    if x == math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
+    return x
+
+
 def add_arguments(parser):
     parser.add_argument("--tasks", type=_csv("tasks", TASKS), default=list(TASKS),
                         help="generated tasks to run (default: year,recall)")
@@ -340,18 +366,19 @@ def add_arguments(parser):
     parser.add_argument("--batch", type=_positive, default=32)
     parser.add_argument("--steps", type=_positive, default=None,
                         help=f"training steps per task and cell (default: {DEFAULT_STEPS})")
-    parser.add_argument("--lr", type=_positive_float, default=1e-2)
+    parser.add_argument("--lr", type=_positive_finite, default=1e-2)
     parser.add_argument("--clip", type=_positive_float, default=5.0, help="max global gradient norm (inf: none)")
     parser.add_argument("--lag", type=_positive, default=50, help="recall task: steps between symbol and query")
     parser.add_argument("--bptt", type=_positive, default=100, help="--text: truncated BPTT chunk length")
     parser.add_argument("--eval-batch", type=_positive, default=1000)
     parser.add_argument("--backend", default="auto", choices=backends.CHOICES)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
-    parser.add_argument("--threads", type=_positive, default=1,
+    parser.add_argument("--threads", type=_integer_at_least(1, os.cpu_count() or 1, " (this machine's CPUs)"),
+                        default=1,
                         help="CPU threads for torch and BLAS (small recurrent GEMMs run best on 1)")
     parser.add_argument("--quick", action="store_true", help="a few seconds: a tenth of the steps (tests, CI)")
     parser.add_argument("--out", default="checkpoints", help="checkpoint folder ('' to save none)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_integer_at_least(0, 2 ** 32 - 1), default=0)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -372,10 +399,14 @@ def run(args):
         raise SystemExit(f"--text: expected a readable text file, got {args.text!r} (no such file)")
     if args.sample and not args.text:
         raise SystemExit("--sample: generates from the character model of --text FILE; give --text too")
+    _check_out(args.out)
     rank, world = _distributed()
     limit_cpu_threads(args.threads)
     device = _device(args, rank)
-    backend = backends.resolve(args.backend, device.type == "cuda")
+    try:
+        backend = backends.resolve(args.backend, device.type == "cuda")
+    except RuntimeError as e:
+        raise SystemExit(f"--backend {args.backend}: {e}") from None
     if rank == 0:
         print(f"gpurnn train: backend {backend} on {device}, {world} process(es), "
               f"{args.threads} CPU thread(s)", flush=True)

@@ -112,6 +112,9 @@ def test_text_language_model_samples_and_saves(tmp_path, capsys):
     (["--clip", "-1"], "--clip: expected a number > 0, got -1"),  # < 0 flips them
     (["--lr", "nan"], "--lr: expected a number > 0, got nan"),
     (["--sample", "-3"], "--sample: expected an integer >= 0, got -3"),
+    (["--lr", "inf"], "--lr: expected a finite number > 0, got inf"),   # every weight NaN
+    (["--seed", "-5"], "--seed: expected an integer in [0, 4294967295], got -5"),
+    (["--threads", "100000"], "--threads: expected an integer in [1, "),   # thousands of threads crashed
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -133,10 +136,30 @@ def test_text_that_cannot_train_is_named_before_training(tmp_path, text, batch, 
 @pytest.mark.parametrize("argv, message", [
     (["--backend", "foo"], "--backend: expected one of ('auto', 'numpy', 'cupy', 'triton'), got 'foo'"),
     (["--out", "/no/such/folder/g.png"], "--out: expected a file in an existing folder, got '/no/such/folder/g.png'"),
+    (["--out", "g.xyz"], "--out: expected a .png file name, got 'g.xyz'"),   # the plot failed after the work
+    (["--out", ""], "--out: expected a .png file name, got ''"),   # wrote ./.png
 ])
 def test_gradflow_names_bad_arguments_before_computing(argv, message):
     with pytest.raises(SystemExit, match=re.escape(message)):
         main(["gradflow", "--steps", "3", "--hidden", "4"] + argv)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "foo"], "--device: expected auto, cpu, cuda or cuda:N, got 'foo'"),
+    (["--device", "meta"], "--device: expected auto, cpu, cuda or cuda:N, got 'meta'"),
+    (["--device", f"cuda:{torch.cuda.device_count()}"], "CUDA device(s)"),
+    (["--backend", "cupy", "--device", "cpu"], "--backend cupy: backend='cupy' is not usable here"),
+])
+def test_a_device_or_backend_that_cannot_run_is_named_before_training(argv, message):
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        main(["train", "--quick"] + argv)
+
+
+def test_a_checkpoint_folder_that_cannot_be_made_is_named_before_training(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match=re.escape(f"--out: expected a folder for the checkpoints, got "
+                                                   f"{str(tmp_path / 'file')!r}")):
+        main(["train", "--quick", "--out", str(tmp_path / "file")])
 
 
 def test_missing_text_file_is_named(tmp_path):

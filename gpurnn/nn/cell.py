@@ -4,7 +4,7 @@ would run it, torch's own step op (common.torch_steps_here: a whole torch.nn cal
 import torch
 
 from .. import backends
-from ..autograd import recorded_for_torch, run_layer
+from ..autograd import recorded_for_torch, run_layer, transformed
 from ..cells import NONLINEARITIES
 from ..checks import check_choice
 from .common import (TORCH_NAMES, RuntimeValueError, autocast, autocast_dtype, autocast_enabled, autocast_inside,
@@ -39,7 +39,7 @@ class _CellForward:
             return traced
         is_lstm, kind = self._cell == "lstm", TORCH_NAMES[self._cell] + "Cell"
         if isinstance(input, torch.Tensor) and (autocast_inside(kind, input.device) or recorded_for_torch(input)
-                                                or self._torch_nn_step(input, hx)):
+                                                or transformed() or self._torch_nn_step(input, hx)):
             return super().forward(input, hx)   # torch.nn's own step (see each condition)
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
         # weights of more than one dtype (changed after construction): torch's step raises, the engine would cast

@@ -2,7 +2,6 @@
 initialisation, state_dict, checks and messages) whose forward runs the gpurnn engine, a
 layer at a time (autograd.run_layers: one kernel launch for both directions under "triton");
 layers, dropout and packing are composed here with ordinary torch ops."""
-import functools
 import numbers
 import warnings
 
@@ -109,10 +108,10 @@ class _EngineForward:
         weights of more than one dtype, a dropout outside [0, 1], or weights that num_layers, bidirectional,
         bias and proj_size no longer name. torch.nn's own forward then raises (or runs) as it does."""
         dropout = self.dropout
+        per_direction = 2 + 2 * bool(self.bias) + (self._cell == "lstm" and self.proj_size > 0)
         return (len({w.dtype for w in self._flat_weights if w is not None}) > 1
                 or not (isinstance(dropout, numbers.Real) and 0 <= dropout <= 1)
-                or self._flat_weights_names != _weight_names(self._cell, self.num_layers, self.bidirectional,
-                                                             self.bias, self.proj_size))
+                or len(self._flat_weights) != self.num_layers * (1 + bool(self.bidirectional)) * per_direction)
 
     def _torch_single_step(self, input, hx):
         """`torch_nn_steps` for one step (T=1) of an Elman or GRU layer (about half the time of gpurnn's checks and
@@ -219,18 +218,6 @@ class _EngineForward:
         names = [f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}",
                  f"bias_ih_l{layer}{suffix}", f"bias_hh_l{layer}{suffix}"]
         return names + ([f"weight_hr_l{layer}{suffix}"] if self._cell == "lstm" else [])
-
-
-@functools.lru_cache(maxsize=64)
-def _weight_names(cell, num_layers, bidirectional, bias, proj_size):
-    """torch.nn's _flat_weights_names for these attributes (see torch.nn.RNNBase.__init__)."""
-    names = []
-    for layer in range(num_layers):
-        for suffix in ("", "_reverse")[:1 + bool(bidirectional)]:
-            names += [f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}"]
-            names += [f"bias_ih_l{layer}{suffix}", f"bias_hh_l{layer}{suffix}"] if bias else []
-            names += [f"weight_hr_l{layer}{suffix}"] if cell == "lstm" and proj_size > 0 else []
-    return names
 
 
 class RNN(_EngineForward, torch.nn.RNN):
