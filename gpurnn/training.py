@@ -270,7 +270,17 @@ def sequence_loss(h, weight, bias, targets, *, reduction="sum", ignore_index=-10
 
 # ---------------------------------------------------------------- clipping
 
-def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
+def _real(name, value, words="a number"):
+    """value as a float: a real number or a 0-d array or tensor of one (torch takes those too)."""
+    if isinstance(value, (bool, str)) or not (isinstance(value, numbers.Real) or getattr(value, "ndim", None) == 0):
+        raise TypeError(f"{name}: expected {words}, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected {words}, got {value!r}") from None
+
+
+def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
     """Scale gradients in place so their global norm is at most max_norm; return the norm.
 
     torch's convention (torch.nn.utils.clip_grad_norm_): total = norm of the
@@ -279,24 +289,24 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     +-inf. grads: torch parameters/tensors (handed to torch.nn.utils.clip_grad_norm_), or
     NumPy/CuPy arrays, a list or a dict of them (the functional path; None entries
     are skipped). Returns the total norm before clipping (a tensor, or an xp scalar).
-    Nothing is scaled when an argument is wrong.
+    Nothing is scaled when an argument is wrong. foreach: torch's, for tensors.
     """
     try:
         arrays = list(grads.values()) if isinstance(grads, dict) else [grads] if hasattr(grads, "shape") else list(grads)
     except TypeError:
         raise TypeError(f"grads: expected an array, or a list or dict of arrays, got {type(grads).__name__}") from None
     arrays = [a for a in arrays if a is not None]
-    if not isinstance(max_norm, (int, float, np.number)) or isinstance(max_norm, bool):
-        raise TypeError(f"max_norm: expected a number, got {max_norm!r}")
-    if isinstance(norm_type, str) and norm_type in ("inf", "-inf"):
-        norm_type = float(norm_type)
-    if not isinstance(norm_type, (int, float, np.number)) or isinstance(norm_type, bool):
-        raise TypeError(f"norm_type: expected a number or inf, got {norm_type!r}")
-    if arrays and type(arrays[0]).__module__.startswith("torch"):
+    max_norm = _real("max_norm", max_norm)
+    norm_type = float(norm_type) if norm_type in ("inf", "-inf") else _real("norm_type", norm_type, "a number or inf")
+    is_torch = [type(a).__module__.startswith("torch") for a in arrays]
+    if arrays and is_torch[0]:
         import torch
-        return torch.nn.utils.clip_grad_norm_(arrays, max_norm, norm_type, error_if_nonfinite)
+        if not all(is_torch):
+            i = is_torch.index(False)
+            raise TypeError(f"grads[{i}]: expected a tensor like grads[0], got {type(arrays[i]).__name__}")
+        return torch.nn.utils.clip_grad_norm_(arrays, max_norm, norm_type, error_if_nonfinite, foreach)
     for i, a in enumerate(arrays):
-        if not (hasattr(a, "dtype") and hasattr(a, "shape")):
+        if not (hasattr(a, "dtype") and hasattr(a, "shape")) or is_torch[i]:
             raise TypeError(f"grads[{i}]: expected a NumPy or CuPy array, got {type(a).__name__}")
         check_floating(f"grads[{i}]", a.dtype, np.issubdtype(a.dtype, np.floating))
         if not getattr(getattr(a, "flags", None), "writeable", True):   # CuPy arrays have no such flag
@@ -304,7 +314,6 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     if not arrays:
         return np.zeros((), np.float32)
     xp = get_xp(arrays[0])
-    norm_type = float(norm_type)
     wide = [a.astype(np.promote_types(a.dtype, np.float32), copy=False) for a in arrays]  # fp16 sums overflow
     total = _vector_norm(xp, xp.stack([_vector_norm(xp, a, norm_type) for a in wide]), norm_type)
     if error_if_nonfinite and not bool(xp.isfinite(total)):
@@ -342,10 +351,15 @@ def detach_state(state):
 
 
 def split_chunks(k, *sequences, dim=0):
-    """Yield tuples of k-step slices (the last one may be shorter) of the given sequences."""
+    """Yield tuples of k-step slices (the last one may be shorter) of the given sequences (tensors)."""
     if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k: expected an integer >= 1, got {k!r}")
     k = int(k)
+    if not sequences:
+        raise TypeError("sequences: expected at least one tensor to split, got none")
+    for i, s in enumerate(sequences):
+        if not hasattr(s, "narrow"):
+            raise TypeError(f"sequences[{i}]: expected a torch.Tensor, got {type(s).__name__}")
     T = sequences[0].shape[dim]
     for s in sequences[1:]:
         if s.shape[dim] != T:

@@ -204,8 +204,8 @@ def test_clip_hands_torch_parameters_to_torch():
     twin = copy.deepcopy(model)
     for p, q in zip(model.parameters(), twin.parameters()):
         q.grad = p.grad.clone()
-    ref_norm = torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.1)
-    norm = clip_grad_norm_(model.parameters(), 0.1)
+    ref_norm = torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.1, foreach=False)
+    norm = clip_grad_norm_(model.parameters(), torch.tensor(0.1), foreach=False)   # torch's arguments too
     assert isinstance(norm, torch.Tensor) and norm.item() == ref_norm.item() > 0.1
     for p, q in zip(model.parameters(), twin.parameters()):
         assert torch.equal(p.grad, q.grad)
@@ -219,7 +219,10 @@ def test_clip_hands_torch_parameters_to_torch():
     (([1.0, 2.0], 1.0), TypeError, "grads[0]: expected a NumPy or CuPy array, got float"),
     (([[1.0, 2.0]], 1.0), TypeError, "grads[0]: expected a NumPy or CuPy array, got list"),
     ((3.0, 1.0), TypeError, "grads: expected an array, or a list or dict of arrays, got float"),
-], ids=["int", "fro", "max_norm-None", "max_norm-str", "floats", "nested-list", "scalar"])
+    (([np.ones(3), torch.ones(3)], 1.0), TypeError, "grads[1]: expected a NumPy or CuPy array, got Tensor"),
+    (([torch.ones(3), np.ones(3)], 1.0), TypeError, "grads[1]: expected a tensor like grads[0], got ndarray"),
+], ids=["int", "fro", "max_norm-None", "max_norm-str", "floats", "nested-list", "scalar", "numpy-torch",
+        "torch-numpy"])
 def test_clip_rejects_bad_arguments(args, exc, words):
     with pytest.raises(exc, match=re.escape(words)):
         clip_grad_norm_(*args)
@@ -385,6 +388,10 @@ def test_split_chunks_checks_its_arguments():
     with pytest.raises(ValueError, match=r"expected the same length 3 along dim 0, got 2"):
         next(split_chunks(2, torch.zeros(3), torch.zeros(2)))
     assert [c[0].tolist() for c in split_chunks(np.int64(2), torch.arange(3))] == [[0, 1], [2]]
+    with pytest.raises(TypeError, match=r"sequences: expected at least one tensor to split, got none"):
+        next(split_chunks(2))
+    with pytest.raises(TypeError, match=r"sequences\[0\]: expected a torch.Tensor, got ndarray"):
+        next(split_chunks(2, np.zeros(3)))
 
 
 # ---------------------------------------------------------------- flat memory over a stream
