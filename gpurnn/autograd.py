@@ -230,7 +230,7 @@ def _inputs(ctx, rerun):
     for i, t in zip(ctx.saved_at, saved):
         slots[i] = t
     for i, (t, version) in ctx.unsaved.items():
-        if rerun and t._version != version:
+        if rerun and version is not None and t._version != version:   # (None: an inference tensor)
             raise RuntimeError("one of the variables needed for gradient computation has been modified by "
                                f"an inplace operation: a tensor of shape {tuple(t.shape)} is at version "
                                f"{t._version}; expected version {version} instead (double backward, or a "
@@ -377,10 +377,11 @@ def _torch_loop_layers(cell, x, directions, batch_sizes, opts):
 
 
 def transformed():
-    """Whether a torch.func transform (grad, jvp, vmap, ...) or forward-mode AD is active. Asked in plain Python
-    also while dynamo traces (below): dynamo traces a transform's body with the transform's real interpreter
-    level set, and there a traced custom op would meet its wrapped tensors (torch.compile of torch.func.grad
-    failed; of jvp, gave a zero tangent)."""
+    """Whether a torch.func transform (grad, jvp, vmap, ...) or forward-mode AD is active (a dual level, dual
+    tensors or not). Asked in plain Python also while dynamo traces (below): dynamo traces a transform's body with
+    the transform's real interpreter level set, and there a traced custom op would meet its wrapped tensors
+    (torch.compile of torch.func.grad failed; of jvp, gave a zero tangent). Not covered: a model compiled outside
+    forward-mode AD and then called inside a dual level (dynamo does not guard on it; the custom op has no jvp)."""
     return (torch._C._functorch.maybe_current_level() is not None
             or torch.autograd.forward_ad._current_level >= 0)
 

@@ -1,4 +1,6 @@
 """Boundary checks: each error names the argument, what was expected and what came."""
+import numbers
+import operator
 
 
 def check_choice(name, value, choices):
@@ -42,3 +44,21 @@ def check_steps(T):
     """A sequence needs a step, with torch.nn's exception and words."""
     if T == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+
+
+def as_integer(name, value):
+    """value as an int (a Python or NumPy integer, a 0-d integer tensor)."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {value!r}") from None
+
+
+def as_real(name, value, words="a number"):
+    """value as a float: a real number, or a 0-d array or tensor of one (torch takes those too)."""
+    if isinstance(value, (bool, str)) or not (isinstance(value, numbers.Real) or getattr(value, "ndim", None) == 0):
+        raise TypeError(f"{name}: expected {words}, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected {words}, got {value!r}") from None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .arguments import SEED, positive
 from .checks import check_choice
 
 RADII = (0.5, 0.9, 1.0, 1.1, 1.5)
@@ -59,7 +60,8 @@ def gradient_flow(model, x, state=None, loss_fn=None):
     if x.shape[time_dim] == 0:
         raise ValueError(f"x: expected at least one step, got shape {tuple(x.shape)}")
     loss_fn = loss_fn or _default_loss
-    x = x.detach().requires_grad_()   # every h_t then has a gradient, also in a frozen model
+    x = x.detach().clone().requires_grad_()   # every h_t then has a gradient, also in a frozen model (the clone:
+                                              # an inference-mode x cannot require grad)
     hidden = []
     with torch.enable_grad():
         for t in range(x.shape[time_dim]):
@@ -146,11 +148,11 @@ def plot(curves, rates, path, title):
 
 def add_arguments(parser):
     parser.add_argument("--out", default="gradflow.png", help="where to write the plot (PNG)")
-    parser.add_argument("--steps", type=int, default=100, help="sequence length T")
-    parser.add_argument("--hidden", type=int, default=64, help="hidden units")
-    parser.add_argument("--inputs", type=int, default=8, help="input features (x ~ N(0, 1))")
-    parser.add_argument("--batch", type=int, default=16, help="sequences averaged in the norm")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=positive, default=100, help="sequence length T")
+    parser.add_argument("--hidden", type=positive, default=64, help="hidden units")
+    parser.add_argument("--inputs", type=positive, default=8, help="input features (x ~ N(0, 1))")
+    parser.add_argument("--batch", type=positive, default=16, help="sequences averaged in the norm")
+    parser.add_argument("--seed", type=SEED, default=0)
     parser.add_argument("--backend", default="auto", help="auto, numpy, cupy or triton")
 
 
@@ -166,9 +168,6 @@ def run(args):
         raise SystemExit(f"--{e}") from None
     except RuntimeError as e:
         raise SystemExit(f"--backend {args.backend}: {e}") from None
-    for name in ("steps", "hidden", "inputs", "batch"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name}: expected an integer >= 1, got {getattr(args, name)}")
     # checked first: the plot is written after all the computation
     out = Path(args.out)
     if out.suffix.lower() != ".png" or out.is_dir():

@@ -8,7 +8,6 @@ DistributedDataParallel averages the gradients:
     torchrun --standalone --nproc_per_node=2 -m gpurnn train
 (gloo on CPUs, nccl with one GPU per process; only rank 0 prints and saves).
 """
-import argparse
 import ctypes
 import math
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backends
+from .arguments import SEED, csv, integer_at_least, non_negative, positive, positive_finite, positive_float
 from .tasks import IGNORE, CharText, RecallTask, YearTask
 
 CELLS = {"elman": "RNN", "lstm": "LSTM", "gru": "GRU"}
@@ -312,73 +312,31 @@ def summary_table(rows):
     return "\n".join(lines)
 
 
-def _csv(kind, choices):
-    def parse(value):
-        items = [v.strip() for v in value.split(",") if v.strip()]
-        bad = [v for v in items if v not in choices]
-        if not items or bad:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(choices)}, "
-                                             f"got {value!r}")
-        return items
-    parse.__name__ = kind
-    return parse
-
-
-def _integer_at_least(low, high=None, why=""):
-    def parse(value):
-        n = int(value)
-        if n < low or high is not None and n > high:
-            bound = f">= {low}" if high is None else f"in [{low}, {high}]{why}"
-            raise argparse.ArgumentTypeError(f"expected an integer {bound}, got {value}")
-        return n
-    parse.__name__ = "int"   # argparse's word for a value that is no integer at all
-    return parse
-
-
-_positive, _non_negative = _integer_at_least(1), _integer_at_least(0)
-
-
-def _positive_float(value):
-    """A float > 0, inf included (a clip norm of 0 zeroes every gradient, a negative one flips their sign)."""
-    x = float(value)
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return x
-
-
-def _positive_finite(value):
-    """A float > 0 and finite (a learning rate of inf makes every weight NaN)."""
-    x = _positive_float(value)
-    if x == math.inf:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
-    return x
-
-
 def add_arguments(parser):
-    parser.add_argument("--tasks", type=_csv("tasks", TASKS), default=list(TASKS),
+    parser.add_argument("--tasks", type=csv("tasks", TASKS), default=list(TASKS),
                         help="generated tasks to run (default: year,recall)")
-    parser.add_argument("--cells", type=_csv("cells", tuple(CELLS)), default=None,
+    parser.add_argument("--cells", type=csv("cells", tuple(CELLS)), default=None,
                         help="cells to compare (default: elman,lstm,gru; with --text: lstm)")
     parser.add_argument("--text", metavar="FILE", help="train a character language model on this text file instead")
-    parser.add_argument("--sample", type=_non_negative, default=0, metavar="N",
+    parser.add_argument("--sample", type=non_negative, default=0, metavar="N",
                         help="with --text: print N generated characters")
-    parser.add_argument("--hidden", type=_positive, default=64)
-    parser.add_argument("--batch", type=_positive, default=32)
-    parser.add_argument("--steps", type=_positive, default=None,
+    parser.add_argument("--hidden", type=positive, default=64)
+    parser.add_argument("--batch", type=positive, default=32)
+    parser.add_argument("--steps", type=positive, default=None,
                         help=f"training steps per task and cell (default: {DEFAULT_STEPS})")
-    parser.add_argument("--lr", type=_positive_finite, default=1e-2)
-    parser.add_argument("--clip", type=_positive_float, default=5.0, help="max global gradient norm (inf: none)")
-    parser.add_argument("--lag", type=_positive, default=50, help="recall task: steps between symbol and query")
-    parser.add_argument("--bptt", type=_positive, default=100, help="--text: truncated BPTT chunk length")
-    parser.add_argument("--eval-batch", type=_positive, default=1000)
+    parser.add_argument("--lr", type=positive_finite, default=1e-2)
+    parser.add_argument("--clip", type=positive_float, default=5.0, help="max global gradient norm (inf: none)")
+    parser.add_argument("--lag", type=positive, default=50, help="recall task: steps between symbol and query")
+    parser.add_argument("--bptt", type=positive, default=100, help="--text: truncated BPTT chunk length")
+    parser.add_argument("--eval-batch", type=positive, default=1000)
     parser.add_argument("--backend", default="auto", choices=backends.CHOICES)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
-    parser.add_argument("--threads", type=_integer_at_least(1, os.cpu_count() or 1, " (this machine's CPUs)"),
+    parser.add_argument("--threads", type=integer_at_least(1, os.cpu_count() or 1, " (this machine's CPUs)"),
                         default=1,
                         help="CPU threads for torch and BLAS (small recurrent GEMMs run best on 1)")
     parser.add_argument("--quick", action="store_true", help="a few seconds: a tenth of the steps (tests, CI)")
     parser.add_argument("--out", default="checkpoints", help="checkpoint folder ('' to save none)")
-    parser.add_argument("--seed", type=_integer_at_least(0, 2 ** 32 - 1), default=0)
+    parser.add_argument("--seed", type=SEED, default=0)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 

@@ -9,14 +9,14 @@
 """
 import functools
 import numbers
-import operator
 from collections import namedtuple
 
 import numpy as np
 
 from . import backends
 from .arrays import compute_dtype, get_xp, tensor_to_xp, xp_to_tensor
-from .checks import check_choice, check_floating, check_same_device, check_same_dtype, check_shape
+from .checks import (as_integer, as_real, check_choice, check_floating, check_same_device, check_same_dtype,
+                     check_shape)
 
 REDUCTIONS = ("sum", "mean")
 _LOGITS_PER_CHUNK = 1 << 22   # the xp path holds at most this many logits at a time
@@ -41,14 +41,6 @@ def _check_loss_args(xp, h, weight, bias, targets, reduction):
     if not xp.issubdtype(targets.dtype, xp.integer):
         raise TypeError(f"targets: expected an integer dtype, got {targets.dtype}")
     check_shape("targets", targets.shape, h.shape[:-1])
-
-
-def _index(name, value):
-    """value as an int (a Python or NumPy integer, a 0-d integer tensor), else a TypeError naming it."""
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer, got {value!r}") from None
 
 
 def _check_target_range(targets, vocab, ignore_index):
@@ -82,7 +74,7 @@ def sequence_loss_forward(h, weight, bias, targets, *, reduction="sum", ignore_i
     processed in chunks so at most ~4M logits exist at a time.
     """
     xp = get_xp(h)
-    ignore_index = _index("ignore_index", ignore_index)
+    ignore_index = as_integer("ignore_index", ignore_index)
     _check_loss_args(xp, h, weight, bias, targets, reduction)
     _check_target_range(targets, weight.shape[0], ignore_index)
     y = targets.reshape(-1)
@@ -141,9 +133,7 @@ def sequence_loss_backward(saved, dloss=1.0):
     else:
         dh = xp.zeros((int(np.prod(h.shape[:-1])), h.shape[-1]), hv.dtype)
         dh[rows] = dhv
-    dtype = h.dtype
-    return (dh.reshape(h.shape).astype(dtype), dw.astype(dtype),
-            None if db is None else db.astype(dtype))
+    return dh.reshape(h.shape).astype(h.dtype), dw.astype(h.dtype), None if db is None else db.astype(h.dtype)
 
 
 # ---------------------------------------------------------------- torch front end
@@ -191,12 +181,13 @@ def _torch_gradients(inputs, spec, dloss):
 
     h, weight, bias = inputs
     targets, reduction, ignore_index, _ = spec
-    logits = torch.nn.functional.linear(h, weight, bias).reshape(-1, weight.shape[0])
+    wide = lambda t: t.float() if t is not None and t.dtype == torch.float16 else t   # as the first order
+    logits = torch.nn.functional.linear(wide(h), wide(weight), wide(bias)).reshape(-1, weight.shape[0])
     loss = torch.nn.functional.cross_entropy(logits, targets.reshape(-1).long(), reduction=reduction,
                                              ignore_index=ignore_index)
     wanted = [t for t in inputs if t is not None and t.requires_grad]
     grads = iter(torch.autograd.grad(loss, wanted, dloss, create_graph=True))
-    dh, dw, db = (next(grads) if t is not None and t.requires_grad else None for t in inputs)
+    dh, dw, db = (next(grads).to(t.dtype) if t is not None and t.requires_grad else None for t in inputs)
     return None if dh is None else dh.reshape(targets.shape + h.shape[-1:]), dw, db
 
 
@@ -207,7 +198,7 @@ def _triton_forward(ctx, h, weight, bias, targets, reduction, ignore_index):
     y = targets.reshape(-1).long()
     per_row, lse = kernel.forward(h2, weight, bias, y, ignore_index)
     valid = y != ignore_index
-    ctx.save_for_backward(h2, weight, bias, y, lse, valid)
+    ctx.save_for_backward(h, weight, bias, y, lse, valid)   # h, not its view h2: one a gradient penalty reaches
     loss = per_row.sum()
     if reduction == "mean":
         loss = loss / valid.sum()
@@ -217,12 +208,12 @@ def _triton_forward(ctx, h, weight, bias, targets, reduction, ignore_index):
 def _triton_backward(ctx, dloss):
     from .kernels import loss as kernel
 
-    h2, weight, bias, y, lse, valid = ctx.saved_tensors
+    h, weight, bias, y, lse, valid = ctx.saved_tensors
     row_grad = valid.to(lse.dtype) * dloss.to(lse.dtype)
     if ctx.spec[1] == "mean":
         row_grad = row_grad / valid.sum()
-    dh, dw, db = kernel.backward(h2, weight, bias, y, lse, row_grad)
-    return dh.reshape(ctx.spec[0].shape + (h2.shape[-1],)), dw, db
+    dh, dw, db = kernel.backward(h.reshape(-1, h.shape[-1]), weight, bias, y, lse, row_grad)
+    return dh.reshape(h.shape), dw, db
 
 
 def sequence_loss(h, weight, bias, targets, *, reduction="sum", ignore_index=-100, backend="auto"):
@@ -232,7 +223,8 @@ def sequence_loss(h, weight, bias, targets, *, reduction="sum", ignore_index=-10
     nn.Linear head's; targets: (T, B) long. Equals
     torch.nn.functional.cross_entropy(h @ weight.T + bias, targets, reduction=...)
     over all steps, without holding all logits (chunks of rows on NumPy/CuPy,
-    streamed vocabulary tiles in the Triton kernel).
+    streamed vocabulary tiles in the Triton kernel); a gradient taken with
+    create_graph=True (a penalty) is cross_entropy's, which does hold them.
     """
     import torch
 
@@ -241,7 +233,7 @@ def sequence_loss(h, weight, bias, targets, *, reduction="sum", ignore_index=-10
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if h.device.type not in ("cpu", "cuda"):
         raise ValueError(f"h: expected a tensor on the CPU or a CUDA GPU, got one on {h.device}")
-    ignore_index = _index("ignore_index", ignore_index)
+    ignore_index = as_integer("ignore_index", ignore_index)
     if targets.is_floating_point() or targets.is_complex():
         raise TypeError(f"targets: expected an integer dtype, got {targets.dtype}")
     name = backends.resolve(backend, h.is_cuda)
@@ -255,30 +247,20 @@ def sequence_loss(h, weight, bias, targets, *, reduction="sum", ignore_index=-10
             check_same_dtype("bias", bias.dtype, "h", h.dtype)
             check_shape("bias", bias.shape, weight.shape[:1])
         check_shape("targets", targets.shape, h.shape[:-1])
-        for name, t in (("weight", weight), ("bias", bias), ("targets", targets)):
+        for arg, t in (("weight", weight), ("bias", bias), ("targets", targets)):   # (name: the backend)
             if t is not None:
-                check_same_device(name, t.device, "h", h.device)
+                check_same_device(arg, t.device, "h", h.device)
         _check_target_range(targets, weight.shape[0], ignore_index)
     elif h.dtype == torch.bfloat16:   # NumPy and CuPy have no bfloat16
         up = lambda t: None if t is None else t.float()
         return sequence_loss(up(h), up(weight), up(bias), targets, reduction=reduction,
                              ignore_index=ignore_index, backend=name).to(h.dtype)
     contiguous = lambda t: None if t is None else t.contiguous()
-    spec = (targets.contiguous(), reduction, ignore_index, name)
-    return _torch_function().apply(spec, contiguous(h), contiguous(weight), contiguous(bias))
+    return _torch_function().apply((targets.contiguous(), reduction, ignore_index, name), contiguous(h),
+                                   contiguous(weight), contiguous(bias))
 
 
 # ---------------------------------------------------------------- clipping
-
-def _real(name, value, words="a number"):
-    """value as a float: a real number or a 0-d array or tensor of one (torch takes those too)."""
-    if isinstance(value, (bool, str)) or not (isinstance(value, numbers.Real) or getattr(value, "ndim", None) == 0):
-        raise TypeError(f"{name}: expected {words}, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected {words}, got {value!r}") from None
-
 
 def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
     """Scale gradients in place so their global norm is at most max_norm; return the norm.
@@ -296,8 +278,9 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, fo
     except TypeError:
         raise TypeError(f"grads: expected an array, or a list or dict of arrays, got {type(grads).__name__}") from None
     arrays = [a for a in arrays if a is not None]
-    max_norm = _real("max_norm", max_norm)
-    norm_type = float(norm_type) if norm_type in ("inf", "-inf") else _real("norm_type", norm_type, "a number or inf")
+    as_real("max_norm", max_norm)   # checked; a tensor goes to torch as it is (float() would sync a GPU)
+    norm_type = float(norm_type) if isinstance(norm_type, str) and norm_type in ("inf", "-inf") else \
+        as_real("norm_type", norm_type, "a number or inf")
     is_torch = [type(a).__module__.startswith("torch") for a in arrays]
     if arrays and is_torch[0]:
         import torch
@@ -313,7 +296,7 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, fo
             raise ValueError(f"grads[{i}]: expected a writable array (it is scaled in place), got a read-only one")
     if not arrays:
         return np.zeros((), np.float32)
-    xp = get_xp(arrays[0])
+    xp, max_norm = get_xp(arrays[0]), float(max_norm)
     wide = [a.astype(np.promote_types(a.dtype, np.float32), copy=False) for a in arrays]  # fp16 sums overflow
     total = _vector_norm(xp, xp.stack([_vector_norm(xp, a, norm_type) for a in wide]), norm_type)
     if error_if_nonfinite and not bool(xp.isfinite(total)):

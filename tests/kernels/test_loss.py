@@ -89,8 +89,13 @@ def test_backward_is_bitwise_deterministic_across_chunks(monkeypatch):
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-def test_torch_front_end_on_triton_equals_numpy_engine_and_torch(reduction):
-    """sequence_loss(backend="triton") on (T, B, H): loss and autograd gradients."""
+def test_torch_front_end_on_triton_equals_numpy_engine_and_torch(reduction, monkeypatch):
+    """sequence_loss(backend="triton") on (T, B, H): loss and autograd gradients, from the kernels (a loop variable
+    once overwrote the backend's name, and the NumPy engine ran instead)."""
+    calls = []
+    for name in ("forward", "backward"):
+        run = getattr(kernel, name)
+        monkeypatch.setattr(kernel, name, lambda *a, run=run, name=name: calls.append(name) or run(*a))
     g = torch.Generator().manual_seed(5)
     T, B, H, V = 6, 3, 9, 40
     h = torch.randn(T, B, H, generator=g, dtype=torch.float64, requires_grad=True)
@@ -103,6 +108,7 @@ def test_torch_front_end_on_triton_equals_numpy_engine_and_torch(reduction):
     for backend in ("triton", "numpy"):
         loss = sequence_loss(h, w, b, y, reduction=reduction, backend=backend)
         results[backend] = (loss,) + torch.autograd.grad(2 * loss, (h, w, b))
+    assert calls == ["forward", "backward"]
     ref_all = (ref,) + torch.autograd.grad(2 * ref, (h, w, b))
     for backend, got in results.items():
         for name, mine, theirs in zip(["loss", "dh", "dweight", "dbias"], got, ref_all):
