@@ -190,11 +190,12 @@ def _setup_context(ctx, inputs, output):
     # which check that they have not changed.
     names = ([None] * STATES + list(cells.WEIGHT_NAMES[cell]) + [None] * SLOT)[:SLOT] * DIRS
     # Under torch.autograd.graph.allow_mutation_on_saved_tensors the biases are saved too: autograd then keeps a
-    # copy of one changed in place (an optimizer step before backward), which the rerun (_backward) needs.
-    keep_biases = torch.autograd.graph._allow_mutation_on_saved_tensors_enabled
+    # copy of one changed in place (an optimizer step before backward), which the rerun (_backward) needs. So
+    # does oneDNN's LSTM (saves_y): a bias changed in place before backward is its error.
+    saves_y = _saves_output(x, cell, batch_sizes, slots)
+    keep_biases = torch.autograd.graph._allow_mutation_on_saved_tensors_enabled or saves_y
     ctx.saved_at = [i for i, (t, n) in enumerate(zip(slots, names))
                     if t is not None and (n not in BIASES or keep_biases)]
-    saves_y = _saves_output(x, cell, batch_sizes, slots)
     ys = [output[d * (1 + STATES)] for d in range(len(reverses))] if saves_y else []
     read = [x, *[slots[i] for i in ctx.saved_at]]
     ctx.save_for_backward(output[-1], *read, *ys)

@@ -480,11 +480,13 @@ _OUTPUT_IN_PLACE = [("LSTM", {}), ("LSTM", {"num_layers": 2, "batch_first": True
                     ("GRU", {}), ("RNN", {"num_layers": 2})]
 
 
+@pytest.mark.parametrize("changed", ["output", "bias"])
 @pytest.mark.parametrize("route", ["engine", "torch"])
 @pytest.mark.parametrize("name, kwargs", _OUTPUT_IN_PLACE, ids=[f"{n}-{'-'.join(k) or 'plain'}" for n, k in
                                                                  _OUTPUT_IN_PLACE])
-def test_an_output_changed_in_place_before_backward_fails_where_torch_nn_fails(name, kwargs, route, monkeypatch):
-    """oneDNN's CPU LSTM saves its output y (float32, one direction, neither packed nor projected): changing y in
+def test_an_output_or_bias_changed_in_place_before_backward_fails_where_torch_nn_fails(name, kwargs, route, changed,
+                                                                                       monkeypatch):
+    """oneDNN's CPU LSTM saves its output y and its biases (float32, neither packed nor projected): changing one in
     place before backward is an error there; elsewhere, and for the RNN and GRU, it runs."""
     monkeypatch.setenv("GPURNN_CPU_LAYER", route)
     kwargs = dict(kwargs)
@@ -494,7 +496,8 @@ def test_an_output_changed_in_place_before_backward_fails_where_torch_nn_fails(n
     for m in _pair(name, 3, 4, **kwargs):
         y, _ = m(torch.nn.utils.rnn.pack_padded_sequence(x, [5, 3]) if packed else x)
         y = y.data if packed else y
-        y.add_(1)
+        with torch.no_grad():
+            (y if changed == "output" else m.bias_ih_l0).add_(1)
         try:
             y.sum().backward()
             outcomes.append("runs")
