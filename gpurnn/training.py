@@ -194,9 +194,8 @@ def _torch_gradients(inputs, spec, dloss):
 def _triton_forward(ctx, h, weight, bias, targets, reduction, ignore_index):
     from .kernels import loss as kernel
 
-    h2 = h.reshape(-1, h.shape[-1])
     y = targets.reshape(-1).long()
-    per_row, lse = kernel.forward(h2, weight, bias, y, ignore_index)
+    per_row, lse = kernel.forward(h.flatten(0, -2), weight, bias, y, ignore_index)   # (flatten: H may be 0)
     valid = y != ignore_index
     ctx.save_for_backward(h, weight, bias, y, lse, valid)   # h, not its view h2: one a gradient penalty reaches
     loss = per_row.sum()
@@ -210,9 +209,9 @@ def _triton_backward(ctx, dloss):
 
     h, weight, bias, y, lse, valid = ctx.saved_tensors
     row_grad = valid.to(lse.dtype) * dloss.to(lse.dtype)
-    if ctx.spec[1] == "mean":
-        row_grad = row_grad / valid.sum()
-    dh, dw, db = kernel.backward(h.reshape(-1, h.shape[-1]), weight, bias, y, lse, row_grad)
+    if ctx.spec[1] == "mean":   # no targets at all: a NaN loss (torch's) with zero gradients (torch's too)
+        row_grad = row_grad / valid.sum().clamp(min=1)
+    dh, dw, db = kernel.backward(h.flatten(0, -2), weight, bias, y, lse, row_grad)
     return dh.reshape(h.shape), dw, db
 
 
@@ -234,13 +233,15 @@ def sequence_loss(h, weight, bias, targets, *, reduction="sum", ignore_index=-10
     if h.device.type not in ("cpu", "cuda"):
         raise ValueError(f"h: expected a tensor on the CPU or a CUDA GPU, got one on {h.device}")
     ignore_index = as_integer("ignore_index", ignore_index)
-    if targets.is_floating_point() or targets.is_complex():
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
         raise TypeError(f"targets: expected an integer dtype, got {targets.dtype}")
     name = backends.resolve(backend, h.is_cuda)
     check_choice("reduction", reduction, REDUCTIONS)
     if name == "triton":
         # the xp path validates inside sequence_loss_forward; the kernel trusts its inputs
         check_floating("h", h.dtype, h.is_floating_point())
+        if h.dim() < 2:
+            raise ValueError(f"h: expected shape (..., H) with at least 2 dims, got shape {tuple(h.shape)}")
         check_same_dtype("weight", weight.dtype, "h", h.dtype)
         check_shape("weight", weight.shape, (weight.shape[0], h.shape[-1]))
         if bias is not None:

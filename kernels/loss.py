@@ -13,6 +13,8 @@ dlogit = grad_n * (softmax - onehot), then GEMMs give the chunk's dh = dlogit W 
 dlogit^T h into dW, and a sum over rows gives db. No atomics: every sum has one order,
 so two runs give the same bits. Offsets are int64 (N*H or V*H may pass 2^31).
 """
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -121,10 +123,17 @@ def forward(h, weight, bias, targets, ignore_index=-100, precision=None):
     meta = _meta(h.dtype, bias is not None, precision)
     loss = torch.empty(N, dtype=_acc_dtype(h.dtype), device=h.device)
     lse = torch.empty_like(loss)
-    _loss_fwd[(triton.cdiv(N, meta["BLOCK_N"]),)](
-        h, weight, weight if bias is None else bias, targets, loss, lse, N, V, H, ignore_index,
-        num_warps=NUM_WARPS, **meta)
+    with _on_device(h):
+        _loss_fwd[(triton.cdiv(N, meta["BLOCK_N"]),)](
+            h, weight, weight if bias is None else bias, targets, loss, lse, N, V, H, ignore_index,
+            num_warps=NUM_WARPS, **meta)
     return loss, lse
+
+
+def _on_device(t):
+    """Triton launches on torch's current CUDA device and stream: make them t's (under torchrun, ranks >= 1 hold
+    their tensors on another device than the current one), so the launches and the GEMMs share one stream."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def backward(h, weight, bias, targets, lse, grad, precision=None):
@@ -148,9 +157,10 @@ def backward(h, weight, bias, targets, lse, grad, precision=None):
     for r0 in range(0, N, rows):
         r1 = min(N, r0 + rows)
         chunk = dl[:r1 - r0]
-        _loss_dlogits[(triton.cdiv(r1 - r0, meta["BLOCK_N"]), triton.cdiv(V, meta["BLOCK_V"]))](
-            h[r0:r1], weight, weight if bias is None else bias, targets[r0:r1], lse[r0:r1], grad[r0:r1], chunk,
-            r1 - r0, V, H, num_warps=NUM_WARPS, **meta)
+        with _on_device(h):
+            _loss_dlogits[(triton.cdiv(r1 - r0, meta["BLOCK_N"]), triton.cdiv(V, meta["BLOCK_V"]))](
+                h[r0:r1], weight, weight if bias is None else bias, targets[r0:r1], lse[r0:r1], grad[r0:r1], chunk,
+                r1 - r0, V, H, num_warps=NUM_WARPS, **meta)
         chunk_io = chunk.to(h.dtype)
         torch.mm(chunk_io, weight, out=dh[r0:r1])
         dw += (chunk_io.T @ h[r0:r1]).to(acc_dtype)

@@ -1,7 +1,7 @@
 """Under torch.autocast the modules give the dtypes torch.nn's give, and the values of the cast
 computation (CPU: bfloat16 and float16 data are computed in float32 and rounded on return). Where torch.nn
-mixes precisions inside one op (GRU, LSTMCell, GRUCell and the projected LSTM on the CPU), they give torch.nn's
-own results."""
+mixes precisions inside one op (GRU, LSTMCell, GRUCell, and the projected or packed LSTM on the CPU), they give
+torch.nn's own results."""
 import pytest
 import torch
 
@@ -71,3 +71,33 @@ def test_mixed_precision_inside_the_op_is_torchs(kind, kwargs, x_dtype, hx_dtype
     for got, want in zip(*results[::-1]):
         assert got.dtype == want.dtype
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_a_packed_lstm_is_torchs_float32_under_cpu_autocast(monkeypatch):
+    """torch.nn's packed CPU LSTM returns float32 under autocast (it came back in bfloat16)."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
+    torch.manual_seed(0)
+    ref, mine = torch.nn.LSTM(4, 5, bidirectional=True), gnn.LSTM(4, 5, bidirectional=True)
+    mine.load_state_dict(ref.state_dict())
+    x = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(3, 2, 4), [3, 2])
+    with torch.autocast("cpu", torch.bfloat16):
+        want, got = ref(x), mine(x)
+    for a, b in zip([got[0].data, *got[1]], [want[0].data, *want[1]]):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind, module_dtype, x_dtype", [("RNN", torch.float64, torch.float32),
+                                                         ("LSTM", torch.float32, torch.float64),
+                                                         ("RNNCell", torch.float64, torch.float32)])
+def test_float64_beside_cast_tensors_is_torchs_error_under_autocast(kind, module_dtype, x_dtype, monkeypatch):
+    """Autocast never casts float64: a float64 module with float32 data (or the reverse) meets a bfloat16 GEMM
+    operand in torch.nn, which raises; the engine ran."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
+    x = torch.randn(*((2, 4) if "Cell" in kind else (3, 2, 4)), dtype=x_dtype)
+    messages = []
+    for nn in (torch.nn, gnn):
+        with torch.autocast("cpu", torch.bfloat16), pytest.raises(RuntimeError) as err:
+            getattr(nn, kind)(4, 5, dtype=module_dtype)(x)
+        messages.append(str(err.value))
+    assert messages[1] == messages[0]

@@ -165,14 +165,24 @@ def autocast_dtype(kind, device):
     return None
 
 
-def autocast_inside(kind, device, proj=False):
+def autocast_inside(kind, device, proj=False, packed=False):
     """Whether torch.nn's `kind` module runs a mixed precision of its own under autocast on `device` now, which
     the engine has no mode for: where autocast does not cast the op (GRU and the LSTM/GRU cells on the CPU),
     torch still runs the GEMMs inside it in the autocast dtype and returns the state in hx's dtype; the CPU LSTM
-    with projections returns c_n unrounded, in c_0's dtype. The modules then run torch.nn's own forward."""
+    with projections returns c_n unrounded, in c_0's dtype, and on a packed input returns float32 throughout.
+    The modules then run torch.nn's own forward."""
     if not autocast_enabled(device):
         return False
-    return kind not in AUTOCAST.get(device.type, ()) or (proj and device.type == "cpu")
+    return kind not in AUTOCAST.get(device.type, ()) or ((proj or packed) and kind == "LSTM" and device.type == "cpu")
+
+
+def autocast_mixed(kind, x, weights):
+    """Whether autocast would cast some of a call's tensors and leave float64 ones as they are (it never casts
+    float64): torch's GEMM refuses that mix, so the module runs torch.nn's own forward, which raises as it does."""
+    if not isinstance(x, torch.Tensor) or autocast_dtype(kind, x.device) is None:   # (a non-tensor: named later)
+        return False
+    wide = [t.dtype == torch.float64 for t in (x, *weights) if t is not None and t.is_floating_point()]
+    return any(wide) and not all(wide)
 
 
 def autocast(t, dtype):

@@ -12,8 +12,8 @@ from .. import backends, cells
 from ..autograd import recorded_for_torch, run_layers
 from ..checks import check_choice, check_floating, check_steps
 from .common import (TORCH_NAMES, NotATensor, RuntimeValueError, autocast, autocast_dtype, autocast_inside,
-                     check_parameter_device, check_tensor, check_tensor_like, complex_call, fx_call, lstm_pair,
-                     overridden, packed_index, torch_nn_steps)
+                     autocast_mixed, check_parameter_device, check_tensor, check_tensor_like, complex_call, fx_call,
+                     lstm_pair, overridden, packed_index, torch_nn_steps)
 from .convert import torch_twin
 
 
@@ -50,14 +50,15 @@ class _EngineForward:
         is_lstm = self._cell == "lstm"
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
-        if isinstance(data, torch.Tensor) and (autocast_inside(TORCH_NAMES[self._cell], data.device, self.proj_size)
+        kind = TORCH_NAMES[self._cell]
+        if isinstance(data, torch.Tensor) and (autocast_inside(kind, data.device, self.proj_size, packed)
                                                or recorded_for_torch(data) or self._torch_single_step(input, hx)):
             return super().forward(input, hx)   # (torch.nn's forward reads the weights itself)
         # as torch.nn: the weights as they are now (parametrizations, torch.func.functional_call), evaluated
         # once per call, and the checks read these
         self._update_flat_weights()
         if (overridden(data, hx, self._flat_weights) or complex_call(data, self._flat_weights)
-                or self._changed_since_built()):
+                or self._changed_since_built() or autocast_mixed(kind, data, self._flat_weights)):
             return super().forward(input, hx)
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         x, batch_sizes, sorted_idx, unsorted_idx, batched, hx = self._checked_inputs(input, hx)
@@ -73,7 +74,7 @@ class _EngineForward:
         check_floating("input", x.dtype, x.is_floating_point())
         # autocast casts input and hidden state alike before they are compared (a carried state may be
         # in the autocast dtype already)
-        dtype = autocast_dtype(TORCH_NAMES[self._cell], x.device)
+        dtype = autocast_dtype(kind, x.device)
         x = autocast(x, dtype).contiguous()
         layers_dirs = self.num_layers * (2 if self.bidirectional else 1)
         if hx is None:

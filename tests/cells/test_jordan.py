@@ -57,6 +57,22 @@ def test_a_teacher_that_requires_grad_gets_its_gradient():
     torch.testing.assert_close(grads[0], grads[1], atol=1e-10, rtol=1e-10)
 
 
+def test_a_gradient_penalty_under_a_fixed_teacher_is_the_reference_loops():
+    """With a teacher that needs no grad, s_T depends on no parameter: double backward asked autograd for its graph
+    ("element 1 of tensors does not require grad")."""
+    m = make("tanh")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 5, 4, generator=g, dtype=torch.float64)
+    tf = torch.randn(6, 5, 3, generator=g, dtype=torch.float64)
+    penalties = []
+    for fn in (lambda: m(x, teacher=tf), lambda: jordan_reference(x, torch.zeros(5, 3, dtype=torch.float64),
+                                                                   *params(m), "tanh", "tanh", tf)):
+        y, s = fn()
+        grads = torch.autograd.grad(y.pow(2).sum() + s.sum(), list(m.parameters()), create_graph=True)
+        penalties.append(torch.autograd.grad(sum(t.pow(2).sum() for t in grads), m.weight_ih)[0])
+    torch.testing.assert_close(penalties[0], penalties[1], atol=1e-10, rtol=1e-10)
+
+
 def test_batch_first_unbatched_and_defaults():
     m = make("tanh", batch_first=True)
     x = torch.randn(2, 5, 4, dtype=torch.float64)

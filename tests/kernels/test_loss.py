@@ -129,6 +129,19 @@ def test_a_gradient_penalty_through_the_triton_loss_is_cross_entropys():
     torch.testing.assert_close(penalised[0], penalised[1], **TOL[torch.float64])
 
 
+def test_the_triton_loss_with_no_targets_or_no_hidden_units_is_cross_entropys():
+    """mean over no targets: a NaN loss with zero gradients (the backward divided 0 by 0); H = 0: the bias alone."""
+    g = torch.Generator().manual_seed(7)
+    h = torch.randn(3, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    sequence_loss(h, w, None, torch.full((3, 2), -100), reduction="mean", backend="triton").backward()
+    assert torch.equal(h.grad, torch.zeros_like(h)) and torch.equal(w.grad, torch.zeros_like(w))
+    b = torch.randn(5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (3, 2), generator=g)
+    torch.testing.assert_close(sequence_loss(h[..., :0], w[:, :0], b, y, backend="triton"),
+                               F.cross_entropy(b.expand(6, 5), y.reshape(-1), reduction="sum"))
+
+
 def test_triton_front_end_checks_its_boundary():
     h, w = torch.zeros(4, 2, 5), torch.zeros(7, 5)
     with pytest.raises(ValueError, match=r"targets: expected values in \[0, 7\) or ignore_index=-100, got 9"):
