@@ -107,3 +107,8 @@ def resolve(backend, on_gpu):
     if backend == "triton" and not on_gpu and not interpreting():
         raise ValueError("backend='triton' expects data on a CUDA device (or TRITON_INTERPRET=1 on the CPU), got cpu")
     return backend
+
+
+# torch.compiler.assume_constant_result(resolve) without importing dynamo: under torch.compile it runs in plain
+# Python, not traced (tracing its probes for CuPy failed, "Import failure", where CuPy is not installed)
+resolve._dynamo_marked_constant = True
