@@ -165,3 +165,12 @@ def test_module_packed_matches_torch():
                              enforce_sorted=False)
     hx = _state(ref, 4, g)
     assert_same(outputs_and_grads(ref, x, hx), outputs_and_grads(mine, x, hx), torch.float32)
+
+
+def test_compile_fullgraph_runs_the_triton_kernels():
+    """Under TRITON_INTERPRET=1 (conftest) on the CPU: dynamo traced backends.resolve's probes for CuPy and failed
+    ("Import failure") where CuPy is absent; resolve runs in plain Python now."""
+    torch.manual_seed(0)
+    m, x = gnn.GRU(3, 4, backend="triton"), torch.randn(5, 2, 3)
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(m, backend="aot_eager", fullgraph=True)(x)[0], m(x)[0])
