@@ -197,7 +197,7 @@ def _triton_forward(ctx, h, weight, bias, targets, reduction, ignore_index):
     y = targets.reshape(-1).long()
     per_row, lse = kernel.forward(h.flatten(0, -2), weight, bias, y, ignore_index)   # (flatten: H may be 0)
     valid = y != ignore_index
-    ctx.save_for_backward(h, weight, bias, y, lse, valid)   # h, not its view h2: one a gradient penalty reaches
+    ctx.save_for_backward(h, weight, bias, y, lse, valid)   # h itself: a view made here has no graph to h
     loss = per_row.sum()
     if reduction == "mean":
         loss = loss / valid.sum()
