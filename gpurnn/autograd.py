@@ -281,9 +281,8 @@ def _differentiable_backward(ctx, x, slots, grads):
     for g, reverse in zip(_groups(tensors, len(reverses)), reverses):
         outs += torch_loop.layer(cell, x, g[:n_state], g[n_state:], reverse=reverse == "r",
                                  batch_sizes=batch_sizes, teacher=teacher, **_parse_options(options))
-    # (an output that depends on nothing requiring grad, as a Jordan state under a fixed teacher, has no graph)
     pairs = [(o, g) for o, g in zip(outs, _unpack_outputs(grads, n_state, len(reverses)))
-             if g is not None and o.requires_grad]
+             if g is not None and o.requires_grad]   # (not: no graph, as a Jordan state under a fixed teacher)
     inputs = [x, *slots]
     wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
     if not pairs or not wanted:
