@@ -154,18 +154,18 @@ def backward(h, weight, bias, targets, lse, grad, precision=None):
     db = torch.zeros(V, dtype=acc_dtype, device=h.device) if bias is not None else None
     rows = max(meta["BLOCK_N"], CHUNK_BYTES // (V * grad.element_size()) // meta["BLOCK_N"] * meta["BLOCK_N"])
     dl = torch.empty(min(rows, N), V, dtype=acc_dtype, device=h.device)
-    for r0 in range(0, N, rows):
-        r1 = min(N, r0 + rows)
-        chunk = dl[:r1 - r0]
-        with _on_device(h):
+    with _on_device(h):
+        for r0 in range(0, N, rows):
+            r1 = min(N, r0 + rows)
+            chunk = dl[:r1 - r0]
             _loss_dlogits[(triton.cdiv(r1 - r0, meta["BLOCK_N"]), triton.cdiv(V, meta["BLOCK_V"]))](
                 h[r0:r1], weight, weight if bias is None else bias, targets[r0:r1], lse[r0:r1], grad[r0:r1], chunk,
                 r1 - r0, V, H, num_warps=NUM_WARPS, **meta)
-        chunk_io = chunk.to(h.dtype)
-        torch.mm(chunk_io, weight, out=dh[r0:r1])
-        dw += (chunk_io.T @ h[r0:r1]).to(acc_dtype)
-        if db is not None:
-            db += chunk.sum(0)
+            chunk_io = chunk.to(h.dtype)
+            torch.mm(chunk_io, weight, out=dh[r0:r1])
+            dw += (chunk_io.T @ h[r0:r1]).to(acc_dtype)
+            if db is not None:
+                db += chunk.sum(0)
     return dh, dw.to(weight.dtype), None if db is None else db.to(bias.dtype)
 
 

@@ -8,8 +8,8 @@ from ..autograd import recorded_for_torch, run_layer, transformed
 from ..cells import NONLINEARITIES
 from ..checks import check_choice
 from .common import (TORCH_NAMES, RuntimeValueError, autocast, autocast_dtype, autocast_enabled, autocast_inside,
-                     autocast_mixed, check_tensor, complex_call, fx_call, lstm_pair, overridden, torch_nn_steps,
-                     torch_steps_here)
+                     autocast_mixed, check_tensor, complex_call, fx_call, lstm_pair, mixed_dtypes, overridden,
+                     torch_nn_steps, torch_steps_here)
 from .rnn import _EngineForward
 
 # dtypes as torch's matmul errors name them: (addmm's scalar type, mm's C++ type)
@@ -43,9 +43,8 @@ class _CellForward:
                                                 or transformed() or self._torch_nn_step(input, hx)):
             return super().forward(input, hx)   # torch.nn's own step (see each condition)
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
-        # weights of more than one dtype (changed after construction): torch's step raises, the engine would cast
         if (overridden(input, hx, *weights) or complex_call(input, weights) or autocast_mixed(kind, input, weights)
-                or len({w.dtype for w in weights if w is not None}) > 1):
+                or mixed_dtypes(weights)):
             return super().forward(input, hx)
         check_tensor("input", input, torch_words=True)
         if input.dim() not in (1, 2):

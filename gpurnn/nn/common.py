@@ -176,6 +176,12 @@ def autocast_inside(kind, device, proj=False, packed=False):
     return kind not in AUTOCAST.get(device.type, ()) or ((proj or packed) and kind == "LSTM" and device.type == "cpu")
 
 
+def mixed_dtypes(weights):
+    """Whether the weights (None for an absent one) are of more than one dtype: changed after construction. torch's
+    ops raise on them; the engine would cast, so the modules run torch.nn's own forward."""
+    return len({w.dtype for w in weights if w is not None}) > 1
+
+
 def autocast_mixed(kind, x, weights):
     """Whether autocast would cast some of a call's tensors and leave float64 ones as they are (it never casts
     float64): torch's GEMM refuses that mix, so the module runs torch.nn's own forward, which raises as it does."""

@@ -13,7 +13,7 @@ from ..autograd import recorded_for_torch, run_layers
 from ..checks import check_choice, check_floating, check_steps
 from .common import (TORCH_NAMES, NotATensor, RuntimeValueError, autocast, autocast_dtype, autocast_inside,
                      autocast_mixed, check_parameter_device, check_tensor, check_tensor_like, complex_call, fx_call,
-                     lstm_pair, overridden, packed_index, torch_nn_steps)
+                     lstm_pair, mixed_dtypes, overridden, packed_index, torch_nn_steps)
 from .convert import torch_twin
 
 
@@ -110,7 +110,7 @@ class _EngineForward:
         bidirectional, bias and proj_size no longer give. torch.nn's own forward then raises (or runs) as it does."""
         dropout = self.dropout
         per_direction = 2 + 2 * bool(self.bias) + (self._cell == "lstm" and self.proj_size > 0)
-        return (len({w.dtype for w in self._flat_weights if w is not None}) > 1
+        return (mixed_dtypes(self._flat_weights)
                 or not (isinstance(dropout, numbers.Real) and 0 <= dropout <= 1)
                 or len(self._flat_weights) != self.num_layers * (1 + bool(self.bidirectional)) * per_direction)
 
