@@ -325,13 +325,12 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
     tensors = [t for state0, weights, _ in directions for t in (*state0, *weights)]
     compiling = torch.compiler.is_compiling()
     teacher = opts.get("teacher")
-    if recorded_for_torch(x) or transformed():
+    if (recorded_for_torch(x) or transformed()
+            or teacher is not None and teacher.requires_grad and torch.is_grad_enabled()):
         # Under torch.func (grad, jacrev, vmap, ...) and forward-mode AD: torch 2.13's custom ops
         # support neither, so the layer runs as the plain torch loop, which both understand; so does
-        # a program recorded for TorchScript, torch.export or ONNX.
-        return _torch_loop_layers(cell, x, directions, batch_sizes, opts)
-    if teacher is not None and teacher.requires_grad and torch.is_grad_enabled():
-        # the engine's tape has no gradient for a Jordan teacher (in training, data); the torch loop has
+        # a program recorded for TorchScript, torch.export or ONNX, and a Jordan teacher that requires grad
+        # (the engine's tape has no gradient for it; in training it is data).
         return _torch_loop_layers(cell, x, directions, batch_sizes, opts)
     dtype = x.dtype
     if torch.bfloat16 in (x.dtype, *(t.dtype for t in tensors if t is not None)) and not _native(
@@ -343,7 +342,8 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
                                             for state0, weights, reverse in directions],
                           backend=name, batch_sizes=batch_sizes, **opts)
         return [tuple(t.to(dtype) for t in out) for out in outs]
-    for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [x, *tensors])
+    for_backward = (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [x, *tensors])
+                    and (compiling or not torch.is_inference_mode_enabled()))   # (records nothing; dynamo cannot ask)
     if name == "numpy" and x.shape[0] == 1 and not compiling and dtype != torch.float16:
         # One step (autoregressive generation, a decoder stepped by hand): the engine's fixed cost per call
         # (custom op dispatch, array views, buffers, its tape) is several times the step itself, and torch's

@@ -14,8 +14,10 @@ Steps 1 and 4 of the data flow (input projection, weight gradients) are GEMMs
 over all T*B rows inside the cells; this module runs the time loop (step 2
 forward, step 3 reverse) with packed-sequence masking and direction.
 """
+import contextlib
 import functools
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,6 +39,8 @@ class Saved:
     io_dtype: str
     for_backward: bool
     backward_buffers: object = None   # the last backward's Allocations
+    # one backward at a time: each rewinds and reuses the cell (threads may run backward through one graph)
+    lock: object = field(default_factory=threading.Lock)
 
 
 @functools.lru_cache(maxsize=64)
@@ -175,6 +179,13 @@ def backward(saved, dy, dstate):
 
 def backward_directions(directions):
     """`backward` for each (saved, dy, dstate) of `directions` (from one forward_directions), as a list."""
+    with contextlib.ExitStack() as held:
+        for saved, _, _ in directions:   # always in this order: no deadlock between two such backwards
+            held.enter_context(saved.lock)
+        return _backward_directions(directions)
+
+
+def _backward_directions(directions):
     started = [_start_backward(*d) for d in directions]
     first = directions[0][0]
     if first.fused:

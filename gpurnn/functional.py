@@ -74,6 +74,11 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     check_floating("x", x.dtype, x.dtype in (np.float16, np.float32, np.float64))   # no longdouble in the GEMMs
     check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
     check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+    if nonlinearity != "tanh" and cell not in ("elman", "jordan"):
+        raise ValueError(f"nonlinearity: only the rnn and jordan cells take one, got {nonlinearity!r} for cell {cell!r}")
+    if output_activation != "identity" and cell != "jordan":
+        raise ValueError(f"output_activation: only the jordan cell takes one, got {output_activation!r} "
+                         f"for cell {cell!r}")
     names = cells.WEIGHT_NAMES[cell]
     if not isinstance(weights, dict):
         raise TypeError(f"weights: expected a dict of arrays by name {names}, got {type(weights).__name__}")
@@ -84,11 +89,17 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     if missing:
         raise ValueError(f"weights: missing required {missing} for cell {cell!r}")
     w = {n: weights.get(n) for n in names}
+    if "b_ih" in w and (w["b_ih"] is None) != (w["b_hh"] is None):   # the cells add both biases or neither
+        given = "b_ih" if w["b_hh"] is None else "b_hh"
+        raise ValueError(f"weights: expected both 'b_ih' and 'b_hh' or neither, got only {given!r} "
+                         "(give zeros for the other)")
     for name, a in w.items():
         if a is not None:
             _check_same_xp(f"weights[{name!r}]", a, xp)
     T, B, I = x.shape
     check_steps(T)
+    if I == 0:   # (torch.nn's modules refuse input_size 0 too)
+        raise ValueError(f"x: expected at least 1 input feature (last dim), got shape {tuple(x.shape)}")
     recurrent = "w_sh" if cell == "jordan" else "w_hh"
     if w[recurrent].ndim != 2 or 0 in w[recurrent].shape or w[recurrent].shape[0] % cells.get(cell).GATES:
         raise ValueError(f"weights[{recurrent!r}]: expected a 2-D array with a nonzero multiple of "

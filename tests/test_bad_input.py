@@ -127,7 +127,16 @@ def test_functional_errors():
     with raises(TypeError, "weights['w_hh']", "float64", "float32"):
         F.forward("lstm", x, dict(w, w_hh=w["w_hh"].astype(np.float32)))
     with raises(ValueError, "weights['b_ih']", "(20,)", "(19,)"):
-        F.forward("lstm", x, dict(w, b_ih=np.zeros(19)))
+        F.forward("lstm", x, dict(w, b_ih=np.zeros(19), b_hh=np.zeros(20)))
+    for given in ("b_ih", "b_hh"):   # the cells add both biases or neither: one alone was dropped or crashed
+        with raises(ValueError, "weights", "both 'b_ih' and 'b_hh'", repr(given)):
+            F.forward("lstm", x, dict(w, **{given: np.zeros(20)}))
+    with raises(ValueError, "x", "input feature", "(6, 2, 0)"):
+        F.forward("rnn", np.zeros((6, 2, 0)), {"w_ih": np.zeros((5, 0)), "w_hh": np.zeros((5, 5))})
+    with raises(ValueError, "nonlinearity", "'relu'", "'gru'"):   # once silently ignored
+        F.forward("gru", x, {"w_ih": np.zeros((15, 4)), "w_hh": np.zeros((15, 5))}, nonlinearity="relu")
+    with raises(ValueError, "output_activation", "'sigmoid'", "'lstm'"):
+        F.forward("lstm", x, w, output_activation="sigmoid")
     with raises(ValueError, "weights", "w_xx"):
         F.forward("lstm", x, dict(w, w_xx=np.zeros(1)))
     with raises(ValueError, "weights", "missing", "w_hh"):

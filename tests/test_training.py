@@ -73,7 +73,7 @@ def test_sequence_loss_matches_cross_entropy_summed_over_time(case, dtype, reduc
 def test_sequence_loss_in_row_chunks_equals_one_chunk(monkeypatch):
     """A 50k vocabulary is processed a few rows at a time; force many chunks on a small case."""
     h, w, b, y = loss_inputs(9, 3, 7, 50, True, True, torch.float64)
-    monkeypatch.setattr(training, "_LOGITS_PER_CHUNK", 120)   # 2 rows of 50 logits per chunk
+    monkeypatch.setattr(training.loss, "_LOGITS_PER_CHUNK", 120)   # 2 rows of 50 logits per chunk
     got = sequence_loss(h, w, b, y, backend="numpy")
     ref = torch_reference(h, w, b, y, "sum")
     torch.testing.assert_close(got, ref, **TOL[torch.float64])

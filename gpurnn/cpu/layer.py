@@ -108,12 +108,11 @@ def _time(run, x, directions, for_backward):
 
 def _timing_unseen(x):
     """Whether the engine and timing runs here would stay unseen: not under a dispatch mode (a flop
-    counter, fake tensors, a tracer), not on meta or fake tensors (symbolic shapes), not where
-    saved-tensor hooks are disabled (the timing installs its own), not in anomaly mode (a NaN in
-    the caller's data would fail the timing's backward inside forward; the mode is process-wide,
-    so it cannot be switched off for the timing alone)."""
-    return not (python_dispatch.is_in_torch_dispatch_mode() or x.is_meta or fake_tensor.is_fake(x)
-                or not torch._C._autograd._saved_tensors_hooks_is_enabled() or torch.is_anomaly_enabled())
+    counter, fake tensors, a tracer), not where saved-tensor hooks are disabled (the timing installs its own), not
+    in anomaly mode (a NaN in the caller's data would fail the timing's backward inside forward; the mode is
+    process-wide, so it cannot be switched off for the timing alone)."""
+    return not (python_dispatch.is_in_torch_dispatch_mode() or torch.is_anomaly_enabled()
+                or not torch._C._autograd._saved_tensors_hooks_is_enabled())
 
 
 def route(cell, x, directions, opts, for_backward, run_engine):
@@ -122,15 +121,20 @@ def route(cell, x, directions, opts, for_backward, run_engine):
     name = forced()
     if name is not None:
         return name
+    if x.is_meta or fake_tensor.is_fake(x):
+        return "torch"   # symbolic shapes: what torch.nn runs
+    key = shape_class(cell, x, directions, opts, for_backward)
+    if torch._C._current_graph_task_id() != -1:
+        # inside a backward (a checkpoint's recomputation): the route the forward took, whatever modes the backward
+        # runs under (a recomputation must save what the forward saved); torch's op where it was not timed (and no
+        # timing backward nested in this one)
+        return _chosen[key][0] if key in _chosen else "torch"
     if timed.deterministic():
         return "torch"   # torch.nn's own op: the same results in every process
+    if torch.is_anomaly_enabled() and key in _chosen:
+        return _chosen[key][0]   # as the same call outside the mode (a checkpoint recomputes outside it)
     if not _timing_unseen(x):
         return "torch"   # what torch.nn would run, and what the caller's mode, tracer or hooks expect to see
-    key = shape_class(cell, x, directions, opts, for_backward)
-    if key not in _chosen and torch._C._current_graph_task_id() != -1:
-        # called from inside a backward (a checkpoint's recomputation): no nested timing backward; torch's op,
-        # as the forward ran if it was not timed either (under a dispatch mode)
-        return "torch"
     return timed.decide(_chosen, key, lambda: {
         "engine": _time(run_engine, x, directions, for_backward),
         "torch": _time(lambda xs, ds: torch_layers(cell, xs, ds, opts), x, directions, for_backward)})

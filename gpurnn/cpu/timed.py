@@ -2,10 +2,21 @@
 engine or torch's fused op): shape classes rounded to powers of two, a per-process cache of each
 class's decision (the faster route by timing, made once under a lock; torch's route where torch's deterministic
 algorithms are on), and its one-line description."""
+import os
 import sys
 import threading
 
 _lock = threading.RLock()   # re-entered: timing a layer route makes the layer's GEMM route decision
+
+
+def _new_lock_in_child():
+    """A forked child gets a fresh lock: the thread that held the parent's (timing a route) does not exist there."""
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def pow2(n):

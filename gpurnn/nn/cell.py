@@ -2,6 +2,7 @@
 checks and messages) whose step runs the gpurnn engine, as a sequence of length 1; where the CPU engine
 would run it, torch's own step op (common.torch_steps_here: a whole torch.nn call where well formed)."""
 import torch
+from torch.nn.utils import parametrize
 
 from .. import backends
 from ..autograd import recorded_for_torch, run_layer, transformed
@@ -38,6 +39,12 @@ class _CellForward:
         traced = fx_call(self, input, hx)
         if traced is not None:
             return traced
+        if not parametrize.is_parametrized(self):
+            return self._step(input, hx)
+        with parametrize.cached():   # each weight evaluated once per call, as by torch.nn (the checks read them too)
+            return self._step(input, hx)
+
+    def _step(self, input, hx):
         is_lstm, kind = self._cell == "lstm", TORCH_NAMES[self._cell] + "Cell"
         if isinstance(input, torch.Tensor) and (autocast_inside(kind, input.device) or recorded_for_torch(input)
                                                 or transformed() or self._torch_nn_step(input, hx)):

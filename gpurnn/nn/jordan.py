@@ -2,6 +2,7 @@
 import math
 
 import torch
+from torch.nn.utils import parametrize
 
 from .. import backends
 from ..autograd import run_layer
@@ -40,7 +41,8 @@ class JordanRNN(torch.nn.Module):
             raise ValueError(f"decay: expected a number or shape ({output_size},) (output_size), "
                              f"got shape {tuple(decay.shape)}")
         decay = decay.detach().expand(output_size).clone()   # a buffer: no autograd history (deepcopy needs that)
-        check_unit_interval("decay", float(decay.min()), float(decay.max()))
+        if not decay.is_meta:   # (on the meta device there are no values to check)
+            check_unit_interval("decay", float(decay.min()), float(decay.max()))
         self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, output_size
         self.nonlinearity, self.output_activation = nonlinearity, output_activation
         self.batch_first, self.backend = batch_first, backend
@@ -57,7 +59,7 @@ class JordanRNN(torch.nn.Module):
         """A loaded decay is checked as the constructor's is: outside [0, 1] the state grows without bound
         (forward does not check it: that would read the buffer back from the device every call)."""
         decay = state_dict.get(prefix + "decay")
-        if isinstance(decay, torch.Tensor) and decay.numel() and decay.device.type != "meta":
+        if isinstance(decay, torch.Tensor) and decay.numel() and not decay.is_meta:
             check_unit_interval(f"state_dict[{prefix + 'decay'!r}]", float(decay.min()), float(decay.max()))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -71,6 +73,12 @@ class JordanRNN(torch.nn.Module):
                 f"nonlinearity={self.nonlinearity!r}, output_activation={self.output_activation!r}")
 
     def forward(self, x, s0=None, teacher=None):
+        if not parametrize.is_parametrized(self):
+            return self._run(x, s0, teacher)
+        with parametrize.cached():   # each weight evaluated once per call (the checks read weight_ih too)
+            return self._run(x, s0, teacher)
+
+    def _run(self, x, s0, teacher):
         check_tensor("x", x)
         if x.dim() not in (2, 3):
             raise ValueError(f"x: expected a 2-D (unbatched) or 3-D tensor, got {x.dim()}-D "

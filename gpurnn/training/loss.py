@@ -1,22 +1,13 @@
-"""What a training loop for recurrent networks needs beyond the cells.
-
-- sequence loss: L = sum over steps (and rows) of -log softmax(W h_t + b)[y_t]
-  (or the mean), on xp arrays (`sequence_loss_forward/backward`) and as a
-  differentiable torch function (`sequence_loss`) that runs the NumPy/CuPy
-  engine or the fused Triton kernel (kernels/loss.py);
-- truncated BPTT over long sequences or endless streams (`truncated_bptt`);
-- clipping by global norm with torch's convention (`clip_grad_norm_`).
-"""
+"""The sequence loss: L = sum over steps (and rows) of -log softmax(W h_t + b)[y_t] (or the mean), on xp
+arrays (`sequence_loss_forward/backward`) and as a differentiable torch function (`sequence_loss`) that runs the
+NumPy/CuPy engine or the fused Triton kernel (kernels/loss.py)."""
 import functools
-import numbers
-from collections import namedtuple
 
 import numpy as np
 
-from . import backends
-from .arrays import compute_dtype, get_xp, tensor_to_xp, xp_to_tensor
-from .checks import (as_integer, as_real, check_choice, check_floating, check_same_device, check_same_dtype,
-                     check_shape)
+from .. import backends
+from ..arrays import compute_dtype, get_xp, tensor_to_xp, xp_to_tensor
+from ..checks import as_integer, check_choice, check_floating, check_same_device, check_same_dtype, check_shape
 
 REDUCTIONS = ("sum", "mean")
 _LOGITS_PER_CHUNK = 1 << 22   # the xp path holds at most this many logits at a time
@@ -192,7 +183,7 @@ def _torch_gradients(inputs, spec, dloss):
 
 
 def _triton_forward(ctx, h, weight, bias, targets, reduction, ignore_index):
-    from .kernels import loss as kernel
+    from ..kernels import loss as kernel
 
     y = targets.reshape(-1).long()
     per_row, lse = kernel.forward(h.flatten(0, -2), weight, bias, y, ignore_index)   # (flatten: H may be 0)
@@ -205,7 +196,7 @@ def _triton_forward(ctx, h, weight, bias, targets, reduction, ignore_index):
 
 
 def _triton_backward(ctx, dloss):
-    from .kernels import loss as kernel
+    from ..kernels import loss as kernel
 
     h, weight, bias, y, lse, valid = ctx.saved_tensors
     row_grad = valid.to(lse.dtype) * dloss.to(lse.dtype)
@@ -259,142 +250,3 @@ def sequence_loss(h, weight, bias, targets, *, reduction="sum", ignore_index=-10
     contiguous = lambda t: None if t is None else t.contiguous()
     return _torch_function().apply((targets.contiguous(), reduction, ignore_index, name), contiguous(h),
                                    contiguous(weight), contiguous(bias))
-
-
-# ---------------------------------------------------------------- clipping
-
-def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
-    """Scale gradients in place so their global norm is at most max_norm; return the norm.
-
-    torch's convention (torch.nn.utils.clip_grad_norm_): total = norm of the
-    per-array norms; every array is multiplied by min(1, max_norm / (total + 1e-6)).
-    norm_type as torch.linalg.vector_norm's ord: any real number (0 counts nonzeros) or
-    +-inf. grads: torch parameters/tensors (handed to torch.nn.utils.clip_grad_norm_), or
-    NumPy/CuPy arrays, a list or a dict of them (the functional path; None entries
-    are skipped). Returns the total norm before clipping (a tensor, or an xp scalar).
-    Nothing is scaled when an argument is wrong. foreach: torch's, for tensors.
-    """
-    try:
-        arrays = list(grads.values()) if isinstance(grads, dict) else [grads] if hasattr(grads, "shape") else list(grads)
-    except TypeError:
-        raise TypeError(f"grads: expected an array, or a list or dict of arrays, got {type(grads).__name__}") from None
-    arrays = [a for a in arrays if a is not None]
-    as_real("max_norm", max_norm)   # checked; a tensor goes to torch as it is (float() would sync a GPU)
-    norm_type = float(norm_type) if isinstance(norm_type, str) and norm_type in ("inf", "-inf") else \
-        as_real("norm_type", norm_type, "a number or inf")
-    is_torch = [type(a).__module__.startswith("torch") for a in arrays]
-    if arrays and is_torch[0]:
-        import torch
-        if not all(is_torch):
-            i = is_torch.index(False)
-            raise TypeError(f"grads[{i}]: expected a tensor like grads[0], got {type(arrays[i]).__name__}")
-        return torch.nn.utils.clip_grad_norm_(arrays, max_norm, norm_type, error_if_nonfinite, foreach)
-    for i, a in enumerate(arrays):
-        if not (hasattr(a, "dtype") and hasattr(a, "shape")) or is_torch[i]:
-            raise TypeError(f"grads[{i}]: expected a NumPy or CuPy array, got {type(a).__name__}")
-        check_floating(f"grads[{i}]", a.dtype, np.issubdtype(a.dtype, np.floating))
-        if not getattr(getattr(a, "flags", None), "writeable", True):   # CuPy arrays have no such flag
-            raise ValueError(f"grads[{i}]: expected a writable array (it is scaled in place), got a read-only one")
-    if not arrays:
-        return np.zeros((), np.float32)
-    xp, max_norm = get_xp(arrays[0]), float(max_norm)
-    wide = [a.astype(np.promote_types(a.dtype, np.float32), copy=False) for a in arrays]  # fp16 sums overflow
-    total = _vector_norm(xp, xp.stack([_vector_norm(xp, a, norm_type) for a in wide]), norm_type)
-    if error_if_nonfinite and not bool(xp.isfinite(total)):
-        raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} is non-finite ({float(total)})")
-    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
-    for a in arrays:
-        a *= coef.astype(a.dtype)
-    return total
-
-
-def _vector_norm(xp, a, p):
-    """torch.linalg.vector_norm(a, p) for any real p or +-inf."""
-    a = xp.abs(a.ravel())
-    if p == np.inf:
-        return a.max()
-    if p == -np.inf:
-        return a.min()
-    if p == 0:
-        return (a != 0).sum().astype(a.dtype)
-    return (a ** p).sum() ** (1 / p)
-
-
-# ---------------------------------------------------------------- truncated BPTT
-
-ChunkResult = namedtuple("ChunkResult", "loss grad_norm state")
-
-
-def detach_state(state):
-    """The state with its history cut: a tensor, a tuple of tensors (LSTM) or None."""
-    if state is None:
-        return None
-    if isinstance(state, (tuple, list)):
-        return type(state)(detach_state(s) for s in state)
-    return state.detach()
-
-
-def split_chunks(k, *sequences, dim=0):
-    """Yield tuples of k-step slices (the last one may be shorter) of the given sequences (tensors)."""
-    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k: expected an integer >= 1, got {k!r}")
-    k = int(k)
-    if not sequences:
-        raise TypeError("sequences: expected at least one tensor to split, got none")
-    for i, s in enumerate(sequences):
-        if not hasattr(s, "narrow"):
-            raise TypeError(f"sequences[{i}]: expected a torch.Tensor, got {type(s).__name__}")
-    T = sequences[0].shape[dim]
-    for s in sequences[1:]:
-        if s.shape[dim] != T:
-            raise ValueError(f"sequences: expected the same length {T} along dim {dim}, got {s.shape[dim]}")
-    for t0 in range(0, T, k):
-        yield tuple(s.narrow(dim, t0, min(k, T - t0)) for s in sequences)
-
-
-def _default_forward(model, x, state, target):
-    return model(x, state)
-
-
-def truncated_bptt(model, chunks, loss_fn, *, state=None, optimizer=None, max_norm=None,
-                   forward=_default_forward):
-    """Run a recurrent model over a long sequence or an endless stream, k steps at a time.
-
-    chunks: iterable of (x, target) pairs, e.g. split_chunks(k, x, targets) or a
-    generator reading a stream. For each chunk: y, state = forward(model, x, state,
-    target) (default model(x, state): torch.nn.RNN/LSTM/GRU, gpurnn.nn's and
-    JordanRNN all take their state second); loss = loss_fn(y, target);
-    loss.backward(); then clip the gradients to max_norm (if given) and, with an
-    optimizer, step and zero them.
-    The state is carried to the next chunk detached, so each chunk's graph is
-    freed after its backward and memory does not grow with the stream.
-    Without an optimizer the gradients accumulate over the chunks: with one chunk
-    of all T steps and no max_norm they are exactly full BPTT.
-    Yields ChunkResult(loss (detached), grad_norm (None unless max_norm), state).
-    """
-    try:
-        chunks = iter(chunks)
-    except TypeError:
-        raise TypeError(f"chunks: expected an iterable of (x, target) pairs, got {type(chunks).__name__}") from None
-    return _truncated_bptt(model, chunks, loss_fn, state, optimizer, max_norm, forward)
-
-
-def _truncated_bptt(model, chunks, loss_fn, state, optimizer, max_norm, forward):
-    params = None
-    for i, chunk in enumerate(chunks):
-        if not (isinstance(chunk, (tuple, list)) and len(chunk) == 2):
-            got = f"a {type(chunk).__name__}" + (f" of {len(chunk)}" if isinstance(chunk, (tuple, list)) else "")
-            raise ValueError(f"chunks: expected (x, target) pairs, got {got} at chunk {i}")
-        x, target = chunk
-        y, state = forward(model, x, state, target)
-        loss = loss_fn(y, target)
-        loss.backward()
-        grad_norm = None
-        if max_norm is not None:
-            params = params or [p for p in model.parameters() if p.requires_grad]
-            grad_norm = clip_grad_norm_(params, max_norm)
-        if optimizer is not None:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        state = detach_state(state)
-        yield ChunkResult(loss.detach(), grad_norm, state)

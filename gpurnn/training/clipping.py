@@ -1,0 +1,62 @@
+"""Clipping gradients by their global norm, with torch's convention."""
+import numpy as np
+
+from ..arrays import get_xp
+from ..checks import as_real, check_floating
+
+
+def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
+    """Scale gradients in place so their global norm is at most max_norm; return the norm.
+
+    torch's convention (torch.nn.utils.clip_grad_norm_): total = norm of the
+    per-array norms; every array is multiplied by min(1, max_norm / (total + 1e-6)).
+    norm_type as torch.linalg.vector_norm's ord: any real number (0 counts nonzeros) or
+    +-inf. grads: torch parameters/tensors (handed to torch.nn.utils.clip_grad_norm_), or
+    NumPy/CuPy arrays, a list or a dict of them (the functional path; None entries
+    are skipped). Returns the total norm before clipping (a tensor, or an xp scalar).
+    Nothing is scaled when an argument is wrong. foreach: torch's, for tensors.
+    """
+    try:
+        arrays = list(grads.values()) if isinstance(grads, dict) else [grads] if hasattr(grads, "shape") else list(grads)
+    except TypeError:
+        raise TypeError(f"grads: expected an array, or a list or dict of arrays, got {type(grads).__name__}") from None
+    arrays = [a for a in arrays if a is not None]
+    as_real("max_norm", max_norm)   # checked; a tensor goes to torch as it is (float() would sync a GPU)
+    norm_type = float(norm_type) if isinstance(norm_type, str) and norm_type in ("inf", "-inf") else \
+        as_real("norm_type", norm_type, "a number or inf")
+    is_torch = [type(a).__module__.startswith("torch") for a in arrays]
+    if arrays and is_torch[0]:
+        import torch
+        if not all(is_torch):
+            i = is_torch.index(False)
+            raise TypeError(f"grads[{i}]: expected a tensor like grads[0], got {type(arrays[i]).__name__}")
+        return torch.nn.utils.clip_grad_norm_(arrays, max_norm, norm_type, error_if_nonfinite, foreach)
+    for i, a in enumerate(arrays):
+        if not (hasattr(a, "dtype") and hasattr(a, "shape")) or is_torch[i]:
+            raise TypeError(f"grads[{i}]: expected a NumPy or CuPy array, got {type(a).__name__}")
+        check_floating(f"grads[{i}]", a.dtype, np.issubdtype(a.dtype, np.floating))
+        if not getattr(getattr(a, "flags", None), "writeable", True):   # CuPy arrays have no such flag
+            raise ValueError(f"grads[{i}]: expected a writable array (it is scaled in place), got a read-only one")
+    if not arrays:
+        return np.zeros((), np.float32)
+    xp, max_norm = get_xp(arrays[0]), float(max_norm)
+    wide = [a.astype(np.promote_types(a.dtype, np.float32), copy=False) for a in arrays]  # fp16 sums overflow
+    total = _vector_norm(xp, xp.stack([_vector_norm(xp, a, norm_type) for a in wide]), norm_type)
+    if error_if_nonfinite and not bool(xp.isfinite(total)):
+        raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} is non-finite ({float(total)})")
+    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+    for a in arrays:
+        a *= coef.astype(a.dtype)
+    return total
+
+
+def _vector_norm(xp, a, p):
+    """torch.linalg.vector_norm(a, p) for any real p or +-inf."""
+    a = xp.abs(a.ravel())
+    if p == np.inf:
+        return a.max()
+    if p == -np.inf:
+        return a.min()
+    if p == 0:
+        return (a != 0).sum().astype(a.dtype)
+    return (a ** p).sum() ** (1 / p)

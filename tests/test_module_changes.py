@@ -1,0 +1,85 @@
+"""Modules changed by their user after construction, as torch.nn's are: a weight set to None, parametrizations
+(evaluated once per call, as torch.nn does: a random or stateful one would otherwise draw other weights),
+construction on the meta device."""
+import pytest
+import torch
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm
+
+import gpurnn.nn as gnn
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("bias", ["bias_ih_l0", "bias_hh_l0"])
+@pytest.mark.parametrize("steps", [1, 5])
+def test_a_bias_set_to_none_raises_as_torch_nn(kind, bias, steps):
+    """The engine once ran without that bias, or without both (LSTM, GRU), or crashed inside."""
+    x = torch.randn(steps, 2, 3)
+    errors = []
+    for module in (getattr(torch.nn, kind)(3, 4), getattr(gnn, kind)(3, 4)):
+        setattr(module, bias, None)
+        with pytest.raises(TypeError) as info:
+            module(x)
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
+
+
+class Counted(torch.nn.Module):
+    """A parametrization that counts its evaluations."""
+    calls = 0
+
+    def forward(self, w):
+        Counted.calls += 1
+        return w
+
+
+def _twins(kind, *args):
+    ours = getattr(gnn, kind)(*args, dtype=torch.float64)
+    theirs = getattr(torch.nn, kind)(*args, dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+@pytest.mark.parametrize("kind", ["RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU"])
+def test_a_parametrized_weight_is_evaluated_once_per_call(kind):
+    counts = []
+    for module in _twins(kind, 3, 5):
+        parametrize.register_parametrization(module, "weight_ih" if "Cell" in kind else "weight_ih_l0", Counted())
+        Counted.calls = 0
+        module(torch.randn(4, 3, dtype=torch.float64))
+        counts.append(Counted.calls)
+    assert counts[0] == counts[1]   # (torch.nn's cells: once; its RNN/LSTM/GRU: twice, checks and _flat_weights)
+
+
+def test_jordan_evaluates_a_parametrized_weight_once_per_call():
+    module = gnn.JordanRNN(3, 5, 2)
+    parametrize.register_parametrization(module, "weight_ih", Counted())
+    Counted.calls = 0
+    module(torch.randn(4, 2, 3))
+    assert Counted.calls == 1
+
+
+@pytest.mark.parametrize("kind", ["RNNCell", "LSTMCell", "GRUCell"])
+def test_cells_with_spectral_norm_train_as_torch_nn(kind):
+    """Each evaluation in training mode runs a power iteration: extra ones moved its vectors away from torch.nn's."""
+    x = torch.randn(4, 3, dtype=torch.float64)
+    modules = _twins(kind, 3, 5)
+    for module in modules:
+        torch.manual_seed(1)
+        spectral_norm(module, "weight_ih")
+    for _ in range(3):
+        outs = [module(x) for module in modules]
+        torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    u = [module.parametrizations.weight_ih[0]._u for module in modules]
+    torch.testing.assert_close(u[0], u[1], rtol=0, atol=0)
+
+
+def test_jordan_builds_on_the_meta_device():
+    for make in (lambda: gnn.JordanRNN(3, 5, 2, device="meta"),
+                 lambda: torch.nn.utils.skip_init(gnn.JordanRNN, 3, 5, 2)):
+        module = make()
+        assert module.weight_ih.shape == (5, 3)
+    with torch.device("meta"):
+        assert gnn.JordanRNN(3, 5, 2).decay.is_meta
+    with pytest.raises(ValueError, match="decay"):   # still checked where there are values
+        gnn.JordanRNN(3, 5, 2, decay=1.5)
