@@ -1,6 +1,7 @@
 """Array-module (xp) choice and zero-copy conversion between torch, NumPy and CuPy."""
 import contextlib
 import functools
+import math
 import sys
 import threading
 
@@ -79,9 +80,15 @@ def astype(a, dtype, copy=True, reverse=False):
 
 def sum_rows(a):
     """(..., F) -> (F,): the sum over all leading axes, accumulated in float32 for half data
-    (NumPy sums float16 in float16: 4096 + 1 is 4096)."""
+    (NumPy sums float16 in float16: 4096 + 1 is 4096). In blocks of about sqrt(rows) rows, then the blocks' sums:
+    NumPy adds the rows of an axis-0 sum one after another, whose rounding error grows with their number
+    (relative 2e-5 at a million float32 rows; torch's sums, 5e-8)."""
     dtype = float32_like(a.dtype) if dtype_name(a.dtype) in HALF else a.dtype
-    return a.reshape(-1, a.shape[-1]).sum(axis=0, dtype=dtype)
+    rows = a.reshape(-1, a.shape[-1])
+    block = max(1, math.isqrt(rows.shape[0]))
+    whole = rows.shape[0] - rows.shape[0] % block
+    blocks = rows[:whole].reshape(whole // block, block, rows.shape[1]).sum(axis=1, dtype=dtype)
+    return blocks.sum(axis=0) + rows[whole:].sum(axis=0, dtype=dtype)
 
 
 class TorchArrays:

@@ -150,9 +150,10 @@ def activation(x, kind, DOT: tl.constexpr = tl.float32):
 
 
 @triton.jit
-def activation_grad_from_output(y, kind):
-    """phi'(z) through y = phi(z)."""
-    return tl.where(kind == 0, 1.0 - y * y, tl.where(y <= 0, 0.0, 1.0))   # NaN passes, as in torch
+def times_activation_grad(d, y, kind):
+    """d * phi'(z) through y = phi(z). relu's is a select, as torch's threshold_backward: a dead unit passes no
+    gradient, an inf or NaN one included (a product with 0 would make it NaN); a NaN unit passes it."""
+    return tl.where(kind == 0, d * (1.0 - y * y), tl.where(y <= 0, 0.0, d))
 
 
 @triton.jit
@@ -299,8 +300,9 @@ def load_exchange(p_h, t, rows, B, H, K1: tl.constexpr, K2: tl.constexpr, DOT: t
 def full_h(b_h, p_h, t, rows, B, H, K1: tl.constexpr, K2: tl.constexpr, SINGLE: tl.constexpr, DOT: tl.constexpr):
     """h_t of the batch tile in the forward dot's K parts, in DOT: the program's own carry in single mode
     (one part, K = HP), else read from the states every slice's program wrote (`load_exchange`)."""
-    if SINGLE:
-        b_dot = b_h.to(DOT)
+    if SINGLE:   # the padding columns zeroed: an inf in h makes them NaN (inf times W's zero padding), and the dot
+        # would spread NaN * 0 to every unit
+        b_dot = tl.where((tl.arange(0, K1) < H)[None, :], b_h, 0.0).to(DOT)
         b_full = (b_dot, b_dot)
     else:
         b_full = load_exchange(p_h, t, rows, B, H, K1, K2, DOT)
@@ -323,8 +325,8 @@ def next_step_product(b_prod, p_ws, t, rows, cols, B, H, P: tl.constexpr, S: tl.
                       SINGLE: tl.constexpr, ACC: tl.constexpr):
     """This slice's columns of d_{t+1} W_hh: the program's own product in single mode, else the
     slices' shares summed in a fixed order (deterministic, no atomics)."""
-    if SINGLE:
-        return b_prod
+    if SINGLE:   # the padding columns zeroed, as in `full_h`: an inf gradient makes them NaN
+        return tl.where((cols < H)[None, :], b_prod, 0.0)
     return sum_partials(p_ws, t + 1, rows, cols, B, H, P, P, S, ACC)
 
 

@@ -115,7 +115,7 @@ def _bwd_kernel(p_dy, p_h, p_dz, p_dh, p_w, p_ws, p_sizes, p_bar, p_doff, T, t_s
         if t >= 0:
             active = rows < n
             b_dh += b_dy
-            b_dz = tl.where(active[:, None], b_dh * cm.activation_grad_from_output(b_y, nonlin), 0.0)
+            b_dz = tl.where(active[:, None], cm.times_activation_grad(b_dh, b_y, nonlin), 0.0)
             b_op = cm.pin(b_dz).to(DOT)
             b_prod = cm.share_dh(p_ws, b_op, b_w, t, pid_s, rows, B, H, P, S, K2, SINGLE, RB, PREC, ACC)
             if SYNC:

@@ -193,7 +193,7 @@ def _bwd_kernel(p_dy, p_y, p_hid, p_da, p_dz, p_ds_in, p_ds_out, p_wsh, p_who, p
             b_h = cm.load_rows(p_hid + step, rows, cols, H, active, col_ok, ACC)
             # both dot operands pinned (cm.pin): unpinned, fp16 H=128 spilled 64 B (sm_80)
             b_dz = tl.dot(cm.pin(b_da).to(DOT), tl.trans(b_who), input_precision=PREC, out_dtype=ACC)
-            b_dz = tl.where(ok, b_dz * cm.activation_grad_from_output(b_h, nonlin), 0.0)
+            b_dz = tl.where(ok, cm.times_activation_grad(b_dz, b_h, nonlin), 0.0)
             tl.store(p_dz + step + rows[:, None] * H + cols[None, :], b_dz,
                      mask=(rows < B)[:, None] & col_ok[None, :])
             b_prod = tl.dot(cm.pin(b_dz).to(DOT), tl.trans(b_wsh), input_precision=PREC, out_dtype=ACC)

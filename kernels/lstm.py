@@ -170,9 +170,10 @@ def _bwd_kernel(p_dy, p_gates, p_c, p_tc, p_dgates, p_dh, p_dc, p_w, p_ws, p_siz
         if t >= 0:
             b_coef, b_odt, b_f = _coef(b_a, b_cp, b_tc)
             b_dh += b_dy
-            b_dc += b_dh * b_odt
+            active = (rows < n)[:, None]   # inactive rows keep dc (their zero coefficients times an inf dh: NaN)
+            b_dc = tl.where(active, b_dc + b_dh * b_odt, b_dc)
             b_d = b_coef * tl.where(is_o, b_dh[:, :, None], b_dc[:, :, None])
-            b_dc = tl.where((rows < n)[:, None], b_dc * b_f, b_dc)   # inactive rows keep dc
+            b_dc = tl.where(active, b_dc * b_f, b_dc)
             # (BB, S, 4) -> (BB, S*4): column s*4 + g, the W tile's column order
             b_d = b_d.to(p_dgates.dtype.element_ty)   # rounded once: what is stored is what the dot reads
             b_op = cm.pin(tl.reshape(b_d, (BB, S * 4))).to(DOT)

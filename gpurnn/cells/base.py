@@ -110,11 +110,13 @@ def bias_grads(dz, has_bias):
 
 
 def sigmoid_(xp, a):
-    """In-place logistic sigmoid via tanh (stable for any sign, one transcendental)."""
-    a *= 0.5
-    xp.tanh(a, out=a)
-    a *= 0.5
-    a += 0.5
+    """In-place logistic sigmoid, 1 / (1 + exp(-a)) as torch's: accurate relative to its value for very negative a
+    (0.5*tanh(a/2) + 0.5 is 0 below about -17 in float32, where a log loss then has a NaN gradient); exp
+    overflows to inf there, giving 0 only below -88 (the caller ignores the floating-point warnings)."""
+    xp.negative(a, out=a)
+    xp.exp(a, out=a)
+    a += 1
+    xp.reciprocal(a, out=a)
 
 
 def phi_(xp, a, nonlinearity):
@@ -125,10 +127,22 @@ def phi_(xp, a, nonlinearity):
 
 
 def phi_grad_from_output(xp, h, nonlinearity):
-    """phi'(z) expressed through h = phi(z), for all steps at once."""
+    """phi'(z) expressed through h = phi(z), for all steps at once, for `times_phi_grad`: relu's as the mask
+    of its dead units (h <= 0; a NaN unit passes the gradient, as in torch's threshold_backward)."""
     if nonlinearity == "tanh":
         return 1 - h * h
-    return astype(~(h <= 0), h.dtype)   # NaN passes the gradient through, as torch's threshold_backward
+    return h <= 0
+
+
+def times_phi_grad(xp, d, phi_grad, out):
+    """out = d * phi'(z) (out may be d). relu's is a select, as torch's: a dead unit passes no gradient, an
+    inf or NaN one included (a product with 0 would make it NaN)."""
+    if phi_grad.dtype != bool:
+        return xp.multiply(d, phi_grad, out=out)
+    if out is not d:
+        out[...] = d
+    xp.copyto(out, 0, where=phi_grad)
+    return out
 
 
 def add_bias(a, b):

@@ -6,7 +6,7 @@
 import functools
 
 from ..checks import check_choice
-from .base import NONLINEARITIES, Cell, bias_grads, add_bias, phi_, phi_grad_from_output
+from .base import NONLINEARITIES, Cell, bias_grads, add_bias, phi_, phi_grad_from_output, times_phi_grad
 
 WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh")
 GATES = 1   # blocks of rows in the input and recurrent weights
@@ -60,7 +60,7 @@ class Elman(Cell):
     def back_step(self, t, n):
         dh = self.dh[:n]
         dh += self.dy[t, :n]
-        self.xp.multiply(dh, self.phi_grad[t, :n], out=self.dz[t, :n])
+        times_phi_grad(self.xp, dh, self.phi_grad[t, :n], self.dz[t, :n])
         self.mm(self.dz[t, :n], self.w["w_hh"], out=dh)
 
     def finish_backward(self):

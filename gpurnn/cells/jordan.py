@@ -6,7 +6,8 @@ the xp loop and the kernels (kernels/jordan.py).
 import functools
 
 from ..checks import check_choice
-from .base import NONLINEARITIES, OUTPUT_ACTIVATIONS, Cell, phi_, phi_grad_from_output, sigmoid_, sum_rows
+from .base import (NONLINEARITIES, OUTPUT_ACTIVATIONS, Cell, phi_, phi_grad_from_output, sigmoid_, sum_rows,
+                   times_phi_grad)
 
 WEIGHT_NAMES = ("w_ih", "w_sh", "b_h", "w_ho", "b_o", "decay")
 GATES = 1   # blocks of rows in the input and recurrent weights
@@ -116,7 +117,7 @@ class Jordan(Cell):
             da *= y
         dz = self.dz[t, :n]
         self.mm(da, w["w_ho"], out=dz)
-        dz *= self.phi_grad[t, :n]
+        times_phi_grad(self.xp, dz, self.phi_grad[t, :n], dz)
         ds *= w["decay"]
         ds += self.mm(dz, w["w_sh"], out=self.tmp[:n])
 
