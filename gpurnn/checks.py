@@ -47,8 +47,10 @@ def check_steps(T):
 
 
 def as_integer(name, value):
-    """value as an int (a Python or NumPy integer, a 0-d integer tensor)."""
+    """value as an int (a Python or NumPy integer, a 0-d integer tensor; not a bool)."""
     try:
+        if isinstance(value, bool):
+            raise TypeError
         return operator.index(value)
     except TypeError:
         raise TypeError(f"{name}: expected an integer, got {value!r}") from None

@@ -1,8 +1,7 @@
 """Truncated BPTT over long sequences or endless streams, k steps at a time."""
-import numbers
 from collections import namedtuple
 
-from .clipping import clip_grad_norm_
+from ..checks import as_integer, as_real
 
 ChunkResult = namedtuple("ChunkResult", "loss grad_norm state")
 
@@ -17,21 +16,23 @@ def detach_state(state):
 
 
 def split_chunks(k, *sequences, dim=0):
-    """Yield tuples of k-step slices (the last one may be shorter) of the given sequences (tensors)."""
-    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k: expected an integer >= 1, got {k!r}")
-    k = int(k)
+    """An iterator of tuples of k-step slices (the last one may be shorter) of the given sequences (tensors) along
+    dim; the arguments are checked at the call, not at the first chunk."""
+    k, dim = as_integer("k", k), as_integer("dim", dim)
+    if k < 1:
+        raise ValueError(f"k: expected an integer >= 1, got {k}")
     if not sequences:
         raise TypeError("sequences: expected at least one tensor to split, got none")
     for i, s in enumerate(sequences):
         if not hasattr(s, "narrow"):
             raise TypeError(f"sequences[{i}]: expected a torch.Tensor, got {type(s).__name__}")
+        if not -s.dim() <= dim < s.dim():
+            raise ValueError(f"dim: expected a dimension of sequences[{i}] (shape {tuple(s.shape)}), got {dim}")
     T = sequences[0].shape[dim]
     for s in sequences[1:]:
         if s.shape[dim] != T:
             raise ValueError(f"sequences: expected the same length {T} along dim {dim}, got {s.shape[dim]}")
-    for t0 in range(0, T, k):
-        yield tuple(s.narrow(dim, t0, min(k, T - t0)) for s in sequences)
+    return (tuple(s.narrow(dim, t0, min(k, T - t0)) for s in sequences) for t0 in range(0, T, k))
 
 
 def _default_forward(model, x, state, target):
@@ -58,10 +59,14 @@ def truncated_bptt(model, chunks, loss_fn, *, state=None, optimizer=None, max_no
         chunks = iter(chunks)
     except TypeError:
         raise TypeError(f"chunks: expected an iterable of (x, target) pairs, got {type(chunks).__name__}") from None
+    if max_norm is not None:
+        as_real("max_norm", max_norm)   # before the first chunk's backward fills .grad
     return _truncated_bptt(model, chunks, loss_fn, state, optimizer, max_norm, forward)
 
 
 def _truncated_bptt(model, chunks, loss_fn, state, optimizer, max_norm, forward):
+    import torch
+
     params = None
     for i, chunk in enumerate(chunks):
         if not (isinstance(chunk, (tuple, list)) and len(chunk) == 2):
@@ -72,9 +77,9 @@ def _truncated_bptt(model, chunks, loss_fn, state, optimizer, max_norm, forward)
         loss = loss_fn(y, target)
         loss.backward()
         grad_norm = None
-        if max_norm is not None:
+        if max_norm is not None:   # (torch's: a tensor, 0 where no parameter requires grad)
             params = params or [p for p in model.parameters() if p.requires_grad]
-            grad_norm = clip_grad_norm_(params, max_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if optimizer is not None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

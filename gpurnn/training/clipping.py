@@ -11,9 +11,10 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, fo
     torch's convention (torch.nn.utils.clip_grad_norm_): total = norm of the
     per-array norms; every array is multiplied by min(1, max_norm / (total + 1e-6)).
     norm_type as torch.linalg.vector_norm's ord: any real number (0 counts nonzeros) or
-    +-inf. grads: torch parameters/tensors (handed to torch.nn.utils.clip_grad_norm_), or
-    NumPy/CuPy arrays, a list or a dict of them (the functional path; None entries
-    are skipped). Returns the total norm before clipping (a tensor, or an xp scalar).
+    +-inf. grads: torch parameters (tensors that require grad or hold a .grad; handed to
+    torch.nn.utils.clip_grad_norm_, which scales their .grad), gradient tensors themselves (as
+    torch.autograd.grad returns them: no .grad, not requiring grad), or NumPy/CuPy arrays; one,
+    a list or a dict of them (None entries are skipped). Returns the total norm before clipping (a tensor, or an xp scalar).
     Nothing is scaled when an argument is wrong. foreach: torch's, for tensors.
     """
     try:
@@ -30,7 +31,19 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, fo
         if not all(is_torch):
             i = is_torch.index(False)
             raise TypeError(f"grads[{i}]: expected a tensor like grads[0], got {type(arrays[i]).__name__}")
-        return torch.nn.utils.clip_grad_norm_(arrays, max_norm, norm_type, error_if_nonfinite, foreach)
+        holders = [isinstance(a, torch.nn.Parameter) or a.requires_grad or a.grad is not None for a in arrays]
+        if all(holders):
+            return torch.nn.utils.clip_grad_norm_(arrays, max_norm, norm_type, error_if_nonfinite, foreach)
+        if any(holders):   # torch would read the others' .grad (None): they would silently stay as they are
+            i = holders.index(not holders[0])
+            want, got = ("a parameter (its .grad is scaled)", "a tensor that neither requires grad nor has a .grad")
+            raise TypeError(f"grads[{i}]: expected {want} like grads[0], got {got}" if holders[0] else
+                            f"grads[{i}]: expected {got} (a gradient, scaled itself) like grads[0], got a parameter")
+        total = torch.nn.utils.get_total_norm(arrays, norm_type, error_if_nonfinite, foreach)
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)   # torch's clip_grads_with_norm_
+        for a in arrays:
+            a.mul_(coef.to(a.device))
+        return total
     for i, a in enumerate(arrays):
         if not (hasattr(a, "dtype") and hasattr(a, "shape")) or is_torch[i]:
             raise TypeError(f"grads[{i}]: expected a NumPy or CuPy array, got {type(a).__name__}")

@@ -166,16 +166,24 @@ def _torch_function():
     return SequenceLoss
 
 
+def _torch_loss(h, weight, bias, targets, reduction, ignore_index):
+    """The loss in torch's own ops (cross_entropy of all the logits, float16 widened as on the engine), whose graph
+    double backward and torch.func differentiate."""
+    import torch
+
+    wide = lambda t: t.float() if t is not None and t.dtype == torch.float16 else t
+    logits = torch.nn.functional.linear(wide(h), wide(weight), wide(bias)).reshape(-1, weight.shape[0])
+    return torch.nn.functional.cross_entropy(logits, targets.reshape(-1).long(), reduction=reduction,
+                                             ignore_index=ignore_index)
+
+
 def _torch_gradients(inputs, spec, dloss):
-    """(dh, dweight, dbias) as a graph of torch's ops (cross_entropy of all the logits), for double backward."""
+    """(dh, dweight, dbias) as a graph of torch's ops, for double backward."""
     import torch
 
     h, weight, bias = inputs
     targets, reduction, ignore_index, _ = spec
-    wide = lambda t: t.float() if t is not None and t.dtype == torch.float16 else t   # as the first order
-    logits = torch.nn.functional.linear(wide(h), wide(weight), wide(bias)).reshape(-1, weight.shape[0])
-    loss = torch.nn.functional.cross_entropy(logits, targets.reshape(-1).long(), reduction=reduction,
-                                             ignore_index=ignore_index)
+    loss = _torch_loss(h, weight, bias, targets, reduction, ignore_index)
     wanted = [t for t in inputs if t is not None and t.requires_grad]
     grads = iter(torch.autograd.grad(loss, wanted, dloss, create_graph=True))
     dh, dw, db = (next(grads).to(t.dtype) if t is not None and t.requires_grad else None for t in inputs)
@@ -228,6 +236,9 @@ def sequence_loss(h, weight, bias, targets, *, reduction="sum", ignore_index=-10
         raise TypeError(f"targets: expected an integer dtype, got {targets.dtype}")
     name = backends.resolve(backend, h.is_cuda)
     check_choice("reduction", reduction, REDUCTIONS)
+    from ..autograd import transformed
+    if transformed():   # torch.func and forward-mode AD: torch's ops support them, the autograd.Function does not
+        return _torch_loss(h, weight, bias, targets, reduction, ignore_index).to(h.dtype)
     if name == "triton":
         # the xp path validates inside sequence_loss_forward; the kernel trusts its inputs
         check_floating("h", h.dtype, h.is_floating_point())

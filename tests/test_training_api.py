@@ -1,0 +1,81 @@
+"""The training tools' API at its edges: gradient tensors to clip, arguments checked at the call, torch.func."""
+import numpy as np
+import pytest
+import torch
+
+from gpurnn.training import clip_grad_norm_, sequence_loss, split_chunks, truncated_bptt
+
+
+def test_gradient_tensors_are_clipped_themselves():
+    """As NumPy arrays are: torch's clip_grad_norm_ reads their .grad (None), and nothing was clipped."""
+    for wrap in (list, lambda gs: dict(enumerate(gs))):
+        grads = [torch.tensor([3.0, 4.0]), torch.tensor([0.0])]
+        arrays = [g.numpy().copy() for g in grads]
+        total = clip_grad_norm_(wrap(grads), 1.0)
+        assert float(total) == float(clip_grad_norm_(wrap(arrays), 1.0)) == 5.0
+        for g, a in zip(grads, arrays):
+            np.testing.assert_allclose(g.numpy(), a, rtol=1e-6)
+        assert float(torch.linalg.vector_norm(torch.cat(grads))) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_parameters_are_clipped_as_torch_does():
+    params = [torch.nn.Parameter(torch.ones(3)) for _ in range(2)]
+    twins = [torch.nn.Parameter(torch.ones(3)) for _ in range(2)]
+    for p, q in zip(params, twins):
+        p.grad, q.grad = torch.full((3,), 2.0), torch.full((3,), 2.0)
+    assert clip_grad_norm_(params, 1.0) == torch.nn.utils.clip_grad_norm_(twins, 1.0)
+    for p, q in zip(params, twins):
+        assert torch.equal(p.grad, q.grad) and torch.equal(p, q)
+
+
+def test_parameters_and_gradient_tensors_do_not_mix():
+    param, grad = torch.nn.Parameter(torch.ones(3)), torch.ones(3)
+    with pytest.raises(TypeError, match=r"grads\[1\]: expected a parameter"):
+        clip_grad_norm_([param, grad], 1.0)
+    with pytest.raises(TypeError, match=r"grads\[1\]: .*got a parameter"):
+        clip_grad_norm_([grad, param], 1.0)
+    assert torch.equal(grad, torch.ones(3))
+
+
+@pytest.mark.parametrize("args, kwargs, error, words", [
+    ((0, torch.zeros(4)), {}, ValueError, "k: expected an integer >= 1, got 0"),
+    ((True, torch.zeros(4)), {}, TypeError, "k: expected an integer, got True"),
+    ((2.5, torch.zeros(4)), {}, TypeError, "k: expected an integer, got 2.5"),
+    ((2, torch.zeros(4)), {"dim": 1}, ValueError, "dim: expected a dimension of sequences[0] (shape (4,)), got 1"),
+    ((2, torch.zeros(())), {}, ValueError, "dim: expected a dimension of sequences[0] (shape ()), got 0"),
+])
+def test_split_chunks_checks_its_arguments_at_the_call(args, kwargs, error, words):
+    with pytest.raises(error) as info:
+        split_chunks(*args, **kwargs)   # not iterated: a generator once checked only at the first chunk
+    assert str(info.value) == words
+
+
+def test_split_chunks_takes_a_0d_integer_tensor():
+    assert [c[0].tolist() for c in split_chunks(torch.tensor(2), torch.arange(5))] == [[0, 1], [2, 3], [4]]
+
+
+def test_truncated_bptt_checks_max_norm_before_any_backward():
+    model = torch.nn.RNN(2, 3)
+    with pytest.raises(TypeError, match="max_norm"):
+        truncated_bptt(model, [(torch.randn(4, 1, 2), None)], lambda y, t: y.sum(), max_norm="1")
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_truncated_bptt_grad_norm_is_a_tensor_without_trainable_parameters():
+    model = torch.nn.RNN(2, 3).requires_grad_(False)
+    x = torch.randn(4, 1, 2, requires_grad=True)
+    (result,) = truncated_bptt(model, [(x, None)], lambda y, t: y.sum(), max_norm=1.0)
+    assert isinstance(result.grad_norm, torch.Tensor) and float(result.grad_norm) == 0.0
+
+
+def test_sequence_loss_under_torch_func():
+    torch.manual_seed(0)
+    h, weight = torch.randn(5, 3, 4, dtype=torch.float64), torch.randn(7, 4, dtype=torch.float64)
+    targets = torch.randint(0, 7, (5, 3))
+    got = torch.func.grad(lambda a: sequence_loss(a, weight, None, targets))(h)
+    h.requires_grad_()
+    logits = (h @ weight.T).reshape(-1, 7)
+    (want,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, targets.reshape(-1), reduction="sum"), h)
+    torch.testing.assert_close(got, want)
+    per_row = torch.func.vmap(lambda a, y: sequence_loss(a, weight, None, y))(h.detach(), targets)
+    assert per_row.shape == (5,)
