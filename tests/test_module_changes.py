@@ -83,3 +83,10 @@ def test_jordan_builds_on_the_meta_device():
         assert gnn.JordanRNN(3, 5, 2).decay.is_meta
     with pytest.raises(ValueError, match="decay"):   # still checked where there are values
         gnn.JordanRNN(3, 5, 2, decay=1.5)
+
+
+def test_jordan_repr_names_what_differs_from_the_defaults():
+    assert repr(gnn.JordanRNN(2, 3, 4)) == "JordanRNN(2, 3, 4, nonlinearity='tanh', output_activation='identity')"
+    module = gnn.JordanRNN(2, 3, 2, decay=[0.25, 0.75], bias=False, batch_first=True)
+    assert repr(module).endswith("decay=per unit, 0.25 to 0.75, bias=False, batch_first=True)")
+    assert repr(gnn.JordanRNN(2, 3, 2, decay=0.25)).endswith(", decay=0.25)")

@@ -69,8 +69,16 @@ class JordanRNN(torch.nn.Module):
             torch.nn.init.uniform_(p, -bound, bound)
 
     def extra_repr(self):
-        return (f"{self.input_size}, {self.hidden_size}, {self.output_size}, "
-                f"nonlinearity={self.nonlinearity!r}, output_activation={self.output_activation!r}")
+        """As torch.nn's modules': the sizes, then what differs from the defaults."""
+        parts = [f"{self.input_size}, {self.hidden_size}, {self.output_size}",
+                 f"nonlinearity={self.nonlinearity!r}", f"output_activation={self.output_activation!r}"]
+        if not self.decay.is_meta:
+            low, high = float(self.decay.min()), float(self.decay.max())
+            parts += [] if low == high == 0.5 else [f"decay={low:g}" if low == high else
+                                                    f"decay=per unit, {low:g} to {high:g}"]
+        parts += [] if self.bias_h is not None else ["bias=False"]
+        parts += ["batch_first=True"] if self.batch_first else []
+        return ", ".join(parts)
 
     def forward(self, x, s0=None, teacher=None):
         if not parametrize.is_parametrized(self):
