@@ -1,11 +1,14 @@
 """Command line: python -m gpurnn {info,demo,train,gradflow} ...
 
 Each subcommand lives in its own module exposing add_arguments(parser) and run(args);
-they are imported only when chosen, so `info` works without torch.
+they are imported only when chosen, so `info` works without torch. run() raises
+UsageError for a bad value it finds (a file, a device): the command's usage error, exit 2.
 """
 import argparse
 import importlib
 import sys
+
+from .arguments import UsageError
 
 COMMANDS = {
     "info": ("gpurnn.info", "versions, devices and usable backends"),
@@ -25,7 +28,10 @@ def main(argv=None):
         if argv and argv[0] == name:   # import only the chosen command's module
             importlib.import_module(module).add_arguments(sub_parser)
     args = parser.parse_args(argv)
-    importlib.import_module(args.module).run(args)
+    try:
+        importlib.import_module(args.module).run(args)
+    except UsageError as e:
+        sub.choices[args.command].error(str(e))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
-"""argparse types for the commands' options: a bad value is argparse's one-line error naming the option."""
+"""argparse types for the commands' options: a bad value is argparse's one-line error naming the option;
+and the checks that need more than the value (files, the environment), raising UsageError."""
 import argparse
 import math
+import os
+import tempfile
+from pathlib import Path
 
 
 def csv(kind, choices):
@@ -44,3 +48,79 @@ def positive_finite(value):
     if x == math.inf:
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
     return x
+
+
+class UsageError(Exception):
+    """A bad value that only shows after parsing (a file's contents, a device, the environment): main() reports it
+    as argparse's usage error, exit 2, like a value that failed to parse."""
+
+
+def _cannot_write(folder):
+    """Why no file can be made in the existing `folder`, or None: a real try (os.access says yes to root in /proc)."""
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        return f"cannot write in {folder}: {e.strerror}"
+    return None
+
+
+def check_out_folder(option, path):
+    """A folder that can be made and written; made only when there is a file to save (a failed run leaves none)."""
+    if not path:
+        return
+    folder = Path(os.path.abspath(path))
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    why = f"{existing} is not a folder" if not existing.is_dir() else _cannot_write(existing)
+    if why:
+        raise UsageError(f"{option}: expected a folder for the checkpoints, got {path!r} ({why})")
+
+
+def check_out_file(option, path, suffix):
+    """A `suffix` file in an existing, writable folder: checked before the work whose result it holds."""
+    file = Path(os.path.abspath(path))
+    if not path or path.endswith(os.sep) or file.suffix.lower() != suffix or file.is_dir():
+        raise UsageError(f"{option}: expected a {suffix} file name, got {path!r}")
+    if not file.parent.is_dir():
+        raise UsageError(f"{option}: expected a file in an existing folder, got {path!r} (no folder {file.parent})")
+    why = _cannot_write(file.parent) or (file.exists() and not os.access(file, os.W_OK) and f"cannot write {file}")
+    if why:
+        raise UsageError(f"{option}: expected a file that can be written, got {path!r} ({why})")
+
+
+def read_text_file(option, path):
+    """The file's text, strictly UTF-8 (errors="replace" trained on the replacement character, silently)."""
+    file = Path(path)
+    why = "no such file" if not file.exists() else "a directory" if file.is_dir() else \
+        "not a regular file" if not file.is_file() else None
+    if why is None:
+        try:
+            data = file.read_bytes()
+            why = "empty" if not data else None
+        except OSError as e:
+            why = e.strerror
+    if why:
+        raise UsageError(f"{option}: expected a readable text file, got {path!r} ({why})")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{option}: expected UTF-8 text, got {path!r} (byte {data[e.start]:#04x} at offset "
+                         f"{e.start}: {e.reason})") from None
+    # a byte order mark is no character of the text; universal newlines as Path.read_text gave them
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def out_of_memory(error):
+    """Whether an exception is a failed allocation: MemoryError, or torch's RuntimeError (CPU or CUDA)."""
+    return isinstance(error, MemoryError) or isinstance(error, RuntimeError) and "memory" in str(error).lower()
+
+
+def resolve_backend(backend, on_gpu):
+    """backends.resolve, a failure a UsageError naming --backend, or GPURNN_BACKEND where auto took its value."""
+    from . import backends
+
+    try:
+        return backends.resolve(backend, on_gpu)
+    except (ValueError, RuntimeError) as e:
+        env = os.environ.get("GPURNN_BACKEND", "auto") if backend == "auto" else "auto"
+        source = f"--backend {backend}" if env == "auto" else f"GPURNN_BACKEND={env} (--backend auto)"
+        raise UsageError(str(e) if str(e).startswith("GPURNN_BACKEND:") else f"{source}: {e}") from None

@@ -3,7 +3,9 @@ import time
 
 import torch
 
+from . import backends
 from . import nn as gnn
+from .arguments import resolve_backend
 
 SHAPE = dict(T=64, B=16, I=32, H=64)
 
@@ -25,10 +27,11 @@ def compare(name, ref, mine, x):
 
 
 def add_arguments(parser):
-    parser.add_argument("--backend", default="auto", help="auto, numpy, cupy or triton")
+    parser.add_argument("--backend", default="auto", choices=backends.CHOICES)
 
 
 def run(args):
+    resolve_backend(args.backend, False)   # the demo's data is on the CPU
     T, B, I, H = SHAPE.values()
     print(f"forward + backward, float64, T={T} B={B} input={I} hidden={H}, backend={args.backend}")
     x = torch.randn(T, B, I, dtype=torch.float64)
@@ -39,4 +42,5 @@ def run(args):
         print(compare(name, ref, mine, x))
     jordan = gnn.JordanRNN(I, H, 8, output_activation="softmax", dtype=torch.float64, backend=args.backend)
     y, s_next = jordan(x)
-    print(f"JordanRNN output {tuple(y.shape)}, rows sum to 1: {bool(torch.allclose(y.sum(-1), torch.ones(1, dtype=y.dtype)))}")
+    rows_sum_to_1 = bool(torch.allclose(y.sum(-1), torch.ones(1, dtype=y.dtype)))
+    print(f"JordanRNN output {tuple(y.shape)}, rows sum to 1: {rows_sum_to_1}")

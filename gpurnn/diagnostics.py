@@ -11,12 +11,10 @@ h_t flows through the state into later steps.)
 spectral radii of W_hh and for LSTM and GRU, and prints the fitted rate per step.
 """
 import math
-from pathlib import Path
 
 import numpy as np
 
-from .arguments import SEED, positive
-from .checks import check_choice
+from .arguments import SEED, UsageError, check_out_file, out_of_memory, positive, resolve_backend
 
 RADII = (0.5, 0.9, 1.0, 1.1, 1.5)
 
@@ -147,40 +145,35 @@ def plot(curves, rates, path, title):
 
 
 def add_arguments(parser):
+    from . import backends
+
     parser.add_argument("--out", default="gradflow.png", help="where to write the plot (PNG)")
     parser.add_argument("--steps", type=positive, default=100, help="sequence length T")
     parser.add_argument("--hidden", type=positive, default=64, help="hidden units")
     parser.add_argument("--inputs", type=positive, default=8, help="input features (x ~ N(0, 1))")
     parser.add_argument("--batch", type=positive, default=16, help="sequences averaged in the norm")
     parser.add_argument("--seed", type=SEED, default=0)
-    parser.add_argument("--backend", default="auto", help="auto, numpy, cupy or triton")
+    parser.add_argument("--backend", default="auto", choices=backends.CHOICES)
 
 
 def run(args):
     import torch
 
-    from . import backends
-
+    resolve_backend(args.backend, False)   # the models run on the CPU
+    check_out_file("--out", args.out, ".png")   # checked first: the plot is written after all the computation
     try:
-        check_choice("backend", args.backend, backends.CHOICES)
-        backends.resolve(args.backend, False)   # the models run on the CPU
-    except ValueError as e:
-        raise SystemExit(f"--{e}") from None
-    except RuntimeError as e:
-        raise SystemExit(f"--backend {args.backend}: {e}") from None
-    # checked first: the plot is written after all the computation
-    out = Path(args.out)
-    if out.suffix.lower() != ".png" or out.is_dir():
-        raise SystemExit(f"--out: expected a .png file name, got {args.out!r}")
-    if not out.resolve().parent.is_dir():
-        raise SystemExit(f"--out: expected a file in an existing folder, got {args.out!r} "
-                         f"(no folder {out.resolve().parent})")
+        models = demo_models(args.hidden, args.inputs, backend=args.backend, seed=args.seed)
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        raise UsageError(f"--hidden: expected a size whose weights fit in memory, got {args.hidden} "
+                         f"(W_hh alone: {4 * args.hidden ** 2 / 2 ** 30:.3g} GiB as float32)") from None
     gen = torch.Generator().manual_seed(args.seed + 1)
     x = torch.randn(args.steps, args.batch, args.inputs, generator=gen)
     curves, rates = {}, {}
     print(f"||dL_T/dh_t|| over T = {args.steps} steps, H = {args.hidden}, B = {args.batch}; "
           f"fitted factor per step (r < 1 vanishes, r > 1 explodes):")
-    for label, model in demo_models(args.hidden, args.inputs, backend=args.backend, seed=args.seed).items():
+    for label, model in models.items():
         norms = gradient_flow(model, x)
         curves[label], rates[label] = norms, fit_rate(norms)
         ratio = norms[0] / norms[-1] if norms[-1] > 0 else float("nan")

@@ -17,13 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from . import backends
-from .arguments import SEED, csv, integer_at_least, non_negative, positive, positive_finite, positive_float
+from .arguments import (SEED, UsageError, check_out_folder, csv, integer_at_least, non_negative, out_of_memory,
+                        positive, positive_finite, positive_float, read_text_file, resolve_backend)
 from .tasks import IGNORE, CharText, RecallTask, YearTask
 
 CELLS = {"elman": "RNN", "lstm": "LSTM", "gru": "GRU"}
 TASKS = ("year", "recall")
 # steps per (task, cell) in a default run; --quick divides them
 DEFAULT_STEPS = {"year": 1200, "recall": 600, "text": 1000}
+DEFAULT_LAG, DEFAULT_BPTT, EMBED = 50, 100, 32
 FORGET_BIAS = 4.0   # LSTM forget gate open at the start: sigmoid(4)^50 ~ 0.4 of the memory
                     # survives the recall lag, sigmoid(0)^50 ~ 1e-15 (Gers et al. 2000;
                     # Jozefowicz et al. 2015 use 1). Measured here on recall (lag 50, 600 steps):
@@ -57,7 +59,7 @@ def _model_class():
     class CharRNN(torch.nn.Module):
         """Embedding -> one recurrent layer (gpurnn.nn) -> linear head over the classes."""
 
-        def __init__(self, cell, n_tokens, n_classes, hidden, embed=32, backend="auto"):
+        def __init__(self, cell, n_tokens, n_classes, hidden, embed=EMBED, backend="auto"):
             super().__init__()
             self.cell = cell
             self.embed = torch.nn.Embedding(n_tokens, embed)
@@ -75,6 +77,19 @@ def _model_class():
                                  backend=backend)
 
     return CharRNN
+
+
+def _new_model(cell, n_tokens, n_classes, args, device):
+    """A CharRNN on device; weights that do not fit are a usage error naming --hidden, not an allocator traceback."""
+    try:
+        return _model_class()(cell, n_tokens, n_classes, args.hidden, backend=args.backend).to(device)
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        h, gates = args.hidden, {"elman": 1, "gru": 3, "lstm": 4}[cell]
+        size = gates * h * (EMBED + h + 2) + n_tokens * EMBED + n_classes * (h + 1)
+        raise UsageError(f"--hidden: expected a size whose {cell} weights fit in memory on {device}, got {h} "
+                         f"({size:.3g} float32 values, {4 * size / 2 ** 30:.3g} GiB)") from None
 
 
 def rnn_config(model):
@@ -144,20 +159,11 @@ def _device(args, rank):
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise SystemExit(f"--device: expected auto, cpu, cuda or cuda:N, got {args.device!r}")
+        raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, got {args.device!r}")
     count = torch.cuda.device_count() if device.type == "cuda" else 0
     if device.type == "cuda" and (device.index or 0) >= count:
-        raise SystemExit(f"--device {args.device}: this machine has {count} CUDA device(s)")
+        raise UsageError(f"--device {args.device}: this machine has {count} CUDA device(s)")
     return device
-
-
-def _check_out(out):
-    """--out as a folder for the checkpoints, made now: a bad one fails before training, not after its first task."""
-    if out:
-        try:
-            Path(out).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise SystemExit(f"--out: expected a folder for the checkpoints, got {out!r} ({e.strerror})") from None
 
 
 def _wrap(model, world, device):
@@ -192,9 +198,8 @@ def train_task(task, cell, args, device, rank=0, world=1):
     from .training import clip_grad_norm_
 
     torch.manual_seed(args.seed)
-    CharRNN = _model_class()
     n_tokens = len(task.vocab) if task.vocab else task.n_classes
-    model = CharRNN(cell, n_tokens, task.n_classes, args.hidden, backend=args.backend).to(device)
+    model = _new_model(cell, n_tokens, task.n_classes, args, device)
     net = _wrap(model, world, device)
     steps = args.steps or DEFAULT_STEPS[task.name] // (10 if args.quick else 1)
     optimizer, schedule = make_optimizer(model, args, steps)
@@ -254,9 +259,9 @@ def train_text(text, cell, args, device, rank=0, world=1):
     from .training import truncated_bptt
 
     torch.manual_seed(args.seed)
-    model = _model_class()(cell, text.n_classes, text.n_classes, args.hidden, backend=args.backend).to(device)
+    model = _new_model(cell, text.n_classes, text.n_classes, args, device)
     net = _wrap(model, world, device)
-    k = args.bptt
+    k = args.bptt or DEFAULT_BPTT
     steps = args.steps or DEFAULT_STEPS["text"] // (10 if args.quick else 1)
     optimizer, schedule = make_optimizer(model, args, steps)
     as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
@@ -313,7 +318,7 @@ def summary_table(rows):
 
 
 def add_arguments(parser):
-    parser.add_argument("--tasks", type=csv("tasks", TASKS), default=list(TASKS),
+    parser.add_argument("--tasks", type=csv("tasks", TASKS), default=None,
                         help="generated tasks to run (default: year,recall)")
     parser.add_argument("--cells", type=csv("cells", tuple(CELLS)), default=None,
                         help="cells to compare (default: elman,lstm,gru; with --text: lstm)")
@@ -326,8 +331,10 @@ def add_arguments(parser):
                         help=f"training steps per task and cell (default: {DEFAULT_STEPS})")
     parser.add_argument("--lr", type=positive_finite, default=1e-2)
     parser.add_argument("--clip", type=positive_float, default=5.0, help="max global gradient norm (inf: none)")
-    parser.add_argument("--lag", type=positive, default=50, help="recall task: steps between symbol and query")
-    parser.add_argument("--bptt", type=positive, default=100, help="--text: truncated BPTT chunk length")
+    parser.add_argument("--lag", type=positive, default=None,
+                        help=f"recall task: steps between symbol and query (default: {DEFAULT_LAG})")
+    parser.add_argument("--bptt", type=positive, default=None,
+                        help=f"--text: truncated BPTT chunk length (default: {DEFAULT_BPTT})")
     parser.add_argument("--eval-batch", type=positive, default=1000)
     parser.add_argument("--backend", default="auto", choices=backends.CHOICES)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
@@ -343,28 +350,32 @@ def add_arguments(parser):
 def _char_text(args, world):
     """The --text file as a CharText, checked up front: long enough, and for --batch streams in each of the
     `world` processes' parts."""
-    text = Path(args.text).read_text(encoding="utf-8", errors="replace")
     try:
-        chars = CharText(text)
+        chars = CharText(read_text_file("--text", args.text))
         CharText.streams(chars.train_ids[:len(chars.train_ids) // world], args.batch)
     except ValueError as e:
-        raise SystemExit(f"--text {args.text!r}: {e}".replace(": batch:", ": --batch:")) from None
+        raise UsageError(f"--text {args.text!r}: {e}".replace(": batch:", ": --batch:")) from None
     return chars
 
 
 def run(args):
-    if args.text and not Path(args.text).is_file():
-        raise SystemExit(f"--text: expected a readable text file, got {args.text!r} (no such file)")
+    """Every check before any work or file (raising UsageError), then the runs and the summary table."""
+    # an option of the other mode would be silently ignored
     if args.sample and not args.text:
-        raise SystemExit("--sample: generates from the character model of --text FILE; give --text too")
-    _check_out(args.out)
+        raise UsageError("--sample: generates from the character model of --text FILE; give --text too")
+    if args.bptt and not args.text:
+        raise UsageError("--bptt: sets the chunk length of the character model of --text FILE; give --text too")
+    if args.text and (args.tasks or args.lag):
+        raise UsageError(f"{'--tasks' if args.tasks else '--lag'}: an option of the generated tasks, which --text "
+                         f"replaces; give one or the other")
+    if args.lag and "recall" not in (args.tasks or TASKS):
+        raise UsageError(f"--lag: sets the lag of the recall task, not in --tasks {','.join(args.tasks)}")
+    check_out_folder("--out", args.out)
     rank, world = _distributed()
+    text = _char_text(args, world) if args.text else None
     limit_cpu_threads(args.threads)
     device = _device(args, rank)
-    try:
-        backend = backends.resolve(args.backend, device.type == "cuda")
-    except RuntimeError as e:
-        raise SystemExit(f"--backend {args.backend}: {e}") from None
+    backend = resolve_backend(args.backend, device.type == "cuda")
     if rank == 0:
         print(f"gpurnn train: backend {backend} on {device}, {world} process(es), "
               f"{args.threads} CPU thread(s)", flush=True)
@@ -372,13 +383,12 @@ def run(args):
     cells = args.cells or (["lstm"] if args.text else list(CELLS))
     rows = []
     if args.text:
-        text = _char_text(args, world)
         rows = [train_text(text, cell, args, device, rank, world) for cell in cells]
     else:
-        for name in args.tasks:
+        for name in args.tasks or TASKS:
             for cell in cells:
                 task = YearTask(seed=args.seed + rank) if name == "year" else \
-                    RecallTask(lag=args.lag, seed=args.seed + rank)
+                    RecallTask(lag=args.lag or DEFAULT_LAG, seed=args.seed + rank)
                 rows.append(train_task(task, cell, args, device, rank, world))
     if rank == 0:
         print()

@@ -1,14 +1,16 @@
 """`python -m gpurnn train`: the summary table, checkpoints that torch.nn loads (and that
-reproduce the reported accuracy in plain torch), the progress bar, --text/--sample, and
+reproduce the reported accuracy in plain torch), the progress bar, --text/--sample, bad
+arguments of train, gradflow and demo as usage errors (exit 2, before any work or file), and
 the headline claim: LSTM >= 95% on the year task with the default settings."""
 import argparse
-import re
+import os
 
 import pytest
 import torch
 
 from gpurnn import train as train_command
 from gpurnn.__main__ import main
+from gpurnn.arguments import read_text_file
 from gpurnn.tasks import IGNORE, RecallTask, YearTask
 from gpurnn.train import DEFAULT_STEPS, load_rnn
 
@@ -32,6 +34,21 @@ def train(argv):
     parser = argparse.ArgumentParser()
     train_command.add_arguments(parser)
     return train_command.run(parser.parse_args(argv))
+
+
+@pytest.fixture
+def error_of(capsys):
+    """error_of(argv): main(argv)'s one "error:" line, checked to be argparse's usage error (exit code 2,
+    the command's usage line, no traceback); SystemExit(message) exited 1 with no usage line."""
+    def error_of(argv):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith(f"usage: python -m gpurnn {argv[0]} "), err
+        assert "Traceback" not in err and err.splitlines()[-1].startswith(f"python -m gpurnn {argv[0]}: error: ")
+        return err.splitlines()[-1].split(": error: ", 1)[1]
+    return error_of
 
 
 def torch_accuracy(path, task, n):
@@ -116,55 +133,130 @@ def test_text_language_model_samples_and_saves(tmp_path, capsys):
     (["--seed", "-5"], "--seed: expected an integer in [0, 4294967295], got -5"),
     (["--threads", "100000"], "--threads: expected an integer in [1, "),   # thousands of threads crashed
 ])
-def test_bad_arguments_are_named(argv, message, capsys):
-    with pytest.raises(SystemExit):
-        main(["train"] + argv)
-    assert message in capsys.readouterr().err
+def test_bad_arguments_are_named(argv, message, error_of):
+    assert message in error_of(["train"] + argv)
 
 
 @pytest.mark.parametrize("text, batch, message", [
     ("too short", 32, "text: expected at least 100 characters, got 9"),
     ("a long enough line. " * 10, 500, "--batch: expected at most 94 streams for this text, got 500"),
 ])
-def test_text_that_cannot_train_is_named_before_training(tmp_path, text, batch, message):
+def test_text_that_cannot_train_is_named_before_training(tmp_path, text, batch, message, error_of):
     path = tmp_path / "t.txt"
     path.write_text(text)
-    with pytest.raises(SystemExit, match=re.escape(f"--text {str(path)!r}: {message}")):
-        main(["train", "--text", str(path), "--batch", str(batch)])
+    assert error_of(["train", "--text", str(path), "--batch", str(batch)]) == f"--text {str(path)!r}: {message}"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--backend", "foo"], "--backend: expected one of ('auto', 'numpy', 'cupy', 'triton'), got 'foo'"),
-    (["--out", "/no/such/folder/g.png"], "--out: expected a file in an existing folder, got '/no/such/folder/g.png'"),
-    (["--out", "g.xyz"], "--out: expected a .png file name, got 'g.xyz'"),   # the plot failed after the work
-    (["--out", ""], "--out: expected a .png file name, got ''"),   # wrote ./.png
+NOT_WRITABLE = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc (Linux): no file can be "
+                                  "made there, also by root, whom os.access lets write anywhere")
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["--backend", "foo"], {}, "argument --backend: invalid choice: 'foo'"),   # train's choices, listed in --help
+    ([], {"GPURNN_BACKEND": "bogus"},   # "--GPURNN_BACKEND: ..."
+     "GPURNN_BACKEND: expected one of ('auto', 'numpy', 'cupy', 'triton'), got 'bogus'"),
+    (["--out", "/no/such/folder/g.png"], {},
+     "--out: expected a file in an existing folder, got '/no/such/folder/g.png'"),
+    (["--out", "g.xyz"], {}, "--out: expected a .png file name, got 'g.xyz'"),   # the plot failed after the work
+    (["--out", ""], {}, "--out: expected a .png file name, got ''"),   # wrote ./.png
+    (["--out", "adir.png/"], {}, "--out: expected a .png file name, got 'adir.png/'"),   # after the work: adir.png/.png
+    pytest.param(["--out", "/proc/g.png"], {}, "--out: expected a file that can be written, got '/proc/g.png' "
+                 "(cannot write in /proc: ", marks=NOT_WRITABLE),   # a traceback after the work
+    (["--hidden", "100000000"], {}, "--hidden: expected a size whose weights fit in memory, got 100000000"),
 ])
-def test_gradflow_names_bad_arguments_before_computing(argv, message):
-    with pytest.raises(SystemExit, match=re.escape(message)):
-        main(["gradflow", "--steps", "3", "--hidden", "4"] + argv)
+def test_gradflow_names_bad_arguments_before_computing(argv, env, message, error_of, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert error_of(["gradflow", "--steps", "3", "--hidden", "4"] + argv).startswith(message)
+    assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--device", "foo"], "--device: expected auto, cpu, cuda or cuda:N, got 'foo'"),
-    (["--device", "meta"], "--device: expected auto, cpu, cuda or cuda:N, got 'meta'"),
-    (["--device", f"cuda:{torch.cuda.device_count()}"], "CUDA device(s)"),
-    (["--backend", "cupy", "--device", "cpu"], "--backend cupy: backend='cupy' is not usable here"),
+@pytest.mark.parametrize("backend, message", [
+    ("gpu", "argument --backend: invalid choice: 'gpu'"),
+    ("cupy", "--backend cupy: backend='cupy' "),   # not installed, or no CPU backend: a traceback in the demo
+    ("triton", "--backend triton: backend='triton' "),   # on the CPU only under TRITON_INTERPRET=1
 ])
-def test_a_device_or_backend_that_cannot_run_is_named_before_training(argv, message):
-    with pytest.raises(SystemExit, match=re.escape(message)):
-        main(["train", "--quick"] + argv)
+def test_demo_names_a_backend_that_cannot_run(backend, message, error_of, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert error_of(["demo", "--backend", backend]).startswith(message)
 
 
-def test_a_checkpoint_folder_that_cannot_be_made_is_named_before_training(tmp_path):
+@pytest.mark.parametrize("argv, env, message", [
+    (["--device", "foo"], {}, "--device: expected auto, cpu, cuda or cuda:N, got 'foo'"),
+    (["--device", "meta"], {}, "--device: expected auto, cpu, cuda or cuda:N, got 'meta'"),
+    (["--device", f"cuda:{torch.cuda.device_count()}"], {}, f"--device cuda:{torch.cuda.device_count()}: "
+     f"this machine has {torch.cuda.device_count()} CUDA device(s)"),
+    (["--backend", "cupy", "--device", "cpu"], {}, "--backend cupy: backend='cupy' "),
+    (["--device", "cpu"], {"GPURNN_BACKEND": "bogus"},   # a traceback
+     "GPURNN_BACKEND: expected one of ('auto', 'numpy', 'cupy', 'triton'), got 'bogus'"),
+    (["--device", "cpu"], {"GPURNN_BACKEND": "cupy"},   # "--backend auto: ...", the variable unnamed
+     "GPURNN_BACKEND=cupy (--backend auto): backend='cupy' "),
+    (["--device", "cpu", "--cells", "elman", "--hidden", "100000000"], {},   # an allocator traceback
+     "--hidden: expected a size whose elman weights fit in memory on cpu, got 100000000 (1e+16 float32 values, "),
+])
+def test_a_device_backend_or_size_that_cannot_run_is_named_before_training(argv, env, message, error_of, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert error_of(["train", "--quick"] + argv).startswith(message)
+    assert list(tmp_path.iterdir()) == []   # no ./checkpoints: it was made before these checks
+
+
+@pytest.mark.parametrize("out, why", [
+    ("file", "{tmp}/file is not a folder"), ("file/sub", "{tmp}/file is not a folder"),
+    pytest.param("/proc/ck", "cannot write in /proc: ", marks=NOT_WRITABLE),
+])
+def test_a_checkpoint_folder_that_cannot_be_made_is_named_before_training(tmp_path, out, why, error_of,
+                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "file").write_text("")
-    with pytest.raises(SystemExit, match=re.escape(f"--out: expected a folder for the checkpoints, got "
-                                                   f"{str(tmp_path / 'file')!r}")):
-        main(["train", "--quick", "--out", str(tmp_path / "file")])
+    assert error_of(["train", "--quick", "--out", out]).startswith(
+        f"--out: expected a folder for the checkpoints, got {out!r} ({why.format(tmp=tmp_path)}")
 
 
-def test_missing_text_file_is_named(tmp_path):
-    with pytest.raises(SystemExit, match=r"--text: expected a readable text file, got '.*nothing.txt'"):
-        main(["train", "--text", str(tmp_path / "nothing.txt")])
+@pytest.mark.parametrize("name, content, why", [
+    ("nothing.txt", None, "no such file"),
+    ("adir", "dir", "a directory"),   # "no such file"
+    ("/dev/null", None, "not a regular file"),
+    ("empty.txt", b"", "empty"),
+])
+def test_a_text_file_that_cannot_be_read_is_named(tmp_path, name, content, why, error_of, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if content == "dir":
+        (tmp_path / name).mkdir()
+    elif content is not None:
+        (tmp_path / name).write_bytes(content)
+    assert error_of(["train", "--text", name]) == f"--text: expected a readable text file, got {name!r} ({why})"
+
+
+def test_text_that_is_not_utf8_is_named_with_the_offset_of_its_first_bad_byte(tmp_path, error_of):
+    """It was read with errors="replace": Latin-1 or binary trained silently on U+FFFD."""
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("plain ascii, then café ".encode("latin-1") * 20)
+    assert error_of(["train", "--text", str(path)]) == \
+        f"--text: expected UTF-8 text, got {str(path)!r} (byte 0xe9 at offset 21: invalid continuation byte)"
+
+
+def test_text_file_drops_a_byte_order_mark_and_reads_universal_newlines(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"\xef\xbb\xbfone\r\ntwo\rthree\n")
+    assert read_text_file("--text", str(path)) == "one\ntwo\nthree\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sample", "5"], "--sample: generates from the character model of --text FILE; give --text too"),
+    (["--bptt", "5"], "--bptt: sets the chunk length of the character model of --text FILE; give --text too"),
+    (["--text", "t.txt", "--tasks", "recall"], "--tasks: an option of the generated tasks, which --text replaces"),
+    (["--text", "t.txt", "--lag", "5"], "--lag: an option of the generated tasks, which --text replaces"),
+    (["--tasks", "year", "--lag", "5"], "--lag: sets the lag of the recall task, not in --tasks year"),
+])
+def test_options_of_the_other_mode_are_usage_errors_not_ignored(argv, message, error_of, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.txt").write_text("a long enough line. " * 10)
+    assert error_of(["train"] + argv).startswith(message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
 
 
 def test_lstm_reaches_95_percent_on_year_with_default_settings(tmp_path):
