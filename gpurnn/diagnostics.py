@@ -49,11 +49,15 @@ def gradient_flow(model, x, state=None, loss_fn=None):
     """
     import torch
 
+    if not callable(model):
+        raise TypeError(f"model: expected a recurrent torch module, got {type(model).__name__}")
     if getattr(model, "bidirectional", False):
         raise ValueError("model: expected a unidirectional model (the backward direction "
                          "has no last step), got bidirectional=True")
-    if not isinstance(x, torch.Tensor) or x.dim() != 3:
-        raise ValueError(f"x: expected a 3-D tensor (T, B, I), got {getattr(x, 'shape', type(x).__name__)}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a 3-D tensor (T, B, I), got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"x: expected a 3-D tensor (T, B, I), got shape {tuple(x.shape)}")
     time_dim = 1 if getattr(model, "batch_first", False) else 0
     if x.shape[time_dim] == 0:
         raise ValueError(f"x: expected at least one step, got shape {tuple(x.shape)}")

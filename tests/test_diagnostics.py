@@ -127,3 +127,14 @@ def test_gradflow_command_writes_png_and_prints_rates(tmp_path, capsys):
 def test_gradient_flow_needs_a_step():
     with pytest.raises(ValueError, match=r"x: expected at least one step, got shape \(0, 2, 3\)"):
         gradient_flow(gnn.GRU(3, 4), torch.zeros(0, 2, 3))
+
+
+@pytest.mark.parametrize("model, x, error, words", [
+    ("not a model", torch.zeros(T, B, IN), TypeError, "model: expected a recurrent torch module, got str"),
+    (None, np.zeros((T, B, IN)), TypeError, "x: expected a 3-D tensor (T, B, I), got ndarray"),
+    (None, torch.zeros(T, IN), ValueError, f"x: expected a 3-D tensor (T, B, I), got shape ({T}, {IN})"),
+])
+def test_gradient_flow_names_a_bad_argument(model, x, error, words):
+    with pytest.raises(error) as info:
+        gradient_flow(gnn.GRU(IN, HID) if model is None else model, x)
+    assert str(info.value) == words
