@@ -209,3 +209,33 @@ def test_forward_mode_ad_matches_torch_nn():
     with fwAD.dual_level():
         outs = [fwAD.unpack_dual(m(fwAD.make_dual(x, tangent))[0]).tangent for m in (ref, mine)]
     torch.testing.assert_close(outs[1], outs[0], atol=1e-12, rtol=1e-12)
+
+
+def test_a_packed_input_is_left_to_eager_python_as_torch_nns():
+    """Traced, each new set of batch sizes compiled the frames after their int() again (up to the recompile limit)."""
+    from torch._dynamo.utils import counters
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch._dynamo.reset()
+    counters.clear()
+    module = gnn.LSTM(3, 4)
+    compiled = torch.compile(module, backend="eager")
+    for lengths in ([5, 5, 2], [5, 3, 1], [5, 4, 4], [5, 2, 2]):
+        packed = pack_padded_sequence(torch.randn(5, 3, 3), lengths)
+        torch.testing.assert_close(compiled(packed)[0].data, module(packed)[0].data)
+    assert counters["stats"].get("unique_graphs", 0) == 0
+
+
+@pytest.mark.parametrize("kind, kw", [("GRU", {}), ("LSTM", {"proj_size": 2})])
+def test_dropout_between_layers_survives_compile_where_torch_nns_forward_runs(kind, kw):
+    """Under CPU autocast these run torch.nn's own forward, whose trace loses the dropout between layers (torch's
+    RNN decomposition): every training call gave the eval output."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    module = getattr(gnn, kind)(3, 8, num_layers=3, dropout=0.9, **kw).train()
+    compiled = torch.compile(module, backend="aot_eager")
+    x = torch.randn(5, 2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = [compiled(x)[0] for _ in range(2)]
+        evaluated = module.eval()(x)[0]
+    assert not torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], evaluated)
