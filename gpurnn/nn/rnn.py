@@ -55,21 +55,21 @@ class _EngineForward:
             return traced
         is_lstm = self._cell == "lstm"
         packed = isinstance(input, PackedSequence)
-        if packed and torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        data = input.data if packed else input
+        if packed and torch.compiler.is_compiling() and not recorded_for_torch(data):
             # eager (a graph break, as torch.nn's module gets): traced, the batch sizes would specialise (and
             # recompile) each graph after the one their int() breaks
             return _eagerly(self.forward, input, hx)
-        data = input.data if packed else input
         kind = TORCH_NAMES[self._cell]
         if isinstance(data, torch.Tensor) and (autocast_inside(kind, data.device, self.proj_size, packed)
                                                or recorded_for_torch(data) or self._torch_single_step(input, hx)):
-            return self._torch_nn_forward(input, hx)   # (torch.nn's forward reads the weights itself)
+            return self._torch_nn_forward(input, hx, data)   # (torch.nn's forward reads the weights itself)
         # as torch.nn: the weights as they are now (parametrizations, torch.func.functional_call), evaluated
         # once per call, and the checks read these
         self._update_flat_weights()
         if (overridden(data, hx, self._flat_weights) or complex_call(data, self._flat_weights)
                 or self._changed_since_built() or autocast_mixed(kind, data, self._flat_weights)):
-            return self._torch_nn_forward(input, hx)
+            return self._torch_nn_forward(input, hx, data)
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         x, batch_sizes, sorted_idx, unsorted_idx, batched, hx = self._checked_inputs(input, hx)
         if packed:
@@ -114,11 +114,11 @@ class _EngineForward:
             hidden = tuple(h.squeeze(1) for h in hidden) if is_lstm else hidden.squeeze(1)
         return y, hidden
 
-    def _torch_nn_forward(self, input, hx):
+    def _torch_nn_forward(self, input, hx, data):
         """torch.nn's own forward; eager under torch.compile in training with dropout between layers (a graph
         break, as torch.nn's module gets): traced, the dropout is lost (torch 2.13's RNN decomposition)."""
         if (self.training and self.dropout and self.num_layers > 1 and torch.compiler.is_compiling()
-                and not torch.compiler.is_exporting()):
+                and not recorded_for_torch(data)):
             return _eagerly(super().forward, input, hx)
         return super().forward(input, hx)
 
