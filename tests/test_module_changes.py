@@ -90,3 +90,27 @@ def test_jordan_repr_names_what_differs_from_the_defaults():
     module = gnn.JordanRNN(2, 3, 2, decay=[0.25, 0.75], bias=False, batch_first=True)
     assert repr(module).endswith("decay=per unit, 0.25 to 0.75, bias=False, batch_first=True)")
     assert repr(gnn.JordanRNN(2, 3, 2, decay=0.25)).endswith(", decay=0.25)")
+
+
+@pytest.mark.parametrize("attribute, value", [("bidirectional", 1), ("bidirectional", None), ("num_layers", True)])
+def test_attributes_of_another_type_raise_as_torch_nn(attribute, value):
+    """torch's op refuses a bidirectional or num_layers of another type than bool and int; the engine once ran
+    with their truth value."""
+    x = torch.randn(5, 2, 3)
+    errors = []
+    for module in (torch.nn.GRU(3, 4), gnn.GRU(3, 4)):
+        setattr(module, attribute, value)
+        with pytest.raises(TypeError) as info:
+            module(x)
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_a_meta_module_runs_backward_as_torch_nn(kind):
+    """With the engine route forced (as the suite does: tests/conftest.py), meta tensors once reached the engine's
+    custom op, whose backward cannot read a meta handle."""
+    for module in (getattr(torch.nn, kind)(3, 4, device="meta"), getattr(gnn, kind)(3, 4, device="meta")):
+        x = torch.randn(5, 2, 3, device="meta", requires_grad=True)
+        module(x)[0].sum().backward()
+        assert x.grad.shape == x.shape and x.grad.is_meta

@@ -118,11 +118,11 @@ def _timing_unseen(x):
 def route(cell, x, directions, opts, for_backward, run_engine):
     """"torch" or "engine" for this layer: forced, or the faster by timing once per shape class.
     run_engine(x, directions) runs the layer on the engine."""
+    if x.is_meta or fake_tensor.is_fake(x):
+        return "torch"   # symbolic shapes: what torch.nn runs (the engine has no backward for them)
     name = forced()
     if name is not None:
         return name
-    if x.is_meta or fake_tensor.is_fake(x):
-        return "torch"   # symbolic shapes: what torch.nn runs
     key = shape_class(cell, x, directions, opts, for_backward)
     if torch._C._current_graph_task_id() != -1:
         # inside a backward (a checkpoint's recomputation): the route the forward took, whatever modes the backward

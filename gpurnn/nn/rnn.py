@@ -124,12 +124,13 @@ class _EngineForward:
 
     def _changed_since_built(self):
         """Whether attributes or weights were changed after construction in a way the engine has no reading of:
-        weights of more than one dtype, a weight set to None, a dropout outside [0, 1], or a number of weights that
-        num_layers, bidirectional, bias and proj_size no longer give. torch.nn's own forward then raises (or runs) as it
-        does."""
+        weights of more than one dtype, a weight set to None, a dropout outside [0, 1], a num_layers or bidirectional
+        of another type than int and bool (torch's op refuses them), or a number of weights that num_layers,
+        bidirectional, bias and proj_size no longer give. torch.nn's own forward then raises (or runs) as it does."""
         dropout = self.dropout
         per_direction = 2 + 2 * bool(self.bias) + (self._cell == "lstm" and self.proj_size > 0)
         return (mixed_dtypes(self._flat_weights) or any(w is None for w in self._flat_weights)
+                or type(self.num_layers) is not int or type(self.bidirectional) is not bool
                 or not (isinstance(dropout, numbers.Real) and 0 <= dropout <= 1)
                 or len(self._flat_weights) != self.num_layers * (1 + bool(self.bidirectional)) * per_direction)
 
