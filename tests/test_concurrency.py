@@ -1,6 +1,7 @@
 """Threads, forked processes and grad modes, as torch.nn handles them: backward through one graph from several
 threads (torch supports it on the CPU), a fork while a route is being timed, inference mode with grad enabled
 inside, and checkpoint recomputations under modes the forward did not run in."""
+import contextlib
 import os
 import threading
 
@@ -72,6 +73,15 @@ def test_inference_mode_with_grad_enabled_inside(monkeypatch, kind):
         assert y.is_inference() and not y.requires_grad
 
 
+@contextlib.contextmanager
+def _deterministic():
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 @pytest.mark.parametrize("mode", [torch.autograd.detect_anomaly, lambda: FlopCounterMode(display=False)])
 def test_a_checkpoint_recomputes_on_the_route_its_forward_took(monkeypatch, mode):
     """A backward under a mode the forward did not run in once switched the recomputation to torch's op, which
@@ -89,3 +99,6 @@ def test_a_checkpoint_recomputes_on_the_route_its_forward_took(monkeypatch, mode
     with mode():
         y.sum().backward()   # (FlopCounterMode does not take autograd.grad)
     torch.testing.assert_close(x.grad, expected)
+    with _deterministic():   # torch's op, in the forward and its recomputation alike
+        y = checkpoint(lambda a: module(a)[0], x, use_reentrant=False)
+        y.sum().backward()

@@ -79,3 +79,11 @@ def test_sequence_loss_under_torch_func():
     torch.testing.assert_close(got, want)
     per_row = torch.func.vmap(lambda a, y: sequence_loss(a, weight, None, y))(h.detach(), targets)
     assert per_row.shape == (5,)
+
+
+def test_gradients_taken_with_create_graph_are_clipped_themselves():
+    """They require grad but are no leaves: torch's clip_grad_norm_ read their .grad (None) and clipped nothing."""
+    w = torch.randn(3, requires_grad=True)
+    (grad,) = torch.autograd.grad((w * w).sum() * 10, w, create_graph=True)
+    total = clip_grad_norm_([grad], 1.0)
+    assert float(total) > 1 and float(grad.norm()) == pytest.approx(1.0, rel=1e-5)

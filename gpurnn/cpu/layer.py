@@ -123,14 +123,14 @@ def route(cell, x, directions, opts, for_backward, run_engine):
     name = forced()
     if name is not None:
         return name
+    if timed.deterministic():
+        return "torch"   # torch.nn's own op: the same results in every process
     key = shape_class(cell, x, directions, opts, for_backward)
     if torch._C._current_graph_task_id() != -1:
         # inside a backward (a checkpoint's recomputation): the route the forward took, whatever modes the backward
         # runs under (a recomputation must save what the forward saved); torch's op where it was not timed (and no
         # timing backward nested in this one)
         return _chosen[key][0] if key in _chosen else "torch"
-    if timed.deterministic():
-        return "torch"   # torch.nn's own op: the same results in every process
     if torch.is_anomaly_enabled() and key in _chosen:
         return _chosen[key][0]   # as the same call outside the mode (a checkpoint recomputes outside it)
     if not _timing_unseen(x):

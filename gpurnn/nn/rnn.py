@@ -17,10 +17,10 @@ from .common import (TORCH_NAMES, NotATensor, RuntimeValueError, autocast, autoc
 from .convert import torch_twin
 
 
-@torch.compiler.disable
 def _eagerly(function, *args):
-    """function(*args) outside dynamo's graph."""
-    return function(*args)
+    """function(*args) outside dynamo's graph (only called while dynamo traces: wrapped then, since
+    torch.compiler.disable imports dynamo, which importing gpurnn.nn must not)."""
+    return torch.compiler.disable(function)(*args)
 
 
 class _EngineForward:
@@ -117,7 +117,7 @@ class _EngineForward:
     def _torch_nn_forward(self, input, hx, data):
         """torch.nn's own forward; eager under torch.compile in training with dropout between layers (a graph
         break, as torch.nn's module gets): traced, the dropout is lost (torch 2.13's RNN decomposition)."""
-        if (self.training and self.dropout and self.num_layers > 1 and torch.compiler.is_compiling()
+        if (torch.compiler.is_compiling() and self.training and self.dropout and self.num_layers != 1
                 and not recorded_for_torch(data)):
             return _eagerly(super().forward, input, hx)
         return super().forward(input, hx)

@@ -31,7 +31,9 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, fo
         if not all(is_torch):
             i = is_torch.index(False)
             raise TypeError(f"grads[{i}]: expected a tensor like grads[0], got {type(arrays[i]).__name__}")
-        holders = [isinstance(a, torch.nn.Parameter) or a.requires_grad or a.grad is not None for a in arrays]
+        # (a gradient taken with create_graph=True requires grad too, but is no leaf: it has no .grad)
+        holders = [isinstance(a, torch.nn.Parameter) or a.is_leaf and (a.requires_grad or a.grad is not None)
+                   for a in arrays]
         if all(holders):
             return torch.nn.utils.clip_grad_norm_(arrays, max_norm, norm_type, error_if_nonfinite, foreach)
         if any(holders):   # torch would read the others' .grad (None): they would silently stay as they are
