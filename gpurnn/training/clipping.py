@@ -41,7 +41,11 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, fo
             want, got = ("a parameter (its .grad is scaled)", "a tensor that neither requires grad nor has a .grad")
             raise TypeError(f"grads[{i}]: expected {want} like grads[0], got {got}" if holders[0] else
                             f"grads[{i}]: expected {got} (a gradient, scaled itself) like grads[0], got a parameter")
-        total = torch.nn.utils.get_total_norm(arrays, norm_type, error_if_nonfinite, foreach)
+        # torch's total norm (get_total_norm, which torch < 2.6 lacks): the norm of the per-tensor norms
+        norms = [torch.linalg.vector_norm(a, norm_type).to(arrays[0].device) for a in arrays]
+        total = torch.linalg.vector_norm(torch.stack(norms), norm_type)
+        if error_if_nonfinite and not bool(torch.isfinite(total)):
+            raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} is non-finite ({float(total)})")
         coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)   # torch's clip_grads_with_norm_
         for a in arrays:
             a.mul_(coef.to(a.device))
