@@ -1,6 +1,7 @@
 """argparse types for the commands' options: a bad value is argparse's one-line error naming the option;
 and the checks that need more than the value (files, the environment), raising UsageError."""
 import argparse
+import contextlib
 import math
 import os
 import tempfile
@@ -109,9 +110,16 @@ def read_text_file(option, path):
     return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
 
 
-def out_of_memory(error):
-    """Whether an exception is a failed allocation: MemoryError, or torch's RuntimeError (CPU or CUDA)."""
-    return isinstance(error, MemoryError) or isinstance(error, RuntimeError) and "memory" in str(error).lower()
+@contextlib.contextmanager
+def hidden_must_fit(hidden, weights, sizes):
+    """A failed allocation inside (MemoryError, or torch's RuntimeError on the CPU or CUDA) as a usage error naming
+    --hidden, not an allocator's traceback; weights: what must fit where, sizes: how big they are."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if not (isinstance(e, MemoryError) or "memory" in str(e).lower()):
+            raise
+        raise UsageError(f"--hidden: expected a size whose {weights}, got {hidden} ({sizes})") from None
 
 
 def resolve_backend(backend, on_gpu):

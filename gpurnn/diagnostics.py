@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .arguments import SEED, UsageError, check_out_file, out_of_memory, positive, resolve_backend
+from .arguments import SEED, check_out_file, hidden_must_fit, positive, resolve_backend
 
 RADII = (0.5, 0.9, 1.0, 1.1, 1.5)
 
@@ -165,13 +165,9 @@ def run(args):
 
     resolve_backend(args.backend, False)   # the models run on the CPU
     check_out_file("--out", args.out, ".png")   # checked first: the plot is written after all the computation
-    try:
+    with hidden_must_fit(args.hidden, "weights fit in memory",
+                         f"W_hh alone: {4 * args.hidden ** 2 / 2 ** 30:.3g} GiB as float32"):
         models = demo_models(args.hidden, args.inputs, backend=args.backend, seed=args.seed)
-    except (MemoryError, RuntimeError) as e:
-        if not out_of_memory(e):
-            raise
-        raise UsageError(f"--hidden: expected a size whose weights fit in memory, got {args.hidden} "
-                         f"(W_hh alone: {4 * args.hidden ** 2 / 2 ** 30:.3g} GiB as float32)") from None
     gen = torch.Generator().manual_seed(args.seed + 1)
     x = torch.randn(args.steps, args.batch, args.inputs, generator=gen)
     curves, rates = {}, {}

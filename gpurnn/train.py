@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backends
-from .arguments import (SEED, UsageError, check_out_folder, csv, integer_at_least, non_negative, out_of_memory,
+from .arguments import (SEED, UsageError, check_out_folder, csv, hidden_must_fit, integer_at_least, non_negative,
                         positive, positive_finite, positive_float, read_text_file, resolve_backend)
 from .tasks import IGNORE, CharText, RecallTask, YearTask
 
@@ -81,15 +81,11 @@ def _model_class():
 
 def _new_model(cell, n_tokens, n_classes, args, device):
     """A CharRNN on device; weights that do not fit are a usage error naming --hidden, not an allocator traceback."""
-    try:
+    h, gates = args.hidden, {"elman": 1, "gru": 3, "lstm": 4}[cell]
+    size = gates * h * (EMBED + h + 2) + n_tokens * EMBED + n_classes * (h + 1)
+    with hidden_must_fit(h, f"{cell} weights fit in memory on {device}",
+                         f"{size:.3g} float32 values, {4 * size / 2 ** 30:.3g} GiB"):
         return _model_class()(cell, n_tokens, n_classes, args.hidden, backend=args.backend).to(device)
-    except (MemoryError, RuntimeError) as e:
-        if not out_of_memory(e):
-            raise
-        h, gates = args.hidden, {"elman": 1, "gru": 3, "lstm": 4}[cell]
-        size = gates * h * (EMBED + h + 2) + n_tokens * EMBED + n_classes * (h + 1)
-        raise UsageError(f"--hidden: expected a size whose {cell} weights fit in memory on {device}, got {h} "
-                         f"({size:.3g} float32 values, {4 * size / 2 ** 30:.3g} GiB)") from None
 
 
 def rnn_config(model):
