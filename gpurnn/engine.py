@@ -62,11 +62,12 @@ def fused(backend, weights):
 def step_loop(c, sizes):
     """The forward time loop on xp arrays: c.step for every t; rows past their length hold their state."""
     B = c.x.shape[1]
-    for t, n in enumerate(sizes):
-        c.step(t, n)
-        if n < B:
-            for seq in c.seq:
-                seq[t + 1, n:] = seq[t, n:]
+    with np.errstate(over="ignore"):   # the gates' e^-a overflows to inf for a far below 0: sigmoid 0, rightly
+        for t, n in enumerate(sizes):
+            c.step(t, n)
+            if n < B:
+                for seq in c.seq:
+                    seq[t + 1, n:] = seq[t, n:]
 
 
 def back_loop(c, sizes):

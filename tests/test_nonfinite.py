@@ -96,3 +96,37 @@ def test_bias_gradients_over_a_million_rows_keep_float32_accuracy():
         (module(x.to(dtype))[0] * weight.to(dtype)).sum().backward()
     want = reference.bias_ih_l0.grad
     assert float((ours.bias_ih_l0.grad.double() - want).norm() / want.norm()) < 2e-6
+
+
+@pytest.mark.parametrize("kind,dtype,loop", [("LSTM", torch.float32, "compiled"), ("LSTM", torch.float32, "numpy"),
+                                             ("LSTM", torch.float64, "numpy"), ("GRU", torch.float32, "numpy"),
+                                             ("GRU", torch.float64, "numpy")])
+def test_a_gate_far_below_0_keeps_its_relative_accuracy(kind, dtype, loop, monkeypatch):
+    """Every sigmoid gate's pre-activation far below 0 (-20 in float32, -80 in float64; W_hh = 0, the tanh gate's
+    bias 0) and a state that large: as torch's 1/(1 + e^-a), each gate is accurate relative to its tiny value, so
+    h, c and the gradients match float64 torch.nn. (0.5*tanh(a/2) + 0.5, the loops' sigmoid before, rounded these
+    gates to 0: errors as large as each tensor's largest entry.)"""
+    monkeypatch.setenv("GPURNN_CPU_KERNEL", "1" if loop == "compiled" else "0")
+    gate, state = (-20.0, 1e6) if dtype == torch.float32 else (-80.0, 1e36)
+    torch.manual_seed(0)
+    reference, ours = _twins(kind, 3, 4)
+    tanh_gate = slice(8, 12)   # the third block in torch's gate order: LSTM (i f g o), GRU (r z n)
+    with torch.no_grad():
+        reference.weight_ih_l0.mul_(0.1)
+        reference.weight_hh_l0.zero_()
+        for bias in (reference.bias_ih_l0, reference.bias_hh_l0):
+            bias.fill_(gate / 2)
+            bias[tanh_gate] = 0
+    ours.load_state_dict(reference.state_dict())
+    ours.to(dtype)
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    states = [torch.full((1, 5, 4), state, dtype=torch.float64) for _ in range(2 if kind == "LSTM" else 1)]
+    results = []
+    for module, dt in ((reference, torch.float64), (ours, dtype)):
+        leaves = [t.to(dt).clone().requires_grad_() for t in (x, *states)]
+        y, final = module(leaves[0], tuple(leaves[1:]) if kind == "LSTM" else leaves[1])
+        finals = final if kind == "LSTM" else (final,)
+        (y.sum() + sum(f.sum() for f in finals)).backward()
+        results.append([t.double() for t in (y, *finals, *(t.grad for t in leaves[:1 + (kind == "LSTM")]))])
+    for want, got in zip(*results):   # relative to each tensor's largest entry: gradients sum terms of both signs
+        assert (got - want).abs().max() <= (1e-5 if dtype == torch.float32 else 1e-12) * want.abs().max()

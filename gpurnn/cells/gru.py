@@ -12,8 +12,9 @@ lstm.py for why):
 
 W_hh's rows are permuted to (n | r | z) so that the sigmoid gates are one block of G
 and both gradient GEMM operands are contiguous row ranges of D: D[:, :3H] pairs with
-W_hh's rows, D[:, H:] with W_ih's (torch's order). The sigmoid pre-scale 0.5 is folded
-into the r, z rows of both weights, so one tanh activates both gates.
+W_hh's rows, D[:, H:] with W_ih's (torch's order). The r, z rows of both weights are negated
+(exactly), so that sigmoid(a) = 1/(1 + e^-a), accurate relative to its value at both ends as
+torch's, is one exp, an add and a reciprocal over both gates.
 """
 import numpy as np
 
@@ -87,7 +88,7 @@ class GRULoop(FeatureMajorCell):
         perm = np.r_[2 * H:3 * H, 0:2 * H]   # torch (r z n) -> (n r z)
         self.perm, self.unperm = xp.asarray(perm), xp.asarray(np.argsort(perm))
         self.scale = xp.ones((3 * H, 1), w["w_hh"].dtype)
-        self.scale[:2 * H] = 0.5               # torch order (r z n)
+        self.scale[:2 * H] = -1                # torch order (r z n)
 
     def begin_forward(self, x, state0, alloc):
         w, xp, H = self.w, self.xp, self.H
@@ -116,10 +117,10 @@ class GRULoop(FeatureMajorCell):
         hn, r, z = g.reshape(3, H, n)
         gx = self.GX[t, :, :n]
         rz = g[H:]
-        rz += gx[:2 * H]
-        xp.tanh(rz, out=rz)
-        rz *= 0.5
-        rz += 0.5
+        rz += gx[:2 * H]                           # -a: sigmoid(a) = 1/(1 + e^-a)
+        xp.exp(rz, out=rz)
+        rz += 1
+        xp.reciprocal(rz, out=rz)
         if self.b_hn is not None:
             hn += self.b_hn
         new = self.N[t, :, :n]

@@ -12,8 +12,8 @@ array is stored transposed, (features, B), so each gate is a contiguous row bloc
 of one (4H, B) GEMM output.
 
 Torch's gate order (i | f | g | o) is permuted to (o | f | i | g): the three sigmoid
-gates are one block (their 0.5 pre-scale, sigmoid(a) = 0.5*tanh(a/2) + 0.5, is folded
-into the weights, so one tanh activates all four gates), and the three gates whose
+gates are one block (negated in the weights, so that sigmoid(a) = 1/(1 + e^-a), accurate relative
+to its value at both ends as torch's, is one exp, an add and a reciprocal), and the three gates whose
 gradient is dc times a coefficient, (f | i | g), are another.
 
 On this CPU the loop is bound by per-call overhead and by memory traffic to buffers
@@ -112,7 +112,7 @@ def _first_columns(views, n):
 
 class GateOrder:
     """The gates permuted from torch's (i f g o) to (o f i g), the sigmoid rows of the weights
-    pre-scaled by 1/2, and rows [x_t | 1 | h_{t-1}] (xh) for the projection and the weight GEMM:
+    negated (exactly), and rows [x_t | 1 | h_{t-1}] (xh) for the projection and the weight GEMM:
     what the NumPy loop here and gpurnn/cpu/lstm.CompiledLSTMLoop share."""
 
     def __init__(self, xp, w, matmul, for_backward=True):
@@ -122,10 +122,10 @@ class GateOrder:
         perm = np.r_[3 * H:4 * H, H:2 * H, 0:H, 2 * H:3 * H]   # torch (i f g o) -> (o f i g)
         self.perm, self.unperm = xp.asarray(perm), xp.asarray(np.argsort(perm))
         self.scale = xp.ones((4 * H, 1), w["w_hh"].dtype)
-        self.scale[:3 * H] = 0.5
+        self.scale[:3 * H] = -1
 
     def begin_inputs(self, x, P, alloc):
-        """w_ih1 = [W_ih | b] and w_hh_scaled, gate-permuted and pre-scaled; xh (T+1, B, I+1+P) with
+        """w_ih1 = [W_ih | b] and w_hh_scaled, gate-permuted and the sigmoid rows negated; xh (T+1, B, I+1+P) with
         x and the column of ones filled in (no bias: no ones column); x1, its [x_t | 1] part."""
         w, xp, perm = self.w, self.xp, self.perm
         T, B, I = x.shape
@@ -214,9 +214,10 @@ class LSTMLoop(GateOrder, FeatureMajorCell):
         projected = self.w["w_hr"] is not None
         m = z[:H] if projected or self.for_backward else h
         self.mm(self.w_hh_scaled, h_prev, out=a, add=True)
-        xp.tanh(a, out=a)
-        s *= 0.5
-        s += 0.5
+        xp.exp(s, out=s)                           # s holds -a: sigmoid(a) = 1/(1 + e^-a)
+        s += 1
+        xp.reciprocal(s, out=s)
+        xp.tanh(g, out=g)
         xp.multiply(i, g, out=ig)
         xp.multiply(f, c, out=fc)
         xp.add(fc, ig, out=c)

@@ -92,8 +92,9 @@ def _open(path):
     ptr, long = ctypes.c_void_p, ctypes.c_long
     lib.lstm_forward_step.argtypes = [ptr, ptr, ptr, long, ptr, long, long]
     lib.lstm_backward_step.argtypes = [ptr, ptr, ptr, ptr, ptr, long, long]
-    lib.tanh_array.argtypes = [ptr, ptr, long]
-    lib.lstm_forward_step.restype = lib.lstm_backward_step.restype = lib.tanh_array.restype = None
+    lib.tanh_array.argtypes = lib.sigmoid_of_negated_array.argtypes = [ptr, ptr, long]
+    for name in ("lstm_forward_step", "lstm_backward_step", "tanh_array", "sigmoid_of_negated_array"):
+        getattr(lib, name).restype = None
     lib.step_source_hash.restype = ctypes.c_char_p
     return lib
 

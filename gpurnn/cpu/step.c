@@ -2,14 +2,14 @@
 
    The NumPy loop spends most of a step on a dozen ufunc calls over small arrays; here each
    step is one pass over the gates, with the operations of gpurnn/cells/lstm.py's LSTMLoop in the same
-   order (only tanh differs: tanh_f below, not NumPy's). Every array is row-major,
+   order (only tanh and exp differ: tanh_f and exp_f below, not NumPy's). Every array is row-major,
    one row per batch row b < n (the active rows of a packed step), gates (o | f | i | g).
 
    Plain C (its own tanh; fmaf only where the CPU has no FMA instruction), so any compiler builds
    it and vectorises its loops: shipped prebuilt in the wheel (setup.py), or built at first use by
    build.py. Compiled with -ffp-contract=off: the LSTM's arithmetic is not fused, the rounding of
    NumPy's separate operations (with fused a*b+c the float32 LSTM of `gpurnn train` reached 93.1%
-   on the year task instead of 99.7%: the same maths, another trajectory); tanh_f fuses its own.
+   on the year task instead of 99.7%: the same maths, another trajectory); tanh_f and exp_f fuse their own.
    On a 2-core AVX-512 Xeon a forward+backward step at B=32, H=128 (array copies included) took
    35 us, against 38 us with glibc's vector tanhf (libmvec, the build before this one).
 */
@@ -32,7 +32,7 @@
 #ifdef _MSC_VER
 #define restrict __restrict
 #endif
-/* tanh_f's own arithmetic fused where the CPU has FMA (the LSTM's is not: see the top) */
+/* exp_f's and tanh_f's own arithmetic fused where the CPU has FMA (the LSTM's is not: see the top) */
 #if defined(__GNUC__)
 #define FMA(a, b, c) __builtin_fmaf(a, b, c)
 #else
@@ -45,17 +45,12 @@
 #define EXPORT
 #endif
 
-/* tanh in float32 to 1.3 ulp (checked against float64 over [-12, 12] in tests/cpu/test_lstm_step.py),
-   branch-free so that loops over it vectorise. |x| < 0.625: x + x u P(u), u = x^2 (a fit of
-   tanh(x)/x - 1). Otherwise 1 - 2 / (e^{2|x|} + 1) with the sign of x, where e^y = 2^n e^r,
-   n = round(y / ln 2), r = y - n ln 2 (ln 2 in two parts, the first exact in n ln2_hi), e^r a
-   degree-7 fit on |r| <= ln 2 / 2, and 2^n put together in the exponent bits; |x| >= 9 gives +-1,
-   +-0 gives +-0 and NaN gives NaN. */
-static inline float tanh_f(float x)
+/* e^y in float32 for y in [-87, 89] (the callers clamp it): e^y = 2^n e^r, n = round(y / ln 2),
+   r = y - n ln 2 (ln 2 in two parts, the first exact in n ln2_hi), e^r a degree-7 fit on
+   |r| <= ln 2 / 2, and 2^n put together in the exponent bits: normal floats for n in [-126, 127],
+   inf for n = 128 (y above 88.37). */
+static inline float exp_f(float y)
 {
-    float a = x < 0 ? -x : x;
-    a = a > 9.0f ? 9.0f : a;   /* NaN stays NaN */
-    float y = 2.0f * a;
     float n = (y * 1.44269504f + 12582912.0f) - 12582912.0f;   /* round to nearest: 1.5 * 2^23 */
     float r = FMA(-n, 1.428606765330187e-06f, FMA(-n, 0.693145751953125f, y));
     float p = 1.9826496187e-04f;
@@ -68,7 +63,18 @@ static inline float tanh_f(float x)
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    float big = 1.0f - 2.0f / (e * scale + 1.0f);
+    return e * scale;
+}
+
+/* tanh in float32 to 1.3 ulp (checked against float64 over [-12, 12] in tests/cpu/test_lstm_step.py),
+   branch-free so that loops over it vectorise. |x| < 0.625: x + x u P(u), u = x^2 (a fit of
+   tanh(x)/x - 1). Otherwise 1 - 2 / (e^{2|x|} + 1) with the sign of x; |x| >= 9 gives +-1,
+   +-0 gives +-0 and NaN gives NaN. */
+static inline float tanh_f(float x)
+{
+    float a = x < 0 ? -x : x;
+    a = a > 9.0f ? 9.0f : a;   /* NaN stays NaN */
+    float big = 1.0f - 2.0f / (exp_f(2.0f * a) + 1.0f);
     float u = x * x;
     float q = -0.0056919857f;
     q = FMA(q, u, 0.0206262918f);
@@ -81,19 +87,35 @@ static inline float tanh_f(float x)
     return a < 0.625f ? small : (x < 0 ? -big : big);
 }
 
-/* a: (n, 4H) pre-activations, the sigmoid columns pre-scaled by 1/2, W_hh h added.
-   c: (n, H) the cell state, updated to c_t.  m: rows of H, ldm apart, receive o*tanh(c_t).
-   kf: (n, 2H) receives K = o*(1 - tanh(c_t)^2) and F = f, and a the coefficients of dL/da:
-   (tanh(c_t) o' | c_{t-1} f' | g i' | i (1 - g^2)), s' = s (1 - s). Inference passes scratch
-   for kf: one loop for both, so that the compiler vectorises both alike and their h agree
-   bit for bit (a vectorised and a scalar remainder loop may round differently). */
-/* y = tanh_f(x) elementwise: what the tests check tanh_f's accuracy on. */
+/* The logistic sigmoid of a from y = -a: 1 / (1 + e^-a), as torch's, accurate relative to its value
+   at both ends (0.5 tanh(a/2) + 0.5 loses it below a = -17). a > 87 gives 1; a < -88.37 gives 0
+   (e^-a = inf), where torch's falls through the subnormals to 0 at -104; NaN gives NaN. */
+static inline float sigmoid_of_negated(float y)
+{
+    y = y < -87.0f ? -87.0f : y;
+    y = y > 89.0f ? 89.0f : y;     /* NaN stays NaN */
+    return 1.0f / (1.0f + exp_f(y));
+}
+
+/* y = tanh_f(x) and y = sigmoid_of_negated(x) elementwise: what the tests check their accuracy on. */
 EXPORT VECTOR_CLONES void tanh_array(const float *restrict x, float *restrict y, long n)
 {
     for (long k = 0; k < n; k++)
         y[k] = tanh_f(x[k]);
 }
 
+EXPORT VECTOR_CLONES void sigmoid_of_negated_array(const float *restrict x, float *restrict y, long n)
+{
+    for (long k = 0; k < n; k++)
+        y[k] = sigmoid_of_negated(x[k]);
+}
+
+/* a: (n, 4H) pre-activations, the sigmoid columns (o | f | i) negated, W_hh h added.
+   c: (n, H) the cell state, updated to c_t.  m: rows of H, ldm apart, receive o*tanh(c_t).
+   kf: (n, 2H) receives K = o*(1 - tanh(c_t)^2) and F = f, and a the coefficients of dL/da:
+   (tanh(c_t) o' | c_{t-1} f' | g i' | i (1 - g^2)), s' = s (1 - s). Inference passes scratch
+   for kf: one loop for both, so that the compiler vectorises both alike and their h agree
+   bit for bit (a vectorised and a scalar remainder loop may round differently). */
 EXPORT VECTOR_CLONES void lstm_forward_step(float *restrict a, float *restrict c, float *restrict m, long ldm, float *restrict kf,
                        long H, long n)
 {
@@ -102,8 +124,8 @@ EXPORT VECTOR_CLONES void lstm_forward_step(float *restrict a, float *restrict c
         float *restrict cr = c + b * H, *restrict mr = m + b * ldm;
         float *restrict kr = kf + b * 2 * H, *restrict fr = kr + H;
         for (long r = 0; r < H; r++) {
-            float o = 0.5f * tanh_f(ao[r]) + 0.5f, f = 0.5f * tanh_f(af[r]) + 0.5f;
-            float i = 0.5f * tanh_f(ai[r]) + 0.5f, g = tanh_f(ag[r]);
+            float o = sigmoid_of_negated(ao[r]), f = sigmoid_of_negated(af[r]);
+            float i = sigmoid_of_negated(ai[r]), g = tanh_f(ag[r]);
             float ig = i * g, fc = f * cr[r], cn = fc + ig, tc = tanh_f(cn), mo = o * tc;
             cr[r] = cn;
             mr[r] = mo;
