@@ -82,23 +82,28 @@ def _deterministic():
         torch.use_deterministic_algorithms(False)
 
 
-@pytest.mark.parametrize("mode", [torch.autograd.detect_anomaly, lambda: FlopCounterMode(display=False)])
-def test_a_checkpoint_recomputes_on_the_route_its_forward_took(monkeypatch, mode):
-    """A backward under a mode the forward did not run in once switched the recomputation to torch's op, which
-    saves other tensors than the engine's: torch's checkpoint refused that."""
+MODES = {"anomaly": torch.autograd.detect_anomaly, "flop counter": lambda: FlopCounterMode(display=False),
+         "deterministic": _deterministic}
+
+
+@pytest.mark.parametrize("side", ["forward", "backward", "both"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_checkpoint_recomputes_on_the_route_its_forward_took(monkeypatch, mode, side):
+    """These modes take torch's op or the cached route. Switched on for the forward alone, or the backward alone, the
+    recomputation once took another route than its forward, which saves other tensors: torch's checkpoint refused
+    that (CheckpointError). It now takes the forward's."""
     monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
     monkeypatch.setattr(layer, "_chosen", {})
     # the engine times faster (its runner comes from gpurnn.autograd, torch's op's from gpurnn.cpu.layer)
     monkeypatch.setattr(layer, "_time", lambda run, *args: 0.0 if run.__module__ == "gpurnn.autograd" else 1.0)
-    module = gnn.GRU(6, 16)
+    module = gnn.LSTM(6, 16)
     x = torch.randn(20, 4, 6, requires_grad=True)
     module(x)[0].sum().backward()   # times (here: chooses) the engine for this shape
     assert "engine" in [route for route, _ in layer.chosen().values()]
     expected, x.grad = x.grad, None
-    y = checkpoint(lambda a: module(a)[0], x, use_reentrant=False)
-    with mode():
-        y.sum().backward()   # (FlopCounterMode does not take autograd.grad)
-    torch.testing.assert_close(x.grad, expected)
-    with _deterministic():   # torch's op, in the forward and its recomputation alike
+    with MODES[mode]() if side != "backward" else contextlib.nullcontext():
         y = checkpoint(lambda a: module(a)[0], x, use_reentrant=False)
+    with MODES[mode]() if side != "forward" else contextlib.nullcontext():
         y.sum().backward()
+    torch.testing.assert_close(x.grad, expected)
+

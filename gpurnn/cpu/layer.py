@@ -28,6 +28,7 @@ _OPS = {"lstm": torch._VF.lstm, "gru": torch._VF.gru}
 REPEATS = 3
 TIME_STEPS = 32   # the timing runs on the first steps only: per-step costs decide, and it stays cheap
 _chosen = {}     # layer shape class -> (route, {route: median seconds})
+_last_forward = {}   # layer shape class -> the route its last forward outside a backward took
 
 
 def forced():
@@ -123,16 +124,21 @@ def route(cell, x, directions, opts, for_backward, run_engine):
     name = forced()
     if name is not None:
         return name
-    if timed.deterministic():
-        return "torch"   # torch.nn's own op: the same results in every process
     key = shape_class(cell, x, directions, opts, for_backward)
     if torch._C._current_graph_task_id() != -1:
-        # inside a backward (a checkpoint's recomputation): the route the forward took, whatever modes the backward
-        # runs under (a recomputation must save what the forward saved); torch's op where it was not timed (and no
-        # timing backward nested in this one)
-        return _chosen[key][0] if key in _chosen else "torch"
+        # inside a backward (a checkpoint's recomputation): the route the last forward of this shape took, whatever
+        # modes either side ran under (a recomputation must save what its forward saved); torch's op where none ran
+        # (and no timing backward nested in this one)
+        return _last_forward.get(key, "torch")
+    _last_forward[key] = name = _forward_route(key, cell, x, directions, opts, for_backward, run_engine)
+    return name
+
+
+def _forward_route(key, cell, x, directions, opts, for_backward, run_engine):
+    if timed.deterministic():
+        return "torch"   # torch.nn's own op: the same results in every process
     if torch.is_anomaly_enabled() and key in _chosen:
-        return _chosen[key][0]   # as the same call outside the mode (a checkpoint recomputes outside it)
+        return _chosen[key][0]   # as the same call outside the mode
     if not _timing_unseen(x):
         return "torch"   # what torch.nn would run, and what the caller's mode, tracer or hooks expect to see
     return timed.decide(_chosen, key, lambda: {
