@@ -63,7 +63,7 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     the weights without copying them: change them only after the last backward.
     """
     check_choice("cell", cell, tuple(CELLS))
-    cell = CELLS[cell]
+    cell_name, cell = cell, CELLS[cell]   # messages name the cell as the caller did ("rnn", not the engine's "elman")
     if is_tensor(x):   # get_xp takes tensors for the torch front end's fused path, not for this API
         raise TypeError("x: expected a NumPy or CuPy array, got Tensor (gpurnn.nn's modules take tensors)")
     try:
@@ -75,10 +75,11 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
     check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
     if nonlinearity != "tanh" and cell not in ("elman", "jordan"):
-        raise ValueError(f"nonlinearity: only the rnn and jordan cells take one, got {nonlinearity!r} for cell {cell!r}")
+        raise ValueError(f"nonlinearity: only the rnn and jordan cells take one, got {nonlinearity!r} "
+                         f"for cell {cell_name!r}")
     if output_activation != "identity" and cell != "jordan":
         raise ValueError(f"output_activation: only the jordan cell takes one, got {output_activation!r} "
-                         f"for cell {cell!r}")
+                         f"for cell {cell_name!r}")
     names = cells.WEIGHT_NAMES[cell]
     if not isinstance(weights, dict):
         raise TypeError(f"weights: expected a dict of arrays by name {names}, got {type(weights).__name__}")
@@ -87,7 +88,7 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
         raise ValueError(f"weights: expected keys among {names}, got unknown {sorted(unknown)}")
     missing = [n for n in names if n not in OPTIONAL and weights.get(n) is None]
     if missing:
-        raise ValueError(f"weights: missing required {missing} for cell {cell!r}")
+        raise ValueError(f"weights: missing required {missing} for cell {cell_name!r}")
     w = {n: weights.get(n) for n in names}
     if "b_ih" in w and (w["b_ih"] is None) != (w["b_hh"] is None):   # the cells add both biases or neither
         given = "b_ih" if w["b_hh"] is None else "b_hh"
@@ -128,7 +129,7 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
             check_shape(name, s.shape, (B, size))
     if teacher is not None:
         if cell != "jordan":
-            raise ValueError(f"teacher: only the jordan cell takes teacher forcing, got cell {cell!r}")
+            raise ValueError(f"teacher: only the jordan cell takes teacher forcing, got cell {cell_name!r}")
         _check_same_xp("teacher", teacher, xp)
         check_same_dtype("teacher", teacher.dtype, "x", x.dtype)
         check_shape("teacher", teacher.shape, (T, B, shapes["w_ho"][0]))

@@ -141,6 +141,8 @@ def test_functional_errors():
         F.forward("lstm", x, dict(w, w_xx=np.zeros(1)))
     with raises(ValueError, "weights", "missing", "w_hh"):
         F.forward("lstm", x, {"w_ih": w["w_ih"]})
+    with raises(ValueError, "weights", "missing", "w_hh", "cell 'rnn'"):   # as the caller named it, not 'elman'
+        F.forward("rnn", x, {"w_ih": np.zeros((5, 4))})
     with raises(ValueError, "c0", "(2, 5)", "(2, 6)"):
         F.forward("lstm", x, w, (np.zeros((2, 5)), np.zeros((2, 6))))
     with raises(ValueError, "state0", "2 arrays", "got 1"):
@@ -151,8 +153,8 @@ def test_functional_errors():
         F.forward("rnn", x, {"w_ih": np.zeros((5, 4)), "w_hh": np.zeros((5, 5))}, nonlinearity="swish")
     with raises(ValueError, "backend", "gpu"):
         F.forward("lstm", x, w, backend="gpu")
-    with raises(ValueError, "teacher", "jordan"):
-        F.forward("lstm", x, w, teacher=np.zeros((6, 2, 5)))
+    with raises(ValueError, "teacher", "jordan", "cell 'rnn'"):
+        F.forward("rnn", x, {"w_ih": np.zeros((5, 4)), "w_hh": np.zeros((5, 5))}, teacher=np.zeros((6, 2, 5)))
     jw = {"w_ih": np.zeros((5, 4)), "w_sh": np.zeros((5, 3)), "w_ho": np.zeros((3, 5)), "decay": np.full(3, 2.0)}
     with raises(ValueError, "decay", "[0, 1]", "2.0"):
         F.forward("jordan", x, jw)
