@@ -79,5 +79,5 @@ def layer(cell, x, state0, weights, *, reverse=False, batch_sizes=None, **opts):
         y, new = step(x[t, :n], tuple(s[:n] for s in state), weights, opts, **extra)
         state = tuple(torch.cat([a, s[n:]]) for a, s in zip(new, state))
         ys[t] = torch.cat([y, y.new_zeros((B - n,) + y.shape[1:])])
-    # one step: a view (an empty one's would have a 0 stride where torch's stack has a contiguous one)
-    return (ys[0].unsqueeze(0) if T == 1 and ys[0].numel() else torch.stack(ys), *state)
+    # stacked at T=1 too: as torch's, not a view (y.detach_() refuses one) nor the memory of h_n
+    return (torch.stack(ys), *state)

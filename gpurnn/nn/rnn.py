@@ -98,9 +98,9 @@ class _EngineForward:
         check_parameter_device(x, self._flat_weights[0])   # after the hidden state's, as torch's op checks
 
         y, finals = self._run_stack(x, hx, batch_sizes, dtype, index if packed else None)
-        # (one layer: a view, but an empty one's would have a 0 stride where torch's has a contiguous one; contiguous
-        # as torch's: a GRU's single packed step follows a permuted h_0's layout)
-        finals = [f[0].unsqueeze(0).contiguous() if len(f) == 1 and f[0].numel() else torch.stack(f) for f in finals]
+        # stacked, one layer too: as torch's, a tensor of its own, contiguous (not a view, which h_n.detach_() refuses,
+        # nor the output's memory at T=1)
+        finals = [torch.stack(f) for f in finals]
         if unsorted_idx is not None:
             finals = [f.index_select(1, unsorted_idx) for f in finals]
         hidden = tuple(finals) if is_lstm else finals[0]
