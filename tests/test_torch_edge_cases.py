@@ -1,4 +1,5 @@
 """Behaviours where gpurnn.nn once differed from torch.nn (found by a differential probe), each against torch.nn."""
+import pickle
 import warnings
 
 import pytest
@@ -250,8 +251,10 @@ def test_a_list_instead_of_a_tensor_is_torchs_attribute_error(name, where):
     for m in _pair(name, 3, 4):
         with pytest.raises(AttributeError, match="'list' object has no attribute 'dim'"):
             m(*args)
-    with pytest.raises(TypeError, match=f"{where}: expected a"):
+    with pytest.raises(TypeError, match=f"{where}: expected a") as raised:
         getattr(gnn, name)(3, 4)(*args)
+    again = pickle.loads(pickle.dumps(raised.value))   # as torch's, it crosses processes (DataLoader workers)
+    assert type(again) is type(raised.value) and str(again) == str(raised.value)
 
 
 class _Stack(torch.nn.Module):

@@ -72,13 +72,18 @@ class _CellForward:
             hx = [zeros, zeros] if is_lstm else [zeros]
         else:
             hx = [h if batched else h.unsqueeze(0) for h in hx]
+        # an unbatched input with a batched hx: torch's RNN and GRU steps broadcast them (as here, below) and its LSTM
+        # step crashes the process; the engine would read memory it never wrote
+        broadcast = any(h.dim() == 3 for h in hx)
+        if broadcast and is_lstm:
+            raise RuntimeError(f"{kind}: Expected hx[0] to be 1D for a 1D input, got {hx[0].dim() - 1}D instead")
         self._check_step_args(x, hx)
         weights += [None] if is_lstm else []
         dtype = autocast_dtype(kind, x.device)
         x, hx, weights = autocast(x, dtype), [autocast(h, dtype) for h in hx], [autocast(w, dtype) for w in weights]
         # torch's own step: empty (its shapes and strides), an LSTM's c of another dtype than h (torch promotes the
-        # step's results to it), or where `torch_steps_here` (the CPU engine)
-        if (x.numel() == 0 or any(h.numel() == 0 for h in hx) or hx[-1].dtype != hx[0].dtype
+        # step's results to it), broadcast, or where `torch_steps_here` (the CPU engine)
+        if (x.numel() == 0 or any(h.numel() == 0 for h in hx) or hx[-1].dtype != hx[0].dtype or broadcast
                 or torch_steps_here(x, self.backend)):
             state = self._torch_step(x, hx, weights[:4])
         else:

@@ -73,15 +73,16 @@ class NotATensor(TypeError, AttributeError):
     attribute 'dim'`); gpurnn's TypeError names the argument: this is both, and its message ends with torch.nn's
     (torch_words), which tests written for torch.nn look for."""
 
-    def __init__(self, name, expected, obj, torch_words=False):
+    @classmethod
+    def about(cls, name, expected, obj, torch_words=False):
         kind = type(obj).__name__
         words = f" ('{kind}' object has no attribute 'dim', in torch.nn's words)" if torch_words else ""
-        super().__init__(f"{name}: expected {expected}, got {kind}{words}")
+        return cls(f"{name}: expected {expected}, got {kind}{words}")   # (args: the message alone, so it pickles)
 
 
 def check_tensor(name, t, torch_words=False):
     if not isinstance(t, torch.Tensor):
-        raise NotATensor(name, "a torch.Tensor", t, torch_words)
+        raise NotATensor.about(name, "a torch.Tensor", t, torch_words)
 
 
 class RuntimeValueError(ValueError, RuntimeError):

@@ -153,7 +153,7 @@ class _EngineForward:
             batched = True
         else:
             if not isinstance(input, torch.Tensor):
-                raise NotATensor("input", "a tensor or a PackedSequence", input, torch_words=True)
+                raise NotATensor.about("input", "a tensor or a PackedSequence", input, torch_words=True)
             if input.dim() not in (2, 3):
                 tensor = " tensor" if self._cell == "elman" else ""
                 raise ValueError(f"{TORCH_NAMES[self._cell]}: Expected input to be 2D or 3D, got "
