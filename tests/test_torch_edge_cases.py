@@ -694,3 +694,22 @@ def test_a_default_device_context_still_runs_the_engine(name, monkeypatch):
     with torch.device("cpu"):
         m(x)
     assert calls
+
+
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+def test_a_hand_made_packed_sequence_with_other_row_counts_is_read_as_torch_reads_it(name):
+    """Data rows beyond the sum of batch_sizes are not read (torch's op runs, and so do these); fewer rows are
+    torch's RuntimeError (gpurnn's said IndexError from an index_copy)."""
+    ref, ours = _pair(name, 2, 3)
+    batch_sizes = torch.tensor([3, 1, 1, 1, 1])
+    data = torch.randn(9, 2)
+    results = []
+    for m in (ref, ours):
+        x = data.clone().requires_grad_()
+        y, _ = m(torch.nn.utils.rnn.PackedSequence(x, batch_sizes))
+        y.data.sum().backward()
+        results.append([y.data, x.grad])
+    torch.testing.assert_close(results[1], results[0])
+    for m in (ref, ours):
+        with pytest.raises(RuntimeError):
+            m(torch.nn.utils.rnn.PackedSequence(data[:5], batch_sizes))

@@ -150,6 +150,12 @@ class _EngineForward:
             x, batch_sizes, sorted_idx, unsorted_idx = input
             if len(batch_sizes) and int(batch_sizes.min()) < 1:
                 raise ValueError(f"batch_sizes: expected every entry >= 1, got {batch_sizes.tolist()}")
+            rows = int(batch_sizes.sum())
+            if isinstance(x, torch.Tensor) and x.dim() and x.shape[0] != rows:   # a hand-made PackedSequence
+                if x.shape[0] < rows:
+                    raise RuntimeValueError(f"input: expected a PackedSequence's data to have the {rows} rows its "
+                                            f"batch_sizes add up to, got {x.shape[0]}")
+                x = x[:rows]   # as torch's op, which reads no further
             batched = True
         else:
             if not isinstance(input, torch.Tensor):
