@@ -324,13 +324,13 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
     name = backends.resolve(backend, x.is_cuda)
     tensors = [t for state0, weights, _ in directions for t in (*state0, *weights)]
     compiling = torch.compiler.is_compiling()
-    teacher = opts.get("teacher")
+    names = cells.WEIGHT_NAMES[cell]
+    data = [opts.get("teacher")] + [weights[names.index(n)] for _, weights, _ in directions for n in cells.no_grad(cell)]
     if (recorded_for_torch(x) or transformed()
-            or teacher is not None and teacher.requires_grad and torch.is_grad_enabled()):
-        # Under torch.func (grad, jacrev, vmap, ...) and forward-mode AD: torch 2.13's custom ops
-        # support neither, so the layer runs as the plain torch loop, which both understand; so does
-        # a program recorded for TorchScript, torch.export or ONNX, and a Jordan teacher that requires grad
-        # (the engine's tape has no gradient for it; in training it is data).
+            or torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in data)):
+        # Under torch.func (grad, jacrev, vmap, ...) and forward-mode AD: torch 2.13's custom ops support neither, so
+        # the layer runs as the plain torch loop, which both understand; so does a program recorded for TorchScript,
+        # torch.export or ONNX, and a Jordan teacher or decay that requires grad (the engine has no gradient for them).
         return _torch_loop_layers(cell, x, directions, batch_sizes, opts)
     dtype = x.dtype
     if torch.bfloat16 in (x.dtype, *(t.dtype for t in tensors if t is not None)) and not _native(

@@ -1,6 +1,9 @@
 """gpurnn.nn.JordanRNN: output units feed self-connected state units (no torch.nn twin)."""
+import contextlib
 import math
+import numbers
 
+import numpy as np
 import torch
 from torch.nn.utils import parametrize
 
@@ -9,7 +12,18 @@ from ..autograd import run_layer
 from ..cells import NONLINEARITIES, OUTPUT_ACTIVATIONS
 from ..checks import (check_choice, check_floating, check_same_device, check_same_dtype, check_shape, check_steps,
                       check_unit_interval)
-from .common import check_tensor, check_tensor_like
+from .common import autocast_enabled, check_tensor
+
+
+WEIGHT_NAMES = ("weight_ih", "weight_sh", "bias_h", "weight_ho", "bias_o", "decay")
+
+
+def _check_like_x(name, t, x, shape):
+    """t a tensor of x's dtype and device, of this shape."""
+    check_tensor(name, t)
+    check_same_dtype(name, t.dtype, "x", x.dtype)
+    check_same_device(name, t.device, "x", x.device)
+    check_shape(name, t.shape, shape)
 
 
 class JordanRNN(torch.nn.Module):
@@ -34,7 +48,7 @@ class JordanRNN(torch.nn.Module):
         if dtype is not None:
             check_floating("dtype", dtype, isinstance(dtype, torch.dtype) and dtype.is_floating_point)
         kw = {"device": device, "dtype": dtype}
-        if not isinstance(decay, (int, float, list, tuple, torch.Tensor)) or isinstance(decay, bool):
+        if not isinstance(decay, (numbers.Real, list, tuple, np.ndarray, torch.Tensor)) or isinstance(decay, bool):
             raise TypeError(f"decay: expected a number or a tensor of {output_size} values, got {type(decay).__name__}")
         decay = torch.as_tensor(decay, device=device, dtype=dtype or torch.get_default_dtype())   # 1 is a float
         if decay.dim() > 1 or decay.numel() not in (1, output_size):
@@ -97,8 +111,7 @@ class JordanRNN(torch.nn.Module):
         if x.shape[-1] != self.input_size:
             raise ValueError(f"x: expected {self.input_size} input features (last dim), got {x.shape[-1]}")
         if teacher is not None:
-            check_tensor_like("teacher", teacher, x)
-            check_shape("teacher", teacher.shape, tuple(x.shape[:-1]) + (self.output_size,))
+            _check_like_x("teacher", teacher, x, tuple(x.shape[:-1]) + (self.output_size,))
         batched = x.dim() == 3
         time_dim = 1 if (self.batch_first and batched) else 0
         if not batched:
@@ -112,14 +125,20 @@ class JordanRNN(torch.nn.Module):
         if s0 is None:
             s0 = x.new_zeros(B, self.output_size)
         else:
-            check_tensor_like("s0", s0, x)
-            check_shape("s0", s0.shape, (B, self.output_size) if batched else (self.output_size,))
+            _check_like_x("s0", s0, x, (B, self.output_size) if batched else (self.output_size,))
             s0 = s0 if batched else s0.unsqueeze(0)
         teacher = None if teacher is None else teacher.contiguous()
         weights = [self.weight_ih, self.weight_sh, self.bias_h, self.weight_ho, self.bias_o, self.decay]
-        y, s_next = run_layer("jordan", x.contiguous(), [s0], weights, backend=self.backend,
-                              nonlinearity=self.nonlinearity,
-                              output_activation=self.output_activation, teacher=teacher)
+        H, O = self.hidden_size, self.output_size   # as they are now (functional_call, an assigned Parameter)
+        for name, w, shape in zip(WEIGHT_NAMES, weights, ((H, self.input_size), (H, O), (H,), (O, H), (O,), (O,))):
+            if w is not None:
+                _check_like_x(name, w, x, shape)
+        # in the dtype of x and the weights under autocast too, at every length (the engine and the kernels have no
+        # mixed precision; one step, run as torch ops, once followed autocast)
+        with torch.autocast(x.device.type, enabled=False) if autocast_enabled(x.device) else contextlib.nullcontext():
+            y, s_next = run_layer("jordan", x.contiguous(), [s0], weights, backend=self.backend,
+                                  nonlinearity=self.nonlinearity, output_activation=self.output_activation,
+                                  teacher=teacher)
         if not batched:
             return y.squeeze(1), s_next.squeeze(0)
         return (y.transpose(0, 1) if time_dim == 1 else y), s_next

@@ -1,4 +1,5 @@
 """JordanRNN against the plain torch loop of its equations, and its module conventions."""
+import numpy as np
 import pytest
 import torch
 
@@ -145,3 +146,68 @@ def test_a_decay_given_with_autograd_history_becomes_a_plain_buffer():
     model = gnn.JordanRNN(4, 6, 3, decay=torch.tensor(0.5, requires_grad=True) * 1)
     assert model.decay.grad_fn is None and not model.decay.requires_grad
     assert torch.equal(copy.deepcopy(model).decay, model.decay)   # deepcopy refuses non-leaf tensors
+
+
+def test_a_decay_that_requires_grad_gets_its_gradient():
+    """decay is a buffer; made to require grad (a learned leak), it got no gradient past one step (silently None)."""
+    m = make("tanh")
+    m.decay.requires_grad_()
+    x = torch.randn(5, 2, 4, dtype=torch.float64)
+    grads = []
+    for fn in (lambda: m(x), lambda: jordan_reference(x, torch.zeros(2, 3, dtype=torch.float64), *params(m),
+                                                      "tanh", "tanh")):
+        y, s = fn()
+        grads.append(torch.autograd.grad(y.sum() + s.sum(), m.decay)[0])
+    assert grads[1].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-10, rtol=1e-10)
+
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize("name,value,error,words", [
+    ("weight_sh", torch.zeros(6, 4, dtype=F64), ValueError, r"weight_sh: expected shape \(6, 3\), got \(6, 4\)"),
+    ("weight_ho", torch.zeros(6, 3, dtype=F64), ValueError, r"weight_ho: expected shape \(3, 6\), got \(6, 3\)"),
+    ("decay", torch.zeros(4, dtype=F64), ValueError, r"decay: expected shape \(3,\), got \(4,\)"),
+    ("bias_h", torch.zeros(1, dtype=F64), ValueError, r"bias_h: expected shape \(6,\), got \(1,\)"),
+    ("weight_ho", torch.zeros(3, 6, dtype=torch.float32), TypeError, r"weight_ho: expected dtype torch.float64"),
+    ("bias_o", torch.zeros(3, dtype=F64, device="meta"), ValueError, r"bias_o: expected device cpu"),
+])
+@pytest.mark.parametrize("steps", [1, 3])
+def test_weights_of_another_shape_dtype_or_device_are_named(name, value, error, words, steps):
+    """Through functional_call (or an assigned Parameter): the engine once failed deep inside NumPy, broadcast a
+    bias or a decay, or cast a weight, and a one-step call raised torch's matmul error."""
+    m = make()
+    with pytest.raises(error, match=words):
+        torch.func.functional_call(m, {name: value}, (torch.randn(steps, 2, 4, dtype=torch.float64),))
+
+
+@pytest.mark.parametrize("name", ["s0", "teacher"])
+def test_a_state_or_teacher_on_another_device_is_named(name):
+    m = make()
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+    other = torch.zeros(3, 2, 3, dtype=torch.float64, device="meta")
+    with pytest.raises(ValueError, match=f"{name}: expected device cpu"):
+        m(x, **{name: other[0] if name == "s0" else other})
+
+
+@pytest.mark.parametrize("decay", [np.float32(0.25), np.array([0.5, 0.25, 1.0]), np.int64(1)])
+def test_numpy_numbers_and_arrays_are_decays(decay):
+    m = gnn.JordanRNN(4, 6, 3, decay=decay)
+    torch.testing.assert_close(m.decay, torch.as_tensor(decay, dtype=torch.float32).expand(3))
+
+
+def test_under_autocast_a_sequence_is_its_steps_chained():
+    """In the module's dtype at every length (the engine has no mixed precision): one step, run as torch ops, once
+    gave a bfloat16 output where a longer sequence gave float32."""
+    m = make(dtype=torch.float32)
+    x = torch.randn(3, 2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, s = m(x)
+        steps, state = [], None
+        for t in range(3):
+            y_t, state = m(x[t:t + 1], state)
+            steps.append(y_t)
+    assert y.dtype == s.dtype == torch.float32
+    torch.testing.assert_close(torch.cat(steps), y)
+    torch.testing.assert_close(state, s)
