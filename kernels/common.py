@@ -132,6 +132,19 @@ def sigmoid(x, DOT: tl.constexpr = tl.float32):
 
 
 @triton.jit
+def lstm_gates(a, is_g, DOT: tl.constexpr = tl.float32):
+    """sigmoid(a) for the i, f, o gates and tanh(a) where is_g, one transcendental each: bf16 (HW_TANH) the
+    hardware's tanh for all (sigmoid(a) = 0.5 tanh(a/2) + 0.5), else one exp, as in `sigmoid` and `tanh` (a sigmoid
+    accurate relative to its value far below 0, as torch's; through tanh it was 0 below about -17)."""
+    if HW_TANH and DOT == tl.bfloat16:
+        scale = tl.where(is_g, 1.0, 0.5)
+        return scale * tanh(scale * a, DOT) + tl.where(is_g, 0.0, 0.5)
+    e = tl.exp(tl.where(is_g, -2.0 * tl.abs(a), -a))
+    q = tl.where(is_g, 1.0 - e, 1.0) / (1.0 + e)
+    return tl.where(is_g & (a < 0), -q, q)
+
+
+@triton.jit
 def tanh(x, DOT: tl.constexpr = tl.float32):
     """tanh of float32/64 x; DOT (the dtype the data's dot runs in) bf16: the hardware's (HW_TANH)."""
     if HW_TANH and DOT == tl.bfloat16:

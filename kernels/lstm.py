@@ -47,10 +47,7 @@ def _fwd_step(t, n, b_gx, b_h, b_c, b_w, p_gates, p_h, p_c, p_tc, p_bar, rows, j
     step = t.to(tl.int64) * B * H
     b_hw = cm.h_dot_w(b_h, b_w, p_h, t, rows, B, H, K1, K2, SINGLE, NK, RB, PREC, ACC, DOT)
     b_a = tl.reshape(b_hw, (rows.shape[0], S, 4)) + b_gx
-    # sigmoid(a) = 0.5 tanh(0.5 a) + 0.5 and tanh(a) = 1 tanh(1 a) + 0: one transcendental for all gates
-    is_g = tl.arange(0, 4)[None, None, :] == 2
-    scale = tl.where(is_g, 1.0, 0.5)
-    b_a = scale * cm.tanh(scale * b_a, DOT) + tl.where(is_g, 0.0, 0.5)
+    b_a = cm.lstm_gates(b_a, tl.arange(0, 4)[None, None, :] == 2, DOT)   # one transcendental for all gates
     g_i, g_f, g_g, g_o = cm.split_gates(b_a)
     c_new = g_f * b_c + g_i * g_g
     tc = cm.tanh(c_new, DOT)

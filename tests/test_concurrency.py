@@ -94,6 +94,7 @@ def test_a_checkpoint_recomputes_on_the_route_its_forward_took(monkeypatch, mode
     that (CheckpointError). It now takes the forward's."""
     monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
     monkeypatch.setattr(layer, "_chosen", {})
+    monkeypatch.setattr(layer, "_last_forward", {})
     # the engine times faster (its runner comes from gpurnn.autograd, torch's op's from gpurnn.cpu.layer)
     monkeypatch.setattr(layer, "_time", lambda run, *args: 0.0 if run.__module__ == "gpurnn.autograd" else 1.0)
     module = gnn.LSTM(6, 16)
@@ -103,7 +104,8 @@ def test_a_checkpoint_recomputes_on_the_route_its_forward_took(monkeypatch, mode
     expected, x.grad = x.grad, None
     with MODES[mode]() if side != "backward" else contextlib.nullcontext():
         y = checkpoint(lambda a: module(a)[0], x, use_reentrant=False)
+    with MODES[mode]() if side == "forward" else contextlib.nullcontext():
+        gnn.LSTM(6, 16)(x)   # another layer of this shape in between, in another mode than the checkpoint's forward
     with MODES[mode]() if side != "forward" else contextlib.nullcontext():
         y.sum().backward()
     torch.testing.assert_close(x.grad, expected)
-

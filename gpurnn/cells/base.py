@@ -116,7 +116,12 @@ def sigmoid_(xp, a):
     (0.5*tanh(a/2) + 0.5 is 0 below about -17 in float32, where a log loss then has a NaN gradient)."""
     xp.negative(a, out=a)
     with np.errstate(over="ignore"):   # exp(88+) is inf in float32: the sigmoid is then 0, rightly
-        xp.exp(a, out=a)
+        sigmoid_of_negated_(xp, a)
+
+
+def sigmoid_of_negated_(xp, a):
+    """In place: a holds -x (the LSTM and GRU gates' rows are negated in the weights), and gets sigmoid(x)."""
+    xp.exp(a, out=a)
     a += 1
     xp.reciprocal(a, out=a)
 

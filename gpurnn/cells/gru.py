@@ -18,7 +18,7 @@ torch's, is one exp, an add and a reciprocal over both gates.
 """
 import numpy as np
 
-from .base import Cell, FeatureMajorCell, add_bias, sum_rows
+from .base import Cell, FeatureMajorCell, add_bias, sigmoid_of_negated_, sum_rows
 
 WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh")
 GATES = 3   # blocks of rows in the input and recurrent weights
@@ -117,10 +117,8 @@ class GRULoop(FeatureMajorCell):
         hn, r, z = g.reshape(3, H, n)
         gx = self.GX[t, :, :n]
         rz = g[H:]
-        rz += gx[:2 * H]                           # -a: sigmoid(a) = 1/(1 + e^-a)
-        xp.exp(rz, out=rz)
-        rz += 1
-        xp.reciprocal(rz, out=rz)
+        rz += gx[:2 * H]
+        sigmoid_of_negated_(xp, rz)
         if self.b_hn is not None:
             hn += self.b_hn
         new = self.N[t, :, :n]

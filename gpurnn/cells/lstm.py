@@ -44,7 +44,7 @@ import functools
 import numpy as np
 
 from ..arrays import transposed_copy
-from .base import Cell, FeatureMajorCell, add_bias, bias_grads
+from .base import Cell, FeatureMajorCell, add_bias, bias_grads, sigmoid_of_negated_
 
 WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
 GATES = 4   # blocks of rows in the input and recurrent weights
@@ -214,9 +214,7 @@ class LSTMLoop(GateOrder, FeatureMajorCell):
         projected = self.w["w_hr"] is not None
         m = z[:H] if projected or self.for_backward else h
         self.mm(self.w_hh_scaled, h_prev, out=a, add=True)
-        xp.exp(s, out=s)                           # s holds -a: sigmoid(a) = 1/(1 + e^-a)
-        s += 1
-        xp.reciprocal(s, out=s)
+        sigmoid_of_negated_(xp, s)
         xp.tanh(g, out=g)
         xp.multiply(i, g, out=ig)
         xp.multiply(f, c, out=fc)

@@ -28,7 +28,8 @@ _OPS = {"lstm": torch._VF.lstm, "gru": torch._VF.gru}
 REPEATS = 3
 TIME_STEPS = 32   # the timing runs on the first steps only: per-step costs decide, and it stays cheap
 _chosen = {}     # layer shape class -> (route, {route: median seconds})
-_last_forward = {}   # layer shape class -> the route its last forward outside a backward took
+_last_forward = {}   # (layer shape class, weights' address) -> the route its last forward outside a backward took
+LAST_FORWARDS = 1024
 
 
 def forced():
@@ -125,12 +126,15 @@ def route(cell, x, directions, opts, for_backward, run_engine):
     if name is not None:
         return name
     key = shape_class(cell, x, directions, opts, for_backward)
+    last = (key, directions[0][1][0].data_ptr())   # this layer's last forward: its shape and its weights' memory
     if torch._C._current_graph_task_id() != -1:
-        # inside a backward (a checkpoint's recomputation): the route the last forward of this shape took, whatever
-        # modes either side ran under (a recomputation must save what its forward saved); torch's op where none ran
-        # (and no timing backward nested in this one)
-        return _last_forward.get(key, "torch")
-    _last_forward[key] = name = _forward_route(key, cell, x, directions, opts, for_backward, run_engine)
+        # inside a backward (a checkpoint's recomputation): the route this layer's last forward took, whatever modes
+        # either side ran under (a recomputation must save what its forward saved); else the timed one, else torch's
+        # op (no timing backward nested in this one)
+        return _last_forward.get(last) or _chosen.get(key, ("torch",))[0]
+    if len(_last_forward) >= LAST_FORWARDS:   # (new weights every call: a parametrization)
+        _last_forward.clear()
+    _last_forward[last] = name = _forward_route(key, cell, x, directions, opts, for_backward, run_engine)
     return name
 
 

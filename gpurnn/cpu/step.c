@@ -5,7 +5,7 @@
    order (only tanh and exp differ: tanh_f and exp_f below, not NumPy's). Every array is row-major,
    one row per batch row b < n (the active rows of a packed step), gates (o | f | i | g).
 
-   Plain C (its own tanh; fmaf only where the CPU has no FMA instruction), so any compiler builds
+   Plain C (its own tanh and exp; fmaf only where the CPU has no FMA instruction), so any compiler builds
    it and vectorises its loops: shipped prebuilt in the wheel (setup.py), or built at first use by
    build.py. Compiled with -ffp-contract=off: the LSTM's arithmetic is not fused, the rounding of
    NumPy's separate operations (with fused a*b+c the float32 LSTM of `gpurnn train` reached 93.1%
@@ -89,7 +89,7 @@ static inline float tanh_f(float x)
 
 /* The logistic sigmoid of a from y = -a: 1 / (1 + e^-a), as torch's, accurate relative to its value
    at both ends (0.5 tanh(a/2) + 0.5 loses it below a = -17). a > 87 gives 1; a < -88.37 gives 0
-   (e^-a = inf), where torch's falls through the subnormals to 0 at -104; NaN gives NaN. */
+   (e^-a = inf), where torch's reaches 0 near -88.7 through subnormals; NaN gives NaN. */
 static inline float sigmoid_of_negated(float y)
 {
     y = y < -87.0f ? -87.0f : y;

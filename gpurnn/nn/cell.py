@@ -72,11 +72,11 @@ class _CellForward:
             hx = [zeros, zeros] if is_lstm else [zeros]
         else:
             hx = [h if batched else h.unsqueeze(0) for h in hx]
-        # an unbatched input with a batched hx: torch's RNN and GRU steps broadcast them (as here, below) and its LSTM
-        # step crashes the process; the engine would read memory it never wrote
+        # an unbatched input with a batched hx: torch's steps broadcast them (as here, below), but its LSTM step
+        # crashes the process on a batched h; the engine would read memory it never wrote
         broadcast = any(h.dim() == 3 for h in hx)
-        if broadcast and is_lstm:
-            raise RuntimeError(f"{kind}: Expected hx[0] to be 1D for a 1D input, got {hx[0].dim() - 1}D instead")
+        if is_lstm and hx[0].dim() == 3:
+            raise RuntimeError(f"{kind}: Expected hx[0] to be 1D for a 1D input, got 2D instead")
         self._check_step_args(x, hx)
         weights += [None] if is_lstm else []
         dtype = autocast_dtype(kind, x.device)
@@ -95,8 +95,8 @@ class _CellForward:
     def _torch_nn_step(self, input, hx):
         """`torch_nn_steps` for a cell: hx None, a tensor, or an LSTMCell's (h, c) tuple."""
         if input.dim() not in (1, 2) or self._cell == "lstm" and hx is not None and not (
-                isinstance(hx, tuple) and len(hx) == 2):
-            return False
+                isinstance(hx, tuple) and len(hx) == 2 and (input.dim() == 2 or getattr(hx[0], "ndim", 1) == 1)):
+            return False   # (an unbatched input with a batched h: torch.nn's LSTM step crashes; _step raises)
         states = () if hx is None else hx if self._cell == "lstm" else (hx,)
         return torch_nn_steps(self, input, states, "weight_ih")
 

@@ -15,6 +15,7 @@ CASES = {"rnn-relu": ("RNN", dict(nonlinearity="relu")), "lstm-proj": ("LSTM", d
 def fresh(monkeypatch):
     """No route chosen yet; every timing recorded."""
     monkeypatch.setattr(layer, "_chosen", {})
+    monkeypatch.setattr(layer, "_last_forward", {})
     timed = []
     real = layer._time
 

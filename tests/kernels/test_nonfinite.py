@@ -1,13 +1,21 @@
 """Non-finite values through the Triton kernels under TRITON_INTERPRET=1, against torch.nn (the engine's:
 tests/test_nonfinite.py)."""
+import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from test_nonfinite import _twins, dead_relu_case
+from test_nonfinite import _twins, dead_relu_case, gate_far_below_case
 
 
 def test_a_dead_relu_unit_passes_no_inf_gradient():
     dead_relu_case("triton")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_a_gate_far_below_0_keeps_its_relative_accuracy(kind, dtype):
+    """The LSTM kernels' sigmoid was 0.5*tanh(a/2) + 0.5, 0 below about -17 in float32 (the GRU's: 1/(1 + e^-a))."""
+    gate_far_below_case(kind, dtype, "triton")
 
 
 def test_an_inf_in_h0_stays_in_its_unit_with_padded_hidden_sizes():
