@@ -72,12 +72,12 @@ class _CellForward:
             hx = [zeros, zeros] if is_lstm else [zeros]
         else:
             hx = [h if batched else h.unsqueeze(0) for h in hx]
-        # an unbatched input with a batched hx: torch's steps broadcast them (as here, below), but its LSTM step
-        # crashes the process on a batched h; the engine would read memory it never wrote
+        self._check_step_args(x, hx)
+        # an unbatched input with a batched hx that passes those checks (B == H): torch's steps broadcast them (as
+        # here, below), but its LSTM step crashes the process on a batched h; the engine would read unwritten memory
         broadcast = any(h.dim() == 3 for h in hx)
         if is_lstm and hx[0].dim() == 3:
             raise RuntimeError(f"{kind}: Expected hx[0] to be 1D for a 1D input, got 2D instead")
-        self._check_step_args(x, hx)
         weights += [None] if is_lstm else []
         dtype = autocast_dtype(kind, x.device)
         x, hx, weights = autocast(x, dtype), [autocast(h, dtype) for h in hx], [autocast(w, dtype) for w in weights]
