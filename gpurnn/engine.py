@@ -62,7 +62,7 @@ def fused(backend, weights):
 def step_loop(c, sizes):
     """The forward time loop on xp arrays: c.step for every t; rows past their length hold their state."""
     B = c.x.shape[1]
-    with np.errstate(over="ignore"):   # silent, as torch: e^-a of a gate far below 0 is inf (sigmoid 0, rightly)
+    with np.errstate(over="ignore"):   # silent, as torch: e^-a of a sigmoid far below 0 is inf (sigmoid 0, rightly)
         for t, n in enumerate(sizes):
             c.step(t, n)
             if n < B:

@@ -31,8 +31,6 @@ on NumPy or CuPy arrays or torch tensors (arrays.TorchArrays).
 """
 import functools
 
-import numpy as np
-
 from ..arrays import astype, sum_rows, transposed_copy
 
 NONLINEARITIES = ("tanh", "relu")
@@ -113,10 +111,10 @@ def bias_grads(dz, has_bias):
 
 def sigmoid_(xp, a):
     """In-place logistic sigmoid, 1 / (1 + exp(-a)) as torch's: accurate relative to its value for very negative a
-    (0.5*tanh(a/2) + 0.5 is 0 below about -17 in float32, where a log loss then has a NaN gradient)."""
+    (0.5*tanh(a/2) + 0.5 is 0 below about -17 in float32, where a log loss then has a NaN gradient). exp(88+) is inf
+    in float32, the sigmoid then 0, rightly: engine.step_loop keeps that overflow silent."""
     xp.negative(a, out=a)
-    with np.errstate(over="ignore"):   # exp(88+) is inf in float32: the sigmoid is then 0, rightly
-        sigmoid_of_negated_(xp, a)
+    sigmoid_of_negated_(xp, a)
 
 
 def sigmoid_of_negated_(xp, a):
