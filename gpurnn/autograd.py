@@ -12,11 +12,10 @@ The engine keeps what backward needs (its tape, engine.Saved) in NumPy/CuPy buff
 tensor can carry: the forward op files it under a key and returns the key as a small tensor,
 the handle, which autograd saves for backward like any tensor; the tape is dropped when the
 handle is freed. The handle lives on x's device, so a saved-tensor hook that moves saved tensors
-off the GPU (torch.autograd.graph.save_on_cpu) or drops them (checkpointing) frees the tape too
-(torch.nn's cuDNN reserve space would move to the host instead). Where the tape is gone (a hook or
-a compiled graph copied the handle), backward reruns the engine's forward first. Double backward
-(create_graph) reruns the layer in torch ops (torch_loop.py) instead, so that the gradient is itself
-a graph.
+off the GPU (torch.autograd.graph.save_on_cpu) or drops them (checkpointing) frees the tape too.
+Where the tape is gone (a hook or a compiled graph copied the handle), backward reruns the engine's
+forward first. Double backward (create_graph) reruns the layer in torch ops (torch_loop.py) instead,
+so that the gradient is itself a graph.
 """
 import itertools
 import weakref
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
-from . import backends, cells, engine, torch_loop
+from . import backends, cells, checks, engine, torch_loop
 from .arrays import device_scope, tensor_to_xp, xp_to_tensor
 
 _TAPES = {}                 # handle value -> [engine.Saved of each direction]
@@ -208,8 +207,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _version(t):
-    """t's version counter; None for an inference tensor, which has none: autograd then refuses to save it, with
-    torch.nn's message ("Inference tensors cannot be saved for backward ...")."""
+    """t's version counter; None for an inference tensor, which has none (autograd refuses to save it)."""
     return None if t.is_inference() else t._version
 
 
@@ -349,6 +347,8 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
         # (custom op dispatch, array views, buffers, its tape) is several times the step itself, and torch's
         # fused op's too, so it runs as the torch loop, with gradient or without: the same bits either way, as
         # torch.nn gives (profiling/results/cpu/single_step_intel_xeon.md).
+        if for_backward:   # as torch's op, which saves every input (the loop's gradients need fewer)
+            checks.check_savable([x, *tensors])
         return _torch_loop_layers(cell, x, directions, batch_sizes, opts)
     if name == "numpy" and not compiling:
         from .cpu import layer as cpu_layer   # the engine or torch's fused op, timed per layer shape

@@ -64,3 +64,14 @@ def as_real(name, value, words="a number"):
         return float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name}: expected {words}, got {value!r}") from None
+
+
+def check_savable(tensors):
+    """torch's error where autograd would save an inference tensor (torch.nn's fused ops save every input); with
+    inference tensors only, autograd records nothing."""
+    inference = [t.is_inference() for t in tensors if t is not None]
+    if any(inference) and not all(inference):
+        raise RuntimeError("Inference tensors cannot be saved for backward. Please do not use Tensors created in "
+                           "inference mode in computation tracked by autograd. To work around this, you can make a "
+                           "clone to get a normal tensor and use it in autograd, or use `torch.no_grad()` instead of "
+                           "`torch.inference_mode()`.")

@@ -57,3 +57,17 @@ def test_zeroing_the_state_after_one_step_leaves_the_output_and_its_gradients(ki
         (out.square().sum() + _states(hidden)[0].sum()).backward()
         results.append([out, *_states(hidden), *(p.grad for p in module.parameters())])
     torch.testing.assert_close(results[1], results[0])
+
+
+@pytest.mark.parametrize("route", ["engine", "auto"])
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("steps", [1, 5])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_batch_first_output_is_laid_out_as_torch_nn_s(kind, steps, batched, route, monkeypatch):
+    """torch.nn's batch_first RNN and GRU return a tensor of their own in (T, B, H) memory order (out.detach_() works),
+    its LSTM a transposed view (which refuses it)."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", route)
+    x = torch.randn(2, steps, 3) if batched else torch.randn(steps, 3)
+    ref, ours = _twins(kind, batch_first=True, bidirectional=True)
+    layouts = [(out._is_view(), out.stride(), out.is_contiguous()) for out in (ref(x)[0], ours(x)[0])]
+    assert layouts[1] == layouts[0]

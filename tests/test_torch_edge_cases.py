@@ -435,6 +435,28 @@ def test_an_inference_tensor_in_a_call_that_needs_grad_is_torchs_error(name, inf
             m(x, (h, h) if name == "LSTM" else h)
 
 
+@pytest.mark.parametrize("steps", [1, 5])
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+def test_a_module_built_in_inference_mode_needs_grad_as_torch_nn_s(name, steps, monkeypatch):
+    """Its weights are inference tensors that require grad: torch.nn's LSTM op refuses to save them beside the
+    (normal) zero state it makes, its one-step RNN and GRU run; the LSTM's one-step torch loop, whose gradients need
+    no weight there, ran."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    with torch.inference_mode():
+        pair = _pair(name, 3, 4)
+    x = torch.randn(steps, 2, 3)
+    outcomes = []
+    for m in pair:
+        try:
+            outcomes.append(m(x)[0])
+        except RuntimeError as e:   # compared below: torch.nn's message
+            outcomes.append(str(e))
+    if isinstance(outcomes[0], str):
+        assert outcomes[1] == outcomes[0]
+    else:
+        torch.testing.assert_close(outcomes[1], outcomes[0])
+
+
 @pytest.mark.parametrize("changed", ["weight_hh", "input", "bias_ih", "every parameter"])
 @pytest.mark.parametrize("name, shape", [("RNN", (5, 2, 3)), ("RNN", (5, 3)), ("LSTM", (5, 2, 3)), ("GRU", (5, 2, 3)),
                                          ("RNNCell", (2, 3)), ("RNNCell", (3,)), ("GRUCell", (2, 3))])

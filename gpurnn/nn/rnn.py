@@ -108,7 +108,8 @@ class _EngineForward:
             out = y.reshape(-1, y.shape[-1]).index_select(0, index)
             return PackedSequence(out, input.batch_sizes, sorted_idx, unsorted_idx), hidden
         if self.batch_first:
-            y = y.transpose(0, 1)
+            # as torch.nn's: an RNN's or GRU's output is a tensor of its own (a clone keeps the strides), an LSTM's a view
+            y = y.transpose(0, 1) if is_lstm else y.transpose(0, 1).clone()
         if not batched:
             y = y.squeeze(0 if self.batch_first else 1)
             hidden = tuple(h.squeeze(1) for h in hidden) if is_lstm else hidden.squeeze(1)
