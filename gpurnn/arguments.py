@@ -26,6 +26,8 @@ def integer_at_least(low, high=None, why=""):
         if n < low or high is not None and n > high:
             bound = f">= {low}" if high is None else f"in [{low}, {high}]{why}"
             raise argparse.ArgumentTypeError(f"expected an integer {bound}, got {value}")
+        if n >= 2 ** 63:   # no tensor's size (torch's int64): an overflow deep inside torch
+            raise argparse.ArgumentTypeError(f"expected an integer < 2**63, got {value}")
         return n
     parse.__name__ = "int"   # argparse's word for a value that is no integer at all
     return parse
@@ -110,16 +112,62 @@ def read_text_file(option, path):
     return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
 
 
+def _too_big(options, values, what, sizes):
+    listed = lambda items: " and ".join([", ".join(map(str, items[:-1])), str(items[-1])] if items[1:] else
+                                        map(str, items))
+    return UsageError(f"{listed(options)}: expected {'a size' if len(options) == 1 else 'sizes'} whose {what}, "
+                      f"got {listed(values)} ({sizes})")
+
+
 @contextlib.contextmanager
-def hidden_must_fit(hidden, weights, sizes):
+def must_fit(options, values, what, sizes):
     """A failed allocation inside (MemoryError, or torch's RuntimeError on the CPU or CUDA) as a usage error naming
-    --hidden, not an allocator's traceback; weights: what must fit where, sizes: how big they are."""
+    the options that set its size, not an allocator's traceback; what: what must fit where, sizes: how big it is."""
     try:
         yield
     except (MemoryError, RuntimeError) as e:
         if not (isinstance(e, MemoryError) or "memory" in str(e).lower()):
             raise
-        raise UsageError(f"--hidden: expected a size whose {weights}, got {hidden} ({sizes})") from None
+        raise _too_big(options, values, what, sizes) from None
+
+
+def memory_of(device):
+    """The bytes of memory on a torch device: a CUDA GPU's, else this machine's (None where unknown)."""
+    if device.type == "cuda":
+        import torch
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):   # (Windows has no sysconf)
+        return None
+
+
+def check_fits(options, values, what, n_bytes, device):
+    """Options whose sizes make `what` (n_bytes, a lower bound of it) more than the device's memory: a usage error
+    before any work (an allocator's traceback came, for the evaluation batch after the whole training)."""
+    total = memory_of(device)
+    if total is not None and n_bytes > total:
+        raise _too_big(options, values, f"{what} fit in memory on {device}",
+                       f"{n_bytes / 2 ** 30:.3g} GiB at least, of {total / 2 ** 30:.3g} GiB")
+
+
+def torch_device(option, value, rank=0):
+    """The torch device `value` names (auto: process `rank`'s GPU if there is one, else the CPU)."""
+    import torch
+
+    if value == "auto":
+        return torch.device("cuda", rank % torch.cuda.device_count()) if torch.cuda.is_available() else \
+            torch.device("cpu")
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UsageError(f"{option}: expected auto, cpu, cuda or cuda:N, got {value!r}")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and (device.index or 0) >= count:
+        raise UsageError(f"{option} {value}: this machine has {count} CUDA device(s)")
+    return device
 
 
 def resolve_backend(backend, on_gpu):

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .arguments import SEED, check_out_file, hidden_must_fit, positive, resolve_backend
+from .arguments import SEED, check_fits, check_out_file, must_fit, positive, resolve_backend
 
 RADII = (0.5, 0.9, 1.0, 1.1, 1.5)
 
@@ -61,6 +61,9 @@ def gradient_flow(model, x, state=None, loss_fn=None):
     time_dim = 1 if getattr(model, "batch_first", False) else 0
     if x.shape[time_dim] == 0:
         raise ValueError(f"x: expected at least one step, got shape {tuple(x.shape)}")
+    if torch.is_inference_mode_enabled():   # (enable_grad does not leave it: nothing would be recorded)
+        raise RuntimeError("gradient_flow: expected a call outside torch.inference_mode() (it takes gradients), "
+                           "got one inside")
     loss_fn = loss_fn or _default_loss
     x = x.detach().clone().requires_grad_()   # every h_t then has a gradient, also in a frozen model (the clone:
                                               # an inference-mode x cannot require grad)
@@ -81,6 +84,9 @@ def fit_rate(norms):
     r < 1: the gradient vanishes with the lag; r > 1: it explodes. Zero or
     non-finite norms (underflow, overflow) are left out of the fit.
     """
+    norms = np.asarray(norms, dtype=np.float64)
+    if norms.ndim != 1:
+        raise ValueError(f"norms: expected a 1-D sequence of norms (one per step), got shape {norms.shape}")
     lags = np.arange(len(norms))[::-1]
     ok = np.isfinite(norms) & (norms > 0)
     if ok.sum() < 2:
@@ -165,9 +171,14 @@ def run(args):
 
     resolve_backend(args.backend, False)   # the models run on the CPU
     check_out_file("--out", args.out, ".png")   # checked first: the plot is written after all the computation
-    with hidden_must_fit(args.hidden, "weights fit in memory",
-                         f"W_hh alone: {4 * args.hidden ** 2 / 2 ** 30:.3g} GiB as float32"):
-        models = demo_models(args.hidden, args.inputs, backend=args.backend, seed=args.seed)
+    cpu, h = torch.device("cpu"), args.hidden
+    weights = 4 * 16 * h * (args.inputs + h + 2)   # float32: 5 tanh RNNs, 2 LSTMs and a GRU (16 gates)
+    sizes = (("--hidden", "--inputs"), (h, args.inputs)) if args.inputs > h else (("--hidden",), (h,))
+    check_fits(*sizes, "weights", weights, cpu)
+    check_fits(("--steps", "--batch"), (args.steps, args.batch), "inputs and hidden states",
+               4 * args.steps * args.batch * (args.inputs + h), cpu)
+    with must_fit(*sizes, "weights fit in memory on cpu", f"{weights / 2 ** 30:.3g} GiB as float32"):
+        models = demo_models(h, args.inputs, backend=args.backend, seed=args.seed)
     gen = torch.Generator().manual_seed(args.seed + 1)
     x = torch.randn(args.steps, args.batch, args.inputs, generator=gen)
     curves, rates = {}, {}

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from . import backends
-from .arguments import (SEED, UsageError, check_out_folder, csv, hidden_must_fit, integer_at_least, non_negative,
-                        positive, positive_finite, positive_float, read_text_file, resolve_backend)
+from .arguments import (SEED, UsageError, check_fits, check_out_folder, csv, integer_at_least, must_fit, non_negative,
+                        positive, positive_finite, positive_float, read_text_file, resolve_backend, torch_device)
 from .tasks import IGNORE, CharText, RecallTask, YearTask
 
 CELLS = {"elman": "RNN", "lstm": "LSTM", "gru": "GRU"}
+GATES = {"elman": 1, "gru": 3, "lstm": 4}
 TASKS = ("year", "recall")
 # steps per (task, cell) in a default run; --quick divides them
 DEFAULT_STEPS = {"year": 1200, "recall": 600, "text": 1000}
@@ -81,10 +82,10 @@ def _model_class():
 
 def _new_model(cell, n_tokens, n_classes, args, device):
     """A CharRNN on device; weights that do not fit are a usage error naming --hidden, not an allocator traceback."""
-    h, gates = args.hidden, {"elman": 1, "gru": 3, "lstm": 4}[cell]
-    size = gates * h * (EMBED + h + 2) + n_tokens * EMBED + n_classes * (h + 1)
-    with hidden_must_fit(h, f"{cell} weights fit in memory on {device}",
-                         f"{size:.3g} float32 values, {4 * size / 2 ** 30:.3g} GiB"):
+    h = args.hidden
+    size = GATES[cell] * h * (EMBED + h + 2) + n_tokens * EMBED + n_classes * (h + 1)
+    with must_fit(("--hidden",), (h,), f"weights fit in memory on {device}",
+                  f"{size:.3g} float32 values, {4 * size / 2 ** 30:.3g} GiB"):
         return _model_class()(cell, n_tokens, n_classes, args.hidden, backend=args.backend).to(device)
 
 
@@ -142,24 +143,6 @@ def _distributed():
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), world
-
-
-def _device(args, rank):
-    import torch
-
-    if args.device == "auto":
-        return torch.device("cuda", rank % torch.cuda.device_count()) if torch.cuda.is_available() else \
-            torch.device("cpu")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, got {args.device!r}")
-    count = torch.cuda.device_count() if device.type == "cuda" else 0
-    if device.type == "cuda" and (device.index or 0) >= count:
-        raise UsageError(f"--device {args.device}: this machine has {count} CUDA device(s)")
-    return device
 
 
 def _wrap(model, world, device):
@@ -354,6 +337,17 @@ def _char_text(args, world):
     return chars
 
 
+def _check_sizes(args, device, cells):
+    """Weights and (T, B, H) hidden states, lower bounds of what a run holds, that cannot fit the device."""
+    h = args.hidden
+    check_fits(("--hidden",), (h,), "weights", 4 * max(GATES[c] for c in cells) * h * (EMBED + h + 2), device)
+    steps = [("--bptt", args.bptt or DEFAULT_BPTT)] if args.text else \
+        [("--lag", args.lag or DEFAULT_LAG)] if "recall" in (args.tasks or TASKS) else []
+    for batch in [("--batch", args.batch)] + ([] if args.text else [("--eval-batch", args.eval_batch)]):
+        options, values = zip(*steps, batch, ("--hidden", h))
+        check_fits(options, values, "hidden states", (values[0] if steps else 1) * batch[1] * (16 + 4 * h), device)
+
+
 def run(args):
     """Every check before any work or file (raising UsageError), then the runs and the summary table."""
     # an option of the other mode would be silently ignored
@@ -370,13 +364,14 @@ def run(args):
     rank, world = _distributed()
     text = _char_text(args, world) if args.text else None
     limit_cpu_threads(args.threads)
-    device = _device(args, rank)
+    device = torch_device("--device", args.device, rank)
     backend = resolve_backend(args.backend, device.type == "cuda")
     if rank == 0:
         print(f"gpurnn train: backend {backend} on {device}, {world} process(es), "
               f"{args.threads} CPU thread(s)", flush=True)
-    total = time.perf_counter()
     cells = args.cells or (["lstm"] if args.text else list(CELLS))
+    _check_sizes(args, device, cells)
+    total = time.perf_counter()
     rows = []
     if args.text:
         rows = [train_text(text, cell, args, device, rank, world) for cell in cells]

@@ -106,6 +106,18 @@ def test_fit_rate_skips_underflow():
     assert fit_rate(norms) == pytest.approx(0.7, rel=1e-12)
 
 
+def test_fit_rate_takes_a_list_and_names_a_table():
+    assert fit_rate(list(3.0 * 0.7 ** np.arange(10)[::-1])) == pytest.approx(0.7, rel=1e-12)
+    with pytest.raises(ValueError, match=r"norms: expected a 1-D sequence .*got shape \(2, 5\)"):
+        fit_rate(np.ones((2, 5)))
+
+
+def test_gradient_flow_inside_inference_mode_says_so():
+    """enable_grad does not leave inference mode: autograd then said that a tensor "does not require grad"."""
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="outside torch.inference_mode"):
+        gradient_flow(gnn.GRU(IN, HID), torch.zeros(T, B, IN))
+
+
 def test_gradient_flow_rejects_bidirectional():
     with pytest.raises(ValueError, match="expected a unidirectional model"):
         gradient_flow(gnn.GRU(IN, HID, bidirectional=True), torch.zeros(T, B, IN))

@@ -162,7 +162,11 @@ NOT_WRITABLE = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs
     (["--out", "adir.png/"], {}, "--out: expected a .png file name, got 'adir.png/'"),   # after the work: adir.png/.png
     pytest.param(["--out", "/proc/g.png"], {}, "--out: expected a file that can be written, got '/proc/g.png' "
                  "(cannot write in /proc: ", marks=NOT_WRITABLE),   # a traceback after the work
-    (["--hidden", "100000000"], {}, "--hidden: expected a size whose weights fit in memory, got 100000000"),
+    (["--hidden", "100000000"], {}, "--hidden: expected a size whose weights fit in memory on cpu, got 100000000"),
+    (["--inputs", "1000000000000"], {},   # named --hidden
+     "--hidden and --inputs: expected sizes whose weights fit in memory on cpu, got 4 and 1000000000000"),
+    (["--steps", "1000000000000"], {},   # an allocator's traceback
+     "--steps and --batch: expected sizes whose inputs and hidden states fit in memory on cpu, got 1000000000000 and"),
 ])
 def test_gradflow_names_bad_arguments_before_computing(argv, env, message, error_of, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -193,7 +197,14 @@ def test_demo_names_a_backend_that_cannot_run(backend, message, error_of, monkey
     (["--device", "cpu"], {"GPURNN_BACKEND": "cupy"},   # "--backend auto: ...", the variable unnamed
      "GPURNN_BACKEND=cupy (--backend auto): backend='cupy' "),
     (["--device", "cpu", "--cells", "elman", "--hidden", "100000000"], {},   # an allocator traceback
-     "--hidden: expected a size whose elman weights fit in memory on cpu, got 100000000 (1e+16 float32 values, "),
+     "--hidden: expected a size whose weights fit in memory on cpu, got 100000000 ("),
+    (["--device", "cpu", "--tasks", "recall", "--lag", "1000000000000"], {},   # NumPy's traceback
+     "--lag, --batch and --hidden: expected sizes whose hidden states fit in memory on cpu, got 1000000000000, 32 and "
+     "64 ("),
+    (["--device", "cpu", "--eval-batch", "1000000000000"], {},   # NumPy's traceback, after the whole training
+     "--lag, --eval-batch and --hidden: expected sizes whose hidden states fit in memory on cpu, got 50, "),
+    (["--device", "cpu", "--tasks", "year", "--batch", "1000000000000"], {},
+     "--batch and --hidden: expected sizes whose hidden states fit in memory on cpu, got 1000000000000 and 64 ("),
 ])
 def test_a_device_backend_or_size_that_cannot_run_is_named_before_training(argv, env, message, error_of, tmp_path,
                                                                            monkeypatch):

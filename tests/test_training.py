@@ -155,6 +155,7 @@ def test_sequence_loss_with_no_hidden_units_is_the_bias_alone():
     (dict(y=None), TypeError, ["targets", "torch.Tensor", "NoneType"]),
     (dict(ignore_index=None), TypeError, ["ignore_index", "integer", "None"]),
     (dict(ignore_index=2.5), TypeError, ["ignore_index", "integer", "2.5"]),
+    (dict(ignore_index=2 ** 70), ValueError, ["ignore_index", "int64", str(2 ** 70)]),
     (dict(h=torch.zeros(4, 2, 5, device="meta")), ValueError, ["h", "CPU", "meta"]),
 ])
 def test_sequence_loss_rejects_bad_input_naming_it(change, error, words):

@@ -1,9 +1,12 @@
 """The training tools' API at its edges: gradient tensors to clip, arguments checked at the call, torch.func."""
+import collections
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
-from gpurnn.training import clip_grad_norm_, sequence_loss, split_chunks, truncated_bptt
+from gpurnn.training import clip_grad_norm_, detach_state, sequence_loss, split_chunks, truncated_bptt
 
 
 def test_gradient_tensors_are_clipped_themselves():
@@ -87,3 +90,57 @@ def test_gradients_taken_with_create_graph_are_clipped_themselves():
     (grad,) = torch.autograd.grad((w * w).sum() * 10, w, create_graph=True)
     total = clip_grad_norm_([grad], 1.0)
     assert float(total) > 1 and float(grad.norm()) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_clipping_a_create_graph_gradient_records_nothing():
+    """As torch's clip (under no_grad): the norm has no graph, and a backward through the scaled gradient still
+    works (the recorded in-place scaling made it "modified by an inplace operation")."""
+    results = []
+    for clip in (clip_grad_norm_, _clipped_by_hand):
+        w = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+        (grad,) = torch.autograd.grad((w ** 3).sum(), w, create_graph=True)
+        total = clip([grad], 0.5)
+        grad.sum().backward()
+        assert total.grad_fn is None
+        results.append((total, grad, w.grad))
+    torch.testing.assert_close(results[0], results[1])
+
+
+def _clipped_by_hand(grads, max_norm):
+    with torch.no_grad():
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        for g in grads:
+            g.mul_(torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return total
+
+
+@pytest.mark.parametrize("grads, error, words", [
+    ([torch.ones(2, dtype=torch.long)], TypeError, r"grads\[0\]: expected a floating"),
+    ([torch.ones(2), torch.ones(2, dtype=torch.int32)], TypeError, r"grads\[1\]: expected a floating"),
+    ([np.float64(5.0)], ValueError, r"grads\[0\]: expected a writable array .*got a NumPy scalar \(float64\)"),
+])
+def test_clipping_names_a_gradient_it_cannot_scale(grads, error, words):
+    with pytest.raises(error, match=words):
+        clip_grad_norm_(grads, 1.0)
+
+
+def test_a_negative_order_norm_of_zeros_is_silent_as_in_torch():
+    """The norm of order -1 of an array holding a zero is 0: NumPy warned of its division by zero."""
+    arrays, tensors = [np.array([0.0, 2.0]), np.array([1.0])], [torch.tensor([0.0, 2.0]), torch.tensor([1.0])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert float(clip_grad_norm_(arrays, 1.0, norm_type=-1)) == float(clip_grad_norm_(tensors, 1.0, norm_type=-1))
+
+
+def test_detach_state_keeps_the_state_s_container():
+    State = collections.namedtuple("State", "h c")
+    h = torch.ones(2, requires_grad=True) * 2
+    for state in (State(h, h), (h, [h, None]), [h]):
+        cut = detach_state(state)
+        assert type(cut) is type(state) and all(t is None or not t.requires_grad for t in _leaves(cut))
+    with pytest.raises(TypeError, match="state: expected a tensor, a tuple or list of tensors, or None, got dict"):
+        detach_state({"h": h})
+
+
+def _leaves(state):
+    return [t for s in state for t in (_leaves(s) if isinstance(s, (tuple, list)) else [s])]

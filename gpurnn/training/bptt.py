@@ -7,11 +7,14 @@ ChunkResult = namedtuple("ChunkResult", "loss grad_norm state")
 
 
 def detach_state(state):
-    """The state with its history cut: a tensor, a tuple of tensors (LSTM) or None."""
+    """The state with its history cut: a tensor, a tuple (LSTM; a namedtuple too) or list of them, or None."""
     if state is None:
         return None
     if isinstance(state, (tuple, list)):
-        return type(state)(detach_state(s) for s in state)
+        parts = [detach_state(s) for s in state]
+        return type(state)(*parts) if hasattr(state, "_fields") else type(state)(parts)
+    if not hasattr(state, "detach"):
+        raise TypeError(f"state: expected a tensor, a tuple or list of tensors, or None, got {type(state).__name__}")
     return state.detach()
 
 
@@ -47,8 +50,9 @@ def truncated_bptt(model, chunks, loss_fn, *, state=None, optimizer=None, max_no
     generator reading a stream. For each chunk: y, state = forward(model, x, state,
     target) (default model(x, state): torch.nn.RNN/LSTM/GRU, gpurnn.nn's and
     JordanRNN all take their state second); loss = loss_fn(y, target);
-    loss.backward(); then clip the gradients to max_norm (if given) and, with an
-    optimizer, step and zero them.
+    loss.backward(); then clip the gradients of model.parameters() to max_norm (if
+    given; a head outside the model, such as loss_fn's weights, is neither clipped nor
+    counted in the norm) and, with an optimizer, step and zero them.
     The state is carried to the next chunk detached, so each chunk's graph is
     freed after its backward and memory does not grow with the stream.
     Without an optimizer the gradients accumulate over the chunks: with one chunk

@@ -41,21 +41,27 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, fo
             want, got = ("a parameter (its .grad is scaled)", "a tensor that neither requires grad nor has a .grad")
             raise TypeError(f"grads[{i}]: expected {want} like grads[0], got {got}" if holders[0] else
                             f"grads[{i}]: expected {got} (a gradient, scaled itself) like grads[0], got a parameter")
-        # torch's total norm (get_total_norm, which torch < 2.6 lacks): the norm of the per-tensor norms
-        norms = [torch.linalg.vector_norm(a, norm_type).to(arrays[0].device) for a in arrays]
-        total = torch.linalg.vector_norm(torch.stack(norms), norm_type)
-        if error_if_nonfinite and not bool(torch.isfinite(total)):
-            raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} is non-finite ({float(total)})")
-        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)   # torch's clip_grads_with_norm_
-        for a in arrays:
-            a.mul_(coef.to(a.device))
+        for i, a in enumerate(arrays):
+            check_floating(f"grads[{i}]", a.dtype, a.is_floating_point() or a.is_complex())
+        # torch's total norm (get_total_norm, which torch < 2.6 lacks): the norm of the per-tensor norms. Not
+        # recorded, as torch's (a gradient taken with create_graph=True stays differentiable after its scaling).
+        with torch.no_grad():
+            norms = [torch.linalg.vector_norm(a, norm_type).to(arrays[0].device) for a in arrays]
+            total = torch.linalg.vector_norm(torch.stack(norms), norm_type)
+            if error_if_nonfinite and not bool(torch.isfinite(total)):
+                raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} is non-finite "
+                                   f"({float(total)})")
+            coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)   # torch's clip_grads_with_norm_
+            for a in arrays:
+                a.mul_(coef.to(a.device))
         return total
     for i, a in enumerate(arrays):
         if not (hasattr(a, "dtype") and hasattr(a, "shape")) or is_torch[i]:
             raise TypeError(f"grads[{i}]: expected a NumPy or CuPy array, got {type(a).__name__}")
         check_floating(f"grads[{i}]", a.dtype, np.issubdtype(a.dtype, np.floating))
         if not getattr(getattr(a, "flags", None), "writeable", True):   # CuPy arrays have no such flag
-            raise ValueError(f"grads[{i}]: expected a writable array (it is scaled in place), got a read-only one")
+            got = f"a NumPy scalar ({type(a).__name__})" if isinstance(a, np.generic) else "a read-only one"
+            raise ValueError(f"grads[{i}]: expected a writable array (it is scaled in place), got {got}")
     if not arrays:
         return np.zeros((), np.float32)
     xp, max_norm = get_xp(arrays[0]), float(max_norm)
@@ -78,4 +84,5 @@ def _vector_norm(xp, a, p):
         return a.min()
     if p == 0:
         return (a != 0).sum().astype(a.dtype)
-    return (a ** p).sum() ** (1 / p)
+    with np.errstate(divide="ignore"):   # a zero to a negative power is inf (the norm 0), silently as in torch
+        return (a ** p).sum() ** (1 / p)

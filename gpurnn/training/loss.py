@@ -34,6 +34,14 @@ def _check_loss_args(xp, h, weight, bias, targets, reduction):
     check_shape("targets", targets.shape, h.shape[:-1])
 
 
+def _ignore_index(value):
+    """As torch: an integer that fits int64 (the targets' dtype)."""
+    value = as_integer("ignore_index", value)
+    if not -2 ** 63 <= value < 2 ** 63:
+        raise ValueError(f"ignore_index: expected an integer in int64's range [-2**63, 2**63), got {value}")
+    return value
+
+
 def _check_target_range(targets, vocab, ignore_index):
     """Every target is a class index or ignore_index (one device sync on the GPU)."""
     bad = ((targets < 0) | (targets >= vocab)) & (targets != ignore_index)
@@ -65,7 +73,7 @@ def sequence_loss_forward(h, weight, bias, targets, *, reduction="sum", ignore_i
     processed in chunks so at most ~4M logits exist at a time.
     """
     xp = get_xp(h)
-    ignore_index = as_integer("ignore_index", ignore_index)
+    ignore_index = _ignore_index(ignore_index)
     _check_loss_args(xp, h, weight, bias, targets, reduction)
     _check_target_range(targets, weight.shape[0], ignore_index)
     y = targets.reshape(-1)
@@ -231,7 +239,7 @@ def sequence_loss(h, weight, bias, targets, *, reduction="sum", ignore_index=-10
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if h.device.type not in ("cpu", "cuda"):
         raise ValueError(f"h: expected a tensor on the CPU or a CUDA GPU, got one on {h.device}")
-    ignore_index = as_integer("ignore_index", ignore_index)
+    ignore_index = _ignore_index(ignore_index)
     if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
         raise TypeError(f"targets: expected an integer dtype, got {targets.dtype}")
     name = backends.resolve(backend, h.is_cuda)
