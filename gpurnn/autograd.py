@@ -26,82 +26,29 @@ from torch._subclasses.fake_tensor import is_fake
 
 from . import backends, cells, checks, engine, torch_loop
 from .arrays import device_scope, tensor_to_xp, xp_to_tensor
+from .slots import (DIRS, N_IN, N_OUT, OPTIONS, SLOT, SLOTS, STATES, groups, options_string, pack,
+                    pack_outputs, parse_options, unpack, unpack_outputs)
 
 _TAPES = {}                 # handle value -> [engine.Saved of each direction]
 _KEYS = itertools.count()
 BIASES = ("b_ih", "b_hh", "b_h", "b_o")
-# The ops take and return a fixed number of tensors (torch 2.13's custom-op autograd mishandles
-# None inside a tensor list): per direction (2 at most) SLOT = 2 states + 6 weights, None where unused.
-# `reverses` has a letter a direction: "f" runs forward in time, "r" in reverse.
-DIRS, STATES, WEIGHTS = 2, 2, 6
-SLOT = STATES + WEIGHTS
-N_IN, N_OUT = DIRS * SLOT, DIRS * (1 + STATES)
-OPTIONS = "Tensor? teacher, str cell, int n_state, str reverses, int[]? batch_sizes, str backend, str options"
-SLOTS = ", ".join(f"Tensor? t{i}" for i in range(N_IN))
-
-
-def _groups(tensors, n_dirs):
-    per = len(tensors) // n_dirs
-    return [tensors[i * per:(i + 1) * per] for i in range(n_dirs)]
-
-
-def _pack(tensors, cell, n_state, n_dirs):
-    """(*state0, *weights) of each direction -> the N_IN slots."""
-    slots, n_w = [None] * N_IN, len(cells.WEIGHT_NAMES[cell])
-    for d, g in enumerate(_groups(tensors, n_dirs)):
-        slots[d * SLOT:d * SLOT + n_state] = g[:n_state]
-        slots[d * SLOT + STATES:d * SLOT + STATES + n_w] = g[n_state:]
-    return slots
-
-
-def _unpack(slots, cell, n_state, n_dirs):
-    """The inverse of _pack."""
-    n_w = len(cells.WEIGHT_NAMES[cell])
-    return [t for d in range(n_dirs) for t in (*slots[d * SLOT:d * SLOT + n_state],
-                                               *slots[d * SLOT + STATES:d * SLOT + STATES + n_w])]
-
-
-def _pack_outputs(outs, x, n_state):
-    """[y, *state_T of each direction] -> N_OUT tensors, new empty ones where unused."""
-    packed = []
-    for d in range(DIRS):
-        got = outs[d * (1 + n_state):(d + 1) * (1 + n_state)]
-        packed += got + [x.new_empty(0) for _ in range(1 + STATES - len(got))]
-    return packed
-
-
-def _unpack_outputs(packed, n_state, n_dirs):
-    """The inverse of _pack_outputs."""
-    return [t for d in range(n_dirs) for t in packed[d * (1 + STATES):d * (1 + STATES) + 1 + n_state]]
-
-
-def _options(opts):
-    """The layer's string options (nonlinearity, output_activation, gemm) as one string
-    "key=value;...": custom ops take strings, and torch.compile traces this (not json)."""
-    return ";".join(f"{k}={v}" for k, v in sorted(opts.items()) if v is not None)
-
-
-def _parse_options(options):
-    return dict(item.split("=", 1) for item in options.split(";") if item)
-
-
 def _native(cell, tensors, n_state, n_dirs, backend):
     """Whether the engine takes the tensors themselves (the fused kernels: bfloat16 stays bfloat16 and
     the GEMMs run in torch, arrays.TorchArrays), else NumPy/CuPy views of them (the xp loop)."""
     return all(engine.fused(backend, dict(zip(cells.WEIGHT_NAMES[cell], g[n_state:])))
-               for g in _groups(tensors, n_dirs))
+               for g in groups(tensors, n_dirs))
 
 
 def _engine_forward(x, tensors, teacher, cell, n_state, reverses, batch_sizes, backend, options, for_backward):
     """[engine.Saved of each direction], [y, *state_T of each direction] as tensors."""
-    opts = _parse_options(options)
+    opts = parse_options(options)
     native = _native(cell, tensors, n_state, len(reverses), backend)
     # autocast off: the engine's GEMMs through torch must keep the dtype; NumPy's floating-point warnings off,
     # as torch's ops give none (inf and NaN propagate as in torch.nn)
     with device_scope(x.device), torch.autocast(x.device.type, enabled=False), np.errstate(all="ignore"):
         to_xp = lambda t: None if t is None else tensor_to_xp(t, native)
         directions = [(tuple(map(to_xp, g[:n_state])), dict(zip(cells.WEIGHT_NAMES[cell], map(to_xp, g[n_state:]))),
-                       reverse == "r") for g, reverse in zip(_groups(tensors, len(reverses)), reverses)]
+                       reverse == "r") for g, reverse in zip(groups(tensors, len(reverses)), reverses)]
         results = engine.forward_directions(cell, to_xp(x), directions, batch_sizes=batch_sizes,
                                             backend=backend, for_backward=for_backward, teacher=to_xp(teacher),
                                             **opts)
@@ -114,7 +61,7 @@ def _engine_forward(x, tensors, teacher, cell, n_state, reverses, batch_sizes, b
 def layer_op(x, *args):
     """(y, *state_T of each direction in N_OUT slots, handle): see run_layers."""
     slots, (teacher, cell, n_state, reverses, batch_sizes, backend, options, for_backward) = args[:N_IN], args[N_IN:]
-    saved, outs = _engine_forward(x, _unpack(slots, cell, n_state, len(reverses)), teacher, cell, n_state, reverses,
+    saved, outs = _engine_forward(x, unpack(slots, cell, n_state, len(reverses)), teacher, cell, n_state, reverses,
                                   batch_sizes, backend, options, for_backward)
     key = next(_KEYS)
     handle = torch.full((), key, dtype=torch.int64, device=x.device)   # a fill: no copy from the host
@@ -122,7 +69,7 @@ def layer_op(x, *args):
     if for_backward:
         _TAPES[key] = saved
         weakref.finalize(handle, _TAPES.pop, key, None)
-    return (*_pack_outputs(outs, x, n_state), handle)
+    return (*pack_outputs(outs, x, n_state), handle)
 
 
 @layer_op.register_fake
@@ -130,9 +77,9 @@ def _(x, *args):
     slots, (_, cell, n_state, reverses) = args[:N_IN], args[N_IN:N_IN + 4]
     outs = []
     # y_t has the size of the first state for every cell (h; Jordan's s and y are both O wide)
-    for g in _groups(_unpack(slots, cell, n_state, len(reverses)), len(reverses)):
+    for g in groups(unpack(slots, cell, n_state, len(reverses)), len(reverses)):
         outs += [x.new_empty(x.shape[:2] + g[0].shape[-1:])] + [s.new_empty(s.shape) for s in g[:n_state]]
-    return (*_pack_outputs(outs, x, n_state), x.new_empty((), dtype=torch.int64))
+    return (*pack_outputs(outs, x, n_state), x.new_empty((), dtype=torch.int64))
 
 
 def _key(handle):
@@ -149,23 +96,23 @@ def layer_backward_op(handle, *args):
     """(dx, then the gradient of each slot): an empty tensor where a slot is unused or a buffer."""
     grads, x, slots = args[:N_OUT], args[N_OUT], args[N_OUT + 1:N_OUT + 1 + N_IN]
     teacher, cell, n_state, reverses, batch_sizes, backend, options = args[N_OUT + 1 + N_IN:]
-    tensors = _unpack(slots, cell, n_state, len(reverses))
+    tensors = unpack(slots, cell, n_state, len(reverses))
     saved = _TAPES.get(_key(handle))
     if saved is None:   # a compiled graph copied the handle, or the tape is gone: rerun the forward
         saved, _ = _engine_forward(x, tensors, teacher, cell, n_state, reverses, batch_sizes, backend, options, True)
-    grads, k = _unpack_outputs(grads, n_state, len(reverses)), 1 + n_state
+    grads, k = unpack_outputs(grads, n_state, len(reverses)), 1 + n_state
     to_xp = lambda t: None if t is None else tensor_to_xp(t.contiguous(), saved[0].fused)
     no_grad = cells.no_grad(cell)
     with device_scope(x.device), torch.autocast(x.device.type, enabled=False), np.errstate(all="ignore"):
         results = engine.backward_directions([(s, to_xp(grads[i * k]), tuple(map(to_xp, grads[i * k + 1:(i + 1) * k])))
                                               for i, s in enumerate(saved)])
         dxs, out = [xp_to_tensor(dx) for dx, _, _ in results], []
-        for (_, dstate0, grads_d), g in zip(results, _groups(tensors, len(reverses))):
+        for (_, dstate0, grads_d), g in zip(results, groups(tensors, len(reverses))):
             out += [xp_to_tensor(d) for d in dstate0]
             out += [xp_to_tensor(grads_d[name]) if w is not None and name not in no_grad else None
                     for name, w in zip(cells.WEIGHT_NAMES[cell], g[n_state:])]
     dx = dxs[0] if len(dxs) == 1 else dxs[0] + dxs[1]   # every direction reads x
-    return (dx, *[x.new_empty(0) if t is None else t for t in _pack(out, cell, n_state, len(reverses))])
+    return (dx, *[x.new_empty(0) if t is None else t for t in pack(out, cell, n_state, len(reverses))])
 
 
 @layer_backward_op.register_fake
@@ -198,9 +145,9 @@ def _setup_context(ctx, inputs, output):
     ys = [output[d * (1 + STATES)] for d in range(len(reverses))] if saves_y else []
     read = [x, *[slots[i] for i in ctx.saved_at]]
     ctx.save_for_backward(output[-1], *read, *ys)
-    # what the tape reads, weakly (saved-tensor hooks may offload x), as the tensors that own the memory (x may be
-    # a view the module made; a view shares its base's version): see _backward
-    ctx.read = [(weakref.ref(t if t._base is None else t._base), _version(t)) for t in read]
+    # what the tape reads (see _backward), as the tensors that own the memory (x may be a view the module made; a
+    # view shares its base's version)
+    ctx.read = [(_reference(t if t._base is None else t._base), _version(t)) for t in read]
     ctx.unsaved = {i: (t, _version(t)) for i, t in enumerate(slots) if t is not None and i not in ctx.saved_at}
     ctx.args = (teacher, cell, n_state, reverses, batch_sizes, backend, options)
     ctx.set_materialize_grads(False)   # an unused output's gradient is None (see _unreached)
@@ -209,6 +156,12 @@ def _setup_context(ctx, inputs, output):
 def _version(t):
     """t's version counter; None for an inference tensor, which has none (autograd refuses to save it)."""
     return None if t.is_inference() else t._version
+
+
+def _reference(t):
+    """A weak reference (saved-tensor hooks may offload x), but to a parameter: one stops torch.utils.swap_tensors
+    (module.double() under torch.__future__.set_swap_module_params_on_conversion) while the graph lives."""
+    return (lambda: t) if isinstance(t, torch.nn.Parameter) else weakref.ref(t)
 
 
 def _saves_output(x, cell, batch_sizes, slots):
@@ -274,12 +227,12 @@ def _differentiable_backward(ctx, x, slots, grads):
     """The same gradients as a graph: torch.autograd.grad, with create_graph, of the layer rerun
     in torch ops on the inputs themselves."""
     teacher, cell, n_state, reverses, batch_sizes, _, options = ctx.args
-    tensors = _unpack(slots, cell, n_state, len(reverses))
+    tensors = unpack(slots, cell, n_state, len(reverses))
     outs = []
-    for g, reverse in zip(_groups(tensors, len(reverses)), reverses):
+    for g, reverse in zip(groups(tensors, len(reverses)), reverses):
         outs += torch_loop.layer(cell, x, g[:n_state], g[n_state:], reverse=reverse == "r",
-                                 batch_sizes=batch_sizes, teacher=teacher, **_parse_options(options))
-    pairs = [(o, g) for o, g in zip(outs, _unpack_outputs(grads, n_state, len(reverses)))
+                                 batch_sizes=batch_sizes, teacher=teacher, **parse_options(options))
+    pairs = [(o, g) for o, g in zip(outs, unpack_outputs(grads, n_state, len(reverses)))
              if g is not None and o.requires_grad]   # (not: no graph, as a Jordan state under a fixed teacher)
     inputs = [x, *slots]
     wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
@@ -367,10 +320,10 @@ def _engine_layers(cell, x, directions, name, batch_sizes, opts, for_backward):
         opts = dict(opts, gemm="auto")   # torch's or NumPy's BLAS, timed per layer shape (gpurnn/cpu/gemm.py)
     teacher = opts.pop("teacher", None)
     n_state, n_dirs = len(directions[0][0]), len(directions)
-    packed = torch.ops.gpurnn.layer(x, *_pack(tensors, cell, n_state, n_dirs), teacher, cell, n_state,
+    packed = torch.ops.gpurnn.layer(x, *pack(tensors, cell, n_state, n_dirs), teacher, cell, n_state,
                                     "".join("r" if r else "f" for _, _, r in directions), batch_sizes, name,
-                                    _options(opts), for_backward)
-    flat, k = _unpack_outputs(packed[:-1], n_state, n_dirs), 1 + n_state
+                                    options_string(opts), for_backward)
+    flat, k = unpack_outputs(packed[:-1], n_state, n_dirs), 1 + n_state
     return [tuple(flat[i * k:(i + 1) * k]) for i in range(n_dirs)]
 
 

@@ -94,8 +94,9 @@ def test_constructor_signature_is_torchs(kind):
     ours, theirs = getattr(gnn, kind), getattr(torch.nn, kind)
     params = inspect.signature(ours).parameters
     assert list(params)[:-1] == list(inspect.signature(theirs).parameters) and list(params)[-1] == "backend"
-    defaults = [p.default for p in inspect.signature(theirs).parameters.values()]
-    assert [p.default for p in params.values()][:-1] == defaults
+    defaults = [(p.default, p.annotation) for p in inspect.signature(theirs).parameters.values()]
+    assert [(p.default, p.annotation) for p in params.values()][:-1] == defaults   # (read by CLI generators)
+    assert inspect.signature(ours).return_annotation == inspect.signature(theirs).return_annotation
     made = torch.nn.utils.skip_init(ours, 3, 5, backend="numpy")
     ref = torch.nn.utils.skip_init(theirs, 3, 5)
     assert type(made) is ours and made.backend == "numpy"

@@ -114,3 +114,20 @@ def test_a_meta_module_runs_backward_as_torch_nn(kind):
         x = torch.randn(5, 2, 3, device="meta", requires_grad=True)
         module(x)[0].sum().backward()
         assert x.grad.shape == x.shape and x.grad.is_meta
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_a_module_converts_by_swapping_while_an_output_lives(kind, monkeypatch):
+    """torch.__future__'s swap of parameters on conversion (torch.utils.swap_tensors) refuses a tensor with a weak
+    reference: one kept by the engine's graph made module.double() fail until the output was freed."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
+    x, modules = torch.randn(5, 2, 3), (getattr(torch.nn, kind)(3, 4), getattr(gnn, kind)(3, 4))
+    modules[1].load_state_dict(modules[0].state_dict())
+    monkeypatch.setattr(torch.__future__, "get_swap_module_params_on_conversion", lambda: True)
+    outputs = []
+    for module in modules:
+        out, _ = module(x)
+        out.sum().backward()
+        module.double()   # `out` still alive
+        outputs.append((out, module(x.double())[0]))
+    torch.testing.assert_close(outputs[1], outputs[0])

@@ -1,4 +1,5 @@
 """Behaviours where gpurnn.nn once differed from torch.nn (found by a differential probe), each against torch.nn."""
+import copy
 import pickle
 import warnings
 
@@ -394,7 +395,9 @@ _CHANGED_AFTER_BUILD = {"weight_hh double": _set_data("weight_hh_l0", torch.floa
                         "dropout 1.5": lambda m: setattr(m, "dropout", 1.5),
                         "bias False": lambda m: setattr(m, "bias", False),
                         "num_layers 1": lambda m: setattr(m, "num_layers", 1),
-                        "bidirectional": lambda m: setattr(m, "bidirectional", True)}
+                        "bidirectional": lambda m: setattr(m, "bidirectional", True),
+                        "mode GRU": lambda m: setattr(m, "mode", "GRU"),   # the engine ran an RNN as tanh
+                        "mode RNN_RELU": lambda m: setattr(m, "mode", "RNN_RELU")}
 
 
 @pytest.mark.parametrize("change", _CHANGED_AFTER_BUILD)
@@ -735,3 +738,49 @@ def test_a_hand_made_packed_sequence_with_other_row_counts_is_read_as_torch_read
     for m in (ref, ours):
         with pytest.raises(RuntimeError):
             m(torch.nn.utils.rnn.PackedSequence(data[:5], batch_sizes))
+
+
+@pytest.mark.parametrize("name, shape", [("RNN", (5, 2, 3)), ("LSTM", (5, 2, 3)), ("GRU", (5, 2, 3)),
+                                         ("RNNCell", (2, 3)), ("LSTMCell", (2, 3)), ("GRUCell", (2, 3))])
+def test_a_module_whose_attributes_came_from_torch_nn_runs(name, shape):
+    """A torch.nn module given gpurnn's class (or its __dict__ to one made by __new__, as an old pickle does) has
+    no `backend` attribute: an AttributeError."""
+    ref = getattr(torch.nn, name)(3, 4)
+    mine = copy.deepcopy(ref)
+    mine.__class__ = getattr(gnn, name)
+    x = torch.randn(shape)
+    torch.testing.assert_close(mine(x), ref(x))
+
+
+@pytest.mark.filterwarnings("ignore:.*quantiz")
+@pytest.mark.parametrize("layout", ["sparse", "quantized"])
+@pytest.mark.parametrize("name, shape", [("RNN", (5, 2, 3)), ("LSTM", (5, 2, 3)), ("GRU", (5, 2, 3)),
+                                         ("RNNCell", (2, 3)), ("GRUCell", (2, 3))])
+def test_sparse_or_quantized_input_runs_as_in_torch_nn(name, shape, layout):
+    """The engine said "unsupported memory format option Contiguous", or raised a ValueError where torch.nn's is a
+    NotImplementedError (its cells take a sparse input)."""
+    x = torch.randn(shape)
+    x = x.to_sparse() if layout == "sparse" else torch.quantize_per_tensor(x, 0.1, 0, torch.qint8)
+    outcomes = []
+    for m in _pair(name, 3, 4):
+        try:
+            outcomes.append(m(x))
+        except (RuntimeError, NotImplementedError) as e:   # compared below: torch.nn's type and first line
+            outcomes.append((type(e), str(e).split("\n")[0]))
+    if isinstance(outcomes[0], tuple) and isinstance(outcomes[0][0], type):
+        assert outcomes[1] == outcomes[0]
+    else:
+        torch.testing.assert_close(outcomes[1], outcomes[0])
+
+
+@pytest.mark.parametrize("name, shape", [("RNN", (5, 2, 3)), ("LSTM", (5, 2, 3)), ("GRU", (5, 2, 3)),
+                                         ("RNNCell", (2, 3)), ("LSTMCell", (2, 3)), ("GRUCell", (2, 3))])
+def test_a_call_with_a_wrong_argument_names_the_module_s_forward(name, shape):
+    """Python's error named the shared forward: "_EngineForward.forward() got an unexpected keyword argument"."""
+    errors = []
+    for m in _pair(name, 3, 4):
+        for call in (lambda: m(torch.randn(shape), h0=None), lambda: m(torch.randn(shape), None, None)):
+            with pytest.raises(TypeError) as info:
+                call()
+            errors.append(str(info.value))
+    assert errors[2:] == errors[:2]

@@ -145,6 +145,9 @@ def _forward_route(key, cell, x, directions, opts, for_backward, run_engine):
         return _chosen[key][0]   # as the same call outside the mode
     if not _timing_unseen(x):
         return "torch"   # what torch.nn would run, and what the caller's mode, tracer or hooks expect to see
+    if torch._C._is_torch_function_mode_enabled() or torch.autograd.profiler._is_profiler_enabled:
+        # a profiler or a torch function mode would see the timing's runs (a backward inside forward): no timing
+        return _chosen.get(key, ("torch",))[0]
     return timed.decide(_chosen, key, lambda: {
         "engine": _time(run_engine, x, directions, for_backward),
         "torch": _time(lambda xs, ds: torch_layers(cell, xs, ds, opts), x, directions, for_backward)})

@@ -9,8 +9,8 @@ from ..autograd import recorded_for_torch, run_layer, transformed
 from ..cells import NONLINEARITIES
 from ..checks import check_choice
 from .common import (TORCH_NAMES, RuntimeValueError, autocast, autocast_dtype, autocast_enabled, autocast_inside,
-                     autocast_mixed, check_tensor, complex_call, fx_call, lstm_pair, mixed_dtypes, overridden,
-                     torch_nn_steps, torch_steps_here)
+                     autocast_mixed, beyond_engine, check_tensor, forward_named_as_its_class, fx_call, lstm_pair,
+                     mixed_dtypes, overridden, torch_nn_steps, torch_steps_here)
 from .rnn import _EngineForward
 
 # dtypes as torch's matmul errors name them: (addmm's scalar type, mm's C++ type)
@@ -27,6 +27,7 @@ class _CellForward:
     step of the engine (a sequence of length 1) or torch's step op (see the module's docstring)."""
 
     _cell = None
+    backend = "auto"   # (also for one whose attributes came from torch.nn's module: a __class__ or __dict__ swap)
 
     def __init__(self, *args, backend="auto", **kwargs):
         super().__init__(*args, **kwargs)
@@ -50,7 +51,7 @@ class _CellForward:
                                                 or transformed() or self._torch_nn_step(input, hx)):
             return super().forward(input, hx)   # torch.nn's own step (see each condition)
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
-        if (overridden(input, hx, *weights) or complex_call(input, weights) or autocast_mixed(kind, input, weights)
+        if (overridden(input, hx, *weights) or beyond_engine(input, weights) or autocast_mixed(kind, input, weights)
                 or mixed_dtypes(weights)):
             return super().forward(input, hx)
         check_tensor("input", input, torch_words=True)
@@ -132,29 +133,34 @@ class _CellForward:
 # The cells spell out torch.nn's constructor signatures (plus `backend`), which tools read:
 # torch.nn.utils.skip_init needs a `device` parameter, configuration tools name the arguments.
 
+@forward_named_as_its_class
 class RNNCell(_CellForward, torch.nn.RNNCell):
     """torch.nn.RNNCell on the gpurnn engine; extra argument `backend`."""
 
     _cell = "elman"
 
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None, *,
-                 backend="auto"):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                 device=None, dtype=None, *, backend: str = "auto") -> None:
         super().__init__(input_size, hidden_size, bias, nonlinearity, device, dtype, backend=backend)
 
 
+@forward_named_as_its_class
 class LSTMCell(_CellForward, torch.nn.LSTMCell):
     """torch.nn.LSTMCell on the gpurnn engine; extra argument `backend`."""
 
     _cell = "lstm"
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, backend="auto"):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 backend: str = "auto") -> None:
         super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend)
 
 
+@forward_named_as_its_class
 class GRUCell(_CellForward, torch.nn.GRUCell):
     """torch.nn.GRUCell on the gpurnn engine; extra argument `backend`."""
 
     _cell = "gru"
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, backend="auto"):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 backend: str = "auto") -> None:
         super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend)

@@ -1,5 +1,7 @@
 """What the torch modules share: torch.nn's names for the cells, autocast as torch.nn's modules
 get it, tensor checks, and the packed-sequence index."""
+import types
+
 import torch
 from torch.nn.utils import parametrize
 
@@ -44,12 +46,13 @@ def torch_nn_steps(module, x, states, weight):
             and torch_steps_here(x, module.backend))
 
 
-def complex_call(data, weights):
-    """Whether a call has complex data or weights: torch.nn's modules run complex numbers on the CPU, and the engine
-    is real (its gradients would be silently wrong), so the module runs torch.nn's own forward (which also gives
-    torch's errors for complex data with real weights). After `overridden`: ExpandedWeight cannot answer
-    is_complex."""
-    return any(isinstance(t, torch.Tensor) and t.is_complex() for t in (data, *weights))
+def beyond_engine(data, weights):
+    """Whether a call has data or weights the engine does not take, so that the module runs torch.nn's own forward:
+    complex numbers (torch.nn's modules run them on the CPU; the engine is real, its gradients would be silently
+    wrong), sparse, nested or quantized tensors (torch's errors, or its results). After `overridden`:
+    ExpandedWeight cannot answer is_complex."""
+    return any(isinstance(t, torch.Tensor) and (t.is_complex() or t.layout != torch.strided or t.is_quantized)
+               for t in (data, *weights))
 
 
 _DISABLED = torch._C._disabled_torch_function_impl   # what Parameter and FakeTensor have: no override
@@ -197,3 +200,16 @@ def autocast(t, dtype):
     if t is None or dtype is None or not t.is_floating_point() or t.dtype == torch.float64:
         return t
     return t.to(dtype)
+
+
+def forward_named_as_its_class(cls):
+    """Gives cls its own copy of the forward it inherits, which Python's call errors name as torch.nn's own do
+    ("GRU.forward() got an unexpected keyword argument 'h0'", not "_EngineForward.forward() ...")."""
+    f = cls.forward
+    code = f.__code__.replace(co_qualname=f"{cls.__name__}.forward") if hasattr(f.__code__, "co_qualname") else \
+        f.__code__   # (Python 3.10 names the function only)
+    forward = types.FunctionType(code, f.__globals__, "forward", f.__defaults__, f.__closure__)
+    forward.__kwdefaults__, forward.__doc__, forward.__module__ = f.__kwdefaults__, f.__doc__, f.__module__
+    forward.__qualname__ = f"{cls.__name__}.forward"
+    cls.forward = forward
+    return cls

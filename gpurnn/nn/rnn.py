@@ -12,8 +12,9 @@ from .. import backends, cells
 from ..autograd import recorded_for_torch, run_layers
 from ..checks import check_choice, check_floating, check_steps
 from .common import (TORCH_NAMES, NotATensor, RuntimeValueError, autocast, autocast_dtype, autocast_inside,
-                     autocast_mixed, check_parameter_device, check_tensor, check_tensor_like, complex_call, fx_call,
-                     lstm_pair, mixed_dtypes, overridden, packed_index, torch_nn_steps)
+                     autocast_mixed, beyond_engine, check_parameter_device, check_tensor, check_tensor_like,
+                     forward_named_as_its_class, fx_call, lstm_pair, mixed_dtypes, overridden, packed_index,
+                     torch_nn_steps)
 from .convert import torch_twin
 
 
@@ -27,6 +28,7 @@ class _EngineForward:
     """forward() shared by RNN, LSTM and GRU; mirrors torch.nn.RNNBase's semantics."""
 
     _cell = None
+    backend = "auto"   # (also for one whose attributes came from torch.nn's module: a __class__ or __dict__ swap)
 
     def _init_backend(self, backend):
         check_choice("backend", backend, backends.CHOICES)
@@ -67,7 +69,7 @@ class _EngineForward:
         # as torch.nn: the weights as they are now (parametrizations, torch.func.functional_call), evaluated
         # once per call, and the checks read these
         self._update_flat_weights()
-        if (overridden(data, hx, self._flat_weights) or complex_call(data, self._flat_weights)
+        if (overridden(data, hx, self._flat_weights) or beyond_engine(data, self._flat_weights)
                 or self._changed_since_built() or autocast_mixed(kind, data, self._flat_weights)):
             return self._torch_nn_forward(input, hx, data)
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -125,12 +127,14 @@ class _EngineForward:
 
     def _changed_since_built(self):
         """Whether attributes or weights were changed after construction in a way the engine has no reading of:
-        weights of more than one dtype, a weight set to None, a dropout outside [0, 1], a num_layers or bidirectional
-        of another type than int and bool (torch's op refuses them), or a number of weights that num_layers,
-        bidirectional, bias and proj_size no longer give. torch.nn's own forward then raises (or runs) as it does."""
+        weights of more than one dtype, a weight set to None, an RNN's mode set to another cell's, a dropout outside
+        [0, 1], a num_layers or bidirectional of another type than int and bool (torch's op refuses them), or a number
+        of weights that num_layers, bidirectional, bias and proj_size no longer give. torch.nn's own forward then
+        raises (or runs) as it does."""
         dropout = self.dropout
         per_direction = 2 + 2 * bool(self.bias) + (self._cell == "lstm" and self.proj_size > 0)
         return (mixed_dtypes(self._flat_weights) or any(w is None for w in self._flat_weights)
+                or self._cell == "elman" and self.mode not in ("RNN_TANH", "RNN_RELU")
                 or type(self.num_layers) is not int or type(self.bidirectional) is not bool
                 or not (isinstance(dropout, numbers.Real) and 0 <= dropout <= 1)
                 or len(self._flat_weights) != self.num_layers * (1 + bool(self.bidirectional)) * per_direction)
@@ -248,6 +252,7 @@ class _EngineForward:
         return names + ([f"weight_hr_l{layer}{suffix}"] if self._cell == "lstm" else [])
 
 
+@forward_named_as_its_class
 class RNN(_EngineForward, torch.nn.RNN):
     """torch.nn.RNN (Elman, tanh or relu) on the gpurnn engine; extra argument `backend`."""
 
@@ -262,6 +267,7 @@ class RNN(_EngineForward, torch.nn.RNN):
         return {"nonlinearity": "relu" if self.mode == "RNN_RELU" else "tanh"}
 
 
+@forward_named_as_its_class
 class LSTM(_EngineForward, torch.nn.LSTM):
     """torch.nn.LSTM (with proj_size) on the gpurnn engine; extra argument `backend`."""
 
@@ -272,6 +278,7 @@ class LSTM(_EngineForward, torch.nn.LSTM):
         self._init_backend(backend)
 
 
+@forward_named_as_its_class
 class GRU(_EngineForward, torch.nn.GRU):
     """torch.nn.GRU on the gpurnn engine; extra argument `backend`."""
 

@@ -172,3 +172,34 @@ def test_anomaly_mode_takes_torchs_op_untimed(monkeypatch, fresh):
     with torch.autograd.detect_anomaly():
         got, want = ours(x)[0], ref(x)[0]
     assert fresh == [] and torch.equal(got.isnan(), want.isnan())
+
+
+class _Calls(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("observer", ["function mode", "profiler"])
+def test_no_timing_where_a_profiler_or_torch_function_mode_would_see_it(observer, monkeypatch, fresh):
+    """The timing (a forward and a backward inside the caller's forward) showed in the profile and in the mode's
+    calls; there the layer takes the route already chosen, else torch's op."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    _, ours = _pair("GRU", {})
+    x = torch.randn(5, 2, 6)
+    mode = _Calls() if observer == "function mode" else torch.profiler.profile()
+    with mode:
+        ours(x)
+    assert fresh == [] and layer.chosen() == {}
+    if observer == "function mode":
+        assert "backward" not in mode.names
+    ours(x)
+    key, (chosen, *_) = next(iter(layer.chosen().items()))
+    monkeypatch.setattr(layer, "_last_forward", {})
+    with _Calls():
+        ours(x)
+    assert len(fresh) == 4 and layer._last_forward[next(iter(layer._last_forward))] == chosen
