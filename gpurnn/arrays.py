@@ -162,7 +162,9 @@ def transposed_copy(a, out=None):
     xp = get_xp(a)
     if out is None:
         out = xp.empty((a.shape[0], a.shape[2], a.shape[1]), a.dtype)
-    if xp is np and "torch" in sys.modules:
+    # (torch takes no negative strides, which NumPy calls contiguous along a length-1 axis, and warns of read-only
+    # memory: a caller's array, such as functional.backward's dy, may be either)
+    if xp is np and "torch" in sys.modules and min(a.strides, default=0) >= 0 and a.flags.writeable:
         import torch
 
         torch.from_numpy(out).copy_(torch.from_numpy(a).transpose(1, 2))

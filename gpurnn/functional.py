@@ -27,7 +27,7 @@ def _expected_shapes(cell, w, input_size):
         return shapes, [("s0", O)]
     G = cells.get(cell).GATES
     H = w["w_hh"].shape[0] // G
-    P = w["w_hr"].shape[0] if w.get("w_hr") is not None else H
+    P = w["w_hh"].shape[1] if w.get("w_hr") is not None else H   # (a w_hr of another shape is the one named)
     shapes = {"w_ih": (G * H, input_size), "w_hh": (G * H, P), "b_ih": (G * H,), "b_hh": (G * H,)}
     if cell == "lstm":
         shapes["w_hr"] = (P, H)
@@ -36,7 +36,7 @@ def _expected_shapes(cell, w, input_size):
 
 
 def _check_same_xp(name, a, xp):
-    if not isinstance(a, xp.ndarray):
+    if not isinstance(a, xp.ndarray) or isinstance(a, np.matrix):   # (a matrix's * is a matrix product)
         raise TypeError(f"{name}: expected a {xp.__name__} array like x, got {type(a).__name__}")
 
 
@@ -71,6 +71,9 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     except TypeError:
         raise TypeError(f"x: expected a NumPy or CuPy array, got {type(x).__name__}") from None
     check_rank("x", x.shape, (3,))
+    if x.dtype.kind == "f" and not x.dtype.isnative:
+        raise TypeError(f"x: expected floats in this machine's byte order, got {x.dtype.str} (byte-swapped; "
+                        f"x.astype(x.dtype.newbyteorder('=')) converts)")
     check_floating("x", x.dtype, x.dtype in (np.float16, np.float32, np.float64))   # no longdouble in the GEMMs
     check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
     check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
@@ -85,7 +88,7 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
         raise TypeError(f"weights: expected a dict of arrays by name {names}, got {type(weights).__name__}")
     unknown = set(weights) - set(names)
     if unknown:
-        raise ValueError(f"weights: expected keys among {names}, got unknown {sorted(unknown)}")
+        raise ValueError(f"weights: expected keys among {names}, got unknown {sorted(unknown, key=repr)}")
     missing = [n for n in names if n not in OPTIONAL and weights.get(n) is None]
     if missing:
         raise ValueError(f"weights: missing required {missing} for cell {cell_name!r}")
@@ -105,6 +108,9 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     if w[recurrent].ndim != 2 or 0 in w[recurrent].shape or w[recurrent].shape[0] % cells.get(cell).GATES:
         raise ValueError(f"weights[{recurrent!r}]: expected a 2-D array with a nonzero multiple of "
                          f"{cells.get(cell).GATES} rows, got shape {tuple(w[recurrent].shape)}")
+    for name in ("w_ih", "w_hr"):   # (read for the expected shapes)
+        if w.get(name) is not None:
+            check_rank(f"weights[{name!r}]", w[name].shape, (2,))
     if w["w_ih"].shape[-1] != I:
         raise ValueError(f"x: expected {w['w_ih'].shape[-1]} input features (last dim), as "
                          f"weights['w_ih'] has shape {tuple(w['w_ih'].shape)}, got shape {tuple(x.shape)}")
@@ -135,12 +141,17 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
         check_shape("teacher", teacher.shape, (T, B, shapes["w_ho"][0]))
     if batch_sizes is not None:
         batch_sizes = _check_batch_sizes(batch_sizes, T, B)
+    for flag, value in (("reverse", reverse), ("for_backward", for_backward)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{flag}: expected True or False, got {value!r}")
     name = backends.resolve(backend, on_gpu=xp is not np)
     opts = {"nonlinearity": nonlinearity, "for_backward": bool(for_backward)}
     if cell == "jordan":
         opts.update(output_activation=output_activation, teacher=teacher)
-    with array_scope(x):
-        return engine.forward(cell, x, state0, w, batch_sizes=batch_sizes, reverse=reverse,
+    # NumPy's floating-point warnings off, as under the torch front end: inf and NaN propagate as in torch.nn (which
+    # warns of none), and padded rows may hold anything
+    with array_scope(x), np.errstate(all="ignore"):
+        return engine.forward(cell, x, state0, w, batch_sizes=batch_sizes, reverse=bool(reverse),
                               backend=name, **opts)
 
 
@@ -166,5 +177,5 @@ def backward(tape, dy=None, dstate=None):
         _check_same_xp("dy", dy, xp)
         check_same_dtype("dy", dy.dtype, "the forward's x", tape.dtype)
         check_shape("dy", dy.shape, tape.cell.outputs().shape)
-    with array_scope(tape.cell.x):
+    with array_scope(tape.cell.x), np.errstate(all="ignore"):   # (as in forward)
         return engine.backward(tape, dy, dstate)

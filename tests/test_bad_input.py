@@ -164,6 +164,20 @@ def test_functional_errors():
         F.forward("lstm", x, w, ([[0.0] * 5] * 2, np.zeros((2, 5))))
     with raises(ValueError, "output_activation", "relu"):
         F.forward("jordan", x, dict(jw, decay=np.zeros(3)), output_activation="relu")
+    with raises(ValueError, "weights['w_ih']", "2-D", "0-D"):   # (an IndexError)
+        F.forward("rnn", x, {"w_ih": np.array(1.0), "w_hh": np.zeros((5, 5))})
+    with raises(ValueError, "weights['w_hr']", "2-D", "0-D"):
+        F.forward("lstm", x, dict(w, w_hr=np.array(1.0)))
+    with raises(ValueError, "weights['w_hr']", "(5, 5)", "(4, 5)"):   # w_hh (20, 5) was named
+        F.forward("lstm", x, dict(w, w_hr=np.zeros((4, 5))))
+    with raises(TypeError, "weights['w_ih']", "numpy array", "matrix"):   # NumPy's "shape too large to be a matrix"
+        F.forward("lstm", x, dict(w, w_ih=np.asmatrix(w["w_ih"])))
+    with raises(TypeError, "x", "byte order", ">f8"):   # "expected a floating dtype (... float64), got >f8"
+        F.forward("lstm", x.astype(">f8"), w)
+    with raises(TypeError, "reverse", "True or False", "'no'"):   # ran reversed
+        F.forward("lstm", x, w, reverse="no")
+    with raises(ValueError, "weights", "unknown", "0", "'zz'"):   # "'<' not supported between 'str' and 'int'"
+        F.forward("lstm", x, {**w, "zz": np.zeros(1), 0: np.zeros(1)})
     y, state, tape = F.forward("lstm", x, w)
     with raises(ValueError, "dy", "(6, 2, 5)", "(6, 2, 4)"):
         F.backward(tape, np.zeros((6, 2, 4)))
@@ -214,6 +228,10 @@ def test_jordan_module_arguments_of_the_wrong_kind():
         gnn.JordanRNN(4, 5, 3, decay=torch.tensor([0.5, 0.5]))
     with raises(TypeError, "decay", "NoneType"):
         gnn.JordanRNN(4, 5, 3, decay=None)
+    with raises(TypeError, "decay", "[0.5, None, 0.5]"):   # torch's "must be real number, not NoneType"
+        gnn.JordanRNN(4, 5, 3, decay=[0.5, None, 0.5])
+    with raises(TypeError, "input_size", "integer", "3"):   # a ValueError, where torch.nn's modules raise TypeError
+        gnn.JordanRNN(np.int64(3), 5, 3)
     m = gnn.JordanRNN(4, 5, 3)
     with raises(TypeError, "x", "torch.Tensor", "ndarray"):
         m(np.zeros((6, 2, 4), dtype=np.float32))

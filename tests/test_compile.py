@@ -239,3 +239,20 @@ def test_dropout_between_layers_survives_compile_where_torch_nns_forward_runs(ki
         outs = [compiled(x)[0] for _ in range(2)]
         evaluated = module.eval()(x)[0]
     assert not torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], evaluated)
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_compiled_dropout_between_layers_draws_torch_nns_masks(kind):
+    """As torch.nn's module, the layers run eagerly (a graph break) in training with dropout: traced, Inductor drew
+    the masks with its own generator, so a seeded run took another trajectory than torch.nn's."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, kind)(4, 6, num_layers=2, dropout=0.5)
+    mine = getattr(gnn, kind)(4, 6, num_layers=2, dropout=0.5)
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 3, 4)
+    results = []
+    for module in (ref, torch.compile(mine)):
+        torch.manual_seed(123)
+        results.append((module(x)[0], torch.get_rng_state()))
+    torch.testing.assert_close(results[1], results[0])

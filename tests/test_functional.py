@@ -155,3 +155,38 @@ def test_a_gate_far_below_0_gives_no_numpy_warning(cell, recwarn):
     weights = {"w_ih": np.full((gates * 2, 1), -1.0), "w_hh": np.zeros((gates * 2, 2))}
     y, _, _ = F.forward(cell, x, weights)
     assert np.isfinite(y).all() and not recwarn.list
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_inf_in_padded_rows_or_weights_gives_no_numpy_warning(cell, recwarn):
+    """As under the torch front end: NumPy's "invalid value encountered" warned where every result was right."""
+    gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 2, 3))
+    x[2:, 1] = np.inf   # past the second sequence's length
+    weights = {"w_ih": rng.standard_normal((gates * 5, 3)), "w_hh": rng.standard_normal((gates * 5, 5))}
+    y, _, tape = F.forward(cell, x, weights, batch_sizes=[2, 2, 1, 1])
+    dx, _, _ = F.backward(tape, np.ones_like(y))
+    assert np.isfinite(y).all() and np.isfinite(dx).all() and not recwarn.list
+    F.backward(F.forward(cell, x, {**weights, "w_hh": np.full_like(weights["w_hh"], np.inf)})[2], np.ones_like(y))
+    assert not recwarn.list
+
+
+@pytest.mark.parametrize("layout", ["flipped", "read-only"])
+def test_a_gru_backward_takes_dy_in_any_numpy_layout(layout, recwarn):
+    """Copied through torch (loaded here): a negative stride NumPy calls contiguous (along a length-1 axis) raised
+    torch's "negative strides are not currently supported", and read-only memory its non-writable warning."""
+    rng = np.random.default_rng(0)
+    weights = {"w_ih": rng.standard_normal((6, 2)), "w_hh": rng.standard_normal((6, 2))}
+    _, _, tape = F.forward("gru", rng.standard_normal((4, 1, 2)), weights)
+    dy = rng.standard_normal((4, 1, 2))
+    want = F.backward(tape, dy.copy())
+    if layout == "flipped":
+        dy = np.flip(dy, axis=1)   # (the same values: the axis has length 1)
+    else:
+        dy.flags.writeable = False
+    got = F.backward(tape, dy)
+    np.testing.assert_array_equal(got[0], want[0])
+    for name, grad in want[2].items():
+        np.testing.assert_array_equal(got[2][name], grad, err_msg=name)
+    assert not recwarn.list

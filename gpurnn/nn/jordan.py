@@ -40,7 +40,9 @@ class JordanRNN(torch.nn.Module):
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("output_size", output_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool):   # (a TypeError, as torch.nn's modules give)
+                raise TypeError(f"{name}: expected an integer >= 1, got {value!r}")
+            if value < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
         check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
         check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
@@ -50,7 +52,11 @@ class JordanRNN(torch.nn.Module):
         kw = {"device": device, "dtype": dtype}
         if not isinstance(decay, (numbers.Real, list, tuple, np.ndarray, torch.Tensor)) or isinstance(decay, bool):
             raise TypeError(f"decay: expected a number or a tensor of {output_size} values, got {type(decay).__name__}")
-        decay = torch.as_tensor(decay, device=device, dtype=dtype or torch.get_default_dtype())   # 1 is a float
+        try:
+            decay = torch.as_tensor(decay, device=device, dtype=dtype or torch.get_default_dtype())   # 1 is a float
+        except (TypeError, ValueError, RuntimeError) as e:   # a list holding None, ragged lists
+            raise TypeError(f"decay: expected a number or a tensor of {output_size} values, got {decay!r} ({e})") \
+                from None
         if decay.dim() > 1 or decay.numel() not in (1, output_size):
             raise ValueError(f"decay: expected a number or shape ({output_size},) (output_size), "
                              f"got shape {tuple(decay.shape)}")

@@ -58,9 +58,11 @@ class _EngineForward:
         is_lstm = self._cell == "lstm"
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
-        if packed and torch.compiler.is_compiling() and not recorded_for_torch(data):
+        if ((packed or self.training and self.dropout and self.num_layers > 1) and torch.compiler.is_compiling()
+                and not recorded_for_torch(data)):
             # eager (a graph break, as torch.nn's module gets): traced, the batch sizes would specialise (and
-            # recompile) each graph after the one their int() breaks
+            # recompile) each graph after the one their int() breaks, and Inductor would draw the dropout masks
+            # between layers with its own generator (not torch.nn's masks for the same seed)
             return _eagerly(self.forward, input, hx)
         kind = TORCH_NAMES[self._cell]
         if isinstance(data, torch.Tensor) and (autocast_inside(kind, data.device, self.proj_size, packed)
