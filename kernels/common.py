@@ -141,7 +141,10 @@ def lstm_gates(a, is_g, DOT: tl.constexpr = tl.float32):
         return scale * tanh(scale * a, DOT) + tl.where(is_g, 0.0, 0.5)
     e = tl.exp(tl.where(is_g, -2.0 * tl.abs(a), -a))
     q = tl.where(is_g, 1.0 - e, 1.0) / (1.0 + e)
-    return tl.where(is_g & (a < 0), -q, q)
+    q = tl.where(is_g & (a < 0), -q, q)
+    if a.dtype == tl.float32:
+        q = tl.where(is_g & (tl.abs(a) < 0.625), _tanh_near_0(a), q)
+    return q
 
 
 @triton.jit
@@ -153,7 +156,22 @@ def tanh(x, DOT: tl.constexpr = tl.float32):
     # Odd extension of a form that never overflows: e = exp(-2|x|) <= 1.
     e = tl.exp(-2.0 * tl.abs(x))
     y = (1.0 - e) / (1.0 + e)
-    return tl.where(x < 0, -y, y)
+    y = tl.where(x < 0, -y, y)
+    if x.dtype == tl.float32:   # (float64: 1 - e keeps ~1e-16 of absolute accuracy near 0)
+        y = tl.where(tl.abs(x) < 0.625, _tanh_near_0(x), y)
+    return y
+
+
+@triton.jit
+def _tanh_near_0(x):
+    """float32 tanh on |x| < 0.625, where 1 - e loses the digits of x (a relative error of about 2^-24/|x|, all of it
+    below |x| = 3e-8, where it gives 0): x + x u P(u), u = x^2, gpurnn/cpu/step.c's fit of tanh(x)/x - 1 (1.3 ulp)."""
+    u = x * x
+    q = -0.0056919857 * u + 0.0206262918
+    q = q * u - 0.0537353188
+    q = q * u + 0.1333138135
+    q = q * u - 0.3333327921
+    return x + x * (u * q)
 
 
 @triton.jit
