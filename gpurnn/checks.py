@@ -22,7 +22,9 @@ def check_rank(name, shape, ranks):
 
 def check_floating(name, dtype, is_floating):
     if not is_floating:
-        raise TypeError(f"{name}: expected a floating dtype (float16, float32, float64), got {dtype}")
+        torch_dtype = type(dtype).__module__ == "torch"   # (no torch import here: the NumPy API runs without it)
+        kinds = "float16, bfloat16, float32, float64" if torch_dtype else "float16, float32, float64"
+        raise TypeError(f"{name}: expected a floating dtype ({kinds}), got {dtype}")
 
 
 def check_same_dtype(name, dtype, ref_name, ref_dtype):

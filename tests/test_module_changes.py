@@ -90,6 +90,7 @@ def test_jordan_repr_names_what_differs_from_the_defaults():
     module = gnn.JordanRNN(2, 3, 2, decay=[0.25, 0.75], bias=False, batch_first=True)
     assert repr(module).endswith("decay=per unit, 0.25 to 0.75, bias=False, batch_first=True)")
     assert repr(gnn.JordanRNN(2, 3, 2, decay=0.25)).endswith(", decay=0.25)")
+    assert repr(gnn.JordanRNN(2, 3, 2, decay=-0.0)).endswith(", decay=0)")   # not "-0"
 
 
 @pytest.mark.parametrize("attribute, value", [("bidirectional", 1), ("bidirectional", None), ("num_layers", True)])

@@ -93,7 +93,7 @@ class JordanRNN(torch.nn.Module):
         parts = [f"{self.input_size}, {self.hidden_size}, {self.output_size}",
                  f"nonlinearity={self.nonlinearity!r}", f"output_activation={self.output_activation!r}"]
         if not self.decay.is_meta:
-            low, high = float(self.decay.min()), float(self.decay.max())
+            low, high = float(self.decay.min()) + 0.0, float(self.decay.max()) + 0.0   # (-0.0 + 0.0: "0", not "-0")
             parts += [] if low == high == 0.5 else [f"decay={low:g}" if low == high else
                                                     f"decay=per unit, {low:g} to {high:g}"]
         parts += [] if self.bias_h is not None else ["bias=False"]
