@@ -203,8 +203,7 @@ def train_task(task, cell, args, device, rank=0, world=1):
     seconds = time.perf_counter() - start
     eval_task = type(task)(**({"lag": task.lag, "symbols": task.symbols} if task.name == "recall" else {}),
                            seed=10_000 + args.seed)   # held-out data from another seed
-    eval_batch = min(args.eval_batch, 200) if args.quick else args.eval_batch
-    accuracy, eval_loss = evaluate(model, *(as_tensor(a) for a in eval_task.batch(eval_batch)), args.backend)
+    accuracy, eval_loss = evaluate(model, *(as_tensor(a) for a in eval_task.batch(_eval_batch(args))), args.backend)
     row = {"task": task.name if task.name != "recall" else f"recall (lag {task.lag})", "cell": cell,
            "accuracy": accuracy, "loss": eval_loss, "seconds": seconds, "steps": steps}
     if rank == 0 and args.out:
@@ -337,13 +336,17 @@ def _char_text(args, world):
     return chars
 
 
+def _eval_batch(args):
+    return min(args.eval_batch, 200) if args.quick else args.eval_batch
+
+
 def _check_sizes(args, device, cells):
     """Weights and (T, B, H) hidden states, lower bounds of what a run holds, that cannot fit the device."""
     h = args.hidden
     check_fits(("--hidden",), (h,), "weights", 4 * max(GATES[c] for c in cells) * h * (EMBED + h + 2), device)
     steps = [("--bptt", args.bptt or DEFAULT_BPTT)] if args.text else \
         [("--lag", args.lag or DEFAULT_LAG)] if "recall" in (args.tasks or TASKS) else []
-    for batch in [("--batch", args.batch)] + ([] if args.text else [("--eval-batch", args.eval_batch)]):
+    for batch in [("--batch", args.batch)] + ([] if args.text else [("--eval-batch", _eval_batch(args))]):
         options, values = zip(*steps, batch, ("--hidden", h))
         check_fits(options, values, "hidden states", (values[0] if steps else 1) * batch[1] * (16 + 4 * h), device)
 

@@ -201,8 +201,6 @@ def test_demo_names_a_backend_that_cannot_run(backend, message, error_of, monkey
     (["--device", "cpu", "--tasks", "recall", "--lag", "1000000000000"], {},   # NumPy's traceback
      "--lag, --batch and --hidden: expected sizes whose hidden states fit in memory on cpu, got 1000000000000, 32 and "
      "64 ("),
-    (["--device", "cpu", "--eval-batch", "1000000000000"], {},   # NumPy's traceback, after the whole training
-     "--lag, --eval-batch and --hidden: expected sizes whose hidden states fit in memory on cpu, got 50, "),
     (["--device", "cpu", "--tasks", "year", "--batch", "1000000000000"], {},
      "--batch and --hidden: expected sizes whose hidden states fit in memory on cpu, got 1000000000000 and 64 ("),
 ])
@@ -276,3 +274,11 @@ def test_lstm_reaches_95_percent_on_year_with_default_settings(tmp_path):
     assert row["steps"] == DEFAULT_STEPS["year"]
     assert row["accuracy"] >= 95.0, row
     assert torch_accuracy(tmp_path / "year_lstm.pt", YearTask(seed=10_000), 1000) >= 95.0
+
+
+def test_an_evaluation_batch_that_cannot_fit_is_named_before_training(error_of, tmp_path, monkeypatch):
+    """NumPy's allocator traceback came after the whole training (--quick caps the batch at 200: not here)."""
+    monkeypatch.chdir(tmp_path)
+    assert error_of(["train", "--device", "cpu", "--eval-batch", "1000000000000"]).startswith(
+        "--lag, --eval-batch and --hidden: expected sizes whose hidden states fit in memory on cpu, got 50, ")
+    assert list(tmp_path.iterdir()) == []
