@@ -58,22 +58,23 @@ class _EngineForward:
         is_lstm = self._cell == "lstm"
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
-        if ((packed or self.training and self.dropout and self.num_layers > 1) and torch.compiler.is_compiling()
+        if ((packed or self.training and self.dropout and self.num_layers != 1) and torch.compiler.is_compiling()
                 and not recorded_for_torch(data)):
             # eager (a graph break, as torch.nn's module gets): traced, the batch sizes would specialise (and
-            # recompile) each graph after the one their int() breaks, and Inductor would draw the dropout masks
-            # between layers with its own generator (not torch.nn's masks for the same seed)
+            # recompile) each graph after the one their int() breaks, and the dropout between layers would be
+            # Inductor's masks (not torch.nn's for the same seed), or none in torch.nn's forward (torch 2.13's RNN
+            # decomposition loses it)
             return _eagerly(self.forward, input, hx)
         kind = TORCH_NAMES[self._cell]
         if isinstance(data, torch.Tensor) and (autocast_inside(kind, data.device, self.proj_size, packed)
                                                or recorded_for_torch(data) or self._torch_single_step(input, hx)):
-            return self._torch_nn_forward(input, hx, data)   # (torch.nn's forward reads the weights itself)
+            return super().forward(input, hx)   # (torch.nn's forward reads the weights itself)
         # as torch.nn: the weights as they are now (parametrizations, torch.func.functional_call), evaluated
         # once per call, and the checks read these
         self._update_flat_weights()
         if (overridden(data, hx, self._flat_weights) or beyond_engine(data, self._flat_weights)
                 or self._changed_since_built() or autocast_mixed(kind, data, self._flat_weights)):
-            return self._torch_nn_forward(input, hx, data)
+            return super().forward(input, hx)
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         x, batch_sizes, sorted_idx, unsorted_idx, batched, hx = self._checked_inputs(input, hx)
         if packed:
@@ -118,14 +119,6 @@ class _EngineForward:
             y = y.squeeze(0 if self.batch_first else 1)
             hidden = tuple(h.squeeze(1) for h in hidden) if is_lstm else hidden.squeeze(1)
         return y, hidden
-
-    def _torch_nn_forward(self, input, hx, data):
-        """torch.nn's own forward; eager under torch.compile in training with dropout between layers (a graph
-        break, as torch.nn's module gets): traced, the dropout is lost (torch 2.13's RNN decomposition)."""
-        if (torch.compiler.is_compiling() and self.training and self.dropout and self.num_layers != 1
-                and not recorded_for_torch(data)):
-            return _eagerly(super().forward, input, hx)
-        return super().forward(input, hx)
 
     def _changed_since_built(self):
         """Whether attributes or weights were changed after construction in a way the engine has no reading of:
