@@ -69,3 +69,26 @@ def test_packed_batch_sizes_with_a_zero_are_rejected():
     bad = type(packed)(packed.data, torch.tensor([2, 1, 0]), None, None)
     with pytest.raises(ValueError, match=r"batch_sizes: expected every entry >= 1, got \[2, 1, 0\]"):
         gnn.GRU(4, 5)(bad)
+
+
+_X, _H = torch.randn(5, 2, 3), torch.zeros(1, 2, 4)
+# (module name, args, kwargs, the call's arguments): faults where gpurnn's message names the argument and quotes torch's
+QUOTED = {
+    "lstm_cell_hx_of_one_element": ("LSTMCell", (3, 1), lambda: (torch.randn(3), torch.zeros(1))),
+    "lstm_cell_c_none": ("LSTMCell", (3, 2), lambda: (torch.randn(3), (torch.zeros(2), None))),
+    "ndarray_input": ("GRU", (3, 4), lambda: (_X.numpy(), None)),
+    "tuple_hx_unsorted_packed": ("GRU", (3, 4), lambda: (pack_padded_sequence(_X, [5, 3], enforce_sorted=False), (_H,))),
+    "tuple_hx_sorted_packed": ("GRU", (3, 4), lambda: (pack_padded_sequence(_X, [5, 3]), (_H,))),
+    "lstm_three_states_and_int_input": ("LSTM", (3, 4), lambda: (_X.long(), (_H, _H, _H))),
+    "lstm_three_states_wrong_c": ("LSTM", (3, 4), lambda: (_X, (_H, torch.zeros(1, 2, 5), _H))),
+}
+
+
+@pytest.mark.parametrize("case", QUOTED)
+def test_error_is_torchs_type_with_its_words(case):
+    """The first fault torch.nn finds, in its words, as an instance of its exception type."""
+    name, args, make = QUOTED[case]
+    want_type, want = _error(getattr(torch.nn, name)(*args), *make())
+    with pytest.raises(want_type) as info:
+        getattr(gnn, name)(*args)(*make())
+    assert want in str(info.value)

@@ -22,6 +22,11 @@ _DTYPE_NAMES = {torch.float64: ("Double", "double"), torch.float32: ("Float", "f
                 torch.uint8: ("Byte", "unsigned char"), torch.bool: ("Bool", "bool")}
 
 
+def _rows(t):
+    """Whether t is a tensor that iterates as rows (torch.nn iterates an LSTMCell's hx)."""
+    return isinstance(t, torch.Tensor) and t.dim() > 0
+
+
 class _CellForward:
     """forward() shared by RNNCell, LSTMCell and GRUCell: torch.nn's checks and messages, then one
     step of the engine (a sequence of length 1) or torch's step op (see the module's docstring)."""
@@ -54,16 +59,18 @@ class _CellForward:
         if (overridden(input, hx, *weights) or beyond_engine(input, weights) or autocast_mixed(kind, input, weights)
                 or mixed_dtypes(weights)):
             return super().forward(input, hx)
-        check_tensor("input", input, torch_words=True)
+        check_tensor("input", input, "dim")
         if input.dim() not in (1, 2):
             raise ValueError(f"{kind}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
-            hx = lstm_pair(hx, "lstm_cell", input.dim() == 1) if is_lstm else [hx]
-            for idx, h in enumerate(hx):
-                check_tensor("hx", h, torch_words=True)
+            # as torch.nn: an LSTMCell's hx item by item (the rows of a bare tensor), all before the pair is taken
+            items = (hx if isinstance(hx, (tuple, list)) or _rows(hx) else []) if is_lstm else [hx]
+            for idx, h in enumerate(items):
+                check_tensor("hx", h, "dim")
                 if h.dim() not in (1, 2):
                     what = f"hx[{idx}]" if is_lstm else "hidden"
                     raise ValueError(f"{kind}: Expected {what} to be 1D or 2D, got {h.dim()}D instead")
+            hx = lstm_pair(hx, "lstm_cell", input.dim() == 1) if is_lstm else [hx]
         if self._cell == "elman" and self.nonlinearity not in NONLINEARITIES:   # torch.nn checks it only here
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         batched = input.dim() == 2

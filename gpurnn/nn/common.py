@@ -74,18 +74,27 @@ def overridden(*args):
 class NotATensor(TypeError, AttributeError):
     """A non-tensor where a tensor goes: torch.nn fails on it with an AttributeError (`'list' object has no
     attribute 'dim'`); gpurnn's TypeError names the argument: this is both, and its message ends with torch.nn's
-    (torch_words), which tests written for torch.nn look for."""
+    (`touched`: the tensor attribute torch.nn reads first there), which tests written for torch.nn look for."""
 
     @classmethod
-    def about(cls, name, expected, obj, torch_words=False):
-        kind = type(obj).__name__
-        words = f" ('{kind}' object has no attribute 'dim', in torch.nn's words)" if torch_words else ""
-        return cls(f"{name}: expected {expected}, got {kind}{words}")   # (args: the message alone, so it pickles)
+    def about(cls, name, expected, obj, touched=None):
+        words = f" ({_missing(obj, touched)}, in torch.nn's words)" if touched else ""
+        return cls(f"{name}: expected {expected}, got {type(obj).__name__}{words}")   # (args: the message alone,
+                                                                                          # so it pickles)
 
 
-def check_tensor(name, t, torch_words=False):
+def _missing(obj, attribute):
+    """Python's message for obj.attribute missing (it names a C type with its module: 'numpy.ndarray')."""
+    try:
+        getattr(obj, attribute)
+    except AttributeError as err:
+        return str(err)
+    return f"'{type(obj).__name__}' object has no attribute '{attribute}'"   # (an object that has one)
+
+
+def check_tensor(name, t, touched=None):
     if not isinstance(t, torch.Tensor):
-        raise NotATensor.about(name, "a torch.Tensor", t, torch_words)
+        raise NotATensor.about(name, "a torch.Tensor", t, touched)
 
 
 class RuntimeValueError(ValueError, RuntimeError):

@@ -159,7 +159,7 @@ class _EngineForward:
             batched = True
         else:
             if not isinstance(input, torch.Tensor):
-                raise NotATensor.about("input", "a tensor or a PackedSequence", input, torch_words=True)
+                raise NotATensor.about("input", "a tensor or a PackedSequence", input, "dim")
             if input.dim() not in (2, 3):
                 tensor = " tensor" if self._cell == "elman" else ""
                 raise ValueError(f"{TORCH_NAMES[self._cell]}: Expected input to be 2D or 3D, got "
@@ -171,12 +171,15 @@ class _EngineForward:
         if hx is not None:
             given = hx
             # torch.nn reads an LSTM's hx[0] and hx[1] for a tensor input's dimension check and to select an unsorted
-            # packed input's rows; it passes only those two on for an unbatched or unsorted packed input
+            # packed input's rows; it passes only those two on for an unbatched or unsorted packed input, else the
+            # whole hx to its op, which refuses anything but two tensors after check_forward_args
             reads_pair = not packed or sorted_idx is not None
             passes_pair = sorted_idx is not None if packed else not batched
-            hx = lstm_pair(hx, "lstm", reads_pair, passes_pair) if is_lstm else [hx]
+            hx = lstm_pair(hx, "lstm", reads_pair, passes_pair or not packed) if is_lstm else [hx]
+            # the attribute torch.nn reads first: a packed input's hx is permuted (index_select) or sized
+            touched = "dim" if not packed else "size" if sorted_idx is None else "index_select"
             for h in hx:
-                check_tensor("hx", h, torch_words=True)
+                check_tensor("hx", h, touched)
             want = 3 if batched else 2
             # as torch.nn, only a tensor input's hx is checked for its number of dimensions here; a packed
             # input's goes to check_forward_args (its message names the expected size)
@@ -186,13 +189,13 @@ class _EngineForward:
                     raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
                                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
                 raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx[0].dim()}-D tensor")
-            if is_lstm and not passes_pair and isinstance(given, torch.Tensor):   # indexed for the check above;
-                lstm_pair(given, "lstm", indexed=False)                             # torch's op takes only a tuple
             if not batched:
                 hx = [h.unsqueeze(1) for h in hx]
             if sorted_idx is not None:   # a packed input's rows, in its order; torch.nn selects them before checking
                 hx = [h.index_select(1, sorted_idx) for h in hx]
             self.check_forward_args(x, tuple(hx) if is_lstm else hx[0], batch_sizes)
+            if is_lstm and not passes_pair:
+                lstm_pair(given, "lstm", indexed=False)
         else:
             self.check_input(x, batch_sizes)
         return x, batch_sizes, sorted_idx, unsorted_idx, batched, hx
