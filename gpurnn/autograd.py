@@ -96,6 +96,7 @@ def layer_backward_op(handle, *args):
     """(dx, then the gradient of each slot): an empty tensor where a slot is unused or a buffer."""
     grads, x, slots = args[:N_OUT], args[N_OUT], args[N_OUT + 1:N_OUT + 1 + N_IN]
     teacher, cell, n_state, reverses, batch_sizes, backend, options = args[N_OUT + 1 + N_IN:]
+    options, need_dx = _dx_wanted(options)
     tensors = unpack(slots, cell, n_state, len(reverses))
     saved = _TAPES.get(_key(handle))
     if saved is None:   # a compiled graph copied the handle, or the tape is gone: rerun the forward
@@ -105,8 +106,8 @@ def layer_backward_op(handle, *args):
     no_grad = cells.no_grad(cell)
     with device_scope(x.device), torch.autocast(x.device.type, enabled=False), np.errstate(all="ignore"):
         results = engine.backward_directions([(s, to_xp(grads[i * k]), tuple(map(to_xp, grads[i * k + 1:(i + 1) * k])))
-                                              for i, s in enumerate(saved)])
-        dxs, out = [xp_to_tensor(dx) for dx, _, _ in results], []
+                                              for i, s in enumerate(saved)], need_dx)
+        dxs, out = [x.new_empty(0) if dx is None else xp_to_tensor(dx) for dx, _, _ in results], []
         for (_, dstate0, grads_d), g in zip(results, groups(tensors, len(reverses))):
             out += [xp_to_tensor(d) for d in dstate0]
             out += [xp_to_tensor(grads_d[name]) if w is not None and name not in no_grad else None
@@ -115,12 +116,20 @@ def layer_backward_op(handle, *args):
     return (dx, *[x.new_empty(0) if t is None else t for t in pack(out, cell, n_state, len(reverses))])
 
 
+def _dx_wanted(options):
+    """The layer's options without _backward's mark "dx=none" (no gradient needs dx: the tape skips it), and
+    whether dx is wanted."""
+    opts = parse_options(options)
+    wanted = opts.pop("dx", None) != "none"
+    return options_string(opts), wanted
+
+
 @layer_backward_op.register_fake
 def _(handle, *args):
-    x, slots, cell = args[N_OUT], args[N_OUT + 1:N_OUT + 1 + N_IN], args[N_OUT + 2 + N_IN]
+    x, slots, cell, options = args[N_OUT], args[N_OUT + 1:N_OUT + 1 + N_IN], args[N_OUT + 2 + N_IN], args[-1]
     no_grad = ([False] * STATES + [name in cells.no_grad(cell) for name in cells.WEIGHT_NAMES[cell]]
                + [False] * SLOT)[:SLOT]
-    return (x.new_empty(x.shape), *[x.new_empty(0) if t is None or no_grad[i % SLOT] else t.new_empty(t.shape)
+    return (x.new_empty(x.shape if _dx_wanted(options)[1] else 0), *[x.new_empty(0) if t is None or no_grad[i % SLOT] else t.new_empty(t.shape)
                                     for i, t in enumerate(slots)])
 
 
@@ -212,7 +221,9 @@ def _backward(ctx, *grads):
             _TAPES.pop(key, None)
         if not traced and key not in _TAPES:
             _inputs(ctx, rerun=True)   # the op reruns the forward: the unsaved inputs must be as they were
-        found = torch.ops.gpurnn.layer_backward(handle, *grads[:-1], x, *slots, *ctx.args)
+        args = ctx.args if ctx.needs_input_grad[0] else (*ctx.args[:-1], options_string(
+            {**parse_options(ctx.args[-1]), "dx": "none"}))   # as torch's ops, no dx where no gradient needs it
+        found = torch.ops.gpurnn.layer_backward(handle, *grads[:-1], x, *slots, *args)
         found = [None if t is None or g.numel() == 0 and t.numel() else g for t, g in zip([x, *slots], found)]
     for i in _unreached(x, ctx, grads):
         found[i] = None

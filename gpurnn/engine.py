@@ -178,11 +178,13 @@ def backward(saved, dy, dstate):
     return backward_directions([(saved, dy, dstate)])[0]
 
 
-def backward_directions(directions):
-    """`backward` for each (saved, dy, dstate) of `directions` (from one forward_directions), as a list."""
+def backward_directions(directions, need_dx=True):
+    """`backward` for each (saved, dy, dstate) of `directions` (from one forward_directions), as a list;
+    need_dx=False: dx is None (its GEMM skipped)."""
     with contextlib.ExitStack() as held:
         for saved, _, _ in directions:   # always in this order: no deadlock between two such backwards
             held.enter_context(saved.lock)
+            saved.cell.need_dx = need_dx
         return _backward_directions(directions)
 
 
@@ -226,6 +228,6 @@ def _start_backward(saved, dy, dstate):
 
 def _finish_backward(saved):
     dx, dstate0, grads = saved.cell.finish_backward()
-    dx = astype(dx, saved.dtype, reverse=saved.reverse)
+    dx = None if dx is None else astype(dx, saved.dtype, reverse=saved.reverse)
     grads = {k: _cast(v, saved.dtype) for k, v in grads.items()}
     return dx, tuple(astype(d, saved.dtype) for d in dstate0), grads

@@ -566,6 +566,19 @@ def test_an_input_or_weight_no_gradient_needs_may_change_in_place_before_backwar
             torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+def test_backward_computes_dx_only_where_a_gradient_needs_it(name, monkeypatch):
+    """As torch's ops: the first layer of a stack on a constant input skips its dx GEMM; the second needs its dx."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
+    from gpurnn.cells.base import Cell
+    asked, input_grad = [], Cell.input_grad
+    monkeypatch.setattr(Cell, "input_grad", lambda self, d, w: asked.append(self.need_dx) or input_grad(self, d, w))
+    m = getattr(gnn, name)(3, 4, num_layers=2, backend="numpy")
+    for x in (torch.randn(5, 2, 3), torch.randn(5, 2, 3, requires_grad=True)):
+        m(x)[0].sum().backward()
+    assert asked == [True, False, True, True]   # (backward runs the last layer first)
+
+
 @pytest.mark.parametrize("route", ["engine", "torch"])
 @pytest.mark.parametrize("name", ["RNN", "RNNCell"])
 def test_relu_passes_the_gradient_where_its_output_is_nan(name, route, monkeypatch):

@@ -53,6 +53,7 @@ class Cell:
 
     # (T, B) bool, rows past their length at each step, for the backward of a packed input (the engine sets it)
     padding = None
+    need_dx = True   # False: no gradient needs dx, which backward then skips (the engine sets it)
 
     def outer(self, a, b):
         """sum over all (t, b) rows of a^T b: a (T, B, M), b (T, B, K) -> (M, K), one GEMM. Rows past their
@@ -65,6 +66,10 @@ class Cell:
     def rows_matmul(self, a, w):
         """a @ w for all T*B rows as one 2-D GEMM (a 3-D matmul would run T small ones)."""
         return self.mm(a.reshape(-1, a.shape[-1]), w).reshape(a.shape[0], a.shape[1], w.shape[-1])
+
+    def input_grad(self, d, w_ih):
+        """dx = d @ W_ih for all rows (d: the gradient of the input projection), or None where not need_dx."""
+        return self.rows_matmul(d, w_ih) if self.need_dx else None
 
     def project(self, x, w, bias):
         """x @ w^T + bias for all T*B rows at once: (T, B, I) -> (T, B, rows of w)."""

@@ -67,4 +67,4 @@ class Elman(Cell):
         dz, w = self.dz, self.w
         grads = {"w_ih": self.outer(dz, self.x), "w_hh": self.outer(dz, self.h[:-1]),
                  **bias_grads(dz, w["b_ih"] is not None)}
-        return self.rows_matmul(dz, w["w_ih"]), (self.dh,), grads
+        return self.input_grad(dz, w["w_ih"]), (self.dh,), grads

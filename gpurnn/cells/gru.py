@@ -75,7 +75,7 @@ class GRU(Cell):
         grads = {"w_ih": self.outer(dgx, self.x), "w_hh": self.outer(dgh, self.h[:-1]),
                  "b_ih": sum_rows(dgx) if has_bias else None,
                  "b_hh": sum_rows(dgh) if has_bias else None}
-        return self.rows_matmul(dgx, w["w_ih"]), (self.dh,), grads
+        return self.input_grad(dgx, w["w_ih"]), (self.dh,), grads
 
 
 class GRULoop(FeatureMajorCell):
@@ -180,5 +180,5 @@ class GRULoop(FeatureMajorCell):
         if w["b_ih"] is not None:
             grads["b_ih"] = dw_x1[:, I].copy()
             grads["b_hh"] = d_hh.reshape(-1, 3 * H).sum(axis=0)[unperm]
-        dx = self.rows_matmul(d_ih, w["w_ih"])
+        dx = self.input_grad(d_ih, w["w_ih"])
         return dx, (self.xp.ascontiguousarray(self.dh.T),), grads

@@ -127,4 +127,4 @@ class Jordan(Cell):
                  "b_h": sum_rows(dz) if w["b_h"] is not None else None,
                  "w_ho": self.outer(da, self.hid),
                  "b_o": sum_rows(da) if w["b_o"] is not None else None}
-        return self.rows_matmul(dz, w["w_ih"]), (self.ds,), grads
+        return self.input_grad(dz, w["w_ih"]), (self.ds,), grads

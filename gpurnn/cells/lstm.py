@@ -102,7 +102,7 @@ class LSTM(Cell):
         d, w = self.dgates, self.w
         grads = {"w_ih": self.outer(d, self.x), "w_hh": self.outer(d, self.h[:-1]),
                  **bias_grads(d, w["b_ih"] is not None), "w_hr": None}
-        return self.rows_matmul(d, w["w_ih"]), (self.dh, self.dc), grads
+        return self.input_grad(d, w["w_ih"]), (self.dh, self.dc), grads
 
 
 def _first_columns(views, n):
@@ -163,7 +163,7 @@ class GateOrder:
             grads["b_ih"], grads["b_hh"] = dw[:, I].copy(), dw[:, I].copy()
         if self.dh_seq is not None:
             grads["w_hr"] = self.outer(self.dh_seq, m_rows())
-        return self.rows_matmul(d, w["w_ih"][self.perm]), grads
+        return self.input_grad(d, w["w_ih"][self.perm]), grads
 
 
 class LSTMLoop(GateOrder, FeatureMajorCell):

@@ -5,7 +5,7 @@ torch's own RNN/LSTM/GRU ops fuse each step's GEMM with its pointwise work on th
 from Python. Which is faster depends on the cell and the machine (Intel Xeon, B=32 T=128
 H=128: the engine's GRU took 0.72x torch's time, its LSTM 1.5x). So the first call of each
 layer shape class (cell, T up to TIME_STEPS, B, I rounded up to powers of two, H, directions,
-whether a backward follows, dtype) times both on copies of its first TIME_STEPS steps, forward
+whether a backward follows and whether it wants dx, dtype) times both on copies of its first TIME_STEPS steps, forward
 and, where a backward follows, backward, and keeps the faster for the process (`route`).
 torch's op computes torch.nn's own function, so both routes give the same results to float
 rounding.
@@ -84,16 +84,17 @@ def shape_class(cell, x, directions, opts, for_backward):
     T, B, I = x.shape
     H = directions[0][0][0].shape[-1]
     return (cell, opts.get("nonlinearity", "tanh"), min(timed.pow2(T), TIME_STEPS), timed.pow2(B), timed.pow2(I), H,
-            len(directions), for_backward, str(x.dtype))
+            len(directions), for_backward, for_backward and x.requires_grad, str(x.dtype))
 
 
 def _time(run, x, directions, for_backward):
     """Median seconds of run(x, directions) (and a backward of its outputs' sum) on detached copies
-    of the first TIME_STEPS steps. Identity saved-tensor hooks shadow the caller's (which must not
-    see these copies: offloading, counting)."""
-    def copy(t):
-        return None if t is None else t.detach().clone().requires_grad_(for_backward)
-    xs = copy(x[:TIME_STEPS])
+    of the first TIME_STEPS steps (x's needing a gradient where the caller's does: both routes skip dx
+    otherwise). Identity saved-tensor hooks shadow the caller's (which must not see these copies: offloading,
+    counting)."""
+    def copy(t, requires_grad=for_backward):
+        return None if t is None else t.detach().clone().requires_grad_(requires_grad)
+    xs = copy(x[:TIME_STEPS], for_backward and x.requires_grad)
     dirs = [([copy(s) for s in state0], [copy(w) for w in weights], r) for state0, weights, r in directions]
     runs = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
@@ -153,6 +154,11 @@ def _forward_route(key, cell, x, directions, opts, for_backward, run_engine):
         "torch": _time(lambda xs, ds: torch_layers(cell, xs, ds, opts), x, directions, for_backward)})
 
 
+def _work(key):
+    for_backward, dx = key[7:9]
+    return ("fwd+bwd" if dx else "fwd+bwd (no dx)") if for_backward else "fwd"
+
+
 def chosen():
     return dict(_chosen)
 
@@ -163,6 +169,6 @@ def describe():
         _chosen, forced(), "GPURNN_CPU_LAYER",
         "auto: the engine or torch's fused op per layer shape, whichever times faster on first use",
         "auto, timed per layer shape",
-        lambda key, r, times: f"{key[0]} T~{key[2]} B~{key[3]} H={key[5]} {'fwd+bwd' if key[7] else 'fwd'}: {r} "
+        lambda key, r, times: f"{key[0]} T~{key[2]} B~{key[3]} H={key[5]} {_work(key)}: {r} "
                               f"({', '.join(f'{k} {t * 1e3:.1f} ms' for k, t in times.items())})")
 
