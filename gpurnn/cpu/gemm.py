@@ -12,14 +12,21 @@ of that layer class in the process.
 One route for all of a layer's GEMMs, not one per GEMM: mixing them lets OpenBLAS workers,
 which spin after each call, fight torch's thread pool. Choosing per GEMM shape in isolation
 picked NumPy for two of fourteen shapes on a Xeon and made the LSTM's forward+backward twice
-as slow (profiling/results/cpu/engine_vs_torch_xeon*.md).
+as slow (profiling/results/cpu/engine_vs_torch_xeon*.md). For the same reason the NumPy route
+runs OpenBLAS on the calling thread alone: even within one route, the few GEMMs large enough for
+its workers (a GRU's input projection and weight gradients at B=32 H=32) left them spinning
+against torch's pool, which autograd's own ops wake: that GRU's forward+backward took 6.1 ms
+instead of 1.8 ms on the Xeon, and a packed GRU, which always runs on the engine, 4x torch.nn's.
 
 GPURNN_GEMM=torch|numpy forces a route ("auto", the default, times them; torch's route under
 torch.use_deterministic_algorithms). Both routes give the same results to float32 rounding
 (tests/cpu/test_gemm_route.py).
 """
+import ctypes
+import glob
 import os
 import statistics
+import threading
 import time
 
 import numpy as np
@@ -27,7 +34,43 @@ import numpy as np
 from ..arrays import torch_matmul, xp_matmul
 from . import timed
 
-ROUTES = {"torch": torch_matmul, "numpy": xp_matmul}
+
+def _openblas_threads_setter():
+    """NumPy's OpenBLAS's openblas_set_num_threads_local (OpenBLAS >= 0.3.27, in NumPy's wheels: numpy.libs,
+    numpy/.dylibs), or None (an older OpenBLAS, another BLAS: its threads are left as they are)."""
+    numpy_dir = os.path.dirname(np.__file__)
+    for path in sorted(glob.glob(os.path.join(numpy_dir + ".libs", "*openblas*")) +
+                       glob.glob(os.path.join(numpy_dir, ".dylibs", "*openblas*"))):
+        try:
+            return getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None)
+        except OSError:
+            continue
+    return None
+
+
+_ONE_THREAD = {"lock": threading.Lock(), "inside": 0, "before": None, "set": _openblas_threads_setter()}
+
+
+def one_thread_matmul(*args, **kwargs):
+    """xp_matmul with OpenBLAS on the calling thread alone (see the module's docstring). The setting may be
+    process-wide: concurrent calls (threads) share one switch, made by the first in and undone by the last out."""
+    switch = _ONE_THREAD
+    if switch["set"] is None:
+        return xp_matmul(*args, **kwargs)
+    with switch["lock"]:
+        if switch["inside"] == 0:
+            switch["before"] = switch["set"](1)
+        switch["inside"] += 1
+    try:
+        return xp_matmul(*args, **kwargs)
+    finally:
+        with switch["lock"]:
+            switch["inside"] -= 1
+            if switch["inside"] == 0:
+                switch["set"](switch["before"])
+
+
+ROUTES = {"torch": torch_matmul, "numpy": one_thread_matmul}
 REPEATS = 3
 STEPS = 16   # steps of the timed replica (a projection over STEPS steps, then STEPS step GEMMs)
 _chosen = {}     # layer shape class -> (route, {route: median seconds})
@@ -82,7 +125,7 @@ def route(B, I, K, N, dtype):
 
 
 def matmul_for(x, w):
-    """The GEMM function (arrays.torch_matmul or xp_matmul) for a layer on NumPy input x (T, B, I)
+    """The GEMM function (arrays.torch_matmul or one_thread_matmul) for a layer on NumPy input x (T, B, I)
     with weights w (w_ih (N, I), and its recurrent weight (N, K))."""
     N, I = w["w_ih"].shape
     K = next((v.shape[1] for k, v in w.items() if k != "w_ih" and v is not None and v.ndim == 2

@@ -82,7 +82,7 @@ def test_the_faster_route_is_chosen_for_every_gemm_of_the_layer(monkeypatch):
     monkeypatch.setattr(gemm, "time_routes", lambda *a, **k: {"torch": 2.0, "numpy": 1.0})
     x = np.ones((5, 4, 3), np.float32)
     w = {"w_ih": np.ones((8, 3), np.float32), "w_hh": np.ones((8, 2), np.float32), "b_ih": None}
-    assert gemm.matmul_for(x, w) is arrays.xp_matmul
+    assert gemm.matmul_for(x, w) is gemm.one_thread_matmul
     assert list(gemm.chosen()) == [(4, 4, 2, 8, "<f4")]          # B, I, K (from w_hh), N
     assert "numpy" in gemm.describe()
 
@@ -108,3 +108,28 @@ def test_deterministic_algorithms_fix_the_route_to_torch(monkeypatch, fresh_rout
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
     assert fresh_routes == []
+
+
+def test_the_numpy_route_runs_openblas_on_the_calling_thread_alone(monkeypatch):
+    """Its workers, spinning after each call, fought torch's pool (a GRU's fwd+bwd 3.4x slower); the count is
+    restored after the call, and a call inside another (threads) leaves the switch to the outer one."""
+    setter = gemm._ONE_THREAD["set"]
+    if setter is None:
+        pytest.skip("NumPy's BLAS has no openblas_set_num_threads_local (OpenBLAS < 0.3.27 or another BLAS)")
+
+    def current():
+        n = setter(1)
+        setter(n)
+        return n
+    before, seen = current(), []
+
+    def matmul(a, b, out=None, add=False):
+        seen.append(current())
+        if len(seen) == 1:
+            gemm.one_thread_matmul(a, b)   # another call while this one runs
+            seen.append(current())
+        return a @ b
+    monkeypatch.setattr(gemm, "xp_matmul", matmul)
+    a = np.ones((2, 3), np.float32)
+    np.testing.assert_array_equal(gemm.one_thread_matmul(a, a.T), a @ a.T)
+    assert seen == [1, 1, 1] and current() == before
