@@ -129,8 +129,9 @@ def _(handle, *args):
     x, slots, cell, options = args[N_OUT], args[N_OUT + 1:N_OUT + 1 + N_IN], args[N_OUT + 2 + N_IN], args[-1]
     no_grad = ([False] * STATES + [name in cells.no_grad(cell) for name in cells.WEIGHT_NAMES[cell]]
                + [False] * SLOT)[:SLOT]
-    return (x.new_empty(x.shape if _dx_wanted(options)[1] else 0), *[x.new_empty(0) if t is None or no_grad[i % SLOT] else t.new_empty(t.shape)
-                                    for i, t in enumerate(slots)])
+    dx = x.new_empty(x.shape if _dx_wanted(options)[1] else 0)
+    return (dx, *[x.new_empty(0) if t is None or no_grad[i % SLOT] else t.new_empty(t.shape)
+                  for i, t in enumerate(slots)])
 
 
 def _setup_context(ctx, inputs, output):

@@ -5,8 +5,9 @@ torch's own RNN/LSTM/GRU ops fuse each step's GEMM with its pointwise work on th
 from Python. Which is faster depends on the cell and the machine (Intel Xeon, B=32 T=128
 H=128: the engine's GRU took 0.72x torch's time, its LSTM 1.5x). So the first call of each
 layer shape class (cell, T up to TIME_STEPS, B, I rounded up to powers of two, H, directions,
-whether a backward follows and whether it wants dx, dtype) times both on copies of its first TIME_STEPS steps, forward
-and, where a backward follows, backward, and keeps the faster for the process (`route`).
+whether a backward follows and wants dx, dtype) times both on copies of its first TIME_STEPS
+steps, forward and, where a backward follows, backward, and keeps the faster for the process
+(`route`).
 torch's op computes torch.nn's own function, so both routes give the same results to float
 rounding.
 
