@@ -190,38 +190,44 @@ def _saves_output(x, cell, batch_sizes, slots):
             and torch._C._get_mkldnn_enabled())
 
 
-def _inputs(ctx, rerun):
-    """(handle, x, the N_IN slots) for backward; rerun: the caller reruns the layer on them, so the
-    tensors kept outside autograd's saved tensors must not have changed since forward."""
+def _inputs(ctx):
+    """(handle, x, the N_IN slots) for backward: autograd's saved tensors, unpacked once (a saved-tensor hook may
+    allow one unpack: a checkpoint's, an offloading store's), and the tensors kept outside them."""
     handle, *saved = ctx.saved_tensors   # raises if x, a weight or a saved y was changed in place since forward
     slots = [None] * (N_IN + 1)
     for i, t in zip([N_IN] * ctx.x_saved + ctx.saved_at, saved):
         slots[i] = t
-    for i, (t, version) in ctx.unsaved.items():
-        if rerun and version is not None and t._version != version:   # (None: an inference tensor)
-            raise RuntimeError("one of the variables needed for gradient computation has been modified by "
-                               f"an inplace operation: a tensor of shape {tuple(t.shape)} is at version "
-                               f"{t._version}; expected version {version} instead (double backward, or a "
-                               "backward whose saved state was copied by a saved-tensor hook)")
+    for i, (t, _) in ctx.unsaved.items():
         slots[i] = t
     return handle, slots[N_IN], slots[:N_IN]
 
 
+def _check_unsaved(ctx):
+    """Before the layer reruns: the tensors kept outside autograd's saved tensors must not have changed since
+    forward."""
+    for t, version in ctx.unsaved.values():
+        if version is not None and t._version != version:   # (None: an inference tensor)
+            raise RuntimeError("one of the variables needed for gradient computation has been modified by "
+                               f"an inplace operation: a tensor of shape {tuple(t.shape)} is at version "
+                               f"{t._version}; expected version {version} instead (double backward, or a "
+                               "backward whose saved state was copied by a saved-tensor hook)")
+
+
 def _backward(ctx, *grads):
+    handle, x, slots = _inputs(ctx)
     if torch.is_grad_enabled():     # create_graph: the gradient must itself be differentiable
-        _, x, slots = _inputs(ctx, rerun=True)
+        _check_unsaved(ctx)
         found = _differentiable_backward(ctx, x, slots, grads[:-1])
     else:
-        handle, x, slots = _inputs(ctx, rerun=False)
         # The tape reads x and the weights through zero-copy views: one changed in place since forward (possible
         # only under torch.autograd.graph.allow_mutation_on_saved_tensors, which gives backward a copy of the
-        # original; elsewhere _inputs raised) makes it wrong, and the op reruns the forward on the copies.
+        # original; elsewhere unpacking raised) makes it wrong, and the op reruns the forward on the copies.
         traced = torch.compiler.is_compiling() or is_fake(handle)   # a traced backward has no tape to find
         key = None if traced else _key(handle)
         if any(ref() is not None and ref()._version != version for ref, version in ctx.read):
             _TAPES.pop(key, None)
         if not traced and key not in _TAPES:
-            _inputs(ctx, rerun=True)   # the op reruns the forward: the unsaved inputs must be as they were
+            _check_unsaved(ctx)   # the op reruns the forward
         args = ctx.args if ctx.needs_input_grad[0] else (*ctx.args[:-1], options_string(
             {**parse_options(ctx.args[-1]), "dx": "none"}))   # as torch's ops, no dx where no gradient needs it
         found = torch.ops.gpurnn.layer_backward(handle, *grads[:-1], x, *slots, *args)

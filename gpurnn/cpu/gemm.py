@@ -70,6 +70,17 @@ def one_thread_matmul(*args, **kwargs):
                 switch["set"](switch["before"])
 
 
+def _new_switch_in_child():
+    """A forked child gets a fresh switch: a parent's thread inside a call (holding the lock, or the count at 1)
+    does not exist there."""
+    if _ONE_THREAD["inside"]:
+        _ONE_THREAD["set"](_ONE_THREAD["before"])
+    _ONE_THREAD.update(lock=threading.Lock(), inside=0)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_switch_in_child)
+
 ROUTES = {"torch": torch_matmul, "numpy": one_thread_matmul}
 REPEATS = 3
 STEPS = 16   # steps of the timed replica (a projection over STEPS steps, then STEPS step GEMMs)

@@ -1,4 +1,7 @@
 """gpurnn/cpu/gemm.py: the GEMM route the torch front end takes on the CPU (torch's or NumPy's BLAS)."""
+import os
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -133,3 +136,16 @@ def test_the_numpy_route_runs_openblas_on_the_calling_thread_alone(monkeypatch):
     a = np.ones((2, 3), np.float32)
     np.testing.assert_array_equal(gemm.one_thread_matmul(a, a.T), a @ a.T)
     assert seen == [1, 1, 1] and current() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_child_forked_while_a_thread_holds_the_switch_runs_its_gemms():
+    """A DataLoader worker forked while another thread was inside a NumPy-route GEMM hung on the switch's lock."""
+    a = np.ones((2, 3), np.float32)
+    with gemm._ONE_THREAD["lock"]:   # as a parent's thread inside a call
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)   # a hang fails the test instead of stalling the suite
+            gemm.one_thread_matmul(a, a.T)
+            os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
