@@ -149,22 +149,16 @@ def _setup_context(ctx, inputs, output):
     # copy of one changed in place (an optimizer step before backward), which the rerun (_backward) needs. So
     # does oneDNN's LSTM (saves_y): a bias changed in place before backward is its error.
     saves_y = _saves_output(x, cell, batch_sizes, slots)
-    keep_all = torch.autograd.graph._allow_mutation_on_saved_tensors_enabled or saves_y
-    # As torch's own ops, W_ih is saved only for dx and x only for W_ih's gradient: where no gradient needs
-    # one, it may change in place before backward (the tape's gradient that reads it is not used).
-    w_ih = [i for i, n in enumerate(names) if n == "w_ih" and slots[i] is not None]
-    unneeded = set() if keep_all or ctx.needs_input_grad[0] else set(w_ih)
-    ctx.x_saved = keep_all or any(ctx.needs_input_grad[1 + i] for i in w_ih)
+    keep_biases = torch.autograd.graph._allow_mutation_on_saved_tensors_enabled or saves_y
     ctx.saved_at = [i for i, (t, n) in enumerate(zip(slots, names))
-                    if t is not None and (n not in BIASES or keep_all) and i not in unneeded]
+                    if t is not None and (n not in BIASES or keep_biases)]
     ys = [output[d * (1 + STATES)] for d in range(len(reverses))] if saves_y else []
-    read = [x] * ctx.x_saved + [slots[i] for i in ctx.saved_at]
+    read = [x, *[slots[i] for i in ctx.saved_at]]
     ctx.save_for_backward(output[-1], *read, *ys)
     # what the tape reads (see _backward), as the tensors that own the memory (x may be a view the module made; a
     # view shares its base's version)
     ctx.read = [(_reference(t if t._base is None else t._base), _version(t)) for t in read]
-    ctx.unsaved = {i: (t, _version(t)) for i, t in enumerate([*slots, x]) if t is not None
-                   and i not in ctx.saved_at and (i < N_IN or not ctx.x_saved)}   # (x: at N_IN)
+    ctx.unsaved = {i: (t, _version(t)) for i, t in enumerate(slots) if t is not None and i not in ctx.saved_at}
     ctx.args = (teacher, cell, n_state, reverses, batch_sizes, backend, options)
     ctx.set_materialize_grads(False)   # an unused output's gradient is None (see _unreached)
 
@@ -193,13 +187,13 @@ def _saves_output(x, cell, batch_sizes, slots):
 def _inputs(ctx):
     """(handle, x, the N_IN slots) for backward: autograd's saved tensors, unpacked once (a saved-tensor hook may
     allow one unpack: a checkpoint's, an offloading store's), and the tensors kept outside them."""
-    handle, *saved = ctx.saved_tensors   # raises if x, a weight or a saved y was changed in place since forward
-    slots = [None] * (N_IN + 1)
-    for i, t in zip([N_IN] * ctx.x_saved + ctx.saved_at, saved):
+    handle, x, *saved = ctx.saved_tensors   # raises if x, a weight or a saved y was changed in place since forward
+    slots = [None] * N_IN
+    for i, t in zip(ctx.saved_at, saved):
         slots[i] = t
     for i, (t, _) in ctx.unsaved.items():
         slots[i] = t
-    return handle, slots[N_IN], slots[:N_IN]
+    return handle, x, slots
 
 
 def _check_unsaved(ctx):

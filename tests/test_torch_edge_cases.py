@@ -535,37 +535,6 @@ def test_an_output_or_bias_changed_in_place_before_backward_fails_where_torch_nn
     assert outcomes[1] == outcomes[0]
 
 
-@pytest.mark.parametrize("changed", ["weight_ih", "input"])
-@pytest.mark.parametrize("packed", [False, True], ids=["tensor", "packed"])
-@pytest.mark.parametrize("route", ["engine", "torch"])
-@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
-def test_an_input_or_weight_no_gradient_needs_may_change_in_place_before_backward(name, route, packed, changed,
-                                                                                   monkeypatch):
-    """torch's ops save W_ih only for dx and x only for W_ih's gradient: with the input constant (or W_ih frozen),
-    changing W_ih (or x) in place after forward is no error, and the other gradients are the call's. (oneDNN's
-    CPU LSTM saves both: an error there, for both.)"""
-    monkeypatch.setenv("GPURNN_CPU_LAYER", route)
-    outcomes, given = [], torch.randn(5, 2, 3)
-    for m in _pair(name, 3, 4, num_layers=2):
-        x = given.clone()
-        m.weight_ih_l0.requires_grad_(changed == "weight_ih")
-        out, _ = m(torch.nn.utils.rnn.pack_padded_sequence(x, [5, 3]) if packed else x)
-        with torch.no_grad():
-            (m.weight_ih_l0 if changed == "weight_ih" else x).mul_(2)
-        try:
-            (out.data if packed else out).sum().backward()
-            outcomes.append([p.grad for p in m.parameters()])
-        except RuntimeError as err:
-            assert "modified by an inplace operation" in str(err)
-            outcomes.append("raises")
-    if outcomes[0] == "raises":
-        assert outcomes[1] == "raises"
-    else:
-        assert outcomes[1] != "raises"
-        for got, want in zip(*outcomes[::-1]):
-            torch.testing.assert_close(got, want)
-
-
 @pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
 def test_backward_computes_dx_only_where_a_gradient_needs_it(name, monkeypatch):
     """As torch's ops: the first layer of a stack on a constant input skips its dx GEMM; the second needs its dx."""

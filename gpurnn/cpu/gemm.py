@@ -52,8 +52,9 @@ _ONE_THREAD = {"lock": threading.Lock(), "inside": 0, "before": None, "set": _op
 
 
 def one_thread_matmul(*args, **kwargs):
-    """xp_matmul with OpenBLAS on the calling thread alone (see the module's docstring). The setting may be
-    process-wide: concurrent calls (threads) share one switch, made by the first in and undone by the last out."""
+    """xp_matmul with OpenBLAS on the calling thread alone (see the module's docstring). In NumPy's wheels the
+    setting is process-wide (other threads' NumPy GEMMs run on one thread meanwhile): concurrent calls share
+    one switch, made by the first in and undone by the last out."""
     switch = _ONE_THREAD
     if switch["set"] is None:
         return xp_matmul(*args, **kwargs)
@@ -71,15 +72,16 @@ def one_thread_matmul(*args, **kwargs):
 
 
 def _new_switch_in_child():
-    """A forked child gets a fresh switch: a parent's thread inside a call (holding the lock, or the count at 1)
-    does not exist there."""
+    """A forked child gets a fresh switch, the count as before: a parent's thread inside a call does not exist
+    there. (A fork waits for the switch's lock, so that `inside` and the count agree.)"""
     if _ONE_THREAD["inside"]:
         _ONE_THREAD["set"](_ONE_THREAD["before"])
     _ONE_THREAD.update(lock=threading.Lock(), inside=0)
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_switch_in_child)
+    os.register_at_fork(before=lambda: _ONE_THREAD["lock"].acquire(),
+                        after_in_parent=lambda: _ONE_THREAD["lock"].release(), after_in_child=_new_switch_in_child)
 
 ROUTES = {"torch": torch_matmul, "numpy": one_thread_matmul}
 REPEATS = 3

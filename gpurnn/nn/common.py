@@ -78,18 +78,20 @@ class NotATensor(TypeError, AttributeError):
 
     @classmethod
     def about(cls, name, expected, obj, touched=None):
-        words = f" ({_missing(obj, touched)}, in torch.nn's words)" if touched else ""
+        missing = touched and _missing(obj, touched)
+        words = f" ({missing}, in torch.nn's words)" if missing else ""
         return cls(f"{name}: expected {expected}, got {type(obj).__name__}{words}")   # (args: the message alone,
                                                                                           # so it pickles)
 
 
 def _missing(obj, attribute):
-    """Python's message for obj.attribute missing (it names a C type with its module: 'numpy.ndarray')."""
+    """Python's message for obj.attribute missing (it names a C type with its module: 'numpy.ndarray'), or None
+    where obj has one (torch.nn then fails further on)."""
     try:
         getattr(obj, attribute)
     except AttributeError as err:
         return str(err)
-    return f"'{type(obj).__name__}' object has no attribute '{attribute}'"   # (an object that has one)
+    return None
 
 
 def check_tensor(name, t, touched=None):

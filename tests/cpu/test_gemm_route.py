@@ -1,6 +1,7 @@
 """gpurnn/cpu/gemm.py: the GEMM route the torch front end takes on the CPU (torch's or NumPy's BLAS)."""
 import os
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -139,13 +140,35 @@ def test_the_numpy_route_runs_openblas_on_the_calling_thread_alone(monkeypatch):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
-def test_a_child_forked_while_a_thread_holds_the_switch_runs_its_gemms():
-    """A DataLoader worker forked while another thread was inside a NumPy-route GEMM hung on the switch's lock."""
-    a = np.ones((2, 3), np.float32)
-    with gemm._ONE_THREAD["lock"]:   # as a parent's thread inside a call
-        pid = os.fork()
-        if pid == 0:
-            signal.alarm(20)   # a hang fails the test instead of stalling the suite
-            gemm.one_thread_matmul(a, a.T)
-            os._exit(0)
-    assert os.waitpid(pid, 0)[1] == 0
+def test_children_forked_while_a_thread_runs_gemms_run_theirs_with_the_parents_thread_count():
+    """DataLoader workers forked while another thread was inside a NumPy-route GEMM hung on the switch's lock,
+    or kept OpenBLAS on one thread for life (forked between the count's change and the switch's)."""
+    setter = gemm._ONE_THREAD["set"]
+    if setter is None:
+        pytest.skip("NumPy's BLAS has no openblas_set_num_threads_local (OpenBLAS < 0.3.27 or another BLAS)")
+
+    def current():
+        n = setter(1)
+        setter(n)
+        return n
+    a, before, stop = np.ones((2, 2)), current(), threading.Event()
+    busy = threading.Thread(target=lambda: [gemm.one_thread_matmul(a, a) for _ in iter(stop.is_set, True)])
+    busy.start()
+    counts = []
+    try:
+        for _ in range(200):
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(20)   # a hang fails the test instead of stalling the suite
+                gemm.one_thread_matmul(a, a)
+                os.write(write, bytes([current()]))
+                os._exit(0)
+            os.close(write)
+            counts.append(os.read(read, 1))
+            os.close(read)
+            os.waitpid(pid, 0)
+    finally:
+        stop.set()
+        busy.join()
+    assert counts == [bytes([before])] * 200 and current() == before
