@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import gpurnn.nn as gnn
-from gpurnn import arrays
 from gpurnn.cpu import gemm
 
 KINDS = {"RNN": torch.nn.RNN, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
