@@ -113,9 +113,8 @@ def test_deterministic_algorithms_fix_the_route_to_torch(monkeypatch, fresh_rout
     assert fresh_routes == []
 
 
-def test_the_numpy_route_runs_openblas_on_the_calling_thread_alone(monkeypatch):
-    """Its workers, spinning after each call, fought torch's pool (a GRU's fwd+bwd 3.4x slower); the count is
-    restored after the call, and a call inside another (threads) leaves the switch to the outer one."""
+def _openblas_thread_count():
+    """A function reading OpenBLAS's thread count (set, then set back), or skip."""
     setter = gemm._ONE_THREAD["set"]
     if setter is None:
         pytest.skip("NumPy's BLAS has no openblas_set_num_threads_local (OpenBLAS < 0.3.27 or another BLAS)")
@@ -124,6 +123,13 @@ def test_the_numpy_route_runs_openblas_on_the_calling_thread_alone(monkeypatch):
         n = setter(1)
         setter(n)
         return n
+    return current
+
+
+def test_the_numpy_route_runs_openblas_on_the_calling_thread_alone(monkeypatch):
+    """Its workers, spinning after each call, fought torch's pool (a GRU's fwd+bwd 3.4x slower); the count is
+    restored after the call, and a call inside another (threads) leaves the switch to the outer one."""
+    current = _openblas_thread_count()
     before, seen = current(), []
 
     def matmul(a, b, out=None, add=False):
@@ -142,14 +148,7 @@ def test_the_numpy_route_runs_openblas_on_the_calling_thread_alone(monkeypatch):
 def test_children_forked_while_a_thread_runs_gemms_run_theirs_with_the_parents_thread_count():
     """DataLoader workers forked while another thread was inside a NumPy-route GEMM hung on the switch's lock,
     or kept OpenBLAS on one thread for life (forked between the count's change and the switch's)."""
-    setter = gemm._ONE_THREAD["set"]
-    if setter is None:
-        pytest.skip("NumPy's BLAS has no openblas_set_num_threads_local (OpenBLAS < 0.3.27 or another BLAS)")
-
-    def current():
-        n = setter(1)
-        setter(n)
-        return n
+    current = _openblas_thread_count()
     a, before, stop = np.ones((2, 2)), current(), threading.Event()
     busy = threading.Thread(target=lambda: [gemm.one_thread_matmul(a, a) for _ in iter(stop.is_set, True)])
     busy.start()
