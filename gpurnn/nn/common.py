@@ -80,8 +80,8 @@ class NotATensor(TypeError, AttributeError):
     def about(cls, name, expected, obj, touched=None):
         missing = touched and _missing(obj, touched)
         words = f" ({missing}, in torch.nn's words)" if missing else ""
-        return cls(f"{name}: expected {expected}, got {type(obj).__name__}{words}")   # (args: the message alone,
-                                                                                          # so it pickles)
+        # (args: the message alone, so that it pickles)
+        return cls(f"{name}: expected {expected}, got {type(obj).__name__}{words}")
 
 
 def _missing(obj, attribute):
