@@ -160,6 +160,7 @@ def _setup_context(ctx, inputs, output):
     ctx.read = [(_reference(t if t._base is None else t._base), _version(t)) for t in read]
     ctx.unsaved = {i: (t, _version(t)) for i, t in enumerate(slots) if t is not None and i not in ctx.saved_at}
     ctx.args = (teacher, cell, n_state, reverses, batch_sizes, backend, options)
+    ctx.key = getattr(output[-1], "gpurnn_key", None)   # the tape this forward made
     ctx.set_materialize_grads(False)   # an unused output's gradient is None (see _unreached)
 
 
@@ -207,21 +208,45 @@ def _check_unsaved(ctx):
                                "backward whose saved state was copied by a saved-tensor hook)")
 
 
+def _check_unchanged(tensors):
+    """Refuses these tensors, which backward would read changed in place since forward (see _drop_stale_tape)."""
+    if tensors:
+        raise RuntimeError("one of the variables needed for gradient computation has been modified by an inplace "
+                           f"operation: a tensor of shape {tuple(tensors[0].shape)} is at version "
+                           f"{tensors[0]._version}, changed since forward (a saved-tensor hook handed it back as "
+                           "changed, where gpurnn's saved state holds it as it was)")
+
+
+def _drop_stale_tape(ctx, key, traced, read):
+    """For the tensors the tape reads (`read`, unpacked) changed in place since forward (a hook or mode bypassed
+    autograd's check): where unpacking gave a copy of the original (allow_mutation_on_saved_tensors), the tape (it
+    reads the changed memory) is dropped and the layer reruns on the copies. Where it gave the changed tensor itself
+    (save_on_cpu on CPU tensors), a changed weight leaves the tape standing, as torch.nn's op keeps its workspace; a
+    changed input (torch.nn's weight gradient reads it changed, the tape may hold it as it was) and a rerun that
+    would read a change are refused. A checkpoint's recomputation made its tape (another key) from the changes."""
+    live_changed = []
+    for i, (t, (ref, version)) in enumerate(zip(read, ctx.read)):
+        live = ref()
+        if live is not None and live._version != version:
+            if t.untyped_storage().data_ptr() == live.untyped_storage().data_ptr():   # not a copy
+                live_changed.append((i, live))
+            else:
+                _TAPES.pop(key, None)
+    rerun = not traced and key not in _TAPES
+    if rerun:
+        _check_unsaved(ctx)
+    _check_unchanged([live for i, live in live_changed if rerun or i == 0 and key == ctx.key])
+
+
 def _backward(ctx, *grads):
     handle, x, slots = _inputs(ctx)
     if torch.is_grad_enabled():     # create_graph: the gradient must itself be differentiable
         _check_unsaved(ctx)
         found = _differentiable_backward(ctx, x, slots, grads[:-1])
     else:
-        # The tape reads x and the weights through zero-copy views: one changed in place since forward (possible
-        # only under torch.autograd.graph.allow_mutation_on_saved_tensors, which gives backward a copy of the
-        # original; elsewhere unpacking raised) makes it wrong, and the op reruns the forward on the copies.
         traced = torch.compiler.is_compiling() or is_fake(handle)   # a traced backward has no tape to find
         key = None if traced else _key(handle)
-        if any(ref() is not None and ref()._version != version for ref, version in ctx.read):
-            _TAPES.pop(key, None)
-        if not traced and key not in _TAPES:
-            _check_unsaved(ctx)   # the op reruns the forward
+        _drop_stale_tape(ctx, key, traced, [x, *[slots[i] for i in ctx.saved_at]])
         args = ctx.args if ctx.needs_input_grad[0] else (*ctx.args[:-1], options_string(
             {**parse_options(ctx.args[-1]), "dx": "none"}))   # as torch's ops, no dx where no gradient needs it
         found = torch.ops.gpurnn.layer_backward(handle, *grads[:-1], x, *slots, *args)
