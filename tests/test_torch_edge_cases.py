@@ -724,6 +724,7 @@ def test_a_default_device_context_still_runs_the_engine(name, monkeypatch):
     nothing of the arguments, so the module must not fall back to torch.nn's forward (the layers and the cells
     share that check, `overridden`; on the CPU a cell's step is torch's anyway)."""
     import gpurnn.nn.rnn as rnn_module
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")   # (torch's op for every layer: torch.nn's forward runs)
     calls = []
     original = rnn_module.run_layers
     monkeypatch.setattr(rnn_module, "run_layers", lambda *a, **k: calls.append(1) or original(*a, **k))

@@ -7,7 +7,8 @@ H=128: the engine's GRU took 0.72x torch's time, its LSTM 1.5x). So the first ca
 layer shape class (cell, T up to TIME_STEPS, B, I rounded up to powers of two, H, directions,
 whether a backward follows and wants dx, dtype) times both on copies of its first TIME_STEPS
 steps, forward and, where a backward follows, backward, and keeps the faster for the process
-(`route`).
+(`route`). Where every layer of a module's call has its route fixed to torch's op, the module runs
+torch.nn's own forward (`stack_on_torch`).
 torch's op computes torch.nn's own function, so both routes give the same results to float
 rounding.
 
@@ -82,10 +83,30 @@ def torch_layers(cell, x, directions, opts):
 
 
 def shape_class(cell, x, directions, opts, for_backward):
-    T, B, I = x.shape
-    H = directions[0][0][0].shape[-1]
-    return (cell, opts.get("nonlinearity", "tanh"), min(timed.pow2(T), TIME_STEPS), timed.pow2(B), timed.pow2(I), H,
-            len(directions), for_backward, for_backward and x.requires_grad, str(x.dtype))
+    return layer_class(cell, opts.get("nonlinearity", "tanh"), *x.shape, directions[0][0][0].shape[-1],
+                       len(directions), for_backward, x.requires_grad, x.dtype)
+
+
+def layer_class(cell, nonlinearity, T, B, I, H, n_dirs, for_backward, x_requires_grad, dtype):
+    """A layer's shape class (H: its state's width)."""
+    return (cell, nonlinearity, min(timed.pow2(T), TIME_STEPS), timed.pow2(B), timed.pow2(I), H, n_dirs, for_backward,
+            for_backward and x_requires_grad, str(dtype))
+
+
+def stack_on_torch(classes, owner):
+    """Whether every layer of a stack (their shape classes) has its route fixed to torch's op already (forced,
+    deterministic or timed), so that torch.nn's own forward may run the whole stack in one op. Inside a backward (a
+    checkpoint's recomputation): as the last forward of the same classes outside one by the same owner (the module's
+    id), so that the recomputation saves what the forward saved."""
+    last = ("stack", tuple(classes), owner)
+    if torch._C._current_graph_task_id() != -1:
+        return _last_forward.get(last, False)
+    name = forced() or ("torch" if timed.deterministic() else None)
+    whole = all((name or _chosen.get(key, ("engine",))[0]) == "torch" for key in classes)
+    if len(_last_forward) >= LAST_FORWARDS:
+        _last_forward.clear()
+    _last_forward[last] = whole
+    return whole
 
 
 def _time(run, x, directions, for_backward):

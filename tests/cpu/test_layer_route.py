@@ -67,11 +67,13 @@ def test_forced_routes_run_only_their_route(monkeypatch, fresh):
     monkeypatch.setattr(layer, "torch_layers", fused)
     _, ours = _pair("GRU", {})
     x = torch.randn(5, 2, 6)
+    nn_calls = _torch_nn_forwards(monkeypatch, "GRU")
     for route in ("engine", "torch"):
         monkeypatch.setenv("GPURNN_CPU_LAYER", route)
         calls.update(engine=0, torch=0)
         _outputs(ours, x)
-        assert calls[route] == 2 and sum(calls.values()) == 2 and fresh == []   # two layers, no timing
+        assert fresh == [] and calls == ({"engine": 2, "torch": 0} if route == "engine" else {"engine": 0, "torch": 0})
+    assert nn_calls == ["gpurnn.nn"]   # torch's op for every layer: torch.nn's forward runs the stack
 
 
 def test_choice_is_timed_once_per_shape_class(monkeypatch, fresh):
@@ -124,7 +126,8 @@ def test_timing_is_invisible_to_the_callers_saved_tensor_hooks(monkeypatch, fres
     with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t.shape) or t, lambda t: t):
         ours(x)[0].sum().backward()
     assert fresh                                       # the routes were timed inside the hooks' context
-    again = []                                         # the same routes, now without timing
+    again = []                                         # the same routes, now without timing, layer by layer
+    monkeypatch.setattr(layer, "stack_on_torch", lambda *args: False)
     with torch.autograd.graph.saved_tensors_hooks(lambda t: again.append(t.shape) or t, lambda t: t):
         ours(x)[0].sum().backward()
     assert len(fresh) == 4 and packed == again        # what the call itself saves, nothing of the timing
@@ -202,4 +205,69 @@ def test_no_timing_where_a_profiler_or_torch_function_mode_would_see_it(observer
     monkeypatch.setattr(layer, "_last_forward", {})
     with _Calls():
         ours(x)
-    assert len(fresh) == 4 and layer._last_forward[next(iter(layer._last_forward))] == chosen
+    layers = [r for k, r in layer._last_forward.items() if k[0] != "stack"]   # (none: the stack ran as torch.nn's)
+    assert len(fresh) == 4 and (layers[0] == chosen if layers else chosen == "torch")
+
+
+def _torch_nn_forwards(monkeypatch, kind):
+    """Counts the calls of torch.nn's own forward of `kind` (gpurnn's module calls it where the stack runs there)."""
+    calls = []
+    real = getattr(torch.nn, kind).forward
+
+    def counted(self, *args, **kwargs):
+        calls.append(type(self).__module__)
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(getattr(torch.nn, kind), "forward", counted)
+    return calls
+
+
+def _torch_wins(monkeypatch):
+    """Timings in which torch's op is the faster (route asks the engine first, then torch's op)."""
+    answers = iter([1.0, 0.0] * 100)
+    monkeypatch.setattr(layer, "_time", lambda *args: next(answers))
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_a_stack_whose_layers_all_take_torchs_op_runs_as_torch_nns_forward(kind, monkeypatch, fresh):
+    """Once every layer's route is torch's op, the module runs torch.nn's forward: one op for the stack, without
+    gpurnn's checks and layer-by-layer calls (40-80 us a call on the Xeon), torch.nn's results and RNG bitwise."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    _torch_wins(monkeypatch)
+    ref, ours = _pair(kind, {})
+    ref.dropout = ours.dropout = 0.3
+    x = torch.randn(7, 3, 6)
+    _outputs(ours, x)   # timed: both layer classes go to torch's op
+    ours.zero_grad()
+    calls = _torch_nn_forwards(monkeypatch, kind)
+    torch.manual_seed(1)
+    want = _outputs(ref, x)
+    torch.manual_seed(1)
+    got = _outputs(ours, x)
+    assert calls == ["torch.nn.modules.rnn", "gpurnn.nn"]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("decided_in_the_call", [True, False])
+def test_a_checkpoint_recomputes_the_stack_as_its_forward_ran(decided_in_the_call, monkeypatch, fresh):
+    """A non-reentrant checkpoint recomputes inside backward and must save what the forward saved: a forward that ran
+    layer by layer (the routes were timed in that call) recomputes layer by layer, one that ran as torch.nn's forward
+    recomputes that way."""
+    from torch.utils.checkpoint import checkpoint
+
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    _torch_wins(monkeypatch)
+    ref, ours = _pair("LSTM", {})
+    x = torch.randn(5, 2, 6, requires_grad=True)
+    if not decided_in_the_call:
+        _outputs(ours, x.detach())
+        ours.zero_grad()
+    calls = _torch_nn_forwards(monkeypatch, "LSTM")
+    grads = []
+    for m in (ours, ref):
+        checkpoint(lambda t: m(t)[0], x, use_reentrant=False).square().sum().backward()
+        grads.append([x.grad] + [p.grad for p in m.parameters()])
+        x.grad = None
+    assert calls.count("gpurnn.nn") == (0 if decided_in_the_call else 2)   # forward and recomputation
+    for g, w in zip(*grads):
+        torch.testing.assert_close(g, w)
