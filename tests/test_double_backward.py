@@ -127,10 +127,11 @@ def test_none_gradients_where_torch_gives_none():
     assert mine.weight_hr_l1.grad is None
 
 
-def test_a_lost_tape_reruns_the_forward_or_refuses_a_changed_bias():
+def test_a_lost_tape_reruns_the_forward_or_refuses_a_changed_bias(monkeypatch):
     """A saved-tensor hook that copies (offloading to the host) loses the engine's tape: backward
     reruns the forward, with the gradients of torch.nn; a bias changed in place meanwhile is
     refused instead of giving other gradients."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")   # (the suite's default; the engine's tape is tested)
     torch.manual_seed(0)
     ref = torch.nn.LSTM(I, H, dtype=torch.float64)
     mine = gnn.LSTM(I, H, dtype=torch.float64, backend="numpy")
@@ -154,6 +155,7 @@ def test_backward_finds_the_tape_without_reading_the_handle(monkeypatch):
     """The handle (on x's device, so that an offloading hook frees the tape) carries its key as an attribute:
     backward finds the tape without reading the handle's value (on a GPU, a synchronisation) and reruns
     nothing, even when that value no longer names the tape."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
     import gpurnn.autograd as ga
     torch.manual_seed(0)
     ref = torch.nn.GRU(I, H, dtype=torch.float64)
