@@ -16,12 +16,14 @@ as slow (profiling/results/cpu/engine_vs_torch_xeon*.md). For the same reason th
 runs OpenBLAS on the calling thread alone: even within one route, the few GEMMs large enough for
 its workers (a GRU's input projection and weight gradients at B=32 H=32) left them spinning
 against torch's pool, which autograd's own ops wake: that GRU's forward+backward took 6.1 ms
-instead of 1.8 ms on the Xeon, and a packed GRU, which always runs on the engine, 4x torch.nn's.
+instead of 1.8 ms on the Xeon, and a packed GRU, which always runs on the engine, 4x torch.nn's. The engine holds
+that switch around a layer's loop (one_thread), so that it costs two calls into OpenBLAS a loop, not a GEMM.
 
 GPURNN_GEMM=torch|numpy forces a route ("auto", the default, times them; torch's route under
 torch.use_deterministic_algorithms). Both routes give the same results to float32 rounding
 (tests/cpu/test_gemm_route.py).
 """
+import contextlib
 import ctypes
 import glob
 import os
@@ -51,24 +53,36 @@ def _openblas_threads_setter():
 _ONE_THREAD = {"lock": threading.Lock(), "inside": 0, "before": None, "set": _openblas_threads_setter()}
 
 
-def one_thread_matmul(*args, **kwargs):
-    """xp_matmul with OpenBLAS on the calling thread alone (see the module's docstring). In NumPy's wheels the
-    setting is process-wide (other threads' NumPy GEMMs run on one thread meanwhile): concurrent calls share
-    one switch, made by the first in and undone by the last out."""
+@contextlib.contextmanager
+def one_thread():
+    """OpenBLAS on the calling thread alone while the block runs (see the module's docstring). In NumPy's wheels the
+    setting is process-wide (other threads' NumPy GEMMs run on one thread meanwhile): concurrent blocks share one
+    switch, made by the first in and undone by the last out."""
     switch = _ONE_THREAD
     if switch["set"] is None:
-        return xp_matmul(*args, **kwargs)
+        yield
+        return
     with switch["lock"]:
         if switch["inside"] == 0:
             switch["before"] = switch["set"](1)
         switch["inside"] += 1
     try:
-        return xp_matmul(*args, **kwargs)
+        yield
     finally:
         with switch["lock"]:
             switch["inside"] -= 1
             if switch["inside"] == 0:
                 switch["set"](switch["before"])
+
+
+def one_thread_matmul(*args, **kwargs):
+    """xp_matmul with OpenBLAS on the calling thread alone; inside a block of one_thread() (the engine holds one
+    around a layer's loop) without a switch of its own. (Read without the lock: where another thread's block ends
+    meanwhile, this GEMM may run on OpenBLAS's threads, which costs speed, never results.)"""
+    if _ONE_THREAD["inside"]:
+        return xp_matmul(*args, **kwargs)
+    with one_thread():
+        return xp_matmul(*args, **kwargs)
 
 
 def _new_switch_in_child():

@@ -58,6 +58,7 @@ def test_a_forced_route_is_the_only_one_called(monkeypatch, fresh_routes):
             calls[_name] += 1
             return _fn(*args, **kwargs)
         monkeypatch.setitem(gemm.ROUTES, name, counted)
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")   # (the GEMM route is an engine layer's)
     monkeypatch.setenv("GPURNN_GEMM", "numpy")
     _run("LSTM")
     assert calls["numpy"] > 0 and calls["torch"] == 0 and fresh_routes == []
@@ -142,6 +143,23 @@ def test_the_numpy_route_runs_openblas_on_the_calling_thread_alone(monkeypatch):
     a = np.ones((2, 3), np.float32)
     np.testing.assert_array_equal(gemm.one_thread_matmul(a, a.T), a @ a.T)
     assert seen == [1, 1, 1] and current() == before
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_layer_on_the_numpy_route_switches_openblas_once_per_loop(kind, monkeypatch):
+    """The switch cost about 1.3 us a GEMM (two calls into OpenBLAS), several per step: the engine now holds it
+    around each direction's loop, forward and backward; the projection outside the loop switches on its own."""
+    current = _openblas_thread_count()
+    before, calls = current(), []
+    real = gemm._ONE_THREAD["set"]
+    monkeypatch.setitem(gemm._ONE_THREAD, "set", lambda n: calls.append(n) or real(n))
+    monkeypatch.setenv("GPURNN_GEMM", "numpy")
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
+    want, got = _run(kind)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    # 2 calls a switch; 2 layers, each: forward's two projections and loop, backward's loop (224 when per GEMM)
+    assert len(calls) <= 2 * 2 * 4 and current() == before
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
