@@ -155,6 +155,13 @@ def xp_to_tensor(array):
     return t
 
 
+def packed_index(batch_sizes, batch):
+    """Row index into a (T*B, ·) padded view for every row of a packed data tensor (torch.nn's PackedSequence)."""
+    import torch
+
+    return torch.cat([t * batch + torch.arange(int(n)) for t, n in enumerate(batch_sizes)])
+
+
 def transposed_copy(a, out=None):
     """(T, F, B) -> (T, B, F), contiguous (into out if given). Through torch's copy
     (multi-threaded, about twice NumPy's speed) when torch is already loaded, as it is

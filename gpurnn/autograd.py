@@ -348,11 +348,11 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
         return _torch_loop_layers(cell, x, directions, batch_sizes, opts)
     if name == "numpy" and not compiling:
         from .cpu import layer as cpu_layer   # the engine or torch's fused op, timed per layer shape
-        if cpu_layer.applies(cell, x, directions, batch_sizes, opts) and cpu_layer.route(
+        if cpu_layer.applies(cell, x, directions, opts) and cpu_layer.route(
                 cell, x, directions, opts, for_backward,
-                lambda xs, ds: _engine_layers(cell, xs, ds, name, batch_sizes, opts, torch.is_grad_enabled())
+                lambda xs, ds, bs: _engine_layers(cell, xs, ds, name, bs, opts, torch.is_grad_enabled()), batch_sizes
         ) == "torch":
-            return cpu_layer.torch_layers(cell, x, directions, opts)
+            return cpu_layer.torch_layers(cell, x, directions, opts, batch_sizes)
     return _engine_layers(cell, x, directions, name, batch_sizes, opts, for_backward)
 
 

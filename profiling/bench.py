@@ -94,6 +94,8 @@ def parser():
     p.add_argument("--providers", type=_names(providers.PROVIDERS["cpu"] + providers.PROVIDERS["cuda"]),
                    help="default: every provider of the device; the baseline is always added")
     p.add_argument("--modes", type=_names(MODES), default=MODES)
+    p.add_argument("--packed", action="store_true", help="PackedSequence input (torch.nn and gpurnn only): lengths "
+                   "uniform in 1..T, the first T, unsorted; outputs padded back")
     p.add_argument("--repeats", type=int, default=21, help="CPU: timed samples per provider (alternating)")
     p.add_argument("--budget-s", type=float, help="CPU: fewer repeats (>= 3) past this per config and mode "
                    "(default 30; 6 with --quick)")
@@ -279,7 +281,7 @@ def time_cuda(fn, warmup_ms, rep_ms):
 
 def configs(args):
     for cell, dtype, B, T, H in itertools.product(args.cells, args.dtype, args.batch, args.steps, args.hidden):
-        yield providers.Config(cell, B, T, H, args.input or H, args.output or H, dtype, args.device)
+        yield providers.Config(cell, B, T, H, args.input or H, args.output or H, dtype, args.device, args.packed)
 
 
 def provider_list(args, cell):
@@ -460,6 +462,7 @@ def markdown(rows, args, meta):
              f"- layer route on the CPU (torch front end): {meta['layer_route']}",
              f"- GEMM route on the CPU (torch front end, engine layers): {meta['gemm_route']}",
              f"- {meta['openblas_env']}",
+             f"- input: {'packed (lengths uniform in 1..T, the first T; unsorted)' if args.packed else 'padded'}",
              f"- command: `{meta['command']}`",
              "- times in ms: median [20%, 80% quantile]; ratio = time / baseline time of the same "
              "configuration in this run (below 1: faster than the baseline)", ""]

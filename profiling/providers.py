@@ -50,6 +50,7 @@ class Config:
     output: int     # Jordan's output (= state) size; unused by the other cells
     dtype: str
     device: str
+    packed: bool = False   # a PackedSequence input (torch.nn and gpurnn only)
 
 
 def baseline(cell):
@@ -63,6 +64,8 @@ def unavailable(provider, cfg):
         return f"{provider} does not run on device {cfg.device}"
     if provider == "torch.nn" and cfg.cell == "jordan":
         return "torch.nn has no Jordan network"
+    if cfg.packed and (cfg.cell not in ("rnn", "lstm", "gru") or provider not in ("torch.nn", *GPURNN)):
+        return f"{provider} takes no packed input for {cfg.cell}"
     if cfg.cell in STEP_CELLS and (cfg.steps != 1 or provider not in ("torch.nn", *GPURNN)):
         return f"{cfg.cell} is a cell module: one step (T=1), torch.nn and gpurnn only"
     if provider in GPURNN:
@@ -238,6 +241,12 @@ def build(provider, cfg, seed=0):
                     generator=gen).requires_grad_(True)
     out_size = cfg.output if cfg.cell == "jordan" else cfg.hidden
     m = _gpurnn_module(cfg, ref, GPURNN[provider]) if provider in GPURNN else ref if provider == "torch.nn" else None
+    if m is not None and cfg.packed:
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+        lengths = torch.randint(1, cfg.steps + 1, (cfg.batch,), generator=torch.Generator().manual_seed(seed + 3))
+        lengths[0] = cfg.steps
+        return Runner(lambda x: pad_packed_sequence(m(pack_padded_sequence(x, lengths, enforce_sorted=False))[0],
+                                                    total_length=cfg.steps)[0], x, m.parameters(), out_size)
     if m is not None:
         return Runner(lambda x: _output(cfg.cell, m, x), x, m.parameters(), out_size)
     step = _compiled_step(cfg.cell) if provider == "compile" else STEPS[cfg.cell]

@@ -5,7 +5,7 @@ torch's own RNN/LSTM/GRU ops fuse each step's GEMM with its pointwise work on th
 from Python. Which is faster depends on the cell and the machine (Intel Xeon, B=32 T=128
 H=128: the engine's GRU took 0.72x torch's time, its LSTM 1.5x). So the first call of each
 layer shape class (cell, T up to TIME_STEPS, B, I rounded up to powers of two, H, directions,
-whether a backward follows and wants dx, dtype) times both on copies of its first TIME_STEPS
+whether a backward follows and wants dx, dtype, packed or not) times both on copies of its first TIME_STEPS
 steps, forward and, where a backward follows, backward, and keeps the faster for the process
 (`route`). Where every layer of a module's call has its route fixed to torch's op, the module runs
 torch.nn's own forward (`stack_on_torch`).
@@ -13,8 +13,8 @@ torch's op computes torch.nn's own function, so both routes give the same result
 rounding.
 
 Where torch's op applies: Elman (tanh, relu), LSTM (projection included) and GRU; float32 and
-float64; one direction or a (forward, reverse) pair; unpacked input; all biases present or all
-absent. Jordan, packed sequences and the rest stay on the engine. GPURNN_CPU_LAYER=engine|torch
+float64; one direction or a (forward, reverse) pair; padded or packed input (torch's packed op on the packed
+rows); all biases present or all absent. Jordan, float16 and the rest stay on the engine. GPURNN_CPU_LAYER=engine|torch
 forces a route ("auto", the default, times them; torch's op under torch.use_deterministic_algorithms).
 """
 import os
@@ -25,6 +25,7 @@ import torch
 from torch._subclasses import fake_tensor
 from torch.utils import _python_dispatch as python_dispatch
 
+from ..arrays import packed_index
 from . import timed
 _OPS = {"lstm": torch._VF.lstm, "gru": torch._VF.gru}
 REPEATS = 3
@@ -42,9 +43,9 @@ def forced():
     return None if value == "auto" else value
 
 
-def applies(cell, x, directions, batch_sizes, opts):
-    """Whether torch's fused op computes this layer."""
-    if cell not in ("elman", "lstm", "gru") or batch_sizes is not None or opts.get("teacher") is not None:
+def applies(cell, x, directions, opts):
+    """Whether torch's fused op computes this layer (padded or packed)."""
+    if cell not in ("elman", "lstm", "gru") or opts.get("teacher") is not None:
         return False
     if x.dtype not in (torch.float32, torch.float64) or x.shape[0] == 0 or x.shape[1] == 0:
         return False
@@ -55,8 +56,9 @@ def applies(cell, x, directions, batch_sizes, opts):
     return len(set(biases)) == 1 and all(t.dtype == x.dtype and t.device == x.device for t in tensors)
 
 
-def torch_layers(cell, x, directions, opts):
-    """[(y, *state_T)] of each direction through torch's fused op (see `applies`)."""
+def torch_layers(cell, x, directions, opts, batch_sizes=None):
+    """[(y, *state_T)] of each direction through torch's fused op (see `applies`); with batch_sizes, on x packed
+    (x and y padded, as the engine's: y zero past each sequence's end)."""
     n_dirs = len(directions)
     params = []
     for _, weights, _ in directions:
@@ -69,28 +71,35 @@ def torch_layers(cell, x, directions, opts):
     # rejects, as in torch.nn (a stack would copy it)
     states = [torch.stack([state0[k] for state0, _, _ in directions]) if n_dirs == 2 else directions[0][0][k][None]
               for k in range(len(directions[0][0]))]
-    args = (has_biases, 1, 0.0, torch.is_grad_enabled(), n_dirs == 2, False)
+    args = (has_biases, 1, 0.0, torch.is_grad_enabled(), n_dirs == 2) + ((False,) if batch_sizes is None else ())
+    data = x
+    if batch_sizes is not None:   # torch's packed op: (data, batch_sizes, hx, params, ...)
+        rows = packed_index(batch_sizes, x.shape[1])
+        data = (x.reshape(-1, x.shape[-1]).index_select(0, rows), torch.tensor(batch_sizes, dtype=torch.int64))
+    data = data if isinstance(data, tuple) else (data,)
     if cell == "lstm":
-        y, h, c = _OPS["lstm"](x, tuple(states), params, *args)
+        y, h, c = _OPS["lstm"](*data, tuple(states), params, *args)
         finals = [(h[d], c[d]) for d in range(n_dirs)]
     else:
         op = _OPS.get(cell) or (torch._VF.rnn_tanh if opts.get("nonlinearity", "tanh") == "tanh"
                                 else torch._VF.rnn_relu)
-        y, h = op(x, states[0], params, *args)
+        y, h = op(*data, states[0], params, *args)
         finals = [(h[d],) for d in range(n_dirs)]
+    if batch_sizes is not None:
+        y = y.new_zeros(x.shape[0] * x.shape[1], y.shape[-1]).index_copy(0, rows, y).view(*x.shape[:2], -1)
     ys = y.chunk(n_dirs, dim=-1) if n_dirs > 1 else [y]   # not a view of y alone: the caller may write into it
     return [(ys[d], *finals[d]) for d in range(n_dirs)]
 
 
-def shape_class(cell, x, directions, opts, for_backward):
+def shape_class(cell, x, directions, opts, for_backward, packed=False):
     return layer_class(cell, opts.get("nonlinearity", "tanh"), *x.shape, directions[0][0][0].shape[-1],
-                       len(directions), for_backward, x.requires_grad, x.dtype)
+                       len(directions), for_backward, x.requires_grad, x.dtype, packed)
 
 
-def layer_class(cell, nonlinearity, T, B, I, H, n_dirs, for_backward, x_requires_grad, dtype):
-    """A layer's shape class (H: its state's width)."""
+def layer_class(cell, nonlinearity, T, B, I, H, n_dirs, for_backward, x_requires_grad, dtype, packed):
+    """A layer's shape class (H: its state's width; T and B: a packed input's padded ones)."""
     return (cell, nonlinearity, min(timed.pow2(T), TIME_STEPS), timed.pow2(B), timed.pow2(I), H, n_dirs, for_backward,
-            for_backward and x_requires_grad, str(dtype))
+            for_backward and x_requires_grad, str(dtype)) + (("packed",) if packed else ())
 
 
 def stack_on_torch(classes, owner):
@@ -109,21 +118,22 @@ def stack_on_torch(classes, owner):
     return whole
 
 
-def _time(run, x, directions, for_backward):
-    """Median seconds of run(x, directions) (and a backward of its outputs' sum) on detached copies
+def _time(run, x, directions, for_backward, batch_sizes):
+    """Median seconds of run(x, directions, batch_sizes) (and a backward of its outputs' sum) on detached copies
     of the first TIME_STEPS steps (x's needing a gradient where the caller's does: both routes skip dx
     otherwise). Identity saved-tensor hooks shadow the caller's (which must not see these copies: offloading,
     counting)."""
     def copy(t, requires_grad=for_backward):
         return None if t is None else t.detach().clone().requires_grad_(requires_grad)
     xs = copy(x[:TIME_STEPS], for_backward and x.requires_grad)
+    bs = None if batch_sizes is None else batch_sizes[:TIME_STEPS]
     dirs = [([copy(s) for s in state0], [copy(w) for w in weights], r) for state0, weights, r in directions]
     runs = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         for k in range(REPEATS + 1):   # the first run warms up
             t0 = time.perf_counter()
             with torch.set_grad_enabled(for_backward):
-                outs = run(xs, dirs)
+                outs = run(xs, dirs, bs)
                 if for_backward:
                     sum(o.sum() for out in outs for o in out).backward()
             if k:
@@ -140,15 +150,15 @@ def _timing_unseen(x):
                 or not torch._C._autograd._saved_tensors_hooks_is_enabled())
 
 
-def route(cell, x, directions, opts, for_backward, run_engine):
-    """"torch" or "engine" for this layer: forced, or the faster by timing once per shape class.
-    run_engine(x, directions) runs the layer on the engine."""
+def route(cell, x, directions, opts, for_backward, run_engine, batch_sizes=None):
+    """"torch" or "engine" for this layer (x padded; batch_sizes: packed): forced, or the faster by timing once per
+    shape class. run_engine(x, directions, batch_sizes) runs the layer on the engine."""
     if x.is_meta or fake_tensor.is_fake(x):
         return "torch"   # symbolic shapes: what torch.nn runs (the engine has no backward for them)
     name = forced()
     if name is not None:
         return name
-    key = shape_class(cell, x, directions, opts, for_backward)
+    key = shape_class(cell, x, directions, opts, for_backward, batch_sizes is not None)
     last = (key, directions[0][1][0].data_ptr())   # this layer's last forward: its shape and its weights' memory
     if torch._C._current_graph_task_id() != -1:
         # inside a backward (a checkpoint's recomputation): the route this layer's last forward took, whatever modes
@@ -157,11 +167,11 @@ def route(cell, x, directions, opts, for_backward, run_engine):
         return _last_forward.get(last) or _chosen.get(key, ("torch",))[0]
     if len(_last_forward) >= LAST_FORWARDS:   # (new weights every call: a parametrization)
         _last_forward.clear()
-    _last_forward[last] = name = _forward_route(key, cell, x, directions, opts, for_backward, run_engine)
+    _last_forward[last] = name = _forward_route(key, cell, x, directions, opts, for_backward, run_engine, batch_sizes)
     return name
 
 
-def _forward_route(key, cell, x, directions, opts, for_backward, run_engine):
+def _forward_route(key, cell, x, directions, opts, for_backward, run_engine, batch_sizes):
     if timed.deterministic():
         return "torch"   # torch.nn's own op: the same results in every process
     if torch.is_anomaly_enabled() and key in _chosen:
@@ -172,8 +182,9 @@ def _forward_route(key, cell, x, directions, opts, for_backward, run_engine):
         # a profiler or a torch function mode would see the timing's runs (a backward inside forward): no timing
         return _chosen.get(key, ("torch",))[0]
     return timed.decide(_chosen, key, lambda: {
-        "engine": _time(run_engine, x, directions, for_backward),
-        "torch": _time(lambda xs, ds: torch_layers(cell, xs, ds, opts), x, directions, for_backward)})
+        "engine": _time(run_engine, x, directions, for_backward, batch_sizes),
+        "torch": _time(lambda xs, ds, bs: torch_layers(cell, xs, ds, opts, bs), x, directions, for_backward,
+                       batch_sizes)})
 
 
 def _work(key):
@@ -191,6 +202,7 @@ def describe():
         _chosen, forced(), "GPURNN_CPU_LAYER",
         "auto: the engine or torch's fused op per layer shape, whichever times faster on first use",
         "auto, timed per layer shape",
-        lambda key, r, times: f"{key[0]} T~{key[2]} B~{key[3]} H={key[5]} {_work(key)}: {r} "
+        lambda key, r, times: f"{key[0]}{' packed' * (key[-1] == 'packed')} T~{key[2]} B~{key[3]} H={key[5]} "
+                              f"{_work(key)}: {r} "
                               f"({', '.join(f'{k} {t * 1e3:.1f} ms' for k, t in times.items())})")
 

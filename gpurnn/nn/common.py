@@ -11,11 +11,6 @@ from ..checks import check_same_dtype
 TORCH_NAMES = {"elman": "RNN", "lstm": "LSTM", "gru": "GRU"}   # as torch.nn's messages name them
 
 
-def packed_index(batch_sizes, batch):
-    """Row index into a (T*B, ·) padded view for every row of a packed data tensor."""
-    return torch.cat([t * batch + torch.arange(int(n)) for t, n in enumerate(batch_sizes)])
-
-
 def fx_call(module, input, hx):
     """Under torch.fx.symbolic_trace: the module as one call_module node, as fx records torch.nn's own modules
     (it traces into modules from elsewhere, and the engine cannot run on proxies); else None."""

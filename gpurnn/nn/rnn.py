@@ -9,12 +9,13 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import backends, cells
+from ..arrays import packed_index
 from ..autograd import recorded_for_torch, run_layers, transformed
 from ..cpu import layer as cpu_layer
 from ..checks import check_choice, check_floating, check_steps
 from .common import (TORCH_NAMES, NotATensor, RuntimeValueError, autocast, autocast_dtype, autocast_enabled,
                      autocast_inside, autocast_mixed, beyond_engine, check_parameter_device, check_tensor, check_tensor_like,
-                     forward_named_as_its_class, fx_call, lstm_pair, mixed_dtypes, overridden, packed_index,
+                     forward_named_as_its_class, fx_call, lstm_pair, mixed_dtypes, overridden,
                      torch_nn_steps)
 from .convert import torch_twin
 
@@ -149,33 +150,40 @@ class _EngineForward:
         """Whether every layer of this call on the CPU would run as torch's fused op, its route fixed already
         (cpu/layer.py): torch.nn's own forward then runs the call, in one op (gpurnn's checks and layer-by-layer
         calls cost 50-170 us a call on the Xeon: 1.1-3x torch.nn's no-grad forward at B=1; this check, 20-50 us)."""
-        if (not isinstance(input, torch.Tensor) or input.dim() not in (2, 3) or input.device.type != "cpu"
-                or input.dtype not in (torch.float32, torch.float64) or not self._flat_weights
-                or type(self.num_layers) is not int or self.num_layers < 1 or type(self.bidirectional) is not bool):
+        packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
+        if (not isinstance(data, torch.Tensor) or data.dim() not in ((2,) if packed else (2, 3))
+                or data.device.type != "cpu" or data.dtype not in (torch.float32, torch.float64)
+                or not self._flat_weights or type(self.num_layers) is not int or self.num_layers < 1
+                or type(self.bidirectional) is not bool):
             return False   # (odd attributes: the path below answers them as torch.nn does)
-        T = input.shape[1 if self.batch_first and input.dim() == 3 else 0]
-        B = input.shape[0 if self.batch_first else 1] if input.dim() == 3 else 1
+        if packed:   # (a hand-made batch size below 1: torch's op runs, gpurnn's path refuses it)
+            sizes = input.batch_sizes
+            T, B = len(sizes), int(sizes[0]) if len(sizes) and int(sizes[-1]) >= 1 else 0
+        else:
+            T = input.shape[1 if self.batch_first and input.dim() == 3 else 0]
+            B = input.shape[0 if self.batch_first else 1] if input.dim() == 3 else 1
         states = list(hx) if self._cell == "lstm" and isinstance(hx, (tuple, list)) else [hx]
         weights = self._flat_weights   # as last refreshed: a stale list costs speed at worst (torch.nn's forward runs)
-        if not self._weights_fit(weights, input.shape[-1]):
+        if not self._weights_fit(weights, data.shape[-1]):
             return False   # (torch's CPU LSTM runs with a weight of the wrong shape; gpurnn's path names it)
-        if (T < 2 or B == 0 or input.shape[-1] == 0 or not backends.runs_numpy(self.backend, False)
-                or weights[0].dtype != input.dtype or weights[0].device.type != "cpu"
-                or torch.compiler.is_compiling() or transformed() or autocast_enabled(input.device)
+        if (T < 2 or B == 0 or data.shape[-1] == 0 or not backends.runs_numpy(self.backend, False)
+                or weights[0].dtype != data.dtype or weights[0].device.type != "cpu"
+                or torch.compiler.is_compiling() or transformed() or autocast_enabled(data.device)
                 or hx is not None and (len(states) != 1 + (self._cell == "lstm") or not all(
-                    type(h) in (torch.Tensor, torch.nn.Parameter) and h.dtype == input.dtype for h in states))):
+                    type(h) in (torch.Tensor, torch.nn.Parameter) and h.dtype == data.dtype for h in states))):
             return False
         grad = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
         dirs, per_layer = 1 + self.bidirectional, len(weights) // self.num_layers
-        x_grad, h_grad, classes = input.requires_grad, hx is not None and any(h.requires_grad for h in states), []
+        x_grad, h_grad, classes = data.requires_grad, hx is not None and any(h.requires_grad for h in states), []
         nonlinearity = "relu" if self._cell == "elman" and self.mode == "RNN_RELU" else "tanh"
         for layer in range(self.num_layers):
             for_backward = grad and (x_grad or h_grad or any(
                 w.requires_grad for w in weights[layer * per_layer:(layer + 1) * per_layer]))
-            width = input.shape[-1] if layer == 0 else (self.proj_size or self.hidden_size) * dirs
+            width = data.shape[-1] if layer == 0 else (self.proj_size or self.hidden_size) * dirs
             classes.append(cpu_layer.layer_class(self._cell, nonlinearity, T, B, width,
                                                  self.proj_size or self.hidden_size, dirs, for_backward, x_grad,
-                                                 input.dtype))
+                                                 data.dtype, packed))
             x_grad = for_backward
         return cpu_layer.stack_on_torch(classes, id(self))
 

@@ -19,9 +19,9 @@ def fresh(monkeypatch):
     timed = []
     real = layer._time
 
-    def counted(run, x, directions, for_backward):
+    def counted(run, x, directions, for_backward, batch_sizes):
         timed.append(for_backward)
-        return real(run, x, directions, for_backward)
+        return real(run, x, directions, for_backward, batch_sizes)
     monkeypatch.setattr(layer, "_time", counted)
     monkeypatch.setattr(layer, "REPEATS", 1)
     return timed
@@ -94,9 +94,33 @@ def test_where_torch_op_does_not_apply_the_engine_runs(monkeypatch, fresh):
     monkeypatch.setenv("GPURNN_CPU_LAYER", "torch")
     monkeypatch.setattr(layer, "torch_layers", lambda *a, **k: pytest.fail("torch's op ran"))
     _, ours = _pair("LSTM", {})
-    ours(pack_padded_sequence(torch.randn(5, 3, 6), [5, 3, 1]))       # packed
     gnn.JordanRNN(6, 8, 4)(torch.randn(5, 3, 6))                      # Jordan
     ours.half()(torch.randn(5, 3, 6).half())                           # float16
+
+
+@pytest.mark.parametrize("route", ["engine", "torch"])
+@pytest.mark.parametrize("case", CASES)
+def test_packed_input_on_each_route_layer_by_layer_matches_torch(case, route, monkeypatch, fresh):
+    """torch's packed op per layer (the stack layer by layer, as where some layer's route is the engine's)."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", route)
+    monkeypatch.setattr(layer, "stack_on_torch", lambda *args: False)
+    ran = []
+    real = layer.torch_layers
+    monkeypatch.setattr(layer, "torch_layers", lambda *a: ran.append(a[-1]) or real(*a))
+    ref, ours = _pair(*CASES[case], dtype=torch.float64)
+    lengths = [7, 4, 4, 1]
+    x = torch.randn(7, 4, 6, dtype=torch.float64)
+    h0 = torch.randn(4, 4, 5 if case == "lstm-proj" else 8, dtype=torch.float64)
+    state = (h0, torch.randn(4, 4, 8, dtype=torch.float64)) if "lstm" in case else h0
+    outs = []
+    for m in (ref, ours):
+        xi = x.clone().requires_grad_()
+        y, h = m(pack_padded_sequence(xi, lengths, enforce_sorted=False), state)
+        (y.data.square().sum() + sum(t.sum() for t in (h if isinstance(h, tuple) else (h,)))).backward()
+        outs.append([y.data, xi.grad] + [p.grad for p in m.parameters()])
+    for g, r in zip(outs[1], outs[0]):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+    assert ran == ([[4, 3, 3, 3, 1, 1, 1]] * 2 if route == "torch" else [])   # two layers, their batch sizes
 
 
 def test_double_backward_through_torch_route(monkeypatch):
@@ -227,22 +251,29 @@ def _torch_wins(monkeypatch):
     monkeypatch.setattr(layer, "_time", lambda *args: next(answers))
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
-def test_a_stack_whose_layers_all_take_torchs_op_runs_as_torch_nns_forward(kind, monkeypatch, fresh):
+def test_a_stack_whose_layers_all_take_torchs_op_runs_as_torch_nns_forward(kind, packed, monkeypatch, fresh):
     """Once every layer's route is torch's op, the module runs torch.nn's forward: one op for the stack, without
-    gpurnn's checks and layer-by-layer calls (40-80 us a call on the Xeon), torch.nn's results and RNG bitwise."""
+    gpurnn's checks and layer-by-layer calls (50-170 us a call on the Xeon), torch.nn's results and RNG bitwise."""
     monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
     _torch_wins(monkeypatch)
     ref, ours = _pair(kind, {})
     ref.dropout = ours.dropout = 0.3
     x = torch.randn(7, 3, 6)
-    _outputs(ours, x)   # timed: both layer classes go to torch's op
+
+    def outputs(m):
+        xi = x.clone().requires_grad_()
+        y, _ = m(pack_padded_sequence(xi, [7, 5, 2]) if packed else xi)
+        (y.data if packed else y).square().sum().backward()
+        return [y.data if packed else y, xi.grad] + [p.grad for p in m.parameters()]
+    outputs(ours)   # timed: both layer classes go to torch's op
     ours.zero_grad()
     calls = _torch_nn_forwards(monkeypatch, kind)
     torch.manual_seed(1)
-    want = _outputs(ref, x)
+    want = outputs(ref)
     torch.manual_seed(1)
-    got = _outputs(ours, x)
+    got = outputs(ours)
     assert calls == ["torch.nn.modules.rnn", "gpurnn.nn"]
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
