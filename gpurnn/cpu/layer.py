@@ -102,19 +102,24 @@ def layer_class(cell, nonlinearity, T, B, I, H, n_dirs, for_backward, x_requires
             for_backward and x_requires_grad, str(dtype)) + (("packed",) if packed else ())
 
 
-def stack_on_torch(classes, owner):
-    """Whether every layer of a stack (their shape classes) has its route fixed to torch's op already (forced,
-    deterministic or timed), so that torch.nn's own forward may run the whole stack in one op. Inside a backward (a
-    checkpoint's recomputation): as the last forward of the same classes outside one by the same owner (the module's
-    id), so that the recomputation saves what the forward saved."""
+def stack_on_torch(classes, owner, time_them):
+    """Whether every layer of a stack (their shape classes) has its route fixed to torch's op (forced, deterministic
+    or timed), so that torch.nn's own forward may run the whole stack in one op. A checkpoint's recomputation, inside
+    a backward, must save what its forward saved: there the answer is the last forward's of these classes by this
+    owner (the module's id), whatever modes either side ran under; and classes not timed yet are timed before a
+    forward runs (time_them(): the stack on random data of the call's shapes), not on its way (layer by layer)."""
     last = ("stack", tuple(classes), owner)
-    if torch._C._current_graph_task_id() != -1:
-        return _last_forward.get(last, False)
+    if torch._C._current_graph_task_id() != -1 and last in _last_forward:
+        return _last_forward[last]
     name = forced() or ("torch" if timed.deterministic() else None)
+    if name is None and any(k not in _chosen for k in classes) and torch._C._current_graph_task_id() == -1 \
+            and _may_time():
+        time_them()
     whole = all((name or _chosen.get(key, ("engine",))[0]) == "torch" for key in classes)
-    if len(_last_forward) >= LAST_FORWARDS:
-        _last_forward.clear()
-    _last_forward[last] = whole
+    if torch._C._current_graph_task_id() == -1:
+        if len(_last_forward) >= LAST_FORWARDS:
+            _last_forward.clear()
+        _last_forward[last] = whole
     return whole
 
 
@@ -141,7 +146,13 @@ def _time(run, x, directions, for_backward, batch_sizes):
     return statistics.median(runs)
 
 
-def _timing_unseen(x):
+def _may_time():
+    """Whether a timing may run now: unseen, and outside a profiler and a torch function mode (see _forward_route)."""
+    return _timing_unseen() and not (torch._C._is_torch_function_mode_enabled()
+                                     or torch.autograd.profiler._is_profiler_enabled)
+
+
+def _timing_unseen():
     """Whether the engine and timing runs here would stay unseen: not under a dispatch mode (a flop
     counter, fake tensors, a tracer), not where saved-tensor hooks are disabled (the timing installs its own), not
     in anomaly mode (a NaN in the caller's data would fail the timing's backward inside forward; the mode is
@@ -176,7 +187,7 @@ def _forward_route(key, cell, x, directions, opts, for_backward, run_engine, bat
         return "torch"   # torch.nn's own op: the same results in every process
     if torch.is_anomaly_enabled() and key in _chosen:
         return _chosen[key][0]   # as the same call outside the mode
-    if not _timing_unseen(x):
+    if not _timing_unseen():
         return "torch"   # what torch.nn would run, and what the caller's mode, tracer or hooks expect to see
     if torch._C._is_torch_function_mode_enabled() or torch.autograd.profiler._is_profiler_enabled:
         # a profiler or a torch function mode would see the timing's runs (a backward inside forward): no timing

@@ -157,6 +157,7 @@ class _EngineForward:
                 or not self._flat_weights or type(self.num_layers) is not int or self.num_layers < 1
                 or type(self.bidirectional) is not bool):
             return False   # (odd attributes: the path below answers them as torch.nn does)
+        sizes = None
         if packed:   # (a hand-made batch size below 1: torch's op runs, gpurnn's path refuses it)
             sizes = input.batch_sizes
             T, B = len(sizes), int(sizes[0]) if len(sizes) and int(sizes[-1]) >= 1 else 0
@@ -185,7 +186,20 @@ class _EngineForward:
                                                  self.proj_size or self.hidden_size, dirs, for_backward, x_grad,
                                                  data.dtype, packed))
             x_grad = for_backward
-        return cpu_layer.stack_on_torch(classes, id(self))
+        time_them = lambda: self._time_routes(data, None if hx is None else states, sizes, T, B)   # noqa: E731
+        return cpu_layer.stack_on_torch(classes, id(self), time_them)
+
+    def _time_routes(self, data, states, batch_sizes, T, B):
+        """Times every layer's route (cpu/layer.py) on random data of this call's shapes (its first TIME_STEPS steps),
+        grad mode and requires_grad flags, unseen: the RNG and the caller's saved-tensor hooks are left as they were."""
+        steps = min(T, cpu_layer.TIME_STEPS)
+        h_grad = states is not None and any(h.requires_grad for h in states)
+        widths = [self.proj_size or self.hidden_size] + [self.hidden_size] * (self._cell == "lstm")
+        hx = [torch.zeros(self.num_layers * (1 + self.bidirectional), B, w, dtype=data.dtype, requires_grad=h_grad)
+              for w in widths]
+        with torch.random.fork_rng(devices=[]), torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            x = torch.randn(steps, B, data.shape[-1], dtype=data.dtype).requires_grad_(data.requires_grad)
+            self._run_stack(x, hx, None if batch_sizes is None else [int(n) for n in batch_sizes[:steps]])
 
     def _weights_fit(self, weights, input_size):
         """Whether the weights have torch.nn's shapes for this input width (remembered for the last shapes seen)."""

@@ -279,26 +279,42 @@ def test_a_stack_whose_layers_all_take_torchs_op_runs_as_torch_nns_forward(kind,
         torch.testing.assert_close(g, w, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("decided_in_the_call", [True, False])
-def test_a_checkpoint_recomputes_the_stack_as_its_forward_ran(decided_in_the_call, monkeypatch, fresh):
-    """A non-reentrant checkpoint recomputes inside backward and must save what the forward saved: a forward that ran
-    layer by layer (the routes were timed in that call) recomputes layer by layer, one that ran as torch.nn's forward
-    recomputes that way."""
+@pytest.mark.parametrize("packed", [False, True])
+def test_checkpoints_recompute_the_stack_as_its_forward_ran_from_the_first_call(packed, monkeypatch, fresh):
+    """A non-reentrant checkpoint recomputes inside backward and must save what the forward saved. Two checkpoints
+    of one module, the process's first calls: the first timed its layers on the way (layer by layer), the second ran
+    torch.nn's forward, and the first's recomputation, the routes decided by then, ran torch.nn's forward
+    (CheckpointError). The stack's routes are now timed before its first call runs."""
     from torch.utils.checkpoint import checkpoint
 
     monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
     _torch_wins(monkeypatch)
-    ref, ours = _pair("LSTM", {})
-    x = torch.randn(5, 2, 6, requires_grad=True)
-    if not decided_in_the_call:
-        _outputs(ours, x.detach())
-        ours.zero_grad()
-    calls = _torch_nn_forwards(monkeypatch, "LSTM")
+    ref, ours = _pair("GRU", {})
+    xs = [torch.randn(5, 4, 6, requires_grad=True) for _ in range(2)]
+    calls = _torch_nn_forwards(monkeypatch, "GRU")
     grads = []
     for m in (ours, ref):
-        checkpoint(lambda t: m(t)[0], x, use_reentrant=False).square().sum().backward()
-        grads.append([x.grad] + [p.grad for p in m.parameters()])
-        x.grad = None
-    assert calls.count("gpurnn.nn") == (0 if decided_in_the_call else 2)   # forward and recomputation
+        def run(x):
+            y = m(pack_padded_sequence(x, [5, 4, 2, 1]) if packed else x)[0]
+            return (y.data if packed else y).square().sum()
+        sum(checkpoint(run, x, use_reentrant=False) for x in xs).backward()
+        grads.append([x.grad for x in xs] + [p.grad for p in m.parameters()])
+        for x in xs:
+            x.grad = None
+    assert calls.count("gpurnn.nn") == 4 and len(layer.chosen()) == 2   # 2 forwards, 2 recomputations; 2 classes
     for g, w in zip(*grads):
         torch.testing.assert_close(g, w)
+
+
+def test_timing_a_stack_before_its_first_call_leaves_the_rng_as_it_was(monkeypatch, fresh):
+    """The routes are timed on random data before the first call (stack_on_torch): drawn from a forked RNG, so that
+    the call's dropout masks and what is drawn after are torch.nn's."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    _torch_wins(monkeypatch)
+    outs = []
+    for m in _pair("GRU", dict(dropout=0.5))[::-1]:
+        torch.manual_seed(1)
+        outs.append((m(torch.randn(5, 3, 6))[0], torch.rand(1)))
+    assert layer.chosen()
+    for got, want in zip(*outs):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
