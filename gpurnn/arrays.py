@@ -159,7 +159,8 @@ def packed_index(batch_sizes, batch):
     """Row index into a (T*B, ·) padded view for every row of a packed data tensor (torch.nn's PackedSequence)."""
     import torch
 
-    return torch.cat([t * batch + torch.arange(int(n)) for t, n in enumerate(batch_sizes)])
+    sizes = batch_sizes if isinstance(batch_sizes, torch.Tensor) else torch.tensor(list(batch_sizes), dtype=torch.int64)
+    return (torch.arange(batch)[None, :] < sizes[:, None]).reshape(-1).nonzero().squeeze(1)   # in (t, b) order
 
 
 def transposed_copy(a, out=None):

@@ -218,19 +218,21 @@ def _check_unchanged(tensors):
 
 
 def _drop_stale_tape(ctx, key, traced, read):
-    """For the tensors the tape reads (`read`, unpacked) changed in place since forward (a hook or mode bypassed
-    autograd's check): where unpacking gave a copy of the original (allow_mutation_on_saved_tensors), the tape (it
-    reads the changed memory) is dropped and the layer reruns on the copies. Where it gave the changed tensor itself
-    (save_on_cpu on CPU tensors), a changed weight leaves the tape standing, as torch.nn's op keeps its workspace; a
-    changed input (torch.nn's weight gradient reads it changed, the tape may hold it as it was) and a rerun that
-    would read a change are refused. A checkpoint's recomputation made its tape (another key) from the changes."""
+    """For the tensors backward reads (`read`, unpacked) changed in place since forward (a hook or mode bypassed
+    autograd's check). The tape reads x and the weights through zero-copy views (the initial states are copied):
+    where unpacking gave a copy of the original (allow_mutation_on_saved_tensors), it is dropped and the layer reruns
+    on the copies. Where it gave the changed tensor itself (save_on_cpu on CPU tensors), a changed weight leaves the
+    tape standing, as torch.nn's op keeps its workspace; a changed input (torch.nn's weight gradient reads it changed,
+    the tape may hold it as it was) and a rerun that would read a change are refused. A checkpoint's recomputation
+    made its tape (another key) from the changes."""
+    states = [False] + [i % SLOT < STATES for i in ctx.saved_at]
     live_changed = []
     for i, (t, (ref, version)) in enumerate(zip(read, ctx.read)):
         live = ref()
         if live is not None and live._version != version:
             if t.untyped_storage().data_ptr() == live.untyped_storage().data_ptr():   # not a copy
                 live_changed.append((i, live))
-            else:
+            elif not states[i]:
                 _TAPES.pop(key, None)
     rerun = not traced and key not in _TAPES
     if rerun:

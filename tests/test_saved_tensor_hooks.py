@@ -98,3 +98,26 @@ def test_a_checkpoint_recomputes_from_the_changed_tensors_as_torch_nn(name, chan
     for got, want in zip(*(_changed_after_forward(lib, name, changed, {}, contextlib.nullcontext)
                            for lib in (gnn, torch.nn))):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"bidirectional": True}, {"num_layers": 2}])
+@pytest.mark.parametrize("name", ["GRU", "LSTM"])
+def test_an_initial_state_changed_where_autograd_keeps_a_copy_gets_the_gradients_of_the_call(name, kwargs):
+    """allow_mutation_on_saved_tensors copied the first of a layer's views of h0 (the first direction's, the first
+    layer's) and handed the others back changed: backward refused them (before: reran on them, wrong gradients;
+    torch.nn's own RNN and GRU give other gradients there). The engine copies the initial state in forward, so a
+    changed h0 needs no rerun: the gradients of the call as it was made."""
+    grads = []
+    for mutate in (False, True):
+        torch.manual_seed(0)
+        m = getattr(gnn, name)(4, 5, **kwargs)
+        h = torch.randn(m.num_layers * (1 + m.bidirectional), 3, 5, requires_grad=True)
+        with torch.autograd.graph.allow_mutation_on_saved_tensors():
+            y = m(torch.randn(6, 3, 4), (h, h * 1) if name == "LSTM" else h)[0]
+            if mutate:
+                with torch.no_grad():
+                    h.mul_(1.5)
+            y.square().sum().backward()
+        grads.append([h.grad] + [p.grad for p in m.parameters()])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
