@@ -108,15 +108,14 @@ def stack_on_torch(classes, owner, time_them):
     a backward, must save what its forward saved: there the answer is the last forward's of these classes by this
     owner (the module's id), whatever modes either side ran under; and classes not timed yet are timed before a
     forward runs (time_them(): the stack on random data of the call's shapes), not on its way (layer by layer)."""
-    last = ("stack", tuple(classes), owner)
-    if torch._C._current_graph_task_id() != -1 and last in _last_forward:
+    last, in_backward = ("stack", tuple(classes), owner), torch._C._current_graph_task_id() != -1
+    if in_backward and last in _last_forward:
         return _last_forward[last]
     name = forced() or ("torch" if timed.deterministic() else None)
-    if name is None and any(k not in _chosen for k in classes) and torch._C._current_graph_task_id() == -1 \
-            and _may_time():
+    if name is None and not in_backward and any(k not in _chosen for k in classes) and _may_time():
         time_them()
     whole = all((name or _chosen.get(key, ("engine",))[0]) == "torch" for key in classes)
-    if torch._C._current_graph_task_id() == -1:
+    if not in_backward:
         if len(_last_forward) >= LAST_FORWARDS:
             _last_forward.clear()
         _last_forward[last] = whole
