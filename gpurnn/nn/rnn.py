@@ -14,8 +14,8 @@ from ..autograd import recorded_for_torch, run_layers, transformed
 from ..cpu import layer as cpu_layer
 from ..checks import check_choice, check_floating, check_steps
 from .common import (TORCH_NAMES, NotATensor, RuntimeValueError, autocast, autocast_dtype, autocast_enabled,
-                     autocast_inside, autocast_mixed, beyond_engine, check_parameter_device, check_tensor, check_tensor_like,
-                     forward_named_as_its_class, fx_call, lstm_pair, mixed_dtypes, overridden,
+                     autocast_inside, autocast_mixed, beyond_engine, check_parameter_device, check_tensor,
+                     check_tensor_like, forward_named_as_its_class, fx_call, lstm_pair, mixed_dtypes, overridden,
                      torch_nn_steps)
 from .convert import torch_twin
 
