@@ -36,8 +36,9 @@ def test_one_step_matches_torch_with_and_without_grad(name, dtype):
 
 def test_an_elman_or_gru_step_is_torch_nn_s_own_call(monkeypatch):
     """One step of an RNN or GRU on the CPU runs torch.nn's forward (faster than gpurnn's front end there); longer
-    inputs and an LSTM's step run gpurnn's layers."""
+    inputs and an LSTM's step run gpurnn's layers (on the engine's route: torch's route runs torch.nn's forward)."""
     from gpurnn.autograd import run_layers
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
     from gpurnn.nn import rnn
     calls = []
     monkeypatch.setattr(rnn, "run_layers", lambda *a, **k: calls.append(a[0]) or run_layers(*a, **k))

@@ -10,7 +10,7 @@ from ..cells import NONLINEARITIES
 from ..checks import check_choice
 from .common import (TORCH_NAMES, RuntimeValueError, autocast, autocast_dtype, autocast_enabled, autocast_inside,
                      autocast_mixed, beyond_engine, check_tensor, forward_named_as_its_class, fx_call, lstm_pair,
-                     mixed_dtypes, overridden, torch_nn_steps, torch_steps_here)
+                     mixed_dtypes, overridden, parametrized, torch_nn_steps, torch_steps_here)
 from .rnn import _EngineForward
 
 # dtypes as torch's matmul errors name them: (addmm's scalar type, mm's C++ type)
@@ -45,16 +45,16 @@ class _CellForward:
         traced = fx_call(self, input, hx)
         if traced is not None:
             return traced
-        if not parametrize.is_parametrized(self):
+        if not parametrized(self):
             return self._step(input, hx)
         with parametrize.cached():   # each weight evaluated once per call, as by torch.nn (the checks read them too)
             return self._step(input, hx)
 
     def _step(self, input, hx):
         is_lstm, kind = self._cell == "lstm", TORCH_NAMES[self._cell] + "Cell"
-        if isinstance(input, torch.Tensor) and (autocast_inside(kind, input.device) or recorded_for_torch(input)
-                                                or transformed() or self._torch_nn_step(input, hx)):
-            return super().forward(input, hx)   # torch.nn's own step (see each condition)
+        if isinstance(input, torch.Tensor) and (self._torch_nn_step(input, hx) or autocast_inside(kind, input.device)
+                                                or recorded_for_torch(input) or transformed()):
+            return super().forward(input, hx)   # torch.nn's own step (see each condition; the common one first)
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
         if (overridden(input, hx, *weights) or beyond_engine(input, weights) or autocast_mixed(kind, input, weights)
                 or mixed_dtypes(weights)):

@@ -3,7 +3,6 @@ get it, tensor checks, and the packed-sequence index."""
 import types
 
 import torch
-from torch.nn.utils import parametrize
 
 from .. import backends
 from ..checks import check_same_dtype
@@ -30,13 +29,20 @@ def torch_steps_here(x, backend):
             and torch.autograd.forward_ad._current_level < 0)
 
 
+def parametrized(module):
+    """parametrize.is_parametrized(module) without its attribute miss through nn.Module.__getattr__, which cost
+    about 1 us of every single step (a parametrization's ModuleDict is always a registered submodule)."""
+    found = module._modules.get("parametrizations")
+    return isinstance(found, torch.nn.ModuleDict) and len(found) > 0
+
+
 def torch_nn_steps(module, x, states, weight):
     """Whether module's own torch.nn forward runs this single step: a well-formed one (states: the hidden state's
     tensors, all of x's dtype and device, as is the parameter `weight`) that `torch_steps_here`; gpurnn's checks
     plus the step took 1.4-2.9x torch.nn's time on an Intel Xeon. Anything else goes through gpurnn's checks,
     whose messages name the argument. Not for a parametrized module: reading its weight here would evaluate the
     parametrization once more than torch.nn does (a random one, as weight dropout, would draw other weights)."""
-    return (not parametrize.is_parametrized(module) and x.dtype == getattr(module, weight).dtype
+    return (not parametrized(module) and x.dtype == getattr(module, weight).dtype
             and all(isinstance(h, torch.Tensor) and (h.dtype, h.device) == (x.dtype, x.device) for h in states)
             and torch_steps_here(x, module.backend))
 

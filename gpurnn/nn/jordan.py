@@ -12,7 +12,7 @@ from ..autograd import run_layer
 from ..cells import NONLINEARITIES, OUTPUT_ACTIVATIONS
 from ..checks import (check_choice, check_floating, check_same_device, check_same_dtype, check_shape, check_steps,
                       check_unit_interval)
-from .common import autocast_enabled, check_tensor
+from .common import autocast_enabled, check_tensor, parametrized
 
 
 WEIGHT_NAMES = ("weight_ih", "weight_sh", "bias_h", "weight_ho", "bias_o", "decay")
@@ -101,7 +101,7 @@ class JordanRNN(torch.nn.Module):
         return ", ".join(parts)
 
     def forward(self, x, s0=None, teacher=None):
-        if not parametrize.is_parametrized(self):
+        if not parametrized(self):
             return self._run(x, s0, teacher)
         with parametrize.cached():   # each weight evaluated once per call (the checks read weight_ih too)
             return self._run(x, s0, teacher)
