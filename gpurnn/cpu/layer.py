@@ -122,27 +122,29 @@ def stack_on_torch(classes, owner, time_them):
     return whole
 
 
-def _time(run, x, directions, for_backward, batch_sizes):
-    """Median seconds of run(x, directions, batch_sizes) (and a backward of its outputs' sum) on detached copies
-    of the first TIME_STEPS steps (x's needing a gradient where the caller's does: both routes skip dx
-    otherwise). Identity saved-tensor hooks shadow the caller's (which must not see these copies: offloading,
-    counting)."""
+def _time(runs, x, directions, for_backward, batch_sizes):
+    """{route: median seconds} of each runs[route](x, directions, batch_sizes) (and a backward of its outputs' sum)
+    on detached copies of the first TIME_STEPS steps (x's needing a gradient where the caller's does: both routes
+    skip dx otherwise). The routes take turns, so that a passing load weighs on both alike (timed one after the
+    other, a packed LSTM's torch op once timed 1.8 ms for 1.1 on an AMD EPYC, and lost). Identity saved-tensor
+    hooks shadow the caller's (which must not see these copies: offloading, counting)."""
     def copy(t, requires_grad=for_backward):
         return None if t is None else t.detach().clone().requires_grad_(requires_grad)
     xs = copy(x[:TIME_STEPS], for_backward and x.requires_grad)
     bs = None if batch_sizes is None else batch_sizes[:TIME_STEPS]
     dirs = [([copy(s) for s in state0], [copy(w) for w in weights], r) for state0, weights, r in directions]
-    runs = []
+    samples = {name: [] for name in runs}
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-        for k in range(REPEATS + 1):   # the first run warms up
-            t0 = time.perf_counter()
-            with torch.set_grad_enabled(for_backward):
-                outs = run(xs, dirs, bs)
-                if for_backward:
-                    sum(o.sum() for out in outs for o in out).backward()
-            if k:
-                runs.append(time.perf_counter() - t0)
-    return statistics.median(runs)
+        for k in range(REPEATS + 1):   # the first round warms up
+            for name, run in runs.items():
+                t0 = time.perf_counter()
+                with torch.set_grad_enabled(for_backward):
+                    outs = run(xs, dirs, bs)
+                    if for_backward:
+                        sum(o.sum() for out in outs for o in out).backward()
+                if k:
+                    samples[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def _may_time():
@@ -191,10 +193,8 @@ def _forward_route(key, cell, x, directions, opts, for_backward, run_engine, bat
     if torch._C._is_torch_function_mode_enabled() or torch.autograd.profiler._is_profiler_enabled:
         # a profiler or a torch function mode would see the timing's runs (a backward inside forward): no timing
         return _chosen.get(key, ("torch",))[0]
-    return timed.decide(_chosen, key, lambda: {
-        "engine": _time(run_engine, x, directions, for_backward, batch_sizes),
-        "torch": _time(lambda xs, ds, bs: torch_layers(cell, xs, ds, opts, bs), x, directions, for_backward,
-                       batch_sizes)})
+    runs = {"engine": run_engine, "torch": lambda xs, ds, bs: torch_layers(cell, xs, ds, opts, bs)}
+    return timed.decide(_chosen, key, lambda: _time(runs, x, directions, for_backward, batch_sizes))
 
 
 def _work(key):
