@@ -60,6 +60,7 @@ PRESETS = {
                     "required_ratio": 1.5, "target_ratio": 1.0},
 }
 MODES = ("fwd", "fwdbwd")
+BURST_S = 0.002   # a CPU sample times calls back to back for about this long (a call longer than it: one call)
 COLUMNS = ("run_id", "device", "cell", "mode", "dtype", "batch", "steps", "hidden", "input", "output",
            "provider", "baseline", "status", "median_ms", "q20_ms", "q80_ms", "per_step_us", "peak_mem_mb",
            "ratio", "max_abs_diff", "samples", "note")
@@ -253,12 +254,14 @@ def settle(max_s, slice_s=0.005):
             return
 
 
-def time_cpu(fns, repeats, settle_s):
+def time_cpu(fns, repeats, settle_s, calls=1):
     """{name: ms per call samples}; providers alternate in a rotating order.
 
-    Each sample: settle, one untimed call (wakes this library's threads), one timed call.
-    So each library is timed in its own warm state, and slow drifts of the machine's
-    load fall on all providers alike.
+    Each sample: settle, one untimed call (wakes this library's threads), `calls` timed
+    calls back to back (their mean). So each library is timed in its own warm state, and
+    slow drifts of the machine's load fall on all providers alike. Calls of tens of us
+    need a burst: one call timed after the settle's sleep varied 2x from run to run on
+    an AMD EPYC.
     """
     samples = {name: [] for name in fns}
     names = list(fns)
@@ -267,8 +270,9 @@ def time_cpu(fns, repeats, settle_s):
             settle(settle_s)
             fns[name]()
             t0 = time.perf_counter()
-            fns[name]()
-            samples[name].append(time.perf_counter() - t0)
+            for _ in range(calls):
+                fns[name]()
+            samples[name].append((time.perf_counter() - t0) / calls)
     return {name: np.array(s) * 1e3 for name, s in samples.items()}
 
 
@@ -344,9 +348,10 @@ def warm_up(p, fn, cfg, args, row, disabled):
 def time_all(fns, rows, cfg, args):
     """Median and 20%/80% quantiles (ms) of each warm provider into its row."""
     if cfg.device == "cpu":
-        per_repeat = sum(2 * rows[p]["call_s"] + min(args.settle_s, 0.15) for p in fns)
+        calls = max(1, int(BURST_S / max(rows[p]["call_s"] for p in fns)))   # the same burst for every provider
+        per_repeat = sum((1 + calls) * rows[p]["call_s"] + min(args.settle_s, 0.15) for p in fns)
         repeats = max(3, min(args.repeats, int(args.budget_s / per_repeat)))
-        times = time_cpu(fns, repeats, args.settle_s)
+        times = time_cpu(fns, repeats, args.settle_s, calls)
         stats = {p: (np.median(t), np.quantile(t, 0.2), np.quantile(t, 0.8), len(t)) for p, t in times.items()}
     else:
         stats = {}

@@ -68,9 +68,9 @@ class _EngineForward:
             # decomposition loses it)
             return _eagerly(self.forward, input, hx)
         kind = TORCH_NAMES[self._cell]
-        if isinstance(data, torch.Tensor) and (autocast_inside(kind, data.device, self.proj_size, packed)
-                                               or recorded_for_torch(data) or self._torch_single_step(input, hx)):
-            return super().forward(input, hx)   # (torch.nn's forward reads the weights itself)
+        if isinstance(data, torch.Tensor) and (self._torch_single_step(input, hx) or recorded_for_torch(data)
+                                               or autocast_inside(kind, data.device, self.proj_size, packed)):
+            return super().forward(input, hx)   # (torch.nn's forward reads the weights itself; the common case first)
         if self._all_layers_on_torch(input, hx):
             return super().forward(input, hx)
         # as torch.nn: the weights as they are now (parametrizations, torch.func.functional_call), evaluated
