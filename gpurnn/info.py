@@ -44,7 +44,7 @@ def info():
         ok = chosen in CHOICES
         lines.append(f"  GPURNN_BACKEND={chosen!r}" + ("" if ok else f": not one of {CHOICES}, so every "
                                                       "layer call with backend='auto' raises ValueError"))
-    lines.append(f"LSTM step on the CPU (float32): {cpu.describe()}")
+    lines.append(f"LSTM and GRU steps on the CPU (float32): {cpu.describe()}")
     if _version("torch"):   # the routes are the torch front end's
         lines.append(f"GEMM route on the CPU (torch front end): {gemm.describe()}")
         lines += [f"  {line}" for line in gemm.report()]

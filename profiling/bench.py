@@ -463,7 +463,7 @@ def markdown(rows, args, meta):
              f"- date (UTC): {meta['date']}; run {rows[0]['run_id'] if rows else '-'}",
              f"- versions: {meta['versions']}",
              f"- machine load: {meta['load']}",
-             f"- LSTM step on the CPU (float32): {meta['cpu_step']}",
+             f"- LSTM and GRU steps on the CPU (float32): {meta['cpu_step']}",
              f"- layer route on the CPU (torch front end): {meta['layer_route']}",
              f"- GEMM route on the CPU (torch front end, engine layers): {meta['gemm_route']}",
              f"- {meta['openblas_env']}",

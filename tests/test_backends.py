@@ -56,7 +56,7 @@ def test_info_says_what_gpurnn_backend_sets(value, says, monkeypatch):
 def test_info_command_and_import_without_side_effects():
     out = subprocess.run([sys.executable, "-m", "gpurnn", "info"], capture_output=True, text=True, check=True)
     assert "backends:" in out.stdout and "numpy   usable" in out.stdout
-    assert "LSTM step on the CPU (float32): " in out.stdout
+    assert "LSTM and GRU steps on the CPU (float32): " in out.stdout
     # importing gpurnn must not import torch, triton or cupy (no GPU work at import time)
     code = "import sys, gpurnn; print(sorted(m for m in ('torch', 'triton', 'cupy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -25,8 +25,16 @@ GATES = 3   # blocks of rows in the input and recurrent weights
 
 
 def make(xp, w, matmul, opts, fused):
-    """The cell for one call: the kernels' row-major buffers, else the feature-major xp loop."""
-    return (GRU if fused else GRULoop)(xp, w, matmul)
+    """The cell for one call: the kernels' row-major buffers, the loop with a compiled step for float32 NumPy
+    data where the C step builds (gpurnn/cpu), else the feature-major xp loop."""
+    if fused:
+        return GRU(xp, w, matmul)
+    if xp is np and w["w_hh"].dtype == np.float32:
+        from ..cpu import build, gru   # imported on use: gpurnn.cpu builds on gpurnn.cells
+        lib = build.library()
+        if lib is not None:
+            return gru.CompiledGRULoop(xp, w, matmul, lib)
+    return GRULoop(xp, w, matmul)
 
 
 class GRU(Cell):

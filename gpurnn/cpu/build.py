@@ -1,4 +1,4 @@
-"""Finds, or builds, caches and loads, the compiled LSTM step (step.c) for the numpy backend.
+"""Finds, or builds, caches and loads, the compiled LSTM and GRU steps (step.c) for the numpy backend.
 
 The NumPy LSTM loop is bound by the per-call cost of a dozen ufuncs a step, not by
 arithmetic; one C pass over the gates does the same work in a fraction of the time
@@ -92,8 +92,11 @@ def _open(path):
     ptr, long = ctypes.c_void_p, ctypes.c_long
     lib.lstm_forward_step.argtypes = [ptr, ptr, ptr, long, ptr, long, long]
     lib.lstm_backward_step.argtypes = [ptr, ptr, ptr, ptr, ptr, long, long]
+    lib.gru_forward_step.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, long, long, long]
+    lib.gru_backward_step.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, long, long, long]
     lib.tanh_array.argtypes = lib.sigmoid_of_negated_array.argtypes = [ptr, ptr, long]
-    for name in ("lstm_forward_step", "lstm_backward_step", "tanh_array", "sigmoid_of_negated_array"):
+    for name in ("lstm_forward_step", "lstm_backward_step", "gru_forward_step", "gru_backward_step", "tanh_array",
+                 "sigmoid_of_negated_array"):
         getattr(lib, name).restype = None
     lib.step_source_hash.restype = ctypes.c_char_p
     return lib

@@ -1,4 +1,5 @@
-/* The LSTM step's pointwise work on the CPU, for lstm.py's CompiledLSTMLoop (float32).
+/* The LSTM's and the GRU's step pointwise work on the CPU, for lstm.py's CompiledLSTMLoop and gru.py's
+   CompiledGRULoop (float32).
 
    The NumPy loop spends most of a step on a dozen ufunc calls over small arrays; here each
    step is one pass over the gates, with the operations of gpurnn/cells/lstm.py's LSTMLoop in the same
@@ -162,6 +163,68 @@ EXPORT VECTOR_CLONES void lstm_backward_step(float *restrict d, const float *res
     }
 }
 
+/* The GRU step of cells/gru.py's GRULoop, in its feature-major layout: row j of a block, column b < n
+   (the active columns of a packed step) at [j * ld + b]. g: 3H rows (n | r | z), W_hh h with the r, z
+   rows negated, replaced by (hn | r | z); gx: 3H rows (r | z | n), W_ih x and biases, the r, z rows
+   negated; b_hn: H floats. nw receives n_t, h receives h_t from h_prev. Both loops run the same body in
+   NumPy's order of operations; the first where a column is contiguous (B = 1), so that it vectorises. */
+static inline void gru_forward_at(float *restrict g, const float *restrict gx, float b_hn, float *restrict nw,
+                                  const float *restrict h_prev, float *restrict h, long k, long Hld)
+{
+    float hn = g[k] + b_hn;
+    float r = sigmoid_of_negated(g[Hld + k] + gx[k]), z = sigmoid_of_negated(g[2 * Hld + k] + gx[Hld + k]);
+    float nv = tanh_f(r * hn + gx[2 * Hld + k]);
+    g[k] = hn;
+    g[Hld + k] = r;
+    g[2 * Hld + k] = z;
+    nw[k] = nv;
+    h[k] = (h_prev[k] - nv) * z + nv;
+}
+
+EXPORT VECTOR_CLONES void gru_forward_step(float *restrict g, const float *restrict gx, const float *restrict b_hn,
+                                           float *restrict nw, const float *restrict h_prev, float *restrict h,
+                                           long H, long n, long ld)
+{
+    if (ld == 1) {
+        for (long j = 0; j < H; j++)
+            gru_forward_at(g, gx, b_hn[j], nw, h_prev, h, j, H);
+        return;
+    }
+    for (long j = 0; j < H; j++)
+        for (long b = 0; b < n; b++)
+            gru_forward_at(g, gx, b_hn[j], nw, h_prev, h, j * ld + b, H * ld);
+}
+
+/* The GRU's backward step, layout as above. dh: dL/dh_t carried; dy: dy[t] (added to it). g, nw, h_prev as
+   gru_forward_step left them. d: 4H rows receive the gradients of (hn | r_pre | z_pre | n's input part);
+   keep receives z dL/dh_t, to which the caller adds W_hh^T d: dL/dh_{t-1}. */
+static inline void gru_backward_at(const float *restrict dh, const float *restrict dy, const float *restrict g,
+                                   const float *restrict nw, const float *restrict h_prev, float *restrict d,
+                                   float *restrict keep, long k, long Hld)
+{
+    float dhv = dh[k] + dy[k], hn = g[k], r = g[Hld + k], z = g[2 * Hld + k], nv = nw[k];
+    float kept = dhv * z, dnew = (1.0f - nv * nv) * (dhv - kept);
+    keep[k] = kept;
+    d[k] = dnew * r;
+    d[Hld + k] = (r - r * r) * hn * dnew;
+    d[2 * Hld + k] = (z - z * z) * (h_prev[k] - nv) * dhv;
+    d[3 * Hld + k] = dnew;
+}
+
+EXPORT VECTOR_CLONES void gru_backward_step(const float *restrict dh, const float *restrict dy, const float *restrict g,
+                                            const float *restrict nw, const float *restrict h_prev, float *restrict d,
+                                            float *restrict keep, long H, long n, long ld)
+{
+    if (ld == 1) {
+        for (long j = 0; j < H; j++)
+            gru_backward_at(dh, dy, g, nw, h_prev, d, keep, j, H);
+        return;
+    }
+    for (long j = 0; j < H; j++)
+        for (long b = 0; b < n; b++)
+            gru_backward_at(dh, dy, g, nw, h_prev, d, keep, j * ld + b, H * ld);
+}
+
 /* The hash of this file the library was built from (setup.py passes it; build.py compares it with
    the file now, so that an install whose step.c has changed since does not run stale code). */
 #define STRINGIFY(x) #x
@@ -178,7 +241,7 @@ EXPORT const char *step_source_hash(void)
 /* setup.py ships this file compiled as a Python extension module; build.py loads it with ctypes.
    Importing it also works: an empty module. */
 static struct PyModuleDef step_module = {PyModuleDef_HEAD_INIT, "_step",
-                                         "The compiled LSTM step: gpurnn.cpu.build loads it with ctypes.", -1};
+                                         "The compiled LSTM and GRU steps: gpurnn.cpu.build loads them with ctypes.", -1};
 
 PyMODINIT_FUNC PyInit__step(void)
 {
