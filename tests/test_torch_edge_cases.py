@@ -93,13 +93,49 @@ def test_a_cells_hidden_state_on_another_device_raises_torchs_error():
             m(torch.randn(2, 3), torch.zeros(2, 4, device="meta"))
 
 
-def test_hidden_state_of_another_dtype_is_a_runtime_error_as_in_torch():
-    """torch raises its matmul's RuntimeError; gpurnn's TypeError names the argument and is a RuntimeError too."""
-    for m in _pair("GRU", 3, 4):
-        with pytest.raises(RuntimeError):
-            m(torch.randn(5, 2, 3), torch.zeros(1, 2, 4, dtype=torch.float64))
-    with pytest.raises(TypeError, match=r"hx: expected dtype torch.float32 \(the dtype of input\), got torch.float64"):
-        gnn.GRU(3, 4)(torch.randn(5, 2, 3), torch.zeros(1, 2, 4, dtype=torch.float64))
+@pytest.mark.parametrize("route", ["engine", "auto"])
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+def test_hidden_state_of_another_dtype_is_torch_nns_runtime_error(name, route, monkeypatch):
+    """torch raises its matmul's RuntimeError; gpurnn's TypeError names the argument, is a RuntimeError too, and
+    ends with torch.nn's message (which torch's own tests match)."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", route)
+    h = torch.zeros(1, 2, 4)
+    hx = (h, h.double()) if name == "LSTM" else h
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    ref, mine = (m.double() for m in _pair(name, 3, 4))
+    with pytest.raises(RuntimeError) as want:
+        ref(x, hx)
+    with pytest.raises(RuntimeError, match=f"{'h_0' if name == 'LSTM' else 'hx'}: expected dtype torch.float64 "
+                                           r"\(the dtype of input\), got torch.float32; torch.nn: ") as got:
+        mine(x, hx)
+    assert isinstance(got.value, TypeError) and str(got.value).endswith(str(want.value))
+
+
+@pytest.mark.parametrize("route", ["engine", "auto"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_a_float64_lstms_float32_cell_state_is_promoted_as_by_torch_nn(packed, route, monkeypatch):
+    """torch.nn's CPU LSTM op promotes a c_0 of another dtype than the input: a float64 call runs with it."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", route)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 3])) if packed else x
+    hx = (torch.randn(1, 2, 4, dtype=torch.float64), torch.randn(1, 2, 4))
+    (y0, (h0, c0)), (y1, (h1, c1)) = (m.double()(x, hx) for m in _pair("LSTM", 3, 4))
+    for a, b in ((y0.data if packed else y0, y1.data if packed else y1), (h0, h1), (c0, c1)):
+        assert a.dtype == b.dtype == torch.float64
+        torch.testing.assert_close(b, a)
+
+
+@pytest.mark.parametrize("route", ["engine", "torch", "auto"])
+@pytest.mark.parametrize("hx_shapes", [((1, 2, 4), (2, 2, 4)), ((1, 0, 4), (1, 2, 4))], ids=["layers", "batch"])
+def test_a_packed_lstms_hidden_state_of_other_shapes_is_refused(hx_shapes, route, monkeypatch):
+    """torch.nn's LSTM does not check a packed input's hidden state: its op runs on extra layer rows, or crashes
+    the process (a bidirectional one). gpurnn checks it on every route, as torch.nn does a tensor input's."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", route)
+    m = gnn.LSTM(3, 4)
+    x = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(5, 2, 3), torch.tensor([5, 5]))
+    for _ in range(2):   # the auto route's second call: its route timed
+        with pytest.raises(RuntimeError, match=r"Expected hidden\[[01]\] size \(1, 2, 4\), got \["):
+            m(x, tuple(torch.randn(s) for s in hx_shapes))
 
 
 def test_rnn_keeps_the_nonlinearity_it_was_built_with():
@@ -279,6 +315,18 @@ def test_fx_symbolic_trace_records_the_modules_as_torch_nns():
     assert isinstance(graphs[1].rnn, gnn.LSTM)
     x = torch.randn(2, 5, 3)
     torch.testing.assert_close(graphs[1](x), ref(x))
+
+
+@pytest.mark.parametrize("name, args", [("RNN", (3, 4)), ("LSTM", (3, 4)), ("GRUCell", (3, 4))])
+def test_fx_symbolic_trace_of_the_module_itself_fails_as_torch_nns(name, args):
+    """fx traces the root module's forward: torch.nn's fails on its control flow with a TraceError; so does gpurnn's
+    (it had failed with an AttributeError naming an attribute '')."""
+    messages = []
+    for m in _pair(name, *args):
+        with pytest.raises(torch.fx.proxy.TraceError) as err:
+            torch.fx.symbolic_trace(m)
+        messages.append(str(err.value))
+    assert messages[1] == messages[0]
 
 
 def test_functional_call_with_parameters_of_another_dtype_runs_as_torch_nn():

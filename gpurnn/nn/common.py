@@ -16,7 +16,11 @@ def fx_call(module, input, hx):
     proxy = next((a for a in (input, hx) if isinstance(a, torch.fx.Proxy)), None)
     if proxy is None:
         return None
-    return proxy.tracer.create_proxy("call_module", proxy.tracer.path_of_module(module), (input, hx), {})
+    path = proxy.tracer.path_of_module(module)
+    if not path:   # the traced root itself: fx traces its torch.nn forward, as torch.nn's (a TraceError on control flow)
+        torch_nn = next(c for c in type(module).__mro__ if c.__module__.startswith("torch.nn."))
+        return torch_nn.forward(module, input, hx)
+    return proxy.tracer.create_proxy("call_module", path, (input, hx), {})
 
 
 def torch_steps_here(x, backend):

@@ -13,10 +13,10 @@ from ..arrays import packed_index
 from ..autograd import recorded_for_torch, run_layers, transformed
 from ..cpu import layer as cpu_layer
 from ..checks import check_choice, check_floating, check_steps
-from .common import (TORCH_NAMES, NotATensor, RuntimeValueError, autocast, autocast_dtype, autocast_enabled,
-                     autocast_inside, autocast_mixed, beyond_engine, check_parameter_device, check_tensor,
-                     check_tensor_like, forward_named_as_its_class, fx_call, lstm_pair, mixed_dtypes, overridden,
-                     torch_nn_steps)
+from .common import (TORCH_NAMES, NotATensor, RuntimeTypeError, RuntimeValueError, autocast, autocast_dtype,
+                     autocast_enabled, autocast_inside, autocast_mixed, beyond_engine, check_parameter_device,
+                     check_tensor, check_tensor_like, forward_named_as_its_class, fx_call, lstm_pair, mixed_dtypes,
+                     overridden, torch_nn_steps)
 from .convert import torch_twin
 
 
@@ -80,7 +80,7 @@ class _EngineForward:
                 or self._changed_since_built() or autocast_mixed(kind, data, self._flat_weights)):
             return super().forward(input, hx)
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
-        x, batch_sizes, sorted_idx, unsorted_idx, batched, hx = self._checked_inputs(input, hx)
+        given, (x, batch_sizes, sorted_idx, unsorted_idx, batched, hx) = hx, self._checked_inputs(input, hx)
         if packed:
             batch, steps = int(batch_sizes[0]), len(batch_sizes)
             index = packed_index(batch_sizes, batch).to(x.device)
@@ -102,8 +102,11 @@ class _EngineForward:
                 hx.append(x.new_zeros(layers_dirs, batch, self.hidden_size))
         else:
             hx = [autocast(h, dtype) for h in hx]
-            for name, h in zip(["h_0", "c_0"] if is_lstm else ["hx"], hx):
-                check_tensor_like(name, h, x, packed)
+            try:
+                for name, h in zip(["h_0", "c_0"] if is_lstm else ["hx"], hx):
+                    check_tensor_like(name, h, x, packed)
+            except RuntimeTypeError as err:
+                return self._as_torch_nn(input, given, err)
         check_parameter_device(x, self._flat_weights[0])   # after the hidden state's, as torch's op checks
 
         y, finals = self._run_stack(x, hx, batch_sizes, dtype, index if packed else None)
@@ -123,6 +126,15 @@ class _EngineForward:
             y = y.squeeze(0 if self.batch_first else 1)
             hidden = tuple(h.squeeze(1) for h in hidden) if is_lstm else hidden.squeeze(1)
         return y, hidden
+
+    def _as_torch_nn(self, input, hx, err):
+        """A hidden state of another dtype than the input: what torch.nn does, which depends on the op its forward
+        reaches (its CPU op promotes a float64 LSTM's float32 c_0; elsewhere its matmul or oneDNN refuses, each
+        in its own words): its result, or gpurnn's error naming the argument followed by torch.nn's."""
+        try:
+            return super().forward(input, hx)
+        except RuntimeError as torch_err:
+            raise RuntimeTypeError(f"{err}; torch.nn: {torch_err}") from None
 
     def _changed_since_built(self):
         """Whether attributes or weights were changed after construction in a way the engine has no reading of:
@@ -171,8 +183,7 @@ class _EngineForward:
         if (T < 2 or B == 0 or data.shape[-1] == 0 or not backends.runs_numpy(self.backend, False)
                 or weights[0].dtype != data.dtype or weights[0].device.type != "cpu"
                 or torch.compiler.is_compiling() or transformed() or autocast_enabled(data.device)
-                or hx is not None and (len(states) != 1 + (self._cell == "lstm") or not all(
-                    type(h) in (torch.Tensor, torch.nn.Parameter) and h.dtype == data.dtype for h in states))):
+                or hx is not None and not self._states_fit(states, data, packed, B)):
             return False
         grad = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
         dirs, per_layer = 1 + self.bidirectional, len(weights) // self.num_layers
@@ -188,6 +199,15 @@ class _EngineForward:
             x_grad = for_backward
         time_them = lambda: self._time_routes(data, None if hx is None else states, sizes, T, B)   # noqa: E731
         return cpu_layer.stack_on_torch(classes, id(self), time_them)
+
+    def _states_fit(self, states, data, packed, B):
+        """Whether a given hidden state is tensors of the data's dtype and of the shapes torch.nn checks for. Its
+        LSTM does not check a packed input's: its op then runs on extra layer rows, or crashes the process."""
+        rows, widths = self.num_layers * (1 + self.bidirectional), [self.proj_size or self.hidden_size, self.hidden_size]
+        batch = (B,) if packed or data.dim() == 3 else ()
+        return len(states) == 1 + (self._cell == "lstm") and all(
+            type(h) in (torch.Tensor, torch.nn.Parameter) and h.dtype == data.dtype and h.shape == (rows, *batch, w)
+            for h, w in zip(states, widths))
 
     def _time_routes(self, data, states, batch_sizes, T, B):
         """Times every layer's route (cpu/layer.py) on random data of this call's shapes (its first TIME_STEPS steps),
