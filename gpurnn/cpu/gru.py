@@ -19,13 +19,14 @@ class CompiledGRULoop(GRULoop):
         B = x.shape[1]
         b_hn = np.zeros(self.H, x.dtype) if self.b_hn is None else self.b_hn[:, 0]
         self.b_hn_c = np.ascontiguousarray(b_hn)   # kept: the kernel reads its address
+        self.b_hn_at = _address(self.b_hn_c)
         self.g_at, self.gx_at = _step_addresses(self.G), _step_addresses(self.GX)
         self.n_at, self.h_at = _step_addresses(self.N), _step_addresses(self.hT)
         self.ld = B
 
     def step(self, t, n):
         self.mm(self.w_hh_scaled, self.hT[t, :, :n], out=self.G[t, :, :n])
-        self.lib.gru_forward_step(self.g_at[t], self.gx_at[t], _address(self.b_hn_c), self.n_at[t], self.h_at[t],
+        self.lib.gru_forward_step(self.g_at[t], self.gx_at[t], self.b_hn_at, self.n_at[t], self.h_at[t],
                                   self.h_at[t + 1], self.H, n, self.ld)
 
     def begin_backward(self, dy, dstate, alloc):

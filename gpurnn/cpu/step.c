@@ -241,7 +241,8 @@ EXPORT const char *step_source_hash(void)
 /* setup.py ships this file compiled as a Python extension module; build.py loads it with ctypes.
    Importing it also works: an empty module. */
 static struct PyModuleDef step_module = {PyModuleDef_HEAD_INIT, "_step",
-                                         "The compiled LSTM and GRU steps: gpurnn.cpu.build loads them with ctypes.", -1};
+                                         "The compiled LSTM and GRU steps: gpurnn.cpu.build loads them with ctypes.",
+                                         -1};
 
 PyMODINIT_FUNC PyInit__step(void)
 {
