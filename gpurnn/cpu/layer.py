@@ -6,8 +6,8 @@ from Python. Which is faster depends on the cell and the machine (Intel Xeon, B=
 H=128: the engine's GRU took 0.72x torch's time, its LSTM 1.5x). So the first call of each
 layer shape class (cell, T up to TIME_STEPS, B, I rounded up to powers of two, H, directions,
 whether a backward follows and wants dx, dtype, packed or not) times both on copies of its first TIME_STEPS
-steps, forward and, where a backward follows, backward, and keeps the faster for the process
-(`route`). Where every layer of a module's call has its route fixed to torch's op, the module runs
+steps, forward and, where a backward follows, backward, and keeps the faster for the process (torch's op
+unless the engine is 5% faster: `route`). Where every layer of a module's call has its route fixed to torch's op, the module runs
 torch.nn's own forward (`stack_on_torch`).
 torch's op computes torch.nn's own function, so both routes give the same results to float
 rounding.
@@ -30,6 +30,7 @@ from . import timed
 _OPS = {"lstm": torch._VF.lstm, "gru": torch._VF.gru}
 REPEATS = 3
 TIME_STEPS = 32   # the timing runs on the first steps only: per-step costs decide, and it stays cheap
+TIE = 0.05   # torch's op wins a timing within this fraction of the engine's
 _chosen = {}     # layer shape class -> (route, {route: median seconds})
 _last_forward = {}   # (layer shape class, weights' address) -> the route its last forward outside a backward took
 LAST_FORWARDS = 1024
@@ -194,7 +195,9 @@ def _forward_route(key, cell, x, directions, opts, for_backward, run_engine, bat
         # a profiler or a torch function mode would see the timing's runs (a backward inside forward): no timing
         return _chosen.get(key, ("torch",))[0]
     runs = {"engine": run_engine, "torch": lambda xs, ds, bs: torch_layers(cell, xs, ds, opts, bs)}
-    return timed.decide(_chosen, key, lambda: _time(runs, x, directions, for_backward, batch_sizes))
+    # near a tie, torch's op: torch.nn's own results, and a stack all on it runs as one op (stack_on_torch); the
+    # first steps timed are not the whole call (a packed LSTM's timed tie took 1.2x torch.nn's time on an AMD EPYC)
+    return timed.decide(_chosen, key, lambda: _time(runs, x, directions, for_backward, batch_sizes), "torch", TIE)
 
 
 def _work(key):

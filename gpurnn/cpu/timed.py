@@ -32,14 +32,17 @@ def deterministic():
     return torch is not None and torch.are_deterministic_algorithms_enabled()
 
 
-def decide(cache, key, time_routes):
-    """The route cached for key, else the fastest of time_routes() ({route: seconds}), cached with its
-    times: cache[key] = (route, times)."""
+def decide(cache, key, time_routes, prefer=None, margin=0.0):
+    """The route cached for key, else the fastest of time_routes() ({route: seconds}), or `prefer` where it is
+    within `margin` (a fraction) of the fastest, cached with its times: cache[key] = (route, times)."""
     if key not in cache:
         with _lock:
             if key not in cache:
                 times = time_routes()
-                cache[key] = (min(times, key=times.get), times)
+                best = min(times, key=times.get)
+                if prefer in times and times[prefer] <= times[best] * (1 + margin):
+                    best = prefer
+                cache[key] = (best, times)
     return cache[key][0]
 
 

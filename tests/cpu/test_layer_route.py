@@ -250,6 +250,15 @@ def _torch_wins(monkeypatch):
     monkeypatch.setattr(layer, "_time", lambda *args: {"engine": 1.0, "torch": 0.0})
 
 
+@pytest.mark.parametrize("engine_s, want", [(0.97, "torch"), (0.90, "engine"), (1.10, "torch")])
+def test_a_near_tie_goes_to_torchs_op(engine_s, want, monkeypatch, fresh):
+    """Within 5% of the engine's time, torch's op: torch.nn's own results, one op for a stack all on it."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    monkeypatch.setattr(layer, "_time", lambda *args: {"engine": engine_s, "torch": 1.0})
+    gnn.GRU(3, 4)(torch.randn(5, 2, 3))
+    assert [route for route, _ in layer.chosen().values()] == [want]
+
+
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
 def test_a_stack_whose_layers_all_take_torchs_op_runs_as_torch_nns_forward(kind, packed, monkeypatch, fresh):
