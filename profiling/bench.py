@@ -333,9 +333,10 @@ def warm_up(p, fn, cfg, args, row, disabled):
         if p == "compile":
             row["note"] = f"first call {time.perf_counter() - t0:.1f} s (compiles each new shape)"
         sample = None if out is None else torch.cat([out[:64], out[-1:]]).detach().double().cpu()
+        row["peak_mem_mb"] = peak_memory_mb(fn, cfg.device)   # (its own collections and resets: about 0.1 s)
         t0 = time.perf_counter()
-        row["peak_mem_mb"] = peak_memory_mb(fn, cfg.device)
-        row["call_s"] = time.perf_counter() - t0   # a warm call: sizes the CPU repeats
+        fn()
+        row["call_s"] = time.perf_counter() - t0   # a warm call: sizes the CPU repeats and bursts
         return sample
     except Exception as err:   # recorded in the table; the sweep goes on
         _record_failure(row, err, cfg)

@@ -322,11 +322,15 @@ def test_fx_symbolic_trace_of_the_module_itself_fails_as_torch_nns(name, args):
     """fx traces the root module's forward: torch.nn's fails on its control flow with a TraceError; so does gpurnn's
     (it had failed with an AttributeError naming an attribute '')."""
     messages = []
-    for m in _pair(name, *args):
-        with pytest.raises(torch.fx.proxy.TraceError) as err:
-            torch.fx.symbolic_trace(m)
-        messages.append(str(err.value))
-    assert messages[1] == messages[0]
+    for parametrized in (False, True):   # (a parametrization swaps the class for one of torch.nn.utils')
+        for m in _pair(name, *args):
+            if parametrized:
+                torch.nn.utils.parametrize.register_parametrization(m, "weight_hh" + "_l0" * (name != "GRUCell"),
+                                                                    torch.nn.Identity())
+            with pytest.raises(torch.fx.proxy.TraceError) as err:
+                torch.fx.symbolic_trace(m)
+            messages.append(str(err.value))
+    assert messages[1] == messages[0] and messages[3] == messages[2]
 
 
 def test_functional_call_with_parameters_of_another_dtype_runs_as_torch_nn():

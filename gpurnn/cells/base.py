@@ -2,7 +2,7 @@
 
 One module per cell holds everything about that cell on xp (NumPy or CuPy) arrays:
 elman.py, jordan.py, lstm.py, gru.py; their GPU counterparts are kernels/<cell>.py, and
-the LSTM's compiled CPU step is gpurnn/cpu/. gpurnn/cells/__init__.py maps a cell name
+the LSTM's and the GRU's compiled CPU steps are gpurnn/cpu/. gpurnn/cells/__init__.py maps a cell name
 to its module; each module's make(...) picks the variant that runs a call.
 
 A cell owns the buffers of one layer and one direction for one sequence.

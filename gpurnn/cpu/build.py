@@ -154,6 +154,6 @@ def status():
 
 
 def describe():
-    """Which LSTM step runs on the CPU, in words (for `gpurnn info` and benchmark headers)."""
+    """Which LSTM and GRU steps run on the CPU, in words (for `gpurnn info` and benchmark headers)."""
     lib, said = _load()
     return f"compiled (gpurnn/cpu/step.c, {said})" if lib is not None else f"the NumPy loop ({said})"

@@ -2,9 +2,10 @@
    CompiledGRULoop (float32).
 
    The NumPy loop spends most of a step on a dozen ufunc calls over small arrays; here each
-   step is one pass over the gates, with the operations of gpurnn/cells/lstm.py's LSTMLoop in the same
-   order (only tanh and exp differ: tanh_f and exp_f below, not NumPy's). Every array is row-major,
-   one row per batch row b < n (the active rows of a packed step), gates (o | f | i | g).
+   step is one pass over the gates, with the operations of gpurnn/cells/lstm.py's LSTMLoop (and
+   gru.py's GRULoop) in the same order (only tanh and exp differ: tanh_f and exp_f below, not NumPy's).
+   The LSTM's arrays are row-major, one row per batch row b < n (the active rows of a packed step),
+   gates (o | f | i | g); the GRU's are its NumPy loop's, feature-major (see gru_forward_step).
 
    Plain C (its own tanh and exp; fmaf only where the CPU has no FMA instruction), so any compiler builds
    it and vectorises its loops: shipped prebuilt in the wheel (setup.py), or built at first use by

@@ -10,7 +10,7 @@ from ..cells import NONLINEARITIES
 from ..checks import check_choice
 from .common import (TORCH_NAMES, RuntimeValueError, autocast, autocast_dtype, autocast_enabled, autocast_inside,
                      autocast_mixed, beyond_engine, check_tensor, forward_named_as_its_class, fx_call, lstm_pair,
-                     mixed_dtypes, overridden, parametrized, torch_nn_steps, torch_steps_here)
+                     mixed_dtypes, overridden, parametrized, torch_nn_steps, torch_steps_here, TRACED_ROOT)
 from .rnn import _EngineForward
 
 # dtypes as torch's matmul errors name them: (addmm's scalar type, mm's C++ type)
@@ -43,6 +43,8 @@ class _CellForward:
 
     def forward(self, input, hx=None):
         traced = fx_call(self, input, hx)
+        if traced is TRACED_ROOT:   # as torch.nn's: fx traces into its forward, and fails on its control flow
+            return super().forward(input, hx)
         if traced is not None:
             return traced
         if not parametrized(self):

@@ -10,6 +10,9 @@ from ..checks import check_same_dtype
 TORCH_NAMES = {"elman": "RNN", "lstm": "LSTM", "gru": "GRU"}   # as torch.nn's messages name them
 
 
+TRACED_ROOT = object()   # fx_call's answer for the traced root: the caller runs torch.nn's forward (a TraceError)
+
+
 def fx_call(module, input, hx):
     """Under torch.fx.symbolic_trace: the module as one call_module node, as fx records torch.nn's own modules
     (it traces into modules from elsewhere, and the engine cannot run on proxies); else None."""
@@ -17,9 +20,8 @@ def fx_call(module, input, hx):
     if proxy is None:   # (the common case: no generator, 0.3 us of every single step)
         return None
     path = proxy.tracer.path_of_module(module)
-    if not path:   # the traced root itself: fx traces its torch.nn forward, as torch.nn's (a TraceError on control flow)
-        torch_nn = next(c for c in type(module).__mro__ if c.__module__.startswith("torch.nn."))
-        return torch_nn.forward(module, input, hx)
+    if not path:   # the traced root itself: fx traces its forward, which is to be torch.nn's (see TRACED_ROOT)
+        return TRACED_ROOT
     return proxy.tracer.create_proxy("call_module", path, (input, hx), {})
 
 

@@ -16,7 +16,7 @@ from ..checks import check_choice, check_floating, check_steps
 from .common import (TORCH_NAMES, NotATensor, RuntimeTypeError, RuntimeValueError, autocast, autocast_dtype,
                      autocast_enabled, autocast_inside, autocast_mixed, beyond_engine, check_parameter_device,
                      check_tensor, check_tensor_like, forward_named_as_its_class, fx_call, lstm_pair, mixed_dtypes,
-                     overridden, torch_nn_steps)
+                     overridden, torch_nn_steps, TRACED_ROOT)
 from .convert import torch_twin
 
 
@@ -55,6 +55,8 @@ class _EngineForward:
 
     def forward(self, input, hx=None):
         traced = fx_call(self, input, hx)
+        if traced is TRACED_ROOT:   # as torch.nn's: fx traces into its forward, and fails on its control flow
+            return super().forward(input, hx)
         if traced is not None:
             return traced
         is_lstm = self._cell == "lstm"
@@ -203,7 +205,8 @@ class _EngineForward:
     def _states_fit(self, states, data, packed, B):
         """Whether a given hidden state is tensors of the data's dtype and of the shapes torch.nn checks for. Its
         LSTM does not check a packed input's: its op then runs on extra layer rows, or crashes the process."""
-        rows, widths = self.num_layers * (1 + self.bidirectional), [self.proj_size or self.hidden_size, self.hidden_size]
+        rows = self.num_layers * (1 + self.bidirectional)
+        widths = [self.proj_size or self.hidden_size, self.hidden_size]
         batch = (B,) if packed or data.dim() == 3 else ()
         return len(states) == 1 + (self._cell == "lstm") and all(
             type(h) in (torch.Tensor, torch.nn.Parameter) and h.dtype == data.dtype and h.shape == (rows, *batch, w)
