@@ -11,7 +11,7 @@ from gpurnn import cells
 from gpurnn.cpu import build
 from gpurnn.cpu.gru import CompiledGRULoop
 
-from .test_lstm_step import arrays_of
+from .test_lstm_step import arrays_of, assert_compiled_matches_the_numpy_loop
 
 GRULoop = cells.get("gru").GRULoop
 T, I, H = 6, 5, 13
@@ -47,17 +47,7 @@ def test_compiled_step_matches_the_numpy_loop(compiled, monkeypatch, B, sizes, r
         y, state, tape = F.forward("gru", x, w, state0, batch_sizes=sizes, reverse=reverse)
         return type(tape.cell), arrays_of([y, state, F.backward(tape, dy, dstate), F.backward(tape, dy, dstate)])
 
-    loop, compiled_results = run()
-    assert loop is CompiledGRULoop
-    monkeypatch.setattr(build, "library", lambda: None)
-    loop, numpy_results = run()
-    assert loop is GRULoop
-    assert len(compiled_results) == len(numpy_results)
-    for i, (got, want) in enumerate(zip(compiled_results, numpy_results)):
-        if want is None:
-            assert got is None, i
-        else:
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"array {i}")
+    assert_compiled_matches_the_numpy_loop(run, monkeypatch, CompiledGRULoop, GRULoop)
 
 
 def test_float64_runs_the_numpy_loop(compiled):

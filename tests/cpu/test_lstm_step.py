@@ -159,11 +159,17 @@ def test_compiled_step_matches_the_numpy_loop(compiled, monkeypatch, proj, packe
             np.testing.assert_array_equal(a, b)
         return type(tape.cell), arrays_of([y, state, F.backward(tape, dy, dstate), F.backward(tape, dy, dstate)])
 
+    assert_compiled_matches_the_numpy_loop(run, monkeypatch, CompiledLSTMLoop, LSTMLoop)
+
+
+def assert_compiled_matches_the_numpy_loop(run, monkeypatch, compiled_loop, numpy_loop):
+    """run() -> (the tape's cell type, its arrays) with the compiled step, then with the NumPy loop: the same
+    arrays to float32 rounding (None where the other has None)."""
     loop, compiled_results = run()
-    assert loop is CompiledLSTMLoop
+    assert loop is compiled_loop
     monkeypatch.setattr(build, "library", lambda: None)
     loop, numpy_results = run()
-    assert loop is LSTMLoop
+    assert loop is numpy_loop
     assert len(compiled_results) == len(numpy_results)
     for i, (got, want) in enumerate(zip(compiled_results, numpy_results)):
         if want is None:
