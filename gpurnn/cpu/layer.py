@@ -137,8 +137,7 @@ def _time(runs, x, directions, for_backward, batch_sizes):
     samples = {name: [] for name in runs}
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         for k in range(REPEATS + 1):   # the first round warms up
-            for name in list(runs)[::1 if k % 2 else -1]:   # each route first in every other round
-                run = runs[name]
+            for name, run in list(runs.items())[::1 if k % 2 else -1]:   # each route first in every other round
                 t0 = time.perf_counter()
                 with torch.set_grad_enabled(for_backward):
                     outs = run(xs, dirs, bs)
