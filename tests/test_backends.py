@@ -1,7 +1,9 @@
 """Backend choice: auto never fails for lack of a GPU; an explicit unusable backend says why."""
 import importlib
+import os
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -26,6 +28,21 @@ def test_env_overrides_auto_only(monkeypatch):
     monkeypatch.setenv("GPURNN_BACKEND", "fpga")
     with pytest.raises(ValueError, match="GPURNN_BACKEND.*fpga"):
         backends.resolve("auto", on_gpu=False)
+
+
+def test_runs_numpy_reads_the_environment_of_every_call(monkeypatch):
+    """runs_numpy reads os.environ's store directly (for speed): every way of changing it is seen."""
+    monkeypatch.delenv("GPURNN_BACKEND", raising=False)
+    assert backends.runs_numpy("auto", on_gpu=False)
+    monkeypatch.setenv("GPURNN_BACKEND", "triton")
+    assert not backends.runs_numpy("auto", on_gpu=False)
+    assert backends.runs_numpy("numpy", on_gpu=False)   # an explicit backend is not overridden
+    with mock.patch.dict(os.environ, {"GPURNN_BACKEND": "numpy"}):
+        assert backends.runs_numpy("auto", on_gpu=False)
+    assert not backends.runs_numpy("auto", on_gpu=False)
+    monkeypatch.setattr(os, "environ", {"GPURNN_BACKEND": "numpy"})   # os.environ replaced by a plain dict
+    assert backends.runs_numpy("auto", on_gpu=False)
+    assert not backends.runs_numpy("auto", on_gpu=True)
 
 
 def test_unusable_backend_reports_reason(monkeypatch):
