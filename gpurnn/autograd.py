@@ -25,7 +25,9 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 
 from . import backends, cells, checks, engine, torch_loop
+from . import fork_safety  # noqa: F401  (its fork hook: the custom ops' first call imports)
 from .arrays import device_scope, tensor_to_xp, xp_to_tensor
+from .recording import recorded_for_torch, transformed
 from .slots import (DIRS, N_IN, N_OUT, OPTIONS, SLOT, SLOTS, STATES, groups, options_string, pack,
                     pack_outputs, parse_options, unpack, unpack_outputs)
 
@@ -294,21 +296,6 @@ def _differentiable_backward(ctx, x, slots, grads):
 layer_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def recorded_for_torch(x):
-    """Whether this call is being recorded into a program that may run where gpurnn is absent, with torch's own
-    ops only: torch.jit.trace (TorchScript, as libtorch loads it, and the TorchScript ONNX exporter) and
-    torch.export (AOTInductor, ExecuTorch and a process without gpurnn load its programs; the dynamo ONNX exporter
-    uses it). Layers then run as torch ops (torch.nn's modules: their own forward, as under torch.jit.script; the
-    rest: the torch loop), so the program is torch.nn's; torch.compile records the engine's custom op."""
-    if torch.jit.is_tracing():   # this thread's trace
-        return True
-    # torch.export's flag is process-wide: the input (x) must also be one it traces, fake, or dynamo must be tracing
-    # this code (a strict export; dynamo cannot call is_fake). The flag is read, not torch.compiler.is_exporting():
-    # torch 2.11's dynamo folds that call to True under every torch.compile.
-    exporting = getattr(torch.compiler, "_is_exporting_flag", False)
-    return exporting and (torch.compiler.is_dynamo_compiling() or is_fake(x))
-
-
 def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts):
     """x (T, B, I) tensor and [(state0, weights, reverse)] -> [(y, *state_T)] of each direction,
     differentiable. A bidirectional layer's directions go in one call: under "triton" one kernel
@@ -376,20 +363,6 @@ def _torch_loop_layers(cell, x, directions, batch_sizes, opts):
     """[(y, *state_T)] of each direction as the plain torch loop (torch_loop.py)."""
     return [torch_loop.layer(cell, x, state0, weights, reverse=reverse, batch_sizes=batch_sizes, **opts)
             for state0, weights, reverse in directions]
-
-
-def transformed():
-    """Whether a torch.func transform (grad, jvp, vmap, ...) or forward-mode AD is active (a dual level, dual
-    tensors or not). Asked in plain Python also while dynamo traces (below): dynamo traces a transform's body with
-    the transform's real interpreter level set, and there a traced custom op would meet its wrapped tensors
-    (torch.compile of torch.func.grad failed; of jvp, gave a zero tangent). Not covered: a model compiled outside
-    forward-mode AD and then called inside a dual level (dynamo does not guard on it; the custom op has no jvp)."""
-    return (torch._C._functorch.maybe_current_level() is not None
-            or torch.autograd.forward_ad._current_level >= 0)
-
-
-# torch.compiler.assume_constant_result(transformed), without importing dynamo (seconds) with gpurnn
-transformed._dynamo_marked_constant = True
 
 
 def run_layer(cell, x, state0, weights, *, backend="auto", batch_sizes=None, reverse=False, **opts):

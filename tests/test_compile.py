@@ -6,7 +6,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call, grad, jacrev, vmap
 
 import gpurnn.nn as gnn
-from gpurnn.autograd import recorded_for_torch
+from gpurnn.recording import recorded_for_torch
 
 CASES = {"lstm": ("LSTM", {}), "gru_bidirectional": ("GRU", {"bidirectional": True}),
          "rnn_2layers": ("RNN", {"num_layers": 2}), "lstm_proj": ("LSTM", {"proj_size": 2})}

@@ -5,7 +5,8 @@ import torch
 from torch.nn.utils import parametrize
 
 from .. import backends
-from ..autograd import recorded_for_torch, run_layer, transformed
+from ..autograd import run_layer
+from ..recording import recorded_for_torch, transformed
 from ..cells import NONLINEARITIES
 from ..checks import check_choice
 from .common import (TORCH_NAMES, RuntimeValueError, autocast, autocast_dtype, autocast_enabled, autocast_inside,

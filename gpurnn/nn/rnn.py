@@ -10,7 +10,8 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .. import backends, cells
 from ..arrays import packed_index
-from ..autograd import recorded_for_torch, run_layers, transformed
+from ..autograd import run_layers
+from ..recording import recorded_for_torch, transformed
 from ..cpu import layer as cpu_layer
 from ..checks import check_choice, check_floating, check_steps
 from .common import (TORCH_NAMES, NotATensor, RuntimeTypeError, RuntimeValueError, autocast, autocast_dtype,

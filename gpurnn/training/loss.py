@@ -244,7 +244,7 @@ def sequence_loss(h, weight, bias, targets, *, reduction="sum", ignore_index=-10
         raise TypeError(f"targets: expected an integer dtype, got {targets.dtype}")
     name = backends.resolve(backend, h.is_cuda)
     check_choice("reduction", reduction, REDUCTIONS)
-    from ..autograd import transformed
+    from ..recording import transformed
     if transformed():   # torch.func and forward-mode AD: torch's ops support them, the autograd.Function does not
         return _torch_loss(h, weight, bias, targets, reduction, ignore_index).to(h.dtype)
     if name == "triton":
