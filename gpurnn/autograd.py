@@ -98,7 +98,7 @@ def layer_backward_op(handle, *args):
     """(dx, then the gradient of each slot): an empty tensor where a slot is unused or a buffer."""
     grads, x, slots = args[:N_OUT], args[N_OUT], args[N_OUT + 1:N_OUT + 1 + N_IN]
     teacher, cell, n_state, reverses, batch_sizes, backend, options = args[N_OUT + 1 + N_IN:]
-    options, need_dx = _dx_wanted(options)
+    options, need_dx, need_weights = _wanted(options)
     tensors = unpack(slots, cell, n_state, len(reverses))
     saved = _TAPES.get(_key(handle))
     if saved is None:   # a compiled graph copied the handle, or the tape is gone: rerun the forward
@@ -108,30 +108,31 @@ def layer_backward_op(handle, *args):
     no_grad = cells.no_grad(cell)
     with device_scope(x.device), torch.autocast(x.device.type, enabled=False), np.errstate(all="ignore"):
         results = engine.backward_directions([(s, to_xp(grads[i * k]), tuple(map(to_xp, grads[i * k + 1:(i + 1) * k])))
-                                              for i, s in enumerate(saved)], need_dx)
+                                              for i, s in enumerate(saved)], need_dx, need_weights)
         dxs, out = [x.new_empty(0) if dx is None else xp_to_tensor(dx) for dx, _, _ in results], []
         for (_, dstate0, grads_d), g in zip(results, groups(tensors, len(reverses))):
             out += [xp_to_tensor(d) for d in dstate0]
-            out += [xp_to_tensor(grads_d[name]) if w is not None and name not in no_grad else None
+            out += [xp_to_tensor(grads_d[name]) if w is not None and name not in no_grad and need_weights else None
                     for name, w in zip(cells.WEIGHT_NAMES[cell], g[n_state:])]
     dx = dxs[0] if len(dxs) == 1 else dxs[0] + dxs[1]   # every direction reads x
     return (dx, *[x.new_empty(0) if t is None else t for t in pack(out, cell, n_state, len(reverses))])
 
 
-def _dx_wanted(options):
-    """The layer's options without _backward's mark "dx=none" (no gradient needs dx: the tape skips it), and
-    whether dx is wanted."""
+def _wanted(options):
+    """The layer's options without _backward's marks "dx=none" and "weights=none" (no gradient needs them: the
+    tape skips their GEMMs), and whether dx and the weights' gradients are wanted."""
     opts = parse_options(options)
-    wanted = opts.pop("dx", None) != "none"
-    return options_string(opts), wanted
+    dx, weights = opts.pop("dx", None) != "none", opts.pop("weights", None) != "none"
+    return options_string(opts), dx, weights
 
 
 @layer_backward_op.register_fake
 def _(handle, *args):
     x, slots, cell, options = args[N_OUT], args[N_OUT + 1:N_OUT + 1 + N_IN], args[N_OUT + 2 + N_IN], args[-1]
-    no_grad = ([False] * STATES + [name in cells.no_grad(cell) for name in cells.WEIGHT_NAMES[cell]]
+    _, need_dx, need_weights = _wanted(options)
+    no_grad = ([False] * STATES + [name in cells.no_grad(cell) or not need_weights for name in cells.WEIGHT_NAMES[cell]]
                + [False] * SLOT)[:SLOT]
-    dx = x.new_empty(x.shape if _dx_wanted(options)[1] else 0)
+    dx = x.new_empty(x.shape if need_dx else 0)
     return (dx, *[x.new_empty(0) if t is None or no_grad[i % SLOT] else t.new_empty(t.shape)
                   for i, t in enumerate(slots)])
 
@@ -251,8 +252,12 @@ def _backward(ctx, *grads):
         traced = torch.compiler.is_compiling() or is_fake(handle)   # a traced backward has no tape to find
         key = None if traced else _key(handle)
         _drop_stale_tape(ctx, key, traced, [x, *[slots[i] for i in ctx.saved_at]])
-        args = ctx.args if ctx.needs_input_grad[0] else (*ctx.args[:-1], options_string(
-            {**parse_options(ctx.args[-1]), "dx": "none"}))   # as torch's ops, no dx where no gradient needs it
+        # as torch's ops: no dx, no weight gradients (a frozen layer) where no gradient needs them
+        needs = ctx.needs_input_grad
+        marks = {"dx": "none"} if not needs[0] else {}
+        if not any(needs[1 + i] for i in range(N_IN) if i % SLOT >= STATES):
+            marks["weights"] = "none"
+        args = (*ctx.args[:-1], options_string({**parse_options(ctx.args[-1]), **marks})) if marks else ctx.args
         found = torch.ops.gpurnn.layer_backward(handle, *grads[:-1], x, *slots, *args)
         found = [None if t is None or g.numel() == 0 and t.numel() else g for t, g in zip([x, *slots], found)]
     for i in _unreached(x, ctx, grads):

@@ -179,13 +179,13 @@ def backward(saved, dy, dstate):
     return backward_directions([(saved, dy, dstate)])[0]
 
 
-def backward_directions(directions, need_dx=True):
+def backward_directions(directions, need_dx=True, need_weights=True):
     """`backward` for each (saved, dy, dstate) of `directions` (from one forward_directions), as a list;
-    need_dx=False: dx is None (its GEMM skipped)."""
+    need_dx=False: dx is None (its GEMM skipped); need_weights=False: no weight gradients (an empty dict)."""
     with contextlib.ExitStack() as held:
         for saved, _, _ in directions:   # always in this order: no deadlock between two such backwards
             held.enter_context(saved.lock)
-            saved.cell.need_dx = need_dx
+            saved.cell.need_dx, saved.cell.need_weights = need_dx, need_weights
         with _one_blas_thread([saved.cell.mm for saved, _, _ in directions]):
             return _backward_directions(directions)
 

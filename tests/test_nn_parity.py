@@ -5,7 +5,8 @@ from hypothesis import given, settings, strategies as st
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import gpurnn.nn as gnn
-from torch_parity import assert_same, outputs_and_grads
+from gpurnn.cells import base
+from torch_parity import TOL, assert_same, outputs_and_grads
 
 CELLS = {"rnn_tanh": ("RNN", {}), "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
          "lstm": ("LSTM", {}), "lstm_proj": ("LSTM", {"proj_size": 3}), "gru": ("GRU", {})}
@@ -57,6 +58,31 @@ def test_matches_torch(cell, options, inputs, dtype):
     ref, mine = make_pair(cell, dtype, **OPTIONS[options])
     x, hx = make_input(ref, inputs)
     assert_same(outputs_and_grads(ref, x, hx), outputs_and_grads(mine, x, hx), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("frozen", ["all", "weight_ih"])
+@pytest.mark.parametrize("inputs", ["given_h0", "packed"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_frozen_layer_matches_torch_and_skips_the_weight_gradients(cell, inputs, frozen, dtype, monkeypatch):
+    """Weights that need no gradient (requires_grad_(False)) get none, as from torch.nn; where no weight of a layer
+    needs one, its backward skips their GEMMs (Cell.outer), as torch's ops skip theirs."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
+    ref, mine = make_pair(cell, dtype, num_layers=2, bidirectional=True)
+    for module in (ref, mine):
+        for name, p in module.named_parameters():
+            p.requires_grad_(frozen != "all" and not name.startswith("weight_ih"))
+    x, hx = make_input(ref, inputs)
+    outer = base.Cell.outer
+    calls = []
+    monkeypatch.setattr(base.Cell, "outer", lambda self, a, b: calls.append(1) or outer(self, a, b))
+    want, got = outputs_and_grads(ref, x, hx), outputs_and_grads(mine, x, hx)
+    assert want.keys() == got.keys()
+    for key in want:
+        assert (got[key] is None) == (want[key] is None), key
+        if want[key] is not None:
+            torch.testing.assert_close(got[key], want[key], **TOL[dtype], msg=lambda m: f"{key}: {m}")
+    assert (len(calls) == 0) == (frozen == "all")
 
 
 @pytest.mark.parametrize("cell", CELLS)

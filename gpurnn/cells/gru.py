@@ -79,6 +79,8 @@ class GRU(Cell):
     def finish_backward(self):
         H, w, dgh = self.H, self.w, self.dgh
         dgx = self.xp.concatenate([dgh[..., :2 * H], self.dnew], axis=-1)
+        if not self.need_weights:
+            return self.input_grad(dgx, w["w_ih"]), (self.dh,), {}
         has_bias = w["b_ih"] is not None
         grads = {"w_ih": self.outer(dgx, self.x), "w_hh": self.outer(dgh, self.h[:-1]),
                  "b_ih": sum_rows(dgx) if has_bias else None,
@@ -182,6 +184,8 @@ class GRULoop(FeatureMajorCell):
         I = self.x.shape[-1]
         d = self.swap_last_axes(self.D)            # (T, B, 4H): hn, r, z | r, z, n
         d_hh, d_ih = d[..., :3 * H], d[..., H:]
+        if not self.need_weights:
+            return self.input_grad(d_ih, w["w_ih"]), (self.xp.ascontiguousarray(self.dh.T),), {}
         dw_x1 = self.outer(d_ih, self.x1)          # [dW_ih | db_ih], torch's gate order
         grads = {"w_ih": dw_x1[:, :I].copy(), "w_hh": self.outer(d_hh, self.h_rows[:-1])[unperm],
                  "b_ih": None, "b_hh": None}

@@ -93,14 +93,18 @@ def torch_layers(cell, x, directions, opts, batch_sizes=None):
 
 
 def shape_class(cell, x, directions, opts, for_backward, packed=False):
+    weights_grad = any(w is not None and w.requires_grad for _, weights, _ in directions for w in weights)
     return layer_class(cell, opts.get("nonlinearity", "tanh"), *x.shape, directions[0][0][0].shape[-1],
-                       len(directions), for_backward, x.requires_grad, x.dtype, packed)
+                       len(directions), for_backward, x.requires_grad, weights_grad, x.dtype, packed)
 
 
-def layer_class(cell, nonlinearity, T, B, I, H, n_dirs, for_backward, x_requires_grad, dtype, packed):
-    """A layer's shape class (H: its state's width; T and B: a packed input's padded ones)."""
+def layer_class(cell, nonlinearity, T, B, I, H, n_dirs, for_backward, x_requires_grad, weights_grad, dtype, packed):
+    """A layer's shape class (H: its state's width; T and B: a packed input's padded ones). Its backward's work:
+    whether dx is wanted, and whether any weight's gradient is (not: a frozen layer, whose backward skips their
+    GEMMs in both routes; torch's LSTM op then took half the engine's time on an AMD EPYC)."""
     return (cell, nonlinearity, min(timed.pow2(T), TIME_STEPS), timed.pow2(B), timed.pow2(I), H, n_dirs, for_backward,
-            for_backward and x_requires_grad, str(dtype)) + (("packed",) if packed else ())
+            for_backward and x_requires_grad, for_backward and not weights_grad, str(dtype)) + (
+        ("packed",) if packed else ())
 
 
 def stack_on_torch(classes, owner, time_them):
@@ -129,9 +133,9 @@ def _time(runs, x, directions, for_backward, batch_sizes):
     skip dx otherwise). The routes take turns, so that a passing load weighs on both alike (timed one after the
     other, a packed LSTM's torch op once timed 1.8 ms for 1.1 on an AMD EPYC, and lost). Identity saved-tensor
     hooks shadow the caller's (which must not see these copies: offloading, counting)."""
-    def copy(t, requires_grad=for_backward):
-        return None if t is None else t.detach().clone().requires_grad_(requires_grad)
-    xs = copy(x[:TIME_STEPS], for_backward and x.requires_grad)
+    def copy(t):
+        return None if t is None else t.detach().clone().requires_grad_(for_backward and t.requires_grad)
+    xs = copy(x[:TIME_STEPS])
     bs = None if batch_sizes is None else batch_sizes[:TIME_STEPS]
     dirs = [([copy(s) for s in state0], [copy(w) for w in weights], r) for state0, weights, r in directions]
     samples = {name: [] for name in runs}
@@ -201,8 +205,9 @@ def _forward_route(key, cell, x, directions, opts, for_backward, run_engine, bat
 
 
 def _work(key):
-    for_backward, dx = key[7:9]
-    return ("fwd+bwd" if dx else "fwd+bwd (no dx)") if for_backward else "fwd"
+    for_backward, dx, frozen = key[7:10]
+    skipped = [what for what, skip in (("dx", not dx), ("weights", frozen)) if skip]
+    return (f"fwd+bwd (no {', '.join(skipped)})" if skipped else "fwd+bwd") if for_backward else "fwd"
 
 
 def chosen():

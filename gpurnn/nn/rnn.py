@@ -193,12 +193,12 @@ class _EngineForward:
         x_grad, h_grad, classes = data.requires_grad, hx is not None and any(h.requires_grad for h in states), []
         nonlinearity = "relu" if self._cell == "elman" and self.mode == "RNN_RELU" else "tanh"
         for layer in range(self.num_layers):
-            for_backward = grad and (x_grad or h_grad or any(
-                w.requires_grad for w in weights[layer * per_layer:(layer + 1) * per_layer]))
+            weights_grad = any(w.requires_grad for w in weights[layer * per_layer:(layer + 1) * per_layer])
+            for_backward = grad and (x_grad or h_grad or weights_grad)
             width = data.shape[-1] if layer == 0 else (self.proj_size or self.hidden_size) * dirs
             classes.append(cpu_layer.layer_class(self._cell, nonlinearity, T, B, width,
                                                  self.proj_size or self.hidden_size, dirs, for_backward, x_grad,
-                                                 data.dtype, packed))
+                                                 weights_grad, data.dtype, packed))
             x_grad = for_backward
         time_them = lambda: self._time_routes(data, None if hx is None else states, sizes, T, B)   # noqa: E731
         return cpu_layer.stack_on_torch(classes, id(self), time_them)

@@ -43,6 +43,22 @@ def test_matches_reference_loop(act, nonlinearity, bias, teacher, dtype):
         torch.testing.assert_close(mine, ref, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("teacher", [False, True], ids=["free", "teacher"])
+def test_a_frozen_module_gives_the_input_and_state_gradients(teacher):
+    """No weight needs a gradient: backward skips their GEMMs, and x and s0 get the reference loop's gradients."""
+    m = make("softmax").requires_grad_(False)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(7, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    s0 = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    tf = torch.randn(7, 5, 3, generator=g, dtype=torch.float64) if teacher else None
+    found = []
+    for fn in (lambda: m(x, s0, tf), lambda: jordan_reference(x, s0, *params(m), "tanh", "softmax", tf)):
+        y, s = fn()
+        found.append(torch.autograd.grad((y * y).sum() + s.sum(), [x, s0]))
+    assert all(p.grad is None for p in m.parameters())
+    torch.testing.assert_close(found[0], found[1], atol=1e-10, rtol=1e-10)
+
+
 def test_a_teacher_that_requires_grad_gets_its_gradient():
     """s_{t+1} = decay s_t + teacher_t: the gradient reaches the teacher (it was detached)."""
     m = make("tanh")

@@ -90,6 +90,28 @@ def test_choice_is_timed_once_per_shape_class(monkeypatch, fresh):
     assert "lstm" in layer.describe()
 
 
+def test_a_frozen_layer_is_a_class_of_its_own_timed_as_it_runs(monkeypatch, fresh):
+    """Weights that need no gradient: both routes' backward skips their GEMMs (torch's LSTM op then took half the
+    engine's time on an AMD EPYC), so the class is another one, timed on weights that need none either."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    _, ours = _pair("GRU", {})
+    x = torch.randn(5, 2, 6, requires_grad=True)
+    weights_grad = []
+    real = layer.torch_layers
+
+    def recorded(cell, xs, directions, *args):
+        weights_grad.extend(w.requires_grad for _, weights, _ in directions for w in weights if w is not None)
+        return real(cell, xs, directions, *args)
+    monkeypatch.setattr(layer, "torch_layers", recorded)
+    ours(x)[0].sum().backward()
+    assert weights_grad and all(weights_grad) and len(layer.chosen()) == 2
+    ours.requires_grad_(False)
+    weights_grad.clear()
+    ours(x)[0].sum().backward()
+    assert weights_grad and not any(weights_grad) and len(layer.chosen()) == 4
+    assert "fwd+bwd (no weights)" in layer.describe()
+
+
 def test_where_torch_op_does_not_apply_the_engine_runs(monkeypatch, fresh):
     monkeypatch.setenv("GPURNN_CPU_LAYER", "torch")
     monkeypatch.setattr(layer, "torch_layers", lambda *a, **k: pytest.fail("torch's op ran"))
