@@ -75,21 +75,28 @@ def available_backends():
     return [name for name in ("triton", "cupy", "numpy") if status[name] is None]
 
 
-# os.environ's own store and its key for GPURNN_BACKEND: runs_numpy, asked before every single step, reads it
-# there in 0.05 us (os.environ.get encodes the key and decodes the value: 0.5 us). Writes to os.environ
-# (monkeypatch.setenv, mock.patch.dict) go through to this store; a replaced os.environ is read as usual.
-_ENVIRON = os.environ
-_ENV_STORE, _BACKEND_KEY = os.environ._data, os.environ.encodekey("GPURNN_BACKEND")
+# os.environ, its own store and the keys read from it as that store spells them (see env)
+_ENVIRON, _ENV_STORE, _ENV_KEYS = os.environ, os.environ._data, {}
+
+
+def env(name, default):
+    """os.environ.get(name, default), read from os.environ's own store in 0.1 us: os.environ.get encodes the key and
+    decodes the value (0.5 us), and the settings read on every call (the backend, the CPU layer's route) came to
+    several us of a small call's overhead. Writes to os.environ (monkeypatch.setenv, mock.patch.dict) go through
+    to that store; a replaced os.environ is read as usual."""
+    if os.environ is not _ENVIRON:
+        return os.environ.get(name, default)
+    key = _ENV_KEYS.get(name)
+    if key is None:
+        key = _ENV_KEYS[name] = _ENVIRON.encodekey(name)
+    raw = _ENV_STORE.get(key)
+    return default if raw is None else _ENVIRON.decodevalue(raw)
 
 
 def runs_numpy(backend, on_gpu):
     """Whether `resolve` gives "numpy" (the CPU engine) for these arguments; without its errors."""
     if backend == "auto":
-        if os.environ is _ENVIRON:
-            raw = _ENV_STORE.get(_BACKEND_KEY)
-            backend = "auto" if raw is None else os.environ.decodevalue(raw)
-        else:
-            backend = os.environ.get("GPURNN_BACKEND", "auto")
+        backend = env("GPURNN_BACKEND", "auto")
     return not on_gpu and backend in ("auto", "numpy")
 
 

@@ -31,7 +31,7 @@ def test_env_overrides_auto_only(monkeypatch):
 
 
 def test_runs_numpy_reads_the_environment_of_every_call(monkeypatch):
-    """runs_numpy reads os.environ's store directly (for speed): every way of changing it is seen."""
+    """backends.env reads os.environ's store directly (for speed): every way of changing it is seen."""
     monkeypatch.delenv("GPURNN_BACKEND", raising=False)
     assert backends.runs_numpy("auto", on_gpu=False)
     monkeypatch.setenv("GPURNN_BACKEND", "triton")
@@ -40,6 +40,8 @@ def test_runs_numpy_reads_the_environment_of_every_call(monkeypatch):
     with mock.patch.dict(os.environ, {"GPURNN_BACKEND": "numpy"}):
         assert backends.runs_numpy("auto", on_gpu=False)
     assert not backends.runs_numpy("auto", on_gpu=False)
+    monkeypatch.setenv("GPURNN_BACKEND", "n\u00fcmpy")   # decoded as os.environ decodes it
+    assert backends.env("GPURNN_BACKEND", "auto") == "n\u00fcmpy" and backends.env("GPURNN_NOT_SET", None) is None
     monkeypatch.setattr(os, "environ", {"GPURNN_BACKEND": "numpy"})   # os.environ replaced by a plain dict
     assert backends.runs_numpy("auto", on_gpu=False)
     assert not backends.runs_numpy("auto", on_gpu=True)

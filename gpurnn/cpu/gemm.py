@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 
+from .. import backends
 from ..arrays import torch_matmul, xp_matmul
 from . import timed
 
@@ -105,7 +106,7 @@ _chosen = {}     # layer shape class -> (route, {route: median seconds})
 
 def forced():
     """The route GPURNN_GEMM forces, or None for "auto"."""
-    value = os.environ.get("GPURNN_GEMM", "auto")
+    value = backends.env("GPURNN_GEMM", "auto")
     if value != "auto" and value not in ROUTES:
         raise ValueError(f"GPURNN_GEMM: expected 'auto' or one of {tuple(ROUTES)}, got {value!r}")
     return None if value == "auto" else value

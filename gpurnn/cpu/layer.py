@@ -17,7 +17,6 @@ float64; one direction or a (forward, reverse) pair; padded or packed input (tor
 rows); all biases present or all absent. Jordan, float16 and the rest stay on the engine. GPURNN_CPU_LAYER=engine|torch
 forces a route ("auto", the default, times them; torch's op under torch.use_deterministic_algorithms).
 """
-import os
 import statistics
 import time
 
@@ -25,6 +24,7 @@ import torch
 from torch._subclasses import fake_tensor
 from torch.utils import _python_dispatch as python_dispatch
 
+from .. import backends
 from ..arrays import packed_index
 from . import timed
 _OPS = {"lstm": torch._VF.lstm, "gru": torch._VF.gru}
@@ -38,7 +38,7 @@ LAST_FORWARDS = 1024
 
 def forced():
     """The route GPURNN_CPU_LAYER forces, or None for "auto"."""
-    value = os.environ.get("GPURNN_CPU_LAYER", "auto")
+    value = backends.env("GPURNN_CPU_LAYER", "auto")
     if value not in ("auto", "engine", "torch"):
         raise ValueError(f"GPURNN_CPU_LAYER: expected 'auto', 'engine' or 'torch', got {value!r}")
     return None if value == "auto" else value
