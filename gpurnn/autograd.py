@@ -25,7 +25,6 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 
 from . import backends, cells, checks, engine, torch_loop
-from . import fork_safety  # noqa: F401  (its fork hook: the custom ops' first call imports)
 from .arrays import device_scope, tensor_to_xp, xp_to_tensor
 from .recording import recorded_for_torch, transformed
 from .slots import (DIRS, N_IN, N_OUT, OPTIONS, SLOT, SLOTS, STATES, groups, options_string, pack,

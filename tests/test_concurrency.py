@@ -3,8 +3,6 @@ threads (torch supports it on the CPU), a fork while a route is being timed, inf
 inside, and checkpoint recomputations under modes the forward did not run in."""
 import contextlib
 import os
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -61,36 +59,6 @@ def test_a_forked_child_can_time_routes_while_the_parent_was_timing():
     holder.join()
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-
-
-# A fresh interpreter: a thread's first layer call imports torch._dynamo (torch's dispatch of custom ops), and the
-# main thread forks during that import. The child's imports then waited for the parent thread's import lock forever.
-_FORK_DURING_IMPORT = """
-import faulthandler, os, sys, threading, time
-import torch
-import gpurnn.nn as gnn
-assert "torch._dynamo" not in sys.modules, "the test needs torch._dynamo not yet imported"
-module, x = gnn.LSTM(4, 8), torch.randn(3, 2, 4)
-thread = threading.Thread(target=lambda: module(x)[0].sum().backward())
-thread.start()
-while "torch._dynamo" not in sys.modules:
-    time.sleep(0.001)
-pid = os.fork()
-if pid == 0:
-    faulthandler.dump_traceback_later(60, exit=True)   # a hang exits 1
-    import torch._dynamo, gpurnn.cpu.gemm   # the imports of a first call (not the call: the child of a process
-    os._exit(0)                             # whose threads ran OpenMP regions hangs in torch.nn's GEMMs too)
-thread.join()
-sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-"""
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_child_forked_during_the_first_calls_import_runs():
-    env = {**os.environ, "GPURNN_CPU_LAYER": "engine"}
-    done = subprocess.run([sys.executable, "-c", _FORK_DURING_IMPORT], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("kind", ["RNN", "GRU"])
