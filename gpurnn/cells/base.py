@@ -54,7 +54,7 @@ class Cell:
     # (T, B) bool, rows past their length at each step, for the backward of a packed input (the engine sets it)
     padding = None
     need_dx = True   # False: no gradient needs dx, which backward then skips (the engine sets it)
-    need_weights = True   # False: no weight needs a gradient (a frozen layer): finish_backward returns none
+    need_weights = True   # False: no weight needs a gradient (a frozen layer): finish_backward skips their GEMMs
 
     def outer(self, a, b):
         """sum over all (t, b) rows of a^T b: a (T, B, M), b (T, B, K) -> (M, K), one GEMM. Rows past their

@@ -65,8 +65,6 @@ class Elman(Cell):
 
     def finish_backward(self):
         dz, w = self.dz, self.w
-        if not self.need_weights:
-            return self.input_grad(dz, w["w_ih"]), (self.dh,), {}
         grads = {"w_ih": self.outer(dz, self.x), "w_hh": self.outer(dz, self.h[:-1]),
-                 **bias_grads(dz, w["b_ih"] is not None)}
+                 **bias_grads(dz, w["b_ih"] is not None)} if self.need_weights else {}
         return self.input_grad(dz, w["w_ih"]), (self.dh,), grads

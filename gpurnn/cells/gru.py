@@ -79,12 +79,10 @@ class GRU(Cell):
     def finish_backward(self):
         H, w, dgh = self.H, self.w, self.dgh
         dgx = self.xp.concatenate([dgh[..., :2 * H], self.dnew], axis=-1)
-        if not self.need_weights:
-            return self.input_grad(dgx, w["w_ih"]), (self.dh,), {}
         has_bias = w["b_ih"] is not None
         grads = {"w_ih": self.outer(dgx, self.x), "w_hh": self.outer(dgh, self.h[:-1]),
                  "b_ih": sum_rows(dgx) if has_bias else None,
-                 "b_hh": sum_rows(dgh) if has_bias else None}
+                 "b_hh": sum_rows(dgh) if has_bias else None} if self.need_weights else {}
         return self.input_grad(dgx, w["w_ih"]), (self.dh,), grads
 
 
@@ -180,17 +178,18 @@ class GRULoop(FeatureMajorCell):
         xp.copyto(dh, keep)
 
     def finish_backward(self):
+        d = self.swap_last_axes(self.D)            # (T, B, 4H): hn, r, z | r, z, n
+        d_hh, d_ih = d[..., :3 * self.H], d[..., self.H:]
+        grads = self._weight_grads(d_hh, d_ih) if self.need_weights else {}
+        return self.input_grad(d_ih, self.w["w_ih"]), (self.xp.ascontiguousarray(self.dh.T),), grads
+
+    def _weight_grads(self, d_hh, d_ih):
         w, H, unperm = self.w, self.H, self.unperm
         I = self.x.shape[-1]
-        d = self.swap_last_axes(self.D)            # (T, B, 4H): hn, r, z | r, z, n
-        d_hh, d_ih = d[..., :3 * H], d[..., H:]
-        if not self.need_weights:
-            return self.input_grad(d_ih, w["w_ih"]), (self.xp.ascontiguousarray(self.dh.T),), {}
         dw_x1 = self.outer(d_ih, self.x1)          # [dW_ih | db_ih], torch's gate order
         grads = {"w_ih": dw_x1[:, :I].copy(), "w_hh": self.outer(d_hh, self.h_rows[:-1])[unperm],
                  "b_ih": None, "b_hh": None}
         if w["b_ih"] is not None:
             grads["b_ih"] = dw_x1[:, I].copy()
             grads["b_hh"] = d_hh.reshape(-1, 3 * H).sum(axis=0)[unperm]
-        dx = self.input_grad(d_ih, w["w_ih"])
-        return dx, (self.xp.ascontiguousarray(self.dh.T),), grads
+        return grads

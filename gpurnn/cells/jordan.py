@@ -123,10 +123,8 @@ class Jordan(Cell):
 
     def finish_backward(self):
         dz, da, w = self.dz, self.da, self.w
-        if not self.need_weights:
-            return self.input_grad(dz, w["w_ih"]), (self.ds,), {}
         grads = {"w_ih": self.outer(dz, self.x), "w_sh": self.outer(dz, self.s[:-1]),
                  "b_h": sum_rows(dz) if w["b_h"] is not None else None,
                  "w_ho": self.outer(da, self.hid),
-                 "b_o": sum_rows(da) if w["b_o"] is not None else None}
+                 "b_o": sum_rows(da) if w["b_o"] is not None else None} if self.need_weights else {}
         return self.input_grad(dz, w["w_ih"]), (self.ds,), grads

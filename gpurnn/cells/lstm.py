@@ -100,10 +100,8 @@ class LSTM(Cell):
 
     def finish_backward(self):
         d, w = self.dgates, self.w
-        if not self.need_weights:
-            return self.input_grad(d, w["w_ih"]), (self.dh, self.dc), {}
         grads = {"w_ih": self.outer(d, self.x), "w_hh": self.outer(d, self.h[:-1]),
-                 **bias_grads(d, w["b_ih"] is not None), "w_hr": None}
+                 **bias_grads(d, w["b_ih"] is not None), "w_hr": None} if self.need_weights else {}
         return self.input_grad(d, w["w_ih"]), (self.dh, self.dc), grads
 
 
@@ -156,18 +154,19 @@ class GateOrder:
     def weight_grads(self, d, m_rows):
         """dL/da (T, B, 4H) and m = o*tanh(c) (T, B, H), both in rows, gates (o f i g) -> (dx, grads).
         The h columns of xh must hold h_0..h_{T-1} by now."""
-        w, unperm = self.w, self.unperm
-        if not self.need_weights:
-            return self.input_grad(d, w["w_ih"][self.perm]), {}
-        I = self.x.shape[-1]
-        dw = self.outer(d, self.xh[:-1])[unperm]   # [dW_ih | db | dW_hh]
+        grads = self._weight_grads(d, m_rows) if self.need_weights else {}
+        return self.input_grad(d, self.w["w_ih"][self.perm]), grads
+
+    def _weight_grads(self, d, m_rows):
+        w, I = self.w, self.x.shape[-1]
+        dw = self.outer(d, self.xh[:-1])[self.unperm]   # [dW_ih | db | dW_hh]
         grads = {"w_ih": dw[:, :I].copy(), "w_hh": dw[:, self.x1.shape[-1]:].copy(), "w_hr": None,
                  "b_ih": None, "b_hh": None}
         if w["b_ih"] is not None:   # separate arrays: see base.bias_grads
             grads["b_ih"], grads["b_hh"] = dw[:, I].copy(), dw[:, I].copy()
         if self.dh_seq is not None:
             grads["w_hr"] = self.outer(self.dh_seq, m_rows())
-        return self.input_grad(d, w["w_ih"][self.perm]), grads
+        return grads
 
 
 class LSTMLoop(GateOrder, FeatureMajorCell):
