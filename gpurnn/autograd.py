@@ -18,6 +18,7 @@ forward first. Double backward (create_graph) reruns the layer in torch ops (tor
 so that the gradient is itself a graph.
 """
 import itertools
+import sys
 import weakref
 
 import numpy as np
@@ -298,6 +299,29 @@ def _differentiable_backward(ctx, x, slots, grads):
 
 
 layer_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _dynamo_loaded_before_use(op):
+    """torch runs a custom op's kernel under torch._dynamo.disable, made on the first call, which imports
+    torch._dynamo: 1.1-1.5 s of a process's first layer call on an AMD EPYC (torch.nn's first takes 6 ms). Until
+    something else imports dynamo (torch.compile does), no compiled frame can be running and the wrapper has
+    nothing to disable: the kernel runs as it is; once dynamo is loaded, torch's wrapper takes over. (torch's
+    private structure, as in torch 2.11-2.13: where it differs, nothing changes.)"""
+    for wrapper in getattr(op, "_backend_fns", {}).values():
+        kernel = getattr(wrapper, "__wrapped__", None)
+        if kernel is None or hasattr(kernel, "__dynamo_disable"):
+            continue
+
+        def until_loaded(*args, kernel=kernel, wrapper=wrapper, **kwargs):
+            if "torch._dynamo" not in sys.modules:
+                return kernel(*args, **kwargs)
+            kernel.__dict__.pop("__dynamo_disable", None)   # torch's wrapper makes its own now
+            return wrapper(*args, **kwargs)
+        kernel.__dynamo_disable = until_loaded
+
+
+_dynamo_loaded_before_use(layer_op)
+_dynamo_loaded_before_use(layer_backward_op)
 
 
 def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts):

@@ -1,5 +1,9 @@
 """torch.compile(fullgraph=True) through gpurnn's modules (the layer is a custom op with a fake
 implementation), against eager; torch.func transforms against torch.nn. (torch.export: test_graph_export.)"""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -34,6 +38,34 @@ def test_compile_fullgraph_equals_eager(case):
     compiled = torch.compile(m, fullgraph=True)
     for a, b in zip(_grads(m, x), _grads(compiled, x)):   # the compiled graph sums in its own order
         torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
+
+
+# A fresh process: the engine's first call imported torch._dynamo (torch wraps a custom op's kernel in
+# dynamo.disable on first use), 1.1-1.5 s of it on an AMD EPYC. Dynamo loaded later still wraps it.
+_FIRST_CALL = """
+import sys, torch
+import gpurnn.nn as gnn
+from gpurnn import autograd
+module, x = gnn.GRU(4, 8, backend="numpy"), torch.randn(5, 2, 4, requires_grad=True)
+y = module(x)[0]
+y.sum().backward()
+assert "torch._dynamo" not in sys.modules, "the first call imported torch._dynamo"
+import torch._dynamo
+grad, x.grad = x.grad, None
+module(x)[0].sum().backward()
+torch.testing.assert_close(x.grad, grad, rtol=0, atol=0)
+for op in (autograd.layer_op, autograd.layer_backward_op):
+    kernel = op._backend_fns[None].__wrapped__
+    assert getattr(kernel, "__dynamo_disable").__name__ != "until_loaded", "dynamo's wrapper was not made"
+compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+torch.testing.assert_close(compiled(x)[0], y)
+"""
+
+
+def test_the_first_call_leaves_dynamo_unloaded_and_dynamo_wraps_the_op_once_loaded():
+    env = {**os.environ, "GPURNN_CPU_LAYER": "engine"}
+    done = subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_torch_nns_own_modules_keep_dynamos_graph_break():
