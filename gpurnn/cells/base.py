@@ -55,6 +55,7 @@ class Cell:
     padding = None
     need_dx = True   # False: no gradient needs dx, which backward then skips (the engine sets it)
     need_weights = True   # False: no weight needs a gradient (a frozen layer): finish_backward skips their GEMMs
+    feature_major = False   # the layout of the step GEMMs (W @ h^T or h @ W^T), for the CPU's GEMM route
 
     def outer(self, a, b):
         """sum over all (t, b) rows of a^T b: a (T, B, M), b (T, B, K) -> (M, K), one GEMM. Rows past their
@@ -84,6 +85,8 @@ class FeatureMajorCell(Cell):
     """Base of the xp-loop cells that store each step transposed, (features, B), so that gate
     blocks are contiguous (lstm.LSTMLoop, gru.GRULoop); hT (T+1, P, B) holds h_0..h_T.
     begin_forward and begin_backward keep their `alloc` as self.alloc."""
+
+    feature_major = True
 
     def swap_last_axes(self, a):
         """(T, F, B) <-> (T, B, F), into a buffer of self.alloc."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import gpurnn.nn as gnn
-from gpurnn.cpu import gemm
+from gpurnn.cpu import build, gemm
 
 KINDS = {"RNN": torch.nn.RNN, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
 
@@ -20,9 +20,9 @@ def fresh_routes(monkeypatch):
     timed = []
     real = gemm.time_routes
 
-    def counted(B, I, K, N, dtype, repeats=gemm.REPEATS):
-        timed.append(gemm.shape_class(B, I, K, N, dtype))
-        return real(B, I, K, N, dtype, repeats=1)
+    def counted(B, I, K, N, dtype, feature_major=False, repeats=gemm.REPEATS):
+        timed.append(gemm.shape_class(B, I, K, N, dtype, feature_major))
+        return real(B, I, K, N, dtype, feature_major, repeats=1)
     monkeypatch.setattr(gemm, "time_routes", counted)
     return timed
 
@@ -88,13 +88,25 @@ def test_the_faster_route_is_chosen_for_every_gemm_of_the_layer(monkeypatch):
     x = np.ones((5, 4, 3), np.float32)
     w = {"w_ih": np.ones((8, 3), np.float32), "w_hh": np.ones((8, 2), np.float32), "b_ih": None}
     assert gemm.matmul_for(x, w) is gemm.one_thread_matmul
-    assert list(gemm.chosen()) == [(4, 4, 2, 8, "<f4")]          # B, I, K (from w_hh), N
+    assert list(gemm.chosen()) == [(4, 4, 2, 8, "<f4", False)]   # B, I, K (from w_hh), N, layout
     assert "numpy" in gemm.describe()
 
 
-def test_the_replica_times_both_routes():
-    times = gemm.time_routes(4, 3, 2, 8, np.float32, repeats=1)
+@pytest.mark.parametrize("feature_major", [False, True], ids=["rows", "feature_major"])
+def test_the_replica_times_both_routes(feature_major):
+    times = gemm.time_routes(4, 3, 2, 8, np.float32, feature_major, repeats=1)
     assert set(times) == set(gemm.ROUTES) and all(t > 0 for t in times.values())
+
+
+def test_each_cell_is_timed_in_the_layout_of_its_step_gemms(monkeypatch, fresh_routes):
+    """The GRU's loops multiply W @ h^T, the compiled LSTM loop h @ W^T: each is timed in its own layout."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
+    monkeypatch.setenv("GPURNN_GEMM", "auto")
+    _run("GRU")
+    assert fresh_routes and all(key[-1] is True for key in fresh_routes)
+    fresh_routes.clear()
+    _run("LSTM")   # (the NumPy loop, feature-major, where the C step does not build)
+    assert fresh_routes and all(key[-1] is (build.library() is None) for key in fresh_routes)
 
 
 def test_bad_route_names_the_variable(monkeypatch):
