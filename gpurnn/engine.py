@@ -150,8 +150,8 @@ def _start_forward(cell, x, state0, weights, reverse, batch_sizes, backend, gemm
         opts = dict(opts, teacher=astype(opts["teacher"], cdt, copy=False, reverse=reverse))
     sizes = [B] * T if batch_sizes is None else [int(n) for n in batch_sizes]
     sizes = sizes[::-1] if reverse else sizes
-    c = cells.get(cell).make(xp, w, None, opts, run_fused)
-    c.mm = _matmul(gemm, x, w, c.feature_major)   # (after make: the GEMMs' layout is the cell's)
+    c = cells.get(cell).make(xp, w, opts, run_fused)
+    c.mm = _matmul(gemm, x, w, c.feature_major)   # (the GEMMs' layout is the cell's)
     # With packed rows, buffers start zeroed: rows past their length are never written by a
     # step, and the weight GEMMs multiply them by zero gradients (0 * garbage may be NaN).
     alloc = Allocations(xp, zero=batch_sizes is not None)

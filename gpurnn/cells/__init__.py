@@ -2,7 +2,7 @@
 on xp arrays (step rules, loops, gate order). The engine reaches a cell only through get().
 
 Each module has WEIGHT_NAMES (torch's names, in the order the torch layer passes them), GATES,
-NO_GRAD (weights that get no gradient; optional) and make(xp, w, matmul, opts, fused), which
+NO_GRAD (weights that get no gradient; optional) and make(xp, w, opts, fused), which
 returns the cell object for one call (see base.py for its protocol). Its fused kernels are
 kernels/<name>.py, installed as gpurnn.kernels.<name>.
 """

@@ -48,8 +48,10 @@ class Cell:
     # another backward (retain_graph) the engine calls rewind() and runs the forward loop again.
     spent = False
 
-    def __init__(self, xp, w, matmul):
-        self.xp, self.w, self.mm = xp, w, matmul
+    def __init__(self, xp, w):
+        self.xp, self.w = xp, w
+
+    mm = None   # the GEMM function, in the layout of this cell's GEMMs: the engine sets it after make()
 
     # (T, B) bool, rows past their length at each step, for the backward of a packed input (the engine sets it)
     padding = None

@@ -12,16 +12,16 @@ WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh")
 GATES = 1   # blocks of rows in the input and recurrent weights
 
 
-def make(xp, w, matmul, opts, fused):
+def make(xp, w, opts, fused):
     """The cell for one call: the same class runs the xp loop and feeds the kernels."""
-    return Elman(xp, w, matmul, opts.get("nonlinearity", "tanh"))
+    return Elman(xp, w, opts.get("nonlinearity", "tanh"))
 
 
 class Elman(Cell):
     """h_t = phi(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)."""
 
-    def __init__(self, xp, w, matmul, nonlinearity="tanh"):
-        super().__init__(xp, w, matmul)
+    def __init__(self, xp, w, nonlinearity="tanh"):
+        super().__init__(xp, w)
         check_choice("nonlinearity", nonlinearity, NONLINEARITIES)   # phi_ takes anything else for relu
         self.nonlinearity = nonlinearity
 

@@ -24,17 +24,17 @@ WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh")
 GATES = 3   # blocks of rows in the input and recurrent weights
 
 
-def make(xp, w, matmul, opts, fused):
+def make(xp, w, opts, fused):
     """The cell for one call: the kernels' row-major buffers, the loop with a compiled step for float32 NumPy
     data where the C step builds (gpurnn/cpu), else the feature-major xp loop."""
     if fused:
-        return GRU(xp, w, matmul)
+        return GRU(xp, w)
     if xp is np and w["w_hh"].dtype == np.float32:
         from ..cpu import build, gru   # imported on use: gpurnn.cpu builds on gpurnn.cells
         lib = build.library()
         if lib is not None:
-            return gru.CompiledGRULoop(xp, w, matmul, lib)
-    return GRULoop(xp, w, matmul)
+            return gru.CompiledGRULoop(xp, w, lib)
+    return GRULoop(xp, w)
 
 
 class GRU(Cell):
@@ -44,8 +44,8 @@ class GRU(Cell):
     step rule here. The xp loop runs GRULoop below.
     """
 
-    def __init__(self, xp, w, matmul):
-        super().__init__(xp, w, matmul)
+    def __init__(self, xp, w):
+        super().__init__(xp, w)
         self.H = w["w_hh"].shape[0] // 3
 
     def begin_forward(self, x, state0, alloc):
@@ -89,8 +89,8 @@ class GRU(Cell):
 class GRULoop(FeatureMajorCell):
     """n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); h = (1-z)*n + z*h_prev (same maths as GRU)."""
 
-    def __init__(self, xp, w, matmul):
-        super().__init__(xp, w, matmul)
+    def __init__(self, xp, w):
+        super().__init__(xp, w)
         H = w["w_hh"].shape[0] // 3
         self.H = H
         perm = np.r_[2 * H:3 * H, 0:2 * H]   # torch (r z n) -> (n r z)

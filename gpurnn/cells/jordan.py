@@ -14,9 +14,9 @@ GATES = 1   # blocks of rows in the input and recurrent weights
 NO_GRAD = ("decay",)   # a buffer, not a parameter
 
 
-def make(xp, w, matmul, opts, fused):
+def make(xp, w, opts, fused):
     """The cell for one call: the same class runs the xp loop and feeds the kernels."""
-    return Jordan(xp, w, matmul, opts.get("nonlinearity", "tanh"), opts.get("output_activation", "identity"),
+    return Jordan(xp, w, opts.get("nonlinearity", "tanh"), opts.get("output_activation", "identity"),
                   opts.get("teacher"))
 
 
@@ -27,8 +27,8 @@ class Jordan(Cell):
     gradient flows from the state into y_t.
     """
 
-    def __init__(self, xp, w, matmul, nonlinearity="tanh", output_activation="identity", teacher=None):
-        super().__init__(xp, w, matmul)
+    def __init__(self, xp, w, nonlinearity="tanh", output_activation="identity", teacher=None):
+        super().__init__(xp, w)
         check_choice("nonlinearity", nonlinearity, NONLINEARITIES)   # phi_ takes anything else for relu
         check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
         self.nonlinearity, self.output_activation, self.teacher = nonlinearity, output_activation, teacher

@@ -50,18 +50,18 @@ WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
 GATES = 4   # blocks of rows in the input and recurrent weights
 
 
-def make(xp, w, matmul, opts, fused):
+def make(xp, w, opts, fused):
     """The cell for one call: the kernels' row-major buffers, the compiled loop for float32 NumPy
     data where the C step builds (gpurnn/cpu), else the feature-major xp loop."""
     if fused:
-        return LSTM(xp, w, matmul)
+        return LSTM(xp, w)
     for_backward = opts.get("for_backward", True)
     if xp is np and w["w_hh"].dtype == np.float32:
         from ..cpu import build, lstm   # imported on use: gpurnn.cpu builds on gpurnn.cells
         lib = build.library()
         if lib is not None:
-            return lstm.CompiledLSTMLoop(xp, w, matmul, lib, for_backward)
-    return LSTMLoop(xp, w, matmul, for_backward)
+            return lstm.CompiledLSTMLoop(xp, w, lib, for_backward)
+    return LSTMLoop(xp, w, for_backward)
 
 
 class LSTM(Cell):
@@ -71,8 +71,8 @@ class LSTM(Cell):
     step rule here. The xp loop and proj_size (W_hr) run LSTMLoop below.
     """
 
-    def __init__(self, xp, w, matmul):
-        super().__init__(xp, w, matmul)
+    def __init__(self, xp, w):
+        super().__init__(xp, w)
         self.H = w["w_hh"].shape[0] // 4
 
     def begin_forward(self, x, state0, alloc):
@@ -115,8 +115,8 @@ class GateOrder:
     negated (exactly), and rows [x_t | 1 | h_{t-1}] (xh) for the projection and the weight GEMM:
     what the NumPy loop here and gpurnn/cpu/lstm.CompiledLSTMLoop share."""
 
-    def __init__(self, xp, w, matmul, for_backward=True):
-        super().__init__(xp, w, matmul)
+    def __init__(self, xp, w, for_backward=True):
+        super().__init__(xp, w)
         H = w["w_hh"].shape[0] // 4
         self.H, self.for_backward = H, for_backward
         perm = np.r_[3 * H:4 * H, H:2 * H, 0:H, 2 * H:3 * H]   # torch (i f g o) -> (o f i g)

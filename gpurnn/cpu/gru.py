@@ -10,8 +10,8 @@ GRULoop = cells.get("gru").GRULoop
 
 
 class CompiledGRULoop(GRULoop):
-    def __init__(self, xp, w, matmul, lib):
-        super().__init__(xp, w, matmul)
+    def __init__(self, xp, w, lib):
+        super().__init__(xp, w)
         self.lib = lib
 
     def begin_forward(self, x, state0, alloc):

@@ -42,8 +42,8 @@ def _step_addresses(a):
 class CompiledLSTMLoop(GateOrder, Cell):
     """c_t = f*c + i*g; h_t = o*tanh(c_t), projected by W_hr if given (same maths as cells/lstm.py's LSTM)."""
 
-    def __init__(self, xp, w, matmul, lib, for_backward=True):
-        super().__init__(xp, w, matmul, for_backward)
+    def __init__(self, xp, w, lib, for_backward=True):
+        super().__init__(xp, w, for_backward)
         self.lib = lib
 
     def begin_forward(self, x, state0, alloc):
