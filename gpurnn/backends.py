@@ -75,20 +75,21 @@ def available_backends():
     return [name for name in ("triton", "cupy", "numpy") if status[name] is None]
 
 
-# os.environ, its own store and the keys read from it as that store spells them (see env)
-_ENVIRON, _ENV_STORE, _ENV_KEYS = os.environ, os.environ._data, {}
+# os.environ, its own store, and the settings read on every call as that store spells them: made once, as a
+# dict that never changes, since torch.compile guards on what it reads here (a key added on first use made the
+# compiled caller's guard fail on its next call, and recompiled it)
+_ENVIRON, _ENV_STORE = os.environ, os.environ._data
+_ENV_KEYS = {name: _ENVIRON.encodekey(name) for name in ("GPURNN_BACKEND", "GPURNN_CPU_LAYER", "GPURNN_GEMM")}
 
 
 def env(name, default):
-    """os.environ.get(name, default), read from os.environ's own store in 0.1 us: os.environ.get encodes the key and
-    decodes the value (0.5 us), and the settings read on every call (the backend, the CPU layer's route) came to
-    several us of a small call's overhead. Writes to os.environ (monkeypatch.setenv, mock.patch.dict) go through
-    to that store; a replaced os.environ is read as usual."""
-    if os.environ is not _ENVIRON:
-        return os.environ.get(name, default)
+    """os.environ.get(name, default), read from os.environ's own store in 0.1 us for the settings read on every
+    call (the backend, the CPU layer's and the GEMM's routes): os.environ.get encodes the key and decodes the value
+    (0.5 us), several us of a small call's overhead. Writes to os.environ (monkeypatch.setenv, mock.patch.dict) go
+    through to that store; a replaced os.environ, and any other name, are read as usual."""
     key = _ENV_KEYS.get(name)
-    if key is None:
-        key = _ENV_KEYS[name] = _ENVIRON.encodekey(name)
+    if key is None or os.environ is not _ENVIRON:
+        return os.environ.get(name, default)
     raw = _ENV_STORE.get(key)
     return default if raw is None else _ENVIRON.decodevalue(raw)
 

@@ -68,6 +68,32 @@ def test_the_first_call_leaves_dynamo_unloaded_and_dynamo_wraps_the_op_once_load
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+# A fresh process, so that nothing was read before the first compiled call: reading a setting once added a key
+# that torch.compile's guard had seen missing (a recompile on the next call), and a traced read of os.environ's
+# store guarded on every variable (a recompile whenever any was set).
+_NO_RECOMPILE = """
+import os, torch, torch._dynamo
+import gpurnn.nn as gnn
+torch._dynamo.config.error_on_recompile = True
+cases = [(gnn.LSTM(3, 4, num_layers=2), torch.randn(5, 2, 3)), (gnn.GRU(3, 4), torch.randn(1, 2, 3)),
+         (gnn.LSTMCell(3, 4), torch.randn(2, 3)), (gnn.RNNCell(3, 4), torch.randn(2, 3))]
+for n, (module, x) in enumerate(cases):
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    x.requires_grad_()
+    for i in range(3):
+        os.environ[f"GPURNN_TEST_UNRELATED_{n}_{i}"] = "1"
+        out = compiled(x)
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+"""
+
+
+@pytest.mark.parametrize("route", ["auto", "engine"])
+def test_calls_after_the_first_and_unrelated_variables_do_not_recompile(route):
+    env = {**os.environ, "GPURNN_CPU_LAYER": route}
+    done = subprocess.run([sys.executable, "-c", _NO_RECOMPILE], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_torch_nns_own_modules_keep_dynamos_graph_break():
     """gpurnn.nn lets dynamo wrap its own modules only: with torch._dynamo.config.allow_rnn set for the process, a
     compiled torch.nn.GRU in training skipped its dropout between layers and torch.nn.LSTM's backward failed."""
