@@ -87,10 +87,74 @@ def test_parameters_on_another_device_raise_torchs_error():
                 cls(3, 4, device="meta")(torch.randn(5, 2, 3))
 
 
-def test_a_cells_hidden_state_on_another_device_raises_torchs_error():
-    for m in _pair("GRUCell", 3, 4):
-        with pytest.raises(RuntimeError, match="Tensor on device cpu is not on the expected device meta!"):
-            m(torch.randn(2, 3), torch.zeros(2, 4, device="meta"))
+def _outcome(call):
+    """What a call gives: its exception's type and message, or its first output's device, shape, dtype and strides."""
+    try:
+        out = call()
+    except Exception as err:   # the test compares what each module raised
+        return type(err), str(err)
+    out = out[0] if isinstance(out, tuple) else out
+    out = out.data if isinstance(out, torch.nn.utils.rnn.PackedSequence) else out
+    return out.device, out.shape, out.dtype, out.stride()
+
+
+@pytest.mark.parametrize("name", ["RNNCell", "LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_cells_hidden_state_on_another_device_gets_what_torch_nn_gives(name, bias):
+    """torch's words depend on the cell and its bias (and without a bias, RNNCell runs on the meta device)."""
+    h = torch.zeros(2, 4, device="meta")
+    ref, mine = _pair(name, 3, 4, bias=bias)
+    hx = (h, h) if name == "LSTMCell" else h
+    want, got = (_outcome(lambda: m(torch.randn(2, 3), hx)) for m in (ref, mine))
+    if isinstance(got[0], type):   # a subclass of torch's type is torch's type
+        assert issubclass(got[0], want[0]) and got[1] == want[1]
+    else:
+        assert got == want
+
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+def test_an_empty_sequence_with_a_hidden_state_elsewhere_is_torchs_device_error(name):
+    """torch's op checks the devices before the length."""
+    h = torch.zeros(1, 2, 4, device="meta")
+    for m in _pair(name, 3, 4):
+        with pytest.raises(RuntimeError, match="^Input and hidden tensors are not at the same device"):
+            m(torch.randn(0, 2, 3), (h, h) if name == "LSTM" else h)
+
+
+@pytest.mark.parametrize("case", ["width", "int64", "float64"])
+@pytest.mark.parametrize("kwargs", [{}, {"bias": False}, {"proj_size": 2}])
+def test_a_packed_lstm_inputs_dtype_or_width_is_refused_in_both_types_with_torch_nns_words(case, kwargs):
+    """torch.nn's LSTM checks no packed input: its op's GEMM refuses it. gpurnn's check names the input, its error
+    is a ValueError and torch's RuntimeError, and ends with torch.nn's words."""
+    x = {"width": torch.randn(5, 2, 4), "int64": torch.ones(5, 2, 3, dtype=torch.int64),
+         "float64": torch.randn(5, 2, 3, dtype=torch.float64)}[case]
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [5, 3])
+    ref, mine = _pair("LSTM", 3, 4, **kwargs)
+    with pytest.raises(RuntimeError) as torch_err:
+        ref(packed)
+    with pytest.raises(ValueError) as err:
+        mine(packed)
+    assert isinstance(err.value, RuntimeError) and str(err.value).endswith(f"; torch.nn: {torch_err.value}")
+    assert ("input.size(-1) must be equal to input_size" if case == "width" else "input dtype") in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU"])
+def test_a_half_precision_single_step_gives_torch_nns_bits_and_strides(name, dtype, monkeypatch):
+    """torch's step op, where the engine would carry the step in float32; an hx transposed in memory gives the
+    output torch.nn's strides (its GRUCell's follow hx)."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
+    cell = name.endswith("Cell")
+    ref, mine = (m.to(dtype) for m in _pair(name, 8, 5))
+    x = torch.randn(*([] if cell else [1]), 2, 8, dtype=dtype, requires_grad=True)
+    h = torch.randn(5, 2, dtype=dtype).t()
+    h = h if cell else h.unsqueeze(0)
+    outs = [m(x, (h, h) if name.startswith("LSTM") else h) for m in (ref, mine)]
+    outs = [out[0] if isinstance(out, tuple) else out for out in outs]
+    grads = [torch.autograd.grad(out.float().square().sum(), x)[0] for out in outs]
+    assert outs[1].stride() == outs[0].stride()
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("route", ["engine", "auto"])
@@ -850,3 +914,39 @@ def test_a_call_with_a_wrong_argument_names_the_module_s_forward(name, shape):
                 call()
             errors.append(str(info.value))
     assert errors[2:] == errors[:2]
+
+
+@pytest.mark.parametrize("hx", ["tensor", "int", "str", "short tuple"])
+@pytest.mark.parametrize("batched", [True, False])
+def test_an_lstm_cells_hx_that_is_no_pair_raises_torchs_type_with_its_words(hx, batched):
+    h = torch.randn(3, 5) if batched else torch.randn(5)
+    hx = {"tensor": h, "int": 5, "str": "ab", "short tuple": (h,)}[hx]
+    x = torch.randn(3, 4) if batched else torch.randn(4)
+    ref, mine = _pair("LSTMCell", 4, 5)
+    with pytest.raises(Exception) as torch_err:
+        ref(x, hx)
+    with pytest.raises(type(torch_err.value)) as err:
+        mine(x, hx)
+    if not batched and hx is h:   # a tensor's rows are the pair here, as torch.nn reads them: torch's own check
+        assert str(err.value) == str(torch_err.value)
+        return
+    assert isinstance(err.value, TypeError) and "hx: expected a tuple (h_0, c_0)" in str(err.value)
+    assert str(err.value).endswith(f"; torch.nn: {torch_err.value}")
+
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+def test_a_trace_warns_as_torch_nns(name):
+    """gpurnn's single-step check read the traced sizes, and warned twice more than torch.nn."""
+    seen = []
+    for m in _pair(name, 4, 6, batch_first=True):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.jit.trace(m, (torch.randn(3, 5, 4),))
+        seen.append(sorted((str(w.message), w.filename) for w in caught if w.category is torch.jit.TracerWarning))
+    assert seen[1] == seen[0]
+
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"])
+def test_forward_has_torch_nns_signature(name):
+    import inspect
+    assert inspect.signature(getattr(gnn, name).forward) == inspect.signature(getattr(torch.nn, name).forward)

@@ -9,7 +9,7 @@ from ..autograd import run_layer
 from ..recording import recorded_for_torch, transformed
 from ..cells import NONLINEARITIES
 from ..checks import check_choice
-from .common import (TORCH_NAMES, RuntimeValueError, autocast, autocast_dtype, autocast_enabled, autocast_inside,
+from .common import (TORCH_NAMES, NotATensor, autocast, autocast_dtype, autocast_enabled, autocast_inside,
                      autocast_mixed, beyond_engine, check_tensor, forward_named_as_its_class, fx_call, lstm_pair,
                      mixed_dtypes, overridden, parametrized, torch_nn_steps, torch_steps_here, TRACED_ROOT)
 from .rnn import _EngineForward
@@ -54,7 +54,7 @@ class _CellForward:
             return self._step(input, hx)
 
     def _step(self, input, hx):
-        is_lstm, kind = self._cell == "lstm", TORCH_NAMES[self._cell] + "Cell"
+        given, is_lstm, kind = hx, self._cell == "lstm", TORCH_NAMES[self._cell] + "Cell"
         if isinstance(input, torch.Tensor) and (self._torch_nn_step(input, hx) or autocast_inside(kind, input.device)
                                                 or recorded_for_torch(input) or transformed()):
             return super().forward(input, hx)   # torch.nn's own step (see each condition; the common one first)
@@ -73,7 +73,10 @@ class _CellForward:
                 if h.dim() not in (1, 2):
                     what = f"hx[{idx}]" if is_lstm else "hidden"
                     raise ValueError(f"{kind}: Expected {what} to be 1D or 2D, got {h.dim()}D instead")
-            hx = lstm_pair(hx, "lstm_cell", input.dim() == 1) if is_lstm else [hx]
+            try:
+                hx = lstm_pair(hx, "lstm_cell", input.dim() == 1) if is_lstm else [hx]
+            except TypeError as err:
+                return self._as_torch_nn(input, given, err)
         if self._cell == "elman" and self.nonlinearity not in NONLINEARITIES:   # torch.nn checks it only here
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         batched = input.dim() == 2
@@ -83,7 +86,8 @@ class _CellForward:
             hx = [zeros, zeros] if is_lstm else [zeros]
         else:
             hx = [h if batched else h.unsqueeze(0) for h in hx]
-        self._check_step_args(x, hx)
+        if not self._check_step_args(x, hx):
+            return super().forward(input, given)
         # an unbatched input with a batched hx that passes those checks (B == H): torch's steps broadcast them (as
         # here, below), but its LSTM step crashes the process on a batched h; the engine would read unwritten memory
         broadcast = any(h.dim() == 3 for h in hx)
@@ -103,6 +107,15 @@ class _CellForward:
         state = [s if batched else s.squeeze(0) for s in state]
         return tuple(state) if is_lstm else state[0]
 
+    def _as_torch_nn(self, input, hx, err):
+        """An LSTMCell's hx that is no pair of tensors: what torch.nn does, its result or gpurnn's error (err, which
+        names hx) followed by torch.nn's words, in an error of torch's type too."""
+        try:
+            return super().forward(input, hx)
+        except Exception as torch_err:
+            raise (NotATensor if isinstance(torch_err, AttributeError) else type(err))(
+                f"{err}; torch.nn: {torch_err}") from None
+
     def _torch_nn_step(self, input, hx):
         """`torch_nn_steps` for a cell: hx None, a tensor, or an LSTMCell's (h, c) tuple."""
         if input.dim() not in (1, 2) or self._cell == "lstm" and hx is not None and not (
@@ -120,7 +133,8 @@ class _CellForward:
         return [step(x, hx[0], *weights)]
 
     def _check_step_args(self, x, hx):
-        """What torch's step functions (_VF.*_cell) check, with their messages."""
+        """What torch's step functions (_VF.*_cell) check, with their messages; False where the devices differ: torch's
+        words then depend on them, and on the meta device some steps run, so torch.nn's own step answers."""
         if x.size(1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}")
         for i, h in enumerate(hx):
@@ -128,16 +142,15 @@ class _CellForward:
                 raise RuntimeError(f"Input batch size {x.size(0)} doesn't match hidden{i} batch size {h.size(0)}")
             if h.size(1) != self.hidden_size:
                 raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}")
+        if any(t.device != x.device for t in hx + [self.weight_ih]):
+            return False
         for t in (x, hx[0]):   # an LSTM's c meets no weight: torch promotes to its dtype
             if t.dtype != self.weight_ih.dtype and not autocast_enabled(t.device):
                 got, want = (_DTYPE_NAMES.get(d, (str(d),) * 2) for d in (t.dtype, self.weight_ih.dtype))
                 if self.bias:   # torch's step runs addmm with a bias, mm without
                     raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {got[0]} and {want[0]}")
                 raise RuntimeError(f"expected m1 and m2 to have the same dtype, but got: {got[1]} != {want[1]}")
-        # torch's cell ops' device check, with its words: the input against the first tensor elsewhere
-        odd = next((t.device for t in hx + [self.weight_ih] if t.device != x.device), None)
-        if odd is not None:
-            raise RuntimeValueError(f"Tensor on device {x.device} is not on the expected device {odd}!")
+        return True
 
 
 # The cells spell out torch.nn's constructor signatures (plus `backend`), which tools read:

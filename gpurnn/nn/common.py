@@ -25,13 +25,16 @@ def fx_call(module, input, hx):
     return proxy.tracer.create_proxy("call_module", path, (input, hx), {})
 
 
+_STEP_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 def torch_steps_here(x, backend):
-    """Whether a single step (a cell, a layer at T=1) on x goes to torch's own step op: data for the CPU engine in
-    float32 or float64, outside torch.compile, torch.func and forward-mode AD (which run the layer as before).
-    There the engine's fixed cost per call is several times a step, and torch's step op gives torch.nn's bits
-    (profiling/results/cpu/single_step_intel_xeon.md). Dynamo is asked first: traced, backends.env's read of
+    """Whether a single step (a cell, a layer at T=1) on x goes to torch's own step op: floating-point data for the
+    CPU engine, outside torch.compile, torch.func and forward-mode AD (which run the layer as before). There the
+    engine's fixed cost per call is several times a step, and torch's step op gives torch.nn's bits
+    (profiling/results/cpu/single_step_intel_xeon.md), where the engine would carry a half-precision step in float32. Dynamo is asked first: traced, backends.env's read of
     os.environ's store would make torch.compile guard on every variable, and recompile when any is set."""
-    return (x.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling()
+    return (x.dtype in _STEP_DTYPES and not torch.compiler.is_compiling()
             and backends.runs_numpy(backend, x.is_cuda) and torch._C._functorch.peek_interpreter_stack() is None
             and torch.autograd.forward_ad._current_level < 0)
 
@@ -150,18 +153,39 @@ def lstm_pair(hx, op, indexed, rebuilt=None):
         f"got a {type(hx).__name__}{count}")
 
 
-def check_tensor_like(name, t, x, packed=False):
-    """t of x's dtype and device; a device error in torch.nn's words (its packed op words it otherwise)."""
+def check_tensor_like(name, t, x):
+    """t a tensor of x's dtype."""
     check_tensor(name, t)
     try:
         check_same_dtype(name, t.dtype, "input", x.dtype)
     except TypeError as err:
         raise RuntimeTypeError(str(err)) from None
+
+
+def check_hidden_device(t, x, packed):
+    """A hidden state tensor t on x's device, in torch.nn's words (its packed op words it otherwise)."""
     if t.device != x.device and packed:
         raise RuntimeValueError(f"Tensor on device {x.device} is not on the expected device {t.device}!")
     if t.device != x.device:
         raise RuntimeValueError(f"Input and hidden tensors are not at the same device, found input tensor at "
                                 f"{x.device} and hidden tensor at {t.device}")
+
+
+def check_input(module, x, batch_sizes):
+    """torch.nn's check_input. Its LSTM checks no packed input: its op's input GEMM refuses data of another dtype
+    or width (or, of another width with sequences of equal lengths, reads past it). There an error of both types
+    (ValueError, RuntimeError): the check's words, then the GEMM's."""
+    try:
+        module.check_input(x, batch_sizes)
+    except (ValueError, RuntimeError) as err:
+        if module.mode != "LSTM" or batch_sizes is None:
+            raise
+        w = module._flat_weights
+        try:   # (refused before any arithmetic)
+            torch.nn.functional.linear(x, w[0], w[2] if module.bias else None)
+        except RuntimeError as torch_err:
+            raise RuntimeValueError(f"{err}; torch.nn: {torch_err}") from None
+        raise
 
 
 def check_parameter_device(x, weight):
@@ -231,12 +255,14 @@ def autocast(t, dtype):
 
 def forward_named_as_its_class(cls):
     """Gives cls its own copy of the forward it inherits, which Python's call errors name as torch.nn's own do
-    ("GRU.forward() got an unexpected keyword argument 'h0'", not "_EngineForward.forward() ...")."""
+    ("GRU.forward() got an unexpected keyword argument 'h0'", not "_EngineForward.forward() ..."), with torch.nn's
+    annotations (its cells' forward has them: inspect.signature, type checkers and tools that read them)."""
     f = cls.forward
     code = f.__code__.replace(co_qualname=f"{cls.__name__}.forward") if hasattr(f.__code__, "co_qualname") else \
         f.__code__   # (Python 3.10 names the function only)
     forward = types.FunctionType(code, f.__globals__, "forward", f.__defaults__, f.__closure__)
     forward.__kwdefaults__, forward.__doc__, forward.__module__ = f.__kwdefaults__, f.__doc__, f.__module__
     forward.__qualname__ = f"{cls.__name__}.forward"
+    forward.__annotations__ = dict(getattr(torch.nn, cls.__name__).forward.__annotations__)
     cls.forward = forward
     return cls

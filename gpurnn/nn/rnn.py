@@ -15,9 +15,9 @@ from ..recording import recorded_for_torch, transformed
 from ..cpu import layer as cpu_layer
 from ..checks import check_choice, check_floating, check_steps
 from .common import (TORCH_NAMES, NotATensor, RuntimeTypeError, RuntimeValueError, autocast, autocast_dtype,
-                     autocast_enabled, autocast_inside, autocast_mixed, beyond_engine, check_parameter_device,
-                     check_tensor, check_tensor_like, forward_named_as_its_class, fx_call, lstm_pair, mixed_dtypes,
-                     overridden, torch_nn_steps, TRACED_ROOT)
+                     autocast_enabled, autocast_inside, autocast_mixed, beyond_engine, check_hidden_device, check_input,
+                     check_parameter_device, check_tensor, check_tensor_like, forward_named_as_its_class, fx_call,
+                     lstm_pair, mixed_dtypes, overridden, torch_nn_steps, TRACED_ROOT)
 from .convert import torch_twin
 
 
@@ -71,9 +71,10 @@ class _EngineForward:
             # decomposition loses it)
             return _eagerly(self.forward, input, hx)
         kind = TORCH_NAMES[self._cell]
-        if isinstance(data, torch.Tensor) and (self._torch_single_step(input, hx) or recorded_for_torch(data)
+        # (torch.nn's forward reads the weights itself; a trace first: its sizes compared warn as torch.nn's do not)
+        if isinstance(data, torch.Tensor) and (recorded_for_torch(data) or self._torch_single_step(input, hx)
                                                or autocast_inside(kind, data.device, self.proj_size, packed)):
-            return super().forward(input, hx)   # (torch.nn's forward reads the weights itself; the common case first)
+            return super().forward(input, hx)
         if self._all_layers_on_torch(input, hx):
             return super().forward(input, hx)
         # as torch.nn: the weights as they are now (parametrizations, torch.func.functional_call), evaluated
@@ -84,6 +85,9 @@ class _EngineForward:
             return super().forward(input, hx)
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         given, (x, batch_sizes, sorted_idx, unsorted_idx, batched, hx) = hx, self._checked_inputs(input, hx)
+        for h in hx or ():   # torch's op checks the devices (the state's, the parameters'), then the length and dtypes
+            check_hidden_device(h, x, packed)
+        check_parameter_device(x, self._flat_weights[0])
         if packed:
             batch, steps = int(batch_sizes[0]), len(batch_sizes)
             index = packed_index(batch_sizes, batch).to(x.device)
@@ -107,10 +111,9 @@ class _EngineForward:
             hx = [autocast(h, dtype) for h in hx]
             try:
                 for name, h in zip(["h_0", "c_0"] if is_lstm else ["hx"], hx):
-                    check_tensor_like(name, h, x, packed)
+                    check_tensor_like(name, h, x)
             except RuntimeTypeError as err:
                 return self._as_torch_nn(input, given, err)
-        check_parameter_device(x, self._flat_weights[0])   # after the hidden state's, as torch's op checks
 
         y, finals = self._run_stack(x, hx, batch_sizes, dtype, index if packed else None)
         # stacked, one layer too: as torch's, a tensor of its own, contiguous (not a view, which h_n.detach_() refuses,
@@ -155,11 +158,16 @@ class _EngineForward:
 
     def _torch_single_step(self, input, hx):
         """`torch_nn_steps` for one step (T=1) of an Elman or GRU layer (about half the time of gpurnn's checks and
-        the torch loop). An LSTM's step stays gpurnn's torch loop (autograd.run_layers), faster than torch.nn's."""
-        if self._cell == "lstm" or isinstance(input, PackedSequence) or input.dim() not in (2, 3):
+        the torch loop). An LSTM's float32/float64 step stays gpurnn's torch loop (autograd.run_layers), faster than
+        torch.nn's; a half-precision one is torch.nn's, whose bits the loop's float32 state would not give."""
+        if (isinstance(input, PackedSequence) or input.dim() not in (2, 3)
+                or self._cell == "lstm" and input.dtype in (torch.float32, torch.float64)):
             return False
         steps = input.shape[1 if self.batch_first and input.dim() == 3 else 0]
-        return steps == 1 and torch_nn_steps(self, input, () if hx is None else (hx,), "weight_ih_l0")
+        if self._cell == "lstm" and hx is not None and not (isinstance(hx, tuple) and len(hx) == 2):
+            return False   # (gpurnn's checks name what is wrong with it)
+        states = () if hx is None else hx if self._cell == "lstm" else (hx,)
+        return steps == 1 and torch_nn_steps(self, input, states, "weight_ih_l0")
 
     def _all_layers_on_torch(self, input, hx):
         """Whether every layer of this call on the CPU would run as torch's fused op, its route fixed already
@@ -293,11 +301,12 @@ class _EngineForward:
                 hx = [h.unsqueeze(1) for h in hx]
             if sorted_idx is not None:   # a packed input's rows, in its order; torch.nn selects them before checking
                 hx = [h.index_select(1, sorted_idx) for h in hx]
+            check_input(self, x, batch_sizes)
             self.check_forward_args(x, tuple(hx) if is_lstm else hx[0], batch_sizes)
             if is_lstm and not passes_pair:
                 lstm_pair(given, "lstm", indexed=False)
         else:
-            self.check_input(x, batch_sizes)
+            check_input(self, x, batch_sizes)
         return x, batch_sizes, sorted_idx, unsorted_idx, batched, hx
 
     def _run_stack(self, x, hx, batch_sizes, autocast_dtype=None, packed_rows=None):
