@@ -18,14 +18,14 @@ forward first. Double backward (create_graph) reruns the layer in torch ops (tor
 so that the gradient is itself a graph.
 """
 import itertools
-import sys
 import weakref
 
 import numpy as np
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
-from . import backends, cells, checks, engine, torch_loop
+from . import backends, cells, checks, dynamo, engine, torch_loop
+from .cpu import op_route
 from .arrays import device_scope, tensor_to_xp, xp_to_tensor
 from .recording import recorded_for_torch, transformed
 from .slots import (DIRS, N_IN, N_OUT, OPTIONS, SLOT, SLOTS, STATES, groups, options_string, pack,
@@ -42,8 +42,14 @@ def _native(cell, tensors, n_state, n_dirs, backend):
 
 
 def _engine_forward(x, tensors, teacher, cell, n_state, reverses, batch_sizes, backend, options, for_backward):
-    """[engine.Saved of each direction], [y, *state_T of each direction] as tensors."""
+    """[engine.Saved of each direction] (a cpu.op_route.TorchTape where torch's op ran the layer), [y, *state_T of
+    each direction] as tensors."""
     opts = parse_options(options)
+    if opts.pop("layer", None) == "auto":   # torch.compile's graph: the CPU layer's route is taken here (op_route)
+        run_engine = lambda xs, ds, bs: _engine_layers(cell, xs, ds, backend, bs, opts, torch.is_grad_enabled())  # noqa
+        routed = op_route.forward(cell, x, tensors, n_state, reverses, batch_sizes, opts, for_backward, run_engine)
+        if routed is not None:
+            return routed
     native = _native(cell, tensors, n_state, len(reverses), backend)
     # autocast off: the engine's GEMMs through torch must keep the dtype; NumPy's floating-point warnings off,
     # as torch's ops give none (inf and NaN propagate as in torch.nn)
@@ -104,6 +110,8 @@ def layer_backward_op(handle, *args):
     if saved is None:   # a compiled graph copied the handle, or the tape is gone: rerun the forward
         saved, _ = _engine_forward(x, tensors, teacher, cell, n_state, reverses, batch_sizes, backend, options, True)
     grads, k = unpack_outputs(grads, n_state, len(reverses)), 1 + n_state
+    if isinstance(saved, op_route.TorchTape):
+        return saved.backward(grads, x, cell, n_state, len(reverses), need_dx, need_weights)
     to_xp = lambda t: None if t is None else tensor_to_xp(t.contiguous(), saved[0].fused)
     no_grad = cells.no_grad(cell)
     with device_scope(x.device), torch.autocast(x.device.type, enabled=False), np.errstate(all="ignore"):
@@ -301,27 +309,8 @@ def _differentiable_backward(ctx, x, slots, grads):
 layer_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _dynamo_loaded_before_use(op):
-    """torch runs a custom op's kernel under torch._dynamo.disable, made on the first call, which imports
-    torch._dynamo: 1.1-1.5 s of a process's first layer call on an AMD EPYC (torch.nn's first takes 6 ms). Until
-    something else imports dynamo (torch.compile does), no compiled frame can be running and the wrapper has
-    nothing to disable: the kernel runs as it is; once dynamo is loaded, torch's wrapper takes over. (torch's
-    private structure, as in torch 2.11-2.13: where it differs, nothing changes.)"""
-    for wrapper in getattr(op, "_backend_fns", {}).values():
-        kernel = getattr(wrapper, "__wrapped__", None)
-        if kernel is None or hasattr(kernel, "__dynamo_disable"):
-            continue
-
-        def until_loaded(*args, kernel=kernel, wrapper=wrapper, **kwargs):
-            if "torch._dynamo" not in sys.modules:
-                return kernel(*args, **kwargs)
-            kernel.__dict__.pop("__dynamo_disable", None)   # torch's wrapper makes its own now
-            return wrapper(*args, **kwargs)
-        kernel.__dynamo_disable = until_loaded
-
-
-_dynamo_loaded_before_use(layer_op)
-_dynamo_loaded_before_use(layer_backward_op)
+dynamo.loaded_before_use(layer_op)
+dynamo.loaded_before_use(layer_backward_op)
 
 
 def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts):
@@ -376,8 +365,9 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
 def _engine_layers(cell, x, directions, name, batch_sizes, opts, for_backward):
     """run_layers on the engine: the custom op gpurnn::layer."""
     tensors = [t for state0, weights, _ in directions for t in (*state0, *weights)]
-    if name == "numpy":
-        opts = dict(opts, gemm="auto")   # torch's or NumPy's BLAS, timed per layer shape (gpurnn/cpu/gemm.py)
+    if name == "numpy":   # torch's or NumPy's BLAS, timed per layer shape (gpurnn/cpu/gemm.py); compiled, the
+        # layer's route is taken in the op (cpu/op_route.py)
+        opts = dict(opts, gemm="auto", layer="auto" if torch.compiler.is_compiling() else None)
     teacher = opts.pop("teacher", None)
     n_state, n_dirs = len(directions[0][0]), len(directions)
     packed = torch.ops.gpurnn.layer(x, *pack(tensors, cell, n_state, n_dirs), teacher, cell, n_state,

@@ -10,6 +10,8 @@ modules, and torch.nn's keep dynamo's graph break (they run eagerly, correctly).
 in when torch._dynamo.variables.builder loads (an import hook, so that importing gpurnn does not
 import dynamo, which takes seconds). A torch whose dynamo has no VariableBuilder.wrap_module
 gets the flag for the whole process, as the only way left to compile gpurnn's modules.
+
+Also: `loaded_before_use`, which keeps a process's first layer call from importing dynamo.
 """
 import importlib.abc
 import importlib.util
@@ -62,3 +64,22 @@ def allow_rnn(types):
         _admit(sys.modules[BUILDER])
     elif not any(isinstance(f, _AdmitWhenLoaded) for f in sys.meta_path):
         sys.meta_path.insert(0, _AdmitWhenLoaded())
+
+
+def loaded_before_use(op):
+    """torch runs a custom op's kernel under torch._dynamo.disable, made on the first call, which imports
+    torch._dynamo: 1.1-1.5 s of a process's first layer call on an AMD EPYC (torch.nn's first takes 6 ms). Until
+    something else imports dynamo (torch.compile does), no compiled frame can be running and the wrapper has
+    nothing to disable: the kernel runs as it is; once dynamo is loaded, torch's wrapper takes over. (torch's
+    private structure, as in torch 2.11-2.13: where it differs, nothing changes.)"""
+    for wrapper in getattr(op, "_backend_fns", {}).values():
+        kernel = getattr(wrapper, "__wrapped__", None)
+        if kernel is None or hasattr(kernel, "__dynamo_disable"):
+            continue
+
+        def until_loaded(*args, kernel=kernel, wrapper=wrapper, **kwargs):
+            if "torch._dynamo" not in sys.modules:
+                return kernel(*args, **kwargs)
+            kernel.__dict__.pop("__dynamo_disable", None)   # torch's wrapper makes its own now
+            return wrapper(*args, **kwargs)
+        kernel.__dynamo_disable = until_loaded

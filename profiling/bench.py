@@ -58,8 +58,15 @@ PRESETS = {
                     "providers": ("gpurnn-numpy", "torch.nn"), "modes": ("fwd", "fwdbwd"),
                     "name": "single_step", "repeats": 301, "budget_s": 60.0,
                     "required_ratio": 1.5, "target_ratio": 1.0},
+    # gpurnn's modules under torch.compile (the layer's route taken in its custom op) against eager and torch.nn
+    # (whose RNN modules torch.compile leaves to eager Python: a graph break), at small and medium shapes.
+    "compiled": {"device": "cpu", "cells": ("rnn", "lstm", "gru"), "batch": (4, 32), "steps": (20, 128),
+                 "hidden": (64,), "input": 32, "dtype": ("float32",),
+                 "providers": ("gpurnn-compiled", "gpurnn-numpy", "torch.nn"), "modes": ("fwd", "fwdbwd"),
+                 "name": "compiled", "repeats": 51, "budget_s": 60.0},
 }
 MODES = ("fwd", "fwdbwd")
+COMPILING = ("compile", "gpurnn-compiled")   # providers whose first call of a shape runs torch.compile
 BURST_S = 0.002   # a CPU sample times calls back to back for about this long (a call longer than it: one call)
 COLUMNS = ("run_id", "device", "cell", "mode", "dtype", "batch", "steps", "hidden", "input", "output",
            "provider", "baseline", "status", "median_ms", "q20_ms", "q80_ms", "per_step_us", "peak_mem_mb",
@@ -291,7 +298,7 @@ def configs(args):
 def provider_list(args, cell):
     chosen = args.providers or providers.DEFAULT_PROVIDERS[args.device]
     if args.quick and not args.providers:   # compiling would take most of a short run
-        chosen = [p for p in chosen if p != "compile"]
+        chosen = [p for p in chosen if p not in COMPILING]
     base = providers.baseline(cell)
     return [base] + [p for p in chosen if p != base]
 
@@ -323,14 +330,14 @@ def warm_up(p, fn, cfg, args, row, disabled):
     Returns a sample of the forward output (first 64 steps and the last) for the sanity diff,
     or None; sets row["status"] and leaves fn out of the timing if anything fails.
     """
-    limit = TimeLimit(args.compile_limit_s if p == "compile" else None)
+    limit = TimeLimit(args.compile_limit_s if p in COMPILING else None)
     try:
         t0 = time.perf_counter()
         with limit:
             out = fn()
             if cfg.device == "cuda":
                 torch.cuda.synchronize()
-        if p == "compile":
+        if p in COMPILING:
             row["note"] = f"first call {time.perf_counter() - t0:.1f} s (compiles each new shape)"
         sample = None if out is None else torch.cat([out[:64], out[-1:]]).detach().double().cpu()
         row["peak_mem_mb"] = peak_memory_mb(fn, cfg.device)   # (its own collections and resets: about 0.1 s)

@@ -5,6 +5,7 @@ take x[0] and run T=1 only, as gpurnn.nn's and torch.nn's modules):
   gpurnn-numpy   gpurnn.nn modules, backend="numpy" (CPU)
   gpurnn-cupy    gpurnn.nn modules, backend="cupy" (GPU)
   gpurnn-triton  gpurnn.nn modules, backend="triton" (GPU)
+  gpurnn-compiled  gpurnn.nn modules, backend="numpy", under torch.compile(fullgraph=True) (CPU)
   torch.nn       torch.nn.RNN/LSTM/GRU (cuDNN on a GPU, torch's own kernels on the CPU)
   loop           the cell equations written plainly in PyTorch, one step per Python iteration;
                  the reference for Jordan, which has no torch.nn twin
@@ -32,7 +33,7 @@ MODULES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU", **STEP_CELLS}   # class n
 GATES = {"rnn": 1, "lstm": 4, "gru": 3, "jordan": 1, "rnncell": 1, "lstmcell": 4, "grucell": 3}
 GPURNN = {"gpurnn-numpy": "numpy", "gpurnn-cupy": "cupy", "gpurnn-triton": "triton"}
 PROVIDERS = {
-    "cpu": ("gpurnn-numpy", "torch.nn", "loop", "compile"),
+    "cpu": ("gpurnn-numpy", "gpurnn-compiled", "torch.nn", "loop", "compile"),
     "cuda": ("gpurnn-triton", "gpurnn-cupy", "torch.nn", "loop", "compile", "floor", "floor-grid"),
 }
 DEFAULT_PROVIDERS = {"cpu": ("gpurnn-numpy", "torch.nn", "loop"), "cuda": PROVIDERS["cuda"]}
@@ -240,7 +241,9 @@ def build(provider, cfg, seed=0):
     x = torch.randn(cfg.steps, cfg.batch, cfg.input, device=cfg.device, dtype=DTYPES[cfg.dtype],
                     generator=gen).requires_grad_(True)
     out_size = cfg.output if cfg.cell == "jordan" else cfg.hidden
-    m = _gpurnn_module(cfg, ref, GPURNN[provider]) if provider in GPURNN else ref if provider == "torch.nn" else None
+    m = (_gpurnn_module(cfg, ref, GPURNN[provider]) if provider in GPURNN else ref if provider == "torch.nn"
+         else torch.compile(_gpurnn_module(cfg, ref, "numpy"), fullgraph=True) if provider == "gpurnn-compiled"
+         else None)
     if m is not None and cfg.packed:
         from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
         lengths = torch.randint(1, cfg.steps + 1, (cfg.batch,), generator=torch.Generator().manual_seed(seed + 3))

@@ -315,3 +315,33 @@ def test_compiled_dropout_between_layers_draws_torch_nns_masks(kind):
         torch.manual_seed(123)
         results.append((module(x)[0], torch.get_rng_state()))
     torch.testing.assert_close(results[1], results[0])
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["trained", "frozen"])
+@pytest.mark.parametrize("kind, kw", [("LSTM", {"num_layers": 2}), ("GRU", {"bidirectional": True}),
+                                      ("RNN", {"nonlinearity": "relu", "bias": False}),
+                                      ("LSTM", {"proj_size": 3, "bidirectional": True})])
+def test_compiled_layers_take_torchs_op_where_its_route_is_torchs(kind, kw, frozen, monkeypatch):
+    """The op takes the CPU layer's route itself (cpu/op_route.py): on torch's, a compiled layer gives torch.nn's bits
+    forward and backward (the engine's would differ in rounding), x needing no gradient, or no weight needing one."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "torch")
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, kind)(4, 5, **kw).double()
+    mine = getattr(gnn, kind)(4, 5, **kw).double()
+    mine.load_state_dict(ref.state_dict())
+    for m in (ref, mine):
+        m.requires_grad_(not frozen)
+    x = torch.randn(6, 3, 4, dtype=torch.float64, requires_grad=frozen)
+    torch._dynamo.reset()   # (each module compiles the forward anew: the tests before may reach the limit)
+    compiled = torch.compile(mine, backend="aot_eager", fullgraph=True)
+    outs = [m(x) for m in (ref, compiled)]
+    flat = [[out[0], *(out[1] if isinstance(out[1], tuple) else [out[1]])] for out in outs]
+    for a, b in zip(*flat):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    wrt = [x] if frozen else None
+    grads = [torch.autograd.grad(sum(t.square().sum() for t in f), wrt or list(m.parameters()))
+             for f, m in zip(flat, (ref, mine))]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x)[0], ref(x)[0], rtol=0, atol=0)
