@@ -4,7 +4,7 @@ torch's own RNN/LSTM/GRU ops fuse each step's GEMM with its pointwise work on th
 (oneDNN's LSTM, for one); the engine runs one GEMM call and one pointwise call per step
 from Python. Which is faster depends on the cell and the machine (Intel Xeon, B=32 T=128
 H=128: the engine's GRU took 0.72x torch's time, its LSTM 1.5x). So the first call of each
-layer shape class (cell, T up to TIME_STEPS, B, I rounded up to powers of two, H, directions,
+layer shape class (cell, T up to TIME_STEPS or longer, B, I rounded up to powers of two, H, directions,
 whether a backward follows and wants dx, dtype, packed or not) times both on copies of its first TIME_STEPS
 steps, forward and, where a backward follows, backward, and keeps the faster for the process (torch's op
 unless it takes over 1.05 times the engine's: `route`). Where every layer of a module's call has its route
@@ -29,7 +29,8 @@ from ..arrays import packed_index
 from . import timed
 _OPS = {"lstm": torch._VF.lstm, "gru": torch._VF.gru}
 REPEATS = 3
-TIME_STEPS = 32   # the timing runs on the first steps only: per-step costs decide, and it stays cheap
+TIME_STEPS = 32   # the timing runs on the first steps only, so that it stays cheap
+HORIZON = 128     # longer calls (one class): the routes' times predicted at this length decide (_time)
 TIE = 0.05   # torch's op wins a timing within this fraction of the engine's
 _chosen = {}     # layer shape class -> (route, {route: median seconds})
 _last_forward = {}   # (layer shape class, weights' address) -> the route its last forward outside a backward took
@@ -102,7 +103,8 @@ def layer_class(cell, nonlinearity, T, B, I, H, n_dirs, for_backward, x_requires
     """A layer's shape class (H: its state's width; T and B: a packed input's padded ones). Its backward's work:
     whether dx is wanted, and whether any weight's gradient is (not: a frozen layer, whose backward skips their
     GEMMs in both routes; torch's LSTM op then took half the engine's time on an AMD EPYC)."""
-    return (cell, nonlinearity, min(timed.pow2(T), TIME_STEPS), timed.pow2(B), timed.pow2(I), H, n_dirs, for_backward,
+    steps = min(timed.pow2(T), 2 * TIME_STEPS)   # 2 * TIME_STEPS: longer than TIME_STEPS
+    return (cell, nonlinearity, steps, timed.pow2(B), timed.pow2(I), H, n_dirs, for_backward,
             for_backward and x_requires_grad, for_backward and not weights_grad, str(dtype)) + (
         ("packed",) if packed else ())
 
@@ -130,26 +132,35 @@ def stack_on_torch(classes, owner, time_them):
 def _time(runs, x, directions, for_backward, batch_sizes):
     """{route: median seconds} of each runs[route](x, directions, batch_sizes) (and a backward of its outputs' sum)
     on detached copies of the first TIME_STEPS steps (x's needing a gradient where the caller's does: both routes
-    skip dx otherwise). The routes take turns, so that a passing load weighs on both alike (timed one after the
-    other, a packed LSTM's torch op once timed 1.8 ms for 1.1 on an AMD EPYC, and lost). Identity saved-tensor
-    hooks shadow the caller's (which must not see these copies: offloading, counting)."""
+    skip dx otherwise); for x longer (the class of longer calls), the time each would take at
+    HORIZON steps, extrapolated from its times at TIME_STEPS / 4 and TIME_STEPS steps: the routes' fixed costs
+    differ (an Elman layer's forward+backward at B=4 H=64 on an AMD EPYC: 1.2 ms on the engine against 0.9 on
+    torch's op at 32 steps, 1.6 against 4.3 at 128). The routes take turns, so that a passing load weighs on both
+    alike (timed one after the other, a packed LSTM's torch op once timed 1.8 ms for 1.1 on an AMD EPYC, and lost).
+    Identity saved-tensor hooks shadow the caller's (which must not see these copies: offloading, counting)."""
     def copy(t):
         return None if t is None else t.detach().clone().requires_grad_(for_backward and t.requires_grad)
-    xs = copy(x[:TIME_STEPS])
-    bs = None if batch_sizes is None else batch_sizes[:TIME_STEPS]
+    lengths = (TIME_STEPS // 4, TIME_STEPS) if x.shape[0] > TIME_STEPS else (TIME_STEPS,)
     dirs = [([copy(s) for s in state0], [copy(w) for w in weights], r) for state0, weights, r in directions]
-    samples = {name: [] for name in runs}
+    samples = {(name, n): [] for name in runs for n in lengths}
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-        for k in range(REPEATS + 1):   # the first round warms up
-            for name, run in list(runs.items())[::1 if k % 2 else -1]:   # each route first in every other round
-                t0 = time.perf_counter()
-                with torch.set_grad_enabled(for_backward):
-                    outs = run(xs, dirs, bs)
-                    if for_backward:
-                        sum(o.sum() for out in outs for o in out).backward()
-                if k:
-                    samples[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(times) for name, times in samples.items()}
+        for n in lengths:
+            xs, bs = copy(x[:n]), None if batch_sizes is None else batch_sizes[:n]
+            for k in range(REPEATS + 1):   # the first round warms up
+                for name, run in list(runs.items())[::1 if k % 2 else -1]:   # each route first in every other round
+                    t0 = time.perf_counter()
+                    with torch.set_grad_enabled(for_backward):
+                        outs = run(xs, dirs, bs)
+                        if for_backward:
+                            sum(o.sum() for out in outs for o in out).backward()
+                    if k:
+                        samples[name, n].append(time.perf_counter() - t0)
+    times = {key: statistics.median(t) for key, t in samples.items()}
+    if len(lengths) == 1:
+        return {name: times[name, lengths[0]] for name in runs}
+    short, long = lengths
+    return {name: max(times[name, long], times[name, long] + (times[name, long] - times[name, short])
+                      * (HORIZON - long) / (long - short)) for name in runs}
 
 
 def _may_time():
@@ -220,7 +231,8 @@ def describe():
         _chosen, forced(), "GPURNN_CPU_LAYER",
         "auto: the engine or torch's fused op per layer shape, whichever times faster on first use",
         "auto, timed per layer shape",
-        lambda key, r, times: f"{key[0]}{' packed' * (key[-1] == 'packed')} T~{key[2]} B~{key[3]} H={key[5]} "
+        lambda key, r, times: f"{key[0]}{' packed' * (key[-1] == 'packed')} "
+                              f"{f'T~{key[2]}' if key[2] <= TIME_STEPS else f'T>{TIME_STEPS} (times at {HORIZON})'} B~{key[3]} H={key[5]} "
                               f"{_work(key)}: {r} "
                               f"({', '.join(f'{k} {t * 1e3:.1f} ms' for k, t in times.items())})")
 

@@ -223,9 +223,9 @@ class _EngineForward:
             for h, w in zip(states, widths))
 
     def _time_routes(self, data, states, batch_sizes, T, B):
-        """Times every layer's route (cpu/layer.py) on random data of this call's shapes (its first TIME_STEPS steps),
+        """Times every layer's route (cpu/layer.py) on random data of this call's shapes (up to TIME_STEPS + 1 steps),
         grad mode and requires_grad flags, unseen: the RNG and the caller's saved-tensor hooks are left as they were."""
-        steps = min(T, cpu_layer.TIME_STEPS)
+        steps = min(T, cpu_layer.TIME_STEPS + 1)   # (a longer call's class: the timing reads no more than it needs)
         h_grad = states is not None and any(h.requires_grad for h in states)
         widths = [self.proj_size or self.hidden_size] + [self.hidden_size] * (self._cell == "lstm")
         hx = [torch.zeros(self.num_layers * (1 + self.bidirectional), B, w, dtype=data.dtype, requires_grad=h_grad)

@@ -348,3 +348,27 @@ def test_timing_a_stack_before_its_first_call_leaves_the_rng_as_it_was(monkeypat
     assert layer.chosen()
     for got, want in zip(*outs):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_a_longer_calls_routes_are_compared_at_the_horizon_from_two_timed_lengths(monkeypatch):
+    """Fixed costs differ between the routes: the one faster at TIME_STEPS steps may be slower for a longer call
+    (an Elman layer's forward+backward at B=4 H=64 on an AMD EPYC: the engine 1.2 ms against 0.9 at 32 steps, 1.6
+    against 4.3 at 128). Longer calls are a class of their own, timed at two lengths and extrapolated."""
+    clock = [0.0]
+    monkeypatch.setattr(layer.time, "perf_counter", lambda: clock[0])
+    costs = {"engine": (1.0, 0.01), "torch": (0.2, 0.03)}   # fixed, per step (a made-up clock)
+
+    def run_for(name):
+        def run(xs, directions, batch_sizes):
+            clock[0] += costs[name][0] + costs[name][1] * xs.shape[0]
+            return [(xs,)]
+        return run
+    runs = {name: run_for(name) for name in costs}
+    directions = [([torch.zeros(2, 4)], [torch.zeros(4, 3)], False)]
+    at = {T: layer._time(runs, torch.zeros(T, 2, 3), directions, False, None) for T in (20, 100)}
+    assert at[20] == pytest.approx({"engine": 1.2, "torch": 0.8})   # every step of a short call, timed
+    horizon = layer.HORIZON
+    assert at[100] == pytest.approx({"engine": 1.0 + 0.01 * horizon, "torch": 0.2 + 0.03 * horizon})
+    classes = {T: layer.layer_class("elman", "tanh", T, 4, 3, 4, 1, True, True, True, torch.float32, False)
+               for T in (20, 32, 33, 100, 5000)}
+    assert classes[20] == classes[32] and classes[33] == classes[100] == classes[5000] != classes[32]
