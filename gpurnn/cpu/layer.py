@@ -215,6 +215,10 @@ def _forward_route(key, cell, x, directions, opts, for_backward, run_engine, bat
     return timed.decide(_chosen, key, lambda: _time(runs, x, directions, for_backward, batch_sizes), "torch", TIE)
 
 
+def _steps(key):
+    return f"T~{key[2]}" if key[2] <= TIME_STEPS else f"T>{TIME_STEPS} (times at {HORIZON})"
+
+
 def _work(key):
     for_backward, dx, frozen = key[7:10]
     skipped = [what for what, skip in (("dx", not dx), ("weights", frozen)) if skip]
@@ -231,8 +235,7 @@ def describe():
         _chosen, forced(), "GPURNN_CPU_LAYER",
         "auto: the engine or torch's fused op per layer shape, whichever times faster on first use",
         "auto, timed per layer shape",
-        lambda key, r, times: f"{key[0]}{' packed' * (key[-1] == 'packed')} "
-                              f"{f'T~{key[2]}' if key[2] <= TIME_STEPS else f'T>{TIME_STEPS} (times at {HORIZON})'} B~{key[3]} H={key[5]} "
+        lambda key, r, times: f"{key[0]}{' packed' * (key[-1] == 'packed')} {_steps(key)} B~{key[3]} H={key[5]} "
                               f"{_work(key)}: {r} "
                               f"({', '.join(f'{k} {t * 1e3:.1f} ms' for k, t in times.items())})")
 

@@ -32,8 +32,9 @@ def torch_steps_here(x, backend):
     """Whether a single step (a cell, a layer at T=1) on x goes to torch's own step op: floating-point data for the
     CPU engine, outside torch.compile, torch.func and forward-mode AD (which run the layer as before). There the
     engine's fixed cost per call is several times a step, and torch's step op gives torch.nn's bits
-    (profiling/results/cpu/single_step_intel_xeon.md), where the engine would carry a half-precision step in float32. Dynamo is asked first: traced, backends.env's read of
-    os.environ's store would make torch.compile guard on every variable, and recompile when any is set."""
+    (profiling/results/cpu/single_step_intel_xeon.md), where the engine would carry a half-precision step in
+    float32. Dynamo is asked first: traced, backends.env's read of os.environ's store would make torch.compile
+    guard on every variable, and recompile when any is set."""
     return (x.dtype in _STEP_DTYPES and not torch.compiler.is_compiling()
             and backends.runs_numpy(backend, x.is_cuda) and torch._C._functorch.peek_interpreter_stack() is None
             and torch.autograd.forward_ad._current_level < 0)
