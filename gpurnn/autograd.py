@@ -45,9 +45,11 @@ def _engine_forward(x, tensors, teacher, cell, n_state, reverses, batch_sizes, b
     """[engine.Saved of each direction] (a cpu.op_route.TorchTape where torch's op ran the layer), [y, *state_T of
     each direction] as tensors."""
     opts = parse_options(options)
-    if opts.pop("layer", None) == "auto":   # torch.compile's graph: the CPU layer's route is taken here (op_route)
+    route = opts.pop("layer", "")
+    if route.startswith("auto:"):   # torch.compile's graph: the CPU layer's route is taken here (op_route)
         run_engine = lambda xs, ds, bs: _engine_layers(cell, xs, ds, backend, bs, opts, torch.is_grad_enabled())  # noqa
-        routed = op_route.forward(cell, x, tensors, n_state, reverses, batch_sizes, opts, for_backward, run_engine)
+        routed = op_route.forward(cell, x, tensors, n_state, reverses, batch_sizes, opts, for_backward, run_engine,
+                                  route[5:])
         if routed is not None:
             return routed
     native = _native(cell, tensors, n_state, len(reverses), backend)
@@ -367,7 +369,7 @@ def _engine_layers(cell, x, directions, name, batch_sizes, opts, for_backward):
     tensors = [t for state0, weights, _ in directions for t in (*state0, *weights)]
     if name == "numpy":   # torch's or NumPy's BLAS, timed per layer shape (gpurnn/cpu/gemm.py); compiled, the
         # layer's route is taken in the op (cpu/op_route.py)
-        opts = dict(opts, gemm="auto", layer="auto" if torch.compiler.is_compiling() else None)
+        opts = dict(opts, gemm="auto", layer=op_route.mark(x, directions) if torch.compiler.is_compiling() else None)
     teacher = opts.pop("teacher", None)
     n_state, n_dirs = len(directions[0][0]), len(directions)
     packed = torch.ops.gpurnn.layer(x, *pack(tensors, cell, n_state, n_dirs), teacher, cell, n_state,

@@ -345,3 +345,33 @@ def test_compiled_layers_take_torchs_op_where_its_route_is_torchs(kind, kw, froz
         torch.testing.assert_close(b, a, rtol=0, atol=0)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x)[0], ref(x)[0], rtol=0, atol=0)
+
+
+def test_a_compiled_lstm_output_changed_in_place_leaves_torchs_route_gradients_right(monkeypatch):
+    """oneDNN's LSTM saves y for backward: the compiled op returns another tensor, so that y.mul_ cannot reach it."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "torch")
+    torch.manual_seed(0)
+    ref, mine = torch.nn.LSTM(4, 5), gnn.LSTM(4, 5)
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 3, 4)
+    want = torch.autograd.grad(2 * ref(x)[0].sum(), list(ref.parameters()))
+    torch._dynamo.reset()
+    y = torch.compile(mine, backend="aot_eager", fullgraph=True)(x)[0]
+    y.mul_(2)
+    for a, b in zip(torch.autograd.grad(y.sum(), list(mine.parameters())), want):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_op_times_the_route_of_the_traced_call(monkeypatch):
+    """The op's kernel sees no tensor that needs a gradient: the traced call's flags reach the route's shape class
+    (a second layer's input, made inside the graph, needs one there as in eager calls)."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    from gpurnn.cpu import layer
+    classes = []
+    real = layer.route
+    monkeypatch.setattr(layer, "route", lambda cell, x, ds, opts, fb, *a: classes.append(
+        layer.shape_class(cell, x, ds, opts, fb)[7:10]) or real(cell, x, ds, opts, fb, *a))
+    m = gnn.GRU(3, 4, num_layers=2)
+    torch._dynamo.reset()
+    torch.compile(m, backend="aot_eager", fullgraph=True)(torch.randn(5, 2, 3))[0].sum().backward()
+    assert classes == [(True, False, False), (True, True, False)]   # (for backward, dx wanted, frozen)

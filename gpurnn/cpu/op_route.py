@@ -38,21 +38,34 @@ class TorchTape:
                 *[x.new_empty(0) if t is None else t for t in pack(out, cell, n_state, n_dirs)])
 
 
-def forward(cell, x, tensors, n_state, reverses, batch_sizes, opts, for_backward, run_engine):
+def mark(x, directions):
+    """The op's option that has it take the route: "auto:" and which of x ("x"), the initial states ("h") and the
+    weights ("w") need a gradient in the traced call (the op's kernel sees none that does; the route's shape class
+    and timing must)."""
+    parts = (("x", [x]), ("h", [s for state0, _, _ in directions for s in state0]),
+               ("w", [w for _, weights, _ in directions for w in weights]))
+    return "auto:" + "".join(k for k, ts in parts if any(t is not None and t.requires_grad for t in ts))
+
+
+def forward(cell, x, tensors, n_state, reverses, batch_sizes, opts, for_backward, run_engine, wanted):
     """(tape, outputs) of the layer on torch's op where its timed route is torch's (tape: a TorchTape, or None if
     not for_backward), else None: the engine runs it. run_engine(x, directions, batch_sizes): the layer on the
-    engine, for the timing."""
+    engine, for the timing; wanted: `mark`'s letters."""
     # autograd, which a custom op's kernel runs without (its dispatch key excluded), for the timing's backward and
     # torch's op's graph
     with torch._C._SetExcludeDispatchKeyGuard(torch._C.DispatchKey.AutogradFunctionality, False):
-        return _forward(cell, x, tensors, n_state, reverses, batch_sizes, opts, for_backward, run_engine)
+        return _forward(cell, x, tensors, n_state, reverses, batch_sizes, opts, for_backward, run_engine, wanted)
 
 
-def _forward(cell, x, tensors, n_state, reverses, batch_sizes, opts, for_backward, run_engine):
+def _forward(cell, x, tensors, n_state, reverses, batch_sizes, opts, for_backward, run_engine, wanted):
+    def as_traced(t, i):   # requires_grad as in the traced call
+        key = "x" if i < 0 else "h" if i % (len(tensors) // len(reverses)) < n_state else "w"
+        return None if t is None else t.detach().requires_grad_(for_backward and key in wanted)
+    timed = [as_traced(t, i) for i, t in enumerate(tensors)]
     directions = [(tuple(g[:n_state]), list(g[n_state:]), r == "r")
-                  for g, r in zip(groups(tensors, len(reverses)), reverses)]
+                  for g, r in zip(groups(timed, len(reverses)), reverses)]
     if not layer.applies(cell, x, directions, opts) or layer.route(
-            cell, x, directions, opts, for_backward, run_engine, batch_sizes) != "torch":
+            cell, as_traced(x, -1), directions, opts, for_backward, run_engine, batch_sizes) != "torch":
         return None
     if not for_backward:
         with torch.no_grad():
@@ -63,7 +76,9 @@ def _forward(cell, x, tensors, n_state, reverses, batch_sizes, opts, for_backwar
                   for g, r in zip(groups(leaves[1:], len(reverses)), reverses)]
     with torch.enable_grad():
         outs = [t for out in layer.torch_layers(cell, leaves[0], directions, opts, batch_sizes) for t in out]
-    return TorchTape(leaves, outs), _own(outs)
+    # torch's LSTM op (oneDNN's) saves y for its backward: the y returned is another tensor, so that an in-place
+    # change of it cannot reach the tape's gradients unseen
+    return TorchTape(leaves, outs), _own(outs, outs[::1 + n_state] if cell == "lstm" else ())
 
 
 def _own(outs, inputs=()):
