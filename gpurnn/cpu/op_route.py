@@ -43,7 +43,7 @@ def mark(x, directions):
     weights ("w") need a gradient in the traced call (the op's kernel sees none that does; the route's shape class
     and timing must)."""
     parts = (("x", [x]), ("h", [s for state0, _, _ in directions for s in state0]),
-               ("w", [w for _, weights, _ in directions for w in weights]))
+             ("w", [w for _, weights, _ in directions for w in weights]))
     return "auto:" + "".join(k for k, ts in parts if any(t is not None and t.requires_grad for t in ts))
 
 
@@ -58,24 +58,24 @@ def forward(cell, x, tensors, n_state, reverses, batch_sizes, opts, for_backward
 
 
 def _forward(cell, x, tensors, n_state, reverses, batch_sizes, opts, for_backward, run_engine, wanted):
-    def as_traced(t, i):   # requires_grad as in the traced call
-        key = "x" if i < 0 else "h" if i % (len(tensors) // len(reverses)) < n_state else "w"
+    def directions_of(ts):
+        return [(tuple(g[:n_state]), list(g[n_state:]), r == "r") for g, r in zip(groups(ts, len(reverses)), reverses)]
+
+    def as_traced(t, key):   # requires_grad as in the traced call
         return None if t is None else t.detach().requires_grad_(for_backward and key in wanted)
-    timed = [as_traced(t, i) for i, t in enumerate(tensors)]
-    directions = [(tuple(g[:n_state]), list(g[n_state:]), r == "r")
-                  for g, r in zip(groups(timed, len(reverses)), reverses)]
+    per_direction = len(tensors) // len(reverses)
+    directions = directions_of([as_traced(t, "h" if i % per_direction < n_state else "w")
+                                for i, t in enumerate(tensors)])
     if not layer.applies(cell, x, directions, opts) or layer.route(
-            cell, as_traced(x, -1), directions, opts, for_backward, run_engine, batch_sizes) != "torch":
+            cell, as_traced(x, "x"), directions, opts, for_backward, run_engine, batch_sizes) != "torch":
         return None
     if not for_backward:
         with torch.no_grad():
             return None, _own([t for out in layer.torch_layers(cell, x, directions, opts, batch_sizes) for t in out])
-    leaf = lambda t: None if t is None else t.detach().requires_grad_()   # noqa: E731
-    leaves = [leaf(x)] + [leaf(t) for t in tensors]
-    directions = [(tuple(g[:n_state]), list(g[n_state:]), r == "r")
-                  for g, r in zip(groups(leaves[1:], len(reverses)), reverses)]
+    leaves = [None if t is None else t.detach().requires_grad_() for t in [x, *tensors]]
     with torch.enable_grad():
-        outs = [t for out in layer.torch_layers(cell, leaves[0], directions, opts, batch_sizes) for t in out]
+        outs = [t for out in layer.torch_layers(cell, leaves[0], directions_of(leaves[1:]), opts, batch_sizes)
+                for t in out]
     # torch's LSTM op (oneDNN's) saves y for its backward: the y returned is another tensor, so that an in-place
     # change of it cannot reach the tape's gradients unseen
     return TorchTape(leaves, outs), _own(outs, outs[::1 + n_state] if cell == "lstm" else ())
