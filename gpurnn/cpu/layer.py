@@ -29,6 +29,7 @@ from ..arrays import packed_index
 from . import timed
 _OPS = {"lstm": torch._VF.lstm, "gru": torch._VF.gru}
 REPEATS = 3
+CHEAP = 0.01   # seconds: a timing round under this takes 3 * REPEATS samples (short runs are the noisiest)
 TIME_STEPS = 32   # the timing runs on the first steps only, so that it stays cheap
 HORIZON = 128     # longer calls (one class): the routes' times predicted at this length decide (_time)
 TIE = 0.05   # torch's op wins a timing within this fraction of the engine's
@@ -142,12 +143,14 @@ def _time(runs, x, directions, for_backward, batch_sizes):
         return None if t is None else t.detach().clone().requires_grad_(for_backward and t.requires_grad)
     lengths = (TIME_STEPS // 4, TIME_STEPS) if x.shape[0] > TIME_STEPS else (TIME_STEPS,)
     dirs = [([copy(s) for s in state0], [copy(w) for w in weights], r) for state0, weights, r in directions]
+    inputs = {n: (copy(x[:n]), None if batch_sizes is None else batch_sizes[:n]) for n in lengths}
     samples = {(name, n): [] for name in runs for n in lengths}
+    rounds, k = REPEATS, 0
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-        for n in lengths:
-            xs, bs = copy(x[:n]), None if batch_sizes is None else batch_sizes[:n]
-            for k in range(REPEATS + 1):   # the first round warms up
-                for name, run in list(runs.items())[::1 if k % 2 else -1]:   # each route first in every other round
+        while k <= rounds:   # the first round warms up
+            start = time.perf_counter()
+            for name, run in list(runs.items())[::1 if k % 2 else -1]:   # each route first in every other round
+                for n, (xs, bs) in inputs.items():
                     t0 = time.perf_counter()
                     with torch.set_grad_enabled(for_backward):
                         outs = run(xs, dirs, bs)
@@ -155,12 +158,20 @@ def _time(runs, x, directions, for_backward, batch_sizes):
                             sum(o.sum() for out in outs for o in out).backward()
                     if k:
                         samples[name, n].append(time.perf_counter() - t0)
+            if k == 0 and time.perf_counter() - start < CHEAP:   # short runs: more samples against the noise
+                rounds = 3 * REPEATS
+            k += 1
     times = {key: statistics.median(t) for key, t in samples.items()}
     if len(lengths) == 1:
         return {name: times[name, lengths[0]] for name in runs}
     short, long = lengths
-    return {name: max(times[name, long], times[name, long] + (times[name, long] - times[name, short])
-                      * (HORIZON - long) / (long - short)) for name in runs}
+    predicted = {}
+    for name in runs:
+        per_step = (times[name, long] - times[name, short]) / (long - short)
+        if per_step <= 0:   # lost in the noise (a short call): every step counted as costing the same
+            per_step = times[name, long] / long
+        predicted[name] = times[name, long] + per_step * (HORIZON - long)
+    return predicted
 
 
 def _may_time():
