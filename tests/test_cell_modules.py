@@ -56,8 +56,8 @@ def test_state_dict_and_class(kind):
     ref.load_state_dict(mine.state_dict())
 
 
-def _states(kind, *shapes):
-    t = [torch.zeros(s) for s in shapes]
+def _states(kind, *shapes, dtype=torch.float32):
+    t = [torch.zeros(s, dtype=dtype) for s in shapes]
     return tuple(t) if kind == "LSTMCell" else t[0]
 
 
@@ -71,6 +71,9 @@ ERRORS = {
     "hidden_1d_for_batched": lambda k: (torch.randn(2, 4), _states(k, (5,), (5,))),
     "hidden_2d_for_unbatched": lambda k: (torch.randn(4), _states(k, (2, 5), (2, 5))),
     "dtype": lambda k: (torch.randn(2, 4, dtype=torch.float64), None),
+    # torch's RNN and LSTM steps multiply hx first, its GRU step the input: the first one's dtype is named
+    "input_and_hidden_dtypes": lambda k: (torch.randn(2, 4, dtype=torch.float64),
+                                          _states(k, (2, 5), (2, 5), dtype=torch.float16)),
 }
 
 

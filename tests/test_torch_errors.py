@@ -81,6 +81,9 @@ QUOTED = {
     "tuple_hx_sorted_packed": ("GRU", (3, 4), lambda: (pack_padded_sequence(_X, [5, 3]), (_H,))),
     "lstm_three_states_and_int_input": ("LSTM", (3, 4), lambda: (_X.long(), (_H, _H, _H))),
     "lstm_three_states_wrong_c": ("LSTM", (3, 4), lambda: (_X, (_H, torch.zeros(1, 2, 5), _H))),
+    # a sorted packed input is checked before its hx is touched
+    "list_hx_sorted_packed_input_dtype": ("GRU", (3, 4), lambda: (pack_padded_sequence(_X.double(), [5, 3]), [_H])),
+    "list_hx_sorted_packed_input_size": ("RNN", (2, 4), lambda: (pack_padded_sequence(_X, [5, 3]), [_H])),
 }
 
 
