@@ -71,3 +71,44 @@ def test_a_shared_module_stays_shared_and_a_parametrized_one_converts():
     assert torch.nn.utils.parametrize.type_before_parametrizations(model["c"]) is torch.nn.GRU
     x = torch.randn(5, 2, 3)
     torch.testing.assert_close(model["c"](x)[0], gru(x)[0])
+
+
+class _Scaled(torch.nn.Module):   # a mixin, not an RNN
+    def scale(self):
+        return 2.0
+
+
+def _layer_norm_lstm(base):
+    class LNLSTM(_Scaled, base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.norm = torch.nn.LayerNorm(self.hidden_size)
+
+        def forward(self, x, hx=None):
+            y, state = super().forward(x, hx)
+            return self.norm(y) * self.scale(), state
+
+    class Deeper(LNLSTM):
+        @property
+        def width(self):
+            return super().scale() * self.hidden_size
+
+    return Deeper
+
+
+def test_a_users_subclass_converts_with_its_super_calls_on_torch_nns_class():
+    """The user's classes are rebuilt over torch.nn's: their methods' super() reaches torch.nn's, and no gpurnn class
+    is left in the twin's ancestry; a subclass shared by modules shares its twin class."""
+    torch.manual_seed(0)
+    ref, mine = _layer_norm_lstm(torch.nn.LSTM)(3, 4), _layer_norm_lstm(gnn.LSTM)(3, 4)
+    mine.load_state_dict(ref.state_dict())
+    torch.nn.utils.parametrizations.weight_norm(mine, "weight_hh_l0")
+    torch.nn.utils.parametrizations.weight_norm(ref, "weight_hh_l0")
+    model = gnn.to_torch_nn(torch.nn.Sequential(mine, _layer_norm_lstm(gnn.LSTM)(3, 4)))
+    twin = model[0]
+    assert not [c for c in type(twin).__mro__ if c.__module__.startswith("gpurnn")]
+    assert [c.__name__ for c in type(twin).__mro__[:4]] == ["ParametrizedDeeper", "Deeper", "LNLSTM", "_Scaled"]
+    assert type(twin).__mro__[4] is torch.nn.LSTM and twin.width == 8
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(twin(x)[0], ref(x)[0], atol=0, rtol=0)
+    assert type(gnn.to_torch_nn(mine)) is type(twin)

@@ -2,23 +2,68 @@
 exactly (torch.ao.quantization.quantize_dynamic, a legacy torch.jit.ScriptModule, TorchScript) and for a model
 to ship where gpurnn is not installed."""
 import copy
+import types
+import weakref
 
 import torch
+
+
+def _ours(cls):
+    return cls.__module__.startswith("gpurnn.")
 
 
 def torch_twin(module):
     """torch.nn's module of gpurnn `module`'s class (RNN ... GRUCell) holding the same parameters, buffers and
     settings (not copies), or None for a module that has no twin (JordanRNN, torch's own)."""
     cls = type(module)
-    ours = next((c for c in cls.__mro__ if c.__module__.startswith("gpurnn.")), None)
-    base = next((c for c in cls.__mro__ if c.__module__ == "torch.nn.modules.rnn"), None)
-    if ours is None or base is None:
+    if not any(_ours(c) for c in cls.__mro__) or not any(c.__module__ == "torch.nn.modules.rnn" for c in cls.__mro__):
         return None
-    if cls is not ours:   # a parametrized module's class (ParametrizedLSTM) subclasses ours: rebase its members
-        base = type(cls.__name__, (base,), {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")})
-    twin = base.__new__(base)
+    cls = _rebased(cls)
+    twin = cls.__new__(cls)
     twin.__dict__ = dict(module.__dict__)
     return twin
+
+
+_REBASED = weakref.WeakKeyDictionary()   # one copy of a class for every module of it (parametrized: one a module)
+
+
+def _rebased(cls):
+    """cls over torch.nn's classes in place of gpurnn's: torch.nn's for gpurnn's own; cls itself where none of its
+    ancestors is gpurnn's; else a copy of cls (a user's subclass, a parametrized module's class) over its bases
+    rebased, whose methods' super() means the copy."""
+    if _ours(cls):
+        return next(c for c in cls.__mro__ if c.__module__ == "torch.nn.modules.rnn")
+    if not any(_ours(c) for c in cls.__mro__):
+        return cls
+    if cls in _REBASED:
+        return _REBASED[cls]
+    members = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    copied = _REBASED[cls] = type(cls)(cls.__name__, tuple(_rebased(b) for b in cls.__bases__), members)
+    for name, member in members.items():
+        rebound = _rebound(member, cls, copied)
+        if rebound is not member:
+            setattr(copied, name, rebound)
+    return copied
+
+
+def _rebound(member, old, new):
+    """A class member with the `__class__` of its functions' super() calls moved from class old to new."""
+    if isinstance(member, (staticmethod, classmethod)):
+        func = _rebound(member.__func__, old, new)
+        return member if func is member.__func__ else type(member)(func)
+    if isinstance(member, property):
+        parts = [_rebound(f, old, new) for f in (member.fget, member.fset, member.fdel)]
+        same = parts == [member.fget, member.fset, member.fdel]
+        return member if same else property(*parts, member.__doc__)
+    if not isinstance(member, types.FunctionType) or "__class__" not in member.__code__.co_freevars:
+        return member
+    cells = [types.CellType(new) if name == "__class__" and cell.cell_contents is old else cell
+             for name, cell in zip(member.__code__.co_freevars, member.__closure__)]
+    func = types.FunctionType(member.__code__, member.__globals__, member.__name__, member.__defaults__, tuple(cells))
+    func.__kwdefaults__, func.__qualname__, func.__doc__ = member.__kwdefaults__, member.__qualname__, member.__doc__
+    func.__dict__.update(member.__dict__)
+    func.__annotations__ = member.__annotations__
+    return func
 
 
 def to_torch_nn(model, inplace=False):
