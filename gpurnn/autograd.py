@@ -25,7 +25,7 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 
 from . import backends, cells, checks, dynamo, engine, torch_loop
-from .cpu import op_route
+from .cpu import layer as cpu_layer, op_route
 from .arrays import device_scope, tensor_to_xp, xp_to_tensor
 from .recording import recorded_for_torch, transformed
 from .slots import (DIRS, N_IN, N_OUT, OPTIONS, SLOT, SLOTS, STATES, groups, options_string, pack,
@@ -334,6 +334,8 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
         # the layer runs as the plain torch loop, which both understand; so does a program recorded for TorchScript,
         # torch.export or ONNX, and a Jordan teacher or decay that requires grad (the engine has no gradient for them).
         return _torch_loop_layers(cell, x, directions, batch_sizes, opts)
+    if name == "numpy" and batch_sizes is None and not compiling:
+        cpu_layer.warn_as_torch(cell, x, directions)
     dtype = x.dtype
     if torch.bfloat16 in (x.dtype, *(t.dtype for t in tensors if t is not None)) and not _native(
             cell, tensors, len(directions[0][0]), len(directions), name):
@@ -355,7 +357,7 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
             checks.check_savable([x, *tensors])
         return _torch_loop_layers(cell, x, directions, batch_sizes, opts)
     if name == "numpy" and not compiling:
-        from .cpu import layer as cpu_layer   # the engine or torch's fused op, timed per layer shape
+        # the engine or torch's fused op, timed per layer shape
         if cpu_layer.applies(cell, x, directions, opts) and cpu_layer.route(
                 cell, x, directions, opts, for_backward,
                 lambda xs, ds, bs: _engine_layers(cell, xs, ds, name, bs, opts, torch.is_grad_enabled()), batch_sizes

@@ -950,3 +950,31 @@ def test_a_trace_warns_as_torch_nns(name):
 def test_forward_has_torch_nns_signature(name):
     import inspect
     assert inspect.signature(getattr(gnn, name).forward) == inspect.signature(getattr(torch.nn, name).forward)
+
+
+_PROJ_WARNINGS = """
+import sys, warnings, torch, gpurnn.nn as gnn
+nn = gnn if sys.argv[1] == "gpurnn" else torch.nn
+warnings.simplefilter("always")
+for dtype, T in ((torch.float64, 3), (torch.float32, 1), (torch.float32, 3), (torch.float32, 5)):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nn.LSTM(3, 5, proj_size=2, dtype=dtype)(torch.randn(T, 2, 3, dtype=dtype))
+    print([str(w.message) for w in caught])
+"""
+
+
+@pytest.mark.parametrize("route", ["engine", "auto"])
+def test_a_projected_lstm_warns_as_torch_nns_does(route):
+    """torch's CPU LSTM op says once a process that oneDNN has no projections (float32 here, not float64): so does
+    gpurnn's LSTM wherever its layer runs, the engine and the torch loop of a single step included."""
+    import os
+    import subprocess
+    import sys
+
+    def run(which):
+        env = dict(os.environ, GPURNN_CPU_LAYER=route)
+        return subprocess.run([sys.executable, "-c", _PROJ_WARNINGS, which], env=env, capture_output=True,
+                              text=True, check=True).stdout
+    want = run("torch.nn")
+    assert "oneDNN" in want and run("gpurnn") == want

@@ -34,6 +34,7 @@ TIME_STEPS = 32   # the timing runs on the first steps only, so that it stays ch
 HORIZON = 128     # longer calls (one class): the routes' times predicted at this length decide (_time)
 TIE = 0.05   # torch's op wins a timing within this fraction of the engine's
 _chosen = {}     # layer shape class -> (route, {route: median seconds})
+_warned = set()   # (dtype, grad mode) where torch's op was asked for its projection warning (warn_as_torch)
 _last_forward = {}   # (layer shape class, weights' address) -> the route its last forward outside a backward took
 LAST_FORWARDS = 1024
 
@@ -92,6 +93,20 @@ def torch_layers(cell, x, directions, opts, batch_sizes=None):
         y = y.new_zeros(x.shape[0] * x.shape[1], y.shape[-1]).index_copy(0, rows, y).view(*x.shape[:2], -1)
     ys = y.chunk(n_dirs, dim=-1) if n_dirs > 1 else [y]   # not a view of y alone: the caller may write into it
     return [(ys[d], *finals[d]) for d in range(n_dirs)]
+
+
+def warn_as_torch(cell, x, directions):
+    """The warning torch's CPU LSTM op gives once a process for a projected layer that oneDNN would otherwise run
+    ("LSTM with projections is not supported with oneDNN"), for a layer that torch's op does not run: given by torch's
+    op itself, on one element of x's dtype in the same grad mode, so that its conditions and its once are torch's."""
+    key = (x.dtype, torch.is_grad_enabled())
+    if (cell != "lstm" or directions[0][1][4] is None or key in _warned or x.device.type != "cpu" or x.numel() == 0
+            or not _timing_unseen()):
+        return
+    _warned.add(key)
+    zeros = lambda *shape: torch.zeros(shape, dtype=x.dtype)   # noqa: E731
+    _OPS["lstm"](zeros(1, 1, 1), (zeros(1, 1, 1), zeros(1, 1, 2)), [zeros(8, 1), zeros(8, 1), zeros(1, 2)],
+                 False, 1, 0.0, False, False, False)
 
 
 def shape_class(cell, x, directions, opts, for_backward, packed=False):
