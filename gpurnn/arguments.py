@@ -177,6 +177,6 @@ def resolve_backend(backend, on_gpu):
     try:
         return backends.resolve(backend, on_gpu)
     except (ValueError, RuntimeError) as e:
-        env = os.environ.get("GPURNN_BACKEND", "auto") if backend == "auto" else "auto"
+        env = (os.environ.get("GPURNN_BACKEND") or "auto") if backend == "auto" else "auto"
         source = f"--backend {backend}" if env == "auto" else f"GPURNN_BACKEND={env} (--backend auto)"
         raise UsageError(str(e) if str(e).startswith("GPURNN_BACKEND:") else f"{source}: {e}") from None

@@ -21,7 +21,7 @@ def cupy_or_none():
 def get_xp(array):
     """numpy for NumPy arrays, cupy for CuPy arrays, a TorchArrays for torch tensors (the fused
     path only: see TorchArrays)."""
-    if isinstance(array, np.ndarray):
+    if isinstance(array, np.ndarray) and not isinstance(array, (np.matrix, np.ma.MaskedArray)):
         return np
     cp = cupy_or_none()
     if cp is not None and isinstance(array, cp.ndarray):
@@ -29,6 +29,13 @@ def get_xp(array):
     if is_tensor(array):
         return torch_arrays(array.device)
     raise TypeError(f"expected a numpy.ndarray, cupy.ndarray or torch.Tensor, got {type(array).__name__}")
+
+
+def check_array(name, a, xp, like):
+    """a must be a plain xp array (not np.matrix, whose * is a matrix product, nor a masked array, whose mask every
+    computation here would ignore), as `like` is."""
+    if not isinstance(a, xp.ndarray) or isinstance(a, (np.matrix, np.ma.MaskedArray)):
+        raise TypeError(f"{name}: expected a {xp.__name__} array like {like}, got {type(a).__name__}")
 
 
 def is_tensor(a):

@@ -83,15 +83,15 @@ _ENV_KEYS = {name: _ENVIRON.encodekey(name) for name in ("GPURNN_BACKEND", "GPUR
 
 
 def env(name, default):
-    """os.environ.get(name, default), read from os.environ's own store in 0.1 us for the settings read on every
+    """os.environ.get(name) or default (set but empty is unset), read from os.environ's own store in 0.1 us for the settings read on every
     call (the backend, the CPU layer's and the GEMM's routes): os.environ.get encodes the key and decodes the value
     (0.5 us), several us of a small call's overhead. Writes to os.environ (monkeypatch.setenv, mock.patch.dict) go
     through to that store; a replaced os.environ, and any other name, are read as usual."""
     key = _ENV_KEYS.get(name)
     if key is None or os.environ is not _ENVIRON:
-        return os.environ.get(name, default)
+        return os.environ.get(name) or default
     raw = _ENV_STORE.get(key)
-    return default if raw is None else _ENVIRON.decodevalue(raw)
+    return _ENVIRON.decodevalue(raw) if raw else default   # set but empty: unset, as shells treat it
 
 
 def runs_numpy(backend, on_gpu):
@@ -105,7 +105,7 @@ def resolve(backend, on_gpu):
     """The backend that runs data living on the GPU (on_gpu) or on the CPU."""
     check_choice("backend", backend, CHOICES)
     if backend == "auto":
-        backend = os.environ.get("GPURNN_BACKEND", "auto")
+        backend = os.environ.get("GPURNN_BACKEND") or "auto"   # (os.environ: dynamo traces this read)
         check_choice("GPURNN_BACKEND", backend, CHOICES)
     if backend in ("auto", "numpy") and not on_gpu:
         return "numpy"   # the common CPU case, without probing for CUDA on every layer call

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from .checks import as_real
 from .arguments import SEED, check_fits, check_out_file, must_fit, positive, resolve_backend
 
 RADII = (0.5, 0.9, 1.0, 1.1, 1.5)
@@ -51,6 +52,8 @@ def gradient_flow(model, x, state=None, loss_fn=None):
 
     if not callable(model):
         raise TypeError(f"model: expected a recurrent torch module, got {type(model).__name__}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn: expected a callable or None, got {type(loss_fn).__name__}")
     if getattr(model, "bidirectional", False):
         raise ValueError("model: expected a unidirectional model (the backward direction "
                          "has no last step), got bidirectional=True")
@@ -84,7 +87,10 @@ def fit_rate(norms):
     r < 1: the gradient vanishes with the lag; r > 1: it explodes. Zero or
     non-finite norms (underflow, overflow) are left out of the fit.
     """
-    norms = np.asarray(norms, dtype=np.float64)
+    try:
+        norms = np.asarray(norms, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"norms: expected a 1-D sequence of numbers, got {type(norms).__name__}") from None
     if norms.ndim != 1:
         raise ValueError(f"norms: expected a 1-D sequence of norms (one per step), got shape {norms.shape}")
     lags = np.arange(len(norms))[::-1]
@@ -99,8 +105,15 @@ def scale_spectral_radius_(weight, radius):
     """Scale a square weight in place so its largest |eigenvalue| is `radius`."""
     import torch
 
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != weight.shape[1]:
+        got = f"shape {tuple(weight.shape)}" if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"weight: expected a square 2-D tensor, got {got}")
+    as_real("radius", radius)
     with torch.no_grad():
-        weight *= radius / torch.linalg.eigvals(weight.double()).abs().max().item()
+        largest = torch.linalg.eigvals(weight.double()).abs().max().item()
+        if not 0 < largest < float("inf"):
+            raise ValueError(f"weight: expected a finite, nonzero spectral radius to scale, got {largest}")
+        weight *= radius / largest
     return weight
 
 

@@ -10,7 +10,7 @@ x: (T, B, I) in time-major order. Weights follow torch's names and shapes
 import numpy as np
 
 from . import backends, cells, engine
-from .arrays import array_scope, get_xp, is_tensor
+from .arrays import array_scope, check_array, get_xp, is_tensor
 from .checks import check_choice, check_floating, check_rank, check_same_dtype, check_shape, check_steps
 from .cells import NONLINEARITIES, OUTPUT_ACTIVATIONS
 
@@ -33,11 +33,6 @@ def _expected_shapes(cell, w, input_size):
         shapes["w_hr"] = (P, H)
         return shapes, [("h0", P), ("c0", H)]
     return shapes, [("h0", H)]
-
-
-def _check_same_xp(name, a, xp):
-    if not isinstance(a, xp.ndarray) or isinstance(a, np.matrix):   # (a matrix's * is a matrix product)
-        raise TypeError(f"{name}: expected a {xp.__name__} array like x, got {type(a).__name__}")
 
 
 def _check_batch_sizes(batch_sizes, T, B):
@@ -99,7 +94,7 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
                          "(give zeros for the other)")
     for name, a in w.items():
         if a is not None:
-            _check_same_xp(f"weights[{name!r}]", a, xp)
+            check_array(f"weights[{name!r}]", a, xp, "x")
     T, B, I = x.shape
     check_steps(T)
     if I == 0:   # (torch.nn's modules refuse input_size 0 too)
@@ -130,13 +125,13 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
             raise ValueError(f"state0: expected {len(state_specs)} arrays "
                              f"({', '.join(n for n, _ in state_specs)}), got {len(state0)}")
         for s, (name, size) in zip(state0, state_specs):
-            _check_same_xp(name, s, xp)
+            check_array(name, s, xp, "x")
             check_same_dtype(name, s.dtype, "x", x.dtype)
             check_shape(name, s.shape, (B, size))
     if teacher is not None:
         if cell != "jordan":
             raise ValueError(f"teacher: only the jordan cell takes teacher forcing, got cell {cell_name!r}")
-        _check_same_xp("teacher", teacher, xp)
+        check_array("teacher", teacher, xp, "x")
         check_same_dtype("teacher", teacher.dtype, "x", x.dtype)
         check_shape("teacher", teacher.shape, (T, B, shapes["w_ho"][0]))
     if batch_sizes is not None:
@@ -170,11 +165,11 @@ def backward(tape, dy=None, dstate=None):
     xp = tape.cell.xp
     for i, (d, shape) in enumerate(zip(dstate, tape.state_shapes)):
         if d is not None:
-            _check_same_xp(f"dstate[{i}]", d, xp)
+            check_array(f"dstate[{i}]", d, xp, "x")
             check_same_dtype(f"dstate[{i}]", d.dtype, "the forward's x", tape.dtype)
             check_shape(f"dstate[{i}]", d.shape, shape)
     if dy is not None:
-        _check_same_xp("dy", dy, xp)
+        check_array("dy", dy, xp, "x")
         check_same_dtype("dy", dy.dtype, "the forward's x", tape.dtype)
         check_shape("dy", dy.shape, tape.cell.outputs().shape)
     with array_scope(tape.cell.x), np.errstate(all="ignore"):   # (as in forward)

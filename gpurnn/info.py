@@ -39,7 +39,7 @@ def info():
     lines.append("backends:")
     for name, reason in backend_status().items():
         lines.append(f"  {name:8s}{'usable' if reason is None else 'unavailable: ' + reason}")
-    chosen = os.environ.get("GPURNN_BACKEND")
+    chosen = os.environ.get("GPURNN_BACKEND") or None   # (set but empty: unset)
     if chosen is not None:   # what backend="auto" means in this process
         ok = chosen in CHOICES
         lines.append(f"  GPURNN_BACKEND={chosen!r}" + ("" if ok else f": not one of {CHOICES}, so every "

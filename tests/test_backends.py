@@ -10,6 +10,7 @@ import pytest
 
 import gpurnn
 from gpurnn import backends
+from gpurnn import functional as F
 
 
 def test_numpy_always_available():
@@ -28,6 +29,13 @@ def test_env_overrides_auto_only(monkeypatch):
     monkeypatch.setenv("GPURNN_BACKEND", "fpga")
     with pytest.raises(ValueError, match="GPURNN_BACKEND.*fpga"):
         backends.resolve("auto", on_gpu=False)
+
+
+def test_a_setting_set_but_empty_is_unset(monkeypatch):
+    for name in ("GPURNN_BACKEND", "GPURNN_CPU_LAYER", "GPURNN_GEMM"):
+        monkeypatch.setenv(name, "")
+    assert backends.resolve("auto", on_gpu=False) == "numpy" and backends.env("GPURNN_CPU_LAYER", "auto") == "auto"
+    F.forward("rnn", np.zeros((2, 1, 3)), {"w_ih": np.zeros((4, 3)), "w_hh": np.zeros((4, 4))})
 
 
 def test_runs_numpy_reads_the_environment_of_every_call(monkeypatch):

@@ -247,3 +247,12 @@ def test_a_replaced_parameter_of_the_wrong_shape_is_named(kind, name, shape, wan
     setattr(m, name, torch.nn.Parameter(torch.randn(shape)))
     with raises(ValueError, name, f"expected shape {want}", f"got {shape}"):
         m(torch.randn(3, 2, 4))
+
+
+def test_masked_arrays_are_refused_not_read_without_their_mask():
+    """A masked array's mask would be ignored by every computation here (or break NumPy's broadcasting)."""
+    x, w = np.zeros((6, 2, 4)), lstm_weights()
+    with raises(TypeError, "x", "MaskedArray"):
+        F.forward("lstm", np.ma.masked_array(x), w)
+    with raises(TypeError, "weights['w_hh']", "MaskedArray"):
+        F.forward("lstm", x, dict(w, w_hh=np.ma.masked_array(w["w_hh"], mask=True)))

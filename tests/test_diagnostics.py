@@ -150,3 +150,21 @@ def test_gradient_flow_names_a_bad_argument(model, x, error, words):
     with pytest.raises(error) as info:
         gradient_flow(gnn.GRU(IN, HID) if model is None else model, x)
     assert str(info.value) == words
+
+
+@pytest.mark.parametrize("weight, error, words", [
+    (torch.zeros(3, 3), ValueError, "weight: expected a finite, nonzero spectral radius to scale, got 0.0"),
+    (torch.zeros(3, 2), ValueError, "weight: expected a square 2-D tensor, got shape (3, 2)"),
+    (np.eye(3), ValueError, "weight: expected a square 2-D tensor, got ndarray"),
+])
+def test_scale_spectral_radius_names_a_weight_it_cannot_scale(weight, error, words):
+    with pytest.raises(error) as info:
+        scale_spectral_radius_(weight, 1.0)
+    assert str(info.value) == words
+
+
+def test_gradient_flow_and_fit_rate_name_a_bad_argument():
+    with pytest.raises(TypeError, match="loss_fn: expected a callable or None, got int"):
+        gradient_flow(gnn.GRU(IN, HID), torch.zeros(T, B, IN), loss_fn=3)
+    with pytest.raises(TypeError, match="norms: expected a 1-D sequence of numbers, got str"):
+        fit_rate("abc")

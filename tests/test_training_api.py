@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from gpurnn.training import clip_grad_norm_, detach_state, sequence_loss, split_chunks, truncated_bptt
+import gpurnn.nn as gnn
+from gpurnn.training import (clip_grad_norm_, detach_state, sequence_loss, sequence_loss_backward,
+                             sequence_loss_forward, split_chunks, truncated_bptt)
 
 
 def test_gradient_tensors_are_clipped_themselves():
@@ -118,6 +120,8 @@ def _clipped_by_hand(grads, max_norm):
     ([torch.ones(2, dtype=torch.long)], TypeError, r"grads\[0\]: expected a floating"),
     ([torch.ones(2), torch.ones(2, dtype=torch.int32)], TypeError, r"grads\[1\]: expected a floating"),
     ([np.float64(5.0)], ValueError, r"grads\[0\]: expected a writable array .*got a NumPy scalar \(float64\)"),
+    ([np.ma.masked_array(np.ones(2))], TypeError, r"grads\[0\]: expected a plain NumPy or CuPy array, got MaskedArray"),
+    ([np.ones(2), np.ma.masked_array(np.ones(2))], TypeError, r"grads\[1\]: expected a numpy array like grads\[0\]"),
 ])
 def test_clipping_names_a_gradient_it_cannot_scale(grads, error, words):
     with pytest.raises(error, match=words):
@@ -144,3 +148,53 @@ def test_detach_state_keeps_the_state_s_container():
 
 def _leaves(state):
     return [t for s in state for t in (_leaves(s) if isinstance(s, (tuple, list)) else [s])]
+
+
+def test_clipping_non_finite_numpy_gradients_is_silent_as_in_torch():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grads = [np.array([np.inf, 1.0]), np.array([2.0], np.float16)]   # scaled by 0: inf * 0 is NaN
+        params = [torch.zeros(g.shape, dtype=torch.from_numpy(g).dtype, requires_grad=True) for g in grads]
+        for p, g in zip(params, grads):
+            p.grad = torch.from_numpy(g.copy())
+        total, want = clip_grad_norm_(grads, 1.0), torch.nn.utils.clip_grad_norm_(params, 1.0)
+    assert total == want == np.inf
+    for p, g in zip(params, grads):
+        np.testing.assert_array_equal(g, p.grad.numpy())
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda h, w, y: sequence_loss_forward(torch.from_numpy(h), w, None, y), TypeError,
+     "h: expected a NumPy or CuPy array, got Tensor (sequence_loss takes tensors)"),
+    (lambda h, w, y: sequence_loss_forward(h.tolist(), w, None, y), TypeError, "h: expected a NumPy or CuPy array, got list"),
+    (lambda h, w, y: sequence_loss_forward(h, np.ma.masked_array(w), None, y), TypeError,
+     "weight: expected a numpy array like h, got MaskedArray"),
+    (lambda h, w, y: sequence_loss_backward(None), TypeError,
+     "saved: expected what sequence_loss_forward returned second, got NoneType"),
+    (lambda h, w, y: sequence_loss_backward(sequence_loss_forward(h, w, None, y)[1], np.ones(2)), ValueError,
+     "dloss: expected a scalar or a 0-d array, got shape (2,)"),
+    (lambda h, w, y: sequence_loss_backward(sequence_loss_forward(h, w, None, y)[1], "1"), TypeError,
+     "dloss: expected a number, got '1'"),
+], ids=["tensor", "list", "masked", "saved", "dloss-shape", "dloss-str"])
+def test_sequence_loss_arrays_name_a_bad_argument(call, error, words):
+    rng = np.random.default_rng(0)
+    h, w, y = rng.standard_normal((3, 2, 4)), rng.standard_normal((5, 4)), rng.integers(0, 5, (3, 2))
+    with pytest.raises(error) as info:
+        call(h, w, y)
+    assert str(info.value) == words
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"model": None}, "model: expected a callable, got NoneType"),
+    ({"loss_fn": 3}, "loss_fn: expected a callable, got int"),
+    ({"optimizer": "sgd"}, "optimizer: expected a torch.optim.Optimizer (step, zero_grad) or None, got str"),
+    ({"model": lambda x, s: (x, s), "max_norm": 1.0},
+     "model: expected a torch module (max_norm clips its parameters' gradients), got function"),
+])
+def test_truncated_bptt_checks_its_callables_at_the_call(kwargs, words):
+    """At the call, not at the first chunk: by then that chunk's backward has filled .grad."""
+    args = dict(model=gnn.GRU(3, 4), chunks=[(torch.zeros(2, 1, 3), None)], loss_fn=lambda y, t: y.sum())
+    args.update(kwargs)
+    with pytest.raises(TypeError) as info:
+        truncated_bptt(args.pop("model"), args.pop("chunks"), args.pop("loss_fn"), **args)
+    assert str(info.value) == words

@@ -63,8 +63,19 @@ def truncated_bptt(model, chunks, loss_fn, *, state=None, optimizer=None, max_no
         chunks = iter(chunks)
     except TypeError:
         raise TypeError(f"chunks: expected an iterable of (x, target) pairs, got {type(chunks).__name__}") from None
+    # (checked here, not when the first chunk runs: by then its backward has filled .grad)
+    for name, f in (("model", model), ("loss_fn", loss_fn), ("forward", forward)):
+        if not callable(f):
+            raise TypeError(f"{name}: expected a callable, got {type(f).__name__}")
+    if optimizer is not None and not (callable(getattr(optimizer, "step", None))
+                                      and callable(getattr(optimizer, "zero_grad", None))):
+        raise TypeError(f"optimizer: expected a torch.optim.Optimizer (step, zero_grad) or None, "
+                        f"got {type(optimizer).__name__}")
     if max_norm is not None:
-        as_real("max_norm", max_norm)   # before the first chunk's backward fills .grad
+        as_real("max_norm", max_norm)
+        if not callable(getattr(model, "parameters", None)):
+            raise TypeError(f"model: expected a torch module (max_norm clips its parameters' gradients), "
+                            f"got {type(model).__name__}")
     return _truncated_bptt(model, chunks, loss_fn, state, optimizer, max_norm, forward)
 
 

@@ -1,7 +1,7 @@
 """Clipping gradients by their global norm, with torch's convention."""
 import numpy as np
 
-from ..arrays import get_xp
+from ..arrays import check_array, get_xp
 from ..checks import as_real, check_floating
 
 
@@ -58,6 +58,10 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, fo
     for i, a in enumerate(arrays):
         if not (hasattr(a, "dtype") and hasattr(a, "shape")) or is_torch[i]:
             raise TypeError(f"grads[{i}]: expected a NumPy or CuPy array, got {type(a).__name__}")
+        if i:
+            check_array(f"grads[{i}]", a, get_xp(arrays[0]), "grads[0]")
+        elif isinstance(a, (np.matrix, np.ma.MaskedArray)):
+            raise TypeError(f"grads[0]: expected a plain NumPy or CuPy array, got {type(a).__name__}")
         check_floating(f"grads[{i}]", a.dtype, np.issubdtype(a.dtype, np.floating))
         if not getattr(getattr(a, "flags", None), "writeable", True):   # CuPy arrays have no such flag
             got = f"a NumPy scalar ({type(a).__name__})" if isinstance(a, np.generic) else "a read-only one"
@@ -66,12 +70,14 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, fo
         return np.zeros((), np.float32)
     xp, max_norm = get_xp(arrays[0]), float(max_norm)
     wide = [a.astype(np.promote_types(a.dtype, np.float32), copy=False) for a in arrays]  # fp16 sums overflow
-    total = _vector_norm(xp, xp.stack([_vector_norm(xp, a, norm_type) for a in wide]), norm_type)
-    if error_if_nonfinite and not bool(xp.isfinite(total)):
-        raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} is non-finite ({float(total)})")
-    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
-    for a in arrays:
-        a *= coef.astype(a.dtype)
+    with np.errstate(all="ignore"):   # non-finite gradients give a non-finite scale silently, as torch's
+        total = _vector_norm(xp, xp.stack([_vector_norm(xp, a, norm_type) for a in wide]), norm_type)
+        if error_if_nonfinite and not bool(xp.isfinite(total)):
+            raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} is non-finite "
+                               f"({float(total)})")
+        coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+        for a in arrays:
+            a *= coef.astype(a.dtype)
     return total
 
 

@@ -6,8 +6,8 @@ import functools
 import numpy as np
 
 from .. import backends
-from ..arrays import compute_dtype, get_xp, tensor_to_xp, xp_to_tensor
-from ..checks import as_integer, check_choice, check_floating, check_same_device, check_same_dtype, check_shape
+from ..arrays import check_array, compute_dtype, get_xp, is_tensor, tensor_to_xp, xp_to_tensor
+from ..checks import as_integer, as_real, check_choice, check_floating, check_same_device, check_same_dtype, check_shape
 
 REDUCTIONS = ("sum", "mean")
 _LOGITS_PER_CHUNK = 1 << 22   # the xp path holds at most this many logits at a time
@@ -18,8 +18,8 @@ _LOGITS_PER_CHUNK = 1 << 22   # the xp path holds at most this many logits at a 
 def _check_loss_args(xp, h, weight, bias, targets, reduction):
     check_choice("reduction", reduction, REDUCTIONS)
     for name, a in (("weight", weight), ("bias", bias), ("targets", targets)):
-        if not isinstance(a, xp.ndarray) and (a is not None or name != "bias"):
-            raise TypeError(f"{name}: expected an array like h ({type(h).__name__}), got {type(a).__name__}")
+        if a is not None or name != "bias":
+            check_array(name, a, xp, "h")
     check_floating("h", h.dtype, xp.issubdtype(h.dtype, xp.floating))
     if h.ndim < 2:
         raise ValueError(f"h: expected shape (..., H) with at least 2 dims, got shape {tuple(h.shape)}")
@@ -72,7 +72,12 @@ def sequence_loss_forward(h, weight, bias, targets, *, reduction="sum", ignore_i
     Returns (loss as a 0-d array, saved for sequence_loss_backward). Rows are
     processed in chunks so at most ~4M logits exist at a time.
     """
-    xp = get_xp(h)
+    if is_tensor(h):   # (get_xp takes tensors for the torch front end's fused path, not for this API)
+        raise TypeError("h: expected a NumPy or CuPy array, got Tensor (sequence_loss takes tensors)")
+    try:
+        xp = get_xp(h)
+    except TypeError:
+        raise TypeError(f"h: expected a NumPy or CuPy array, got {type(h).__name__}") from None
     ignore_index = _ignore_index(ignore_index)
     _check_loss_args(xp, h, weight, bias, targets, reduction)
     _check_target_range(targets, weight.shape[0], ignore_index)
@@ -108,9 +113,18 @@ def _compute_arrays(h, weight, bias, rows):
 
 def sequence_loss_backward(saved, dloss=1.0):
     """(dh, dweight, dbias or None) of sequence_loss_forward, scaled by dloss (scalar or 0-d array)."""
+    if not (isinstance(saved, tuple) and len(saved) == 8):
+        raise TypeError(f"saved: expected what sequence_loss_forward returned second, got {type(saved).__name__}")
     h, weight, bias, rows, yv, lse, count, reduction = saved
     hv, w, b = _compute_arrays(h, weight, bias, rows)
     xp = get_xp(hv)
+    if hasattr(dloss, "shape"):   # (a CuPy array stays on the GPU: no sync to check its value)
+        check_array("dloss", dloss, xp, "h")
+        check_floating("dloss", dloss.dtype, xp.issubdtype(dloss.dtype, xp.floating))
+        if dloss.shape != ():
+            raise ValueError(f"dloss: expected a scalar or a 0-d array, got shape {tuple(dloss.shape)}")
+    else:
+        as_real("dloss", dloss)
     scale = xp.asarray(dloss, dtype=hv.dtype)
     if reduction == "mean" and count:
         scale = scale / hv.dtype.type(count)
