@@ -166,7 +166,8 @@ def test_clipping_non_finite_numpy_gradients_is_silent_as_in_torch():
 @pytest.mark.parametrize("call, error, words", [
     (lambda h, w, y: sequence_loss_forward(torch.from_numpy(h), w, None, y), TypeError,
      "h: expected a NumPy or CuPy array, got Tensor (sequence_loss takes tensors)"),
-    (lambda h, w, y: sequence_loss_forward(h.tolist(), w, None, y), TypeError, "h: expected a NumPy or CuPy array, got list"),
+    (lambda h, w, y: sequence_loss_forward(h.tolist(), w, None, y), TypeError,
+     "h: expected a NumPy or CuPy array, got list"),
     (lambda h, w, y: sequence_loss_forward(h, np.ma.masked_array(w), None, y), TypeError,
      "weight: expected a numpy array like h, got MaskedArray"),
     (lambda h, w, y: sequence_loss_backward(None), TypeError,
