@@ -84,9 +84,9 @@ _ENV_KEYS = {name: _ENVIRON.encodekey(name) for name in ("GPURNN_BACKEND", "GPUR
 
 def env(name, default):
     """os.environ.get(name) or default (set but empty is unset), read from os.environ's own store in 0.1 us for the
-    settings read on every call (the backend, the CPU layer's and the GEMM's routes): os.environ.get encodes the key and decodes the value
-    (0.5 us), several us of a small call's overhead. Writes to os.environ (monkeypatch.setenv, mock.patch.dict) go
-    through to that store; a replaced os.environ, and any other name, are read as usual."""
+    settings read on every call (the backend, the CPU layer's and the GEMM's routes): os.environ.get encodes the key
+    and decodes the value (0.5 us), several us of a small call's overhead. Writes to os.environ (monkeypatch.setenv,
+    mock.patch.dict) go through to that store; a replaced os.environ, and any other name, are read as usual."""
     key = _ENV_KEYS.get(name)
     if key is None or os.environ is not _ENVIRON:
         return os.environ.get(name) or default
