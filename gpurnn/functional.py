@@ -102,7 +102,7 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     recurrent = "w_sh" if cell == "jordan" else "w_hh"
     if w[recurrent].ndim != 2 or 0 in w[recurrent].shape or w[recurrent].shape[0] % cells.get(cell).GATES:
         raise ValueError(f"weights[{recurrent!r}]: expected a 2-D array with a nonzero multiple of "
-                         f"{cells.get(cell).GATES} rows, got shape {tuple(w[recurrent].shape)}")
+                         f"{cells.get(cell).GATES} rows and at least one column, got shape {tuple(w[recurrent].shape)}")
     for name in ("w_ih", "w_hr"):   # (read for the expected shapes)
         if w.get(name) is not None:
             check_rank(f"weights[{name!r}]", w[name].shape, (2,))
@@ -120,10 +120,7 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     if state0 is None:
         state0 = tuple(xp.zeros((B, size), x.dtype) for _, size in state_specs)
     else:
-        state0 = tuple(state0) if isinstance(state0, (tuple, list)) else (state0,)
-        if len(state0) != len(state_specs):
-            raise ValueError(f"state0: expected {len(state_specs)} arrays "
-                             f"({', '.join(n for n, _ in state_specs)}), got {len(state0)}")
+        state0 = _states("state0", state0, len(state_specs), f"({', '.join(n for n, _ in state_specs)})")
         for s, (name, size) in zip(state0, state_specs):
             check_array(name, s, xp, "x")
             check_same_dtype(name, s.dtype, "x", x.dtype)
@@ -150,6 +147,15 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
                               backend=name, **opts)
 
 
+def _states(name, given, n, what):
+    """A state argument as a tuple of n entries: a tuple or list of them, or (for one) the array itself."""
+    states = tuple(given) if isinstance(given, (tuple, list)) else (given,)
+    if len(states) != n:
+        got = f"{len(states)}" if isinstance(given, (tuple, list)) else type(given).__name__
+        raise ValueError(f"{name}: expected a tuple of {n} arrays {what}, got {got}")
+    return states
+
+
 def backward(tape, dy=None, dstate=None):
     """Gradients of a forward call: dy (T, B, ·) and dstate (tuple like the final state), each optional.
 
@@ -159,9 +165,7 @@ def backward(tape, dy=None, dstate=None):
     if not isinstance(tape, engine.Saved):
         raise TypeError(f"tape: expected the tape gpurnn.functional.forward returned, got {type(tape).__name__}")
     n_state = len(tape.state_shapes)
-    dstate = (None,) * n_state if dstate is None else tuple(dstate) if isinstance(dstate, (tuple, list)) else (dstate,)
-    if len(dstate) != n_state:
-        raise ValueError(f"dstate: expected {n_state} arrays like the final state, got {len(dstate)}")
+    dstate = (None,) * n_state if dstate is None else _states("dstate", dstate, n_state, "like the final state")
     xp = tape.cell.xp
     for i, (d, shape) in enumerate(zip(dstate, tape.state_shapes)):
         if d is not None:
