@@ -19,7 +19,7 @@ def fp32_precision():
     """GPURNN_FP32_PRECISION, default "ieee": how float32 data is multiplied on the GPU, by the
     kernels' tl.dot and by the torch GEMMs around them. "tf32x3" (three TF32 tensor-core products,
     ~fp32 accurate) and "tf32" (10-bit mantissa, what cuDNN uses under torch's allow_tf32) are opt-in."""
-    value = os.environ.get("GPURNN_FP32_PRECISION", "ieee")
+    value = os.environ.get("GPURNN_FP32_PRECISION") or "ieee"
     check_choice("GPURNN_FP32_PRECISION", value, FP32_PRECISIONS)
     return value
 

@@ -105,9 +105,10 @@ def scale_spectral_radius_(weight, radius):
     """Scale a square weight in place so its largest |eigenvalue| is `radius`."""
     import torch
 
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != weight.shape[1]:
-        got = f"shape {tuple(weight.shape)}" if isinstance(weight, torch.Tensor) else type(weight).__name__
-        raise ValueError(f"weight: expected a square 2-D tensor, got {got}")
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight: expected a square 2-D tensor, got {type(weight).__name__}")
+    if weight.dim() != 2 or weight.shape[0] != weight.shape[1]:
+        raise ValueError(f"weight: expected a square 2-D tensor, got shape {tuple(weight.shape)}")
     as_real("radius", radius)
     with torch.no_grad():
         largest = torch.linalg.eigvals(weight.double()).abs().max().item()

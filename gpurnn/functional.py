@@ -149,11 +149,13 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
 
 def _states(name, given, n, what):
     """A state argument as a tuple of n entries: a tuple or list of them, or (for one) the array itself."""
-    states = tuple(given) if isinstance(given, (tuple, list)) else (given,)
-    if len(states) != n:
-        got = f"{len(states)}" if isinstance(given, (tuple, list)) else type(given).__name__
-        raise ValueError(f"{name}: expected a tuple of {n} arrays {what}, got {got}")
-    return states
+    if not isinstance(given, (tuple, list)):
+        if n == 1:
+            return (given,)
+        raise TypeError(f"{name}: expected a tuple of {n} arrays {what}, got {type(given).__name__}")
+    if len(given) != n:
+        raise ValueError(f"{name}: expected a tuple of {n} arrays {what}, got {len(given)}")
+    return tuple(given)
 
 
 def backward(tape, dy=None, dstate=None):

@@ -32,9 +32,10 @@ def test_env_overrides_auto_only(monkeypatch):
 
 
 def test_a_setting_set_but_empty_is_unset(monkeypatch):
-    for name in ("GPURNN_BACKEND", "GPURNN_CPU_LAYER", "GPURNN_GEMM"):
+    for name in ("GPURNN_BACKEND", "GPURNN_CPU_LAYER", "GPURNN_GEMM", "GPURNN_FP32_PRECISION"):
         monkeypatch.setenv(name, "")
     assert backends.resolve("auto", on_gpu=False) == "numpy" and backends.env("GPURNN_CPU_LAYER", "auto") == "auto"
+    assert backends.fp32_precision() == "ieee"
     F.forward("rnn", np.zeros((2, 1, 3)), {"w_ih": np.zeros((4, 3)), "w_hh": np.zeros((4, 4))})
 
 

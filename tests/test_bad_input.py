@@ -260,10 +260,10 @@ def test_masked_arrays_are_refused_not_read_without_their_mask():
 
 def test_a_state_of_the_wrong_kind_and_a_recurrent_weight_without_columns_are_named():
     x, w = np.zeros((6, 2, 4)), lstm_weights()
-    with raises(ValueError, "state0: expected a tuple of 2 arrays (h0, c0), got dict"):
+    with raises(TypeError, "state0: expected a tuple of 2 arrays (h0, c0), got dict"):
         F.forward("lstm", x, w, {"h0": np.zeros((2, 5)), "c0": np.zeros((2, 5))})
     _, _, tape = F.forward("lstm", x, w)
-    with raises(ValueError, "dstate: expected a tuple of 2 arrays like the final state, got int"):
+    with raises(TypeError, "dstate: expected a tuple of 2 arrays like the final state, got int"):
         F.backward(tape, None, 0)
     with raises(ValueError, "weights['w_hh']", "at least one column", "(20, 0)"):
         F.forward("lstm", x, dict(w, w_hh=np.zeros((20, 0))))

@@ -1,5 +1,7 @@
 """gpurnn.nn.to_torch_nn: torch.nn's modules in place of gpurnn's, on the same parameters, for tools that match
 torch.nn's types exactly (quantize_dynamic) and for shipping a model without gpurnn."""
+import functools
+
 import pytest
 import torch
 
@@ -73,6 +75,9 @@ def test_a_shared_module_stays_shared_and_a_parametrized_one_converts():
     torch.testing.assert_close(model["c"](x)[0], gru(x)[0])
 
 
+_SUBCLASSES = []
+
+
 class _Scaled(torch.nn.Module):   # a mixin, not an RNN
     def scale(self):
         return 2.0
@@ -80,10 +85,15 @@ class _Scaled(torch.nn.Module):   # a mixin, not an RNN
 
 def _layer_norm_lstm(base):
     class LNLSTM(_Scaled, base):
+        def __init_subclass__(cls, **kwargs):   # (a registry, which the copies must not enter)
+            super().__init_subclass__(**kwargs)
+            _SUBCLASSES.append(cls.__name__)
+
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.norm = torch.nn.LayerNorm(self.hidden_size)
 
+        @torch.no_grad()   # a decorator's wrapper: the super() call is in the function it wraps
         def forward(self, x, hx=None):
             y, state = super().forward(x, hx)
             return self.norm(y) * self.scale(), state
@@ -92,6 +102,10 @@ def _layer_norm_lstm(base):
         @property
         def width(self):
             return super().scale() * self.hidden_size
+
+        @functools.cached_property
+        def depth(self):
+            return super().scale() * self.num_layers
 
     return Deeper
 
@@ -104,11 +118,13 @@ def test_a_users_subclass_converts_with_its_super_calls_on_torch_nns_class():
     mine.load_state_dict(ref.state_dict())
     torch.nn.utils.parametrizations.weight_norm(mine, "weight_hh_l0")
     torch.nn.utils.parametrizations.weight_norm(ref, "weight_hh_l0")
+    registered = list(_SUBCLASSES)
     model = gnn.to_torch_nn(torch.nn.Sequential(mine, _layer_norm_lstm(gnn.LSTM)(3, 4)))
+    assert _SUBCLASSES == registered + ["Deeper"]   # the second module's, made above
     twin = model[0]
     assert not [c for c in type(twin).__mro__ if c.__module__.startswith("gpurnn")]
     assert [c.__name__ for c in type(twin).__mro__[:4]] == ["ParametrizedDeeper", "Deeper", "LNLSTM", "_Scaled"]
-    assert type(twin).__mro__[4] is torch.nn.LSTM and twin.width == 8
+    assert type(twin).__mro__[4] is torch.nn.LSTM and twin.width == 8 and twin.depth == 2
     x = torch.randn(5, 2, 3)
     torch.testing.assert_close(twin(x)[0], ref(x)[0], atol=0, rtol=0)
     assert type(gnn.to_torch_nn(mine)) is type(twin)

@@ -155,7 +155,7 @@ def test_gradient_flow_names_a_bad_argument(model, x, error, words):
 @pytest.mark.parametrize("weight, error, words", [
     (torch.zeros(3, 3), ValueError, "weight: expected a finite, nonzero spectral radius to scale, got 0.0"),
     (torch.zeros(3, 2), ValueError, "weight: expected a square 2-D tensor, got shape (3, 2)"),
-    (np.eye(3), ValueError, "weight: expected a square 2-D tensor, got ndarray"),
+    (np.eye(3), TypeError, "weight: expected a square 2-D tensor, got ndarray"),
 ])
 def test_scale_spectral_radius_names_a_weight_it_cannot_scale(weight, error, words):
     with pytest.raises(error) as info:

@@ -964,6 +964,7 @@ for dtype, T in ((torch.float64, 3), (torch.float32, 1), (torch.float32, 3), (to
 """
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch's warning is about oneDNN")
 @pytest.mark.parametrize("route", ["engine", "auto"])
 def test_a_projected_lstm_warns_as_torch_nns_does(route):
     """torch's CPU LSTM op says once a process that oneDNN has no projections (float32 here, not float64): so does

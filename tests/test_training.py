@@ -174,7 +174,7 @@ def test_sequence_loss_forward_names_an_argument_that_is_not_an_array(name):
     args = dict(h=np.zeros((4, 2, 5), np.float32), weight=np.zeros((7, 5), np.float32), bias=None,
                 targets=np.zeros((4, 2), np.int64))
     args[name] = args[name].tolist()
-    with pytest.raises(TypeError, match=f"{name}: expected an array like h \\(ndarray\\), got list"):
+    with pytest.raises(TypeError, match=f"{name}: expected a numpy array like h, got list"):
         sequence_loss_forward(**args)
 
 

@@ -120,7 +120,7 @@ def _clipped_by_hand(grads, max_norm):
     ([torch.ones(2, dtype=torch.long)], TypeError, r"grads\[0\]: expected a floating"),
     ([torch.ones(2), torch.ones(2, dtype=torch.int32)], TypeError, r"grads\[1\]: expected a floating"),
     ([np.float64(5.0)], ValueError, r"grads\[0\]: expected a writable array .*got a NumPy scalar \(float64\)"),
-    ([np.ma.masked_array(np.ones(2))], TypeError, r"grads\[0\]: expected a plain NumPy or CuPy array, got MaskedArray"),
+    ([np.ma.masked_array(np.ones(2))], TypeError, r"grads\[0\]: expected a NumPy or CuPy array, got MaskedArray"),
     ([np.ones(2), np.ma.masked_array(np.ones(2))], TypeError, r"grads\[1\]: expected a numpy array like grads\[0\]"),
 ])
 def test_clipping_names_a_gradient_it_cannot_scale(grads, error, words):

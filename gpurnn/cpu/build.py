@@ -111,7 +111,7 @@ def source_hash():
 @functools.cache
 def _load():
     """(library, where it came from) or (None, why the NumPy loop runs)."""
-    choice = os.environ.get("GPURNN_CPU_KERNEL", "1")
+    choice = os.environ.get("GPURNN_CPU_KERNEL") or "1"
     check_choice("GPURNN_CPU_KERNEL", choice, CHOICES)
     if choice == "0":
         return None, "disabled by GPURNN_CPU_KERNEL=0"

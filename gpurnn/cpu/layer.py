@@ -34,7 +34,7 @@ TIME_STEPS = 32   # the timing runs on the first steps only, so that it stays ch
 HORIZON = 128     # longer calls (one class): the routes' times predicted at this length decide (_time)
 TIE = 0.05   # torch's op wins a timing within this fraction of the engine's
 _chosen = {}     # layer shape class -> (route, {route: median seconds})
-_warned = set()   # (dtype, grad mode) where torch's op was asked for its projection warning (warn_as_torch)
+_warned = set()   # (dtype, grad mode, oneDNN on) where torch's op was asked for its projection warning (warn_as_torch)
 _last_forward = {}   # (layer shape class, weights' address) -> the route its last forward outside a backward took
 LAST_FORWARDS = 1024
 
@@ -99,7 +99,7 @@ def warn_as_torch(cell, x, directions):
     """The warning torch's CPU LSTM op gives once a process for a projected layer that oneDNN would otherwise run
     ("LSTM with projections is not supported with oneDNN"), for a layer that torch's op does not run: given by torch's
     op itself, on one element of x's dtype in the same grad mode, so that its conditions and its once are torch's."""
-    key = (x.dtype, torch.is_grad_enabled())
+    key = (x.dtype, torch.is_grad_enabled(), torch._C._get_mkldnn_enabled())
     if (cell != "lstm" or directions[0][1][4] is None or key in _warned or x.device.type != "cpu" or x.numel() == 0
             or not _timing_unseen()):
         return

@@ -144,9 +144,9 @@ class _CellForward:
                 raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}")
         if any(t.device != x.device for t in hx + [self.weight_ih]):
             return False
-        # torch's RNN and LSTM steps multiply hx first, its GRU step the input; an LSTM's c meets no weight (torch
-        # promotes to its dtype)
-        for t in (x, hx[0]) if self._cell == "gru" else (hx[0], x):
+        # torch's RNN step and its CPU LSTM step multiply hx first, its GRU step and CUDA LSTM step the input; an
+        # LSTM's c meets no weight (torch promotes to its dtype)
+        for t in (x, hx[0]) if self._cell == "gru" or self._cell == "lstm" and x.is_cuda else (hx[0], x):
             if t.dtype != self.weight_ih.dtype and not autocast_enabled(t.device):
                 got, want = (_DTYPE_NAMES.get(d, (str(d),) * 2) for d in (t.dtype, self.weight_ih.dtype))
                 if self.bias:   # torch's step runs addmm with a bias, mm without

@@ -278,7 +278,7 @@ class _EngineForward:
                 x = input.unsqueeze(0 if self.batch_first else 1)
         if hx is not None:
             given = hx
-            if packed and sorted_idx is None:   # torch.nn checks a sorted packed input before it touches hx
+            if packed and sorted_idx is None and not is_lstm:   # (torch.nn checks it before hx; its LSTM, never)
                 check_input(self, x, batch_sizes)
             # torch.nn reads an LSTM's hx[0] and hx[1] for a tensor input's dimension check and to select an unsorted
             # packed input's rows; it passes only those two on for an unbatched or unsorted packed input, else the

@@ -64,7 +64,8 @@ def truncated_bptt(model, chunks, loss_fn, *, state=None, optimizer=None, max_no
     except TypeError:
         raise TypeError(f"chunks: expected an iterable of (x, target) pairs, got {type(chunks).__name__}") from None
     # (checked here, not when the first chunk runs: by then its backward has filled .grad)
-    for name, f in (("model", model), ("loss_fn", loss_fn), ("forward", forward)):
+    callables = [("loss_fn", loss_fn), ("forward", forward)] + [("model", model)] * (forward is _default_forward)
+    for name, f in callables:
         if not callable(f):
             raise TypeError(f"{name}: expected a callable, got {type(f).__name__}")
     if optimizer is not None and not (callable(getattr(optimizer, "step", None))

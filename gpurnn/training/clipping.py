@@ -58,17 +58,19 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, fo
     for i, a in enumerate(arrays):
         if not (hasattr(a, "dtype") and hasattr(a, "shape")) or is_torch[i]:
             raise TypeError(f"grads[{i}]: expected a NumPy or CuPy array, got {type(a).__name__}")
-        if i:
-            check_array(f"grads[{i}]", a, get_xp(arrays[0]), "grads[0]")
-        elif isinstance(a, (np.matrix, np.ma.MaskedArray)):
-            raise TypeError(f"grads[0]: expected a plain NumPy or CuPy array, got {type(a).__name__}")
         check_floating(f"grads[{i}]", a.dtype, np.issubdtype(a.dtype, np.floating))
         if not getattr(getattr(a, "flags", None), "writeable", True):   # CuPy arrays have no such flag
             got = f"a NumPy scalar ({type(a).__name__})" if isinstance(a, np.generic) else "a read-only one"
             raise ValueError(f"grads[{i}]: expected a writable array (it is scaled in place), got {got}")
+        if i == 0:
+            try:
+                xp = get_xp(a)
+            except TypeError:
+                raise TypeError(f"grads[0]: expected a NumPy or CuPy array, got {type(a).__name__}") from None
+        check_array(f"grads[{i}]", a, xp, "grads[0]")
     if not arrays:
         return np.zeros((), np.float32)
-    xp, max_norm = get_xp(arrays[0]), float(max_norm)
+    max_norm = float(max_norm)
     wide = [a.astype(np.promote_types(a.dtype, np.float32), copy=False) for a in arrays]  # fp16 sums overflow
     with np.errstate(all="ignore"):   # non-finite gradients give a non-finite scale silently, as torch's
         total = _vector_norm(xp, xp.stack([_vector_norm(xp, a, norm_type) for a in wide]), norm_type)

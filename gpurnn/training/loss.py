@@ -118,9 +118,7 @@ def sequence_loss_backward(saved, dloss=1.0):
     h, weight, bias, rows, yv, lse, count, reduction = saved
     hv, w, b = _compute_arrays(h, weight, bias, rows)
     xp = get_xp(hv)
-    if hasattr(dloss, "shape"):   # (a CuPy array stays on the GPU: no sync to check its value)
-        check_array("dloss", dloss, xp, "h")
-        check_floating("dloss", dloss.dtype, xp.issubdtype(dloss.dtype, xp.floating))
+    if isinstance(dloss, xp.ndarray):   # (a CuPy array stays on the GPU: no sync to check its value)
         if dloss.shape != ():
             raise ValueError(f"dloss: expected a scalar or a 0-d array, got shape {tuple(dloss.shape)}")
     else:
