@@ -13,6 +13,7 @@ gets the flag for the whole process, as the only way left to compile gpurnn's mo
 
 Also: `loaded_before_use`, which keeps a process's first layer call from importing dynamo.
 """
+import contextlib
 import importlib.abc
 import importlib.util
 import sys
@@ -83,3 +84,12 @@ def loaded_before_use(op):
             kernel.__dict__.pop("__dynamo_disable", None)   # torch's wrapper makes its own now
             return wrapper(*args, **kwargs)
         kernel.__dynamo_disable = until_loaded
+
+
+def eager_backward():
+    """A context whose backward passes run eagerly, out of any compiled-autograd context the caller is in (the route
+    timing's own backward passes would each be captured and compiled as a backward graph of the caller's). Without
+    dynamo loaded, none can be active."""
+    module = sys.modules.get("torch._dynamo.compiled_autograd")
+    disable = getattr(module, "_disable", None)
+    return contextlib.nullcontext() if disable is None else disable()

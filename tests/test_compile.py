@@ -375,3 +375,22 @@ def test_the_op_times_the_route_of_the_traced_call(monkeypatch):
     torch._dynamo.reset()
     torch.compile(m, backend="aot_eager", fullgraph=True)(torch.randn(5, 2, 3))[0].sum().backward()
     assert classes == [(True, False, False), (True, True, False)]   # (for backward, dx wanted, frozen)
+
+
+def test_the_route_timing_under_compiled_autograd_is_not_captured(monkeypatch):
+    """The route's timing runs its own backward passes: under compiled autograd they run eagerly, so that the
+    caller's backward is the only one captured, as for torch.nn's module."""
+    from torch._dynamo import compiled_autograd
+    from torch._dynamo.utils import counters
+
+    from gpurnn.cpu import layer
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    monkeypatch.setattr(layer, "_chosen", {})
+    captures = []
+    for module in (torch.nn.GRU(5, 7), gnn.GRU(5, 7)):
+        torch._dynamo.reset()
+        counters.clear()
+        with compiled_autograd._enable(torch.compile(backend="eager")):
+            module(torch.randn(6, 3, 5, requires_grad=True))[0].sum().backward()
+        captures.append(counters["compiled_autograd"]["captures"])
+    assert layer._chosen and captures[1] == captures[0] == 1

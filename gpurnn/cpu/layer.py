@@ -24,7 +24,7 @@ import torch
 from torch._subclasses import fake_tensor
 from torch.utils import _python_dispatch as python_dispatch
 
-from .. import backends
+from .. import backends, dynamo
 from ..arrays import packed_index
 from . import timed
 _OPS = {"lstm": torch._VF.lstm, "gru": torch._VF.gru}
@@ -153,7 +153,8 @@ def _time(runs, x, directions, for_backward, batch_sizes):
     differ (an Elman layer's forward+backward at B=4 H=64 on an AMD EPYC: 1.2 ms on the engine against 0.9 on
     torch's op at 32 steps, 1.6 against 4.3 at 128). The routes take turns, so that a passing load weighs on both
     alike (timed one after the other, a packed LSTM's torch op once timed 1.8 ms for 1.1 on an AMD EPYC, and lost).
-    Identity saved-tensor hooks shadow the caller's (which must not see these copies: offloading, counting)."""
+    Identity saved-tensor hooks shadow the caller's (which must not see these copies: offloading, counting); the
+    backward passes run eagerly under compiled autograd (dynamo.eager_backward)."""
     def copy(t):
         return None if t is None else t.detach().clone().requires_grad_(for_backward and t.requires_grad)
     lengths = (TIME_STEPS // 4, TIME_STEPS) if x.shape[0] > TIME_STEPS else (TIME_STEPS,)
@@ -161,7 +162,7 @@ def _time(runs, x, directions, for_backward, batch_sizes):
     inputs = {n: (copy(x[:n]), None if batch_sizes is None else batch_sizes[:n]) for n in lengths}
     samples = {(name, n): [] for name in runs for n in lengths}
     rounds, k = REPEATS, 0
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t), dynamo.eager_backward():
         while k <= rounds:   # the first round warms up
             start = time.perf_counter()
             for name, run in list(runs.items())[::1 if k % 2 else -1]:   # each route first in every other round
