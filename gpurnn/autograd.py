@@ -52,6 +52,8 @@ def _engine_forward(x, tensors, teacher, cell, n_state, reverses, batch_sizes, b
                                   route[5:])
         if routed is not None:
             return routed
+        if batch_sizes is None:   # (the engine runs it: torch's op, which warns as torch.nn's, did not)
+            cpu_layer.warn_as_torch(x, cell == "lstm" and tensors[n_state + 4] is not None)
     native = _native(cell, tensors, n_state, len(reverses), backend)
     # autocast off: the engine's GEMMs through torch must keep the dtype; NumPy's floating-point warnings off,
     # as torch's ops give none (inf and NaN propagate as in torch.nn)
@@ -335,7 +337,7 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
         # torch.export or ONNX, and a Jordan teacher or decay that requires grad (the engine has no gradient for them).
         return _torch_loop_layers(cell, x, directions, batch_sizes, opts)
     if name == "numpy" and batch_sizes is None and not compiling:
-        cpu_layer.warn_as_torch(cell, x, directions)
+        cpu_layer.warn_as_torch(x, cell == "lstm" and directions[0][1][4] is not None)
     dtype = x.dtype
     if torch.bfloat16 in (x.dtype, *(t.dtype for t in tensors if t is not None)) and not _native(
             cell, tensors, len(directions[0][0]), len(directions), name):

@@ -954,13 +954,16 @@ def test_forward_has_torch_nns_signature(name):
 
 _PROJ_WARNINGS = """
 import sys, warnings, torch, gpurnn.nn as gnn
-nn = gnn if sys.argv[1] == "gpurnn" else torch.nn
+nn = torch.nn if sys.argv[1] == "torch.nn" else gnn
 warnings.simplefilter("always")
 for dtype, T in ((torch.float64, 3), (torch.float32, 1), (torch.float32, 3), (torch.float32, 5)):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        nn.LSTM(3, 5, proj_size=2, dtype=dtype)(torch.randn(T, 2, 3, dtype=dtype))
-    print([str(w.message) for w in caught])
+        module = nn.LSTM(3, 5, proj_size=2, dtype=dtype)
+        if sys.argv[1] == "compiled":
+            module = torch.compile(module, backend="aot_eager", dynamic=False)
+        module(torch.randn(T, 2, 3, dtype=dtype))
+    print([str(w.message) for w in caught if "oneDNN" in str(w.message)])
 """
 
 
@@ -968,7 +971,7 @@ for dtype, T in ((torch.float64, 3), (torch.float32, 1), (torch.float32, 3), (to
 @pytest.mark.parametrize("route", ["engine", "auto"])
 def test_a_projected_lstm_warns_as_torch_nns_does(route):
     """torch's CPU LSTM op says once a process that oneDNN has no projections (float32 here, not float64): so does
-    gpurnn's LSTM wherever its layer runs, the engine and the torch loop of a single step included."""
+    gpurnn's LSTM wherever its layer runs, the engine and the torch loop of a single step included, compiled too."""
     import os
     import subprocess
     import sys
@@ -978,4 +981,4 @@ def test_a_projected_lstm_warns_as_torch_nns_does(route):
         return subprocess.run([sys.executable, "-c", _PROJ_WARNINGS, which], env=env, capture_output=True,
                               text=True, check=True).stdout
     want = run("torch.nn")
-    assert "oneDNN" in want and run("gpurnn") == want
+    assert "oneDNN" in want and run("gpurnn") == want and run("compiled") == want

@@ -95,18 +95,19 @@ def torch_layers(cell, x, directions, opts, batch_sizes=None):
     return [(ys[d], *finals[d]) for d in range(n_dirs)]
 
 
-def warn_as_torch(cell, x, directions):
+def warn_as_torch(x, projected):
     """The warning torch's CPU LSTM op gives once a process for a projected layer that oneDNN would otherwise run
     ("LSTM with projections is not supported with oneDNN"), for a layer that torch's op does not run: given by torch's
     op itself, on one element of x's dtype in the same grad mode, so that its conditions and its once are torch's."""
     key = (x.dtype, torch.is_grad_enabled(), torch._C._get_mkldnn_enabled())
-    if (cell != "lstm" or directions[0][1][4] is None or key in _warned or x.device.type != "cpu" or x.numel() == 0
-            or not _timing_unseen()):
+    if not projected or key in _warned or x.device.type != "cpu" or x.numel() == 0:
         return
     _warned.add(key)
     zeros = lambda *shape: torch.zeros(shape, dtype=x.dtype)   # noqa: E731
-    _OPS["lstm"](zeros(1, 1, 1), (zeros(1, 1, 1), zeros(1, 1, 2)), [zeros(8, 1), zeros(8, 1), zeros(1, 2)],
-                 False, 1, 0.0, False, False, False)
+    with python_dispatch._disable_current_modes():   # unseen by the caller's modes (a flop counter; a compiled
+        # call's first run is under torch's custom-op analysis mode)
+        _OPS["lstm"](zeros(1, 1, 1), (zeros(1, 1, 1), zeros(1, 1, 2)), [zeros(8, 1), zeros(8, 1), zeros(1, 2)],
+                     False, 1, 0.0, False, False, False)
 
 
 def shape_class(cell, x, directions, opts, for_backward, packed=False):
