@@ -14,8 +14,8 @@ import math
 
 import numpy as np
 
-from .checks import as_real
 from .arguments import SEED, check_fits, check_out_file, must_fit, positive, resolve_backend
+from .checks import as_real
 
 RADII = (0.5, 0.9, 1.0, 1.1, 1.5)
 
