@@ -31,6 +31,17 @@ def get_xp(array):
     raise TypeError(f"expected a numpy.ndarray, cupy.ndarray or torch.Tensor, got {type(array).__name__}")
 
 
+def array_module(name, a, for_tensors):
+    """get_xp(a) for the NumPy/CuPy APIs, naming argument `name` where a is none of their arrays (get_xp takes
+    tensors for the torch front end's fused path, not for these APIs: for_tensors says what takes them)."""
+    if is_tensor(a):
+        raise TypeError(f"{name}: expected a NumPy or CuPy array, got Tensor ({for_tensors})")
+    try:
+        return get_xp(a)
+    except TypeError:
+        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(a).__name__}") from None
+
+
 def check_array(name, a, xp, like):
     """a must be a plain xp array (not np.matrix, whose * is a matrix product, nor a masked array, whose mask every
     computation here would ignore), as `like` is."""

@@ -10,7 +10,7 @@ x: (T, B, I) in time-major order. Weights follow torch's names and shapes
 import numpy as np
 
 from . import backends, cells, engine
-from .arrays import array_scope, check_array, get_xp, is_tensor
+from .arrays import array_module, array_scope, check_array
 from .checks import check_choice, check_floating, check_rank, check_same_dtype, check_shape, check_steps
 from .cells import NONLINEARITIES, OUTPUT_ACTIVATIONS
 
@@ -59,12 +59,7 @@ def forward(cell, x, weights, state0=None, *, nonlinearity="tanh", output_activa
     """
     check_choice("cell", cell, tuple(CELLS))
     cell_name, cell = cell, CELLS[cell]   # messages name the cell as the caller did ("rnn", not the engine's "elman")
-    if is_tensor(x):   # get_xp takes tensors for the torch front end's fused path, not for this API
-        raise TypeError("x: expected a NumPy or CuPy array, got Tensor (gpurnn.nn's modules take tensors)")
-    try:
-        xp = get_xp(x)
-    except TypeError:
-        raise TypeError(f"x: expected a NumPy or CuPy array, got {type(x).__name__}") from None
+    xp = array_module("x", x, "gpurnn.nn's modules take tensors")
     check_rank("x", x.shape, (3,))
     if x.dtype.kind == "f" and not x.dtype.isnative:
         raise TypeError(f"x: expected floats in this machine's byte order, got {x.dtype.str} (byte-swapped; "

@@ -1,7 +1,7 @@
 """Clipping gradients by their global norm, with torch's convention."""
 import numpy as np
 
-from ..arrays import check_array, get_xp
+from ..arrays import array_module, check_array
 from ..checks import as_real, check_floating
 
 
@@ -63,10 +63,7 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, fo
             got = f"a NumPy scalar ({type(a).__name__})" if isinstance(a, np.generic) else "a read-only one"
             raise ValueError(f"grads[{i}]: expected a writable array (it is scaled in place), got {got}")
         if i == 0:
-            try:
-                xp = get_xp(a)
-            except TypeError:
-                raise TypeError(f"grads[0]: expected a NumPy or CuPy array, got {type(a).__name__}") from None
+            xp = array_module("grads[0]", a, "")   # (tensors took the torch path above)
         check_array(f"grads[{i}]", a, xp, "grads[0]")
     if not arrays:
         return np.zeros((), np.float32)

@@ -6,7 +6,7 @@ import functools
 import numpy as np
 
 from .. import backends
-from ..arrays import check_array, compute_dtype, get_xp, is_tensor, tensor_to_xp, xp_to_tensor
+from ..arrays import array_module, check_array, compute_dtype, get_xp, tensor_to_xp, xp_to_tensor
 from ..checks import as_integer, as_real, check_choice, check_floating, check_same_device, check_same_dtype, check_shape
 
 REDUCTIONS = ("sum", "mean")
@@ -72,12 +72,7 @@ def sequence_loss_forward(h, weight, bias, targets, *, reduction="sum", ignore_i
     Returns (loss as a 0-d array, saved for sequence_loss_backward). Rows are
     processed in chunks so at most ~4M logits exist at a time.
     """
-    if is_tensor(h):   # (get_xp takes tensors for the torch front end's fused path, not for this API)
-        raise TypeError("h: expected a NumPy or CuPy array, got Tensor (sequence_loss takes tensors)")
-    try:
-        xp = get_xp(h)
-    except TypeError:
-        raise TypeError(f"h: expected a NumPy or CuPy array, got {type(h).__name__}") from None
+    xp = array_module("h", h, "sequence_loss takes tensors")
     ignore_index = _ignore_index(ignore_index)
     _check_loss_args(xp, h, weight, bias, targets, reduction)
     _check_target_range(targets, weight.shape[0], ignore_index)
