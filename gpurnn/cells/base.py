@@ -59,6 +59,15 @@ class Cell:
     need_weights = True   # False: no weight needs a gradient (a frozen layer): finish_backward skips their GEMMs
     feature_major = False   # the layout of the step GEMMs (W @ h^T or h @ W^T), for the CPU's GEMM route
 
+    def gemm_weight(self, w, rows, contiguous=False):
+        """w as the GEMMs that use it again and again take it (the steps', the input projection's; rows: how many
+        the other side has): packed once for the layer call where the GEMM route packs weights (cpu/onednn.py),
+        else w itself (a C-contiguous copy if asked)."""
+        pack = getattr(self.mm, "pack", None)
+        if pack is not None:
+            return pack(w, rows)
+        return self.xp.ascontiguousarray(w) if contiguous else w
+
     def outer(self, a, b):
         """sum over all (t, b) rows of a^T b: a (T, B, M), b (T, B, K) -> (M, K), one GEMM. Rows past their
         length have a = 0 but hold their state in b; b's are zeroed, as torch.nn skips those rows: an inf

@@ -33,7 +33,7 @@ class Elman(Cell):
         self.h = alloc((T + 1,) + state0[0].shape, x.dtype)
         self.h[0] = state0[0]
         self.seq = [self.h]
-        self.w_hh_t = w["w_hh"].T
+        self.w_hh_t = self.gemm_weight(w["w_hh"].T, B)
 
     def step(self, t, n):
         h_new = self.h[t + 1, :n]
@@ -51,6 +51,7 @@ class Elman(Cell):
         self.dy = dy
         self.dz = alloc(self.gx.shape, self.x.dtype)
         self.dh = dstate[0]
+        self.w_hh = self.gemm_weight(self.w["w_hh"], self.dh.shape[0])
 
     @functools.cached_property
     def phi_grad(self):
@@ -61,7 +62,7 @@ class Elman(Cell):
         dh = self.dh[:n]
         dh += self.dy[t, :n]
         times_phi_grad(self.xp, dh, self.phi_grad[t, :n], self.dz[t, :n])
-        self.mm(self.dz[t, :n], self.w["w_hh"], out=dh)
+        self.mm(self.dz[t, :n], self.w_hh, out=dh)
 
     def finish_backward(self):
         dz, w = self.dz, self.w

@@ -116,12 +116,13 @@ class GRULoop(FeatureMajorCell):
         self.N = alloc((T, H, B), x.dtype)
         self.hT = alloc((T + 1, H, B), x.dtype)
         self.hT[0] = state0[0].T
+        self.w_hh_step = self.gemm_weight(self.w_hh_scaled, B)
         self.seq = [self.hT.transpose(0, 2, 1)]   # (T+1, B, H) view
 
     def step(self, t, n):
         xp, H = self.xp, self.H
         g = self.G[t, :, :n]
-        self.mm(self.w_hh_scaled, self.hT[t, :, :n], out=g)
+        self.mm(self.w_hh_step, self.hT[t, :, :n], out=g)
         hn, r, z = g.reshape(3, H, n)
         gx = self.GX[t, :, :n]
         rz = g[H:]
@@ -150,7 +151,7 @@ class GRULoop(FeatureMajorCell):
         self.D = alloc((T, 4 * H, B), dy.dtype)
         self.keep = xp.empty((H, B), dy.dtype)
         self.diff = xp.empty((H, B), dy.dtype)
-        self.w_hh_t = xp.ascontiguousarray(self.w["w_hh"][self.perm].T)
+        self.w_hh_t = self.gemm_weight(self.w["w_hh"][self.perm].T, B, contiguous=True)
 
     def back_step(self, t, n):
         xp, H = self.xp, self.H

@@ -44,15 +44,16 @@ class Jordan(Cell):
         self.s = alloc((T + 1, B, O), x.dtype)
         self.s[0] = state0[0]
         self.seq = [self.s]
+        self.w_sh_t, self.w_ho_t = (self.gemm_weight(w[k].T, B) for k in ("w_sh", "w_ho"))
 
     def step(self, t, n):
         xp, w = self.xp, self.w
         h = self.hid[t, :n]
-        self.mm(self.s[t, :n], w["w_sh"].T, out=h)
+        self.mm(self.s[t, :n], self.w_sh_t, out=h)
         h += self.gx[t, :n]
         phi_(xp, h, self.nonlinearity)
         y = self.y[t, :n]
-        self.mm(h, w["w_ho"].T, out=y)
+        self.mm(h, self.w_ho_t, out=y)
         if w["b_o"] is not None:
             y += w["b_o"]
         self._output_activation_(y)
@@ -83,6 +84,7 @@ class Jordan(Cell):
         self.ds = dstate[0]
         self.da = alloc(y.shape, y.dtype)
         self.dz = alloc(self.hid.shape, y.dtype)
+        self.w_ho, self.w_sh = (self.gemm_weight(self.w[k], y.shape[1]) for k in ("w_ho", "w_sh"))
 
     # What the xp loop's back_step reads; the kernels derive it in the step instead.
     @functools.cached_property
@@ -116,10 +118,10 @@ class Jordan(Cell):
             da -= (da * y).sum(axis=-1, keepdims=True)
             da *= y
         dz = self.dz[t, :n]
-        self.mm(da, w["w_ho"], out=dz)
+        self.mm(da, self.w_ho, out=dz)
         times_phi_grad(self.xp, dz, self.phi_grad[t, :n], dz)
         ds *= w["decay"]
-        ds += self.mm(dz, w["w_sh"], out=self.tmp[:n])
+        ds += self.mm(dz, self.w_sh, out=self.tmp[:n])
 
     def finish_backward(self):
         dz, da, w = self.dz, self.da, self.w

@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import backends
 from ..arrays import torch_matmul, xp_matmul
-from . import timed
+from . import onednn, timed
 
 
 def _openblas_threads_setter():
@@ -99,6 +99,9 @@ if hasattr(os, "register_at_fork"):
                         after_in_parent=lambda: _ONE_THREAD["lock"].release(), after_in_child=_new_switch_in_child)
 
 ROUTES = {"torch": torch_matmul, "numpy": one_thread_matmul}
+if onednn.available():
+    ROUTES["onednn"] = onednn.matmul
+FLOAT32_ONLY = ("onednn",)   # a layer of another dtype takes torch's route where one of these is forced
 REPEATS = 3
 STEPS = 16   # steps of the timed replica (a projection over STEPS steps, then STEPS step GEMMs)
 _chosen = {}     # layer shape class -> (route, {route: median seconds})
@@ -131,18 +134,22 @@ def time_routes(B, I, K, N, dtype, feature_major=False, repeats=REPEATS):
 
         def replica(fn):
             fn(w_ih, x, out=gates)
+            w_step = _gemm_weight(fn, w_hh, B)   # C-contiguous already
             for t in range(STEPS):
-                fn(w_hh, h, out=gates[t])
+                fn(w_step, h, out=gates[t])
     else:
         x, h = rng.standard_normal((STEPS * B, I)).astype(dtype), rng.standard_normal((B, K)).astype(dtype)
-        gates, w_ih_t, w_hh_t = np.empty((STEPS * B, N), dtype), w_ih.T.copy(), w_hh.T.copy()
+        gates = np.empty((STEPS * B, N), dtype)
 
-        def replica(fn):
-            fn(x, w_ih_t, out=gates)
+        def replica(fn):   # the LSTM's (cpu/lstm.py)
+            fn(x, _gemm_weight(fn, w_ih.T, STEPS * B), out=gates)
+            w_step = _gemm_weight(fn, w_hh.T, B)
             for t in range(STEPS):
-                fn(h, w_hh_t, out=gates[t * B:(t + 1) * B], add=True)
+                fn(h, w_step, out=gates[t * B:(t + 1) * B], add=True)
     times = {}
     for name, fn in ROUTES.items():
+        if name in FLOAT32_ONLY and np.dtype(dtype) != np.float32:
+            continue
         replica(fn)   # warm up: thread pools, first-touch pages
         runs = []
         for _ in range(repeats):
@@ -153,11 +160,18 @@ def time_routes(B, I, K, N, dtype, feature_major=False, repeats=REPEATS):
     return times
 
 
+def _gemm_weight(fn, w, rows):
+    """w as a route's GEMMs take it, as cells/base.py's Cell.gemm_weight(contiguous=True) makes it: packed once
+    a layer call where the route packs, else C-contiguous."""
+    pack = getattr(fn, "pack", None)
+    return np.ascontiguousarray(w) if pack is None else pack(w, rows)
+
+
 def route(B, I, K, N, dtype, feature_major=False):
     """The route for a layer's GEMMs: forced, or the faster by timing, once per shape class."""
     name = forced()
     if name is not None:
-        return name
+        return "torch" if name in FLOAT32_ONLY and np.dtype(dtype) != np.float32 else name
     if timed.deterministic():
         return "torch"
     key = shape_class(B, I, K, N, dtype, feature_major)

@@ -25,7 +25,7 @@ class CompiledGRULoop(GRULoop):
         self.ld = B
 
     def step(self, t, n):
-        self.mm(self.w_hh_scaled, self.hT[t, :, :n], out=self.G[t, :, :n])
+        self.mm(self.w_hh_step, self.hT[t, :, :n], out=self.G[t, :, :n])
         self.lib.gru_forward_step(self.g_at[t], self.gx_at[t], self.b_hn_at, self.n_at[t], self.h_at[t],
                                   self.h_at[t + 1], self.H, n, self.ld)
 

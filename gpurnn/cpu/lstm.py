@@ -52,8 +52,9 @@ class CompiledLSTMLoop(GateOrder, Cell):
         h0, c0 = state0
         P = h0.shape[-1]
         self.begin_inputs(x, P, alloc)
-        self.w_ih1_t = np.ascontiguousarray(self.w_ih1.T)
-        self.w_hh_t = np.ascontiguousarray(self.w_hh_scaled.T)
+        self.w_ih1_t = self.gemm_weight(self.w_ih1.T, T * B, contiguous=True)
+        self.w_hh_t = self.gemm_weight(self.w_hh_scaled.T, B, contiguous=True)
+        self.w_hr_t = None if w["w_hr"] is None else self.gemm_weight(w["w_hr"].T, B)
         self.h = self.xh[:, :, -P:]
         self.h[0] = h0
         self.seq = [self.h]                        # the engine holds h for rows past their length
@@ -84,8 +85,8 @@ class CompiledLSTMLoop(GateOrder, Cell):
         self.mm(self.h[t, :n], self.w_hh_t, out=self.A[t, :n], add=True)
         self.lib.lstm_forward_step(self.a_addresses[t], self.c_address, self.m_addresses[t], self.ldm,
                                    self.kf_addresses[t], self.H, n)
-        if self.w["w_hr"] is not None:
-            self.mm(self.m[t, :n], self.w["w_hr"].T, out=self.h[t + 1, :n])
+        if self.w_hr_t is not None:
+            self.mm(self.m[t, :n], self.w_hr_t, out=self.h[t + 1, :n])
 
     def outputs(self):
         return self.h[1:]
@@ -98,6 +99,9 @@ class CompiledLSTMLoop(GateOrder, Cell):
         self.dh, self.dc = dstate                  # C-ordered copies (engine), carried in place
         self.dy_addresses = _step_addresses(dy)
         self.dh_address, self.dc_address = _address(self.dh), _address(self.dc)
+        B = self.dh.shape[0]
+        self.w_hh_back = self.gemm_weight(self.w_hh_p, B)
+        self.w_hr = None if self.w["w_hr"] is None else self.gemm_weight(self.w["w_hr"], B)
 
     def back_step(self, t, n):
         dh = self.dh[:n]
@@ -106,13 +110,13 @@ class CompiledLSTMLoop(GateOrder, Cell):
         else:                                      # dL/dm = (dh + dy[t]) W_hr
             dh += self.dy[t, :n]
             self.dh_seq[t, :n] = dh
-            dm = np.ascontiguousarray(self.mm(dh, self.w["w_hr"]))
+            dm = np.ascontiguousarray(self.mm(dh, self.w_hr))
             grads = (_address(dm), None)
         self.lib.lstm_backward_step(self.a_addresses[t], self.kf_addresses[t], self.dc_address, *grads,
                                     self.H, n)
         if n < self.A.shape[1]:
             self.A[t, n:] = 0                      # rows past their length: no gradient
-        self.mm(self.A[t, :n], self.w_hh_p, out=dh)
+        self.mm(self.A[t, :n], self.w_hh_back, out=dh)
 
     def finish_backward(self):
         dx, grads = self.weight_grads(self.A, lambda: self.M)

@@ -1,4 +1,4 @@
-"""gpurnn/cpu/gemm.py: the GEMM route the torch front end takes on the CPU (torch's or NumPy's BLAS)."""
+"""gpurnn/cpu/gemm.py: the GEMM route the torch front end takes on the CPU (torch's, NumPy's BLAS or oneDNN)."""
 import os
 import signal
 import threading
@@ -42,7 +42,7 @@ def _run(kind, seed=0):
     return out
 
 
-@pytest.mark.parametrize("route", ["auto", "torch", "numpy"])
+@pytest.mark.parametrize("route", ["auto", *gemm.ROUTES])
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_route_matches_torch(kind, route, monkeypatch, fresh_routes):
     monkeypatch.setenv("GPURNN_GEMM", route)
