@@ -1,10 +1,12 @@
-"""The CPU GEMM route under the torch front end: torch's matmul or NumPy's BLAS, chosen by timing.
+"""The CPU GEMM route under the torch front end: torch's matmul, NumPy's BLAS or oneDNN, chosen by timing.
 
 The engine's GEMMs on NumPy arrays can run through torch (MKL, in torch's thread pool, on
-zero-copy views: arrays.torch_matmul) or through NumPy's OpenBLAS (arrays.xp_matmul). Which
-is faster depends on the CPU: on an AMD EPYC torch's MKL ran the (4096, 64) @ (64, 512)
-projection in 3.2 ms and OpenBLAS in 1.9 ms; on an Intel Xeon torch is the faster for the
-per-step shapes. So the first layer call of each shape class (batch, input and gate widths
+zero-copy views: arrays.torch_matmul), through NumPy's OpenBLAS (arrays.xp_matmul), or, float32 only,
+through oneDNN with each weight that the steps multiply by packed once a layer call (onednn.py). Which
+is faster depends on the CPU and the shape: on an AMD EPYC torch's MKL ran the (4096, 64) @ (64, 512)
+projection in 3.2 ms and OpenBLAS in 1.9 ms, and a B=16 H=768 LSTM step's GEMM took MKL 761 us,
+oneDNN 177 us; on an Intel Xeon torch is the faster for the per-step shapes at H=128; at small shapes
+oneDNN's per-call overhead (about 13 us) loses. So the first layer call of each shape class (batch, input and gate widths
 rounded up to powers of two, the recurrent width, dtype) times a small replica of the layer's
 GEMMs through each route, a projection and sixteen steps, and keeps the faster for every GEMM
 of that layer class in the process.
@@ -19,9 +21,9 @@ against torch's pool, which autograd's own ops wake: that GRU's forward+backward
 instead of 1.8 ms on the Xeon, and a packed GRU, which always runs on the engine, 4x torch.nn's. The engine holds
 that switch around a layer's loop (one_thread), so that it costs two calls into OpenBLAS a loop, not a GEMM.
 
-GPURNN_GEMM=torch|numpy forces a route ("auto", the default, times them; torch's route under
-torch.use_deterministic_algorithms). Both routes give the same results to float32 rounding
-(tests/cpu/test_gemm_route.py).
+GPURNN_GEMM=torch|numpy|onednn forces a route ("auto", the default, times them; torch's route under
+torch.use_deterministic_algorithms; onednn forced on a layer of another dtype than float32 takes torch's).
+The routes give the same results to float32 rounding (tests/cpu/test_gemm_route.py, test_onednn.py).
 """
 import contextlib
 import ctypes
