@@ -130,12 +130,11 @@ class GateOrder:
         w, xp, perm = self.w, self.xp, self.perm
         T, B, I = x.shape
         self.x, self.alloc = x, alloc
-        w_ih = w["w_ih"][perm] * self.scale
-        self.w_hh_scaled = w["w_hh"][perm] * self.scale
         has_bias = w["b_ih"] is not None
+        w_ih = self.permuted(w["w_ih"], alloc, columns=I + has_bias, scaled=True)
+        self.w_hh_scaled = self.permuted(w["w_hh"], alloc, scaled=True)
         if has_bias:
-            bias = (w["b_ih"] + w["b_hh"])[perm] * self.scale[:, 0]
-            w_ih = xp.concatenate([w_ih, bias[:, None]], axis=1)
+            w_ih[:, I] = (w["b_ih"] + w["b_hh"])[perm] * self.scale[:, 0]
         # The input projection reads [x_t | 1] (the bias as a column of ones), and one GEMM
         # with dL/da gives [dW_ih | db | dW_hh].
         self.xh = alloc((T + 1, B, I + has_bias + P), x.dtype)
@@ -149,21 +148,38 @@ class GateOrder:
         self.dy, self.alloc = dy, alloc
         self.spent = True                          # back_step t writes dL/da over the coefficients in A[t]
         self.dh_seq = None if self.w["w_hr"] is None else alloc(dy.shape, dy.dtype)   # for dW_hr
-        self.w_hh_p = self.w["w_hh"][self.perm]
+        self.w_hh_p = self.permuted(self.w["w_hh"], alloc)
+
+    def permuted(self, w, alloc, columns=None, scaled=False):
+        """w's rows in the gate order (o f i g), sigmoid rows negated if `scaled`, in a buffer from alloc (a
+        weight is megabytes at large H: fresh memory each call costs page faults, buffers.py) with `columns`
+        columns (more than w's: left for the caller to fill)."""
+        out = alloc((w.shape[0], columns or w.shape[1]), w.dtype)
+        rows = out[:, :w.shape[1]]
+        if self.xp is np:   # (mode: NumPy's take buffers its result otherwise; CuPy's has no mode)
+            np.take(w, self.perm, axis=0, out=rows, mode="clip")
+        else:
+            rows[...] = w[self.perm]
+        if scaled:
+            rows *= self.scale
+        return out
 
     def weight_grads(self, d, m_rows):
         """dL/da (T, B, 4H) and m = o*tanh(c) (T, B, H), both in rows, gates (o f i g) -> (dx, grads).
         The h columns of xh must hold h_0..h_{T-1} by now."""
         grads = self._weight_grads(d, m_rows) if self.need_weights else {}
-        return self.input_grad(d, self.w["w_ih"][self.perm]), grads
+        return self.input_grad(d, self.permuted(self.w["w_ih"], self.alloc)), grads
 
     def _weight_grads(self, d, m_rows):
-        w, I = self.w, self.x.shape[-1]
-        dw = self.outer(d, self.xh[:-1])[self.unperm]   # [dW_ih | db | dW_hh]
-        grads = {"w_ih": dw[:, :I].copy(), "w_hh": dw[:, self.x1.shape[-1]:].copy(), "w_hr": None,
+        w, I, xp = self.w, self.x.shape[-1], self.xp
+        dw = self.outer(d, self.xh[:-1])   # [dW_ih | db | dW_hh], gates (o f i g)
+
+        def torch_order(a):
+            return xp.take(a, self.unperm, axis=0)
+        grads = {"w_ih": torch_order(dw[:, :I]), "w_hh": torch_order(dw[:, self.x1.shape[-1]:]), "w_hr": None,
                  "b_ih": None, "b_hh": None}
         if w["b_ih"] is not None:   # separate arrays: see base.bias_grads
-            grads["b_ih"], grads["b_hh"] = dw[:, I].copy(), dw[:, I].copy()
+            grads["b_ih"], grads["b_hh"] = torch_order(dw[:, I]), torch_order(dw[:, I])
         if self.dh_seq is not None:
             grads["w_hr"] = self.outer(self.dh_seq, m_rows())
         return grads

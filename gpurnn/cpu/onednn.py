@@ -48,7 +48,7 @@ class Packed:
             import torch
 
             w = torch.from_numpy(self.matrix)
-            self._packed[left] = _ops()._reorder_linear_weight((w if left else w.T).contiguous(), self.rows)
+            self._packed[left] = _ops()._reorder_linear_weight(w if left else w.T, self.rows)
         return self._packed[left]
 
 
