@@ -125,16 +125,16 @@ class _Run:
     for_backward: bool
 
 
-def _matmul(gemm, x, w, feature_major):
+def _matmul(gemm, x, w, feature_major, for_backward):
     """The GEMM function for a gemm option (see forward), for a layer on x with weights w whose cell keeps its
-    steps feature-major (W @ h^T) or in rows (h @ W^T)."""
+    steps feature-major (W @ h^T) or in rows (h @ W^T), with or without a backward to follow."""
     if gemm not in ("xp", "torch", "auto"):
         raise ValueError(f"gemm: expected 'xp', 'torch' or 'auto', got {gemm!r}")
     if gemm == "torch" and not is_tensor(x):
         return torch_matmul
     if gemm == "auto" and isinstance(x, np.ndarray):
         from .cpu import gemm as route   # gpurnn.cpu builds on the engine's arrays, not the other way
-        return route.matmul_for(x, w, feature_major)
+        return route.matmul_for(x, w, feature_major, for_backward)
     return xp_matmul
 
 
@@ -151,7 +151,7 @@ def _start_forward(cell, x, state0, weights, reverse, batch_sizes, backend, gemm
     sizes = [B] * T if batch_sizes is None else [int(n) for n in batch_sizes]
     sizes = sizes[::-1] if reverse else sizes
     c = cells.get(cell).make(xp, w, opts, run_fused)
-    c.mm = _matmul(gemm, x, w, c.feature_major)   # (the GEMMs' layout is the cell's)
+    c.mm = _matmul(gemm, x, w, c.feature_major, opts.get("for_backward", True))   # (the GEMMs' layout is the cell's)
     # With packed rows, buffers start zeroed: rows past their length are never written by a
     # step, and the weight GEMMs multiply them by zero gradients (0 * garbage may be NaN).
     alloc = Allocations(xp, zero=batch_sizes is not None)

@@ -127,7 +127,7 @@ class GateOrder:
     def begin_inputs(self, x, P, alloc):
         """w_ih1 = [W_ih | b] and w_hh_scaled, gate-permuted and the sigmoid rows negated; xh (T+1, B, I+1+P) with
         x and the column of ones filled in (no bias: no ones column); x1, its [x_t | 1] part."""
-        w, xp, perm = self.w, self.xp, self.perm
+        w, perm = self.w, self.perm
         T, B, I = x.shape
         self.x, self.alloc = x, alloc
         has_bias = w["b_ih"] is not None
@@ -198,6 +198,7 @@ class LSTMLoop(GateOrder, FeatureMajorCell):
         self.hT[0] = h0.T
         self.c0 = c0.T.copy()   # rewind() reads it again, after the caller's array may have changed
         self.c = xp.empty((H, B), x.dtype)
+        self.w_hh_step = self.gemm_weight(self.w_hh_scaled, B)
         self.z = xp.empty((3 * H, B), x.dtype)   # m | f*c_{t-1} | i*g, aligned with (o | f | i)
         self.tc = xp.empty((H, B), x.dtype)
         self.q = xp.zeros((2 * H, B), x.dtype)   # m*tanh(c) | 0: (o | f) - q gives (K | F) in one call
@@ -232,7 +233,7 @@ class LSTMLoop(GateOrder, FeatureMajorCell):
         # next to f*c and i*g, and W_hr projects it
         projected = self.w["w_hr"] is not None
         m = z[:H] if projected or self.for_backward else h
-        self.mm(self.w_hh_scaled, h_prev, out=a, add=True)
+        self.mm(self.w_hh_step, h_prev, out=a, add=True)
         sigmoid_of_negated_(xp, s)
         xp.tanh(g, out=g)
         xp.multiply(i, g, out=ig)
@@ -275,6 +276,7 @@ class LSTMLoop(GateOrder, FeatureMajorCell):
         self.dc = xp.ascontiguousarray(dstate[1].T)   # carried (H, B)
         self.tmp = xp.empty((H, B), dy.dtype)
         self.back_views = list(zip(self.A, self.KF[:, :H], self.KF[:, H:]))
+        self.w_hh_back = self.gemm_weight(self.w_hh_p, B)
 
     def back_step(self, t, n):
         xp, H = self.xp, self.H
@@ -298,7 +300,7 @@ class LSTMLoop(GateOrder, FeatureMajorCell):
         d_fig = d[H:].reshape(3, H, d.shape[-1])
         xp.multiply(d_fig, dc, out=d_fig)
         dc *= f                                    # through f into c_{t-1}
-        self.mm(d.T, self.w_hh_p, out=dh)
+        self.mm(d.T, self.w_hh_back, out=dh)
 
     def finish_backward(self):
         self.h_rows                                # fills the h columns of xh, which the weight GEMM reads

@@ -112,24 +112,46 @@ _chosen = {}     # layer shape class -> (route, {route: median seconds})
 def forced():
     """The route GPURNN_GEMM forces, or None for "auto"."""
     value = backends.env("GPURNN_GEMM", "auto")
+    if value == "onednn" and value not in ROUTES:
+        raise ValueError("GPURNN_GEMM: 'onednn' needs torch's oneDNN linear ops (torch.ops.mkldnn._linear_pointwise, "
+                         "_reorder_linear_weight), which this torch lacks; expected 'auto' or one of "
+                         f"{tuple(ROUTES)}")
     if value != "auto" and value not in ROUTES:
         raise ValueError(f"GPURNN_GEMM: expected 'auto' or one of {tuple(ROUTES)}, got {value!r}")
     return None if value == "auto" else value
 
 
-def shape_class(B, I, K, N, dtype, feature_major=False):
-    """A layer's GEMMs: batch B, input width I, recurrent width K, gate width N (= gates x hidden), and their
-    layout: feature-major (the GRU's loops, W @ h^T) or in rows. Timed in rows, a GRU (H=128, B=1 or 32) took
+def shape_class(B, I, K, N, dtype, feature_major=False, for_backward=True):
+    """A layer's GEMMs: batch B, input width I, recurrent width K, gate width N (= gates x hidden), their
+    layout: feature-major (the GRU's loops, W @ h^T) or in rows, and whether a backward's GEMMs follow. Timed in
+    rows, a GRU (H=128, B=1 or 32) took
     torch's route where NumPy's took 0.84-0.91x the layer's time on an AMD EPYC."""
-    return timed.pow2(B), timed.pow2(I), timed.pow2(K), timed.pow2(N), np.dtype(dtype).str, feature_major
+    return (timed.pow2(B), timed.pow2(I), timed.pow2(K), timed.pow2(N), np.dtype(dtype).str, feature_major,
+            for_backward)
 
 
-def time_routes(B, I, K, N, dtype, feature_major=False, repeats=REPEATS):
+def time_routes(B, I, K, N, dtype, feature_major=False, for_backward=True, repeats=REPEATS):
     """{route: median seconds} of the layer replica through each route: in rows (STEPS*B, I) @ (I, N), then
     STEPS x (B, K) @ (K, N) accumulated into the gate rows; feature-major STEPS x (N, I) @ (I, B) in one call,
-    then STEPS x (N, K) @ (K, B)."""
+    then STEPS x (N, K) @ (K, B). For a backward, then the steps' (B, N) @ (N, K) (feature-major (K, N) @ (N, B)),
+    the weight gradient (N, STEPS*B) @ (STEPS*B, I+K) and dx, (STEPS*B, N) @ (N, I): a route's speed on one
+    form does not carry over to the others (the weight gradient's transposed rows cost oneDNN a copy)."""
     rng = np.random.default_rng(0)
     w_ih, w_hh = (rng.standard_normal(s).astype(dtype) / 8 for s in ((N, I), (N, K)))
+    rows, xh = rng.standard_normal((STEPS * B, N)).astype(dtype), rng.standard_normal((STEPS * B, I + K)).astype(dtype)
+    dh = np.empty((B, K), dtype)
+
+    def backward(fn):
+        if feature_major:
+            w_back, dhT = _gemm_weight(fn, w_hh.T, B), dh.T.copy()
+            for t in range(STEPS):
+                fn(w_back, rows[t * B:(t + 1) * B].T, out=dhT, add=True)
+        else:
+            w_back = _gemm_weight(fn, w_hh, B)
+            for t in range(STEPS):
+                fn(rows[t * B:(t + 1) * B], w_back, out=dh)
+        fn(rows.T, xh)
+        fn(rows, w_ih)
     if feature_major:
         x, h = rng.standard_normal((STEPS, I, B)).astype(dtype), rng.standard_normal((K, B)).astype(dtype)
         gates = np.empty((STEPS, N, B), dtype)
@@ -139,6 +161,8 @@ def time_routes(B, I, K, N, dtype, feature_major=False, repeats=REPEATS):
             w_step = _gemm_weight(fn, w_hh, B)   # C-contiguous already
             for t in range(STEPS):
                 fn(w_step, h, out=gates[t])
+            if for_backward:
+                backward(fn)
     else:
         x, h = rng.standard_normal((STEPS * B, I)).astype(dtype), rng.standard_normal((B, K)).astype(dtype)
         gates = np.empty((STEPS * B, N), dtype)
@@ -148,6 +172,8 @@ def time_routes(B, I, K, N, dtype, feature_major=False, repeats=REPEATS):
             w_step = _gemm_weight(fn, w_hh.T, B)
             for t in range(STEPS):
                 fn(h, w_step, out=gates[t * B:(t + 1) * B], add=True)
+            if for_backward:
+                backward(fn)
     times = {}
     for name, fn in ROUTES.items():
         if name in FLOAT32_ONLY and np.dtype(dtype) != np.float32:
@@ -169,29 +195,32 @@ def _gemm_weight(fn, w, rows):
     return np.ascontiguousarray(w) if pack is None else pack(w, rows)
 
 
-def route(B, I, K, N, dtype, feature_major=False):
-    """The route for a layer's GEMMs: forced, or the faster by timing, once per shape class."""
+def route(B, I, K, N, dtype, feature_major=False, for_backward=True):
+    """The route for a layer's GEMMs: forced, or the faster by timing, once per shape class; torch's where
+    torch's oneDNN is switched off (torch.backends.mkldnn.enabled) and the route is oneDNN's."""
     name = forced()
     if name is not None:
-        return "torch" if name in FLOAT32_ONLY and np.dtype(dtype) != np.float32 else name
-    if timed.deterministic():
-        return "torch"
-    key = shape_class(B, I, K, N, dtype, feature_major)
-    return timed.decide(_chosen, key, lambda: time_routes(*key[:4], dtype, feature_major))
+        name = "torch" if name in FLOAT32_ONLY and np.dtype(dtype) != np.float32 else name
+    elif timed.deterministic():
+        name = "torch"
+    else:
+        key = shape_class(B, I, K, N, dtype, feature_major, for_backward)
+        name = timed.decide(_chosen, key, lambda: time_routes(*key[:4], dtype, feature_major, for_backward))
+    return "torch" if name == "onednn" and not onednn.enabled() else name
 
 
-def matmul_for(x, w, feature_major=False):
-    """The GEMM function (arrays.torch_matmul or one_thread_matmul) for a layer on NumPy input x (T, B, I)
-    with weights w (w_ih (N, I), and its recurrent weight (N, K)), whose cell keeps its steps feature-major
-    or in rows."""
+def matmul_for(x, w, feature_major=False, for_backward=True):
+    """The GEMM function (one of ROUTES) for a layer on NumPy input x (T, B, I) with weights w (w_ih (N, I), and
+    its recurrent weight (N, K)), whose cell keeps its steps feature-major or in rows, with or without a
+    backward to follow."""
     N, I = w["w_ih"].shape
     K = next((v.shape[1] for k, v in w.items() if k != "w_ih" and v is not None and v.ndim == 2
               and v.shape[0] == N), I)
-    return ROUTES[route(x.shape[1], I, K, N, x.dtype, feature_major)]
+    return ROUTES[route(x.shape[1], I, K, N, x.dtype, feature_major, for_backward)]
 
 
 def chosen():
-    """{shape class (B, I, K, N, dtype): (route, {route: median seconds})} decided so far in this process."""
+    """{shape class (shape_class()): (route, {route: median seconds})} decided so far in this process."""
     return dict(_chosen)
 
 
@@ -199,13 +228,14 @@ def describe():
     """One line for `python -m gpurnn info` and benchmark headers."""
     return timed.describe(
         _chosen, forced(), "GPURNN_GEMM",
-        "auto: torch or NumPy's BLAS per layer shape, whichever times faster on first use",
+        f"auto: {', '.join(ROUTES)} per layer shape, whichever times faster on first use",
         "auto, timed per layer shape (B, I, K, N)",
         lambda key, route, times: f"{key[:4]} {route} ({', '.join(f'{r} {t * 1e3:.2f} ms' for r, t in times.items())})")
 
 
 def report(shapes=((32, 64, 128, 512), (32, 128, 128, 384))):
-    """Both routes timed on representative float32 layers (an LSTM and a GRU at B=32, H=128), as lines."""
+    """Every route timed on representative float32 layers (an LSTM's and a GRU's GEMMs at B=32, H=128, with their
+    backward, in rows), as lines."""
     lines = []
     for B, I, K, N in shapes:
         times = time_routes(B, I, K, N, np.float32)

@@ -23,15 +23,24 @@ def _ops():
 
 
 def available():
-    """Whether this torch has oneDNN and the two ops (a CPU build without them, another torch version)."""
-    import torch
-
+    """Whether torch is installed and has oneDNN and the two ops (a CPU build without them, another version)."""
+    try:
+        import torch
+    except ImportError:   # a NumPy-only install (`python -m gpurnn info` runs without torch)
+        return False
     if not torch.backends.mkldnn.is_available():
         return False
     try:
         return all(callable(getattr(_ops(), name)) for name in ("_linear_pointwise", "_reorder_linear_weight"))
     except (AttributeError, RuntimeError):
         return False
+
+
+def enabled():
+    """Whether torch's oneDNN is switched on (torch.backends.mkldnn.enabled, which a user may switch off)."""
+    import torch
+
+    return torch.backends.mkldnn.enabled
 
 
 class Packed:
@@ -91,6 +100,10 @@ def matmul(a, b, out=None, add=False):
         rows = torch.from_numpy(a)
     rows, target = (t if t.dim() == 3 else t.unsqueeze(0) for t in (rows, target))
     L, M, K = rows.shape
+    if target.numel() == 0 or K == 0:   # nothing to compute, or sums over nothing (zero rows: B = 0)
+        if not add:
+            target.zero_()
+        return out
     per_call = max(1, CALL_BYTES // (4 * w.shape[0]))   # rows of the result a call
     group = max(1, per_call // M)                        # of its leading axis, where M rows are fewer
     for l0 in range(0, L, group):

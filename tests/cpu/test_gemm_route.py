@@ -20,9 +20,9 @@ def fresh_routes(monkeypatch):
     timed = []
     real = gemm.time_routes
 
-    def counted(B, I, K, N, dtype, feature_major=False, repeats=gemm.REPEATS):
-        timed.append(gemm.shape_class(B, I, K, N, dtype, feature_major))
-        return real(B, I, K, N, dtype, feature_major, repeats=1)
+    def counted(B, I, K, N, dtype, feature_major=False, for_backward=True, repeats=gemm.REPEATS):
+        timed.append(gemm.shape_class(B, I, K, N, dtype, feature_major, for_backward))
+        return real(B, I, K, N, dtype, feature_major, for_backward, repeats=1)
     monkeypatch.setattr(gemm, "time_routes", counted)
     return timed
 
@@ -83,19 +83,42 @@ def test_the_choice_is_timed_once_per_shape_class_and_deterministic(monkeypatch,
 
 
 def test_the_faster_route_is_chosen_for_every_gemm_of_the_layer(monkeypatch):
+    monkeypatch.setenv("GPURNN_GEMM", "auto")
     monkeypatch.setattr(gemm, "_chosen", {})
     monkeypatch.setattr(gemm, "time_routes", lambda *a, **k: {"torch": 2.0, "numpy": 1.0})
     x = np.ones((5, 4, 3), np.float32)
     w = {"w_ih": np.ones((8, 3), np.float32), "w_hh": np.ones((8, 2), np.float32), "b_ih": None}
     assert gemm.matmul_for(x, w) is gemm.one_thread_matmul
-    assert list(gemm.chosen()) == [(4, 4, 2, 8, "<f4", False)]   # B, I, K (from w_hh), N, layout
+    assert list(gemm.chosen()) == [(4, 4, 2, 8, "<f4", False, True)]   # B, I, K (from w_hh), N, layout, backward
     assert "numpy" in gemm.describe()
 
 
 @pytest.mark.parametrize("feature_major", [False, True], ids=["rows", "feature_major"])
-def test_the_replica_times_both_routes(feature_major):
+def test_the_replica_times_every_route(feature_major):
     times = gemm.time_routes(4, 3, 2, 8, np.float32, feature_major, repeats=1)
     assert set(times) == set(gemm.ROUTES) and all(t > 0 for t in times.values())
+
+
+@pytest.mark.parametrize("feature_major", [False, True], ids=["rows", "feature_major"])
+def test_a_layer_with_a_backward_is_timed_on_its_backwards_gemms_too(feature_major, monkeypatch, fresh_routes):
+    """A route can win the forward's GEMMs and lose the backward's (oneDNN on weight gradients): a layer whose
+    backward follows is its own shape class, timed on the steps' dh GEMMs, the weight gradient and dx as well."""
+    shapes = []
+
+    def recording(a, b, out=None, add=False):
+        shapes.append((np.shape(a), np.shape(b)))
+        return gemm.torch_matmul(np.asarray(a), np.asarray(b), out=out, add=add)
+    monkeypatch.setattr(gemm, "ROUTES", {"torch": recording})
+    gemm.time_routes(4, 3, 2, 8, np.float32, feature_major, for_backward=False, repeats=1)
+    forward_only = list(shapes)
+    shapes.clear()
+    gemm.time_routes(4, 3, 2, 8, np.float32, feature_major, for_backward=True, repeats=1)
+    rows, per_run = gemm.STEPS * 4, len(forward_only) // 2   # (a warm-up and one timed run)
+    assert shapes[:per_run] == forward_only[:per_run]
+    assert ((8, rows), (rows, 3 + 2)) in shapes and ((rows, 8), (8, 3)) in shapes   # dW = dA^T [x | h], dx
+    assert len(shapes) == 2 * (per_run + gemm.STEPS + 2)   # + the steps' dh GEMMs, dW, dx
+    key = gemm.shape_class(4, 3, 2, 8, np.float32, feature_major, True)
+    assert key != gemm.shape_class(4, 3, 2, 8, np.float32, feature_major, False)
 
 
 def test_each_cell_is_timed_in_the_layout_of_its_step_gemms(monkeypatch, fresh_routes):
@@ -103,10 +126,10 @@ def test_each_cell_is_timed_in_the_layout_of_its_step_gemms(monkeypatch, fresh_r
     monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
     monkeypatch.setenv("GPURNN_GEMM", "auto")
     _run("GRU")
-    assert fresh_routes and all(key[-1] is True for key in fresh_routes)
+    assert fresh_routes and all(key[5] is True for key in fresh_routes)
     fresh_routes.clear()
     _run("LSTM")   # (the NumPy loop, feature-major, where the C step does not build)
-    assert fresh_routes and all(key[-1] is (build.library() is None) for key in fresh_routes)
+    assert fresh_routes and all(key[5] is (build.library() is None) for key in fresh_routes)
 
 
 def test_bad_route_names_the_variable(monkeypatch):

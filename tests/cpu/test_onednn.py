@@ -121,6 +121,47 @@ def test_a_jordan_layer_on_the_onednn_route_matches_the_reference(monkeypatch):
         torch.testing.assert_close(g, w.float(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_an_empty_batch_on_the_onednn_route_matches_torch_nn(kind, monkeypatch):
+    """An empty batch divided by zero rows a oneDNN call (B=0 shares B=1's timed class, where oneDNN wins)."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
+    monkeypatch.setenv("GPURNN_GEMM", "onednn")
+    ref = KINDS[kind](4, 5)
+    ours = getattr(gnn, kind)(4, 5)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 0, 4)
+    want, got = (_forward_backward(m, [x], packed=False) for m in (ref, ours))
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [((0, 4), (4, 3)), ((2, 4), (4, 0)), ((2, 0), (0, 3))])
+def test_empty_products(a_shape, b_shape):
+    a, b = np.ones(a_shape, np.float32), np.ones(b_shape, np.float32)
+    np.testing.assert_array_equal(onednn.matmul(a, b), a @ b)
+    out = np.full((a_shape[0], b_shape[1]), 7, np.float32)
+    np.testing.assert_array_equal(onednn.matmul(a, b, out=out, add=True), 7 + a @ b)
+
+
+def test_switching_torchs_onednn_off_takes_torchs_route(monkeypatch):
+    monkeypatch.setenv("GPURNN_GEMM", "onednn")
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert gemm.route(4, 8, 8, 32, np.float32) == "torch"
+
+
+def test_without_torch_the_route_is_absent(monkeypatch):
+    """`python -m gpurnn info` runs on a NumPy-only install, and imports gemm.py."""
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)   # import torch raises ImportError
+    assert onednn.available() is False
+
+
+def test_forcing_onednn_where_torch_lacks_it_says_why(monkeypatch):
+    monkeypatch.setenv("GPURNN_GEMM", "onednn")
+    monkeypatch.delitem(gemm.ROUTES, "onednn")
+    with pytest.raises(ValueError, match="GPURNN_GEMM: 'onednn' needs torch's oneDNN linear ops"):
+        gemm.forced()
+
+
 def test_a_float64_layer_takes_torchs_route_where_onednn_is_forced(monkeypatch):
     """oneDNN has no float64 GEMM: forcing the route keeps float64 layers on torch's."""
     monkeypatch.setenv("GPURNN_GEMM", "onednn")
