@@ -110,6 +110,9 @@ def _first_columns(views, n):
     return [v[..., :n] for v in views]
 
 
+GATE_SOURCES = (3, 1, 0, 2)   # torch's gate blocks (i f g o) in the order (o f i g)
+
+
 class GateOrder:
     """The gates permuted from torch's (i f g o) to (o f i g), the sigmoid rows of the weights
     negated (exactly), and rows [x_t | 1 | h_{t-1}] (xh) for the projection and the weight GEMM:
@@ -119,7 +122,7 @@ class GateOrder:
         super().__init__(xp, w)
         H = w["w_hh"].shape[0] // 4
         self.H, self.for_backward = H, for_backward
-        perm = np.r_[3 * H:4 * H, H:2 * H, 0:H, 2 * H:3 * H]   # torch (i f g o) -> (o f i g)
+        perm = np.concatenate([np.arange(g * H, (g + 1) * H) for g in GATE_SOURCES])
         self.perm, self.unperm = xp.asarray(perm), xp.asarray(np.argsort(perm))
         self.scale = xp.ones((4 * H, 1), w["w_hh"].dtype)
         self.scale[:3 * H] = -1
@@ -155,11 +158,9 @@ class GateOrder:
         weight is megabytes at large H: fresh memory each call costs page faults, buffers.py) with `columns`
         columns (more than w's: left for the caller to fill)."""
         out = alloc((w.shape[0], columns or w.shape[1]), w.dtype)
-        rows = out[:, :w.shape[1]]
-        if self.xp is np:   # (mode: NumPy's take buffers its result otherwise; CuPy's has no mode)
-            np.take(w, self.perm, axis=0, out=rows, mode="clip")
-        else:
-            rows[...] = w[self.perm]
+        rows, H = out[:, :w.shape[1]], self.H
+        for k, gate in enumerate(GATE_SOURCES):   # block copies: a fancy index or take builds a temporary
+            rows[k * H:(k + 1) * H] = w[gate * H:(gate + 1) * H]
         if scaled:
             rows *= self.scale
         return out

@@ -6,10 +6,10 @@ through oneDNN with each weight that the steps multiply by packed once a layer c
 is faster depends on the CPU and the shape: on an AMD EPYC torch's MKL ran the (4096, 64) @ (64, 512)
 projection in 3.2 ms and OpenBLAS in 1.9 ms, and a B=16 H=768 LSTM step's GEMM took MKL 761 us,
 oneDNN 177 us; on an Intel Xeon torch is the faster for the per-step shapes at H=128; at small shapes
-oneDNN's per-call overhead (about 13 us) loses. So the first layer call of each shape class (batch, input and gate widths
-rounded up to powers of two, the recurrent width, dtype) times a small replica of the layer's
-GEMMs through each route, a projection and sixteen steps, and keeps the faster for every GEMM
-of that layer class in the process.
+oneDNN's per-call overhead (about 13 us) loses. So the first layer call of each shape class (batch, input and
+gate widths rounded up to powers of two, the recurrent width, dtype, layout, whether a backward follows) times a
+small replica of the layer's GEMMs through each route, a projection, sixteen steps and their backward, and keeps
+the faster for every GEMM of that layer class in the process.
 
 One route for all of a layer's GEMMs, not one per GEMM: mixing them lets OpenBLAS workers,
 which spin after each call, fight torch's thread pool. Choosing per GEMM shape in isolation
@@ -139,11 +139,11 @@ def time_routes(B, I, K, N, dtype, feature_major=False, for_backward=True, repea
     rng = np.random.default_rng(0)
     w_ih, w_hh = (rng.standard_normal(s).astype(dtype) / 8 for s in ((N, I), (N, K)))
     rows, xh = rng.standard_normal((STEPS * B, N)).astype(dtype), rng.standard_normal((STEPS * B, I + K)).astype(dtype)
-    dh = np.empty((B, K), dtype)
+    dh = np.zeros((B, K), dtype)
 
     def backward(fn):
         if feature_major:
-            w_back, dhT = _gemm_weight(fn, w_hh.T, B), dh.T.copy()
+            w_back, dhT = _gemm_weight(fn, w_hh.T, B), np.zeros((K, B), dtype)
             for t in range(STEPS):
                 fn(w_back, rows[t * B:(t + 1) * B].T, out=dhT, add=True)
         else:
@@ -176,7 +176,7 @@ def time_routes(B, I, K, N, dtype, feature_major=False, for_backward=True, repea
                 backward(fn)
     times = {}
     for name, fn in ROUTES.items():
-        if name in FLOAT32_ONLY and np.dtype(dtype) != np.float32:
+        if name in FLOAT32_ONLY and np.dtype(dtype) != np.float32 or name == "onednn" and not onednn.enabled():
             continue
         replica(fn)   # warm up: thread pools, first-touch pages
         runs = []
@@ -216,7 +216,8 @@ def matmul_for(x, w, feature_major=False, for_backward=True):
     N, I = w["w_ih"].shape
     K = next((v.shape[1] for k, v in w.items() if k != "w_ih" and v is not None and v.ndim == 2
               and v.shape[0] == N), I)
-    return ROUTES[route(x.shape[1], I, K, N, x.dtype, feature_major, for_backward)]
+    # (the weights' dtype, the one the GEMMs run in: a float16 layer's are float32 copies)
+    return ROUTES[route(x.shape[1], I, K, N, w["w_ih"].dtype, feature_major, for_backward)]
 
 
 def chosen():

@@ -91,6 +91,10 @@ def matmul(a, b, out=None, add=False):
 
     if out is None:
         out, add = np.empty(_result_shape(a, b), np.float32), False
+    if out.size == 0 or (a.matrix if isinstance(a, Packed) else a).shape[-1] == 0:   # B = 0, or sums of nothing
+        if not add:
+            out[...] = 0
+        return out
     target = torch.from_numpy(out)
     if isinstance(a, Packed) or not isinstance(b, Packed) and b.ndim == 3:
         w = a.linear_weight(True) if isinstance(a, Packed) else torch.from_numpy(a)
@@ -100,10 +104,6 @@ def matmul(a, b, out=None, add=False):
         rows = torch.from_numpy(a)
     rows, target = (t if t.dim() == 3 else t.unsqueeze(0) for t in (rows, target))
     L, M, K = rows.shape
-    if target.numel() == 0 or K == 0:   # nothing to compute, or sums over nothing (zero rows: B = 0)
-        if not add:
-            target.zero_()
-        return out
     per_call = max(1, CALL_BYTES // (4 * w.shape[0]))   # rows of the result a call
     group = max(1, per_call // M)                        # of its leading axis, where M rows are fewer
     for l0 in range(0, L, group):

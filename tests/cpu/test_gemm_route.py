@@ -57,15 +57,15 @@ def test_a_forced_route_is_the_only_one_called(monkeypatch, fresh_routes):
         def counted(*args, _fn=fn, _name=name, **kwargs):
             calls[_name] += 1
             return _fn(*args, **kwargs)
+        counted.pack = getattr(fn, "pack", None)   # (oneDNN's packs its step weights)
         monkeypatch.setitem(gemm.ROUTES, name, counted)
     monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")   # (the GEMM route is an engine layer's)
-    monkeypatch.setenv("GPURNN_GEMM", "numpy")
-    _run("LSTM")
-    assert calls["numpy"] > 0 and calls["torch"] == 0 and fresh_routes == []
-    calls.update(numpy=0, torch=0)
-    monkeypatch.setenv("GPURNN_GEMM", "torch")
-    _run("LSTM")
-    assert calls["torch"] > 0 and calls["numpy"] == 0 and fresh_routes == []
+    for forced in gemm.ROUTES:
+        monkeypatch.setenv("GPURNN_GEMM", forced)
+        calls.update(dict.fromkeys(calls, 0))
+        for kind in ("LSTM", "GRU"):   # rows and feature-major
+            _run(kind)
+        assert calls[forced] > 0 and sum(calls.values()) == calls[forced] and fresh_routes == []
 
 
 def test_the_choice_is_timed_once_per_shape_class_and_deterministic(monkeypatch, fresh_routes):
@@ -128,6 +128,7 @@ def test_each_cell_is_timed_in_the_layout_of_its_step_gemms(monkeypatch, fresh_r
     _run("GRU")
     assert fresh_routes and all(key[5] is True for key in fresh_routes)
     fresh_routes.clear()
+    monkeypatch.setattr(gemm, "_chosen", {})   # (with the NumPy LSTM loop, its class is the GRU's)
     _run("LSTM")   # (the NumPy loop, feature-major, where the C step does not build)
     assert fresh_routes and all(key[5] is (build.library() is None) for key in fresh_routes)
 

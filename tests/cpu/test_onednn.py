@@ -135,18 +135,35 @@ def test_an_empty_batch_on_the_onednn_route_matches_torch_nn(kind, monkeypatch):
         torch.testing.assert_close(g, w)
 
 
+@pytest.mark.parametrize("packed", [None, "left", "right"])
 @pytest.mark.parametrize("a_shape,b_shape", [((0, 4), (4, 3)), ((2, 4), (4, 0)), ((2, 0), (0, 3))])
-def test_empty_products(a_shape, b_shape):
+def test_empty_products(a_shape, b_shape, packed):
     a, b = np.ones(a_shape, np.float32), np.ones(b_shape, np.float32)
-    np.testing.assert_array_equal(onednn.matmul(a, b), a @ b)
-    out = np.full((a_shape[0], b_shape[1]), 7, np.float32)
-    np.testing.assert_array_equal(onednn.matmul(a, b, out=out, add=True), 7 + a @ b)
+    want = a @ b
+    if packed == "left":
+        a = onednn.pack(a, b.shape[1])
+    elif packed == "right":
+        b = onednn.pack(b, a.shape[0])
+    np.testing.assert_array_equal(onednn.matmul(a, b), want)
+    out = np.full(want.shape, 7, np.float32)
+    np.testing.assert_array_equal(onednn.matmul(a, b, out=out, add=True), 7 + want)
 
 
 def test_switching_torchs_onednn_off_takes_torchs_route(monkeypatch):
     monkeypatch.setenv("GPURNN_GEMM", "onednn")
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
     assert gemm.route(4, 8, 8, 32, np.float32) == "torch"
+    assert "onednn" not in gemm.time_routes(4, 3, 2, 8, np.float32, repeats=1)   # (nor timed)
+
+
+def test_a_float16_layer_is_timed_in_float32_its_gemms_dtype(monkeypatch):
+    """Its weights are float32 copies: timed as float16 it took 31 s (NumPy has no float16 BLAS), without oneDNN."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
+    monkeypatch.setenv("GPURNN_GEMM", "auto")
+    monkeypatch.setattr(gemm, "_chosen", {})
+    x = torch.randn(5, 4, 8, dtype=torch.float16)
+    gnn.LSTM(8, 16).half()(x)[0].float().sum().backward()
+    assert [key[4] for key in gemm.chosen()] == ["<f4"]
 
 
 def test_without_torch_the_route_is_absent(monkeypatch):
