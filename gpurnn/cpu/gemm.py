@@ -124,8 +124,8 @@ def forced():
 def shape_class(B, I, K, N, dtype, feature_major=False, for_backward=True):
     """A layer's GEMMs: batch B, input width I, recurrent width K, gate width N (= gates x hidden), their
     layout: feature-major (the GRU's loops, W @ h^T) or in rows, and whether a backward's GEMMs follow. Timed in
-    rows, a GRU (H=128, B=1 or 32) took
-    torch's route where NumPy's took 0.84-0.91x the layer's time on an AMD EPYC."""
+    rows, a GRU (H=128, B=1 or 32) took torch's route where NumPy's took 0.84-0.91x the layer's time on an AMD
+    EPYC."""
     return (timed.pow2(B), timed.pow2(I), timed.pow2(K), timed.pow2(N), np.dtype(dtype).str, feature_major,
             for_backward)
 
