@@ -151,13 +151,13 @@ def _start_forward(cell, x, state0, weights, reverse, batch_sizes, backend, gemm
     sizes = [B] * T if batch_sizes is None else [int(n) for n in batch_sizes]
     sizes = sizes[::-1] if reverse else sizes
     c = cells.get(cell).make(xp, w, opts, run_fused)
-    c.mm = _matmul(gemm, x, w, c.feature_major, opts.get("for_backward", True))   # (the GEMMs' layout is the cell's)
+    for_backward = opts.get("for_backward", True)
+    c.mm = _matmul(gemm, x, w, c.feature_major, for_backward)   # (the GEMMs' layout is the cell's)
     # With packed rows, buffers start zeroed: rows past their length are never written by a
     # step, and the weight GEMMs multiply them by zero gradients (0 * garbage may be NaN).
     alloc = Allocations(xp, zero=batch_sizes is not None)
     c.begin_forward(astype(x, cdt, copy=False, reverse=reverse), tuple(astype(s, cdt, copy=False) for s in state0), alloc)
-    return c, _Run(x.dtype, sizes, batch_sizes, reverse, run_fused, alloc, [s.shape for s in state0],
-                   opts.get("for_backward", True))
+    return c, _Run(x.dtype, sizes, batch_sizes, reverse, run_fused, alloc, [s.shape for s in state0], for_backward)
 
 
 def _finish_forward(name, c, run, io_dtype):

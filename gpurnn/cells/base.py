@@ -37,6 +37,16 @@ NONLINEARITIES = ("tanh", "relu")
 OUTPUT_ACTIVATIONS = ("identity", "tanh", "sigmoid", "softmax")
 
 
+def gemm_weight(mm, xp, w, rows, contiguous=False):
+    """w as the GEMM function mm takes it where it uses w again and again (the steps', the input projection's;
+    rows: how many the other side has): packed once for the layer call where mm packs weights (cpu/onednn.py),
+    else w itself (a C-contiguous copy if asked)."""
+    pack = getattr(mm, "pack", None)
+    if pack is not None:
+        return pack(w, rows)
+    return xp.ascontiguousarray(w) if contiguous else w
+
+
 class Cell:
     """What every cell shares: the array module, the weights and the GEMM routine.
 
@@ -60,13 +70,8 @@ class Cell:
     feature_major = False   # the layout of the step GEMMs (W @ h^T or h @ W^T), for the CPU's GEMM route
 
     def gemm_weight(self, w, rows, contiguous=False):
-        """w as the GEMMs that use it again and again take it (the steps', the input projection's; rows: how many
-        the other side has): packed once for the layer call where the GEMM route packs weights (cpu/onednn.py),
-        else w itself (a C-contiguous copy if asked)."""
-        pack = getattr(self.mm, "pack", None)
-        if pack is not None:
-            return pack(w, rows)
-        return self.xp.ascontiguousarray(w) if contiguous else w
+        """w as this cell's GEMMs that use it again and again take it (module function gemm_weight)."""
+        return gemm_weight(self.mm, self.xp, w, rows, contiguous)
 
     def outer(self, a, b):
         """sum over all (t, b) rows of a^T b: a (T, B, M), b (T, B, K) -> (M, K), one GEMM. Rows past their

@@ -37,6 +37,7 @@ import numpy as np
 
 from .. import backends
 from ..arrays import torch_matmul, xp_matmul
+from ..cells.base import gemm_weight
 from . import onednn, timed
 
 
@@ -144,11 +145,11 @@ def time_routes(B, I, K, N, dtype, feature_major=False, for_backward=True, repea
 
     def backward(fn):
         if feature_major:
-            w_back, dhT = _gemm_weight(fn, w_hh.T, B), np.zeros((K, B), dtype)
+            w_back, dhT = gemm_weight(fn, np, w_hh.T, B, contiguous=True), np.zeros((K, B), dtype)
             for t in range(STEPS):
                 fn(w_back, rows[t * B:(t + 1) * B].T, out=dhT, add=True)
         else:
-            w_back = _gemm_weight(fn, w_hh, B)
+            w_back = gemm_weight(fn, np, w_hh, B, contiguous=True)
             for t in range(STEPS):
                 fn(rows[t * B:(t + 1) * B], w_back, out=dh)
         fn(rows.T, xh)
@@ -159,7 +160,7 @@ def time_routes(B, I, K, N, dtype, feature_major=False, for_backward=True, repea
 
         def replica(fn):
             fn(w_ih, x, out=gates)
-            w_step = _gemm_weight(fn, w_hh, B)   # C-contiguous already
+            w_step = gemm_weight(fn, np, w_hh, B, contiguous=True)   # C-contiguous already
             for t in range(STEPS):
                 fn(w_step, h, out=gates[t])
             if for_backward:
@@ -169,8 +170,8 @@ def time_routes(B, I, K, N, dtype, feature_major=False, for_backward=True, repea
         gates = np.empty((STEPS * B, N), dtype)
 
         def replica(fn):   # the LSTM's (cpu/lstm.py)
-            fn(x, _gemm_weight(fn, w_ih.T, STEPS * B), out=gates)
-            w_step = _gemm_weight(fn, w_hh.T, B)
+            fn(x, gemm_weight(fn, np, w_ih.T, STEPS * B, contiguous=True), out=gates)
+            w_step = gemm_weight(fn, np, w_hh.T, B, contiguous=True)
             for t in range(STEPS):
                 fn(h, w_step, out=gates[t * B:(t + 1) * B], add=True)
             if for_backward:
@@ -187,13 +188,6 @@ def time_routes(B, I, K, N, dtype, feature_major=False, for_backward=True, repea
             runs.append(time.perf_counter() - t0)
         times[name] = statistics.median(runs)
     return times
-
-
-def _gemm_weight(fn, w, rows):
-    """w as a route's GEMMs take it, as cells/base.py's Cell.gemm_weight(contiguous=True) makes it: packed once
-    a layer call where the route packs, else C-contiguous."""
-    pack = getattr(fn, "pack", None)
-    return np.ascontiguousarray(w) if pack is None else pack(w, rows)
 
 
 def route(B, I, K, N, dtype, feature_major=False, for_backward=True):

@@ -61,11 +61,6 @@ class Packed:
         return self._packed[left]
 
 
-def pack(w, rows):
-    """w packed for the steps' GEMMs with `rows` rows (the batch) on the other side."""
-    return Packed(w, rows)
-
-
 def _linear(a, w):
     """a (M, K) @ w^T (w (N, K)) through oneDNN; a copied to K-contiguous rows first, where its rows are not
     (a weight gradient's dA^T): oneDNN's own handling of a transposed input was 2-3x slower on the EPYC."""
@@ -118,4 +113,4 @@ def matmul(a, b, out=None, add=False):
     return out
 
 
-matmul.pack = pack   # the Cell's gemm_weight finds it here (cells/base.py)
+pack = matmul.pack = Packed   # cells/base.py's gemm_weight finds it on matmul
