@@ -205,31 +205,31 @@ class _EngineForward:
             weights_grad = any(w.requires_grad for w in weights[layer * per_layer:(layer + 1) * per_layer])
             for_backward = grad and (x_grad or h_grad or weights_grad)
             width = data.shape[-1] if layer == 0 else (self.proj_size or self.hidden_size) * dirs
-            classes.append(cpu_layer.layer_class(self._cell, nonlinearity, T, B, width,
-                                                 self.proj_size or self.hidden_size, dirs, for_backward, x_grad,
-                                                 weights_grad, data.dtype, packed))
+            classes.append(cpu_layer.layer_class(self._cell, nonlinearity, T, B, width, self._state_widths(), dirs,
+                                                 for_backward, x_grad, weights_grad, data.dtype, packed))
             x_grad = for_backward
         time_them = lambda: self._time_routes(data, None if hx is None else states, sizes, T, B)   # noqa: E731
         return cpu_layer.stack_on_torch(classes, id(self), time_them)
+
+    def _state_widths(self):
+        return [self.proj_size or self.hidden_size] + [self.hidden_size] * (self._cell == "lstm")
 
     def _states_fit(self, states, data, packed, B):
         """Whether a given hidden state is tensors of the data's dtype and of the shapes torch.nn checks for. Its
         LSTM does not check a packed input's: its op then runs on extra layer rows, or crashes the process."""
         rows = self.num_layers * (1 + self.bidirectional)
-        widths = [self.proj_size or self.hidden_size, self.hidden_size]
         batch = (B,) if packed or data.dim() == 3 else ()
         return len(states) == 1 + (self._cell == "lstm") and all(
             type(h) in (torch.Tensor, torch.nn.Parameter) and h.dtype == data.dtype and h.shape == (rows, *batch, w)
-            for h, w in zip(states, widths))
+            for h, w in zip(states, self._state_widths()))
 
     def _time_routes(self, data, states, batch_sizes, T, B):
         """Times every layer's route (cpu/layer.py) on random data of this call's shapes (up to TIME_STEPS + 1 steps),
         grad mode and requires_grad flags, unseen: the RNG and the caller's saved-tensor hooks are left as they were."""
         steps = min(T, cpu_layer.TIME_STEPS + 1)   # (a longer call's class: the timing reads no more than it needs)
         h_grad = states is not None and any(h.requires_grad for h in states)
-        widths = [self.proj_size or self.hidden_size] + [self.hidden_size] * (self._cell == "lstm")
         hx = [torch.zeros(self.num_layers * (1 + self.bidirectional), B, w, dtype=data.dtype, requires_grad=h_grad)
-              for w in widths]
+              for w in self._state_widths()]
         with torch.random.fork_rng(devices=[]), torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
             x = torch.randn(steps, B, data.shape[-1], dtype=data.dtype).requires_grad_(data.requires_grad)
             self._run_stack(x, hx, None if batch_sizes is None else [int(n) for n in batch_sizes[:steps]])

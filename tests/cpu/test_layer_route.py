@@ -112,6 +112,16 @@ def test_a_frozen_layer_is_a_class_of_its_own_timed_as_it_runs(monkeypatch, fres
     assert "fwd+bwd (no weights)" in layer.describe()
 
 
+def test_a_projected_lstm_is_a_class_of_its_own(monkeypatch, fresh):
+    """LSTM(6, 8, proj_size=5) is not LSTM(6, 5): its cell is 8 wide (keyed on h's width alone, an LSTM(64, 768,
+    proj_size=128) took LSTM(64, 128)'s route: torch.nn's time against 0.74x in its own class, on an AMD EPYC)."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    x = torch.randn(5, 2, 6)
+    for module in (gnn.LSTM(6, 8, proj_size=5), gnn.LSTM(6, 5)):
+        _outputs(module, x)
+    assert len(layer.chosen()) == 2 and "H=5/8 fwd" in layer.describe() and "H=5 fwd" in layer.describe()
+
+
 def test_where_torch_op_does_not_apply_the_engine_runs(monkeypatch, fresh):
     monkeypatch.setenv("GPURNN_CPU_LAYER", "torch")
     monkeypatch.setattr(layer, "torch_layers", lambda *a, **k: pytest.fail("torch's op ran"))
@@ -369,6 +379,6 @@ def test_a_longer_calls_routes_are_compared_at_the_horizon_from_two_timed_length
     assert at[20] == pytest.approx({"engine": 1.2, "torch": 0.8})   # every step of a short call, timed
     horizon = layer.HORIZON
     assert at[100] == pytest.approx({"engine": 1.0 + 0.01 * horizon, "torch": 0.2 + 0.03 * horizon})
-    classes = {T: layer.layer_class("elman", "tanh", T, 4, 3, 4, 1, True, True, True, torch.float32, False)
+    classes = {T: layer.layer_class("elman", "tanh", T, 4, 3, (4,), 1, True, True, True, torch.float32, False)
                for T in (20, 32, 33, 100, 5000)}
     assert classes[20] == classes[32] and classes[33] == classes[100] == classes[5000] != classes[32]
