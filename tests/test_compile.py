@@ -383,9 +383,9 @@ def test_the_route_timing_under_compiled_autograd_is_not_captured(monkeypatch):
     from torch._dynamo import compiled_autograd
     from torch._dynamo.utils import counters
 
-    from gpurnn.cpu import layer
+    from gpurnn.cpu import layer, timed
     monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
-    monkeypatch.setattr(layer, "_chosen", {})
+    monkeypatch.setattr(layer, "_chosen", timed.Decisions())
     captures = []
     for module in (torch.nn.GRU(5, 7), gnn.GRU(5, 7)):
         torch._dynamo.reset()

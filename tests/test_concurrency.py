@@ -65,7 +65,7 @@ def test_a_forked_child_can_time_routes_while_the_parent_was_timing():
 def test_inference_mode_with_grad_enabled_inside(monkeypatch, kind):
     """Grad mode reads True there but nothing is recorded: the first call's route timing once ran a backward."""
     monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
-    monkeypatch.setattr(layer, "_chosen", {})
+    monkeypatch.setattr(layer, "_chosen", timed.Decisions())
     x = torch.randn(12, 3, 5, requires_grad=True)
     for module in (getattr(torch.nn, kind)(5, 7), getattr(gnn, kind)(5, 7)):
         with torch.inference_mode(), torch.enable_grad():
@@ -93,7 +93,7 @@ def test_a_checkpoint_recomputes_on_the_route_its_forward_took(monkeypatch, mode
     recomputation once took another route than its forward, which saves other tensors: torch's checkpoint refused
     that (CheckpointError). It now takes the forward's."""
     monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
-    monkeypatch.setattr(layer, "_chosen", {})
+    monkeypatch.setattr(layer, "_chosen", timed.Decisions())
     monkeypatch.setattr(layer, "_last_forward", {})
     monkeypatch.setattr(layer, "_time", lambda *args: {"engine": 0.0, "torch": 1.0})   # the engine times faster
     module = gnn.LSTM(6, 16)

@@ -108,7 +108,7 @@ if onednn.available():
 FLOAT32_ONLY = ("onednn",)   # a layer of another dtype takes torch's route where one of these is forced
 REPEATS = 3
 STEPS = 16   # steps of the timed replica (a projection over STEPS steps, then STEPS step GEMMs)
-_chosen = {}     # layer shape class -> (route, {route: median seconds})
+_chosen = timed.Decisions()     # layer shape class -> (route, {route: median seconds})
 
 
 def forced():

@@ -33,7 +33,7 @@ CHEAP = 0.01   # seconds: a timing round under this takes 3 * REPEATS samples (s
 TIME_STEPS = 32   # the timing runs on the first steps only, so that it stays cheap
 HORIZON = 128     # longer calls (one class): the routes' times predicted at this length decide (_time)
 TIE = 0.05   # torch's op wins a timing within this fraction of the engine's
-_chosen = {}     # layer shape class -> (route, {route: median seconds})
+_chosen = timed.Decisions()     # layer shape class -> (route, {route: median seconds})
 _warned = set()   # (dtype, grad mode, oneDNN on) where torch's op was asked for its projection warning (warn_as_torch)
 _last_forward = {}   # (layer shape class, weights' address) -> the route its last forward outside a backward took
 LAST_FORWARDS = 1024
@@ -139,7 +139,7 @@ def stack_on_torch(classes, owner, time_them):
     if in_backward and last in _last_forward:
         return _last_forward[last]
     name = forced() or ("torch" if timed.deterministic() else None)
-    if name is None and not in_backward and any(k not in _chosen for k in classes) and _may_time():
+    if name is None and not in_backward and any(_chosen.due(k) for k in classes) and _may_time():
         time_them()
     whole = all((name or _chosen.get(key, ("engine",))[0]) == "torch" for key in classes)
     if not in_backward:

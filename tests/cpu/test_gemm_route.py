@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import gpurnn.nn as gnn
-from gpurnn.cpu import build, gemm
+from gpurnn.cpu import build, gemm, timed
 
 KINDS = {"RNN": torch.nn.RNN, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
 
@@ -16,15 +16,15 @@ KINDS = {"RNN": torch.nn.RNN, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
 @pytest.fixture
 def fresh_routes(monkeypatch):
     """No route chosen yet, and every timing recorded: {shape class: route}."""
-    monkeypatch.setattr(gemm, "_chosen", {})
-    timed = []
+    monkeypatch.setattr(gemm, "_chosen", timed.Decisions())
+    timings = []
     real = gemm.time_routes
 
     def counted(B, I, K, N, dtype, feature_major=False, for_backward=True, repeats=gemm.REPEATS):
-        timed.append(gemm.shape_class(B, I, K, N, dtype, feature_major, for_backward))
+        timings.append(gemm.shape_class(B, I, K, N, dtype, feature_major, for_backward))
         return real(B, I, K, N, dtype, feature_major, for_backward, repeats=1)
     monkeypatch.setattr(gemm, "time_routes", counted)
-    return timed
+    return timings
 
 
 def _run(kind, seed=0):
@@ -84,7 +84,7 @@ def test_the_choice_is_timed_once_per_shape_class_and_deterministic(monkeypatch,
 
 def test_the_faster_route_is_chosen_for_every_gemm_of_the_layer(monkeypatch):
     monkeypatch.setenv("GPURNN_GEMM", "auto")
-    monkeypatch.setattr(gemm, "_chosen", {})
+    monkeypatch.setattr(gemm, "_chosen", timed.Decisions())
     monkeypatch.setattr(gemm, "time_routes", lambda *a, **k: {"torch": 2.0, "numpy": 1.0})
     x = np.ones((5, 4, 3), np.float32)
     w = {"w_ih": np.ones((8, 3), np.float32), "w_hh": np.ones((8, 2), np.float32), "b_ih": None}
@@ -128,7 +128,7 @@ def test_each_cell_is_timed_in_the_layout_of_its_step_gemms(monkeypatch, fresh_r
     _run("GRU")
     assert fresh_routes and all(key[5] is True for key in fresh_routes)
     fresh_routes.clear()
-    monkeypatch.setattr(gemm, "_chosen", {})   # (with the NumPy LSTM loop, its class is the GRU's)
+    monkeypatch.setattr(gemm, "_chosen", timed.Decisions())   # (with the NumPy LSTM loop, its class is the GRU's)
     _run("LSTM")   # (the NumPy loop, feature-major, where the C step does not build)
     assert fresh_routes and all(key[5] is (build.library() is None) for key in fresh_routes)
 

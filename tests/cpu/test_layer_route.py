@@ -5,7 +5,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import gpurnn.nn as gnn
 from gpurnn import autograd
-from gpurnn.cpu import layer
+from gpurnn.cpu import layer, timed
 
 CASES = {"rnn-relu": ("RNN", dict(nonlinearity="relu")), "lstm-proj": ("LSTM", dict(proj_size=5)),
          "lstm": ("LSTM", {}), "gru-nobias": ("GRU", dict(bias=False))}
@@ -14,17 +14,17 @@ CASES = {"rnn-relu": ("RNN", dict(nonlinearity="relu")), "lstm-proj": ("LSTM", d
 @pytest.fixture
 def fresh(monkeypatch):
     """No route chosen yet; every timing recorded."""
-    monkeypatch.setattr(layer, "_chosen", {})
+    monkeypatch.setattr(layer, "_chosen", timed.Decisions())
     monkeypatch.setattr(layer, "_last_forward", {})
-    timed = []
+    timings = []
     real = layer._time
 
     def counted(runs, x, directions, for_backward, batch_sizes):
-        timed.extend([for_backward] * len(runs))   # one entry per route timed
+        timings.extend([for_backward] * len(runs))   # one entry per route timed
         return real(runs, x, directions, for_backward, batch_sizes)
     monkeypatch.setattr(layer, "_time", counted)
     monkeypatch.setattr(layer, "REPEATS", 1)
-    return timed
+    return timings
 
 
 def _pair(kind, kw, dtype=torch.float32):

@@ -6,7 +6,7 @@ import torch
 from torch.nn.utils.rnn import pack_sequence
 
 import gpurnn.nn as gnn
-from gpurnn.cpu import gemm, onednn
+from gpurnn.cpu import gemm, onednn, timed
 from tests.jordan_reference import jordan_reference
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="this torch has no oneDNN linear ops")
@@ -160,7 +160,7 @@ def test_a_float16_layer_is_timed_in_float32_its_gemms_dtype(monkeypatch):
     """Its weights are float32 copies: timed as float16 it took 31 s (NumPy has no float16 BLAS), without oneDNN."""
     monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
     monkeypatch.setenv("GPURNN_GEMM", "auto")
-    monkeypatch.setattr(gemm, "_chosen", {})
+    monkeypatch.setattr(gemm, "_chosen", timed.Decisions())
     x = torch.randn(5, 4, 8, dtype=torch.float16)
     gnn.LSTM(8, 16).half()(x)[0].float().sum().backward()
     assert [key[4] for key in gemm.chosen()] == ["<f4"]

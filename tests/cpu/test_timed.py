@@ -1,0 +1,97 @@
+"""gpurnn/cpu/timed.py: a route timed while the process waited for a CPU is timed again later."""
+import types
+
+import pytest
+import torch
+
+import gpurnn.nn as gnn
+from gpurnn.cpu import layer, timed
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A made-up clock and count of involuntary context switches; `load` switches per second of timing and core."""
+    state = {"now": 1000.0, "waits": 0, "load": 0}
+    monkeypatch.setattr(timed, "time", types.SimpleNamespace(monotonic=lambda: state["now"]))
+    monkeypatch.setattr(timed, "_waits", lambda: state["waits"])
+
+    def run(seconds):   # a timing that takes `seconds` under the current load
+        state["now"] += seconds
+        state["waits"] += int(state["load"] * timed.CPUS * seconds)
+    state["run"] = run
+    return state
+
+
+def _timer(machine, results):
+    """time_routes for decide: each call takes 1 s and answers the next of results, recorded in `calls`."""
+    calls = []
+
+    def time_routes():
+        machine["run"](1.0)
+        calls.append(machine["load"])
+        return results[len(calls) - 1]
+    return time_routes, calls
+
+
+def test_a_decision_timed_in_quiet_is_final(machine):
+    cache = timed.Decisions()
+    time_routes, calls = _timer(machine, [{"a": 1.0, "b": 2.0}])
+    machine["load"] = timed.CONTENDED / 2
+    assert timed.decide(cache, "k", time_routes) == "a"
+    machine["now"] += 10 * timed.RETIME_AFTER
+    assert timed.decide(cache, "k", time_routes) == "a" and len(calls) == 1 and not cache.due("k")
+
+
+def test_a_decision_timed_under_load_is_timed_again_later_keeping_each_routes_least_time(machine):
+    """Under load, torch's two-thread op slowed far more than one-thread OpenBLAS (an AMD EPYC): the load's
+    winner is timed again once RETIME_AFTER has passed; each route keeps its least time."""
+    cache = timed.Decisions()
+    loaded, quiet = {"torch": 3.0, "engine": 2.0}, {"torch": 1.0, "engine": 2.5}
+    time_routes, calls = _timer(machine, [loaded, quiet])
+    machine["load"] = 4 * timed.CONTENDED
+    assert timed.decide(cache, "k", time_routes, "torch", 0.05) == "engine" and cache.due("k") is False
+    machine["now"] += timed.RETIME_AFTER / 2
+    assert timed.decide(cache, "k", time_routes, "torch", 0.05) == "engine" and len(calls) == 1   # not yet
+    machine["now"] += timed.RETIME_AFTER
+    machine["load"] = 0
+    assert timed.decide(cache, "k", time_routes, "torch", 0.05) == "torch" and len(calls) == 2
+    assert cache["k"] == ("torch", {"torch": 1.0, "engine": 2.0}) and not cache.retimes
+    machine["now"] += 10 * timed.RETIME_AFTER
+    assert not cache.due("k")
+
+
+def test_a_lasting_load_is_timed_again_at_most_retimes_times(machine):
+    cache = timed.Decisions()
+    time_routes, calls = _timer(machine, [{"a": 2.0 - n / 10, "b": 1.0 + n / 10} for n in range(10)])
+    machine["load"] = 4 * timed.CONTENDED
+    for _ in range(6):
+        timed.decide(cache, "k", time_routes)
+        machine["now"] += 2 * timed.RETIME_AFTER
+    assert len(calls) == 1 + timed.RETIMES and not cache.due("k")
+    assert cache["k"][1] == {"a": 2.0 - timed.RETIMES / 10, "b": 1.0}
+
+
+def test_a_module_timed_under_load_takes_the_quiet_winner_later(monkeypatch, machine):
+    """Through the torch module: a stack whose layers all took the engine under load runs on torch's op, as one
+    torch.nn forward, once a quiet timing finds it faster; its outputs are torch.nn's."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    monkeypatch.setattr(layer, "_chosen", timed.Decisions())
+    monkeypatch.setattr(layer, "_last_forward", {})
+    answers = iter([{"engine": 1.0, "torch": 3.0}] * 2 + [{"engine": 1.0, "torch": 0.1}] * 2)
+
+    def fake_time(*args):
+        machine["run"](1.0)
+        return next(answers)
+    monkeypatch.setattr(layer, "_time", fake_time)
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(5, 7, num_layers=2)
+    ours = gnn.GRU(5, 7, num_layers=2)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 3, 5)
+    machine["load"] = 4 * timed.CONTENDED
+    ours(x)
+    assert sorted(route for route, _ in layer.chosen().values()) == ["engine", "engine"]
+    machine["load"] = 0
+    machine["now"] += timed.RETIME_AFTER
+    torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=0, atol=0)   # torch.nn's own forward: the same bits
+    assert sorted(route for route, _ in layer.chosen().values()) == ["torch", "torch"]
