@@ -339,18 +339,19 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
     if name == "numpy" and batch_sizes is None and not compiling:
         cpu_layer.warn_as_torch(x, cell == "lstm" and directions[0][1][4] is not None)
     dtype = x.dtype
-    if torch.bfloat16 in (x.dtype, *(t.dtype for t in tensors if t is not None)) and not _native(
-            cell, tensors, len(directions[0][0]), len(directions), name):
-        up = lambda t: None if t is None else t.float()
-        if opts.get("teacher") is not None:
-            opts = dict(opts, teacher=opts["teacher"].float())
-        outs = run_layers(cell, x.float(), [([up(s) for s in state0], [up(w) for w in weights], reverse)
-                                            for state0, weights, reverse in directions],
-                          backend=name, batch_sizes=batch_sizes, **opts)
-        return [tuple(t.to(dtype) for t in out) for out in outs]
     for_backward = (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [x, *tensors])
                     and (compiling or not torch.is_inference_mode_enabled()))   # (records nothing; dynamo cannot ask)
-    if name == "numpy" and x.shape[0] == 1 and not compiling and dtype != torch.float16:
+    upcast = torch.bfloat16 in (x.dtype, *(t.dtype for t in tensors if t is not None)) and not _native(
+        cell, tensors, len(directions[0][0]), len(directions), name)
+
+    def float32_layers(xs, ds, bs):   # (bfloat16 through the xp loops: results rounded back)
+        up = lambda t: None if t is None else t.float()   # noqa: E731
+        teacher = {} if opts.get("teacher") is None else {"teacher": opts["teacher"].float()}
+        outs = run_layers(cell, xs.float(), [([up(s) for s in state0], [up(w) for w in weights], reverse)
+                                             for state0, weights, reverse in ds],
+                          backend=name, batch_sizes=bs, **dict(opts, **teacher))
+        return [tuple(t.to(dtype) for t in out) for out in outs]
+    if name == "numpy" and x.shape[0] == 1 and not compiling and dtype != torch.float16 and not upcast:
         # One step (autoregressive generation, a decoder stepped by hand): the engine's fixed cost per call
         # (custom op dispatch, array views, buffers, its tape) is several times the step itself, and torch's
         # fused op's too, so it runs as the torch loop, with gradient or without: the same bits either way, as
@@ -358,14 +359,15 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
         if for_backward:   # as torch's op, which saves every input (the loop's gradients need fewer)
             checks.check_savable([x, *tensors])
         return _torch_loop_layers(cell, x, directions, batch_sizes, opts)
-    if name == "numpy" and not compiling:
-        # the engine or torch's fused op, timed per layer shape
-        if cpu_layer.applies(cell, x, directions, opts) and cpu_layer.route(
-                cell, x, directions, opts, for_backward,
-                lambda xs, ds, bs: _engine_layers(cell, xs, ds, name, bs, opts, torch.is_grad_enabled()), batch_sizes
-        ) == "torch":
-            return cpu_layer.torch_layers(cell, x, directions, opts, batch_sizes)
-    return _engine_layers(cell, x, directions, name, batch_sizes, opts, for_backward)
+    # the engine (bfloat16: in float32) or torch's fused op (bfloat16: oneDNN's, on a CPU with bfloat16 instructions
+    # half float32's time on an AMD EPYC), timed per layer shape
+    run_engine = float32_layers if upcast else (
+        lambda xs, ds, bs: _engine_layers(cell, xs, ds, name, bs, opts, torch.is_grad_enabled()))
+    if (name == "numpy" and x.shape[0] > 1 and not compiling and cpu_layer.applies(cell, x, directions, opts)
+            and cpu_layer.route(cell, x, directions, opts, for_backward, run_engine, batch_sizes) == "torch"):
+        return cpu_layer.torch_layers(cell, x, directions, opts, batch_sizes)
+    return float32_layers(x, directions, batch_sizes) if upcast else _engine_layers(
+        cell, x, directions, name, batch_sizes, opts, for_backward)
 
 
 def _engine_layers(cell, x, directions, name, batch_sizes, opts, for_backward):

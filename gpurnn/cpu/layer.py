@@ -12,9 +12,10 @@ fixed to torch's op, the module runs torch.nn's own forward (`stack_on_torch`).
 torch's op computes torch.nn's own function, so both routes give the same results to float
 rounding.
 
-Where torch's op applies: Elman (tanh, relu), LSTM (projection included) and GRU; float32 and
-float64; one direction or a (forward, reverse) pair; padded or packed input (torch's packed op on the packed
-rows); all biases present or all absent. Jordan, float16 and the rest stay on the engine. GPURNN_CPU_LAYER=engine|torch
+Where torch's op applies: Elman (tanh, relu), LSTM (projection included) and GRU; float32, float64 and
+bfloat16 (whose engine route computes in float32); one direction or a (forward, reverse) pair; padded or packed
+input (torch's packed op on the packed rows); all biases present or all absent. Jordan, float16 and the rest stay
+on the engine. GPURNN_CPU_LAYER=engine|torch
 forces a route ("auto", the default, times them; torch's op under torch.use_deterministic_algorithms).
 """
 import statistics
@@ -52,7 +53,7 @@ def applies(cell, x, directions, opts):
     """Whether torch's fused op computes this layer (padded or packed)."""
     if cell not in ("elman", "lstm", "gru") or opts.get("teacher") is not None:
         return False
-    if x.dtype not in (torch.float32, torch.float64) or x.shape[0] == 0 or x.shape[1] == 0:
+    if x.dtype not in (torch.float32, torch.float64, torch.bfloat16) or x.shape[0] == 0 or x.shape[1] == 0:
         return False
     if [r for _, _, r in directions] not in ([False], [False, True]):
         return False

@@ -1,4 +1,6 @@
 """gpurnn/cpu/layer.py: a CPU layer under the torch front end runs on the engine or as torch's fused op."""
+import copy
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -403,3 +405,25 @@ def test_a_clear_loser_ends_the_timing_after_one_round(torch_costs, rounds, monk
     times = layer._time(runs, torch.zeros(100, 2, 3), directions, False, None)
     assert len(calls) == 2 * 2 * (1 + rounds)   # routes x lengths x (warm-up + timed rounds)
     assert times == pytest.approx({name: fixed + per_step * layer.HORIZON for name, (fixed, per_step) in costs.items()})
+
+
+@pytest.mark.parametrize("route", ["auto", "engine", "torch"])
+def test_bfloat16_runs_as_torchs_bfloat16_op_or_in_float32(route, monkeypatch, fresh):
+    """bfloat16 layers are timed too: torch's op (oneDNN's bfloat16, half float32's time on an AMD EPYC with
+    avx512_bf16) gives torch.nn's own bits; the engine computes in float32 and rounds its results."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", route)
+    ref, ours = _pair("LSTM", {}, dtype=torch.bfloat16)
+    ref32 = copy.deepcopy(ref).float()
+    x = torch.randn(7, 3, 6).bfloat16()
+    got = _outputs(ours, x)
+    assert [t.dtype for t in got] == [torch.bfloat16] * len(got)
+    routes = {r for key, (r, _) in layer.chosen().items() if key[10] == str(torch.bfloat16)}
+    if route == "auto":
+        # two bfloat16 layer classes and, inside the first timing of their float32 route, its float32 classes
+        assert len(fresh) == 2 * 4 and routes
+    if routes == {"torch"} or route == "torch":
+        for g, r in zip(got, _outputs(ref, x)):
+            assert torch.equal(g, r)
+    elif route == "engine":
+        for g, r in zip(got, _outputs(ref32, x.float())):
+            torch.testing.assert_close(g.float(), r, rtol=2e-2, atol=2e-2)
