@@ -192,10 +192,11 @@ def _reference(t):
 
 def _saves_output(x, cell, batch_sizes, slots):
     """Whether torch.nn's op for this layer saves its output y for backward, so that changing y in place before
-    backward is its error too: oneDNN's CPU LSTM in float32, neither packed nor projected, while
-    torch.backends.mkldnn is on; its RNN and GRU save no output. (oneDNN's bfloat16 LSTM saves y too; here bfloat16
-    runs as float32 and returns a converted copy, which is not matched.)"""
-    return (cell == "lstm" and x.device.type == "cpu" and x.dtype == torch.float32 and batch_sizes is None
+    backward is its error too: oneDNN's CPU LSTM in float32, not projected, nor packed but with all lengths equal,
+    while torch.backends.mkldnn is on; its RNN and GRU save no output. (oneDNN's bfloat16 LSTM saves y too; here
+    bfloat16 runs as float32 and returns a converted copy, which is not matched.)"""
+    return (cell == "lstm" and x.device.type == "cpu" and x.dtype == torch.float32
+            and (batch_sizes is None or len(set(batch_sizes)) == 1)
             and x.numel() > 0 and slots[STATES + cells.WEIGHT_NAMES[cell].index("w_hr")] is None
             and torch._C._get_mkldnn_enabled())
 
@@ -358,7 +359,9 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
         # torch.nn gives (profiling/results/cpu/single_step_intel_xeon.md).
         if for_backward:   # as torch's op, which saves every input (the loop's gradients need fewer)
             checks.check_savable([x, *tensors])
-        return _torch_loop_layers(cell, x, directions, batch_sizes, opts)
+        outs = _torch_loop_layers(cell, x, directions, batch_sizes, opts)
+        saves = for_backward and _saves_output(x, cell, batch_sizes, tensors)   # (as the engine's forward)
+        return torch_loop.saved_as_onednn(outs, directions) if saves else outs
     # the engine (bfloat16: in float32) or torch's fused op (bfloat16: oneDNN's, on a CPU with bfloat16 instructions
     # half float32's time on an AMD EPYC), timed per layer shape
     run_engine = float32_layers if upcast else (

@@ -81,3 +81,25 @@ def layer(cell, x, state0, weights, *, reverse=False, batch_sizes=None, **opts):
         ys[t] = torch.cat([y, y.new_zeros((B - n,) + y.shape[1:])])
     # stacked at T=1 too: as torch's, not a view (y.detach_() refuses one) nor the memory of h_n
     return (torch.stack(ys), *state)
+
+
+class _SavedAsOneDNN(torch.autograd.Function):
+    """y unchanged, as a tensor of its own, saved with the biases for backward (y only for one direction), as
+    oneDNN's float32 LSTM op saves them: changing them in place before backward is then torch.nn's error too."""
+
+    @staticmethod
+    def forward(ctx, keep_y, y, b_ih, b_hh):
+        y = y.clone()
+        ctx.save_for_backward(y if keep_y else None, b_ih, b_hh)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        ctx.saved_tensors   # (autograd's check of their versions)
+        return None, dy, None, None
+
+
+def saved_as_onednn(outs, directions):
+    """The layer's [(y, h, c)] of each direction, y saved as oneDNN's LSTM op saves it (_SavedAsOneDNN)."""
+    return [(_SavedAsOneDNN.apply(len(directions) == 1, y, *weights[2:4]), *states)
+            for (y, *states), (_, weights, _) in zip(outs, directions)]

@@ -225,19 +225,17 @@ def route(cell, x, directions, opts, for_backward, run_engine, batch_sizes=None)
     shape class. run_engine(x, directions, batch_sizes) runs the layer on the engine."""
     if x.is_meta or fake_tensor.is_fake(x):
         return "torch"   # symbolic shapes: what torch.nn runs (the engine has no backward for them)
-    name = forced()
-    if name is not None:
-        return name
     key = shape_class(cell, x, directions, opts, for_backward, batch_sizes is not None)
     last = (key, directions[0][1][0].data_ptr())   # this layer's last forward: its shape and its weights' memory
     if torch._C._current_graph_task_id() != -1:
         # inside a backward (a checkpoint's recomputation): the route this layer's last forward took, whatever modes
-        # either side ran under (a recomputation must save what its forward saved); else the timed one, else torch's
-        # op (no timing backward nested in this one)
-        return _last_forward.get(last) or _chosen.get(key, ("torch",))[0]
+        # either side ran under (a recomputation must save what its forward saved); else the forced or timed one,
+        # else torch's op (no timing backward nested in this one)
+        return _last_forward.get(last) or forced() or _chosen.get(key, ("torch",))[0]
     if len(_last_forward) >= LAST_FORWARDS:   # (new weights every call: a parametrization)
         _last_forward.clear()
-    _last_forward[last] = name = _forward_route(key, cell, x, directions, opts, for_backward, run_engine, batch_sizes)
+    _last_forward[last] = name = forced() or _forward_route(key, cell, x, directions, opts, for_backward, run_engine,
+                                                            batch_sizes)
     return name
 
 

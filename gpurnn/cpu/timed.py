@@ -49,11 +49,19 @@ class Decisions(dict):
         self.retimes = {}
 
     def due(self, key):
-        """Whether key's route is to be timed now: never timed, or last timed under load long enough ago."""
+        """Whether key's route is to be timed now: never timed, or last timed under load long enough ago and not
+        where saved-tensor hooks are on (a checkpoint's forward, which its recomputation in backward repeats on the
+        route its layers' last forward took (layer.py): a route changed by another call in between would save other
+        tensors, which torch's checkpoint refuses)."""
         if key not in self:
             return True
         count, ended = self.retimes.get(key, (RETIMES + 1, 0.0))
-        return count <= RETIMES and time.monotonic() - ended >= RETIME_AFTER
+        return count <= RETIMES and time.monotonic() - ended >= RETIME_AFTER and not _saved_tensor_hooks()
+
+
+def _saved_tensor_hooks():
+    torch = sys.modules.get("torch")
+    return torch is not None and torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
 
 
 def _waits():

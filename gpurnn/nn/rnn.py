@@ -123,7 +123,8 @@ class _EngineForward:
             finals = [f.index_select(1, unsorted_idx) for f in finals]
         hidden = tuple(finals) if is_lstm else finals[0]
         if packed:
-            out = y.reshape(-1, y.shape[-1]).index_select(0, index)
+            out = y.reshape(-1, y.shape[-1])   # lengths all equal: a view, as torch.nn's (see autograd._saves_output)
+            out = out if len(set(batch_sizes)) == 1 else out.index_select(0, index)
             return PackedSequence(out, input.batch_sizes, sorted_idx, unsorted_idx), hidden
         if self.batch_first:
             # as torch.nn's: an RNN's or GRU's output is a tensor of its own (a clone keeps the strides), an LSTM's a view
@@ -176,7 +177,7 @@ class _EngineForward:
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
         if (not isinstance(data, torch.Tensor) or data.dim() not in ((2,) if packed else (2, 3))
-                or data.device.type != "cpu" or data.dtype not in (torch.float32, torch.float64)
+                or data.device.type != "cpu" or data.dtype not in (torch.float32, torch.float64, torch.bfloat16)
                 or not self._flat_weights or type(self.num_layers) is not int or self.num_layers < 1
                 or type(self.bidirectional) is not bool):
             return False   # (odd attributes: the path below answers them as torch.nn does)

@@ -321,6 +321,33 @@ def test_a_stack_whose_layers_all_take_torchs_op_runs_as_torch_nns_forward(kind,
         torch.testing.assert_close(g, w, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("switch", ["engine to torch", "torch to engine", "deterministic"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_checkpoint_recomputes_on_its_forwards_route_after_a_switch(switch, packed, monkeypatch, fresh):
+    """GPURNN_CPU_LAYER changed, or torch.use_deterministic_algorithms switched on, between a checkpointed forward and
+    its backward: the recomputation takes the forward's routes. A forced route once went first, and torch's
+    checkpoint refused the other route's saved tensors (CheckpointError)."""
+    from torch.utils.checkpoint import checkpoint
+
+    first, second = ("engine", "torch") if switch != "torch to engine" else ("torch", "engine")
+    ref, ours = _pair("GRU", {})
+    grads = []
+    for m in (ours, ref):
+        def run(x):
+            y = m(pack_padded_sequence(x, [5, 4, 2, 1]) if packed else x)[0]
+            return (y.data if packed else y).square().sum()
+        x = torch.randn(5, 4, 6, requires_grad=True, generator=torch.Generator().manual_seed(0))
+        monkeypatch.setenv("GPURNN_CPU_LAYER", first)
+        loss = checkpoint(run, x, use_reentrant=False)
+        with monkeypatch.context() as switched:
+            switched.setenv("GPURNN_CPU_LAYER", "auto" if switch == "deterministic" else second)
+            switched.setattr(layer.timed, "deterministic", lambda: switch == "deterministic")
+            loss.backward()
+        grads.append([x.grad] + [p.grad for p in m.parameters()])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("packed", [False, True])
 def test_checkpoints_recompute_the_stack_as_its_forward_ran_from_the_first_call(packed, monkeypatch, fresh):
     """A non-reentrant checkpoint recomputes inside backward and must save what the forward saved. Two checkpoints

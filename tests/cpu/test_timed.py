@@ -95,3 +95,20 @@ def test_a_module_timed_under_load_takes_the_quiet_winner_later(monkeypatch, mac
     machine["now"] += timed.RETIME_AFTER
     torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=0, atol=0)   # torch.nn's own forward: the same bits
     assert sorted(route for route, _ in layer.chosen().values()) == ["torch", "torch"]
+
+
+def test_no_timing_again_where_saved_tensor_hooks_are_on(machine):
+    """A checkpoint's forward (its saved-tensor hooks on) is repeated in backward on the route its layers' last
+    forward took: a route changed by a re-timing in another call between them would save other tensors."""
+    from torch.utils.checkpoint import checkpoint
+
+    cache = timed.Decisions()
+    time_routes, calls = _timer(machine, [{"a": 1.0, "b": 2.0}, {"a": 2.0, "b": 0.5}])
+    machine["load"] = 4 * timed.CONTENDED
+    timed.decide(cache, "k", time_routes)
+    machine["now"] += timed.RETIME_AFTER
+    machine["load"] = 0
+    x = torch.ones(2, requires_grad=True)
+    checkpoint(lambda t: t * len(timed.decide(cache, "k", time_routes)), x, use_reentrant=False).sum().backward()
+    assert len(calls) == 1 and cache.due("k")
+    assert timed.decide(cache, "k", time_routes) == "b" and len(calls) == 2
