@@ -338,8 +338,11 @@ def test_an_lstm_hx_that_is_not_a_pair_is_read_as_torch_reads_it(name, shape, hx
     for got, want in zip(*results[::-1]):
         torch.testing.assert_close(got, want)
     if raises in (IndexError, TypeError):
-        with pytest.raises(TypeError, match="hx: expected a tuple"):   # gpurnn's error names hx
+        with pytest.raises(raises) as torch_nn:
+            getattr(torch.nn, name)(3, 4)(x, hx_of())
+        with pytest.raises(TypeError, match="hx: expected a tuple") as ours:   # gpurnn's error names hx
             getattr(gnn, name)(3, 4)(x, hx_of())
+        assert str(ours.value).endswith(f"; torch.nn: {torch_nn.value}")   # then torch.nn's words
 
 
 @pytest.mark.parametrize("where", ["input", "hx"])

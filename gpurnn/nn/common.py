@@ -136,11 +136,12 @@ class IndexTypeError(TypeError, IndexError):
     gpurnn's TypeError names hx: this is both."""
 
 
-def lstm_pair(hx, op, indexed, rebuilt=None):
+def lstm_pair(hx, op, indexed, rebuilt=None, torch_nn=None):
     """An LSTM's hx as [h_0, c_0], as torch.nn takes it. indexed: torch.nn reads hx[0] and hx[1] here (tensor
     input to the LSTM, unbatched input to the cell), so a bare tensor of two or more rows is the pair, and
     fewer than two is an IndexError; rebuilt (default: indexed): torch.nn then passes only those two on (unbatched
-    input), so a longer tuple serves too; elsewhere torch's op `op` needs exactly two tensors."""
+    input), so a longer tuple serves too; elsewhere torch's op `op` needs exactly two tensors. torch_nn: runs
+    torch.nn's forward, whose error's words follow gpurnn's."""
     rebuilt = indexed if rebuilt is None else rebuilt
     if isinstance(hx, (tuple, list)) and (len(hx) == 2 or rebuilt and len(hx) > 2):
         return [hx[0], hx[1]]
@@ -149,9 +150,13 @@ def lstm_pair(hx, op, indexed, rebuilt=None):
         return [hx[0], hx[1]]
     count = f" of {len(hx)}" if isinstance(hx, (tuple, list)) or (is_tensor and hx.dim()) else ""
     short = indexed and (is_tensor or (isinstance(hx, (tuple, list)) and len(hx) < 2))
-    raise (IndexTypeError if short else RuntimeTypeError)(
-        f"{op} expects two hidden states; hx: expected a tuple (h_0, c_0) of two tensors, "
-        f"got a {type(hx).__name__}{count}")
+    message = f"{op} expects two hidden states; hx: expected a tuple (h_0, c_0) of two tensors, got a " \
+              f"{type(hx).__name__}{count}"
+    try:
+        torch_nn and torch_nn()
+    except Exception as torch_err:
+        message += f"; torch.nn: {torch_err}"
+    raise (IndexTypeError if short else RuntimeTypeError)(message)
 
 
 def check_tensor_like(name, t, x):

@@ -286,7 +286,8 @@ class _EngineForward:
             # whole hx to its op, which refuses anything but two tensors after check_forward_args
             reads_pair = not packed or sorted_idx is not None
             passes_pair = sorted_idx is not None if packed else not batched
-            hx = lstm_pair(hx, "lstm", reads_pair, passes_pair or not packed) if is_lstm else [hx]
+            torch_words = lambda: torch.nn.LSTM.forward(self, input, given)   # noqa: E731
+            hx = lstm_pair(hx, "lstm", reads_pair, passes_pair or not packed, torch_words) if is_lstm else [hx]
             # the attribute torch.nn reads first: a packed input's hx is permuted (index_select) or sized
             touched = "dim" if not packed else "size" if sorted_idx is None else "index_select"
             for h in hx:
@@ -307,7 +308,7 @@ class _EngineForward:
             check_input(self, x, batch_sizes)
             self.check_forward_args(x, tuple(hx) if is_lstm else hx[0], batch_sizes)
             if is_lstm and not passes_pair:
-                lstm_pair(given, "lstm", indexed=False)
+                lstm_pair(given, "lstm", indexed=False, torch_nn=torch_words)
         else:
             check_input(self, x, batch_sizes)
         return x, batch_sizes, sorted_idx, unsorted_idx, batched, hx
