@@ -107,7 +107,6 @@ if onednn.available():
     ROUTES["onednn"] = onednn.matmul
 FLOAT32_ONLY = ("onednn",)   # a layer of another dtype takes torch's route where one of these is forced
 REPEATS = 3
-LOSER = 2.0   # a route whose first timed replica takes over LOSER times another's median is timed no further
 STEPS = 16   # steps of the timed replica (a projection over STEPS steps, then STEPS step GEMMs)
 _chosen = timed.Decisions()     # layer shape class -> (route, {route: median seconds})
 
@@ -183,7 +182,7 @@ def time_routes(B, I, K, N, dtype, feature_major=False, for_backward=True, repea
             continue
         replica(fn)   # warm up: thread pools, first-touch pages
         runs = []
-        while len(runs) < repeats and not (runs and times and runs[0] > LOSER * min(times.values())):
+        for _ in range(repeats):
             t0 = time.perf_counter()
             replica(fn)
             runs.append(time.perf_counter() - t0)

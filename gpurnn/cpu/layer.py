@@ -31,7 +31,7 @@ from . import timed
 _OPS = {"lstm": torch._VF.lstm, "gru": torch._VF.gru}
 REPEATS = 3
 CHEAP = 0.01   # seconds: a timing round under this takes 3 * REPEATS samples (short runs are the noisiest)
-LOSER = 2.0   # a route over this many times slower than another in the first timed round is timed no further
+LOSER = 2.0   # a route over this many times slower than another in the first two timed rounds is timed no further
 TIME_STEPS = 32   # the timing runs on the first steps only, so that it stays cheap
 HORIZON = 128     # longer calls (one class): the routes' times predicted at this length decide (_time)
 TIE = 0.05   # torch's op wins a timing within this fraction of the engine's
@@ -182,7 +182,7 @@ def _time(runs, x, directions, for_backward, batch_sizes):
                         samples[name, n].append(time.perf_counter() - t0)
             if k == 0 and time.perf_counter() - start < CHEAP:   # short runs: more samples against the noise
                 rounds = 3 * REPEATS
-            if k == 1 and rounds == REPEATS and _clear_loser(samples, runs, lengths):   # (not the noisiest)
+            if k == 2 and rounds == REPEATS and _clear_loser(samples, runs, lengths):   # (not the noisiest)
                 break
             k += 1
     times = {key: statistics.median(t) for key, t in samples.items()}
@@ -199,10 +199,11 @@ def _time(runs, x, directions, for_backward, batch_sizes):
 
 
 def _clear_loser(samples, runs, lengths):
-    """Whether a route took over LOSER times another's time at every length in the first timed round: no more rounds
-    (a bidirectional LSTM's at B=16 H=768 took 0.4 s a round and route on an AMD EPYC)."""
-    first = {name: [samples[name, n][0] for n in lengths] for name in runs}
-    return any(all(a > LOSER * b for a, b in zip(first[slow], first[fast])) for slow in runs for fast in runs)
+    """Whether a route took over LOSER times another's time in every sample so far, at every length: no more rounds
+    (a bidirectional LSTM's at B=16 H=768 took 0.4 s a round and route on an AMD EPYC). (Not from one round: a
+    passing stall once made a GEMM route's one sample 4x its usual time on that EPYC.)"""
+    so_far = {name: [t for n in lengths for t in samples[name, n]] for name in runs}
+    return any(all(a > LOSER * b for a, b in zip(so_far[slow], so_far[fast])) for slow in runs for fast in runs)
 
 
 def _may_time():

@@ -239,19 +239,3 @@ def test_the_replica_runs_on_the_calls_shapes_not_its_class_bounds(monkeypatch):
     assert shapes == [(3, 3, 2, 6), (1, 3, 2, 6)] and [key[:4] for key in gemm.chosen()] == [(4, 4, 2, 8),
                                                                                           (1, 4, 2, 8)]
 
-
-def test_a_route_over_loser_times_anothers_time_is_timed_no_further(monkeypatch):
-    clock, calls = [0.0], []
-    monkeypatch.setattr(gemm.time, "perf_counter", lambda: clock[0])
-
-    def route(name, cost):
-        def matmul(a, b, out=None, add=False):
-            calls.append(name)
-            clock[0] += cost
-        return matmul
-    monkeypatch.setattr(gemm, "ROUTES", {"fast": route("fast", 1.0), "slow": route("slow", 3.0),
-                                         "close": route("close", 1.5)})
-    times = gemm.time_routes(4, 3, 2, 8, np.float32, for_backward=False, repeats=3)
-    per_replica = 1 + gemm.STEPS   # the projection and the steps
-    assert times == {name: cost * per_replica for name, cost in (("fast", 1.0), ("slow", 3.0), ("close", 1.5))}
-    assert [calls.count(name) // per_replica for name in ("fast", "slow", "close")] == [4, 2, 4]   # warm-up + runs
