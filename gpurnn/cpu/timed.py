@@ -8,6 +8,8 @@ DataLoader's workers starting, a build): such a load slows the routes unequally 
 than one-thread OpenBLAS), and a decision made under a passing one pinned an LSTM (H=768) to a route that then
 took 4.4-5x torch.nn's time on an AMD EPYC. It is timed again on a later call, RETIME_AFTER seconds on, up to
 RETIMES times, each route keeping its least time over the timings (a load only slows a route)."""
+import contextlib
+import contextvars
 import os
 import sys
 import threading
@@ -56,12 +58,34 @@ class Decisions(dict):
         if key not in self:
             return True
         count, ended = self.retimes.get(key, (RETIMES + 1, 0.0))
-        return count <= RETIMES and time.monotonic() - ended >= RETIME_AFTER and not _saved_tensor_hooks()
+        return count <= RETIMES and time.monotonic() - ended >= RETIME_AFTER and _may_retime()
 
 
 def _saved_tensor_hooks():
     torch = sys.modules.get("torch")
     return torch is not None and torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+
+
+_retiming = contextvars.ContextVar("gpurnn_retiming", default=None)   # inside `unseen`: whether its caller may
+
+
+def _may_retime():
+    """No saved-tensor hooks on where the timing was asked for (`unseen`'s own do not count)."""
+    inherited = _retiming.get()
+    return not _saved_tensor_hooks() if inherited is None else inherited
+
+
+@contextlib.contextmanager
+def unseen():
+    """Identity saved-tensor hooks around a timing's runs, which the caller's hooks must not see (offloading,
+    counting); decisions due again inside are timed again where they would be outside."""
+    import torch
+    token = _retiming.set(_may_retime())
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            yield
+    finally:
+        _retiming.reset(token)
 
 
 def _waits():

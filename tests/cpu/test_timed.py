@@ -112,3 +112,33 @@ def test_no_timing_again_where_saved_tensor_hooks_are_on(machine):
     checkpoint(lambda t: t * len(timed.decide(cache, "k", time_routes)), x, use_reentrant=False).sum().backward()
     assert len(calls) == 1 and cache.due("k")
     assert timed.decide(cache, "k", time_routes) == "b" and len(calls) == 2
+
+
+def test_a_stack_on_torchs_op_timed_under_load_is_timed_again_once_later(monkeypatch, machine):
+    """A stack all on torch's op runs torch.nn's forward, where no layer asks for its route: the stack's timing
+    (inside its own saved-tensor hooks) makes the re-timing, once when due (it once ran, timing nothing, every call)."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    monkeypatch.setattr(layer, "_chosen", timed.Decisions())
+    monkeypatch.setattr(layer, "_last_forward", {})
+    answers = iter([{"engine": 3.0, "torch": 1.0}] * 2 + [{"engine": 0.1, "torch": 1.0}] * 2)
+    stacks = []
+
+    def fake_time(*args):
+        machine["run"](1.0)
+        return next(answers)
+    monkeypatch.setattr(layer, "_time", fake_time)
+    real = gnn.GRU._time_routes
+    monkeypatch.setattr(gnn.GRU, "_time_routes", lambda *args: stacks.append(1) or real(*args))
+    ours = gnn.GRU(5, 7, num_layers=2)
+    x = torch.randn(6, 3, 5)
+    machine["load"] = 4 * timed.CONTENDED
+    ours(x)
+    machine["load"] = 0
+    for _ in range(3):
+        ours(x)
+        machine["now"] += timed.RETIME_AFTER / 4
+    assert len(stacks) == 1 and sorted(route for route, _ in layer.chosen().values()) == ["torch", "torch"]
+    machine["now"] += timed.RETIME_AFTER
+    for _ in range(3):
+        ours(x)
+    assert len(stacks) == 2 and sorted(route for route, _ in layer.chosen().values()) == ["engine", "engine"]
