@@ -163,7 +163,7 @@ def _setup_context(ctx, inputs, output):
     # Under torch.autograd.graph.allow_mutation_on_saved_tensors the biases are saved too: autograd then keeps a
     # copy of one changed in place (an optimizer step before backward), which the rerun (_backward) needs. So
     # does oneDNN's LSTM (saves_y): a bias changed in place before backward is its error.
-    saves_y = _saves_output(x, cell, batch_sizes, slots)
+    saves_y = saves_output(x, cell, batch_sizes, "w_hr" in names and slots[names.index("w_hr")] is not None)
     keep_biases = torch.autograd.graph._allow_mutation_on_saved_tensors_enabled or saves_y
     ctx.saved_at = [i for i, (t, n) in enumerate(zip(slots, names))
                     if t is not None and (n not in BIASES or keep_biases)]
@@ -190,15 +190,14 @@ def _reference(t):
     return (lambda: t) if isinstance(t, torch.nn.Parameter) else weakref.ref(t)
 
 
-def _saves_output(x, cell, batch_sizes, slots):
+def saves_output(x, cell, batch_sizes, projected):
     """Whether torch.nn's op for this layer saves its output y for backward, so that changing y in place before
     backward is its error too: oneDNN's CPU LSTM in float32, not projected, nor packed but with all lengths equal,
     while torch.backends.mkldnn is on; its RNN and GRU save no output. (oneDNN's bfloat16 LSTM saves y too; here
     bfloat16 runs as float32 and returns a converted copy, which is not matched.)"""
     return (cell == "lstm" and x.device.type == "cpu" and x.dtype == torch.float32
             and (batch_sizes is None or len(set(batch_sizes)) == 1)
-            and x.numel() > 0 and slots[STATES + cells.WEIGHT_NAMES[cell].index("w_hr")] is None
-            and torch._C._get_mkldnn_enabled())
+            and x.numel() > 0 and not projected and torch._C._get_mkldnn_enabled())
 
 
 def _inputs(ctx):
@@ -337,8 +336,9 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
         # the layer runs as the plain torch loop, which both understand; so does a program recorded for TorchScript,
         # torch.export or ONNX, and a Jordan teacher or decay that requires grad (the engine has no gradient for them).
         return _torch_loop_layers(cell, x, directions, batch_sizes, opts)
+    projected = cell == "lstm" and directions[0][1][4] is not None
     if name == "numpy" and batch_sizes is None and not compiling:
-        cpu_layer.warn_as_torch(x, cell == "lstm" and directions[0][1][4] is not None)
+        cpu_layer.warn_as_torch(x, projected)
     dtype = x.dtype
     for_backward = (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [x, *tensors])
                     and (compiling or not torch.is_inference_mode_enabled()))   # (records nothing; dynamo cannot ask)
@@ -360,7 +360,7 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
         if for_backward:   # as torch's op, which saves every input (the loop's gradients need fewer)
             checks.check_savable([x, *tensors])
         outs = _torch_loop_layers(cell, x, directions, batch_sizes, opts)
-        saves = for_backward and _saves_output(x, cell, batch_sizes, tensors)   # (as the engine's forward)
+        saves = for_backward and saves_output(x, cell, batch_sizes, projected)   # (as the engine's forward)
         return torch_loop.saved_as_onednn(outs, directions) if saves else outs
     # the engine (bfloat16: in float32) or torch's fused op (bfloat16: oneDNN's, on a CPU with bfloat16 instructions
     # half float32's time on an AMD EPYC), timed per layer shape

@@ -10,3 +10,13 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 # take either (gpurnn/cpu/layer.py). The suite tests the engine unless a test asks for the choice
 # (tests/cpu/test_layer_route.py).
 os.environ.setdefault("GPURNN_CPU_LAYER", "engine")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _timings_in_quiet(monkeypatch):
+    """Every route timing taken as made in quiet (no thread waited for a CPU), so that a busy test machine does not
+    make a test's decisions due for timing again (tests/cpu/test_timed.py simulates the load it tests)."""
+    from gpurnn.cpu import timed
+    monkeypatch.setattr(timed, "_waited", lambda: 0.0)

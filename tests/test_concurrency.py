@@ -95,6 +95,7 @@ def test_a_checkpoint_recomputes_on_the_route_its_forward_took(monkeypatch, mode
     monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
     monkeypatch.setattr(layer, "_chosen", timed.Decisions())
     monkeypatch.setattr(layer, "_last_forward", {})
+    monkeypatch.setattr(layer, "_last_checkpointed", {})
     monkeypatch.setattr(layer, "_time", lambda *args: {"engine": 0.0, "torch": 1.0})   # the engine times faster
     module = gnn.LSTM(6, 16)
     x = torch.randn(20, 4, 6, requires_grad=True)

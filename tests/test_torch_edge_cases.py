@@ -658,6 +658,24 @@ def test_an_output_or_bias_changed_in_place_before_backward_fails_where_torch_nn
     assert outcomes[1] == outcomes[0]
 
 
+@pytest.mark.parametrize("route", ["engine", "torch"])
+@pytest.mark.parametrize("steps", [4, 1])
+@pytest.mark.parametrize("name, kwargs", [("LSTM", {}), ("LSTM", {"bidirectional": True}), ("LSTM", {"proj_size": 2}),
+                                          ("LSTM", {"dtype": torch.float64}), ("GRU", {}), ("RNN", {})])
+def test_an_equal_length_packed_output_is_a_view_where_torch_nns_is(name, kwargs, steps, route, monkeypatch):
+    """torch.nn's packed output is a view of its op's padded output where oneDNN's LSTM runs it (float32, not
+    projected, all lengths equal): detach_() of its data then fails; elsewhere it is a tensor of its own."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", route)
+    x = torch.randn(steps, 3, 3, dtype=kwargs.get("dtype", torch.float32))
+    views = []
+    for m in _pair(name, 3, 4, **kwargs):
+        data = m(torch.nn.utils.rnn.pack_padded_sequence(x, [steps] * 3))[0].data
+        views.append(data._is_view())
+        if not data._is_view():
+            data.detach_()
+    assert views[1] == views[0]
+
+
 @pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
 def test_backward_computes_dx_only_where_a_gradient_needs_it(name, monkeypatch):
     """As torch's ops: the first layer of a stack on a constant input skips its dx GEMM; the second needs its dx."""

@@ -38,6 +38,7 @@ TIE = 0.05   # torch's op wins a timing within this fraction of the engine's
 _chosen = timed.Decisions()     # layer shape class -> (route, {route: median seconds})
 _warned = set()   # (dtype, grad mode, oneDNN on) where torch's op was asked for its projection warning (warn_as_torch)
 _last_forward = {}   # (layer shape class, weights' address) -> the route its last forward outside a backward took
+_last_checkpointed = {}   # the same for forwards under the caller's saved-tensor hooks (see _remember)
 LAST_FORWARDS = 1024
 
 
@@ -138,16 +139,14 @@ def stack_on_torch(classes, owner, time_them):
     owner (the module's id), whatever modes either side ran under; and classes not timed yet are timed before a
     forward runs (time_them(): the stack on random data of the call's shapes), not on its way (layer by layer)."""
     last, in_backward = ("stack", tuple(classes), owner), torch._C._current_graph_task_id() != -1
-    if in_backward and last in _last_forward:
-        return _last_forward[last]
+    if in_backward and _remembered(last) is not None:
+        return _remembered(last)
     name = forced() or ("torch" if timed.deterministic() else None)
     if name is None and not in_backward and any(_chosen.due(k) for k in classes) and _may_time():
         time_them()
     whole = all((name or _chosen.get(key, ("engine",))[0]) == "torch" for key in classes)
     if not in_backward:
-        if len(_last_forward) >= LAST_FORWARDS:
-            _last_forward.clear()
-        _last_forward[last] = whole
+        _remember(last, whole)
     return whole
 
 
@@ -232,12 +231,26 @@ def route(cell, x, directions, opts, for_backward, run_engine, batch_sizes=None)
         # inside a backward (a checkpoint's recomputation): the route this layer's last forward took, whatever modes
         # either side ran under (a recomputation must save what its forward saved); else the forced or timed one,
         # else torch's op (no timing backward nested in this one)
-        return _last_forward.get(last) or forced() or _chosen.get(key, ("torch",))[0]
+        return _remembered(last) or forced() or _chosen.get(key, ("torch",))[0]
+    name = forced() or _forward_route(key, cell, x, directions, opts, for_backward, run_engine, batch_sizes)
+    _remember(last, name)
+    return name
+
+
+def _remember(last, route):
+    """A forward's route, for a checkpoint's recomputation in backward: the last forward's, and the last under the
+    caller's saved-tensor hooks (a checkpoint's forward; not a timing's own), which an unchecked call's forward
+    between it and its backward, on a route timed again, does not overwrite (CheckpointError)."""
     if len(_last_forward) >= LAST_FORWARDS:   # (new weights every call: a parametrization)
         _last_forward.clear()
-    _last_forward[last] = name = forced() or _forward_route(key, cell, x, directions, opts, for_backward, run_engine,
-                                                            batch_sizes)
-    return name
+        _last_checkpointed.clear()
+    _last_forward[last] = route
+    if timed.saved_tensor_hooks() and not timed.timing():
+        _last_checkpointed[last] = route
+
+
+def _remembered(last):
+    return _last_checkpointed.get(last, _last_forward.get(last))
 
 
 def _forward_route(key, cell, x, directions, opts, for_backward, run_engine, batch_sizes):

@@ -3,22 +3,20 @@ engine or torch's fused op): shape classes rounded to powers of two, a per-proce
 class's decision (the faster route by timing, made under a lock; torch's route where torch's deterministic
 algorithms are on), and its one-line description.
 
-A decision is made once, unless its timing ran while the process waited for a CPU (other processes busy: a
+A decision is made once, unless its timing ran while the process's threads waited for a CPU (other processes busy: a
 DataLoader's workers starting, a build): such a load slows the routes unequally (torch's two-thread ops far more
 than one-thread OpenBLAS), and a decision made under a passing one pinned an LSTM (H=768) to a route that then
 took 4.4-5x torch.nn's time on an AMD EPYC. It is timed again on a later call, RETIME_AFTER seconds on, up to
-RETIMES times, each route keeping its least time over the timings (a load only slows a route)."""
+RETIMES times, each timing replacing the last (a class's calls differ in shape, up to 2x: the times of two timings
+may be of different shapes)."""
 import contextlib
 import contextvars
+import glob
 import os
 import sys
 import threading
 import time
 
-try:
-    import resource
-except ImportError:   # (Windows: no count of the waits; every timing is taken as made in quiet)
-    resource = None
 
 _lock = threading.RLock()   # re-entered: timing a layer route makes the layer's GEMM route decision
 
@@ -35,11 +33,9 @@ if hasattr(os, "register_at_fork"):
 
 RETIMES = 2
 RETIME_AFTER = 30.0   # seconds from a timing under load to the next (a passing load has passed)
-# involuntary context switches a second of timing and CPU core, over which the process waited for a CPU (a 2-core
-# AMD EPYC's route timings: 30-86 a second alone, 190-260 with two other busy processes; a short timing's few
-# switches vary the most)
-CONTENDED = 60
-CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+# seconds the process's threads waited for a CPU while runnable, a second of timing, over which the timing ran under
+# load (a 2-core AMD EPYC: 0.01 alone, 1.0 with two other busy processes)
+CONTENDED = 0.25
 
 
 class Decisions(dict):
@@ -61,7 +57,8 @@ class Decisions(dict):
         return count <= RETIMES and time.monotonic() - ended >= RETIME_AFTER and _may_retime()
 
 
-def _saved_tensor_hooks():
+def saved_tensor_hooks():
+    """Whether saved-tensor hooks are on (a checkpoint's forward, an offloading store)."""
     torch = sys.modules.get("torch")
     return torch is not None and torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
 
@@ -70,9 +67,21 @@ _retiming = contextvars.ContextVar("gpurnn_retiming", default=None)   # inside `
 
 
 def _may_retime():
-    """No saved-tensor hooks on where the timing was asked for (`unseen`'s own do not count)."""
+    """Where the timing was asked for (`unseen`'s own hooks do not count): no saved-tensor hooks on, and nothing
+    that would see the timing's runs or be disturbed by them (a profiler, a torch function or dispatch mode,
+    anomaly mode)."""
     inherited = _retiming.get()
-    return not _saved_tensor_hooks() if inherited is None else inherited
+    if inherited is not None:
+        return inherited
+    torch = sys.modules.get("torch")
+    return torch is None or not (saved_tensor_hooks() or torch.autograd.profiler._is_profiler_enabled
+                                 or torch._C._is_torch_function_mode_enabled() or torch.is_anomaly_enabled()
+                                 or torch.utils._python_dispatch.is_in_torch_dispatch_mode())
+
+
+def timing():
+    """Whether a timing's runs (`unseen`) are running."""
+    return _retiming.get() is not None
 
 
 @contextlib.contextmanager
@@ -88,9 +97,17 @@ def unseen():
         _retiming.reset(token)
 
 
-def _waits():
-    """The process's involuntary context switches so far (its threads preempted while they could run)."""
-    return 0 if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+def _waited():
+    """Seconds the process's threads have waited for a CPU while runnable (Linux's schedstat; elsewhere 0: every
+    timing taken as made in quiet)."""
+    total = 0
+    for path in glob.glob("/proc/self/task/*/schedstat"):
+        try:
+            with open(path) as f:
+                total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            pass   # (a thread that ended meanwhile)
+    return total / 1e9
 
 
 def pow2(n):
@@ -113,17 +130,15 @@ def decide(cache, key, time_routes, prefer=None, margin=0.0):
     if cache.due(key):
         with _lock:
             if cache.due(key):
-                waits, start = _waits(), time.monotonic()
+                waited, start = _waited(), time.monotonic()
                 times = time_routes()
                 ended = time.monotonic()
-                if key in cache:
-                    times = {r: min(t, cache[key][1].get(r, t)) for r, t in times.items()}
                 best = min(times, key=times.get)
                 if prefer in times and times[prefer] <= times[best] * (1 + margin):
                     best = prefer
                 cache[key] = (best, times)
                 count = cache.retimes.pop(key, (0, 0.0))[0] + 1
-                if _waits() - waits > max(5, CONTENDED * CPUS * (ended - start)):
+                if _waited() - waited > CONTENDED * (ended - start):
                     cache.retimes[key] = (count, ended)
     return cache[key][0]
 

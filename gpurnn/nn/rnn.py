@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .. import backends, cells
 from ..arrays import packed_index
-from ..autograd import run_layers
+from ..autograd import run_layers, saves_output
 from ..recording import recorded_for_torch, transformed
 from ..cpu import layer as cpu_layer
 from ..checks import check_choice, check_floating, check_steps
@@ -123,8 +123,8 @@ class _EngineForward:
             finals = [f.index_select(1, unsorted_idx) for f in finals]
         hidden = tuple(finals) if is_lstm else finals[0]
         if packed:
-            out = y.reshape(-1, y.shape[-1])   # lengths all equal: a view, as torch.nn's (see autograd._saves_output)
-            out = out if len(set(batch_sizes)) == 1 else out.index_select(0, index)
+            out = y.reshape(-1, y.shape[-1])   # a view where torch.nn's op saves y (lengths all equal: its padded path)
+            out = out if saves_output(y, self._cell, batch_sizes, self.proj_size > 0) else out.index_select(0, index)
             return PackedSequence(out, input.batch_sizes, sorted_idx, unsorted_idx), hidden
         if self.batch_first:
             # as torch.nn's: an RNN's or GRU's output is a tensor of its own (a clone keeps the strides), an LSTM's a view

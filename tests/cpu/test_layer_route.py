@@ -18,6 +18,7 @@ def fresh(monkeypatch):
     """No route chosen yet; every timing recorded."""
     monkeypatch.setattr(layer, "_chosen", timed.Decisions())
     monkeypatch.setattr(layer, "_last_forward", {})
+    monkeypatch.setattr(layer, "_last_checkpointed", {})
     timings = []
     real = layer._time
 
@@ -261,6 +262,7 @@ def test_no_timing_where_a_profiler_or_torch_function_mode_would_see_it(observer
     ours(x)
     key, (chosen, *_) = next(iter(layer.chosen().items()))
     monkeypatch.setattr(layer, "_last_forward", {})
+    monkeypatch.setattr(layer, "_last_checkpointed", {})
     with _Calls():
         ours(x)
     layers = [r for k, r in layer._last_forward.items() if k[0] != "stack"]   # (none: the stack ran as torch.nn's)
