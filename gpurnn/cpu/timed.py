@@ -47,10 +47,8 @@ class Decisions(dict):
         self.retimes = {}
 
     def due(self, key):
-        """Whether key's route is to be timed now: never timed, or last timed under load long enough ago and not
-        where saved-tensor hooks are on (a checkpoint's forward, which its recomputation in backward repeats on the
-        route its layers' last forward took (layer.py): a route changed by another call in between would save other
-        tensors, which torch's checkpoint refuses)."""
+        """Whether key's route is to be timed now: never timed, or last timed under load long enough ago, where a
+        timing may run again (_may_retime; a checkpoint's forward must keep the route its recomputation will take)."""
         if key not in self:
             return True
         count, ended = self.retimes.get(key, (RETIMES + 1, 0.0))

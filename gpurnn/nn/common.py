@@ -152,10 +152,11 @@ def lstm_pair(hx, op, indexed, rebuilt=None, torch_nn=None):
     short = indexed and (is_tensor or (isinstance(hx, (tuple, list)) and len(hx) < 2))
     message = f"{op} expects two hidden states; hx: expected a tuple (h_0, c_0) of two tensors, got a " \
               f"{type(hx).__name__}{count}"
-    try:
-        torch_nn and torch_nn()
-    except Exception as torch_err:
-        message += f"; torch.nn: {torch_err}"
+    if torch_nn is not None:
+        try:
+            torch_nn()
+        except Exception as torch_err:
+            message += f"; torch.nn: {torch_err}"
     raise (IndexTypeError if short else RuntimeTypeError)(message)
 
 

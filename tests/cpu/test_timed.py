@@ -33,6 +33,31 @@ def _timer(machine, results):
     return time_routes, calls
 
 
+def _due_again(machine):
+    """A decision ("a") timed under load, due again now; its next timing answers "b"."""
+    cache = timed.Decisions()
+    time_routes, calls = _timer(machine, [{"a": 1.0, "b": 2.0}, {"a": 2.0, "b": 0.5}])
+    machine["load"] = 4 * timed.CONTENDED
+    timed.decide(cache, "k", time_routes)
+    machine["now"] += timed.RETIME_AFTER
+    machine["load"] = 0
+    return cache, time_routes, calls
+
+
+def _layer_timings(monkeypatch, machine, answers):
+    """The layer route's timings (auto) answer `answers` in turn, each taking 1 s of the made-up clock."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
+    monkeypatch.setattr(layer, "_chosen", timed.Decisions())
+    monkeypatch.setattr(layer, "_last_forward", {})
+    monkeypatch.setattr(layer, "_last_checkpointed", {})
+    answers = iter(answers)
+
+    def fake_time(*args):
+        machine["run"](1.0)
+        return next(answers)
+    monkeypatch.setattr(layer, "_time", fake_time)
+
+
 def test_a_decision_timed_in_quiet_is_final(machine):
     cache = timed.Decisions()
     time_routes, calls = _timer(machine, [{"a": 1.0, "b": 2.0}])
@@ -74,16 +99,7 @@ def test_a_lasting_load_is_timed_again_at_most_retimes_times(machine):
 def test_a_module_timed_under_load_takes_the_quiet_winner_later(monkeypatch, machine):
     """Through the torch module: a stack whose layers all took the engine under load runs on torch's op, as one
     torch.nn forward, once a quiet timing finds it faster; its outputs are torch.nn's."""
-    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
-    monkeypatch.setattr(layer, "_chosen", timed.Decisions())
-    monkeypatch.setattr(layer, "_last_forward", {})
-    monkeypatch.setattr(layer, "_last_checkpointed", {})
-    answers = iter([{"engine": 1.0, "torch": 3.0}] * 2 + [{"engine": 1.0, "torch": 0.1}] * 2)
-
-    def fake_time(*args):
-        machine["run"](1.0)
-        return next(answers)
-    monkeypatch.setattr(layer, "_time", fake_time)
+    _layer_timings(monkeypatch, machine, [{"engine": 1.0, "torch": 3.0}] * 2 + [{"engine": 1.0, "torch": 0.1}] * 2)
     torch.manual_seed(0)
     ref = torch.nn.GRU(5, 7, num_layers=2)
     ours = gnn.GRU(5, 7, num_layers=2)
@@ -103,12 +119,7 @@ def test_no_timing_again_where_saved_tensor_hooks_are_on(machine):
     forward took: a route changed by a re-timing in another call between them would save other tensors."""
     from torch.utils.checkpoint import checkpoint
 
-    cache = timed.Decisions()
-    time_routes, calls = _timer(machine, [{"a": 1.0, "b": 2.0}, {"a": 2.0, "b": 0.5}])
-    machine["load"] = 4 * timed.CONTENDED
-    timed.decide(cache, "k", time_routes)
-    machine["now"] += timed.RETIME_AFTER
-    machine["load"] = 0
+    cache, time_routes, calls = _due_again(machine)
     x = torch.ones(2, requires_grad=True)
     checkpoint(lambda t: t * len(timed.decide(cache, "k", time_routes)), x, use_reentrant=False).sum().backward()
     assert len(calls) == 1 and cache.due("k")
@@ -118,17 +129,8 @@ def test_no_timing_again_where_saved_tensor_hooks_are_on(machine):
 def test_a_stack_on_torchs_op_timed_under_load_is_timed_again_once_later(monkeypatch, machine):
     """A stack all on torch's op runs torch.nn's forward, where no layer asks for its route: the stack's timing
     (inside its own saved-tensor hooks) makes the re-timing, once when due (it once ran, timing nothing, every call)."""
-    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
-    monkeypatch.setattr(layer, "_chosen", timed.Decisions())
-    monkeypatch.setattr(layer, "_last_forward", {})
-    monkeypatch.setattr(layer, "_last_checkpointed", {})
-    answers = iter([{"engine": 3.0, "torch": 1.0}] * 2 + [{"engine": 0.1, "torch": 1.0}] * 2)
+    _layer_timings(monkeypatch, machine, [{"engine": 3.0, "torch": 1.0}] * 2 + [{"engine": 0.1, "torch": 1.0}] * 2)
     stacks = []
-
-    def fake_time(*args):
-        machine["run"](1.0)
-        return next(answers)
-    monkeypatch.setattr(layer, "_time", fake_time)
     real = gnn.GRU._time_routes
     monkeypatch.setattr(gnn.GRU, "_time_routes", lambda *args: stacks.append(1) or real(*args))
     ours = gnn.GRU(5, 7, num_layers=2)
@@ -152,16 +154,7 @@ def test_a_checkpoint_recomputes_on_its_route_though_an_unchecked_call_was_timed
     route: the recomputation takes the checkpointed forward's route (the last forward's: CheckpointError)."""
     from torch.utils.checkpoint import checkpoint
 
-    monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
-    monkeypatch.setattr(layer, "_chosen", timed.Decisions())
-    monkeypatch.setattr(layer, "_last_forward", {})
-    monkeypatch.setattr(layer, "_last_checkpointed", {})
-    answers = iter([{"engine": 1.0, "torch": 3.0}, {"engine": 1.0, "torch": 0.1}])
-
-    def fake_time(*args):
-        machine["run"](1.0)
-        return next(answers)
-    monkeypatch.setattr(layer, "_time", fake_time)
+    _layer_timings(monkeypatch, machine, [{"engine": 1.0, "torch": 3.0}, {"engine": 1.0, "torch": 0.1}])
     torch.manual_seed(0)
     ref, ours = torch.nn.LSTM(4, 8), gnn.LSTM(4, 8)
     ours.load_state_dict(ref.state_dict())
@@ -187,12 +180,7 @@ def test_no_timing_again_where_it_would_be_seen(observer, machine):
     again waits for a call outside them (a GEMM route's re-timing added 74 aten::mm events to a user's trace)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    cache = timed.Decisions()
-    time_routes, calls = _timer(machine, [{"a": 1.0, "b": 2.0}, {"a": 2.0, "b": 0.5}])
-    machine["load"] = 4 * timed.CONTENDED
-    timed.decide(cache, "k", time_routes)
-    machine["now"] += timed.RETIME_AFTER
-    machine["load"] = 0
+    cache, time_routes, calls = _due_again(machine)
     modes = {"profiler": torch.profiler.profile, "anomaly": torch.autograd.detect_anomaly,
              "flop counter": lambda: FlopCounterMode(display=False)}
     with modes[observer]():
