@@ -125,8 +125,9 @@ def decide(cache, key, time_routes, prefer=None, margin=0.0):
     """The route cached for key in cache (a Decisions), else (or where due again) the fastest of time_routes()
     ({route: seconds}), or `prefer` where it is within `margin` (a fraction) of the fastest, cached with its times:
     cache[key] = (route, times)."""
-    if cache.due(key):
-        with _lock:
+    # a re-timing does not make other threads wait for it (seconds at large shapes): they take the cached route
+    if cache.due(key) and _lock.acquire(blocking=key not in cache):
+        try:
             if cache.due(key):
                 waited, start = _waited(), time.monotonic()
                 times = time_routes()
@@ -138,6 +139,8 @@ def decide(cache, key, time_routes, prefer=None, margin=0.0):
                 count = cache.retimes.pop(key, (0, 0.0))[0] + 1
                 if _waited() - waited > CONTENDED * (ended - start):
                     cache.retimes[key] = (count, ended)
+        finally:
+            _lock.release()
     return cache[key][0]
 
 

@@ -186,3 +186,26 @@ def test_no_timing_again_where_it_would_be_seen(observer, machine):
     with modes[observer]():
         assert timed.decide(cache, "k", time_routes) == "a" and len(calls) == 1
     assert timed.decide(cache, "k", time_routes) == "b" and len(calls) == 2
+
+
+def test_a_thread_takes_the_cached_route_while_another_times_it_again(machine):
+    """A re-timing (seconds at large shapes) does not hold up other threads' calls of the class: they take the
+    cached route meanwhile; a class never timed waits for its timing."""
+    import threading
+
+    cache, time_routes, calls = _due_again(machine)
+    held, release = threading.Event(), threading.Event()
+
+    def timing_elsewhere():
+        with timed._lock:
+            held.set()
+            release.wait(10)
+    other = threading.Thread(target=timing_elsewhere)
+    other.start()
+    held.wait(10)
+    try:
+        assert timed.decide(cache, "k", time_routes) == "a" and len(calls) == 1 and cache.due("k")
+    finally:
+        release.set()
+        other.join()
+    assert timed.decide(cache, "k", time_routes) == "b" and len(calls) == 2
