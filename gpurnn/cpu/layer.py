@@ -139,8 +139,9 @@ def stack_on_torch(classes, owner, time_them):
     owner (the module's id), whatever modes either side ran under; and classes not timed yet are timed before a
     forward runs (time_them(): the stack on random data of the call's shapes), not on its way (layer by layer)."""
     last, in_backward = ("stack", tuple(classes), owner), torch._C._current_graph_task_id() != -1
-    if in_backward and _remembered(last) is not None:
-        return _remembered(last)
+    remembered = _remembered(last) if in_backward else None
+    if remembered is not None:
+        return remembered
     name = forced() or ("torch" if timed.deterministic() else None)
     if name is None and not in_backward and any(_chosen.due(k) for k in classes) and _may_time():
         time_them()
