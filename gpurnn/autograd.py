@@ -61,9 +61,8 @@ def _engine_forward(x, tensors, teacher, cell, n_state, reverses, batch_sizes, b
         to_xp = lambda t: None if t is None else tensor_to_xp(t, native)
         directions = [(tuple(map(to_xp, g[:n_state])), dict(zip(cells.WEIGHT_NAMES[cell], map(to_xp, g[n_state:]))),
                        reverse == "r") for g, reverse in zip(groups(tensors, len(reverses)), reverses)]
-        results = engine.forward_directions(cell, to_xp(x), directions, batch_sizes=batch_sizes,
-                                            backend=backend, for_backward=for_backward, teacher=to_xp(teacher),
-                                            **opts)
+        results = engine.forward_directions(cell, to_xp(x), directions, batch_sizes=batch_sizes, backend=backend,
+                                            for_backward=for_backward, teacher=to_xp(teacher), **opts)
         outs = [xp_to_tensor(a) for y, state, _ in results for a in (y, *state)]
     return [saved for _, _, saved in results], outs
 
@@ -191,11 +190,11 @@ def _reference(t):
 
 
 def saves_output(x, cell, batch_sizes, projected):
-    """Whether torch.nn's op for this layer saves its output y for backward, so that changing y in place before
-    backward is its error too: oneDNN's CPU LSTM in float32, not projected, nor packed but with all lengths equal,
-    while torch.backends.mkldnn is on; its RNN and GRU save no output. (oneDNN's bfloat16 LSTM saves y too; here
-    bfloat16 runs as float32 and returns a converted copy, which is not matched.)"""
-    return (cell == "lstm" and x.device.type == "cpu" and x.dtype == torch.float32
+    """Whether torch.nn's op for this layer saves its output y for backward (changing y in place before backward is
+    its error too): oneDNN's CPU LSTM (float32, bfloat16 where it runs it; not projected, nor packed unless with all
+    lengths equal) while torch.backends.mkldnn is on; its RNN and GRU save no output."""
+    return (cell == "lstm" and x.device.type == "cpu" and (x.dtype == torch.float32 or x.dtype == torch.bfloat16
+                                                            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
             and (batch_sizes is None or len(set(batch_sizes)) == 1)
             and x.numel() > 0 and not projected and torch._C._get_mkldnn_enabled())
 
@@ -351,7 +350,8 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
         outs = run_layers(cell, xs.float(), [([up(s) for s in state0], [up(w) for w in weights], reverse)
                                              for state0, weights, reverse in ds],
                           backend=name, batch_sizes=bs, **dict(opts, **teacher))
-        return [tuple(t.to(dtype) for t in out) for out in outs]
+        outs = [tuple(t.to(dtype) for t in out) for out in outs]   # saved as torch.nn's op saves them, not the copies
+        return torch_loop.saved_as_torch(outs, ds, saves_output(xs, cell, bs, projected), xs)
     if name == "numpy" and x.shape[0] == 1 and not compiling and dtype != torch.float16 and not upcast:
         # One step (autoregressive generation, a decoder stepped by hand): the engine's fixed cost per call
         # (custom op dispatch, array views, buffers, its tape) is several times the step itself, and torch's
@@ -361,7 +361,7 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
             checks.check_savable([x, *tensors])
         outs = _torch_loop_layers(cell, x, directions, batch_sizes, opts)
         saves = for_backward and saves_output(x, cell, batch_sizes, projected)   # (as the engine's forward)
-        return torch_loop.saved_as_onednn(outs, directions) if saves else outs
+        return torch_loop.saved_as_torch(outs, directions, True) if saves else outs
     # the engine (bfloat16: in float32) or torch's fused op (bfloat16: oneDNN's, on a CPU with bfloat16 instructions
     # half float32's time on an AMD EPYC), timed per layer shape
     run_engine = float32_layers if upcast else (

@@ -83,23 +83,33 @@ def layer(cell, x, state0, weights, *, reverse=False, batch_sizes=None, **opts):
     return (torch.stack(ys), *state)
 
 
-class _SavedAsOneDNN(torch.autograd.Function):
-    """y unchanged, as a tensor of its own, saved with the biases for backward (y only for one direction), as
-    oneDNN's float32 LSTM op saves them: changing them in place before backward is then torch.nn's error too."""
+class _SavedAsTorch(torch.autograd.Function):
+    """y unchanged, as a tensor of its own, saved (or not: keep_y) for backward with `kept`, as torch.nn's op saves
+    them: changing one in place before backward is then torch.nn's error too."""
 
     @staticmethod
-    def forward(ctx, keep_y, y, b_ih, b_hh):
+    def forward(ctx, keep_y, y, *kept):
         y = y.clone()
-        ctx.save_for_backward(y if keep_y else None, b_ih, b_hh)
+        ctx.save_for_backward(y if keep_y else None, *kept)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        ctx.saved_tensors   # (autograd's check of their versions)
-        return None, dy, None, None
+        saved = ctx.saved_tensors   # (autograd's check of their versions)
+        return (None, dy) + (None,) * (len(saved) - 1)
 
 
-def saved_as_onednn(outs, directions):
-    """The layer's [(y, h, c)] of each direction, y saved as oneDNN's LSTM op saves it (_SavedAsOneDNN)."""
-    return [(_SavedAsOneDNN.apply(len(directions) == 1, y, *weights[2:4]), *states)
-            for (y, *states), (_, weights, _) in zip(outs, directions)]
+def saved_as_torch(outs, directions, saves_y, x=None):
+    """The layer's [(y, *states)] of each direction, with what torch.nn's op saves and the computation did not: where
+    oneDNN's LSTM runs (saves_y), y (one direction) and the biases; where the computation ran on copies (bfloat16 in
+    float32: x given), x, the initial states and the other weights too. Without grad mode, outs."""
+    if not torch.is_grad_enabled():
+        return outs
+    result = []
+    for d, ((y, *states), (state0, weights, _)) in enumerate(zip(outs, directions)):
+        kept = [*weights[2:4]] if saves_y else []
+        if x is not None:
+            kept += [x] * (d == 0) + [*state0, *weights[:2], *weights[4:]]
+        kept = [t for t in kept if t is not None]
+        result.append((_SavedAsTorch.apply(saves_y and len(directions) == 1, y, *kept), *states))
+    return result
