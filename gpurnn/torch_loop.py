@@ -84,19 +84,22 @@ def layer(cell, x, state0, weights, *, reverse=False, batch_sizes=None, **opts):
 
 
 class _SavedAsTorch(torch.autograd.Function):
-    """y unchanged, as a tensor of its own, saved (or not: keep_y) for backward with `kept`, as torch.nn's op saves
-    them: changing one in place before backward is then torch.nn's error too."""
+    """A direction's outputs (y, *states) unchanged, as tensors of their own, with `kept` saved for backward (and y
+    where keep_y), as torch.nn's op saves them: changing one in place before backward is then torch.nn's error too.
+    One node for all: its backward gets zeros for the outputs no gradient reached and passes them on, as oneDNN's
+    LSTM reads every output's gradient (a NaN gate then gives NaN gradients where a loss on c_n alone, at T=1, left
+    h's branch out of torch's loop)."""
 
     @staticmethod
-    def forward(ctx, keep_y, y, *kept):
-        y = y.clone()
-        ctx.save_for_backward(y if keep_y else None, *kept)
-        return y
+    def forward(ctx, keep_y, n_outs, *tensors):
+        outs = tuple(t.clone() for t in tensors[:n_outs])
+        ctx.save_for_backward(outs[0] if keep_y else None, *tensors[n_outs:])
+        return outs
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, *grads):
         saved = ctx.saved_tensors   # (autograd's check of their versions)
-        return (None, dy) + (None,) * (len(saved) - 1)
+        return (None, None, *grads) + (None,) * (len(saved) - 1)
 
 
 def saved_as_torch(outs, directions, saves_y, x=None):
@@ -106,10 +109,10 @@ def saved_as_torch(outs, directions, saves_y, x=None):
     if not torch.is_grad_enabled():
         return outs
     result = []
-    for d, ((y, *states), (state0, weights, _)) in enumerate(zip(outs, directions)):
+    for d, (out, (state0, weights, _)) in enumerate(zip(outs, directions)):
         kept = [*weights[2:4]] if saves_y else []
         if x is not None:
             kept += [x] * (d == 0) + [*state0, *weights[:2], *weights[4:]]
         kept = [t for t in kept if t is not None]
-        result.append((_SavedAsTorch.apply(saves_y and len(directions) == 1, y, *kept), *states))
+        result.append(_SavedAsTorch.apply(saves_y and len(directions) == 1, len(out), *out, *kept))
     return result

@@ -136,3 +136,27 @@ def gate_far_below_case(kind, dtype, backend):
         results.append([t.double() for t in (y, *finals, *(t.grad for t in leaves[:1 + (kind == "LSTM")]))])
     for want, got in zip(*results):   # relative to each tensor's largest entry: gradients sum terms of both signs
         assert (got - want).abs().max() <= (1e-5 if dtype == torch.float32 else 1e-12) * want.abs().max()
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("loss_on", ["y", "h_n", "c_n"])
+@pytest.mark.parametrize("dtype, mkldnn", [(torch.float32, True), (torch.float32, False), (torch.float64, True)])
+@pytest.mark.parametrize("route", ["engine", "torch"])
+def test_a_nan_input_gives_nan_gradients_where_torch_nns_lstm_does(route, dtype, mkldnn, loss_on, steps, monkeypatch):
+    """oneDNN's LSTM (float32) reads every output's gradient, zeros for unused ones: with a NaN gate, a loss on c_n
+    alone gives every gate's bias a NaN gradient. At one step gpurnn ran torch's loop, whose graph left h's branch
+    (the output gate's) out: 0 there. torch's loop (float64, oneDNN off) gives 0 as well."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", route)
+    grads = []
+    for mod in (torch.nn, gnn):
+        torch.manual_seed(0)
+        m = mod.LSTM(3, 4, dtype=dtype)
+        x = torch.randn(steps, 2, 3, dtype=dtype)
+        x[0, 0, 1] = float("nan")
+        x.requires_grad_()
+        with torch.backends.mkldnn.flags(enabled=mkldnn):
+            y, (h, c) = m(x)
+            {"y": y, "h_n": h, "c_n": c}[loss_on].sum().backward()
+        grads.append([x.grad, *(p.grad for p in m.parameters())])
+    for got, want in zip(*grads):
+        assert torch.equal(got.isnan(), want.isnan())
