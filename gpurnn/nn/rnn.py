@@ -286,7 +286,7 @@ class _EngineForward:
             # whole hx to its op, which refuses anything but two tensors after check_forward_args
             reads_pair = not packed or sorted_idx is not None
             passes_pair = sorted_idx is not None if packed else not batched
-            torch_words = lambda: torch.nn.LSTM.forward(self, input, given)   # noqa: E731
+            torch_words = lambda: super(_EngineForward, self).forward(input, given)   # noqa: E731 (not torch.nn.LSTM)
             hx = lstm_pair(hx, "lstm", reads_pair, passes_pair or not packed, torch_words) if is_lstm else [hx]
             # the attribute torch.nn reads first: a packed input's hx is permuted (index_select) or sized
             touched = "dim" if not packed else "size" if sorted_idx is None else "index_select"
