@@ -137,42 +137,44 @@ def time_routes(B, I, K, N, dtype, feature_major=False, for_backward=True, repea
     STEPS x (B, K) @ (K, N) accumulated into the gate rows; feature-major STEPS x (N, I) @ (I, B) in one call,
     then STEPS x (N, K) @ (K, B). For a backward, then the steps' (B, N) @ (N, K) (feature-major (K, N) @ (N, B)),
     the weight gradient (N, STEPS*B) @ (STEPS*B, I+K) and dx, (STEPS*B, N) @ (N, I): a route's speed on one
-    form does not carry over to the others (the weight gradient's transposed rows cost oneDNN a copy)."""
+    form does not carry over to the others (the weight gradient's transposed rows cost oneDNN a copy). STEPS: half
+    of it where a step is big (timed.timed_steps)."""
+    steps = timed.timed_steps(STEPS, B * (I + K) * N)
     rng = np.random.default_rng(0)
     w_ih, w_hh = (rng.standard_normal(s).astype(dtype) / 8 for s in ((N, I), (N, K)))
-    rows, xh = rng.standard_normal((STEPS * B, N)).astype(dtype), rng.standard_normal((STEPS * B, I + K)).astype(dtype)
+    rows, xh = rng.standard_normal((steps * B, N)).astype(dtype), rng.standard_normal((steps * B, I + K)).astype(dtype)
     dh = np.zeros((B, K), dtype)
 
     def backward(fn):
         if feature_major:
             w_back, dhT = gemm_weight(fn, np, w_hh.T, B, contiguous=True), np.zeros((K, B), dtype)
-            for t in range(STEPS):
+            for t in range(steps):
                 fn(w_back, rows[t * B:(t + 1) * B].T, out=dhT, add=True)
         else:
             w_back = gemm_weight(fn, np, w_hh, B, contiguous=True)
-            for t in range(STEPS):
+            for t in range(steps):
                 fn(rows[t * B:(t + 1) * B], w_back, out=dh)
         fn(rows.T, xh)
         fn(rows, w_ih)
     if feature_major:
-        x, h = rng.standard_normal((STEPS, I, B)).astype(dtype), rng.standard_normal((K, B)).astype(dtype)
-        gates = np.empty((STEPS, N, B), dtype)
+        x, h = rng.standard_normal((steps, I, B)).astype(dtype), rng.standard_normal((K, B)).astype(dtype)
+        gates = np.empty((steps, N, B), dtype)
 
         def replica(fn):
             fn(w_ih, x, out=gates)
             w_step = gemm_weight(fn, np, w_hh, B, contiguous=True)   # C-contiguous already
-            for t in range(STEPS):
+            for t in range(steps):
                 fn(w_step, h, out=gates[t])
             if for_backward:
                 backward(fn)
     else:
-        x, h = rng.standard_normal((STEPS * B, I)).astype(dtype), rng.standard_normal((B, K)).astype(dtype)
-        gates = np.empty((STEPS * B, N), dtype)
+        x, h = rng.standard_normal((steps * B, I)).astype(dtype), rng.standard_normal((B, K)).astype(dtype)
+        gates = np.empty((steps * B, N), dtype)
 
         def replica(fn):   # the LSTM's (cpu/lstm.py)
-            fn(x, gemm_weight(fn, np, w_ih.T, STEPS * B, contiguous=True), out=gates)
+            fn(x, gemm_weight(fn, np, w_ih.T, steps * B, contiguous=True), out=gates)
             w_step = gemm_weight(fn, np, w_hh.T, B, contiguous=True)
-            for t in range(STEPS):
+            for t in range(steps):
                 fn(h, w_step, out=gates[t * B:(t + 1) * B], add=True)
             if for_backward:
                 backward(fn)

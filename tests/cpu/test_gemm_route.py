@@ -239,3 +239,17 @@ def test_the_replica_runs_on_the_calls_shapes_not_its_class_bounds(monkeypatch):
     assert shapes == [(3, 3, 2, 6), (1, 3, 2, 6)] and [key[:4] for key in gemm.chosen()] == [(4, 4, 2, 8),
                                                                                           (1, 4, 2, 8)]
 
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_a_big_layers_replica_runs_half_the_steps(big, monkeypatch):
+    """As the layer timing (timed.timed_steps): over timed.BIG_STEP multiply-adds a step, half of STEPS."""
+    monkeypatch.setattr(timed, "BIG_STEP", 4 * (3 + 2) * 8 - big)   # B x (I + K) x N
+    step_gemms = []
+
+    def recording(a, b, out=None, add=False):
+        step_gemms.append(np.shape(a) == (4, 2))   # (B, K) @ (K, N): one a step
+        return gemm.torch_matmul(np.asarray(a), np.asarray(b), out=out, add=add)
+    monkeypatch.setattr(gemm, "ROUTES", {"torch": recording})
+    gemm.time_routes(4, 3, 2, 8, np.float32, for_backward=False, repeats=1)
+    assert sum(step_gemms) == 2 * gemm.STEPS // (2 if big else 1)   # a warm-up and one timed run
