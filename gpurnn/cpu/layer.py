@@ -153,19 +153,17 @@ def stack_on_torch(classes, owner, time_them):
 
 def _time(runs, x, directions, for_backward, batch_sizes):
     """{route: median seconds} of each runs[route](x, directions, batch_sizes) (and a backward of its outputs' sum)
-    on detached copies of the first TIME_STEPS steps, half where a step is big (timed.timed_steps), x's needing a
-    gradient where the caller's does (both routes skip dx otherwise); for x longer (the class of longer calls), the
-    time each would take at HORIZON steps, extrapolated from its times at a quarter of those steps and all: the
-    routes' fixed costs differ (an Elman layer's forward+backward at B=4 H=64 on an AMD EPYC: 1.2 ms on the engine
-    against 0.9 on torch's op at 32 steps, 1.6 against 4.3 at 128). The routes take turns, so that a passing load weighs on both
+    on detached copies of the first TIME_STEPS steps (x's needing a gradient where the caller's does: both routes
+    skip dx otherwise); for x longer (the class of longer calls), the time each would take at
+    HORIZON steps, extrapolated from its times at TIME_STEPS / 4 and TIME_STEPS steps: the routes' fixed costs
+    differ (an Elman layer's forward+backward at B=4 H=64 on an AMD EPYC: 1.2 ms on the engine against 0.9 on
+    torch's op at 32 steps, 1.6 against 4.3 at 128). The routes take turns, so that a passing load weighs on both
     alike (timed one after the other, a packed LSTM's torch op once timed 1.8 ms for 1.1 on an AMD EPYC, and lost).
     Identity saved-tensor hooks shadow the caller's (which must not see these copies: offloading, counting); the
     backward passes run eagerly under compiled autograd (dynamo.eager_backward)."""
     def copy(t):
         return None if t is None else t.detach().clone().requires_grad_(for_backward and t.requires_grad)
-    weights = sum(w.numel() for _, ws, _ in directions for w in ws if w is not None and w.dim() == 2)
-    steps = timed.timed_steps(TIME_STEPS, x.shape[1] * weights)
-    lengths = (steps // 4, steps) if x.shape[0] > TIME_STEPS else (steps,)
+    lengths = (TIME_STEPS // 4, TIME_STEPS) if x.shape[0] > TIME_STEPS else (TIME_STEPS,)
     dirs = [([copy(s) for s in state0], [copy(w) for w in weights], r) for state0, weights, r in directions]
     inputs = {n: (copy(x[:n]), None if batch_sizes is None else batch_sizes[:n]) for n in lengths}
     samples = {(name, n): [] for name in runs for n in lengths}

@@ -108,16 +108,6 @@ def _waited():
     return total / 1e9
 
 
-BIG_STEP = 3e7   # multiply-adds a step (batch x weight entries) over which a timing runs half its steps
-
-
-def timed_steps(steps, macs):
-    """The steps a timing runs for a layer of `macs` multiply-adds a step: half of `steps` where a step is big, its
-    time then far above the noise (a 2-layer bidirectional LSTM's first call at B=16 H=768, 151M a step, spent 8-10 s
-    timing on an AMD EPYC, torch.nn's 1.9 s)."""
-    return max(1, steps // 2) if macs > BIG_STEP else steps
-
-
 def pow2(n):
     """The least power of two >= n (1 for n <= 1)."""
     return 1 << max(0, int(n) - 1).bit_length()

@@ -243,8 +243,8 @@ def test_the_replica_runs_on_the_calls_shapes_not_its_class_bounds(monkeypatch):
 
 @pytest.mark.parametrize("big", [False, True])
 def test_a_big_layers_replica_runs_half_the_steps(big, monkeypatch):
-    """As the layer timing (timed.timed_steps): over timed.BIG_STEP multiply-adds a step, half of STEPS."""
-    monkeypatch.setattr(timed, "BIG_STEP", 4 * (3 + 2) * 8 - big)   # B x (I + K) x N
+    """Over BIG_STEP multiply-adds a step, half of STEPS: their times far above the noise."""
+    monkeypatch.setattr(gemm, "BIG_STEP", 4 * (3 + 2) * 8 - big)   # B x (I + K) x N
     step_gemms = []
 
     def recording(a, b, out=None, add=False):

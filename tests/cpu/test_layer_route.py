@@ -456,19 +456,3 @@ def test_bfloat16_runs_as_torchs_bfloat16_op_or_in_float32(route, monkeypatch, f
     elif route == "engine":
         for g, r in zip(got, _outputs(ref32, x.float())):
             torch.testing.assert_close(g.float(), r, rtol=2e-2, atol=2e-2)
-
-
-@pytest.mark.parametrize("big", [False, True])
-@pytest.mark.parametrize("T", [20, 100])
-def test_a_big_layer_is_timed_on_half_the_steps(T, big, monkeypatch):
-    """Where a step's multiply-adds (batch x weight entries) pass timed.BIG_STEP, its time is far above the noise:
-    half the steps (a 2-layer bidirectional LSTM's first call at B=16 H=768 spent 8-10 s timing on an AMD EPYC)."""
-    monkeypatch.setattr(timed, "BIG_STEP", 2 * 12 - big)   # B=2 x a (4, 3) weight
-    seen = []
-
-    def run(xs, directions, batch_sizes):
-        seen.append(xs.shape[0])
-        return [(xs,)]
-    layer._time({"engine": run}, torch.zeros(T, 2, 3), [([torch.zeros(2, 4)], [torch.zeros(4, 3)], False)], False, None)
-    steps = layer.TIME_STEPS // (2 if big else 1)
-    assert set(seen) == ({steps // 4, steps} if T > layer.TIME_STEPS else {min(T, steps)})
