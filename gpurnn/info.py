@@ -4,7 +4,7 @@ import os
 import platform
 
 from . import cpu
-from .cpu import gemm
+from .cpu import gemm, stored
 from .backends import CHOICES, backend_status
 
 
@@ -48,6 +48,7 @@ def info():
     if _version("torch"):   # the routes are the torch front end's
         lines.append(f"GEMM route on the CPU (torch front end): {gemm.describe()}")
         lines += [f"  {line}" for line in gemm.report()]
+        lines.append(f"CPU route decisions kept between processes in: {stored.directory() or 'none (GPURNN_CACHE_DIR)'}")
     return "\n".join(lines)
 
 

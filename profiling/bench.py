@@ -30,6 +30,10 @@ import time
 import uuid
 from pathlib import Path
 
+# every benchmark times the CPU routes itself: a decision kept by an earlier process (gpurnn/cpu/stored.py) would make
+# its route a past run's (the variable set: the caller's choice)
+os.environ.setdefault("GPURNN_CACHE_DIR", "")
+
 import numpy as np
 import torch
 

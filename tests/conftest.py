@@ -10,6 +10,9 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 # take either (gpurnn/cpu/layer.py). The suite tests the engine unless a test asks for the choice
 # (tests/cpu/test_layer_route.py).
 os.environ.setdefault("GPURNN_CPU_LAYER", "engine")
+# Route decisions are not kept between processes (gpurnn/cpu/stored.py): each test run times its own, and a test's
+# subprocess does not read the last run's (tests/cpu/test_stored.py keeps them where it tests that)
+os.environ["GPURNN_CACHE_DIR"] = ""
 
 import pytest  # noqa: E402
 

@@ -6,8 +6,8 @@ from Python. Which is faster depends on the cell and the machine (Intel Xeon, B=
 H=128: the engine's GRU took 0.72x torch's time, its LSTM 1.5x). So the first call of each
 layer shape class (cell, T up to TIME_STEPS or longer, B, I rounded up to powers of two, H, directions,
 whether a backward follows and wants dx, dtype, packed or not) times both on copies of its first TIME_STEPS
-steps, forward and, where a backward follows, backward, and keeps the faster for the process (torch's op
-unless it takes over 1.05 times the engine's: `route`). Where every layer of a module's call has its route
+steps, forward and, where a backward follows, backward, and keeps the faster for the process and later ones
+(stored.py) (torch's op unless it takes over 1.05 times the engine's: `route`). Where every layer of a module's call has its route
 fixed to torch's op, the module runs torch.nn's own forward (`stack_on_torch`).
 torch's op computes torch.nn's own function, so both routes give the same results to float
 rounding.
@@ -35,7 +35,7 @@ LOSER = 2.0   # a route over this many times slower than another in the first tw
 TIME_STEPS = 32   # the timing runs on the first steps only, so that it stays cheap
 HORIZON = 128     # longer calls (one class): the routes' times predicted at this length decide (_time)
 TIE = 0.05   # torch's op wins a timing within this fraction of the engine's
-_chosen = timed.Decisions()     # layer shape class -> (route, {route: median seconds})
+_chosen = timed.Decisions("layer")     # layer shape class -> (route, {route: median seconds})
 _warned = set()   # (dtype, grad mode, oneDNN on) where torch's op was asked for its projection warning (warn_as_torch)
 _last_forward = {}   # (layer shape class, weights' address) -> the route its last forward outside a backward took
 _last_checkpointed = {}   # the same for forwards under the caller's saved-tensor hooks (see _remember)

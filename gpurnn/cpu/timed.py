@@ -1,7 +1,7 @@
 """What the CPU's two timed route choices share (gemm.py: torch's or NumPy's BLAS; layer.py: the
 engine or torch's fused op): shape classes rounded to powers of two, a per-process cache of each
 class's decision (the faster route by timing, made under a lock; torch's route where torch's deterministic
-algorithms are on), and its one-line description.
+algorithms are on; kept for later processes where its timing ran in quiet: stored.py), and its one-line description.
 
 A decision is made once, unless its timing ran while the process's threads waited for a CPU (other processes busy: a
 DataLoader's workers starting, a build): such a load slows the routes unequally (torch's two-thread ops far more
@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+from . import stored
 
 _lock = threading.RLock()   # re-entered: timing a layer route makes the layer's GEMM route decision
 
@@ -40,17 +41,24 @@ CONTENDED = 0.25
 
 class Decisions(dict):
     """A route choice's cache: {shape class: (route, {route: seconds})}, and the classes whose last timing ran under
-    load (retimes: {shape class: (timings so far, when the last ended)})."""
+    load (retimes: {shape class: (timings so far, when the last ended)}); kind ("layer", "gemm") names its decisions
+    kept between processes (stored.py; None: none kept)."""
 
-    def __init__(self):
+    def __init__(self, kind=None):
         super().__init__()
+        self.kind = kind
         self.retimes = {}
 
     def due(self, key):
-        """Whether key's route is to be timed now: never timed, or last timed under load long enough ago, where a
-        timing may run again (_may_retime; a checkpoint's forward must keep the route its recomputation will take)."""
+        """Whether key's route is to be timed now: never timed (in this process, nor kept from another), or last timed
+        under load long enough ago, where a timing may run again (_may_retime; a checkpoint's forward must keep the
+        route its recomputation will take)."""
         if key not in self:
-            return True
+            kept = None if self.kind is None else stored.load(self.kind, key)
+            if kept is None:
+                return True
+            self[key] = kept
+            return False
         count, ended = self.retimes.get(key, (RETIMES + 1, 0.0))
         return count <= RETIMES and time.monotonic() - ended >= RETIME_AFTER and _may_retime()
 
@@ -139,6 +147,8 @@ def decide(cache, key, time_routes, prefer=None, margin=0.0):
                 count = cache.retimes.pop(key, (0, 0.0))[0] + 1
                 if _waited() - waited > CONTENDED * (ended - start):
                     cache.retimes[key] = (count, ended)
+                elif cache.kind is not None:   # (made in quiet: kept for the next processes)
+                    stored.save(cache.kind, key, best, times)
         finally:
             _lock.release()
     return cache[key][0]
