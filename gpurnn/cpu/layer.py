@@ -7,8 +7,8 @@ H=128: the engine's GRU took 0.72x torch's time, its LSTM 1.5x). So the first ca
 layer shape class (cell, T up to TIME_STEPS or longer, B, I rounded up to powers of two, H, directions,
 whether a backward follows and wants dx, dtype, packed or not) times both on copies of its first TIME_STEPS
 steps, forward and, where a backward follows, backward, and keeps the faster for the process and later ones
-(stored.py) (torch's op unless it takes over 1.05 times the engine's: `route`). Where every layer of a module's call has its route
-fixed to torch's op, the module runs torch.nn's own forward (`stack_on_torch`).
+(stored.py) (torch's op unless it takes over 1.05 times the engine's: `route`). Where every layer of a module's
+call has its route fixed to torch's op, the module runs torch.nn's own forward (`stack_on_torch`).
 torch's op computes torch.nn's own function, so both routes give the same results to float
 rounding.
 
