@@ -190,13 +190,13 @@ def _reference(t):
 
 
 def saves_output(x, cell, batch_sizes, projected):
-    """Whether torch.nn's op for this layer saves its output y for backward (changing y in place before backward is
-    its error too): oneDNN's CPU LSTM (float32, bfloat16 where it runs it; not projected, nor packed unless with all
-    lengths equal) while torch.backends.mkldnn is on; its RNN and GRU save no output."""
-    return (cell == "lstm" and x.device.type == "cpu" and (x.dtype == torch.float32 or x.dtype == torch.bfloat16
-                                                            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether torch.nn's op for this layer saves its output y for backward (then changing y in place is its error
+    too): oneDNN's CPU LSTM (float32, bfloat16 where it runs it; not projected, nor packed unless all lengths equal)."""
+    return (cell == "lstm" and x.device.type == "cpu" and x.numel() > 0 and not projected
             and (batch_sizes is None or len(set(batch_sizes)) == 1)
-            and x.numel() > 0 and not projected and torch._C._get_mkldnn_enabled())
+            and torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
+            and (x.dtype == torch.float32
+                 or x.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
 
 def _inputs(ctx):
@@ -351,7 +351,7 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
                                              for state0, weights, reverse in ds],
                           backend=name, batch_sizes=bs, **dict(opts, **teacher))
         outs = [tuple(t.to(dtype) for t in out) for out in outs]   # saved as torch.nn's op saves them, not the copies
-        return torch_loop.saved_as_torch(outs, ds, saves_output(xs, cell, bs, projected), xs)
+        return torch_loop.saved_as_torch(outs, cell, ds, saves_output(xs, cell, bs, projected), xs)
     if name == "numpy" and x.shape[0] == 1 and not compiling and dtype != torch.float16 and not upcast:
         # One step (autoregressive generation, a decoder stepped by hand): the engine's fixed cost per call
         # (custom op dispatch, array views, buffers, its tape) is several times the step itself, and torch's
@@ -361,7 +361,7 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
             checks.check_savable([x, *tensors])
         outs = _torch_loop_layers(cell, x, directions, batch_sizes, opts)
         saves = for_backward and saves_output(x, cell, batch_sizes, projected)   # (as the engine's forward)
-        return torch_loop.saved_as_torch(outs, directions, True) if saves else outs
+        return torch_loop.saved_as_torch(outs, cell, directions, True) if saves else outs
     # the engine (bfloat16: in float32) or torch's fused op (bfloat16: oneDNN's, on a CPU with bfloat16 instructions
     # half float32's time on an AMD EPYC), timed per layer shape
     run_engine = float32_layers if upcast else (

@@ -48,7 +48,7 @@ def info():
     if _version("torch"):   # the routes are the torch front end's
         lines.append(f"GEMM route on the CPU (torch front end): {gemm.describe()}")
         lines += [f"  {line}" for line in gemm.report()]
-        lines.append(f"CPU route decisions kept between processes in: {stored.directory() or 'none (GPURNN_CACHE_DIR)'}")
+        lines.append(f"CPU route decisions kept in: {stored.directory() or 'none (GPURNN_ROUTE_CACHE=0)'}")
     return "\n".join(lines)
 
 

@@ -15,6 +15,8 @@ It also runs single steps without gradient, and the layer under torch.func trans
 """
 import torch
 
+from . import cells
+
 
 def _elman(x_t, state, w, opts):
     cell = torch.rnn_tanh_cell if opts.get("nonlinearity", "tanh") == "tanh" else torch.rnn_relu_cell
@@ -102,17 +104,19 @@ class _SavedAsTorch(torch.autograd.Function):
         return (None, None, *grads) + (None,) * (len(saved) - 1)
 
 
-def saved_as_torch(outs, directions, saves_y, x=None):
+def saved_as_torch(outs, cell, directions, saves_y, x=None):
     """The layer's [(y, *states)] of each direction, with what torch.nn's op saves and the computation did not: where
     oneDNN's LSTM runs (saves_y), y (one direction) and the biases; where the computation ran on copies (bfloat16 in
-    float32: x given), x, the initial states and the other weights too. Without grad mode, outs."""
-    if not torch.is_grad_enabled():
+    float32: x given), x, the initial states and the other weights too (Jordan's as its float32 engine saves them).
+    outs as they are where no gradient will be asked of them."""
+    if not (torch.is_grad_enabled() and any(t.requires_grad for out in outs for t in out)):
         return outs
     result = []
     for d, (out, (state0, weights, _)) in enumerate(zip(outs, directions)):
-        kept = [*weights[2:4]] if saves_y else []
+        named = list(zip(cells.WEIGHT_NAMES[cell], weights))
+        kept = [w for n, w in named if n.startswith("b_")] if saves_y else []
         if x is not None:
-            kept += [x] * (d == 0) + [*state0, *weights[:2], *weights[4:]]
+            kept += [x] * (d == 0) + [*state0] + [w for n, w in named if not n.startswith("b_")]
         kept = [t for t in kept if t is not None]
         result.append(_SavedAsTorch.apply(saves_y and len(directions) == 1, len(out), *out, *kept))
     return result

@@ -32,7 +32,7 @@ from pathlib import Path
 
 # every benchmark times the CPU routes itself: a decision kept by an earlier process (gpurnn/cpu/stored.py) would make
 # its route a past run's (the variable set: the caller's choice)
-os.environ.setdefault("GPURNN_CACHE_DIR", "")
+os.environ.setdefault("GPURNN_ROUTE_CACHE", "0")
 
 import numpy as np
 import torch

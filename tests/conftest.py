@@ -12,7 +12,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("GPURNN_CPU_LAYER", "engine")
 # Route decisions are not kept between processes (gpurnn/cpu/stored.py): each test run times its own, and a test's
 # subprocess does not read the last run's (tests/cpu/test_stored.py keeps them where it tests that)
-os.environ["GPURNN_CACHE_DIR"] = ""
+os.environ["GPURNN_ROUTE_CACHE"] = "0"
 
 import pytest  # noqa: E402
 

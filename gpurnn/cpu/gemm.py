@@ -111,7 +111,7 @@ STEPS = 16   # steps of the timed replica (a projection over STEPS steps, then S
 # multiply-adds a step (B x (I + K) x N) over which the replica runs half the steps, their times far above the noise:
 # the same routes won at B=16 H=768 on an AMD EPYC, timed in 0.4-0.9 s a layer class instead of 0.7-1.3
 BIG_STEP = 3e7
-_chosen = timed.Decisions("gemm")     # layer shape class -> (route, {route: median seconds})
+_chosen = timed.Decisions("gemm", ROUTES)     # layer shape class -> (route, {route: median seconds})
 
 
 def forced():

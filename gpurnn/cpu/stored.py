@@ -2,40 +2,45 @@
 its routes again in every run: a 2-layer bidirectional LSTM's first forward+backward at B=16 T=64 H=768 spent 8-10 s
 timing on an AMD EPYC, where torch.nn's first call took 1.9 s.
 
-A decision whose timing ran in quiet (timed.decide) is written to a JSON file in GPURNN_CACHE_DIR (default
-$XDG_CACHE_HOME/gpurnn, else ~/.cache/gpurnn; "" or "0": nothing kept), one file for each setting it holds for: the
-CPU model, the CPUs the process may run on, torch's thread count and oneDNN switch, the thread and BLAS variables
-of the environment, GPURNN_GEMM, the versions of Python, gpurnn, torch and NumPy, and gpurnn's source files (an
-edit times again). A decision older than MAX_AGE seconds is timed again. Writes replace the file whole (os.replace),
-so a reader never sees half of one; two processes writing at once may lose one's decision, which is then timed
-again.
+A decision whose timing ran in quiet (timed.decide) is written to a JSON file in routes/ of gpurnn's cache directory
+(GPURNN_CACHE_DIR, else $XDG_CACHE_HOME/gpurnn or ~/.cache/gpurnn, where the compiled step is kept too;
+GPURNN_ROUTE_CACHE=0: none kept nor read), one file for each setting it holds for: the CPU model, the CPUs the process
+may run on, torch's thread count, oneDNN switch and float32 matmul precision, the environment's thread, BLAS, oneDNN
+and GPURNN_ variables, the versions of Python, gpurnn, torch and NumPy, and gpurnn's files (an edit of one, or a
+rebuilt step, times again). A decision older than MAX_AGE seconds is timed again, and files older than that are
+removed. A file replaces the last whole (os.replace), so a reader never sees half of one; two processes writing at
+once may lose one's decision, which is then timed again. What cannot be read as a decision is timed again.
 """
 import contextlib
 import glob
 import hashlib
 import json
+import logging
 import os
 import platform
 import sys
 import tempfile
 import time
-import warnings
+
+from ..checks import check_choice
 
 MAX_AGE = 7 * 24 * 3600.0
-ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE",
-               "OPENBLAS_L2_SIZE", "GPURNN_GEMM")
-_files = {}        # path -> {kind: {repr(key): [route, {route: seconds}, unix time]}} as read, and written since
-_fixed = []        # the parts of the setting that cannot change while the process runs, once read
-_warned = []
+PREFIXES = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "ONEDNN_", "DNNL_", "GPURNN_")   # (not GPURNN_CACHE_DIR)
+_files = {}     # path -> {kind: {repr(key): [route, {route: seconds}, unix time]}}, as read or written by this process
+_fixed = []     # the parts of the setting that do not change while the process runs, once read
+_said = []      # the one warning of a directory that could not be written
+log = logging.getLogger("gpurnn")
 
 
 def directory():
-    """Where decisions are kept, or None (GPURNN_CACHE_DIR "" or "0")."""
-    value = os.environ.get("GPURNN_CACHE_DIR")
-    if value is None:
-        return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-                            "gpurnn")
-    return None if value in ("", "0") else value
+    """Where decisions are kept, or None (GPURNN_ROUTE_CACHE=0)."""
+    switch = os.environ.get("GPURNN_ROUTE_CACHE", "1")
+    check_choice("GPURNN_ROUTE_CACHE", switch, ("1", "0"))
+    if switch == "0":
+        return None
+    root = os.environ.get("GPURNN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "gpurnn")
+    return os.path.join(root, "routes")
 
 
 def _cpu_model():
@@ -52,15 +57,16 @@ def _setting():
         import numpy
         from .. import __version__
         package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        sources = max((os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(package, "**", "*.py"), recursive=True)),
-                      default=0)
+        files = sorted((p, os.stat(p).st_mtime_ns) for pattern in ("*.py", "*.c", "*.so")
+                       for p in glob.glob(os.path.join(package, "**", pattern), recursive=True))
         _fixed.append({"cpu": _cpu_model(), "machine": platform.machine(), "python": platform.python_version(),
-                       "gpurnn": __version__, "sources": sources, "numpy": numpy.__version__})
+                       "gpurnn": __version__, "files": files, "numpy": numpy.__version__})
     torch = sys.modules.get("torch")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return dict(_fixed[0], cpus=cpus, env=[os.environ.get(name) for name in ENVIRONMENT],
-                torch=None if torch is None else [torch.__version__, torch.get_num_threads(),
-                                                  torch._C._get_mkldnn_enabled()])
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(PREFIXES) and k != "GPURNN_CACHE_DIR")
+    return dict(_fixed[0], cpus=cpus, env=env, torch=None if torch is None else [
+        torch.__version__, torch.get_num_threads(), torch._C._get_mkldnn_enabled(),
+        torch.get_float32_matmul_precision()])
 
 
 def _path():
@@ -75,22 +81,33 @@ def _read(path):
     try:
         with open(path) as f:
             content = json.load(f)
-        return content if isinstance(content, dict) else {}
-    except (OSError, ValueError):
-        return {}   # none yet, or not ours to read: timed again, and written over
+    except Exception:   # none yet, or not a JSON file of ours (even one nested past Python's recursion limit)
+        return {}
+    return content if isinstance(content, dict) else {}
 
 
-def load(kind, key):
-    """(route, {route: seconds}) kept for key of this kind ("layer", "gemm") in this setting, or None."""
+def _decision(entry, routes):
+    """(route, times) of a file's entry, or None where it is not one of a known route, times and an age within
+    MAX_AGE."""
+    if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], dict)):
+        return None
+    route, times, made = entry
+    numbers = all(type(t) in (int, float) for t in (*times.values(), made))
+    if route not in routes or not numbers or set(times) - set(routes) or not 0 <= time.time() - made <= MAX_AGE:
+        return None
+    return route, dict(times)
+
+
+def load(kind, key, routes):
+    """(route, {route: seconds}) kept for key of this kind ("layer", "gemm") in this setting, or None; routes: the
+    names a decision of this kind may take here (a file's others are not read)."""
     path = _path()
     if path is None:
         return None
     if path not in _files:
         _files[path] = _read(path)
-    entry = _files[path].get(kind, {}).get(repr(key))
-    if not (isinstance(entry, list) and len(entry) == 3) or time.time() - entry[2] > MAX_AGE:
-        return None
-    return entry[0], dict(entry[1])
+    kind_entries = _files[path].get(kind)
+    return _decision(kind_entries.get(repr(key)), routes) if isinstance(kind_entries, dict) else None
 
 
 def save(kind, key, route, times):
@@ -99,20 +116,34 @@ def save(kind, key, route, times):
     if path is None:
         return
     content = _read(path)   # as other processes left it
-    content.setdefault(kind, {})[repr(key)] = [route, times, time.time()]
+    if not isinstance(content.get(kind), dict):
+        content[kind] = {}
+    content[kind][repr(key)] = [route, times, time.time()]
     _files[path] = content
     temporary = None
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix="routes-", suffix=".tmp")
         with os.fdopen(handle, "w") as f:
             json.dump(content, f)
         os.replace(temporary, path)
-    except OSError as err:
-        with contextlib.suppress(OSError, TypeError):
-            os.unlink(temporary)
-        if not _warned:
-            _warned.append(err)
-            warnings.warn(f"gpurnn: route decisions not kept in {os.path.dirname(path)} ({err}); set "
-                          "GPURNN_CACHE_DIR to a writable directory, or to '' to keep none", RuntimeWarning,
-                          stacklevel=2)
+        temporary = None
+        _remove_old(os.path.dirname(path))
+    except OSError as err:   # (logged, not warned: a warnings filter of "error" would fail the caller's call)
+        if not _said:
+            _said.append(err)
+            log.warning("gpurnn: CPU route decisions not kept in %s (%s); set GPURNN_CACHE_DIR to a writable "
+                        "directory, or GPURNN_ROUTE_CACHE=0", os.path.dirname(path), err)
+    finally:
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+
+
+def _remove_old(where):
+    """Files of settings no process wrote to for MAX_AGE (another torch, an edit of gpurnn), and temporary files a
+    killed process left."""
+    for path in glob.glob(os.path.join(where, "routes-*")):
+        with contextlib.suppress(OSError):
+            if time.time() - os.stat(path).st_mtime > MAX_AGE:
+                os.unlink(path)

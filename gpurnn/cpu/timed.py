@@ -42,23 +42,31 @@ CONTENDED = 0.25
 class Decisions(dict):
     """A route choice's cache: {shape class: (route, {route: seconds})}, and the classes whose last timing ran under
     load (retimes: {shape class: (timings so far, when the last ended)}); kind ("layer", "gemm") names its decisions
-    kept between processes (stored.py; None: none kept)."""
+    kept between processes, of the given routes (stored.py; None: none kept). A class missing here is read from them
+    (by `due` and `get`)."""
 
-    def __init__(self, kind=None):
+    def __init__(self, kind=None, routes=()):
         super().__init__()
-        self.kind = kind
+        self.kind, self.routes = kind, tuple(routes)
         self.retimes = {}
+
+    def _load(self, key):
+        if key not in self and self.kind is not None:
+            kept = stored.load(self.kind, key, self.routes)
+            if kept is not None:
+                self[key] = kept
+
+    def get(self, key, default=None):
+        self._load(key)
+        return super().get(key, default)
 
     def due(self, key):
         """Whether key's route is to be timed now: never timed (in this process, nor kept from another), or last timed
         under load long enough ago, where a timing may run again (_may_retime; a checkpoint's forward must keep the
         route its recomputation will take)."""
+        self._load(key)
         if key not in self:
-            kept = None if self.kind is None else stored.load(self.kind, key)
-            if kept is None:
-                return True
-            self[key] = kept
-            return False
+            return True
         count, ended = self.retimes.get(key, (RETIMES + 1, 0.0))
         return count <= RETIMES and time.monotonic() - ended >= RETIME_AFTER and _may_retime()
 

@@ -227,3 +227,24 @@ def test_under_autocast_a_sequence_is_its_steps_chained():
     assert y.dtype == s.dtype == torch.float32
     torch.testing.assert_close(torch.cat(steps), y)
     torch.testing.assert_close(state, s)
+
+
+@pytest.mark.parametrize("changed", ["input", "weight_ih", "weight_sh", "weight_ho", "bias_h", "bias_o"])
+def test_a_bfloat16_layer_refuses_an_in_place_change_where_float32_does(changed):
+    """bfloat16 runs on float32 copies: its originals are saved as the float32 engine saves the tensors it reads
+    (not the biases), so the same in-place changes fail before backward (weight_ho ran, bias_o failed)."""
+    outcomes = []
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        m = gnn.JordanRNN(4, 6, 3).to(dtype)
+        x = torch.randn(5, 2, 4, dtype=dtype, requires_grad=True) * 1
+        y, _ = m(x)
+        with torch.no_grad():
+            (x if changed == "input" else getattr(m, changed)).add_(1)
+        try:
+            y.float().sum().backward()
+            outcomes.append("runs")
+        except RuntimeError as err:
+            assert "modified by an inplace operation" in str(err)
+            outcomes.append("raises")
+    assert outcomes[1] == outcomes[0]

@@ -1,8 +1,10 @@
 """gpurnn/cpu/stored.py: route decisions made in quiet are kept between processes, for the setting they were made in."""
 import json
+import logging
 import os
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
@@ -13,11 +15,12 @@ from gpurnn.cpu import stored, timed
 
 @pytest.fixture
 def kept(tmp_path, monkeypatch):
-    """Decisions kept in tmp_path; `fresh()`: a new process's view (nothing read yet)."""
+    """Decisions kept under tmp_path (in routes/)."""
+    monkeypatch.setenv("GPURNN_ROUTE_CACHE", "1")
     monkeypatch.setenv("GPURNN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(stored, "_files", {})
-    monkeypatch.setattr(stored, "_warned", [])
-    return tmp_path
+    monkeypatch.setattr(stored, "_said", [])
+    return tmp_path / "routes"
 
 
 def _timer(answer):
@@ -30,8 +33,9 @@ def _timer(answer):
 
 
 def _new_process():
+    """A new process's view: nothing read yet."""
     stored._files.clear()
-    return timed.Decisions("layer")
+    return timed.Decisions("layer", ("engine", "torch"))
 
 
 def test_a_decision_made_in_quiet_is_read_by_the_next_process_untimed(kept):
@@ -48,7 +52,7 @@ def test_a_decision_timed_under_load_is_not_kept(kept, monkeypatch):
     monkeypatch.setattr(timed, "_waited", lambda: next(waited))
     time_routes, calls = _timer({"engine": 1.0, "torch": 2.0})
     timed.decide(_new_process(), "k", time_routes)
-    assert _new_process().due("k") and not any(kept.iterdir())
+    assert _new_process().due("k") and not kept.exists()
 
 
 def test_another_setting_times_again(kept):
@@ -70,40 +74,71 @@ def test_an_old_decision_is_timed_again(kept, monkeypatch):
     assert _new_process().due("k")
 
 
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"layer": {"\'k\'": ["engine"]}}'])
-def test_a_file_not_of_ours_is_timed_again_and_written_over(kept, content):
+_NOT_OURS = ["{not json", "[1, 2]", '{"layer": []}', "[" * 100000 + "]" * 100000]
+_NOW = time.time()   # (an entry of a known route and times made now would be read)
+_NOT_DECISIONS = [["torch", {"torch": 1.0}, "yesterday"], ["torch", 5, _NOW], ["garbage", {"garbage": 1.0}, _NOW],
+                  [None, {"torch": 1.0}, _NOW], ["torch", {"torch": "fast"}, _NOW], ["torch", {"torch": 1.0}, 1e12],
+                  ["torch", {"torch": 1.0}], "torch", ["torch", {"torch": True}, _NOW]]
+
+
+@pytest.mark.parametrize("content", _NOT_OURS + [{"layer": {"'k'": entry}} for entry in _NOT_DECISIONS],
+                         ids=[f"file{i}" for i in range(len(_NOT_OURS))] + [f"entry{i}" for i in range(len(_NOT_DECISIONS))])
+def test_what_is_no_decision_is_timed_again_and_written_over(kept, content):
+    """A file or an entry not of ours (an unknown route, times or age of another type, a time in the future): timed."""
     time_routes, calls = _timer({"engine": 1.0, "torch": 2.0})
     timed.decide(_new_process(), "other", time_routes)
     [path] = kept.iterdir()
-    path.write_text(content)
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
     cache = _new_process()
-    assert cache.due("k")
-    timed.decide(cache, "k", time_routes)
-    assert len(calls) == 2 and "'k'" in json.loads(path.read_text())["layer"]
+    assert cache.get("k") is None and cache.due("k")
+    assert timed.decide(cache, "k", time_routes) == "engine" and len(calls) == 2
+    assert not _new_process().due("k")
 
 
-@pytest.mark.parametrize("value", ["", "0"])
-def test_an_empty_or_zero_directory_keeps_nothing(tmp_path, monkeypatch, value):
-    monkeypatch.setenv("GPURNN_CACHE_DIR", value)
-    assert stored.directory() is None
-    monkeypatch.chdir(tmp_path)
+def test_an_unknown_route_here_is_timed_again(kept):
+    """A GEMM route this torch lacks (oneDNN's) is no decision here."""
+    time_routes, calls = _timer({"engine": 1.0, "onednn": 0.5})
+    timed.decide(timed.Decisions("gemm", ("engine", "onednn")), "k", time_routes)
+    stored._files.clear()
+    assert timed.Decisions("gemm", ("engine",)).due("k")
+
+
+def test_files_no_process_wrote_for_a_week_are_removed(kept):
     time_routes, calls = _timer({"engine": 1.0, "torch": 2.0})
     timed.decide(_new_process(), "k", time_routes)
-    assert _new_process().due("k") and not any(tmp_path.iterdir())
+    old = kept / "routes-0123.json"
+    old.write_text("{}")
+    os.utime(old, (time.time() - stored.MAX_AGE - 60,) * 2)
+    timed.decide(_new_process(), "k2", time_routes)
+    assert len(list(kept.iterdir())) == 1 and not old.exists()
 
 
-def test_an_unwritable_directory_warns_once_and_decides_as_before(kept, monkeypatch):
-    blocker = kept / "a file"
+def test_gpurnn_route_cache_0_keeps_and_reads_none(kept, monkeypatch):
+    time_routes, calls = _timer({"engine": 1.0, "torch": 2.0})
+    timed.decide(_new_process(), "k", time_routes)
+    monkeypatch.setenv("GPURNN_ROUTE_CACHE", "0")
+    assert stored.directory() is None and _new_process().due("k")
+    timed.decide(_new_process(), "k2", time_routes)
+    assert len(calls) == 2 and "'k2'" not in next(kept.iterdir()).read_text()
+    monkeypatch.setenv("GPURNN_ROUTE_CACHE", "no")
+    with pytest.raises(ValueError, match=r"GPURNN_ROUTE_CACHE: expected one of \('1', '0'\), got 'no'"):
+        _new_process().due("k")
+
+
+def test_an_unwritable_directory_is_logged_once_and_decides_as_before(kept, monkeypatch, caplog):
+    """Logged, not warned: a warnings filter of "error" would fail the caller's forward."""
+    blocker = kept.parent / "a file"
     blocker.write_text("")
-    monkeypatch.setenv("GPURNN_CACHE_DIR", str(blocker / "routes"))   # under a file: no directory can be made
+    monkeypatch.setenv("GPURNN_CACHE_DIR", str(blocker))   # its routes/ cannot be made under a file
     time_routes, calls = _timer({"engine": 1.0, "torch": 2.0})
     cache = _new_process()
-    with pytest.warns(RuntimeWarning, match="route decisions not kept in .*GPURNN_CACHE_DIR"):
-        assert timed.decide(cache, "k", time_routes) == "engine"
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="gpurnn"):
         warnings.simplefilter("error")
+        assert timed.decide(cache, "k", time_routes) == "engine"
         timed.decide(cache, "k2", time_routes)
-    assert len(calls) == 2 and os.listdir(kept) == ["a file"]
+    said = [r.getMessage() for r in caplog.records]
+    assert len(calls) == 2 and len(said) == 1 and "not kept in" in said[0] and "GPURNN_ROUTE_CACHE=0" in said[0]
+    assert os.listdir(kept.parent) == ["a file"]
 
 
 _PROGRAM = """
@@ -121,7 +156,7 @@ print(len(timings), sorted(route for route, _ in layer.chosen().values()))
 
 
 def test_a_second_process_takes_the_first_ones_routes_untimed(tmp_path):
-    env = dict(os.environ, GPURNN_CACHE_DIR=str(tmp_path), GPURNN_CPU_LAYER="auto")
+    env = dict(os.environ, GPURNN_CACHE_DIR=str(tmp_path), GPURNN_ROUTE_CACHE="1", GPURNN_CPU_LAYER="auto")
     runs = [subprocess.run([sys.executable, "-c", _PROGRAM], env=env, capture_output=True, text=True, check=True)
             for _ in range(2)]
     first, second = (run.stdout.split(" ", 1) for run in runs)
