@@ -1,15 +1,18 @@
 """Route decisions kept between processes (timed.py), so that a program's first call of a layer shape does not time
 its routes again in every run: a 2-layer bidirectional LSTM's first forward+backward at B=16 T=64 H=768 spent 8-10 s
-timing on an AMD EPYC, where torch.nn's first call took 0.5-1.9 s (0.55-0.59 s with the decisions kept).
+timing on an AMD EPYC, where torch.nn's first call took 0.5-1.9 s (0.55-0.65 s with the decisions kept).
 
 A decision whose timing ran in quiet (timed.decide) is written to a JSON file in routes/ of gpurnn's cache directory
 (GPURNN_CACHE_DIR, else $XDG_CACHE_HOME/gpurnn or ~/.cache/gpurnn, where the compiled step is kept too;
 GPURNN_ROUTE_CACHE=0: none kept nor read), one file for each setting it holds for: the CPU model, the CPUs the process
 may run on, torch's thread count, oneDNN switch and float32 matmul precision, the environment's thread, BLAS, oneDNN
 and GPURNN_ variables, the versions of Python, gpurnn, torch and NumPy, and gpurnn's files (an edit of one, or a
-rebuilt step, times again). A decision older than MAX_AGE seconds is timed again, and files older than that are
-removed. A file replaces the last whole (os.replace), so a reader never sees half of one; two processes writing at
-once may lose one's decision, which is then timed again. What cannot be read as a decision is timed again.
+rebuilt step, times again). A later process takes a decision untimed once AGREED quiet timings in a row, in
+different processes, made it: one timing's noise would otherwise hold for every process (on that EPYC a GRU's
+timing once called a near tie where the engine took 0.53x torch's time in a rerun). A decision older than MAX_AGE
+seconds is timed again, and files older than that are removed. A file replaces the last whole (os.replace), so a
+reader never sees half of one; two processes writing at once may lose one's decision, which is then timed again.
+What cannot be read as a decision is timed again.
 """
 import contextlib
 import glob
@@ -25,8 +28,9 @@ import time
 from ..checks import check_choice
 
 MAX_AGE = 7 * 24 * 3600.0
+AGREED = 2
 PREFIXES = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "ONEDNN_", "DNNL_", "GPURNN_")   # (not GPURNN_CACHE_DIR)
-_files = {}     # path -> {kind: {repr(key): [route, {route: seconds}, unix time]}}, as read or written by this process
+_files = {}     # path -> {kind: {repr(key): [route, {route: seconds}, unix time, timings in a row that agreed]}}
 _fixed = []     # the parts of the setting that do not change while the process runs, once read
 _said = []      # the one warning of a directory that could not be written
 log = logging.getLogger("gpurnn")
@@ -87,15 +91,15 @@ def _read(path):
 
 
 def _decision(entry, routes):
-    """(route, times) of a file's entry, or None where it is not one of a known route, times and an age within
-    MAX_AGE."""
-    if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], dict)):
+    """(route, times, agreed) of a file's entry, or None where it is not one of a known route, times, an age within
+    MAX_AGE and a count."""
+    if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[1], dict)):
         return None
-    route, times, made = entry
-    numbers = all(type(t) in (int, float) for t in (*times.values(), made))
+    route, times, made, agreed = entry
+    numbers = all(type(t) in (int, float) for t in (*times.values(), made)) and type(agreed) is int
     if route not in routes or not numbers or set(times) - set(routes) or not 0 <= time.time() - made <= MAX_AGE:
         return None
-    return route, dict(times)
+    return route, dict(times), agreed
 
 
 def load(kind, key, routes):
@@ -107,18 +111,22 @@ def load(kind, key, routes):
     if path not in _files:
         _files[path] = _read(path)
     kind_entries = _files[path].get(kind)
-    return _decision(kind_entries.get(repr(key)), routes) if isinstance(kind_entries, dict) else None
+    kept = _decision(kind_entries.get(repr(key)), routes) if isinstance(kind_entries, dict) else None
+    return kept[:2] if kept is not None and kept[2] >= AGREED else None
 
 
-def save(kind, key, route, times):
-    """Keeps a decision made in quiet for the next processes of this setting."""
+def save(kind, key, route, times, routes):
+    """Keeps a decision made in quiet for the next processes of this setting, with the count of timings in a row
+    that made it (routes: as for load)."""
     path = _path()
     if path is None:
         return
     content = _read(path)   # as other processes left it
     if not isinstance(content.get(kind), dict):
         content[kind] = {}
-    content[kind][repr(key)] = [route, times, time.time()]
+    last = _decision(content[kind].get(repr(key)), routes)
+    agreed = last[2] + 1 if last is not None and last[0] == route else 1
+    content[kind][repr(key)] = [route, times, time.time(), agreed]
     _files[path] = content
     temporary = None
     try:

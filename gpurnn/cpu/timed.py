@@ -156,7 +156,7 @@ def decide(cache, key, time_routes, prefer=None, margin=0.0):
                 if _waited() - waited > CONTENDED * (ended - start):
                     cache.retimes[key] = (count, ended)
                 elif cache.kind is not None:   # (made in quiet: kept for the next processes)
-                    stored.save(cache.kind, key, best, times)
+                    stored.save(cache.kind, key, best, times, cache.routes)
         finally:
             _lock.release()
     return cache[key][0]
