@@ -56,29 +56,29 @@ def _cpu_model():
 
 
 def _setting():
-    """What a decision holds for (see the module's docstring), as a JSON-able dict."""
+    """What a decision holds for (see the module's docstring), as JSON: the part fixed while the process runs, read
+    once, and the rest."""
     if not _fixed:
         import numpy
         from .. import __version__
         package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         files = sorted((p, os.stat(p).st_mtime_ns) for pattern in ("*.py", "*.c", "*.so")
                        for p in glob.glob(os.path.join(package, "**", pattern), recursive=True))
-        _fixed.append({"cpu": _cpu_model(), "machine": platform.machine(), "python": platform.python_version(),
-                       "gpurnn": __version__, "files": files, "numpy": numpy.__version__})
+        _fixed.append(json.dumps([_cpu_model(), platform.machine(), platform.python_version(), __version__, files,
+                                  numpy.__version__]))
     torch = sys.modules.get("torch")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith(PREFIXES) and k != "GPURNN_CACHE_DIR")
-    return dict(_fixed[0], cpus=cpus, env=env, torch=None if torch is None else [
+    return _fixed[0] + json.dumps([cpus, env, None if torch is None else [
         torch.__version__, torch.get_num_threads(), torch._C._get_mkldnn_enabled(),
-        torch.get_float32_matmul_precision()])
+        torch.get_float32_matmul_precision()]])
 
 
 def _path():
     where = directory()
     if where is None:
         return None
-    digest = hashlib.sha256(json.dumps(_setting(), sort_keys=True).encode()).hexdigest()[:20]
-    return os.path.join(where, f"routes-{digest}.json")
+    return os.path.join(where, f"routes-{hashlib.sha256(_setting().encode()).hexdigest()[:20]}.json")
 
 
 def _read(path):

@@ -49,11 +49,14 @@ class Decisions(dict):
         super().__init__()
         self.kind, self.routes = kind, tuple(routes)
         self.retimes = {}
+        self.unkept = set()   # classes looked for in vain (once: a look costs 45 us, a call under a mode asks each time)
 
     def _load(self, key):
-        if key not in self and self.kind is not None:
+        if key not in self and self.kind is not None and key not in self.unkept:
             kept = stored.load(self.kind, key, self.routes)
-            if kept is not None:
+            if kept is None:
+                self.unkept.add(key)
+            else:
                 self[key] = kept
 
     def get(self, key, default=None):

@@ -178,3 +178,12 @@ def test_a_third_process_takes_the_routes_two_agreed_on_untimed(tmp_path):
     runs = [subprocess.run([sys.executable, "-c", _PROGRAM], env=env, capture_output=True, text=True, check=True)
             for _ in range(1 + stored.AGREED)]
     assert [run.stdout for run in runs] == ["2 ['engine', 'engine']\n"] * stored.AGREED + ["0 ['engine', 'engine']\n"]
+
+
+def test_a_class_looked_for_in_vain_is_not_looked_for_again(kept, monkeypatch):
+    """A call where no timing may run (under a torch function mode: `with torch.device(...)`) asks every time."""
+    looks = []
+    load = stored.load
+    monkeypatch.setattr(stored, "load", lambda *args: looks.append(args) or load(*args))
+    cache = _new_process()
+    assert [cache.get("k"), cache.due("k"), cache.get("k")] == [None, True, None] and len(looks) == 1
