@@ -1,6 +1,6 @@
 """Route decisions kept between processes (timed.py), so that a program's first call of a layer shape does not time
 its routes again in every run: a 2-layer bidirectional LSTM's first forward+backward at B=16 T=64 H=768 spent 8-10 s
-timing on an AMD EPYC, where torch.nn's first call took 0.5-1.9 s (0.55-0.65 s with the decisions kept).
+timing on an AMD EPYC (torch.nn's first call: 0.5-1.9 s; gpurnn's with the decisions kept: 0.55-0.65 s).
 
 A decision whose timing ran in quiet (timed.decide) is written to a JSON file in routes/ of gpurnn's cache directory
 (GPURNN_CACHE_DIR, else $XDG_CACHE_HOME/gpurnn or ~/.cache/gpurnn, where the compiled step is kept too;

@@ -49,7 +49,7 @@ class Decisions(dict):
         super().__init__()
         self.kind, self.routes = kind, tuple(routes)
         self.retimes = {}
-        self.unkept = set()   # classes looked for in vain (once: a look costs 45 us, a call under a mode asks each time)
+        self.unkept = set()   # classes looked for in vain (once: a look costs 45 us; a call under a mode asks each)
 
     def _load(self, key):
         if key not in self and self.kind is not None and key not in self.unkept:
