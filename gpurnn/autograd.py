@@ -159,13 +159,13 @@ def _setup_context(ctx, inputs, output):
     # they are kept here for the paths that rerun the layer (double backward, a lost tape),
     # which check that they have not changed.
     names = ([None] * STATES + list(cells.WEIGHT_NAMES[cell]) + [None] * SLOT)[:SLOT] * DIRS
-    # Under torch.autograd.graph.allow_mutation_on_saved_tensors the biases are saved too: autograd then keeps a
-    # copy of one changed in place (an optimizer step before backward), which the rerun (_backward) needs. So
-    # does oneDNN's LSTM (saves_y): a bias changed in place before backward is its error.
+    # Under torch.autograd.graph.allow_mutation_on_saved_tensors all are saved: autograd then keeps a copy of one
+    # changed in place (an optimizer step before backward), which the rerun (_backward) needs; oneDNN's LSTM (saves_y)
+    # saves all too. torch's other ops (GRU, RNN, a packed or projected LSTM) save w_ih only where x needs a gradient.
     saves_y = saves_output(x, cell, batch_sizes, "w_hr" in names and slots[names.index("w_hr")] is not None)
-    keep_biases = torch.autograd.graph._allow_mutation_on_saved_tensors_enabled or saves_y
-    ctx.saved_at = [i for i, (t, n) in enumerate(zip(slots, names))
-                    if t is not None and (n not in BIASES or keep_biases)]
+    keep_all = torch.autograd.graph._allow_mutation_on_saved_tensors_enabled or saves_y
+    unread = () if keep_all else BIASES + ("w_ih",) * (not x.requires_grad)   # (w_ih's one use in backward: dx)
+    ctx.saved_at = [i for i, (t, n) in enumerate(zip(slots, names)) if t is not None and n not in unread]
     ys = [output[d * (1 + STATES)] for d in range(len(reverses))] if saves_y else []
     read = [x, *[slots[i] for i in ctx.saved_at]]
     ctx.save_for_backward(output[-1], *read, *ys)
@@ -361,7 +361,7 @@ def run_layers(cell, x, directions, *, backend="auto", batch_sizes=None, **opts)
             checks.check_savable([x, *tensors])
         outs = _torch_loop_layers(cell, x, directions, batch_sizes, opts)
         saves = for_backward and saves_output(x, cell, batch_sizes, projected)   # (as the engine's forward)
-        return torch_loop.saved_as_torch(outs, cell, directions, True) if saves else outs
+        return torch_loop.saved_as_torch(outs, cell, directions, True, x) if saves else outs
     # the engine (bfloat16: in float32) or torch's fused op (bfloat16: oneDNN's, on a CPU with bfloat16 instructions
     # half float32's time on an AMD EPYC), timed per layer shape
     run_engine = float32_layers if upcast else (

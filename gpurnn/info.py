@@ -48,7 +48,10 @@ def info():
     if _version("torch"):   # the routes are the torch front end's
         lines.append(f"GEMM route on the CPU (torch front end): {gemm.describe()}")
         lines += [f"  {line}" for line in gemm.report()]
-        lines.append(f"CPU route decisions kept in: {stored.directory() or 'none (GPURNN_ROUTE_CACHE=0)'}")
+        try:
+            lines.append(f"CPU route decisions kept in: {stored.directory() or 'none'}")
+        except ValueError as err:   # (a bad GPURNN_ROUTE_CACHE: one line, as a bad GPURNN_BACKEND above)
+            lines.append(f"CPU route decisions: {err}")
     return "\n".join(lines)
 
 

@@ -106,17 +106,19 @@ class _SavedAsTorch(torch.autograd.Function):
 
 def saved_as_torch(outs, cell, directions, saves_y, x=None):
     """The layer's [(y, *states)] of each direction, with what torch.nn's op saves and the computation did not: where
-    oneDNN's LSTM runs (saves_y), y (one direction) and the biases; where the computation ran on copies (bfloat16 in
-    float32: x given), x, the initial states and the other weights too (Jordan's as its float32 engine saves them).
-    outs as they are where no gradient will be asked of them."""
+    oneDNN's LSTM runs (saves_y), y (one direction) and the biases; with x given, x, the initial states and the other
+    weights too (Jordan's as its float32 engine saves them): where the computation ran on copies (bfloat16 in float32)
+    or through ops that save fewer (one step's loop: no weight where x needs no gradient). outs as they are where no
+    gradient will be asked of them."""
     if not (torch.is_grad_enabled() and any(t.requires_grad for out in outs for t in out)):
         return outs
     result = []
     for d, (out, (state0, weights, _)) in enumerate(zip(outs, directions)):
         named = list(zip(cells.WEIGHT_NAMES[cell], weights))
         kept = [w for n, w in named if n.startswith("b_")] if saves_y else []
-        if x is not None:
-            kept += [x] * (d == 0) + [*state0] + [w for n, w in named if not n.startswith("b_")]
+        if x is not None:   # (w_ih as the engine saves it: see autograd._setup_context)
+            kept += [x] * (d == 0) + [*state0] + [w for n, w in named if not n.startswith("b_")
+                                                  and (n != "w_ih" or saves_y or x.requires_grad)]
         kept = [t for t in kept if t is not None]
         result.append(_SavedAsTorch.apply(saves_y and len(directions) == 1, len(out), *out, *kept))
     return result

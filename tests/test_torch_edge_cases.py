@@ -632,7 +632,7 @@ _OUTPUT_IN_PLACE = [("LSTM", {}), ("LSTM", {"num_layers": 2, "batch_first": True
                     ("GRU", {}), ("RNN", {"num_layers": 2})]
 
 
-@pytest.mark.parametrize("changed", ["output", "bias"])
+@pytest.mark.parametrize("changed", ["output", "bias", "weight", "input"])
 @pytest.mark.parametrize("route", ["engine", "torch"])
 @pytest.mark.parametrize("steps", [5, 1])
 @pytest.mark.parametrize("name, kwargs", _OUTPUT_IN_PLACE, ids=[f"{n}-{'-'.join(k) or 'plain'}" for n, k in
@@ -641,18 +641,19 @@ def test_an_output_or_bias_changed_in_place_before_backward_fails_where_torch_nn
                                                                                        changed, monkeypatch):
     """oneDNN's CPU LSTM saves its output y and its biases (float32, neither packed nor projected): changing one in
     place before backward is an error there; elsewhere, and for the RNN and GRU, it runs. One step too (gpurnn's
-    torch loop runs an LSTM's: it ran where torch.nn fails)."""
+    torch loop runs an LSTM's: it ran where torch.nn fails), and for its weights and input (the loop saved neither
+    where the input needs no gradient: a packed input's rows are the module's copy)."""
     monkeypatch.setenv("GPURNN_CPU_LAYER", route)
     kwargs = dict(kwargs)
     packed, dtype = kwargs.pop("packed", False), kwargs.get("dtype", torch.float32)
-    x = torch.randn(steps, 2, 3, dtype=dtype, requires_grad=True)
+    x = torch.randn(steps, 2, 3, dtype=dtype, requires_grad=changed in ("output", "bias"))   # (else data, as a batch's)
     outcomes = []
     for m in _pair(name, 3, 4, **kwargs):
         lengths = [steps, steps if packed == "equal lengths" else 1]   # (all equal: torch.nn's LSTM saves y)
         y, _ = m(torch.nn.utils.rnn.pack_padded_sequence(x, lengths) if packed else x)
         y = y.data if packed else y
         with torch.no_grad():
-            (y if changed == "output" else m.bias_ih_l0).add_(1)
+            {"output": y, "bias": m.bias_ih_l0, "weight": m.weight_ih_l0, "input": x}[changed].add_(1)
         try:
             y.sum().backward()
             outcomes.append("runs")

@@ -4,15 +4,15 @@ timing on an AMD EPYC (torch.nn's first call: 0.5-1.9 s; gpurnn's with the decis
 
 A decision whose timing ran in quiet (timed.decide) is written to a JSON file in routes/ of gpurnn's cache directory
 (GPURNN_CACHE_DIR, else $XDG_CACHE_HOME/gpurnn or ~/.cache/gpurnn, where the compiled step is kept too;
-GPURNN_ROUTE_CACHE=0: none kept nor read), one file for each setting it holds for: the CPU model, the CPUs the process
-may run on, torch's thread count, oneDNN switch and float32 matmul precision, the environment's thread, BLAS, oneDNN
-and GPURNN_ variables, the versions of Python, gpurnn, torch and NumPy, and gpurnn's files (an edit of one, or a
-rebuilt step, times again). A later process takes a decision untimed once AGREED quiet timings in a row, in
-different processes, made it: one timing's noise would otherwise hold for every process (on that EPYC a GRU's
-timing once called a near tie where the engine took 0.53x torch's time in a rerun). A decision older than MAX_AGE
-seconds is timed again, and files older than that are removed. A file replaces the last whole (os.replace), so a
-reader never sees half of one; two processes writing at once may lose one's decision, which is then timed again.
-What cannot be read as a decision is timed again.
+GPURNN_ROUTE_CACHE=0: none kept nor read), one file for each setting it holds for: the CPU model, the CPUs the
+process may run on, torch's thread count, oneDNN switch and float32 matmul precision, the environment's thread, BLAS,
+oneDNN and ATen variables, GPURNN_GEMM and GPURNN_CPU_KERNEL, the versions of Python, gpurnn, torch and NumPy, and
+gpurnn's files (an edit of one, or a rebuilt step, times again). A later process takes a decision untimed once AGREED
+quiet timings in a row, in different processes, made it: one timing's noise would otherwise hold for every process
+(on that EPYC a GRU's timing once called a near tie where the engine took 0.53x torch's time in a rerun). A decision
+older than MAX_AGE seconds is timed again, and files older than that are removed. A file replaces the last whole
+(os.replace), so a reader never sees half of one; two processes writing at once may lose one's decision, which is
+then timed again. What cannot be read as a decision is timed again.
 """
 import contextlib
 import glob
@@ -25,11 +25,14 @@ import sys
 import tempfile
 import time
 
+from .. import backends
 from ..checks import check_choice
 
 MAX_AGE = 7 * 24 * 3600.0
 AGREED = 2
-PREFIXES = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "ONEDNN_", "DNNL_", "GPURNN_")   # (not GPURNN_CACHE_DIR)
+PREFIXES = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "ONEDNN_", "DNNL_", "ATEN_")
+SETTINGS = {"GPURNN_GEMM": "auto", "GPURNN_CPU_KERNEL": "1"}   # gpurnn's variables that change a route's time
+LEFT_BEHIND = 3600.0   # seconds after which a temporary file is a killed writer's
 _files = {}     # path -> {kind: {repr(key): [route, {route: seconds}, unix time, timings in a row that agreed]}}
 _fixed = []     # the parts of the setting that do not change while the process runs, once read
 _said = []      # the one warning of a directory that could not be written
@@ -37,14 +40,15 @@ log = logging.getLogger("gpurnn")
 
 
 def directory():
-    """Where decisions are kept, or None (GPURNN_ROUTE_CACHE=0)."""
-    switch = os.environ.get("GPURNN_ROUTE_CACHE", "1")
+    """Where decisions are kept, or None (GPURNN_ROUTE_CACHE=0, or no home directory to keep them in)."""
+    switch = backends.env("GPURNN_ROUTE_CACHE", "1")
     check_choice("GPURNN_ROUTE_CACHE", switch, ("1", "0"))
     if switch == "0":
         return None
-    root = os.environ.get("GPURNN_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "gpurnn")
-    return os.path.join(root, "routes")
+    if os.environ.get("GPURNN_CACHE_DIR"):
+        return os.path.join(os.environ["GPURNN_CACHE_DIR"], "routes")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return None if base.startswith("~") else os.path.join(base, "gpurnn", "routes")
 
 
 def _cpu_model():
@@ -68,7 +72,8 @@ def _setting():
                                   numpy.__version__]))
     torch = sys.modules.get("torch")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(PREFIXES) and k != "GPURNN_CACHE_DIR")
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(PREFIXES)) + [
+        backends.env(name, default) for name, default in SETTINGS.items()]   # (set to the default: as unset)
     return _fixed[0] + json.dumps([cpus, env, None if torch is None else [
         torch.__version__, torch.get_num_threads(), torch._C._get_mkldnn_enabled(),
         torch.get_float32_matmul_precision()]])
@@ -134,6 +139,7 @@ def save(kind, key, route, times, routes):
         handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix="routes-", suffix=".tmp")
         with os.fdopen(handle, "w") as f:
             json.dump(content, f)
+        os.chmod(temporary, 0o644)   # (mkstemp's 0600 would keep a shared directory's other users out)
         os.replace(temporary, path)
         temporary = None
         _remove_old(os.path.dirname(path))
@@ -150,8 +156,8 @@ def save(kind, key, route, times, routes):
 
 def _remove_old(where):
     """Files of settings no process wrote to for MAX_AGE (another torch, an edit of gpurnn), and temporary files a
-    killed process left."""
+    killed process left (LEFT_BEHIND)."""
     for path in glob.glob(os.path.join(where, "routes-*")):
         with contextlib.suppress(OSError):
-            if time.time() - os.stat(path).st_mtime > MAX_AGE:
+            if time.time() - os.stat(path).st_mtime > (LEFT_BEHIND if path.endswith(".tmp") else MAX_AGE):
                 os.unlink(path)

@@ -187,3 +187,32 @@ def test_a_class_looked_for_in_vain_is_not_looked_for_again(kept, monkeypatch):
     monkeypatch.setattr(stored, "load", lambda *args: looks.append(args) or load(*args))
     cache = _new_process()
     assert [cache.get("k"), cache.due("k"), cache.get("k")] == [None, True, None] and len(looks) == 1
+
+
+def test_variables_set_to_their_default_or_not_timing_ones_keep_the_same_setting(kept, monkeypatch):
+    first = stored._path()
+    for name, value in (("GPURNN_ROUTE_CACHE", "1"), ("GPURNN_ROUTE_CACHE", ""), ("GPURNN_CPU_LAYER", "auto"),
+                        ("GPURNN_GEMM", "auto"), ("GPURNN_GEMM", "")):
+        monkeypatch.setenv(name, value)
+        assert stored._path() == first, name
+    monkeypatch.setenv("GPURNN_GEMM", "numpy")   # the engine's time changes with its GEMMs
+    assert stored._path() != first
+
+
+def test_without_a_home_directory_none_are_kept(monkeypatch, tmp_path):
+    monkeypatch.delenv("GPURNN_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(stored.os.path, "expanduser", lambda path: path)   # as where HOME and passwd have none
+    monkeypatch.chdir(tmp_path)
+    assert stored.directory() is None   # (not ./~/.cache)
+
+
+def test_files_are_readable_by_others_and_a_killed_writers_temporary_file_goes_after_an_hour(kept):
+    _agreed("k", _timer({"engine": 1.0, "torch": 2.0})[0])
+    [path] = kept.iterdir()
+    assert path.stat().st_mode & 0o777 == 0o644
+    left = kept / "routes-abc.tmp"
+    left.write_text("{")
+    os.utime(left, (time.time() - stored.LEFT_BEHIND - 60,) * 2)
+    timed.decide(_new_process(), "k2", _timer({"engine": 1.0, "torch": 2.0})[0])
+    assert sorted(kept.iterdir()) == [path]
