@@ -36,12 +36,17 @@ LIBS = ["-lm"]   # fmaf, where a CPU has no FMA instruction (step.c)
 CHOICES = ("1", "0", "build")   # GPURNN_CPU_KERNEL: prebuilt else build, off, build only
 
 
+def cache_root():
+    """gpurnn's cache directory: GPURNN_CACHE_DIR, else $XDG_CACHE_HOME/gpurnn or ~/.cache/gpurnn (RuntimeError: no
+    home directory)."""
+    return Path(os.environ.get("GPURNN_CACHE_DIR") or
+                Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpurnn")
+
+
 def _cache_dir():
-    """(GPURNN_CACHE_DIR or ~/.cache/gpurnn, False), or (a new temporary directory, True)
-    where that cannot be written."""
+    """(cache_root(), False), or (a new temporary directory, True) where that cannot be written."""
     try:
-        root = Path(os.environ.get("GPURNN_CACHE_DIR") or
-                    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpurnn")
+        root = cache_root()
         root.mkdir(parents=True, exist_ok=True)
         tempfile.NamedTemporaryFile(dir=root).close()
         return root, False

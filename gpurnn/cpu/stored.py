@@ -27,6 +27,7 @@ import time
 
 from .. import backends
 from ..checks import check_choice
+from . import build
 
 MAX_AGE = 7 * 24 * 3600.0
 AGREED = 2
@@ -45,10 +46,10 @@ def directory():
     check_choice("GPURNN_ROUTE_CACHE", switch, ("1", "0"))
     if switch == "0":
         return None
-    if os.environ.get("GPURNN_CACHE_DIR"):
-        return os.path.join(os.environ["GPURNN_CACHE_DIR"], "routes")
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return None if base.startswith("~") else os.path.join(base, "gpurnn", "routes")
+    try:
+        return str(build.cache_root() / "routes")
+    except RuntimeError:   # (no home directory)
+        return None
 
 
 def _cpu_model():
