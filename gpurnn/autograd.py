@@ -151,28 +151,27 @@ def _(handle, *args):
 def _setup_context(ctx, inputs, output):
     x, slots, (teacher, cell, n_state, reverses, batch_sizes, backend, options, _) = \
         inputs[0], inputs[1:1 + N_IN], inputs[1 + N_IN:]
-    # The engine's backward reads x and the weights through zero-copy views, and torch.nn's ops
-    # save the initial states: they are saved, so torch's version counter rejects an in-place
-    # change before backward, as torch.nn does, and saved-tensor hooks (checkpointing,
-    # offloading) see them. The biases are copied by forward and not read by backward (a bias
-    # changed in place after forward still gets its gradient, as in torch.nn's RNN and GRU);
-    # they are kept here for the paths that rerun the layer (double backward, a lost tape),
-    # which check that they have not changed.
-    names = ([None] * STATES + list(cells.WEIGHT_NAMES[cell]) + [None] * SLOT)[:SLOT] * DIRS
-    # Under torch.autograd.graph.allow_mutation_on_saved_tensors all are saved: autograd then keeps a copy of one
-    # changed in place (an optimizer step before backward), which the rerun (_backward) needs; oneDNN's LSTM (saves_y)
-    # saves all too. torch's other ops (GRU, RNN, a packed or projected LSTM) save w_ih only where x needs a gradient.
-    saves_y = saves_output(x, cell, batch_sizes, "w_hr" in names and slots[names.index("w_hr")] is not None)
+    # The engine's backward reads x and the weights through zero-copy views, and torch.nn's ops save the initial
+    # states: they are saved, so torch's version counter rejects an in-place change before backward, as torch.nn does,
+    # and saved-tensor hooks (checkpointing, offloading) see them. torch's GRU, RNN and packed or projected LSTM save
+    # w_ih only where x needs a gradient (for dx), x only where w_ih needs one, and no bias: the rest is kept here for
+    # the paths that rerun the layer (double backward, a lost tape), which check that it has not changed. Under
+    # torch.autograd.graph.allow_mutation_on_saved_tensors all are saved (autograd then keeps a copy of one changed in
+    # place, an optimizer step before backward, which the rerun needs), as oneDNN's LSTM (saves_y) saves all.
+    inputs = [x, *slots]
+    names = ["x", *([None] * STATES + list(cells.WEIGHT_NAMES[cell]) + [None] * SLOT)[:SLOT] * DIRS]
+    saves_y = saves_output(x, cell, batch_sizes, "w_hr" in names and inputs[names.index("w_hr")] is not None)
     keep_all = torch.autograd.graph._allow_mutation_on_saved_tensors_enabled or saves_y
-    unread = () if keep_all else BIASES + ("w_ih",) * (not x.requires_grad)   # (w_ih's one use in backward: dx)
-    ctx.saved_at = [i for i, (t, n) in enumerate(zip(slots, names)) if t is not None and n not in unread]
+    w_ih_grad = any(t is not None and t.requires_grad for t, n in zip(inputs, names) if n == "w_ih")
+    unread = () if keep_all else BIASES + ("w_ih",) * (not x.requires_grad) + ("x",) * (not w_ih_grad)
+    ctx.saved_at = [i for i, (t, n) in enumerate(zip(inputs, names)) if t is not None and n not in unread]
     ys = [output[d * (1 + STATES)] for d in range(len(reverses))] if saves_y else []
-    read = [x, *[slots[i] for i in ctx.saved_at]]
+    read = [inputs[i] for i in ctx.saved_at]
     ctx.save_for_backward(output[-1], *read, *ys)
     # what the tape reads (see _backward), as the tensors that own the memory (x may be a view the module made; a
     # view shares its base's version)
     ctx.read = [(_reference(t if t._base is None else t._base), _version(t)) for t in read]
-    ctx.unsaved = {i: (t, _version(t)) for i, t in enumerate(slots) if t is not None and i not in ctx.saved_at}
+    ctx.unsaved = {i: (t, _version(t)) for i, t in enumerate(inputs) if t is not None and i not in ctx.saved_at}
     ctx.args = (teacher, cell, n_state, reverses, batch_sizes, backend, options)
     ctx.key = getattr(output[-1], "gpurnn_key", None)   # the tape this forward made
     ctx.set_materialize_grads(False)   # an unused output's gradient is None (see _unreached)
@@ -202,13 +201,13 @@ def saves_output(x, cell, batch_sizes, projected):
 def _inputs(ctx):
     """(handle, x, the N_IN slots) for backward: autograd's saved tensors, unpacked once (a saved-tensor hook may
     allow one unpack: a checkpoint's, an offloading store's), and the tensors kept outside them."""
-    handle, x, *saved = ctx.saved_tensors   # raises if x, a weight or a saved y was changed in place since forward
-    slots = [None] * N_IN
+    handle, *saved = ctx.saved_tensors   # raises if x, a weight or a saved y was changed in place since forward
+    inputs = [None] * (1 + N_IN)
     for i, t in zip(ctx.saved_at, saved):
-        slots[i] = t
+        inputs[i] = t
     for i, (t, _) in ctx.unsaved.items():
-        slots[i] = t
-    return handle, x, slots
+        inputs[i] = t
+    return handle, inputs[0], inputs[1:]
 
 
 def _check_unsaved(ctx):
@@ -239,14 +238,13 @@ def _drop_stale_tape(ctx, key, traced, read):
     tape standing, as torch.nn's op keeps its workspace; a changed input (torch.nn's weight gradient reads it changed,
     the tape may hold it as it was) and a rerun that would read a change are refused. A checkpoint's recomputation
     made its tape (another key) from the changes."""
-    states = [False] + [i % SLOT < STATES for i in ctx.saved_at]
     live_changed = []
-    for i, (t, (ref, version)) in enumerate(zip(read, ctx.read)):
+    for i, t, (ref, version) in zip(ctx.saved_at, read, ctx.read):   # (i: 0 for x, 1 + its slot for the others)
         live = ref()
         if live is not None and live._version != version:
             if t.untyped_storage().data_ptr() == live.untyped_storage().data_ptr():   # not a copy
                 live_changed.append((i, live))
-            elif not states[i]:
+            elif i == 0 or (i - 1) % SLOT >= STATES:   # (not an initial state)
                 _TAPES.pop(key, None)
     rerun = not traced and key not in _TAPES
     if rerun:
@@ -262,7 +260,7 @@ def _backward(ctx, *grads):
     else:
         traced = torch.compiler.is_compiling() or is_fake(handle)   # a traced backward has no tape to find
         key = None if traced else _key(handle)
-        _drop_stale_tape(ctx, key, traced, [x, *[slots[i] for i in ctx.saved_at]])
+        _drop_stale_tape(ctx, key, traced, [[x, *slots][i] for i in ctx.saved_at])
         # as torch's ops: no dx, no weight gradients (a frozen layer) where no gradient needs them
         needs = ctx.needs_input_grad
         marks = {"dx": "none"} if not needs[0] else {}
