@@ -141,12 +141,16 @@ def time_routes(B, I, K, N, dtype, feature_major=False, for_backward=True, repea
     then STEPS x (N, K) @ (K, B). For a backward, then the steps' (B, N) @ (N, K) (feature-major (K, N) @ (N, B)),
     the weight gradient (N, STEPS*B) @ (STEPS*B, I+K) and dx, (STEPS*B, N) @ (N, I): a route's speed on one
     form does not carry over to the others (the weight gradient's transposed rows cost oneDNN a copy). STEPS: half
-    of it where a step is big (BIG_STEP)."""
+    of it where a step is big (BIG_STEP). Every product writes into memory made once: a fresh result's page faults
+    cost what the C library's state of the moment makes them, not what the route does (a GRU's replica at B=16
+    H=768 on an AMD EPYC: oneDNN's 11 ms timed 17-114 ms with fresh results, and lost to torch's 20 in half the
+    processes, whose forward+backward then took 1.6x the time)."""
     steps = STEPS // 2 if B * (I + K) * N > BIG_STEP else STEPS
     rng = np.random.default_rng(0)
     w_ih, w_hh = (rng.standard_normal(s).astype(dtype) / 8 for s in ((N, I), (N, K)))
     rows, xh = rng.standard_normal((steps * B, N)).astype(dtype), rng.standard_normal((steps * B, I + K)).astype(dtype)
     dh = np.zeros((B, K), dtype)
+    dw, dx = np.empty((N, I + K), dtype), np.empty((steps * B, I), dtype)
 
     def backward(fn):
         if feature_major:
@@ -157,8 +161,8 @@ def time_routes(B, I, K, N, dtype, feature_major=False, for_backward=True, repea
             w_back = gemm_weight(fn, np, w_hh, B, contiguous=True)
             for t in range(steps):
                 fn(rows[t * B:(t + 1) * B], w_back, out=dh)
-        fn(rows.T, xh)
-        fn(rows, w_ih)
+        fn(rows.T, xh, out=dw)
+        fn(rows, w_ih, out=dx)
     if feature_major:
         x, h = rng.standard_normal((steps, I, B)).astype(dtype), rng.standard_normal((K, B)).astype(dtype)
         gates = np.empty((steps, N, B), dtype)
