@@ -73,13 +73,13 @@ class Cell:
         """w as this cell's GEMMs that use it again and again take it (module function gemm_weight)."""
         return gemm_weight(self.mm, self.xp, w, rows, contiguous)
 
-    def outer(self, a, b):
-        """sum over all (t, b) rows of a^T b: a (T, B, M), b (T, B, K) -> (M, K), one GEMM. Rows past their
+    def outer(self, a, b, out=None):
+        """sum over all (t, b) rows of a^T b: a (T, B, M), b (T, B, K) -> (M, K) (into out), one GEMM. Rows past their
         length have a = 0 but hold their state in b; b's are zeroed, as torch.nn skips those rows: an inf
         state (relu of an inf input) would otherwise make 0 * inf a NaN in the sum."""
         if self.padding is not None:
             b = self.xp.where(self.padding[:, :, None], 0, b)
-        return self.mm(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]))
+        return self.mm(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]), out=out)
 
     def rows_matmul(self, a, w):
         """a @ w for all T*B rows as one 2-D GEMM (a 3-D matmul would run T small ones)."""
@@ -123,6 +123,16 @@ class FeatureMajorCell(Cell):
 
     def outputs(self):
         return self.h_rows[1:]
+
+
+def row_blocks(xp, a, order, out=None):
+    """a's rows as len(order) equal blocks, block k of the result a's block order[k] (a gate permutation), into out (a
+    pooled buffer: a weight's copy is megabytes, whose fresh memory costs page faults, buffers.py) or a new array."""
+    size = a.shape[0] // len(order)
+    out = xp.empty(a.shape, a.dtype) if out is None else out
+    for k, block in enumerate(order):
+        out[k * size:(k + 1) * size] = a[block * size:(block + 1) * size]
+    return out
 
 
 def bias_grads(dz, has_bias):

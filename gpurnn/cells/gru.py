@@ -18,10 +18,11 @@ torch's, is one exp, an add and a reciprocal over both gates.
 """
 import numpy as np
 
-from .base import Cell, FeatureMajorCell, add_bias, sigmoid_of_negated_, sum_rows
+from .base import Cell, FeatureMajorCell, add_bias, row_blocks, sigmoid_of_negated_, sum_rows
 
 WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh")
 GATES = 3   # blocks of rows in the input and recurrent weights
+GATE_SOURCES, TORCH_ORDER = (2, 0, 1), (1, 2, 0)   # GRULoop's W_hh rows (n r z) from torch's (r z n), and back
 
 
 def make(xp, w, opts, fused):
@@ -93,8 +94,6 @@ class GRULoop(FeatureMajorCell):
         super().__init__(xp, w)
         H = w["w_hh"].shape[0] // 3
         self.H = H
-        perm = np.r_[2 * H:3 * H, 0:2 * H]   # torch (r z n) -> (n r z)
-        self.perm, self.unperm = xp.asarray(perm), xp.asarray(np.argsort(perm))
         self.scale = xp.ones((3 * H, 1), w["w_hh"].dtype)
         self.scale[:2 * H] = -1                # torch order (r z n)
 
@@ -102,12 +101,16 @@ class GRULoop(FeatureMajorCell):
         w, xp, H = self.w, self.xp, self.H
         T, B = x.shape[:2]
         self.x, self.alloc = x, alloc
-        w_ih = w["w_ih"] * self.scale
-        self.w_hh_scaled = (w["w_hh"] * self.scale)[self.perm]
+        # the weights' copies in pooled buffers (megabytes at large H: fresh memory costs page faults, buffers.py)
+        I, has_bias = x.shape[-1], w["b_ih"] is not None
+        w_ih = alloc((3 * H, I + has_bias), x.dtype)
+        xp.multiply(w["w_ih"], self.scale, out=w_ih[:, :I])
+        self.w_hh_scaled = row_blocks(xp, w["w_hh"], GATE_SOURCES, alloc((3 * H, H), x.dtype))
+        xp.negative(self.w_hh_scaled[H:], out=self.w_hh_scaled[H:])   # (rows r z: see the top)
         self.b_hn = None
-        if w["b_ih"] is not None:
+        if has_bias:
             bias = w["b_ih"] + xp.concatenate([w["b_hh"][:2 * H], xp.zeros(H, x.dtype)])
-            w_ih = xp.concatenate([w_ih, (bias * self.scale[:, 0])[:, None]], axis=1)
+            w_ih[:, I] = bias * self.scale[:, 0]
             x = self.with_ones_column(x)
             self.b_hn = w["b_hh"][2 * H:, None]
         self.x1 = x
@@ -151,7 +154,8 @@ class GRULoop(FeatureMajorCell):
         self.D = alloc((T, 4 * H, B), dy.dtype)
         self.keep = xp.empty((H, B), dy.dtype)
         self.diff = xp.empty((H, B), dy.dtype)
-        self.w_hh_t = self.gemm_weight(self.w["w_hh"][self.perm].T, B, contiguous=True)
+        w_hh = row_blocks(xp, self.w["w_hh"], GATE_SOURCES, alloc(self.w["w_hh"].shape, self.w["w_hh"].dtype))
+        self.w_hh_t = self.gemm_weight(w_hh.T, B, contiguous=True)
 
     def back_step(self, t, n):
         xp, H = self.xp, self.H
@@ -185,12 +189,14 @@ class GRULoop(FeatureMajorCell):
         return self.input_grad(d_ih, self.w["w_ih"]), (self.xp.ascontiguousarray(self.dh.T),), grads
 
     def _weight_grads(self, d_hh, d_ih):
-        w, H, unperm = self.w, self.H, self.unperm
+        w, H, xp = self.w, self.H, self.xp
         I = self.x.shape[-1]
-        dw_x1 = self.outer(d_ih, self.x1)          # [dW_ih | db_ih], torch's gate order
-        grads = {"w_ih": dw_x1[:, :I].copy(), "w_hh": self.outer(d_hh, self.h_rows[:-1])[unperm],
+        # [dW_ih | db_ih] (torch's gate order) and dW_hh (n r z) in pooled buffers: the gradients are copies
+        dw_x1 = self.outer(d_ih, self.x1, out=self.alloc((3 * H, self.x1.shape[-1]), d_ih.dtype))
+        dw_hh = self.outer(d_hh, self.h_rows[:-1], out=self.alloc((3 * H, H), d_hh.dtype))
+        grads = {"w_ih": dw_x1[:, :I].copy(), "w_hh": row_blocks(xp, dw_hh, TORCH_ORDER),
                  "b_ih": None, "b_hh": None}
         if w["b_ih"] is not None:
             grads["b_ih"] = dw_x1[:, I].copy()
-            grads["b_hh"] = d_hh.reshape(-1, 3 * H).sum(axis=0)[unperm]
+            grads["b_hh"] = row_blocks(xp, d_hh.reshape(-1, 3 * H).sum(axis=0), TORCH_ORDER)
         return grads

@@ -44,7 +44,7 @@ import functools
 import numpy as np
 
 from ..arrays import transposed_copy
-from .base import Cell, FeatureMajorCell, add_bias, bias_grads, sigmoid_of_negated_
+from .base import Cell, FeatureMajorCell, add_bias, bias_grads, row_blocks, sigmoid_of_negated_
 
 WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
 GATES = 4   # blocks of rows in the input and recurrent weights
@@ -111,6 +111,7 @@ def _first_columns(views, n):
 
 
 GATE_SOURCES = (3, 1, 0, 2)   # torch's gate blocks (i f g o) in the order (o f i g)
+TORCH_ORDER = tuple(GATE_SOURCES.index(g) for g in range(4))   # and back
 
 
 class GateOrder:
@@ -122,22 +123,20 @@ class GateOrder:
         super().__init__(xp, w)
         H = w["w_hh"].shape[0] // 4
         self.H, self.for_backward = H, for_backward
-        perm = np.concatenate([np.arange(g * H, (g + 1) * H) for g in GATE_SOURCES])
-        self.perm, self.unperm = xp.asarray(perm), xp.asarray(np.argsort(perm))
         self.scale = xp.ones((4 * H, 1), w["w_hh"].dtype)
         self.scale[:3 * H] = -1
 
     def begin_inputs(self, x, P, alloc):
         """w_ih1 = [W_ih | b] and w_hh_scaled, gate-permuted and the sigmoid rows negated; xh (T+1, B, I+1+P) with
         x and the column of ones filled in (no bias: no ones column); x1, its [x_t | 1] part."""
-        w, perm = self.w, self.perm
+        w = self.w
         T, B, I = x.shape
         self.x, self.alloc = x, alloc
         has_bias = w["b_ih"] is not None
         w_ih = self.permuted(w["w_ih"], alloc, columns=I + has_bias, scaled=True)
         self.w_hh_scaled = self.permuted(w["w_hh"], alloc, scaled=True)
         if has_bias:
-            w_ih[:, I] = (w["b_ih"] + w["b_hh"])[perm] * self.scale[:, 0]
+            w_ih[:, I] = row_blocks(self.xp, w["b_ih"] + w["b_hh"], GATE_SOURCES) * self.scale[:, 0]
         # The input projection reads [x_t | 1] (the bias as a column of ones), and one GEMM
         # with dL/da gives [dW_ih | db | dW_hh].
         self.xh = alloc((T + 1, B, I + has_bias + P), x.dtype)
@@ -158,9 +157,7 @@ class GateOrder:
         weight is megabytes at large H: fresh memory each call costs page faults, buffers.py) with `columns`
         columns (more than w's: left for the caller to fill)."""
         out = alloc((w.shape[0], columns or w.shape[1]), w.dtype)
-        rows, H = out[:, :w.shape[1]], self.H
-        for k, gate in enumerate(GATE_SOURCES):   # block copies: a fancy index or take builds a temporary
-            rows[k * H:(k + 1) * H] = w[gate * H:(gate + 1) * H]
+        rows = row_blocks(self.xp, w, GATE_SOURCES, out[:, :w.shape[1]])
         if scaled:
             rows *= self.scale
         return out
@@ -172,11 +169,12 @@ class GateOrder:
         return self.input_grad(d, self.permuted(self.w["w_ih"], self.alloc)), grads
 
     def _weight_grads(self, d, m_rows):
-        w, I, xp = self.w, self.x.shape[-1], self.xp
-        dw = self.outer(d, self.xh[:-1])   # [dW_ih | db | dW_hh], gates (o f i g)
+        w, I = self.w, self.x.shape[-1]
+        # [dW_ih | db | dW_hh], gates (o f i g), in a pooled buffer: the gradients are copies of its blocks
+        dw = self.outer(d, self.xh[:-1], out=self.alloc((d.shape[-1], self.xh.shape[-1]), d.dtype))
 
         def torch_order(a):
-            return xp.take(a, self.unperm, axis=0)
+            return row_blocks(self.xp, a, TORCH_ORDER)
         grads = {"w_ih": torch_order(dw[:, :I]), "w_hh": torch_order(dw[:, self.x1.shape[-1]:]), "w_hr": None,
                  "b_ih": None, "b_hh": None}
         if w["b_ih"] is not None:   # separate arrays: see base.bias_grads
