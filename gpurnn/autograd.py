@@ -25,7 +25,7 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 
 from . import backends, cells, checks, dynamo, engine, torch_loop
-from .cpu import layer as cpu_layer, op_route
+from .cpu import layer as cpu_layer, op_route, timed
 from .arrays import device_scope, tensor_to_xp, xp_to_tensor
 from .recording import recorded_for_torch, transformed
 from .slots import (DIRS, N_IN, N_OUT, OPTIONS, SLOT, SLOTS, STATES, groups, options_string, pack,
@@ -151,11 +151,11 @@ def _(handle, *args):
 def _setup_context(ctx, inputs, output):
     x, slots, (teacher, cell, n_state, reverses, batch_sizes, backend, options, _) = \
         inputs[0], inputs[1:1 + N_IN], inputs[1 + N_IN:]
-    # The engine's backward reads x and the weights through zero-copy views, and torch.nn's ops save the initial
-    # states: they are saved, so torch's version counter rejects an in-place change before backward, as torch.nn does,
-    # and saved-tensor hooks (checkpointing, offloading) see them. torch's GRU, RNN and packed or projected LSTM save
-    # w_ih only where x needs a gradient (for dx), x only where w_ih needs one, and no bias: the rest is kept here for
-    # the paths that rerun the layer (double backward, a lost tape), which check that it has not changed. Under
+    # What torch.nn's ops save is saved (torch's version counter then rejects the same in-place changes before
+    # backward; saved-tensor hooks see them): the initial states; for its GRU, RNN and packed or projected LSTM, w_ih
+    # where x needs a gradient (for dx), x where w_ih needs one (here also under saved-tensor hooks: through them a
+    # checkpoint frees x, a copying hook keeps it as it was), no bias. The rest is kept here for the paths that rerun
+    # the layer (double backward, a lost tape), which check that it has not changed. Under
     # torch.autograd.graph.allow_mutation_on_saved_tensors all are saved (autograd then keeps a copy of one changed in
     # place, an optimizer step before backward, which the rerun needs), as oneDNN's LSTM (saves_y) saves all.
     inputs = [x, *slots]
@@ -163,7 +163,8 @@ def _setup_context(ctx, inputs, output):
     saves_y = saves_output(x, cell, batch_sizes, "w_hr" in names and inputs[names.index("w_hr")] is not None)
     keep_all = torch.autograd.graph._allow_mutation_on_saved_tensors_enabled or saves_y
     w_ih_grad = any(t is not None and t.requires_grad for t, n in zip(inputs, names) if n == "w_ih")
-    unread = () if keep_all else BIASES + ("w_ih",) * (not x.requires_grad) + ("x",) * (not w_ih_grad)
+    x_unread = not w_ih_grad and not timed.saved_tensor_hooks()
+    unread = () if keep_all else BIASES + ("w_ih",) * (not x.requires_grad) + ("x",) * x_unread
     ctx.saved_at = [i for i, (t, n) in enumerate(zip(inputs, names)) if t is not None and n not in unread]
     ys = [output[d * (1 + STATES)] for d in range(len(reverses))] if saves_y else []
     read = [inputs[i] for i in ctx.saved_at]
@@ -199,7 +200,7 @@ def saves_output(x, cell, batch_sizes, projected):
 
 
 def _inputs(ctx):
-    """(handle, x, the N_IN slots) for backward: autograd's saved tensors, unpacked once (a saved-tensor hook may
+    """(handle, [x, the N_IN slots]) for backward: autograd's saved tensors, unpacked once (a saved-tensor hook may
     allow one unpack: a checkpoint's, an offloading store's), and the tensors kept outside them."""
     handle, *saved = ctx.saved_tensors   # raises if x, a weight or a saved y was changed in place since forward
     inputs = [None] * (1 + N_IN)
@@ -207,7 +208,7 @@ def _inputs(ctx):
         inputs[i] = t
     for i, (t, _) in ctx.unsaved.items():
         inputs[i] = t
-    return handle, inputs[0], inputs[1:]
+    return handle, inputs
 
 
 def _check_unsaved(ctx):
@@ -253,14 +254,15 @@ def _drop_stale_tape(ctx, key, traced, read):
 
 
 def _backward(ctx, *grads):
-    handle, x, slots = _inputs(ctx)
+    handle, inputs = _inputs(ctx)
+    x, slots = inputs[0], inputs[1:]
     if torch.is_grad_enabled():     # create_graph: the gradient must itself be differentiable
         _check_unsaved(ctx)
         found = _differentiable_backward(ctx, x, slots, grads[:-1])
     else:
         traced = torch.compiler.is_compiling() or is_fake(handle)   # a traced backward has no tape to find
         key = None if traced else _key(handle)
-        _drop_stale_tape(ctx, key, traced, [[x, *slots][i] for i in ctx.saved_at])
+        _drop_stale_tape(ctx, key, traced, [inputs[i] for i in ctx.saved_at])
         # as torch's ops: no dx, no weight gradients (a frozen layer) where no gradient needs them
         needs = ctx.needs_input_grad
         marks = {"dx": "none"} if not needs[0] else {}
@@ -268,7 +270,7 @@ def _backward(ctx, *grads):
             marks["weights"] = "none"
         args = (*ctx.args[:-1], options_string({**parse_options(ctx.args[-1]), **marks})) if marks else ctx.args
         found = torch.ops.gpurnn.layer_backward(handle, *grads[:-1], x, *slots, *args)
-        found = [None if t is None or g.numel() == 0 and t.numel() else g for t, g in zip([x, *slots], found)]
+        found = [None if t is None or g.numel() == 0 and t.numel() else g for t, g in zip(inputs, found)]
     for i in _unreached(x, ctx, grads):
         found[i] = None
     return (*found, *[None] * (len(ctx.args) + 1))

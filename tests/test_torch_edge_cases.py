@@ -1,7 +1,10 @@
 """Behaviours where gpurnn.nn once differed from torch.nn (found by a differential probe), each against torch.nn."""
+import contextlib
 import copy
+import gc
 import pickle
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -664,25 +667,32 @@ def test_an_output_or_bias_changed_in_place_before_backward_fails_where_torch_nn
 
 
 _FROZEN = [("RNN", {}), ("RNN", {"num_layers": 2, "bidirectional": True}), ("GRU", {}), ("GRU", {"bidirectional": True}),
-           ("LSTM", {}), ("LSTM", {"proj_size": 2, "num_layers": 2})]
+           ("LSTM", {}), ("LSTM", {"dtype": torch.float64}), ("LSTM", {"proj_size": 2, "num_layers": 2})]
 
 
+@pytest.mark.parametrize("hook", [None, "copying"])
 @pytest.mark.parametrize("frozen", ["weight_ih", "every weight"])
 @pytest.mark.parametrize("route", ["engine", "torch"])
 @pytest.mark.parametrize("name, kwargs", _FROZEN, ids=[f"{n}-{'-'.join(k) or 'plain'}" for n, k in _FROZEN])
 def test_an_input_changed_in_place_before_backward_of_a_frozen_layer_runs_where_torch_nns_does(name, kwargs, route,
-                                                                                               frozen, monkeypatch):
-    """torch's GRU, RNN and projected LSTM save x only where weight_ih needs a gradient: with it frozen, x changed in
-    place before backward runs there (x's gradient needs weight_ih alone), and ran into the version check on the
-    engine, which saved x always. oneDNN's LSTM saves every input: an error in both."""
+                                                                                               frozen, hook, monkeypatch):
+    """torch's GRU, RNN and float64 or projected LSTM save x only where weight_ih needs a gradient: with it frozen, x
+    changed in place before backward runs there (x's gradient needs weight_ih alone), and ran into the version check
+    on the engine, which saved x always; oneDNN's float32 LSTM saves every input: an error in both. Under a hook that
+    saves copies (an offloading store: the engine's record of the forward is lost, and the layer reruns) x goes
+    through the hook as it was."""
     monkeypatch.setenv("GPURNN_CPU_LAYER", route)
-    results, data = [], torch.randn(5, 2, 3)
+    dtype = kwargs.get("dtype", torch.float32)
+    hooks = (torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t) if hook
+             else contextlib.nullcontext())
+    results, data = [], torch.randn(5, 2, 3, dtype=dtype)
     for m in _pair(name, 3, 4, **kwargs):
         for n, p in m.named_parameters():
             p.requires_grad_(not n.startswith("weight_ih" if frozen == "weight_ih" else "weight"))
         x = data.clone().requires_grad_()
         x_in = x * 1   # changed in place below; x stays a leaf
-        y, _ = m(x_in)
+        with hooks:
+            y, _ = m(x_in)
         with torch.no_grad():
             x_in.mul_(1.5)
         try:
@@ -692,10 +702,32 @@ def test_an_input_changed_in_place_before_backward_of_a_frozen_layer_runs_where_
             assert "modified by an inplace operation" in str(err)
             results.append("raises")
     if results[0] == "raises":
-        assert name == "LSTM" and not kwargs and results[1] == "raises"
+        assert name == "LSTM" and dtype == torch.float32 and "proj_size" not in kwargs and not hook
+        assert results[1] == "raises"
     else:
         for got, want in zip(results[1], results[0]):
             torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", ["RNN", "GRU"])
+def test_a_checkpoint_frees_a_frozen_layers_input_as_torch_nn(name, monkeypatch):
+    """Under saved-tensor hooks x goes through them, so a checkpoint frees an intermediate input after forward (kept
+    outside them, it stayed alive until backward)."""
+    monkeypatch.setenv("GPURNN_CPU_LAYER", "engine")
+    alive = []
+    for m in _pair(name, 3, 4):
+        m.weight_ih_l0.requires_grad_(False)
+        refs = []
+
+        def run(inp):
+            x = inp.tanh()   # an intermediate, the layer's input
+            refs.append(weakref.ref(x))
+            return m(x)[0]
+        y = torch.utils.checkpoint.checkpoint(run, torch.randn(5, 2, 3, requires_grad=True), use_reentrant=False)
+        gc.collect()
+        alive.append(refs[0]() is not None)
+        y.sum().backward()
+    assert alive == [False, False]
 
 
 @pytest.mark.parametrize("route", ["engine", "torch"])

@@ -101,10 +101,10 @@ class GRULoop(FeatureMajorCell):
         w, xp, H = self.w, self.xp, self.H
         T, B = x.shape[:2]
         self.x, self.alloc = x, alloc
-        # the weights' copies in pooled buffers (megabytes at large H: fresh memory costs page faults, buffers.py)
         I, has_bias = x.shape[-1], w["b_ih"] is not None
-        w_ih = alloc((3 * H, I + has_bias), x.dtype)
+        w_ih = xp.empty((3 * H, I + has_bias), x.dtype)   # (for the projection alone: not held by the tape)
         xp.multiply(w["w_ih"], self.scale, out=w_ih[:, :I])
+        # (kept for the steps, in a pooled buffer: megabytes at large H, whose fresh memory costs page faults)
         self.w_hh_scaled = row_blocks(xp, w["w_hh"], GATE_SOURCES, alloc((3 * H, H), x.dtype))
         xp.negative(self.w_hh_scaled[H:], out=self.w_hh_scaled[H:])   # (rows r z: see the top)
         self.b_hn = None
