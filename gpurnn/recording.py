@@ -31,3 +31,9 @@ def transformed():
 
 # torch.compiler.assume_constant_result(transformed), without importing dynamo (seconds) with gpurnn
 transformed._dynamo_marked_constant = True
+
+
+def left_by_transform(t):
+    """Whether t is a torch.func transform's wrapped tensor, left in a module's weights (its _flat_weights) after the
+    transform ended: it has no storage to read."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)

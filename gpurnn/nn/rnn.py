@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import PackedSequence
 from .. import backends, cells
 from ..arrays import packed_index
 from ..autograd import run_layers, saves_output
-from ..recording import recorded_for_torch, transformed
+from ..recording import left_by_transform, recorded_for_torch, transformed
 from ..cpu import layer as cpu_layer
 from ..checks import check_choice, check_floating, check_steps
 from .common import (TORCH_NAMES, NotATensor, RuntimeTypeError, RuntimeValueError, autocast, autocast_dtype,
@@ -190,8 +190,9 @@ class _EngineForward:
             B = input.shape[0 if self.batch_first else 1] if input.dim() == 3 else 1
         states = list(hx) if self._cell == "lstm" and isinstance(hx, (tuple, list)) else [hx]
         weights = self._flat_weights   # as last refreshed: a stale list costs speed at worst (torch.nn's forward runs)
-        if not self._weights_fit(weights, data.shape[-1]):
-            return False   # (torch's CPU LSTM runs with a weight of the wrong shape; gpurnn's path names it)
+        if not self._weights_fit(weights, data.shape[-1]) or any(map(left_by_transform, weights)):
+            return False   # (torch's CPU LSTM runs with a weight of the wrong shape; gpurnn's path names it, and
+            # refreshes weights a torch.func transform left, which have no storage for the timing to run on)
         if (T < 2 or B == 0 or data.shape[-1] == 0 or torch.compiler.is_compiling()
                 or not backends.runs_numpy(self.backend, False)   # (read outside dynamo: see torch_steps_here)
                 or weights[0].dtype != data.dtype or weights[0].device.type != "cpu"
@@ -358,8 +359,7 @@ class _EngineForward:
         return [(G, inputs), (G, P), (G,), (G,), (P, self.hidden_size)]
 
     def _weight_names(self, layer, suffix):
-        names = [f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}",
-                 f"bias_ih_l{layer}{suffix}", f"bias_hh_l{layer}{suffix}"]
+        names = [f"{kind}_l{layer}{suffix}" for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
         return names + ([f"weight_hr_l{layer}{suffix}"] if self._cell == "lstm" else [])
 
 
