@@ -190,13 +190,13 @@ class _EngineForward:
             B = input.shape[0 if self.batch_first else 1] if input.dim() == 3 else 1
         states = list(hx) if self._cell == "lstm" and isinstance(hx, (tuple, list)) else [hx]
         weights = self._flat_weights   # as last refreshed: a stale list costs speed at worst (torch.nn's forward runs)
-        if not self._weights_fit(weights, data.shape[-1]) or any(map(left_by_transform, weights)):
-            return False   # (torch's CPU LSTM runs with a weight of the wrong shape; gpurnn's path names it, and
-            # refreshes weights a torch.func transform left, which have no storage for the timing to run on)
+        if not self._weights_fit(weights, data.shape[-1]):
+            return False   # (torch's CPU LSTM runs with a weight of the wrong shape; gpurnn's path names it)
+        # (weights a torch.func transform left have no storage for the timing to run on: gpurnn's path refreshes them)
         if (T < 2 or B == 0 or data.shape[-1] == 0 or torch.compiler.is_compiling()
                 or not backends.runs_numpy(self.backend, False)   # (read outside dynamo: see torch_steps_here)
                 or weights[0].dtype != data.dtype or weights[0].device.type != "cpu"
-                or transformed() or autocast_enabled(data.device)
+                or transformed() or any(map(left_by_transform, weights)) or autocast_enabled(data.device)
                 or hx is not None and not self._states_fit(states, data, packed, B)):
             return False
         grad = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
