@@ -106,6 +106,14 @@ class Allocations:
         self.taken.append(a)
         return a
 
+    def give_back(self, arrays):
+        """Give these buffers back now, before the others (nothing may use them any more); arrays not from the pool
+        are left to the garbage collector."""
+        back = [a for a in self.taken if any(a is b for b in arrays)]
+        if back:
+            self.taken = [a for a in self.taken if not any(a is b for b in back)]
+            POOL.give(back)
+
     def bind(self, owner):
         weakref.finalize(owner, self.release)
 

@@ -168,6 +168,7 @@ def _finish_forward(name, c, run, io_dtype):
         y = c.xp.where(mask[:, :, None], 0, y)
     saved = Saved(c, name, dtype, run.sizes if run.batch_sizes is not None else None, run.reverse, run.state_shapes,
                   run.fused, io_dtype, run.for_backward)
+    run.alloc.give_back(c.end_forward())
     run.alloc.bind(c)   # the buffers go back to the pool with the cell; only copies are returned
     # a copy (y from `where` is one already)
     return astype(y, dtype, copy=run.batch_sizes is None, reverse=run.reverse), tuple(astype(s, dtype) for s in c.final()), saved

@@ -19,6 +19,15 @@ def pool(monkeypatch):
     return fresh
 
 
+def _in_pool(pool):
+    """Every buffer the pool holds, idle or given back."""
+    return [a for stack in [*pool.idle.values(), *pool.returned] for a in stack]
+
+
+def _held_by(tape):
+    return [v for v in vars(tape.cell).values() if isinstance(v, np.ndarray)]
+
+
 def _call(case, cell, batch_sizes=None):
     y, state, tape = engine.forward(cell, case["x"], case["state0"], case["weights"], batch_sizes=batch_sizes)
     dx, dstate0, grads = engine.backward(tape, case["dy"], case["dstate"])
@@ -30,7 +39,7 @@ def test_buffers_come_back_and_returned_arrays_never_alias_them(cell, pool):
     case = make_case(cell, T, B, H, dtype=np.float64, I=I, O=5 if cell == "jordan" else None)
     tape, first = _call(case, cell)
     kept = [a.copy() for a in first]
-    assert not pool.idle and not pool.returned
+    assert not any(np.may_share_memory(a, b) for a in _in_pool(pool) for b in _held_by(tape))   # (GRU: GX is back)
     del tape
     gc.collect()
     assert pool.returned                       # the tape's buffers are back ...
@@ -64,13 +73,31 @@ def test_a_second_backward_gives_the_first_ones_buffers_back(cell, pool):
     _, _, tape = engine.forward(cell, case["x"], case["state0"], case["weights"])
     first = engine.backward(tape, case["dy"], case["dstate"])
     first_buffers = list(tape.backward_buffers.taken)
-    assert first_buffers and not pool.returned
+    assert first_buffers and not any(a is b for a in _in_pool(pool) for b in first_buffers)
     second = engine.backward(tape, case["dy"], case["dstate"])
     for a, b in zip([first[0], *first[1], *first[2].values()], [second[0], *second[1], *second[2].values()]):
         if a is not None:
             np.testing.assert_array_equal(a, b)
     reused = [b for b in tape.backward_buffers.taken if any(b is a for a in first_buffers)]
     assert reused                              # the second backward took the first one's buffers
+
+
+def test_the_grus_projection_goes_back_after_forward_and_its_reuse_leaves_the_tape_right(pool):
+    """GX (W_ih x_t + biases) is read by the forward loop alone: it goes back to the pool at the forward's end (a
+    third of the tape at I = H), and a second forward that takes it leaves the first one's gradients as they were."""
+    case = make_case("gru", T, B, H, dtype=np.float64, I=I)
+    want = _call(case, "gru")[1]
+    gc.collect()
+    pool.clear()
+    _, _, tape = engine.forward("gru", case["x"], case["state0"], case["weights"])
+    early = _in_pool(pool)
+    assert [a.shape for a in early] == [(T, 3 * H, B)]
+    before = early[0].copy()
+    _, _, tape2 = engine.forward("gru", case["x"] * 2, case["state0"], case["weights"])
+    assert not np.array_equal(early[0], before)   # the second forward's projection went there
+    dx, dstate0, grads = engine.backward(tape, case["dy"], case["dstate"])
+    for got, expected in zip([dx, *dstate0, *[g for g in grads.values() if g is not None]], want[2:]):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_clear_lets_idle_buffers_go(pool):

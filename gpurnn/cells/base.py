@@ -61,6 +61,11 @@ class Cell:
     def __init__(self, xp, w):
         self.xp, self.w = xp, w
 
+    def end_forward(self):
+        """The buffers only the forward loop read, dropped by the cell once it has run: they go back to the pool
+        then, not with the tape (engine._finish_forward)."""
+        return ()
+
     mm = None   # the GEMM function, in the layout of this cell's GEMMs: the engine sets it after make()
 
     # (T, B) bool, rows past their length at each step, for the backward of a packed input (the engine sets it)

@@ -145,6 +145,10 @@ class GRULoop(FeatureMajorCell):
     def final(self):
         return (self.h_rows[-1],)
 
+    def end_forward(self):
+        gx, self.GX = self.GX, None   # (backward reads G, N and hT: GX was a third of the tape at I = H)
+        return (gx,)
+
     def begin_backward(self, dy, dstate, alloc):
         xp, H = self.xp, self.H
         T, _, B = self.G.shape
