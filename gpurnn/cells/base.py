@@ -31,6 +31,8 @@ on NumPy or CuPy arrays or torch tensors (arrays.TorchArrays).
 """
 import functools
 
+import numpy as np
+
 from ..arrays import astype, sum_rows, transposed_copy
 
 NONLINEARITIES = ("tanh", "relu")
@@ -128,6 +130,12 @@ class FeatureMajorCell(Cell):
 
     def outputs(self):
         return self.h_rows[1:]
+
+
+def every_step(a, T):
+    """NumPy array a as every step's (T, ...) array: a writable view, all T steps the same memory (a loop's scratch
+    where no backward reads its steps)."""
+    return np.lib.stride_tricks.as_strided(a, (T,) + a.shape, (0,) + a.strides, writeable=True)
 
 
 def row_blocks(xp, a, order, out=None):

@@ -18,7 +18,7 @@ torch's, is one exp, an add and a reciprocal over both gates.
 """
 import numpy as np
 
-from .base import Cell, FeatureMajorCell, add_bias, row_blocks, sigmoid_of_negated_, sum_rows
+from .base import Cell, FeatureMajorCell, add_bias, every_step, row_blocks, sigmoid_of_negated_, sum_rows
 
 WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh")
 GATES = 3   # blocks of rows in the input and recurrent weights
@@ -34,8 +34,8 @@ def make(xp, w, opts, fused):
         from ..cpu import build, gru   # imported on use: gpurnn.cpu builds on gpurnn.cells
         lib = build.library()
         if lib is not None:
-            return gru.CompiledGRULoop(xp, w, lib)
-    return GRULoop(xp, w)
+            return gru.CompiledGRULoop(xp, w, lib, opts.get("for_backward", True))
+    return GRULoop(xp, w, opts.get("for_backward", True))
 
 
 class GRU(Cell):
@@ -90,10 +90,10 @@ class GRU(Cell):
 class GRULoop(FeatureMajorCell):
     """n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); h = (1-z)*n + z*h_prev (same maths as GRU)."""
 
-    def __init__(self, xp, w):
+    def __init__(self, xp, w, for_backward=True):
         super().__init__(xp, w)
         H = w["w_hh"].shape[0] // 3
-        self.H = H
+        self.H, self.for_backward = H, for_backward
         self.scale = xp.ones((3 * H, 1), w["w_hh"].dtype)
         self.scale[:2 * H] = -1                # torch order (r z n)
 
@@ -115,8 +115,10 @@ class GRULoop(FeatureMajorCell):
             self.b_hn = w["b_hh"][2 * H:, None]
         self.x1 = x
         self.GX = self.mm(w_ih, x.transpose(0, 2, 1), out=alloc((T, 3 * H, B), x.dtype))
-        self.G = alloc((T, 3 * H, B), x.dtype)
-        self.N = alloc((T, H, B), x.dtype)
+        if self.for_backward or xp is not np:
+            self.G, self.N = alloc((T, 3 * H, B), x.dtype), alloc((T, H, B), x.dtype)
+        else:   # inference: one step's scratch, reused (as the LSTM's)
+            self.G, self.N = every_step(np.empty((3 * H, B), x.dtype), T), every_step(np.empty((H, B), x.dtype), T)
         self.hT = alloc((T + 1, H, B), x.dtype)
         self.hT[0] = state0[0].T
         self.w_hh_step = self.gemm_weight(self.w_hh_scaled, B)

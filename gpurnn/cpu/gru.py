@@ -10,8 +10,8 @@ GRULoop = cells.get("gru").GRULoop
 
 
 class CompiledGRULoop(GRULoop):
-    def __init__(self, xp, w, lib):
-        super().__init__(xp, w)
+    def __init__(self, xp, w, lib, for_backward=True):
+        super().__init__(xp, w, for_backward)
         self.lib = lib
 
     def begin_forward(self, x, state0, alloc):

@@ -19,18 +19,13 @@ In inference (for_backward=False) KF and, with W_hr, m are one scratch each.
 import numpy as np
 
 from .. import cells
-from ..cells.base import Cell
+from ..cells.base import Cell, every_step
 
 GateOrder = cells.get("lstm").GateOrder
 
 
 def _address(a):
     return a.__array_interface__["data"][0]
-
-
-def _every_step(a, T):
-    """a as every step's (T, ...) array: a writable view, all T steps the same memory."""
-    return np.lib.stride_tricks.as_strided(a, (T,) + a.shape, (0,) + a.strides, writeable=True)
 
 
 def _step_addresses(a):
@@ -66,9 +61,9 @@ class CompiledLSTMLoop(GateOrder, Cell):
         elif self.for_backward:                    # W_hr projects m into h; M keeps it for dW_hr
             self.M = self.m = alloc((T, B, H), x.dtype)
         else:                                      # inference: m in one scratch
-            self.M, self.m = None, _every_step(np.empty((B, H), x.dtype), T)
+            self.M, self.m = None, every_step(np.empty((B, H), x.dtype), T)
         # The kernel writes K and F in inference too (see step.c), then into one scratch.
-        self.KF = alloc((T, B, 2 * H), x.dtype) if self.for_backward else _every_step(np.empty((B, 2 * H), x.dtype), T)
+        self.KF = alloc((T, B, 2 * H), x.dtype) if self.for_backward else every_step(np.empty((B, 2 * H), x.dtype), T)
         self.a_addresses, self.m_addresses = _step_addresses(self.A), _step_addresses(self.m)
         self.kf_addresses = _step_addresses(self.KF)
         self.c_address, self.ldm = _address(self.c), self.m.strides[1] // self.m.itemsize
