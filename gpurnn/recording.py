@@ -33,7 +33,7 @@ def transformed():
 transformed._dynamo_marked_constant = True
 
 
-def left_by_transform(t):
-    """Whether t is a torch.func transform's wrapped tensor, left in a module's weights (its _flat_weights) after the
-    transform ended: it has no storage to read."""
-    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+def without_storage(t):
+    """Whether t has no data to read: a torch.func transform's wrapped tensor or a fake tensor, as functional_call
+    inside a transform or a fake trace (make_fx) leaves in a module's weights (its _flat_weights)."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(t) or is_fake(t)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call, grad, jacrev, vmap
+from torch.fx.experimental.proxy_tensor import make_fx
 
 import gpurnn.nn as gnn
 from gpurnn.recording import recorded_for_torch
@@ -226,20 +227,23 @@ def test_torch_func_grad_and_jacrev_match_torch_nn_and_vmap_runs(kind):
                                atol=1e-12, rtol=1e-12)
 
 
-@pytest.mark.parametrize("per_sample", [False, True], ids=["grad", "vmap-grad"])
+_LEAVING = {"grad": lambda loss, p, x: grad(loss)(p, x),
+            "vmap-grad": lambda loss, p, x: vmap(grad(loss), in_dims=(None, 1))(p, x[:, :, None]),
+            "make_fx": lambda loss, p, x: make_fx(loss, tracing_mode="fake")(p, x)}
+
+
+@pytest.mark.parametrize("transform", list(_LEAVING))
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
-def test_a_module_called_after_a_torch_func_transform_runs_as_torch_nn(kind, per_sample, monkeypatch):
-    """functional_call inside torch.func.grad leaves the transform's wrapped weights in the module's _flat_weights
-    (torch.nn's forward refreshes them at its start): the route timing of the next plain call ran on them, "Cannot
-    access data pointer of Tensor that doesn't have storage", and so did every later call."""
+def test_a_module_called_after_a_transform_or_a_fake_trace_runs_as_torch_nn(kind, transform, monkeypatch):
+    """functional_call inside torch.func.grad (or a fake trace) leaves the transform's wrapped (or fake) weights in the
+    module's _flat_weights (torch.nn's forward refreshes them at its start): the route timing of the next plain call
+    ran on them, "Cannot access data pointer of Tensor that doesn't have storage", and so did every later call."""
     monkeypatch.setenv("GPURNN_CPU_LAYER", "auto")
     torch.manual_seed(0)
     ref, mine = getattr(torch.nn, kind)(3, 4), getattr(gnn, kind)(3, 4)
     mine.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 5, 3)
     loss = lambda p, x: functional_call(mine, p, (x,))[0].sum()   # noqa: E731
-    params = {k: v.detach() for k, v in mine.named_parameters()}
-    vmap(grad(loss), in_dims=(None, 1))(params, x[:, :, None]) if per_sample else grad(loss)(params, x)
+    _LEAVING[transform](loss, {k: v.detach() for k, v in mine.named_parameters()}, torch.randn(2, 5, 3))
     x = torch.randn(9, 3, 3)   # (a shape of its own: its route is timed)
     outs = []
     for m in (ref, mine):

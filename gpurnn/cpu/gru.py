@@ -29,6 +29,10 @@ class CompiledGRULoop(GRULoop):
         self.lib.gru_forward_step(self.g_at[t], self.gx_at[t], self.b_hn_at, self.n_at[t], self.h_at[t],
                                   self.h_at[t + 1], self.H, n, self.ld)
 
+    def end_forward(self):
+        self.gx_at = None   # (GX goes back to the pool: a step reading it would fail, not read reused memory)
+        return super().end_forward()
+
     def begin_backward(self, dy, dstate, alloc):
         super().begin_backward(dy, dstate, alloc)
         self.dy_at, self.d_at = _step_addresses(self.dyT), _step_addresses(self.D)

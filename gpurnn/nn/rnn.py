@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import PackedSequence
 from .. import backends, cells
 from ..arrays import packed_index
 from ..autograd import run_layers, saves_output
-from ..recording import left_by_transform, recorded_for_torch, transformed
+from ..recording import recorded_for_torch, transformed, without_storage
 from ..cpu import layer as cpu_layer
 from ..checks import check_choice, check_floating, check_steps
 from .common import (TORCH_NAMES, NotATensor, RuntimeTypeError, RuntimeValueError, autocast, autocast_dtype,
@@ -192,11 +192,10 @@ class _EngineForward:
         weights = self._flat_weights   # as last refreshed: a stale list costs speed at worst (torch.nn's forward runs)
         if not self._weights_fit(weights, data.shape[-1]):
             return False   # (torch's CPU LSTM runs with a weight of the wrong shape; gpurnn's path names it)
-        # (weights a torch.func transform left have no storage for the timing to run on: gpurnn's path refreshes them)
         if (T < 2 or B == 0 or data.shape[-1] == 0 or torch.compiler.is_compiling()
                 or not backends.runs_numpy(self.backend, False)   # (read outside dynamo: see torch_steps_here)
                 or weights[0].dtype != data.dtype or weights[0].device.type != "cpu"
-                or transformed() or any(map(left_by_transform, weights)) or autocast_enabled(data.device)
+                or transformed() or autocast_enabled(data.device)
                 or hx is not None and not self._states_fit(states, data, packed, B)):
             return False
         grad = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
@@ -228,8 +227,9 @@ class _EngineForward:
     def _time_routes(self, data, states, batch_sizes, T, B):
         """Times every layer's route (cpu/layer.py) on random data of this call's shapes (up to TIME_STEPS + 1 steps),
         grad mode and requires_grad flags, unseen: the RNG and the caller's saved-tensor hooks are left as they were."""
-        steps = min(T, cpu_layer.TIME_STEPS + 1)   # (a longer call's class: the timing reads no more than it needs)
-        h_grad = states is not None and any(h.requires_grad for h in states)
+        if any(map(without_storage, self._flat_weights)):   # left by a torch.func transform or a fake trace
+            self._update_flat_weights()
+        steps, h_grad = min(T, cpu_layer.TIME_STEPS + 1), states is not None and any(h.requires_grad for h in states)
         hx = [torch.zeros(self.num_layers * (1 + self.bidirectional), B, w, dtype=data.dtype, requires_grad=h_grad)
               for w in self._state_widths()]
         with torch.random.fork_rng(devices=[]), cpu_layer.timed.unseen():
