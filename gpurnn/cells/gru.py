@@ -10,6 +10,9 @@ lstm.py for why):
     N[t]  (H, B)   n_t;  hT[t] (H, B) h_{t-1} at index t (hT[0] = h0)
     D[t]  (4H, B)  gradients of (hn | r_pre | z_pre | the input part of n_pre)
 
+GX goes back to the buffer pool when the forward loop ends (end_forward); in inference (for_backward=False) G and N
+are one step's scratch (NumPy).
+
 W_hh's rows are permuted to (n | r | z) so that the sigmoid gates are one block of G
 and both gradient GEMM operands are contiguous row ranges of D: D[:, :3H] pairs with
 W_hh's rows, D[:, H:] with W_ih's (torch's order). The r, z rows of both weights are negated
