@@ -33,7 +33,6 @@ from .slots import (DIRS, N_IN, N_OUT, OPTIONS, SLOT, SLOTS, STATES, groups, opt
 
 _TAPES = {}                 # handle value -> [engine.Saved of each direction]
 _KEYS = itertools.count()
-BIASES = ("b_ih", "b_hh", "b_h", "b_o")
 def _native(cell, tensors, n_state, n_dirs, backend):
     """Whether the engine takes the tensors themselves (the fused kernels: bfloat16 stays bfloat16 and
     the GEMMs run in torch, arrays.TorchArrays), else NumPy/CuPy views of them (the xp loop)."""
@@ -164,7 +163,7 @@ def _setup_context(ctx, inputs, output):
     keep_all = torch.autograd.graph._allow_mutation_on_saved_tensors_enabled or saves_y
     w_ih_grad = any(t is not None and t.requires_grad for t, n in zip(inputs, names) if n == "w_ih")
     x_unread = not w_ih_grad and not timed.saved_tensor_hooks()
-    unread = () if keep_all else BIASES + ("w_ih",) * (not x.requires_grad) + ("x",) * x_unread
+    unread = () if keep_all else cells.BIASES + ("w_ih",) * (not x.requires_grad) + ("x",) * x_unread
     ctx.saved_at = [i for i, (t, n) in enumerate(zip(inputs, names)) if t is not None and n not in unread]
     ys = [output[d * (1 + STATES)] for d in range(len(reverses))] if saves_y else []
     read = [inputs[i] for i in ctx.saved_at]

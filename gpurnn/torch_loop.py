@@ -115,9 +115,9 @@ def saved_as_torch(outs, cell, directions, saves_y, x=None):
     result = []
     for d, (out, (state0, weights, _)) in enumerate(zip(outs, directions)):
         named = list(zip(cells.WEIGHT_NAMES[cell], weights))
-        kept = [w for n, w in named if n.startswith("b_")] if saves_y else []
+        kept = [w for n, w in named if n in cells.BIASES] if saves_y else []
         if x is not None:   # (w_ih as the engine saves it: see autograd._setup_context)
-            kept += [x] * (d == 0) + [*state0] + [w for n, w in named if not n.startswith("b_")
+            kept += [x] * (d == 0) + [*state0] + [w for n, w in named if n not in cells.BIASES
                                                   and (n != "w_ih" or saves_y or x.requires_grad)]
         kept = [t for t in kept if t is not None]
         result.append(_SavedAsTorch.apply(saves_y and len(directions) == 1, len(out), *out, *kept))

@@ -13,6 +13,7 @@ from .base import NONLINEARITIES, OUTPUT_ACTIVATIONS  # noqa: F401  (re-exported
 
 MODULES = {"elman": elman, "lstm": lstm, "gru": gru, "jordan": jordan}
 WEIGHT_NAMES = {name: m.WEIGHT_NAMES for name, m in MODULES.items()}
+BIASES = ("b_ih", "b_hh", "b_h", "b_o")   # the cells' bias names (saved for backward as torch.nn's ops save them)
 
 
 def get(name):
