@@ -1060,15 +1060,16 @@ for dtype, T in ((torch.float64, 3), (torch.float32, 1), (torch.float32, 3), (to
         if sys.argv[1] == "compiled":
             module = torch.compile(module, backend="aot_eager", dynamic=False)
         module(torch.randn(T, 2, 3, dtype=dtype))
-    print([str(w.message) for w in caught if "oneDNN" in str(w.message)])
+    print([(str(w.message), w.filename, w.lineno) for w in caught if "oneDNN" in str(w.message)])
 """
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch's warning is about oneDNN")
-@pytest.mark.parametrize("route", ["engine", "auto"])
+@pytest.mark.parametrize("route", ["engine", "auto", "torch"])
 def test_a_projected_lstm_warns_as_torch_nns_does(route):
     """torch's CPU LSTM op says once a process that oneDNN has no projections (float32 here, not float64): so does
-    gpurnn's LSTM wherever its layer runs, the engine and the torch loop of a single step included, compiled too."""
+    gpurnn's LSTM wherever its layer runs, the engine and the torch loop of a single step included, compiled too; from
+    torch.nn's line that calls the op, which filters by module (pytest's -W, warnings.filterwarnings) match."""
     import os
     import subprocess
     import sys

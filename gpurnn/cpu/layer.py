@@ -18,8 +18,12 @@ input (torch's packed op on the packed rows); all biases present or all absent. 
 on the engine. GPURNN_CPU_LAYER=engine|torch
 forces a route ("auto", the default, times them; torch's op under torch.use_deterministic_algorithms).
 """
+import contextlib
+import functools
+import inspect
 import statistics
 import time
+import warnings
 
 import torch
 from torch._subclasses import fake_tensor
@@ -85,7 +89,8 @@ def torch_layers(cell, x, directions, opts, batch_sizes=None):
         data = (x.reshape(-1, x.shape[-1]).index_select(0, rows), torch.tensor(batch_sizes, dtype=torch.int64))
     data = data if isinstance(data, tuple) else (data,)
     if cell == "lstm":
-        y, h, c = _OPS["lstm"](*data, tuple(states), params, *args)
+        with _warning_as_torch_nn("lstm", batch_sizes is not None, projected=directions[0][1][4] is not None):
+            y, h, c = _OPS["lstm"](*data, tuple(states), params, *args)
         finals = [(h[d], c[d]) for d in range(n_dirs)]
     else:
         op = _OPS.get(cell) or (torch._VF.rnn_tanh if opts.get("nonlinearity", "tanh") == "tanh"
@@ -107,10 +112,37 @@ def warn_as_torch(x, projected):
         return
     _warned.add(key)
     zeros = lambda *shape: torch.zeros(shape, dtype=x.dtype)   # noqa: E731
-    with python_dispatch._disable_current_modes():   # unseen by the caller's modes (a flop counter; a compiled
-        # call's first run is under torch's custom-op analysis mode)
+    with python_dispatch._disable_current_modes(), _warning_as_torch_nn("lstm", packed=False):
+        # (unseen by the caller's modes: a flop counter; a compiled call's first run is under torch's custom-op
+        # analysis mode)
         _OPS["lstm"](zeros(1, 1, 1), (zeros(1, 1, 1), zeros(1, 1, 2)), [zeros(8, 1), zeros(8, 1), zeros(1, 2)],
                      False, 1, 0.0, False, False, False)
+
+
+@functools.cache
+def _torch_nn_calls(op):
+    """(torch.nn's rnn.py, the lines where it calls torch's op: its padded input's call first, then its packed's)."""
+    lines, _ = inspect.getsourcelines(torch.nn.modules.rnn)
+    return inspect.getsourcefile(torch.nn.modules.rnn), [n + 1 for n, line in enumerate(lines) if f"_VF.{op}(" in line]
+
+
+@contextlib.contextmanager
+def _warning_as_torch_nn(op, packed, projected=True):
+    """A warning of torch's op (a projected LSTM's, see warn_as_torch) comes from the line that calls it: given again
+    from torch.nn's call, so that filters by module (warnings.filterwarnings(module=...), pytest's -W) treat it as
+    torch.nn's. (Only where the op may warn: catching warnings swaps the process's warning state.)"""
+    if not projected:
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    filename, lines = _torch_nn_calls(op)
+    line = lines[min(int(packed), len(lines) - 1)] if lines else 0
+    registry = vars(torch.nn.modules.rnn).setdefault("__warningregistry__", {})
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, filename, line, module="torch.nn.modules.rnn",
+                               registry=registry)
 
 
 def shape_class(cell, x, directions, opts, for_backward, packed=False):
