@@ -119,6 +119,25 @@ def warn_as_torch(x, projected):
                      False, 1, 0.0, False, False, False)
 
 
+_equal_lengths_on_onednn = []   # onednn_runs_equal_lengths()'s answer, once probed
+
+
+def onednn_runs_equal_lengths():
+    """Whether torch's CPU LSTM op runs a packed input whose lengths are all equal as a padded one, through oneDNN
+    (torch 2.13 does, 2.11 does not): then its output is a view of the padded one, and it saves y (autograd's
+    saves_output). Probed once, on one element; while dynamo traces (where no probe may run) torch 2.13's answer."""
+    if not _equal_lengths_on_onednn:
+        if torch.compiler.is_compiling():
+            return True
+        zeros = lambda *shape: torch.zeros(shape)   # noqa: E731
+        with (python_dispatch._disable_current_modes(), torch.no_grad(), torch.autocast("cpu", enabled=False),
+              torch.backends.mkldnn.flags(enabled=True)):
+            y = _OPS["lstm"](zeros(2, 1), torch.tensor([1, 1]), (zeros(1, 1, 1), zeros(1, 1, 1)),
+                             [zeros(4, 1), zeros(4, 1), zeros(4), zeros(4)], True, 1, 0.0, False, False)[0]
+        _equal_lengths_on_onednn.append(y._is_view())
+    return _equal_lengths_on_onednn[0]
+
+
 @functools.cache
 def _torch_nn_calls(op):
     """(torch.nn's rnn.py, the lines where it calls torch's op: its padded input's call first, then its packed's)."""
