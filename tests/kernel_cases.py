@@ -192,6 +192,7 @@ def run_uninterpreted(code, tmp_path, **env_vars):
     """Run Python code in a subprocess without TRITON_INTERPRET (ptxas needs a real compile)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(env_vars)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "profiling")
+    root = Path(__file__).resolve().parents[1]   # (the checkout's gpurnn, also where it is not installed)
+    env["PYTHONPATH"] = os.pathsep.join([str(root / "profiling"), str(root)])
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=600)
