@@ -147,3 +147,10 @@ def sum_partials(p_ws, t, rows0, pid_s, B, N, BB: gl.constexpr, P: gl.constexpr,
         share = gl.load(p_ws + row + (p0 + p) * S + s, mask=ok & (p0 + p < P), other=0.0, cache_modifier=".cg")
         acc += gl.sum(share.to(gl.float32), axis=1)
     return acc
+
+
+# Triton 3.6's experimental Gluon API, which 3.8 changed (gl.thread_barrier renamed, and more): elsewhere lstm.py
+# runs its Triton kernels. (Checked here, below the kernels: a line added above them moves the line info of their
+# compiled code, which profiling/static_cost.py reads, and once moved a sizes load to sum_partials' line.)
+if not hasattr(gl, "thread_barrier"):
+    raise ImportError("gpurnn's Gluon kernels need Triton 3.6's Gluon API (gl.thread_barrier)")

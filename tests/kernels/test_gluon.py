@@ -121,7 +121,8 @@ def test_a_triton_without_gluon_runs_the_triton_kernels(tmp_path):
             "from kernel_cases import make_case, run\n"
             "out = run(make_case('lstm', 3, 4, 24, dtype=np.float16), 'triton')\n"
             "print(sorted(out))\n")
-    env = dict(os.environ, GPURNN_GLUON="1", GPURNN_SLICE="16", PYTHONPATH=str(Path(__file__).parents[1]))
+    tests, root = Path(__file__).parents[1:3]   # (root: the checkout's gpurnn, also where it is not installed)
+    env = dict(os.environ, GPURNN_GLUON="1", GPURNN_SLICE="16", PYTHONPATH=os.pathsep.join([str(tests), str(root)]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "h" in out.stdout
