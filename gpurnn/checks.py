@@ -70,10 +70,12 @@ def as_real(name, value, words="a number"):
 
 def check_savable(tensors):
     """torch's error where autograd would save an inference tensor (torch.nn's fused ops save every input); with
-    inference tensors only, autograd records nothing."""
-    inference = [t.is_inference() for t in tensors if t is not None]
-    if any(inference) and not all(inference):
-        raise RuntimeError("Inference tensors cannot be saved for backward. Please do not use Tensors created in "
-                           "inference mode in computation tracked by autograd. To work around this, you can make a "
-                           "clone to get a normal tensor and use it in autograd, or use `torch.no_grad()` instead of "
-                           "`torch.inference_mode()`.")
+    inference tensors only, autograd records nothing. Its words are torch's own (they differ between versions):
+    torch's autograd is asked to save the first of them."""
+    inference = [t for t in tensors if t is not None and t.is_inference()]
+    if inference and len(inference) < sum(t is not None for t in tensors):
+        import torch
+
+        t = inference[0]
+        torch.zeros((), dtype=t.dtype, device=t.device, requires_grad=True) * t   # raises torch's error
+        raise RuntimeError("Inference tensors cannot be saved for backward")   # (a torch that saved it)
