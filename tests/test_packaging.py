@@ -1,4 +1,5 @@
-"""kernels/ ships as gpurnn.kernels (never as a top-level `kernels`), in wheels and editable installs."""
+"""kernels/ ships as gpurnn.kernels (never as a top-level `kernels`), in wheels and editable installs; gpurnn.nn
+refuses a torch older than pyproject asks for."""
 import pathlib
 import shutil
 import subprocess
@@ -61,3 +62,9 @@ def test_another_checkout_on_pythonpath_uses_its_own_kernels(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert pathlib.Path(out.stdout.strip()) == tmp_path / "kernels" / "lstm.py"
+
+
+def test_gpurnn_nn_refuses_a_torch_older_than_it_needs_naming_both_versions():
+    code = "import torch; torch.__version__ = '2.7.1+cpu'; import gpurnn.nn"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 1 and "ImportError: gpurnn.nn needs torch >= 2.8, found torch 2.7.1+cpu" in out.stderr

@@ -9,6 +9,10 @@ The layer itself, as a custom op with autograd, is gpurnn/autograd.py.
 """
 import torch
 
+if tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2]) < (2, 8):
+    # (pyproject asks for it, but the NumPy-only install does not: torch 2.7 lacks a private autograd hook used here)
+    raise ImportError(f"gpurnn.nn needs torch >= 2.8, found torch {torch.__version__}")
+
 from .. import dynamo
 from ..autograd import run_layer, run_layers  # noqa: F401  (part of the API)
 from .cell import GRUCell, LSTMCell, RNNCell
