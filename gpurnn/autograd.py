@@ -193,10 +193,10 @@ def saves_output(x, cell, batch_sizes, projected):
     too): oneDNN's CPU LSTM (float32, bfloat16 where it runs it; not projected, nor packed unless all lengths equal
     where this torch runs those on it)."""
     return (cell == "lstm" and x.device.type == "cpu" and x.numel() > 0 and not projected
-            and (batch_sizes is None or len(set(batch_sizes)) == 1 and cpu_layer.onednn_runs_equal_lengths())
             and torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
             and (x.dtype == torch.float32
-                 or x.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+                 or x.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            and (batch_sizes is None or len(set(batch_sizes)) == 1 and cpu_layer.onednn_runs_equal_lengths()))
 
 
 def _inputs(ctx):

@@ -18,12 +18,10 @@ input (torch's packed op on the packed rows); all biases present or all absent. 
 on the engine. GPURNN_CPU_LAYER=engine|torch
 forces a route ("auto", the default, times them; torch's op under torch.use_deterministic_algorithms).
 """
-import contextlib
+import dis
 import functools
-import inspect
 import statistics
 import time
-import warnings
 
 import torch
 from torch._subclasses import fake_tensor
@@ -89,8 +87,7 @@ def torch_layers(cell, x, directions, opts, batch_sizes=None):
         data = (x.reshape(-1, x.shape[-1]).index_select(0, rows), torch.tensor(batch_sizes, dtype=torch.int64))
     data = data if isinstance(data, tuple) else (data,)
     if cell == "lstm":
-        with _warning_as_torch_nn("lstm", batch_sizes is not None, projected=directions[0][1][4] is not None):
-            y, h, c = _OPS["lstm"](*data, tuple(states), params, *args)
+        y, h, c = _from_torch_nns_line()(_OPS["lstm"], *data, tuple(states), params, *args)
         finals = [(h[d], c[d]) for d in range(n_dirs)]
     else:
         op = _OPS.get(cell) or (torch._VF.rnn_tanh if opts.get("nonlinearity", "tanh") == "tanh"
@@ -111,57 +108,44 @@ def warn_as_torch(x, projected):
     if not projected or key in _warned or x.device.type != "cpu" or x.numel() == 0:
         return
     _warned.add(key)
-    zeros = lambda *shape: torch.zeros(shape, dtype=x.dtype)   # noqa: E731
-    with python_dispatch._disable_current_modes(), _warning_as_torch_nn("lstm", packed=False):
-        # (unseen by the caller's modes: a flop counter; a compiled call's first run is under torch's custom-op
-        # analysis mode)
-        _OPS["lstm"](zeros(1, 1, 1), (zeros(1, 1, 1), zeros(1, 1, 2)), [zeros(8, 1), zeros(8, 1), zeros(1, 2)],
-                     False, 1, 0.0, False, False, False)
-
-
-_equal_lengths_on_onednn = []   # onednn_runs_equal_lengths()'s answer, once probed
-
-
-def onednn_runs_equal_lengths():
-    """Whether torch's CPU LSTM op runs a packed input whose lengths are all equal as a padded one, through oneDNN
-    (torch 2.13 does, 2.11 does not): then its output is a view of the padded one, and it saves y (autograd's
-    saves_output). Probed once, on one element; while dynamo traces (where no probe may run) torch 2.13's answer."""
-    if not _equal_lengths_on_onednn:
-        if torch.compiler.is_compiling():
-            return True
-        zeros = lambda *shape: torch.zeros(shape)   # noqa: E731
-        with (python_dispatch._disable_current_modes(), torch.no_grad(), torch.autocast("cpu", enabled=False),
-              torch.backends.mkldnn.flags(enabled=True)):
-            y = _OPS["lstm"](zeros(2, 1), torch.tensor([1, 1]), (zeros(1, 1, 1), zeros(1, 1, 1)),
-                             [zeros(4, 1), zeros(4, 1), zeros(4), zeros(4)], True, 1, 0.0, False, False)[0]
-        _equal_lengths_on_onednn.append(y._is_view())
-    return _equal_lengths_on_onednn[0]
+    zeros = lambda *shape: torch.zeros(shape, dtype=x.dtype, device="cpu")   # noqa: E731
+    with python_dispatch._disable_current_modes():   # unseen by the caller's modes (a flop counter; a compiled
+        # call's first run is under torch's custom-op analysis mode)
+        _from_torch_nns_line()(_OPS["lstm"], zeros(1, 1, 1), (zeros(1, 1, 1), zeros(1, 1, 2)),
+                               [zeros(8, 1), zeros(8, 1), zeros(1, 2)], False, 1, 0.0, False, False, False)
 
 
 @functools.cache
-def _torch_nn_calls(op):
-    """(torch.nn's rnn.py, the lines where it calls torch's op: its padded input's call first, then its packed's)."""
-    lines, _ = inspect.getsourcelines(torch.nn.modules.rnn)
-    return inspect.getsourcefile(torch.nn.modules.rnn), [n + 1 for n, line in enumerate(lines) if f"_VF.{op}(" in line]
+def onednn_runs_equal_lengths():
+    """Whether torch's CPU LSTM op runs a float32 packed input whose lengths are all equal as a padded one, through
+    oneDNN (torch 2.13 does, 2.11 does not; asked where oneDNN is on): then its output is a view of the padded one,
+    and it saves y (autograd's saves_output). Probed once, on one element."""
+    zeros = lambda *shape: torch.zeros(shape, dtype=torch.float32, device="cpu")   # noqa: E731
+    with python_dispatch._disable_current_modes(), torch.no_grad(), torch.autocast("cpu", enabled=False):
+        y = _OPS["lstm"](zeros(2, 1), torch.tensor([1, 1], device="cpu"), (zeros(1, 1, 1), zeros(1, 1, 1)),
+                         [zeros(4, 1), zeros(4, 1), zeros(4), zeros(4)], True, 1, 0.0, False, False)[0]
+    return y._is_view()
 
 
-@contextlib.contextmanager
-def _warning_as_torch_nn(op, packed, projected=True):
-    """A warning of torch's op (a projected LSTM's, see warn_as_torch) comes from the line that calls it: given again
-    from torch.nn's call, so that filters by module (warnings.filterwarnings(module=...), pytest's -W) treat it as
-    torch.nn's. (Only where the op may warn: catching warnings swaps the process's warning state.)"""
-    if not projected:
-        yield
-        return
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    filename, lines = _torch_nn_calls(op)
-    line = lines[min(int(packed), len(lines) - 1)] if lines else 0
-    registry = vars(torch.nn.modules.rnn).setdefault("__warningregistry__", {})
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, filename, line, module="torch.nn.modules.rnn",
-                               registry=registry)
+# dynamo runs it, eagerly, and keeps its answer: torch.compiler.assume_constant_result's mark (torch 2.8-2.14), set
+# here as the decorator would import dynamo, which the first call leaves unloaded (dynamo.py)
+onednn_runs_equal_lengths._dynamo_marked_constant = True
+
+
+@functools.cache
+def _from_torch_nns_line():
+    """call(op, *args): op(*args) from the file and line where torch.nn's LSTM.forward calls torch's op (its padded
+    input's call; from its bytecode, no source needed), with rnn.py's globals: a warning of the op (a projected LSTM's,
+    see warn_as_torch) then comes from there, as torch.nn's does, for filters by module (warnings.filterwarnings,
+    pytest's -W) and its once-per-location registry. Where the line is not found, op(*args) from here."""
+    rnn = torch.nn.modules.rnn
+    lines = [getattr(i, "positions", None) for i in dis.get_instructions(torch.nn.LSTM.forward) if i.argval == "lstm"]
+    if not lines or lines[0] is None or lines[0].lineno is None:
+        return lambda op, *args: op(*args)
+    made = {}
+    exec(compile("\n" * (lines[0].lineno - 1) + "def call(op, *args): return op(*args)\n", rnn.__file__, "exec"),
+         vars(rnn), made)   # (the function is made in `made`: nothing is added to rnn.py's module)
+    return made["call"]
 
 
 def shape_class(cell, x, directions, opts, for_backward, packed=False):
