@@ -748,6 +748,19 @@ def test_an_equal_length_packed_output_is_a_view_where_torch_nns_is(name, kwargs
     assert views[1] == views[0]
 
 
+def test_the_first_equal_length_packed_lstm_warns_nothing_as_torch_nns():
+    """Its call asks torch's op once whether oneDNN runs it (cpu/layer.onednn_runs_equal_lengths): in a fresh process,
+    under warnings as errors, as torch.nn (forcing oneDNN on for that question warned about TF32)."""
+    import subprocess
+    import sys
+
+    code = ("import warnings, torch, gpurnn.nn as gnn\nwarnings.simplefilter('error')\n"
+            "x = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(3, 2, 3), [3, 3])\n"
+            "torch.nn.LSTM(3, 4)(x)\ngnn.LSTM(3, 4)(x)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
 def test_backward_computes_dx_only_where_a_gradient_needs_it(name, monkeypatch):
     """As torch's ops: the first layer of a stack on a constant input skips its dx GEMM; the second needs its dx."""
