@@ -87,7 +87,7 @@ def torch_layers(cell, x, directions, opts, batch_sizes=None):
         data = (x.reshape(-1, x.shape[-1]).index_select(0, rows), torch.tensor(batch_sizes, dtype=torch.int64))
     data = data if isinstance(data, tuple) else (data,)
     if cell == "lstm":
-        y, h, c = _from_torch_nns_line()(_OPS["lstm"], *data, tuple(states), params, *args)
+        y, h, c = _lstm_from_torch_nns_line()(*data, tuple(states), params, *args)
         finals = [(h[d], c[d]) for d in range(n_dirs)]
     else:
         op = _OPS.get(cell) or (torch._VF.rnn_tanh if opts.get("nonlinearity", "tanh") == "tanh"
@@ -111,8 +111,8 @@ def warn_as_torch(x, projected):
     zeros = lambda *shape: torch.zeros(shape, dtype=x.dtype, device="cpu")   # noqa: E731
     with python_dispatch._disable_current_modes():   # unseen by the caller's modes (a flop counter; a compiled
         # call's first run is under torch's custom-op analysis mode)
-        _from_torch_nns_line()(_OPS["lstm"], zeros(1, 1, 1), (zeros(1, 1, 1), zeros(1, 1, 2)),
-                               [zeros(8, 1), zeros(8, 1), zeros(1, 2)], False, 1, 0.0, False, False, False)
+        _lstm_from_torch_nns_line()(zeros(1, 1, 1), (zeros(1, 1, 1), zeros(1, 1, 2)),
+                                    [zeros(8, 1), zeros(8, 1), zeros(1, 2)], False, 1, 0.0, False, False, False)
 
 
 @functools.cache
@@ -133,19 +133,19 @@ onednn_runs_equal_lengths._dynamo_marked_constant = True
 
 
 @functools.cache
-def _from_torch_nns_line():
-    """call(op, *args): op(*args) from the file and line where torch.nn's LSTM.forward calls torch's op (its padded
-    input's call; from its bytecode, no source needed), with rnn.py's globals: a warning of the op (a projected LSTM's,
-    see warn_as_torch) then comes from there, as torch.nn's does, for filters by module (warnings.filterwarnings,
-    pytest's -W) and its once-per-location registry. Where the line is not found, op(*args) from here."""
+def _lstm_from_torch_nns_line():
+    """torch's LSTM op, called from the file and line where torch.nn's LSTM.forward calls it (its padded input's call;
+    from its bytecode, no source needed), with rnn.py's globals: a warning of the op (a projected LSTM's, see
+    warn_as_torch) then comes from there, as torch.nn's does, for filters by module (warnings.filterwarnings, pytest's
+    -W) and its once-per-location registry. Where the line is not found, the op itself."""
     rnn = torch.nn.modules.rnn
     lines = [getattr(i, "positions", None) for i in dis.get_instructions(torch.nn.LSTM.forward) if i.argval == "lstm"]
     if not lines or lines[0] is None or lines[0].lineno is None:
-        return lambda op, *args: op(*args)
+        return _OPS["lstm"]
     made = {}
-    exec(compile("\n" * (lines[0].lineno - 1) + "def call(op, *args): return op(*args)\n", rnn.__file__, "exec"),
+    exec(compile("\n" * (lines[0].lineno - 1) + "def lstm(*args): return _VF.lstm(*args)\n", rnn.__file__, "exec"),
          vars(rnn), made)   # (the function is made in `made`: nothing is added to rnn.py's module)
-    return made["call"]
+    return made["lstm"]
 
 
 def shape_class(cell, x, directions, opts, for_backward, packed=False):
