@@ -1060,9 +1060,11 @@ def test_a_trace_warns_as_torch_nns(name):
 
 
 @pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"])
-def test_forward_has_torch_nns_signature(name):
+def test_forward_has_torch_nns_signature_and_doc(name):
     import inspect
-    assert inspect.signature(getattr(gnn, name).forward) == inspect.signature(getattr(torch.nn, name).forward)
+    ours, theirs = getattr(gnn, name).forward, getattr(torch.nn, name).forward
+    assert inspect.signature(ours) == inspect.signature(theirs)
+    assert ours.__doc__ == theirs.__doc__   # (help(), IDEs; torch 2.13's RNN has "Runs the forward pass.")
 
 
 _PROJ_WARNINGS = """

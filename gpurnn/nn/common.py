@@ -263,13 +263,14 @@ def autocast(t, dtype):
 def forward_named_as_its_class(cls):
     """Gives cls its own copy of the forward it inherits, which Python's call errors name as torch.nn's own do
     ("GRU.forward() got an unexpected keyword argument 'h0'", not "_EngineForward.forward() ..."), with torch.nn's
-    annotations (its cells' forward has them: inspect.signature, type checkers and tools that read them)."""
-    f = cls.forward
+    annotations (its cells' forward has them: inspect.signature, type checkers and tools that read them) and
+    docstring."""
+    f, twin = cls.forward, getattr(torch.nn, cls.__name__).forward
     code = f.__code__.replace(co_qualname=f"{cls.__name__}.forward") if hasattr(f.__code__, "co_qualname") else \
         f.__code__   # (Python 3.10 names the function only)
     forward = types.FunctionType(code, f.__globals__, "forward", f.__defaults__, f.__closure__)
-    forward.__kwdefaults__, forward.__doc__, forward.__module__ = f.__kwdefaults__, f.__doc__, f.__module__
+    forward.__kwdefaults__, forward.__doc__, forward.__module__ = f.__kwdefaults__, twin.__doc__, f.__module__
     forward.__qualname__ = f"{cls.__name__}.forward"
-    forward.__annotations__ = dict(getattr(torch.nn, cls.__name__).forward.__annotations__)
+    forward.__annotations__ = dict(twin.__annotations__)
     cls.forward = forward
     return cls
