@@ -13,7 +13,10 @@ for float32 layers.
 """
 import numpy as np
 
+from .. import buffers
+
 CALL_BYTES = 1 << 21
+BLOCK_BYTES = 1 << 18   # columns of a transposed operand copied at a time (_k_contiguous)
 
 
 def _ops():
@@ -64,9 +67,26 @@ class Packed:
 def _linear(a, w):
     """a (M, K) @ w^T (w (N, K)) through oneDNN; a copied to K-contiguous rows first, where its rows are not
     (a weight gradient's dA^T): oneDNN's own handling of a transposed input was 2-3x slower on the EPYC."""
-    if a.stride(-1) != 1:
-        a = a.contiguous()
-    return _ops()._linear_pointwise(a, w, None, "none", [], "")
+    if a.stride(-1) == 1 or 4 * a.numel() < buffers.MIN_BYTES:
+        return _ops()._linear_pointwise(a.contiguous(), w, None, "none", [], "")
+    copy = buffers.POOL.take(tuple(a.shape), np.float32, zero=False)
+    try:
+        return _ops()._linear_pointwise(_k_contiguous(a, copy), w, None, "none", [], "")
+    finally:
+        buffers.POOL.give([copy])
+
+
+def _k_contiguous(a, out):
+    """a (M, K) copied into out (a NumPy array of its shape) in blocks of columns that fit a core's L2 cache: a
+    weight gradient's dA^T is a transposed (T*B, M) matrix, whose copy all at once reads a cache line for every
+    element (768 x 4096 floats, a GRU's at B=32 T=128 H=256: 9.5-12 ms on an AMD EPYC; in blocks, 3.1-3.6 ms)."""
+    import torch
+
+    target = torch.from_numpy(out)
+    block = max(16, BLOCK_BYTES // (4 * a.shape[0]))
+    for k in range(0, a.shape[1], block):
+        target[:, k:k + block].copy_(a[:, k:k + block])
+    return target
 
 
 def _result_shape(a, b):

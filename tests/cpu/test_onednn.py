@@ -31,6 +31,8 @@ def _forms():
         ("rows @ w", _f32(9, 24), w),
         ("rows @ w^T view", _f32(9, 40), w.T),
         ("a^T @ b (weight gradient)", _f32(30, 24).T, _f32(30, 40)),
+        # over buffers.MIN_BYTES: copied in blocks of columns (655, then 45), into a pooled buffer
+        ("large a^T @ b (weight gradient)", _f32(700, 100).T, _f32(700, 8)),
         ("w @ columns", w.T, _f32(24, 6)),
         ("w @ 3-D (projection, feature-major)", w.T, x3.transpose(0, 2, 1)),
         ("rows @ packed", _f32(9, 24), onednn.pack(w, 9)),
