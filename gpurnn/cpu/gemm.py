@@ -153,10 +153,10 @@ def time_routes(B, I, K, N, dtype, feature_major=False, for_backward=True, repea
     dw, dx = np.empty((N, I + K), dtype), np.empty((steps * B, I), dtype)
 
     def backward(fn):
-        if feature_major:
+        if feature_major:   # each step's (N, B) gradient block as the GRU's loop holds it (oneDNN copies it to rows)
             w_back, dhT = gemm_weight(fn, np, w_hh.T, B, contiguous=True), np.zeros((K, B), dtype)
             for t in range(steps):
-                fn(w_back, rows[t * B:(t + 1) * B].T, out=dhT, add=True)
+                fn(w_back, d_steps[t], out=dhT, add=True)
         else:
             w_back = gemm_weight(fn, np, w_hh, B, contiguous=True)
             for t in range(steps):
@@ -165,6 +165,7 @@ def time_routes(B, I, K, N, dtype, feature_major=False, for_backward=True, repea
         fn(rows, w_ih, out=dx)
     if feature_major:
         x, h = rng.standard_normal((steps, I, B)).astype(dtype), rng.standard_normal((K, B)).astype(dtype)
+        d_steps = rng.standard_normal((steps, N, B)).astype(dtype)
         gates = np.empty((steps, N, B), dtype)
 
         def replica(fn):

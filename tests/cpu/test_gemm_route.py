@@ -253,3 +253,26 @@ def test_a_big_layers_replica_runs_half_the_steps(big, monkeypatch):
     monkeypatch.setattr(gemm, "ROUTES", {"torch": recording})
     gemm.time_routes(4, 3, 2, 8, np.float32, for_backward=False, repeats=1)
     assert sum(step_gemms) == 2 * gemm.STEPS // (2 if big else 1)   # a warm-up and one timed run
+
+
+def test_the_feature_major_replica_takes_the_grus_step_blocks_as_its_loop_holds_them(monkeypatch):
+    """oneDNN copies an operand whose rows are not contiguous (onednn._linear), so the replica's backward steps must
+    hand the route the GRU loop's (3H, B) gradient blocks as they are. They were transposed rows: the replica skipped
+    the layer's copies and called oneDNN a tie where the layer took 1.2x NumPy's time (B=32 T=128 H=256, AMD EPYC)."""
+    seen = []
+
+    def recording(a, b, out=None, add=False):
+        if add:   # the feature-major backward steps: dh^T += W_hh^T @ D_t
+            seen[-1].add((a.flags.c_contiguous, b.flags.c_contiguous, b.flags.f_contiguous))
+        return np.matmul(a, b, out=out) if not add else np.add(out, a @ b, out=out)
+
+    monkeypatch.setattr(gemm, "ROUTES", {"recording": recording})
+    monkeypatch.setattr(gemm, "_chosen", timed.Decisions())
+    monkeypatch.setenv("GPURNN_GEMM", "recording")
+    seen.append(set())
+    m = gnn.GRU(6, 8)
+    m(torch.randn(5, 3, 6, requires_grad=True))[0].sum().backward()
+    seen.append(set())
+    gemm.time_routes(3, 6, 8, 24, np.float32, feature_major=True, repeats=1)
+    layer, replica = seen
+    assert layer and replica == layer
